@@ -1,0 +1,229 @@
+//! Values the rules speak in. Every constructor validates; a value that exists is valid.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Input that is not a valid domain value. Carries a human message naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidInput(pub String);
+
+macro_rules! positive_id {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(i64);
+
+        impl $name {
+            /// Accepts 1 ..= i64::MAX.
+            pub fn new(raw: i64) -> Result<Self, InvalidInput> {
+                if raw > 0 {
+                    Ok(Self(raw))
+                } else {
+                    Err(InvalidInput(format!(concat!($what, " must be a positive integer, got {}"), raw)))
+                }
+            }
+
+            pub fn get(self) -> i64 {
+                self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = InvalidInput;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                let raw: i64 = s
+                    .parse()
+                    .map_err(|_| InvalidInput(format!(concat!($what, " must be a positive integer, got {:?}"), s)))?;
+                Self::new(raw)
+            }
+        }
+    };
+}
+
+positive_id!(
+    /// A showtime: one screening whose seats are on sale.
+    ShowtimeId,
+    "showtime_id"
+);
+positive_id!(
+    /// A buyer.
+    UserId,
+    "user_id"
+);
+
+/// A reservation id carries its showtime, `"<showtime>-<sequence>"` (e.g. `42-1007`), so
+/// every later step finds the showtime's keys without a lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReservationId {
+    showtime: ShowtimeId,
+    seq: u64,
+}
+
+impl ReservationId {
+    pub fn new(showtime: ShowtimeId, seq: u64) -> Result<Self, InvalidInput> {
+        if seq == 0 {
+            return Err(InvalidInput("reservation sequence must be positive".into()));
+        }
+        Ok(Self { showtime, seq })
+    }
+
+    pub fn showtime(self) -> ShowtimeId {
+        self.showtime
+    }
+
+    pub fn seq(self) -> u64 {
+        self.seq
+    }
+}
+
+impl fmt::Display for ReservationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.showtime, self.seq)
+    }
+}
+
+impl FromStr for ReservationId {
+    type Err = InvalidInput;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || {
+            InvalidInput(format!(
+                "reservation id must look like <showtime>-<number>, got {s:?}"
+            ))
+        };
+        let (showtime, seq) = s.split_once('-').ok_or_else(bad)?;
+        let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+        if !digits(showtime) || !digits(seq) {
+            return Err(bad());
+        }
+        let showtime = showtime.parse::<i64>().map_err(|_| bad())?;
+        let seq = seq.parse::<u64>().map_err(|_| bad())?;
+        Self::new(ShowtimeId::new(showtime).map_err(|_| bad())?, seq).map_err(|_| bad())
+    }
+}
+
+/// Seats a showtime has in all. Bounded so a typo cannot create a billion-seat hall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Capacity(u32);
+
+impl Capacity {
+    pub const MAX: u32 = 1_000_000;
+
+    pub fn new(raw: i64) -> Result<Self, InvalidInput> {
+        if (1..=i64::from(Self::MAX)).contains(&raw) {
+            Ok(Self(raw as u32))
+        } else {
+            Err(InvalidInput(format!(
+                "capacity must be between 1 and {}, got {raw}",
+                Self::MAX
+            )))
+        }
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+/// Milliseconds since the Unix epoch, on the seat store's clock (the one clock every
+/// decision about a hold's deadline is taken on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UnixMillis(pub u64);
+
+/// Where every seat of a showtime is, at one instant. `available + held + sold == capacity`
+/// always: the seat store changes these only together, atomically.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SeatCounts {
+    pub capacity: u32,
+    pub available: u32,
+    /// Unpaid holds.
+    pub held: u32,
+    /// Paid seats, whether their order is in the database yet or not.
+    pub sold: u32,
+}
+
+impl SeatCounts {
+    pub fn balanced(&self) -> bool {
+        u64::from(self.available) + u64::from(self.held) + u64::from(self.sold)
+            == u64::from(self.capacity)
+    }
+}
+
+/// A showtime to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewShowtime {
+    pub capacity: Capacity,
+    pub title: Option<String>,
+    /// RFC 3339, already validated at the edge.
+    pub starts_at: Option<String>,
+}
+
+/// A showtime as the catalog (the database) knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Showtime {
+    pub id: ShowtimeId,
+    pub capacity: Capacity,
+    pub title: Option<String>,
+    pub starts_at: Option<String>,
+    /// Orders the database holds for it.
+    pub ordered: u32,
+}
+
+/// A reservation as the seat store knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    pub id: ReservationId,
+    pub user: UserId,
+    pub status: crate::Status,
+    pub expires_at: UnixMillis,
+}
+
+impl Reservation {
+    pub fn showtime(&self) -> ShowtimeId {
+        self.id.showtime()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservation_ids_round_trip_through_text() {
+        let id = ReservationId::new(ShowtimeId::new(42).unwrap(), 1007).unwrap();
+        assert_eq!(id.to_string(), "42-1007");
+        assert_eq!("42-1007".parse::<ReservationId>().unwrap(), id);
+    }
+
+    #[test]
+    fn malformed_reservation_ids_are_refused() {
+        for junk in [
+            "", "-", "42", "42-", "-7", "0-1", "42-0", "a-1", "1-b", "+1-2", "1--2", "1-2-3",
+            " 1-2", "99999999999999999999-1",
+        ] {
+            assert!(junk.parse::<ReservationId>().is_err(), "{junk:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn ids_must_be_positive() {
+        assert!(UserId::new(0).is_err());
+        assert!(UserId::new(-3).is_err());
+        assert!(ShowtimeId::new(1).is_ok());
+        assert!("12x".parse::<UserId>().is_err());
+    }
+
+    #[test]
+    fn capacity_is_bounded() {
+        assert!(Capacity::new(0).is_err());
+        assert!(Capacity::new(1).is_ok());
+        assert!(Capacity::new(1_000_000).is_ok());
+        assert!(Capacity::new(1_000_001).is_err());
+    }
+}

@@ -1,0 +1,315 @@
+//! In-memory ports for the unit tests: the same semantics as the Lua scripts and the
+//! SQL, on a mutex and a hand-driven clock.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::{Future, ready};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::messages::{ExpireHold, OrderRequest, PaymentRequest};
+use crate::ports::*;
+use crate::*;
+
+#[derive(Debug, Default)]
+struct SeatsState {
+    counts: HashMap<ShowtimeId, SeatCounts>,
+    users: HashMap<(ShowtimeId, UserId), ReservationId>,
+    reservations: BTreeMap<ReservationId, Reservation>,
+    paid_at: HashMap<ReservationId, UnixMillis>,
+    seq: HashMap<ShowtimeId, u64>,
+}
+
+#[derive(Debug, Default)]
+pub struct FakeSeats {
+    state: Mutex<SeatsState>,
+    pub now: AtomicU64,
+}
+
+impl FakeSeats {
+    pub fn advance(&self, by: Duration) {
+        self.now.fetch_add(by.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    fn now(&self) -> UnixMillis {
+        UnixMillis(self.now.load(Ordering::SeqCst))
+    }
+
+    /// Drops everything, as a Redis that restarted without persistence would.
+    pub fn lose_everything(&self) {
+        *self.state.lock().unwrap() = SeatsState::default();
+    }
+
+    fn return_seat(st: &mut SeatsState, id: ReservationId) {
+        let r = st.reservations.get_mut(&id).unwrap();
+        r.status = Status::Expired;
+        let user = r.user;
+        st.users.remove(&(id.showtime(), user));
+        let c = st.counts.get_mut(&id.showtime()).unwrap();
+        c.held -= 1;
+        c.available += 1;
+    }
+}
+
+impl SeatStore for FakeSeats {
+    fn take(
+        &self,
+        showtime: ShowtimeId,
+        user: UserId,
+        hold: Duration,
+    ) -> impl Future<Output = PortResult<TakeOutcome>> + Send {
+        let now = self.now();
+        let mut st = self.state.lock().unwrap();
+        let outcome = if !st.counts.contains_key(&showtime) {
+            TakeOutcome::UnknownShowtime
+        } else if let Some(id) = st.users.get(&(showtime, user)) {
+            TakeOutcome::AlreadyHolds(*id)
+        } else if st.counts[&showtime].available == 0 {
+            TakeOutcome::SoldOut
+        } else {
+            let c = st.counts.get_mut(&showtime).unwrap();
+            c.available -= 1;
+            c.held += 1;
+            let seq = st.seq.entry(showtime).or_default();
+            *seq += 1;
+            let id = ReservationId::new(showtime, *seq).unwrap();
+            let r = Reservation {
+                id,
+                user,
+                status: Status::Reserved,
+                expires_at: UnixMillis(now.0 + hold.as_millis() as u64),
+            };
+            st.users.insert((showtime, user), id);
+            st.reservations.insert(id, r.clone());
+            TakeOutcome::Reserved(r)
+        };
+        ready(Ok(outcome))
+    }
+
+    fn load(
+        &self,
+        showtime: ShowtimeId,
+        capacity: u32,
+        sold: u32,
+    ) -> impl Future<Output = PortResult<bool>> + Send {
+        let mut st = self.state.lock().unwrap();
+        let loaded = !st.counts.contains_key(&showtime);
+        if loaded {
+            st.counts.insert(
+                showtime,
+                SeatCounts {
+                    capacity,
+                    available: capacity - sold,
+                    held: 0,
+                    sold,
+                },
+            );
+        }
+        ready(Ok(loaded))
+    }
+
+    fn pay(
+        &self,
+        id: ReservationId,
+        user: UserId,
+    ) -> impl Future<Output = PortResult<PayOutcome>> + Send {
+        let now = self.now();
+        let mut st = self.state.lock().unwrap();
+        let outcome = match st.reservations.get(&id).cloned() {
+            None => PayOutcome::NotFound,
+            Some(r) if r.user != user => PayOutcome::NotOwner,
+            Some(r) if r.status == Status::Expired => PayOutcome::Expired,
+            Some(r) if r.status != Status::Reserved => PayOutcome::AlreadyPaid(r.status),
+            Some(r) if now >= r.expires_at => {
+                Self::return_seat(&mut st, id);
+                PayOutcome::Expired
+            }
+            Some(_) => {
+                st.reservations.get_mut(&id).unwrap().status = Status::Paid;
+                st.paid_at.insert(id, now);
+                let c = st.counts.get_mut(&id.showtime()).unwrap();
+                c.held -= 1;
+                c.sold += 1;
+                PayOutcome::Paid { paid_at: now }
+            }
+        };
+        ready(Ok(outcome))
+    }
+
+    fn expire(&self, id: ReservationId) -> impl Future<Output = PortResult<ExpireOutcome>> + Send {
+        let mut st = self.state.lock().unwrap();
+        let outcome = match st.reservations.get(&id).map(|r| r.status) {
+            None => ExpireOutcome::NotFound,
+            Some(Status::Reserved) => {
+                Self::return_seat(&mut st, id);
+                ExpireOutcome::SeatReturned
+            }
+            Some(other) => ExpireOutcome::AlreadySettled(other),
+        };
+        ready(Ok(outcome))
+    }
+
+    fn mark_ordered(&self, ids: &[ReservationId]) -> impl Future<Output = PortResult<()>> + Send {
+        let mut st = self.state.lock().unwrap();
+        for id in ids {
+            if let Some(r) = st.reservations.get_mut(id) {
+                if r.status == Status::Paid {
+                    r.status = Status::Ordered;
+                }
+            }
+        }
+        ready(Ok(()))
+    }
+
+    fn reservation(
+        &self,
+        id: ReservationId,
+    ) -> impl Future<Output = PortResult<Option<Reservation>>> + Send {
+        ready(Ok(self.state.lock().unwrap().reservations.get(&id).cloned()))
+    }
+
+    fn counts(
+        &self,
+        showtime: ShowtimeId,
+    ) -> impl Future<Output = PortResult<Option<SeatCounts>>> + Send {
+        ready(Ok(self.state.lock().unwrap().counts.get(&showtime).copied()))
+    }
+
+    fn overdue_holds(
+        &self,
+        grace: Duration,
+    ) -> impl Future<Output = PortResult<Vec<ReservationId>>> + Send {
+        let now = self.now().0;
+        let grace = grace.as_millis() as u64;
+        let st = self.state.lock().unwrap();
+        let ids = st
+            .reservations
+            .values()
+            .filter(|r| r.status == Status::Reserved && r.expires_at.0 + grace <= now)
+            .map(|r| r.id)
+            .collect();
+        ready(Ok(ids))
+    }
+
+    fn unrecorded_payments(
+        &self,
+        grace: Duration,
+    ) -> impl Future<Output = PortResult<Vec<OrderRequest>>> + Send {
+        let now = self.now().0;
+        let grace = grace.as_millis() as u64;
+        let st = self.state.lock().unwrap();
+        let orders = st
+            .reservations
+            .values()
+            .filter(|r| r.status == Status::Paid && st.paid_at[&r.id].0 + grace <= now)
+            .map(|r| OrderRequest {
+                reservation: r.id,
+                user: r.user,
+                paid_at: st.paid_at[&r.id],
+            })
+            .collect();
+        ready(Ok(orders))
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct FakeBus {
+    pub down: AtomicBool,
+    pub expiries: Mutex<Vec<ExpireHold>>,
+    pub payments: Mutex<Vec<PaymentRequest>>,
+    pub orders: Mutex<Vec<OrderRequest>>,
+}
+
+impl FakeBus {
+    fn check(&self) -> PortResult<()> {
+        if self.down.load(Ordering::SeqCst) {
+            Err(PortError::transient("message bus", "broker unreachable"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl MessageBus for FakeBus {
+    fn publish_hold(
+        &self,
+        expiry: ExpireHold,
+        payment: Option<PaymentRequest>,
+    ) -> impl Future<Output = PortResult<()>> + Send {
+        ready(self.check().map(|()| {
+            self.expiries.lock().unwrap().push(expiry);
+            self.payments.lock().unwrap().extend(payment);
+        }))
+    }
+
+    fn publish_orders(
+        &self,
+        orders: &[OrderRequest],
+    ) -> impl Future<Output = PortResult<()>> + Send {
+        ready(self.check().map(|()| {
+            self.orders.lock().unwrap().extend_from_slice(orders);
+        }))
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct FakeDb {
+    showtimes: Mutex<BTreeMap<ShowtimeId, Showtime>>,
+    pub orders: Mutex<BTreeMap<ReservationId, OrderRequest>>,
+}
+
+impl Catalog for FakeDb {
+    fn create_showtime(
+        &self,
+        new: NewShowtime,
+    ) -> impl Future<Output = PortResult<Showtime>> + Send {
+        let mut all = self.showtimes.lock().unwrap();
+        let id = ShowtimeId::new(all.len() as i64 + 1).unwrap();
+        let showtime = Showtime {
+            id,
+            capacity: new.capacity,
+            title: new.title,
+            starts_at: new.starts_at,
+            ordered: 0,
+        };
+        all.insert(id, showtime.clone());
+        ready(Ok(showtime))
+    }
+
+    fn showtime(
+        &self,
+        id: ShowtimeId,
+    ) -> impl Future<Output = PortResult<Option<Showtime>>> + Send {
+        ready(Ok(self.showtimes.lock().unwrap().get(&id).cloned()))
+    }
+}
+
+impl OrderBook for FakeDb {
+    fn record_orders(
+        &self,
+        orders: &[OrderRequest],
+    ) -> impl Future<Output = PortResult<Vec<OrderOutcome>>> + Send {
+        let mut showtimes = self.showtimes.lock().unwrap();
+        let mut book = self.orders.lock().unwrap();
+        let outcomes = orders
+            .iter()
+            .map(|order| {
+                let showtime = showtimes.get_mut(&order.reservation.showtime()).unwrap();
+                if book.contains_key(&order.reservation) {
+                    OrderOutcome::Duplicate
+                } else if book.values().any(|o| {
+                    o.user == order.user && o.reservation.showtime() == showtime.id
+                }) {
+                    OrderOutcome::Refused("user already has an order for this showtime".into())
+                } else if showtime.ordered >= showtime.capacity.get() {
+                    OrderOutcome::Refused("showtime is sold out in the database".into())
+                } else {
+                    showtime.ordered += 1;
+                    book.insert(order.reservation, *order);
+                    OrderOutcome::Inserted
+                }
+            })
+            .collect();
+        ready(Ok(outcomes))
+    }
+}

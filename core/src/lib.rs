@@ -1,0 +1,34 @@
+//! # flash-sale-core
+//!
+//! The rules of a flash sale, with no I/O of any kind.
+//!
+//! - [`domain`]: the values the rules speak in (showtimes, users, reservation ids, seat
+//!   counts), each parsed once at the edge so the rules only ever see valid values.
+//! - [`state`]: the one reservation state machine, `RESERVED -> PAID -> ORDERED` and
+//!   `RESERVED -> EXPIRED`, and nothing else.
+//! - [`ports`]: what the rules need from the outside world (a seat store, a message bus,
+//!   an order book and a showtime catalog), as plain traits the adapters implement.
+//! - [`sale`]: the use cases (reserve, pay, expire, write orders, sweep), generic over
+//!   the ports.
+//! - [`messages`]: the follow-up work that travels between functions through the queues.
+//!
+//! Unit tests run the use cases against in-memory fakes ([`sale`]'s tests); the adapters
+//! and the functions are tested against real Redis, RabbitMQ and PostgreSQL elsewhere.
+
+pub mod domain;
+pub mod messages;
+pub mod ports;
+pub mod sale;
+pub mod state;
+
+#[cfg(test)]
+mod fakes;
+
+pub use domain::{
+    Capacity, InvalidInput, NewShowtime, Reservation, ReservationId, SeatCounts, Showtime,
+    ShowtimeId, UnixMillis, UserId,
+};
+pub use messages::{ExpireHold, OrderRequest, PaymentRequest};
+pub use ports::{Catalog, MessageBus, OrderBook, PortError, SeatStore};
+pub use sale::{PaymentMode, Sale, SaleSettings};
+pub use state::{Event, IllegalTransition, Status};

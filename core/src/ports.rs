@@ -1,0 +1,191 @@
+//! What the rules need from the outside world. Each port is a plain trait whose methods
+//! return `Send` futures, so the use cases are generic over them with no boxing; the
+//! adapters crate implements them on Redis, RabbitMQ and PostgreSQL, and `fakes` on
+//! plain memory for the unit tests.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::messages::{ExpireHold, OrderRequest, PaymentRequest};
+use crate::{
+    NewShowtime, Reservation, ReservationId, SeatCounts, Showtime, ShowtimeId, Status,
+    UnixMillis, UserId,
+};
+
+/// A failure of a component behind a port. `transient` failures (a connection refused, a
+/// timeout) may succeed if tried again; the others never will.
+#[derive(Debug, thiserror::Error)]
+#[error("{component}: {message}")]
+pub struct PortError {
+    pub component: &'static str,
+    pub transient: bool,
+    pub message: String,
+}
+
+impl PortError {
+    pub fn transient(component: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            component,
+            transient: true,
+            message: message.into(),
+        }
+    }
+
+    pub fn permanent(component: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            component,
+            transient: false,
+            message: message.into(),
+        }
+    }
+}
+
+pub type PortResult<T> = Result<T, PortError>;
+
+/// What the atomic take of a seat found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TakeOutcome {
+    Reserved(Reservation),
+    /// No seat is left.
+    SoldOut,
+    /// The user already holds, or bought, a seat of this showtime.
+    AlreadyHolds(ReservationId),
+    /// The store has no stock for this showtime (never loaded, or lost).
+    UnknownShowtime,
+}
+
+/// What an attempt to pay found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PayOutcome {
+    Paid { paid_at: UnixMillis },
+    NotFound,
+    NotOwner,
+    /// Already `PAID` or `ORDERED`.
+    AlreadyPaid(Status),
+    /// The deadline had passed. If the hold was still `RESERVED`, the store expired it
+    /// on the spot and returned its seat.
+    Expired,
+}
+
+/// What an expiry found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpireOutcome {
+    /// The hold was `RESERVED`: it is `EXPIRED` now and its seat is back on sale.
+    SeatReturned,
+    /// Nothing to do: the reservation was already in this state.
+    AlreadySettled(Status),
+    NotFound,
+}
+
+/// What recording one order found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderOutcome {
+    Inserted,
+    /// This reservation's order was already recorded (a redelivery).
+    Duplicate,
+    /// The database refused it for good (over capacity, or the user already has an order
+    /// for this showtime under another reservation). Needs a person.
+    Refused(String),
+}
+
+/// The live state of the sale: stock, holds, reservations. Every method is atomic.
+pub trait SeatStore: Send + Sync + 'static {
+    /// Refuse a user who already holds or bought this showtime, refuse when sold out,
+    /// else take a seat and create a `RESERVED` reservation due at now + `hold`.
+    fn take(
+        &self,
+        showtime: ShowtimeId,
+        user: UserId,
+        hold: Duration,
+    ) -> impl Future<Output = PortResult<TakeOutcome>> + Send;
+
+    /// Load a showtime's stock unless it is already there: `capacity` seats of which
+    /// `sold` are already sold. Returns whether it loaded anything.
+    fn load(
+        &self,
+        showtime: ShowtimeId,
+        capacity: u32,
+        sold: u32,
+    ) -> impl Future<Output = PortResult<bool>> + Send;
+
+    /// `RESERVED -> PAID` for its owner, before the deadline only.
+    fn pay(
+        &self,
+        reservation: ReservationId,
+        user: UserId,
+    ) -> impl Future<Output = PortResult<PayOutcome>> + Send;
+
+    /// `RESERVED -> EXPIRED`, returning the seat; anything else is left alone.
+    fn expire(
+        &self,
+        reservation: ReservationId,
+    ) -> impl Future<Output = PortResult<ExpireOutcome>> + Send;
+
+    /// `PAID -> ORDERED` once the order is in the database.
+    fn mark_ordered(
+        &self,
+        reservations: &[ReservationId],
+    ) -> impl Future<Output = PortResult<()>> + Send;
+
+    fn reservation(
+        &self,
+        reservation: ReservationId,
+    ) -> impl Future<Output = PortResult<Option<Reservation>>> + Send;
+
+    fn counts(
+        &self,
+        showtime: ShowtimeId,
+    ) -> impl Future<Output = PortResult<Option<SeatCounts>>> + Send;
+
+    /// Holds still `RESERVED` whose deadline passed more than `grace` ago.
+    fn overdue_holds(
+        &self,
+        grace: Duration,
+    ) -> impl Future<Output = PortResult<Vec<ReservationId>>> + Send;
+
+    /// Reservations `PAID` more than `grace` ago whose order is not recorded yet.
+    fn unrecorded_payments(
+        &self,
+        grace: Duration,
+    ) -> impl Future<Output = PortResult<Vec<OrderRequest>>> + Send;
+}
+
+/// The queues between functions. Every publish returns only once the broker confirmed
+/// it has the message.
+pub trait MessageBus: Send + Sync + 'static {
+    /// The follow-ups of a new hold: its expiry (delivered when the hold time is over)
+    /// and, in mock-payment mode, a payment request.
+    fn publish_hold(
+        &self,
+        expiry: ExpireHold,
+        payment: Option<PaymentRequest>,
+    ) -> impl Future<Output = PortResult<()>> + Send;
+
+    fn publish_orders(
+        &self,
+        orders: &[OrderRequest],
+    ) -> impl Future<Output = PortResult<()>> + Send;
+}
+
+/// Showtimes, in the database.
+pub trait Catalog: Send + Sync + 'static {
+    fn create_showtime(
+        &self,
+        showtime: NewShowtime,
+    ) -> impl Future<Output = PortResult<Showtime>> + Send;
+
+    fn showtime(
+        &self,
+        id: ShowtimeId,
+    ) -> impl Future<Output = PortResult<Option<Showtime>>> + Send;
+}
+
+/// Orders, in the database: the last word on what was sold.
+pub trait OrderBook: Send + Sync + 'static {
+    /// Records each order at most once, in one transaction per call where it can; the
+    /// outcomes are in the order of `orders`.
+    fn record_orders(
+        &self,
+        orders: &[OrderRequest],
+    ) -> impl Future<Output = PortResult<Vec<OrderOutcome>>> + Send;
+}

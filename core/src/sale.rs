@@ -1,0 +1,522 @@
+//! The use cases. [`Sale`] is generic over its ports, so the same rules run on Redis,
+//! RabbitMQ and PostgreSQL in production and on plain memory in the unit tests.
+
+use std::time::Duration;
+
+use crate::messages::{ExpireHold, OrderRequest, PaymentRequest};
+use crate::ports::{
+    Catalog, ExpireOutcome, MessageBus, OrderBook, OrderOutcome, PayOutcome, PortError,
+    SeatStore, TakeOutcome,
+};
+use crate::{NewShowtime, Reservation, ReservationId, SeatCounts, Showtime, ShowtimeId, Status, UserId};
+
+/// Who pays for a hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PaymentMode {
+    /// The buyer calls `POST /reservations/{id}/pay`.
+    #[default]
+    Manual,
+    /// Every hold is paid by a simulated payment provider after a random delay, as the
+    /// Go reference did (demos and load tests).
+    Mock,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SaleSettings {
+    /// How long an unpaid hold keeps its seat.
+    pub hold: Duration,
+    pub payment: PaymentMode,
+}
+
+/// Why a reservation was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum ReserveError {
+    #[error("Tickets sold out")]
+    SoldOut,
+    #[error("Already ordered: this user already holds or bought reservation {0}")]
+    AlreadyHolds(ReservationId),
+    #[error("showtime {0} does not exist")]
+    UnknownShowtime(ShowtimeId),
+    /// A component failed; nothing is held (a seat taken before the failure was given
+    /// back).
+    #[error(transparent)]
+    Unavailable(#[from] PortError),
+}
+
+/// Why a payment was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum PayError {
+    #[error("reservation not found")]
+    NotFound,
+    #[error("this reservation belongs to another user")]
+    NotOwner,
+    #[error("reservation is already {0}")]
+    AlreadyPaid(Status),
+    #[error("the hold expired before it was paid")]
+    Expired,
+    #[error(transparent)]
+    Unavailable(#[from] PortError),
+}
+
+/// A payment that was taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PayReceipt {
+    pub order: OrderRequest,
+    /// `false` when the order message could not be published yet. The payment stands
+    /// either way: the sweep re-sends orders that were paid but never recorded.
+    pub order_queued: bool,
+}
+
+/// What a sweep found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SweepReport {
+    pub holds_expired: usize,
+    pub orders_resent: usize,
+}
+
+/// The flash sale: its rules over its ports.
+#[derive(Debug, Clone)]
+pub struct Sale<S, B, D> {
+    seats: S,
+    bus: B,
+    db: D,
+    settings: SaleSettings,
+}
+
+impl<S, B, D> Sale<S, B, D>
+where
+    S: SeatStore,
+    B: MessageBus,
+    D: Catalog + OrderBook,
+{
+    pub fn new(seats: S, bus: B, db: D, settings: SaleSettings) -> Self {
+        Self {
+            seats,
+            bus,
+            db,
+            settings,
+        }
+    }
+
+    pub fn settings(&self) -> SaleSettings {
+        self.settings
+    }
+
+    pub fn seats(&self) -> &S {
+        &self.seats
+    }
+
+    pub fn bus(&self) -> &B {
+        &self.bus
+    }
+
+    pub fn db(&self) -> &D {
+        &self.db
+    }
+
+    /// Stores the showtime, then puts its seats on sale.
+    pub async fn create_showtime(&self, new: NewShowtime) -> Result<Showtime, PortError> {
+        let showtime = self.db.create_showtime(new).await?;
+        self.seats
+            .load(showtime.id, showtime.capacity.get(), 0)
+            .await?;
+        Ok(showtime)
+    }
+
+    /// A showtime and where its seats are. Reloads the stock from the database when the
+    /// seat store does not have it.
+    pub async fn showtime(
+        &self,
+        id: ShowtimeId,
+    ) -> Result<Option<(Showtime, SeatCounts)>, PortError> {
+        let Some(showtime) = self.db.showtime(id).await? else {
+            return Ok(None);
+        };
+        if let Some(counts) = self.seats.counts(id).await? {
+            return Ok(Some((showtime, counts)));
+        }
+        self.load_from_catalog(&showtime).await?;
+        let counts = self.seats.counts(id).await?.ok_or_else(|| {
+            PortError::transient("seat store", format!("showtime {id} vanished while loading"))
+        })?;
+        Ok(Some((showtime, counts)))
+    }
+
+    /// Holds one seat of `showtime` for `user`, then publishes the hold's expiry (and,
+    /// in mock-payment mode, its payment request). If the publish fails the seat is given
+    /// back before answering, so a broker outage never strands a seat.
+    pub async fn reserve(
+        &self,
+        user: UserId,
+        showtime: ShowtimeId,
+    ) -> Result<Reservation, ReserveError> {
+        let reservation = match self.take(user, showtime).await? {
+            TakeOutcome::UnknownShowtime => {
+                let Some(known) = self.db.showtime(showtime).await? else {
+                    return Err(ReserveError::UnknownShowtime(showtime));
+                };
+                self.load_from_catalog(&known).await?;
+                match self.take(user, showtime).await? {
+                    TakeOutcome::UnknownShowtime => {
+                        return Err(PortError::transient(
+                            "seat store",
+                            format!("showtime {showtime} could not be loaded"),
+                        )
+                        .into());
+                    }
+                    other => Self::reserved(other)?,
+                }
+            }
+            other => Self::reserved(other)?,
+        };
+
+        let expiry = ExpireHold {
+            reservation: reservation.id,
+        };
+        let payment = (self.settings.payment == PaymentMode::Mock).then_some(PaymentRequest {
+            reservation: reservation.id,
+            user,
+        });
+        if let Err(publish) = self.bus.publish_hold(expiry, payment).await {
+            // Give the seat back now. Should this fail too, the hold's deadline is in the
+            // seat store and the sweep will return it.
+            let _ = self.seats.expire(reservation.id).await;
+            return Err(publish.into());
+        }
+        Ok(reservation)
+    }
+
+    async fn take(&self, user: UserId, showtime: ShowtimeId) -> Result<TakeOutcome, PortError> {
+        self.seats.take(showtime, user, self.settings.hold).await
+    }
+
+    fn reserved(outcome: TakeOutcome) -> Result<Reservation, ReserveError> {
+        match outcome {
+            TakeOutcome::Reserved(r) => Ok(r),
+            TakeOutcome::SoldOut => Err(ReserveError::SoldOut),
+            TakeOutcome::AlreadyHolds(id) => Err(ReserveError::AlreadyHolds(id)),
+            TakeOutcome::UnknownShowtime => unreachable!("handled by the caller"),
+        }
+    }
+
+    async fn load_from_catalog(&self, showtime: &Showtime) -> Result<(), PortError> {
+        self.seats
+            .load(showtime.id, showtime.capacity.get(), showtime.ordered)
+            .await?;
+        Ok(())
+    }
+
+    /// `RESERVED -> PAID` for the owner before the deadline, then publishes the order.
+    pub async fn pay(&self, id: ReservationId, user: UserId) -> Result<PayReceipt, PayError> {
+        let paid_at = match self.seats.pay(id, user).await? {
+            PayOutcome::Paid { paid_at } => paid_at,
+            PayOutcome::NotFound => return Err(PayError::NotFound),
+            PayOutcome::NotOwner => return Err(PayError::NotOwner),
+            PayOutcome::AlreadyPaid(status) => return Err(PayError::AlreadyPaid(status)),
+            PayOutcome::Expired => return Err(PayError::Expired),
+        };
+        let order = OrderRequest {
+            reservation: id,
+            user,
+            paid_at,
+        };
+        let order_queued = self.bus.publish_orders(&[order]).await.is_ok();
+        Ok(PayReceipt {
+            order,
+            order_queued,
+        })
+    }
+
+    /// The mock payment provider's side of a payment request. A request that can no
+    /// longer be paid (expired, already paid, gone) is settled, not an error.
+    pub async fn settle_payment_request(
+        &self,
+        request: PaymentRequest,
+    ) -> Result<Option<PayReceipt>, PortError> {
+        match self.pay(request.reservation, request.user).await {
+            Ok(receipt) => Ok(Some(receipt)),
+            Err(PayError::Unavailable(e)) => Err(e),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// `RESERVED -> EXPIRED`, returning the seat exactly once; any other state is left
+    /// alone.
+    pub async fn expire(&self, message: ExpireHold) -> Result<ExpireOutcome, PortError> {
+        self.seats.expire(message.reservation).await
+    }
+
+    /// Records orders in the database, each at most once, then marks them `ORDERED`.
+    pub async fn write_orders(
+        &self,
+        orders: &[OrderRequest],
+    ) -> Result<Vec<OrderOutcome>, PortError> {
+        let outcomes = self.db.record_orders(orders).await?;
+        let recorded: Vec<ReservationId> = orders
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, outcome)| {
+                matches!(outcome, OrderOutcome::Inserted | OrderOutcome::Duplicate)
+            })
+            .map(|(order, _)| order.reservation)
+            .collect();
+        if !recorded.is_empty() {
+            self.seats.mark_ordered(&recorded).await?;
+        }
+        Ok(outcomes)
+    }
+
+    pub async fn reservation(&self, id: ReservationId) -> Result<Option<Reservation>, PortError> {
+        self.seats.reservation(id).await
+    }
+
+    /// The backstop for lost messages: expires holds whose deadline passed `grace` ago
+    /// (their delayed expiry never came), and re-sends orders paid `grace` ago that never
+    /// reached the database. Idempotent; safe at any time.
+    pub async fn sweep(&self, grace: Duration) -> Result<SweepReport, PortError> {
+        let mut report = SweepReport::default();
+        for id in self.seats.overdue_holds(grace).await? {
+            if self.seats.expire(id).await? == ExpireOutcome::SeatReturned {
+                report.holds_expired += 1;
+            }
+        }
+        let unrecorded = self.seats.unrecorded_payments(grace).await?;
+        if !unrecorded.is_empty() {
+            self.bus.publish_orders(&unrecorded).await?;
+            report.orders_resent = unrecorded.len();
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fakes::{FakeBus, FakeDb, FakeSeats};
+    use crate::{Capacity, UnixMillis};
+    use futures::executor::block_on;
+    use std::sync::atomic::Ordering;
+
+    const HOLD: Duration = Duration::from_secs(900);
+
+    fn sale(payment: PaymentMode) -> Sale<FakeSeats, FakeBus, FakeDb> {
+        Sale::new(
+            FakeSeats::default(),
+            FakeBus::default(),
+            FakeDb::default(),
+            SaleSettings {
+                hold: HOLD,
+                payment,
+            },
+        )
+    }
+
+    fn showtime(sale: &Sale<FakeSeats, FakeBus, FakeDb>, capacity: i64) -> ShowtimeId {
+        block_on(sale.create_showtime(NewShowtime {
+            capacity: Capacity::new(capacity).unwrap(),
+            title: None,
+            starts_at: None,
+        }))
+        .unwrap()
+        .id
+    }
+
+    fn user(n: i64) -> UserId {
+        UserId::new(n).unwrap()
+    }
+
+    fn counts(sale: &Sale<FakeSeats, FakeBus, FakeDb>, id: ShowtimeId) -> SeatCounts {
+        block_on(sale.showtime(id)).unwrap().unwrap().1
+    }
+
+    #[test]
+    fn a_reservation_holds_a_seat_and_schedules_its_expiry() {
+        let sale = sale(PaymentMode::Manual);
+        let st = showtime(&sale, 2);
+        let r = block_on(sale.reserve(user(7), st)).unwrap();
+        assert_eq!(r.status, Status::Reserved);
+        assert_eq!(r.expires_at, UnixMillis(900_000));
+        assert_eq!(*sale.bus().expiries.lock().unwrap(), vec![ExpireHold { reservation: r.id }]);
+        assert!(sale.bus().payments.lock().unwrap().is_empty());
+        let c = counts(&sale, st);
+        assert_eq!((c.available, c.held, c.sold), (1, 1, 0));
+    }
+
+    #[test]
+    fn mock_payment_mode_also_requests_a_payment() {
+        let sale = sale(PaymentMode::Mock);
+        let st = showtime(&sale, 1);
+        let r = block_on(sale.reserve(user(7), st)).unwrap();
+        assert_eq!(
+            *sale.bus().payments.lock().unwrap(),
+            vec![PaymentRequest { reservation: r.id, user: user(7) }]
+        );
+    }
+
+    #[test]
+    fn the_last_seat_goes_once_and_then_it_is_sold_out() {
+        let sale = sale(PaymentMode::Manual);
+        let st = showtime(&sale, 1);
+        block_on(sale.reserve(user(1), st)).unwrap();
+        assert!(matches!(block_on(sale.reserve(user(2), st)), Err(ReserveError::SoldOut)));
+    }
+
+    #[test]
+    fn one_user_gets_one_seat_per_showtime() {
+        let sale = sale(PaymentMode::Manual);
+        let st = showtime(&sale, 5);
+        let first = block_on(sale.reserve(user(1), st)).unwrap();
+        match block_on(sale.reserve(user(1), st)) {
+            Err(ReserveError::AlreadyHolds(id)) => assert_eq!(id, first.id),
+            other => panic!("expected AlreadyHolds, got {other:?}"),
+        }
+        assert_eq!(counts(&sale, st).held, 1);
+    }
+
+    #[test]
+    fn an_unknown_showtime_is_reported_as_such() {
+        let sale = sale(PaymentMode::Manual);
+        let missing = ShowtimeId::new(99).unwrap();
+        assert!(matches!(
+            block_on(sale.reserve(user(1), missing)),
+            Err(ReserveError::UnknownShowtime(id)) if id == missing
+        ));
+    }
+
+    #[test]
+    fn a_failed_publish_gives_the_seat_back() {
+        let sale = sale(PaymentMode::Manual);
+        let st = showtime(&sale, 1);
+        sale.bus().down.store(true, Ordering::SeqCst);
+        assert!(matches!(block_on(sale.reserve(user(1), st)), Err(ReserveError::Unavailable(_))));
+        let c = counts(&sale, st);
+        assert_eq!((c.available, c.held), (1, 0));
+        sale.bus().down.store(false, Ordering::SeqCst);
+        block_on(sale.reserve(user(1), st)).expect("the user may try again");
+    }
+
+    #[test]
+    fn paying_in_time_sells_the_seat_and_queues_the_order() {
+        let sale = sale(PaymentMode::Manual);
+        let st = showtime(&sale, 1);
+        let r = block_on(sale.reserve(user(1), st)).unwrap();
+        let receipt = block_on(sale.pay(r.id, user(1))).unwrap();
+        assert!(receipt.order_queued);
+        assert_eq!(*sale.bus().orders.lock().unwrap(), vec![receipt.order]);
+        let c = counts(&sale, st);
+        assert_eq!((c.available, c.held, c.sold), (0, 0, 1));
+        assert!(matches!(
+            block_on(sale.pay(r.id, user(1))),
+            Err(PayError::AlreadyPaid(Status::Paid))
+        ));
+    }
+
+    #[test]
+    fn only_the_owner_may_pay() {
+        let sale = sale(PaymentMode::Manual);
+        let st = showtime(&sale, 1);
+        let r = block_on(sale.reserve(user(1), st)).unwrap();
+        assert!(matches!(block_on(sale.pay(r.id, user(2))), Err(PayError::NotOwner)));
+        assert_eq!(counts(&sale, st).held, 1);
+    }
+
+    #[test]
+    fn paying_after_the_deadline_is_refused_and_returns_the_seat() {
+        let sale = sale(PaymentMode::Manual);
+        let st = showtime(&sale, 1);
+        let r = block_on(sale.reserve(user(1), st)).unwrap();
+        sale.seats().advance(HOLD);
+        assert!(matches!(block_on(sale.pay(r.id, user(1))), Err(PayError::Expired)));
+        let c = counts(&sale, st);
+        assert_eq!((c.available, c.held, c.sold), (1, 0, 0));
+        // The delayed expiry arriving afterwards changes nothing.
+        assert_eq!(
+            block_on(sale.expire(ExpireHold { reservation: r.id })).unwrap(),
+            ExpireOutcome::AlreadySettled(Status::Expired)
+        );
+        assert_eq!(counts(&sale, st).available, 1);
+    }
+
+    #[test]
+    fn expiry_returns_the_seat_exactly_once_and_lets_the_user_try_again() {
+        let sale = sale(PaymentMode::Manual);
+        let st = showtime(&sale, 1);
+        let r = block_on(sale.reserve(user(1), st)).unwrap();
+        let msg = ExpireHold { reservation: r.id };
+        assert_eq!(block_on(sale.expire(msg)).unwrap(), ExpireOutcome::SeatReturned);
+        assert_eq!(
+            block_on(sale.expire(msg)).unwrap(),
+            ExpireOutcome::AlreadySettled(Status::Expired)
+        );
+        assert_eq!(counts(&sale, st).available, 1);
+        let again = block_on(sale.reserve(user(1), st)).unwrap();
+        assert_ne!(again.id, r.id);
+    }
+
+    #[test]
+    fn a_paid_reservations_expiry_changes_nothing() {
+        let sale = sale(PaymentMode::Manual);
+        let st = showtime(&sale, 1);
+        let r = block_on(sale.reserve(user(1), st)).unwrap();
+        block_on(sale.pay(r.id, user(1))).unwrap();
+        assert_eq!(
+            block_on(sale.expire(ExpireHold { reservation: r.id })).unwrap(),
+            ExpireOutcome::AlreadySettled(Status::Paid)
+        );
+        let c = counts(&sale, st);
+        assert_eq!((c.available, c.sold), (0, 1));
+    }
+
+    #[test]
+    fn a_redelivered_order_is_recorded_once() {
+        let sale = sale(PaymentMode::Manual);
+        let st = showtime(&sale, 1);
+        let r = block_on(sale.reserve(user(1), st)).unwrap();
+        let order = block_on(sale.pay(r.id, user(1))).unwrap().order;
+        assert_eq!(block_on(sale.write_orders(&[order])).unwrap(), vec![OrderOutcome::Inserted]);
+        assert_eq!(block_on(sale.write_orders(&[order])).unwrap(), vec![OrderOutcome::Duplicate]);
+        assert_eq!(sale.db().orders.lock().unwrap().len(), 1);
+        let stored = block_on(sale.reservation(r.id)).unwrap().unwrap();
+        assert_eq!(stored.status, Status::Ordered);
+    }
+
+    #[test]
+    fn the_sweep_expires_holds_whose_message_never_came_and_resends_lost_orders() {
+        let sale = sale(PaymentMode::Manual);
+        let st = showtime(&sale, 2);
+        let held = block_on(sale.reserve(user(1), st)).unwrap();
+        let paid = block_on(sale.reserve(user(2), st)).unwrap();
+        sale.bus().down.store(true, Ordering::SeqCst);
+        let receipt = block_on(sale.pay(paid.id, user(2))).unwrap();
+        assert!(!receipt.order_queued, "the payment stands even when the order is not queued");
+        sale.bus().down.store(false, Ordering::SeqCst);
+
+        let grace = Duration::from_secs(30);
+        assert_eq!(block_on(sale.sweep(grace)).unwrap(), SweepReport::default());
+        sale.seats().advance(HOLD + grace);
+        let report = block_on(sale.sweep(grace)).unwrap();
+        assert_eq!(report, SweepReport { holds_expired: 1, orders_resent: 1 });
+        assert_eq!(sale.bus().orders.lock().unwrap().as_slice(), &[receipt.order]);
+        assert_eq!(
+            block_on(sale.reservation(held.id)).unwrap().unwrap().status,
+            Status::Expired
+        );
+        // Once the order is recorded, nothing is re-sent.
+        block_on(sale.write_orders(&[receipt.order])).unwrap();
+        assert_eq!(block_on(sale.sweep(grace)).unwrap(), SweepReport::default());
+    }
+
+    #[test]
+    fn a_lost_seat_store_is_reloaded_from_the_database() {
+        let sale = sale(PaymentMode::Manual);
+        let st = showtime(&sale, 2);
+        let r = block_on(sale.reserve(user(1), st)).unwrap();
+        let order = block_on(sale.pay(r.id, user(1))).unwrap().order;
+        block_on(sale.write_orders(&[order])).unwrap();
+        sale.seats().lose_everything();
+        let c = counts(&sale, st);
+        assert_eq!((c.capacity, c.available, c.sold), (2, 1, 1));
+        block_on(sale.reserve(user(2), st)).unwrap();
+        assert!(matches!(block_on(sale.reserve(user(3), st)), Err(ReserveError::SoldOut)));
+    }
+}
