@@ -1,0 +1,19 @@
+//! # flash-sale-adapters
+//!
+//! The core's ports on real infrastructure:
+//! - [`redis_seats`]: the [`SeatStore`](flash_sale_core::SeatStore) on Redis, one Lua
+//!   script per transition (from `lua/`), run by SHA with a NOSCRIPT fallback.
+//! - [`rabbit`]: the [`MessageBus`](flash_sale_core::MessageBus) on RabbitMQ, with the
+//!   queue topology, publisher confirms and the consumers' side.
+//! - [`postgres`]: the [`Catalog`](flash_sale_core::Catalog) and
+//!   [`OrderBook`](flash_sale_core::OrderBook) on PostgreSQL, schema from `migrations/`.
+//! - [`wire`]: the JSON form of the queue messages, shared by every host.
+
+pub mod postgres;
+pub mod rabbit;
+pub mod redis_seats;
+pub mod wire;
+
+pub use postgres::Postgres;
+pub use rabbit::{Broker, Queue, Topology};
+pub use redis_seats::RedisSeats;

@@ -1,0 +1,49 @@
+//! # expire
+//!
+//! Consumes the expiry queue: when a hold's time is over, `RESERVED -> EXPIRED` returns
+//! its seat exactly once and lets that user try again. Any other state (paid, ordered,
+//! already expired) is acknowledged and left alone, so a redelivery is harmless.
+//!
+//! [`expire`] is the handler every host calls; [`handle_event`] is the Lambda host's
+//! side (an Amazon MQ for RabbitMQ event).
+
+use aws_lambda_events::event::rabbitmq::RabbitMqEvent;
+use flash_sale_adapters::{Queue, wire};
+use flash_sale_core::ports::ExpireOutcome;
+use flash_sale_runtime::App;
+use flash_sale_runtime::queue::{QueueError, event_messages};
+use lambda_runtime::LambdaEvent;
+
+/// Expires the hold named in one message body.
+pub async fn expire(app: &App, body: &[u8]) -> Result<ExpireOutcome, QueueError> {
+    let message = wire::decode_expire(body)?;
+    let outcome = app.sale.expire(message).await?;
+    tracing::debug!(reservation = %message.reservation, ?outcome, "expiry handled");
+    Ok(outcome)
+}
+
+/// The Lambda host: every message of the batch, in order. A retryable failure fails the
+/// invocation so the event source redelivers the batch (expiry is idempotent); a message
+/// that can never succeed goes to the dead-letter queue and the rest carry on.
+pub async fn handle_event(app: &App, event: LambdaEvent<RabbitMqEvent>) -> Result<(), lambda_runtime::Error> {
+    for message in event_messages(event.payload) {
+        let result = match &message.body {
+            Ok(body) => expire(app, body).await.map(|_| ()),
+            Err(e) => Err(QueueError::Rejected(e.to_string())),
+        };
+        match result {
+            Ok(()) => {}
+            Err(e @ QueueError::Retryable(_)) => return Err(e.into()),
+            Err(QueueError::Rejected(reason)) => {
+                tracing::error!(queue = %message.queue, %reason, "dead-lettering an expiry message");
+                let body = message.body.unwrap_or_default();
+                app.sale
+                    .bus()
+                    .dead_letter(Queue::HoldsExpired, body, &reason)
+                    .await
+                    .map_err(|e| QueueError::from(e))?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! # pay
+//!
+//! `POST /reservations/{id}/pay` moves a hold to `PAID` for its owner, before its
+//! deadline, and queues its order. In mock-payment mode the same function also plays the
+//! payment provider: [`settle_payment_request`] pays a requested hold after a random
+//! delay, as the Go reference did.
+
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::routing::post;
+use axum::{Json, Router};
+use flash_sale_adapters::wire;
+use flash_sale_core::{ReservationId, UserId};
+use flash_sale_runtime::App;
+use flash_sale_runtime::http::{ApiError, JsonBody, rfc3339};
+use flash_sale_runtime::queue::QueueError;
+use rand::Rng as _;
+use serde::{Deserialize, Serialize};
+
+pub fn router(app: App) -> Router {
+    Router::new()
+        .route("/reservations/{id}/pay", post(pay))
+        .with_state(app)
+}
+
+#[derive(Debug, Deserialize)]
+struct PayRequest {
+    user_id: i64,
+}
+
+#[derive(Debug, Serialize)]
+struct Paid {
+    id: String,
+    showtime_id: i64,
+    user_id: i64,
+    status: &'static str,
+    paid_at: String,
+}
+
+async fn pay(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<PayRequest>,
+) -> Result<Json<Paid>, ApiError> {
+    let id: ReservationId = id.parse()?;
+    let user = UserId::new(req.user_id)?;
+    let receipt = app.sale.pay(id, user).await?;
+    if !receipt.order_queued {
+        tracing::warn!(reservation = %id, "paid, but the order message could not be queued yet; the sweep will re-send it");
+    }
+    Ok(Json(Paid {
+        id: id.to_string(),
+        showtime_id: id.showtime().get(),
+        user_id: user.get(),
+        status: "PAID",
+        paid_at: rfc3339(receipt.order.paid_at),
+    }))
+}
+
+/// The mock payment provider: waits a random delay from `delay_ms`, then pays the hold.
+/// A hold that can no longer be paid (expired meanwhile, already paid) is settled.
+pub async fn settle_payment_request(
+    app: &App,
+    body: &[u8],
+    delay_ms: RangeInclusive<u64>,
+) -> Result<(), QueueError> {
+    let request = wire::decode_payment(body)?;
+    let delay = rand::rng().random_range(delay_ms);
+    tokio::time::sleep(Duration::from_millis(delay)).await;
+    app.sale.settle_payment_request(request).await?;
+    Ok(())
+}

@@ -1,1 +1,11 @@
-fn main() {}
+//! The `showtimes` Lambda function: configuration and clients once per cold start, then
+//! the shared router on every request.
+
+use flash_sale_runtime::{App, http::no_such_route, init_tracing};
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    init_tracing();
+    let app = App::from_env().await?;
+    lambda_http::run(showtimes::router(app).fallback(no_such_route)).await
+}

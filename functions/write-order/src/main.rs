@@ -1,1 +1,12 @@
-fn main() {}
+//! The `write-order` Lambda function, fed by an Amazon MQ for RabbitMQ event source
+//! mapping on the order queue.
+
+use flash_sale_runtime::{App, init_tracing};
+use lambda_runtime::{run, service_fn};
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    init_tracing();
+    let app = App::from_env().await?;
+    run(service_fn(|event| write_order::handle_event(&app, event))).await
+}

@@ -1,0 +1,365 @@
+//! The message bus on RabbitMQ.
+//!
+//! Topology, for queue prefix `flash-sale` and a 900 s hold (declared idempotently at
+//! start, never purged):
+//!
+//! ```text
+//!   reserve --holds.delay.900s--> [flash-sale.holds.delay.900s]  classic, no consumer,
+//!                                   | x-message-ttl = hold time    queue-level TTL keeps
+//!                                   | dead-lettered when due       expiries in order
+//!                                   v
+//!           --holds.expired-----> [flash-sale.holds.expired] --> expire
+//!   reserve --payments----------> [flash-sale.payments]      --> mock payer (mock mode)
+//!   pay     --orders------------> [flash-sale.orders]        --> write-order
+//!
+//!   work queues are quorum queues with x-delivery-limit: a message that keeps failing is
+//!   dead-lettered through `flash-sale.dead` to `<queue>.dlq`, where a person can see it
+//!   and replay it.
+//! ```
+//!
+//! The TTL is part of the delay queue's name: a queue's arguments cannot change once it
+//! exists, so a new hold time gets a new queue instead of a PRECONDITION_FAILED.
+//! Every publish is persistent and mandatory and waits for the broker's confirm.
+
+use std::time::Duration;
+
+use flash_sale_core::ports::{MessageBus, PortError, PortResult};
+use flash_sale_core::{ExpireHold, OrderRequest, PaymentRequest};
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use tokio::sync::Mutex;
+
+use crate::wire;
+
+const COMPONENT: &str = "rabbitmq";
+
+fn port_error(context: &str, e: lapin::Error) -> PortError {
+    PortError::transient(COMPONENT, format!("{context}: {e}"))
+}
+
+/// The queues a consumer can read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queue {
+    /// Holds whose time is over, dead-lettered from the delay queue.
+    HoldsExpired,
+    /// Payment requests for the mock payer.
+    Payments,
+    /// Paid reservations to record in the database.
+    Orders,
+}
+
+impl Queue {
+    pub const ALL: [Queue; 3] = [Queue::HoldsExpired, Queue::Payments, Queue::Orders];
+
+    /// Routing key, and the queue's name after the prefix.
+    pub fn key(self) -> &'static str {
+        match self {
+            Queue::HoldsExpired => "holds.expired",
+            Queue::Payments => "payments",
+            Queue::Orders => "orders",
+        }
+    }
+}
+
+/// Names and shape of every exchange and queue.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub prefix: String,
+    pub hold: Duration,
+    /// Deliveries of one message before it is dead-lettered.
+    pub delivery_limit: u32,
+}
+
+impl Topology {
+    pub fn exchange(&self) -> String {
+        self.prefix.clone()
+    }
+
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}.dead", self.prefix)
+    }
+
+    fn delay_key(&self) -> String {
+        format!("holds.delay.{}s", self.hold.as_secs())
+    }
+
+    pub fn delay_queue(&self) -> String {
+        format!("{}.{}", self.prefix, self.delay_key())
+    }
+
+    pub fn queue(&self, q: Queue) -> String {
+        format!("{}.{}", self.prefix, q.key())
+    }
+
+    pub fn dead_letter_queue(&self, q: Queue) -> String {
+        format!("{}.{}.dlq", self.prefix, q.key())
+    }
+}
+
+/// The [`MessageBus`] on RabbitMQ: one connection, one confirm-mode publishing channel,
+/// both re-opened on demand after a broker restart.
+pub struct Broker {
+    url: String,
+    topology: Topology,
+    conn: Mutex<Option<Connection>>,
+    publisher: Mutex<Option<Channel>>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").field("topology", &self.topology).finish()
+    }
+}
+
+fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in entries {
+        t.insert((*k).into(), v.clone());
+    }
+    t
+}
+
+fn text(s: &str) -> AMQPValue {
+    AMQPValue::LongString(s.into())
+}
+
+impl Broker {
+    /// Connects and declares the whole topology.
+    pub async fn connect(url: &str, topology: Topology) -> PortResult<Self> {
+        let broker = Self {
+            url: url.to_string(),
+            topology,
+            conn: Mutex::new(None),
+            publisher: Mutex::new(None),
+        };
+        let channel = broker.channel().await?;
+        broker.declare(&channel).await?;
+        Ok(broker)
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// A new channel on the (re)connected connection.
+    pub async fn channel(&self) -> PortResult<Channel> {
+        let mut conn = self.conn.lock().await;
+        if !conn.as_ref().is_some_and(|c| c.status().connected()) {
+            let props = ConnectionProperties::default().with_connection_name("flash-sale".into());
+            let fresh = tokio::time::timeout(Duration::from_secs(5), Connection::connect(&self.url, props))
+                .await
+                .map_err(|_| PortError::transient(COMPONENT, format!("connecting to {} timed out", redact(&self.url))))?
+                .map_err(|e| port_error(&format!("connecting to {}", redact(&self.url)), e))?;
+            *conn = Some(fresh);
+        }
+        let conn = conn.as_ref().expect("connected above");
+        conn.create_channel()
+            .await
+            .map_err(|e| port_error("opening a channel", e))
+    }
+
+    async fn declare(&self, ch: &Channel) -> PortResult<()> {
+        let t = &self.topology;
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        for exchange in [t.exchange(), t.dead_letter_exchange()] {
+            ch.exchange_declare(exchange.as_str().into(), ExchangeKind::Direct, durable, FieldTable::default())
+                .await
+                .map_err(|e| port_error(&format!("declaring exchange {exchange}"), e))?;
+        }
+        let durable_queue = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        let hold_ms = t.hold.as_millis().min(u32::MAX as u128) as u32;
+        let delay_args = table(&[
+            ("x-message-ttl", AMQPValue::LongUInt(hold_ms)),
+            ("x-dead-letter-exchange", text(&t.exchange())),
+            ("x-dead-letter-routing-key", text(Queue::HoldsExpired.key())),
+        ]);
+        self.declare_bound(ch, &t.delay_queue(), durable_queue, delay_args, &t.exchange(), &t.delay_key())
+            .await?;
+        for q in Queue::ALL {
+            let args = table(&[
+                ("x-queue-type", text("quorum")),
+                ("x-delivery-limit", AMQPValue::LongUInt(t.delivery_limit)),
+                ("x-dead-letter-exchange", text(&t.dead_letter_exchange())),
+                ("x-dead-letter-routing-key", text(q.key())),
+            ]);
+            self.declare_bound(ch, &t.queue(q), durable_queue, args, &t.exchange(), q.key())
+                .await?;
+            self.declare_bound(
+                ch,
+                &t.dead_letter_queue(q),
+                durable_queue,
+                FieldTable::default(),
+                &t.dead_letter_exchange(),
+                q.key(),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn declare_bound(
+        &self,
+        ch: &Channel,
+        queue: &str,
+        options: QueueDeclareOptions,
+        args: FieldTable,
+        exchange: &str,
+        key: &str,
+    ) -> PortResult<()> {
+        ch.queue_declare(queue.into(), options, args)
+            .await
+            .map_err(|e| port_error(&format!("declaring queue {queue}"), e))?;
+        ch.queue_bind(queue.into(), exchange.into(), key.into(), QueueBindOptions::default(), FieldTable::default())
+            .await
+            .map_err(|e| port_error(&format!("binding queue {queue}"), e))
+    }
+
+    /// Deletes every queue and exchange of this topology. For tests and tear-down only:
+    /// the service itself never purges or deletes.
+    pub async fn delete_topology(&self) -> PortResult<()> {
+        let ch = self.channel().await?;
+        let t = &self.topology;
+        let mut queues = vec![t.delay_queue()];
+        for q in Queue::ALL {
+            queues.push(t.queue(q));
+            queues.push(t.dead_letter_queue(q));
+        }
+        for q in queues {
+            ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await
+                .map_err(|e| port_error(&format!("deleting {q}"), e))?;
+        }
+        for x in [t.exchange(), t.dead_letter_exchange()] {
+            ch.exchange_delete(x.as_str().into(), Default::default())
+                .await
+                .map_err(|e| port_error(&format!("deleting {x}"), e))?;
+        }
+        Ok(())
+    }
+
+    /// Opens a consumer on `queue` on its own channel, with at most `prefetch`
+    /// unacknowledged deliveries.
+    pub async fn consume(&self, queue: Queue, prefetch: u16) -> PortResult<(Channel, lapin::Consumer)> {
+        let ch = self.channel().await?;
+        ch.basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .map_err(|e| port_error("setting prefetch", e))?;
+        let name = self.topology.queue(queue);
+        let consumer = ch
+            .basic_consume(name.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await
+            .map_err(|e| port_error(&format!("consuming {name}"), e))?;
+        Ok((ch, consumer))
+    }
+
+    async fn publisher(&self) -> PortResult<Channel> {
+        let mut slot = self.publisher.lock().await;
+        if let Some(ch) = slot.as_ref().filter(|c| c.status().connected()) {
+            return Ok(ch.clone());
+        }
+        let ch = self.channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| port_error("enabling publisher confirms", e))?;
+        *slot = Some(ch.clone());
+        Ok(ch)
+    }
+
+    /// Publishes every message to the work exchange, then waits for all their confirms
+    /// together.
+    pub async fn publish(&self, messages: &[(&str, Vec<u8>)]) -> PortResult<()> {
+        self.publish_to(&self.topology.exchange(), messages, FieldTable::default())
+            .await
+    }
+
+    /// Sends a message that can never succeed to `queue`'s dead-letter queue, with the
+    /// reason in its `x-flash-sale-reason` header. For hosts that cannot reject a single
+    /// message themselves (a Lambda batch).
+    pub async fn dead_letter(&self, queue: Queue, body: Vec<u8>, reason: &str) -> PortResult<()> {
+        let headers = table(&[("x-flash-sale-reason", text(reason))]);
+        self.publish_to(&self.topology.dead_letter_exchange(), &[(queue.key(), body)], headers)
+            .await
+    }
+
+    async fn publish_to(
+        &self,
+        exchange: &str,
+        messages: &[(&str, Vec<u8>)],
+        headers: FieldTable,
+    ) -> PortResult<()> {
+        let ch = self.publisher().await?;
+        let mut confirms = Vec::with_capacity(messages.len());
+        for (key, body) in messages {
+            let props = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into())
+                .with_headers(headers.clone());
+            let confirm = ch
+                .basic_publish(
+                    exchange.into(),
+                    (*key).into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    body,
+                    props,
+                )
+                .await
+                .map_err(|e| port_error("publishing", e))?;
+            confirms.push(confirm);
+        }
+        for confirm in futures::future::join_all(confirms).await {
+            match confirm.map_err(|e| port_error("waiting for a publisher confirm", e))? {
+                Confirmation::Ack(None) | Confirmation::NotRequested => {}
+                Confirmation::Ack(Some(returned)) => {
+                    return Err(PortError::transient(
+                        COMPONENT,
+                        format!("message to {} was unroutable and returned", returned.delivery.routing_key),
+                    ));
+                }
+                Confirmation::Nack(_) => {
+                    return Err(PortError::transient(COMPONENT, "the broker refused a message (nack)"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+impl MessageBus for Broker {
+    async fn publish_hold(&self, expiry: ExpireHold, payment: Option<PaymentRequest>) -> PortResult<()> {
+        let delay = self.topology.delay_key();
+        let mut messages = vec![(delay.as_str(), wire::encode_expire(&expiry))];
+        if let Some(p) = payment {
+            messages.push((Queue::Payments.key(), wire::encode_payment(&p)));
+        }
+        self.publish(&messages).await
+    }
+
+    async fn publish_orders(&self, orders: &[OrderRequest]) -> PortResult<()> {
+        let messages: Vec<_> = orders
+            .iter()
+            .map(|o| (Queue::Orders.key(), wire::encode_order(o)))
+            .collect();
+        self.publish(&messages).await
+    }
+}

@@ -1,0 +1,394 @@
+//! The seat store on Redis.
+//!
+//! Key layout, for key prefix `fs` and showtime 42 (every key of a showtime shares the
+//! hash tag `{42}`, so each script touches one cluster slot):
+//!
+//! | key              | type   | holds                                             |
+//! |------------------|--------|---------------------------------------------------|
+//! | `fs:{42}:seats`  | HASH   | capacity, available, held, sold                   |
+//! | `fs:{42}:users`  | HASH   | user id -> reservation sequence (held or bought)  |
+//! | `fs:{42}:seq`    | STRING | the showtime's reservation sequence               |
+//! | `fs:{42}:r:1007` | HASH   | reservation 42-1007: user, status, deadlines      |
+//! | `fs:{42}:deadlines` | ZSET | RESERVED holds by deadline (the sweep's outbox)  |
+//! | `fs:{42}:unrecorded` | ZSET | PAID reservations not yet ORDERED, by paid time |
+//! | `fs:showtimes`   | SET    | showtimes on sale (walked by the sweep)           |
+//!
+//! One multiplexed connection ([`ConnectionManager`]) carries every concurrent script,
+//! pipelined, and reconnects on its own.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flash_sale_core::ports::{
+    ExpireOutcome, PayOutcome, PortError, PortResult, SeatStore, TakeOutcome,
+};
+use flash_sale_core::{
+    OrderRequest, Reservation, ReservationId, SeatCounts, ShowtimeId, Status, UnixMillis, UserId,
+};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script, Value};
+
+const COMPONENT: &str = "redis";
+
+struct Scripts {
+    reserve: Script,
+    pay: Script,
+    expire: Script,
+    mark_ordered: Script,
+    load: Script,
+}
+
+/// The [`SeatStore`] on Redis. Cheap to clone: clones share one connection.
+#[derive(Clone)]
+pub struct RedisSeats {
+    conn: ConnectionManager,
+    prefix: Arc<str>,
+    scripts: Arc<Scripts>,
+}
+
+impl std::fmt::Debug for RedisSeats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSeats").field("prefix", &self.prefix).finish()
+    }
+}
+
+fn port_error(e: redis::RedisError) -> PortError {
+    let transient = e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_unrecoverable_error();
+    PortError {
+        component: COMPONENT,
+        transient,
+        message: e.to_string(),
+    }
+}
+
+fn unexpected(what: &str, v: &Value) -> PortError {
+    PortError::permanent(COMPONENT, format!("unexpected reply from {what}: {v:?}"))
+}
+
+fn int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn text(v: &Value) -> Option<&str> {
+    match v {
+        Value::BulkString(b) => std::str::from_utf8(b).ok(),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
+    }
+}
+
+fn reply(v: &Value) -> Option<&[Value]> {
+    match v {
+        Value::Array(items) => Some(items),
+        _ => None,
+    }
+}
+
+fn status_of(v: Option<&Value>) -> Option<Status> {
+    text(v?)?.parse().ok()
+}
+
+impl RedisSeats {
+    /// Connects (with bounded timeouts) and loads nothing: scripts are sent by SHA and
+    /// loaded on first NOSCRIPT.
+    pub async fn connect(url: &str, prefix: &str) -> PortResult<Self> {
+        let client = redis::Client::open(url).map_err(|e| {
+            PortError::permanent(COMPONENT, format!("REDIS_URL is not a valid Redis URL: {e}"))
+        })?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(3)))
+            .set_response_timeout(Some(Duration::from_secs(3)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(port_error)?;
+        Ok(Self {
+            conn,
+            prefix: prefix.into(),
+            scripts: Arc::new(Scripts {
+                reserve: Script::new(include_str!("../../lua/reserve.lua")),
+                pay: Script::new(include_str!("../../lua/pay.lua")),
+                expire: Script::new(include_str!("../../lua/expire.lua")),
+                mark_ordered: Script::new(include_str!("../../lua/mark_ordered.lua")),
+                load: Script::new(include_str!("../../lua/load.lua")),
+            }),
+        })
+    }
+
+    /// The key prefix every key of this store starts with.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// A clone of the multiplexed connection, for tests and tools.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    fn key(&self, showtime: ShowtimeId, what: &str) -> String {
+        format!("{}:{{{}}}:{}", self.prefix, showtime, what)
+    }
+
+    fn reservation_key(&self, id: ReservationId) -> String {
+        format!("{}:{{{}}}:r:{}", self.prefix, id.showtime(), id.seq())
+    }
+
+    fn showtimes_key(&self) -> String {
+        format!("{}:showtimes", self.prefix)
+    }
+
+    async fn showtimes(&self) -> PortResult<Vec<ShowtimeId>> {
+        let mut conn = self.conn.clone();
+        let raw: Vec<i64> = conn.smembers(self.showtimes_key()).await.map_err(port_error)?;
+        Ok(raw.into_iter().filter_map(|s| ShowtimeId::new(s).ok()).collect())
+    }
+
+    async fn now_ms(&self) -> PortResult<u64> {
+        let mut conn = self.conn.clone();
+        let (secs, micros): (u64, u64) = redis::cmd("TIME")
+            .query_async(&mut conn)
+            .await
+            .map_err(port_error)?;
+        Ok(secs * 1000 + micros / 1000)
+    }
+}
+
+impl SeatStore for RedisSeats {
+    async fn take(
+        &self,
+        showtime: ShowtimeId,
+        user: UserId,
+        hold: Duration,
+    ) -> PortResult<TakeOutcome> {
+        let mut conn = self.conn.clone();
+        let v: Value = self
+            .scripts
+            .reserve
+            .key(self.key(showtime, "seats"))
+            .key(self.key(showtime, "users"))
+            .key(self.key(showtime, "seq"))
+            .key(self.key(showtime, "deadlines"))
+            .arg(user.get())
+            .arg(hold.as_millis() as u64)
+            .arg(self.key(showtime, "r:"))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(port_error)?;
+        let items = reply(&v).ok_or_else(|| unexpected("reserve.lua", &v))?;
+        let seq = |i: usize| {
+            items
+                .get(i)
+                .and_then(int)
+                .and_then(|s| ReservationId::new(showtime, s as u64).ok())
+                .ok_or_else(|| unexpected("reserve.lua", &v))
+        };
+        Ok(match items.first().and_then(int) {
+            Some(1) => TakeOutcome::Reserved(Reservation {
+                id: seq(1)?,
+                user,
+                status: Status::Reserved,
+                expires_at: UnixMillis(
+                    items.get(2).and_then(int).ok_or_else(|| unexpected("reserve.lua", &v))? as u64,
+                ),
+            }),
+            Some(2) => TakeOutcome::AlreadyHolds(seq(1)?),
+            Some(3) => TakeOutcome::SoldOut,
+            Some(4) => TakeOutcome::UnknownShowtime,
+            _ => return Err(unexpected("reserve.lua", &v)),
+        })
+    }
+
+    async fn load(&self, showtime: ShowtimeId, capacity: u32, sold: u32) -> PortResult<bool> {
+        let mut conn = self.conn.clone();
+        let loaded: i64 = self
+            .scripts
+            .load
+            .key(self.key(showtime, "seats"))
+            .arg(capacity)
+            .arg(sold)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(port_error)?;
+        let _: i64 = conn
+            .sadd(self.showtimes_key(), showtime.get())
+            .await
+            .map_err(port_error)?;
+        Ok(loaded == 1)
+    }
+
+    async fn pay(&self, id: ReservationId, user: UserId) -> PortResult<PayOutcome> {
+        let showtime = id.showtime();
+        let mut conn = self.conn.clone();
+        let v: Value = self
+            .scripts
+            .pay
+            .key(self.key(showtime, "seats"))
+            .key(self.key(showtime, "users"))
+            .key(self.key(showtime, "deadlines"))
+            .key(self.key(showtime, "unrecorded"))
+            .key(self.reservation_key(id))
+            .arg(user.get())
+            .arg(id.seq())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(port_error)?;
+        let items = reply(&v).ok_or_else(|| unexpected("pay.lua", &v))?;
+        Ok(match items.first().and_then(int) {
+            Some(1) => PayOutcome::Paid {
+                paid_at: UnixMillis(
+                    items.get(1).and_then(int).ok_or_else(|| unexpected("pay.lua", &v))? as u64,
+                ),
+            },
+            Some(0) => PayOutcome::NotFound,
+            Some(2) => PayOutcome::NotOwner,
+            Some(3) => PayOutcome::Expired,
+            Some(4) => PayOutcome::AlreadyPaid(
+                status_of(items.get(1)).ok_or_else(|| unexpected("pay.lua", &v))?,
+            ),
+            _ => return Err(unexpected("pay.lua", &v)),
+        })
+    }
+
+    async fn expire(&self, id: ReservationId) -> PortResult<ExpireOutcome> {
+        let showtime = id.showtime();
+        let mut conn = self.conn.clone();
+        let v: Value = self
+            .scripts
+            .expire
+            .key(self.key(showtime, "seats"))
+            .key(self.key(showtime, "users"))
+            .key(self.key(showtime, "deadlines"))
+            .key(self.reservation_key(id))
+            .arg(id.seq())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(port_error)?;
+        let items = reply(&v).ok_or_else(|| unexpected("expire.lua", &v))?;
+        Ok(match items.first().and_then(int) {
+            Some(1) => ExpireOutcome::SeatReturned,
+            Some(0) => ExpireOutcome::NotFound,
+            Some(2) => ExpireOutcome::AlreadySettled(
+                status_of(items.get(1)).ok_or_else(|| unexpected("expire.lua", &v))?,
+            ),
+            _ => return Err(unexpected("expire.lua", &v)),
+        })
+    }
+
+    async fn mark_ordered(&self, ids: &[ReservationId]) -> PortResult<()> {
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        for id in ids {
+            let mut call = self.scripts.mark_ordered.key(self.key(id.showtime(), "unrecorded"));
+            call.key(self.reservation_key(*id)).arg(id.seq());
+            // Pipelined EVALSHA; the first call of a process loads the script.
+            pipe.invoke_script(&call);
+        }
+        let loaded: Result<Vec<i64>, _> = pipe.query_async(&mut conn).await;
+        match loaded {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                self.scripts
+                    .mark_ordered
+                    .prepare_invoke()
+                    .load_async(&mut conn)
+                    .await
+                    .map_err(port_error)?;
+                let _: Vec<i64> = pipe.query_async(&mut conn).await.map_err(port_error)?;
+                Ok(())
+            }
+            Err(e) => Err(port_error(e)),
+        }
+    }
+
+    async fn reservation(&self, id: ReservationId) -> PortResult<Option<Reservation>> {
+        let mut conn = self.conn.clone();
+        let (user, status, expires_at): (Option<i64>, Option<String>, Option<u64>) = redis::cmd("HMGET")
+            .arg(self.reservation_key(id))
+            .arg("user")
+            .arg("status")
+            .arg("expires_at")
+            .query_async(&mut conn)
+            .await
+            .map_err(port_error)?;
+        let (Some(user), Some(status), Some(expires_at)) = (user, status, expires_at) else {
+            return Ok(None);
+        };
+        let corrupt = |what: String| PortError::permanent(COMPONENT, format!("reservation {id}: {what}"));
+        Ok(Some(Reservation {
+            id,
+            user: UserId::new(user).map_err(|e| corrupt(e.0))?,
+            status: status.parse().map_err(|e: flash_sale_core::InvalidInput| corrupt(e.0))?,
+            expires_at: UnixMillis(expires_at),
+        }))
+    }
+
+    async fn counts(&self, showtime: ShowtimeId) -> PortResult<Option<SeatCounts>> {
+        let mut conn = self.conn.clone();
+        let (capacity, available, held, sold): (Option<u32>, Option<u32>, Option<u32>, Option<u32>) =
+            redis::cmd("HMGET")
+                .arg(self.key(showtime, "seats"))
+                .arg("capacity")
+                .arg("available")
+                .arg("held")
+                .arg("sold")
+                .query_async(&mut conn)
+                .await
+                .map_err(port_error)?;
+        Ok(match (capacity, available, held, sold) {
+            (Some(capacity), Some(available), Some(held), Some(sold)) => Some(SeatCounts {
+                capacity,
+                available,
+                held,
+                sold,
+            }),
+            _ => None,
+        })
+    }
+
+    async fn overdue_holds(&self, grace: Duration) -> PortResult<Vec<ReservationId>> {
+        let cutoff = self.now_ms().await?.saturating_sub(grace.as_millis() as u64);
+        let mut conn = self.conn.clone();
+        let mut overdue = vec![];
+        for showtime in self.showtimes().await? {
+            let seqs: Vec<u64> = conn
+                .zrangebyscore_limit(self.key(showtime, "deadlines"), "-inf", cutoff, 0, 1000)
+                .await
+                .map_err(port_error)?;
+            overdue.extend(seqs.into_iter().filter_map(|s| ReservationId::new(showtime, s).ok()));
+        }
+        Ok(overdue)
+    }
+
+    async fn unrecorded_payments(&self, grace: Duration) -> PortResult<Vec<OrderRequest>> {
+        let cutoff = self.now_ms().await?.saturating_sub(grace.as_millis() as u64);
+        let mut conn = self.conn.clone();
+        let mut orders = vec![];
+        for showtime in self.showtimes().await? {
+            let paid: Vec<(u64, u64)> = conn
+                .zrangebyscore_limit_withscores(self.key(showtime, "unrecorded"), "-inf", cutoff, 0, 1000)
+                .await
+                .map_err(port_error)?;
+            for (seq, paid_at) in paid {
+                let Ok(id) = ReservationId::new(showtime, seq) else { continue };
+                if let Some(r) = self.reservation(id).await? {
+                    orders.push(OrderRequest {
+                        reservation: id,
+                        user: r.user,
+                        paid_at: UnixMillis(paid_at),
+                    });
+                }
+            }
+        }
+        Ok(orders)
+    }
+}

@@ -1,0 +1,199 @@
+//! The local event source: RabbitMQ consumers that call the queue functions' handlers
+//! and settle each delivery by the handler's typed outcome:
+//! - `Ok`: ack (the effect is durable by then);
+//! - `Rejected` (can never succeed): reject without requeue, so the quorum queue
+//!   dead-letters it to `<queue>.dlq`;
+//! - `Retryable`: retried in-process with backoff for a while (a database restart), then
+//!   requeued; the queue's delivery limit bounds how often.
+//!
+//! A consumer whose channel or connection drops reconnects on its own, with backoff.
+
+use std::future::Future;
+use std::time::Duration;
+
+use flash_sale_adapters::Queue;
+use flash_sale_runtime::App;
+use flash_sale_runtime::queue::QueueError;
+use futures::{StreamExt, TryStreamExt};
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use tokio_stream::StreamExt as _;
+
+/// Unacknowledged deliveries per consumer.
+const PREFETCH: u16 = 512;
+/// Deliveries handled at once by a per-message consumer.
+const CONCURRENCY: usize = 256;
+/// Most orders written in one transaction, and how long a batch waits to fill.
+const ORDER_BATCH: usize = 256;
+const ORDER_LINGER: Duration = Duration::from_millis(10);
+/// How long a retryable failure is retried in-process before the message is requeued.
+const RETRY_FOR: Duration = Duration::from_secs(30);
+
+/// Calls `attempt` until it succeeds, fails for good, or [`RETRY_FOR`] has passed.
+async fn with_retries<T, F, Fut>(mut attempt: F) -> Result<T, QueueError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, QueueError>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match attempt().await {
+            Err(QueueError::Retryable(why)) if started.elapsed() < RETRY_FOR => {
+                tracing::warn!(%why, "retrying in {pause:?}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(3));
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn settle(queue: Queue, delivery: &Delivery, result: Result<(), QueueError>) {
+    let settled = match result {
+        Ok(()) => delivery.ack(BasicAckOptions::default()).await,
+        Err(QueueError::Rejected(why)) => {
+            tracing::error!(queue = queue.key(), %why, "dead-lettering a message that can never succeed");
+            delivery
+                .nack(BasicNackOptions {
+                    requeue: false,
+                    ..Default::default()
+                })
+                .await
+        }
+        Err(QueueError::Retryable(why)) => {
+            tracing::warn!(queue = queue.key(), %why, "requeueing");
+            delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+    if let Err(e) = settled {
+        // The channel is gone: the broker redelivers the message to the next consumer.
+        tracing::warn!(queue = queue.key(), "could not settle a delivery: {e}");
+    }
+}
+
+/// Keeps one consumer of `queue` running, reconnecting with backoff, forever.
+async fn keep_consuming<F, Fut>(app: App, queue: Queue, run: F)
+where
+    F: Fn(App, lapin::Consumer) -> Fut,
+    Fut: Future<Output = Result<(), lapin::Error>>,
+{
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match app.sale.bus().consume(queue, PREFETCH).await {
+            Ok((_channel, consumer)) => {
+                tracing::info!(queue = queue.key(), "consuming");
+                pause = Duration::from_millis(100);
+                match run(app.clone(), consumer).await {
+                    Ok(()) => tracing::warn!(queue = queue.key(), "consumer ended; reconnecting"),
+                    Err(e) => tracing::warn!(queue = queue.key(), "consumer failed: {e}; reconnecting"),
+                }
+            }
+            Err(e) => tracing::warn!(queue = queue.key(), "cannot consume: {e}; retrying in {pause:?}"),
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Feeds the expiry queue to the `expire` handler.
+pub async fn expiries(app: App) {
+    keep_consuming(app, Queue::HoldsExpired, |app, consumer| async move {
+        consumer
+            .try_for_each_concurrent(CONCURRENCY, |delivery| {
+                let app = app.clone();
+                async move {
+                    let result = with_retries(|| async { expire::expire(&app, &delivery.data).await.map(|_| ()) }).await;
+                    settle(Queue::HoldsExpired, &delivery, result).await;
+                    Ok(())
+                }
+            })
+            .await
+    })
+    .await
+}
+
+/// Feeds the payment queue to the mock payer (mock-payment mode only).
+pub async fn payments(app: App) {
+    keep_consuming(app, Queue::Payments, |app, consumer| async move {
+        consumer
+            .try_for_each_concurrent(PREFETCH as usize, |delivery| {
+                let app = app.clone();
+                async move {
+                    let delay = app.config.mock_pay_delay_ms.clone();
+                    let result = with_retries(|| pay::settle_payment_request(&app, &delivery.data, delay.clone())).await;
+                    settle(Queue::Payments, &delivery, result).await;
+                    Ok(())
+                }
+            })
+            .await
+    })
+    .await
+}
+
+/// Feeds the order queue to the `write-order` handler, in batches of up to
+/// [`ORDER_BATCH`] collected for at most [`ORDER_LINGER`].
+pub async fn orders(app: App) {
+    keep_consuming(app, Queue::Orders, |app, consumer| async move {
+        let batches = consumer.chunks_timeout(ORDER_BATCH, ORDER_LINGER);
+        tokio::pin!(batches);
+        while let Some(batch) = StreamExt::next(&mut batches).await {
+            let mut deliveries = Vec::with_capacity(batch.len());
+            let mut failure = None;
+            for item in batch {
+                match item {
+                    Ok(d) => deliveries.push(d),
+                    Err(e) => failure = Some(e),
+                }
+            }
+            let bodies: Vec<&[u8]> = deliveries.iter().map(|d| d.data.as_slice()).collect();
+            let results = with_retries(|| async {
+                let results = write_order::write_orders(&app, &bodies).await;
+                match results.iter().find(|r| matches!(r, Err(QueueError::Retryable(_)))) {
+                    Some(Err(e)) => Err(QueueError::Retryable(e.to_string())),
+                    _ => Ok(results),
+                }
+            })
+            .await;
+            match results {
+                Ok(results) => {
+                    for (delivery, result) in deliveries.iter().zip(results) {
+                        settle(Queue::Orders, delivery, result).await;
+                    }
+                }
+                Err(e) => {
+                    for delivery in &deliveries {
+                        settle(Queue::Orders, delivery, Err(QueueError::Retryable(e.to_string()))).await;
+                    }
+                }
+            }
+            if let Some(e) = failure {
+                return Err(e);
+            }
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Runs the sweep every `SWEEP_INTERVAL_SECS`: the backstop for expiry and order
+/// messages that never arrived.
+pub async fn sweep(app: App) {
+    let mut every = tokio::time::interval(app.config.sweep_interval);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        match app.sale.sweep(app.config.sweep_grace).await {
+            Ok(report) if report.holds_expired + report.orders_resent > 0 => {
+                tracing::warn!(?report, "the sweep found work the queues had not done");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("sweep failed: {e}"),
+        }
+    }
+}

@@ -1,0 +1,34 @@
+-- expire.lua: RESERVED -> EXPIRED, returning the seat exactly once.
+--
+-- Called by the expiry consumer when a hold's delayed message arrives, by the sweep for
+-- holds whose message never came, and by reserve to give a seat back when its follow-up
+-- messages could not be published. Any state other than RESERVED is left alone, so
+-- every caller may run it any number of times.
+--
+-- KEYS[1] seats       HASH  capacity, available, held, sold
+-- KEYS[2] users       HASH  user id -> reservation sequence
+-- KEYS[3] deadlines   ZSET  reservation sequence -> hold deadline (ms)
+-- KEYS[4] reservation HASH  user, status, expires_at
+-- ARGV[1] reservation sequence
+--
+-- Returns, by the first element:
+--   {1}          expired now: held -1, available +1, the user may try again
+--   {0}          no such reservation
+--   {2, status}  nothing done: it is PAID, ORDERED or EXPIRED already
+
+local r = redis.call('HMGET', KEYS[4], 'user', 'status')
+if not r[1] then
+  return {0}
+end
+if r[2] ~= 'RESERVED' then
+  return {2, r[2]}
+end
+
+redis.call('HSET', KEYS[4], 'status', 'EXPIRED')
+redis.call('HINCRBY', KEYS[1], 'held', -1)
+redis.call('HINCRBY', KEYS[1], 'available', 1)
+if redis.call('HGET', KEYS[2], r[1]) == ARGV[1] then
+  redis.call('HDEL', KEYS[2], r[1])
+end
+redis.call('ZREM', KEYS[3], ARGV[1])
+return {1}

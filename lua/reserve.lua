@@ -1,0 +1,42 @@
+-- reserve.lua: take one seat of a showtime for a user, atomically.
+--
+-- Every key carries the showtime's hash tag ({42}), so the script runs on Redis Cluster.
+-- KEYS[1] seats      HASH  capacity, available, held, sold
+-- KEYS[2] users      HASH  user id -> reservation sequence (held or bought)
+-- KEYS[3] seq        STRING per-showtime reservation sequence
+-- KEYS[4] deadlines  ZSET  reservation sequence -> hold deadline (ms), RESERVED only
+-- ARGV[1] user id
+-- ARGV[2] hold time in milliseconds
+-- ARGV[3] reservation key prefix, e.g. "fs:{42}:r:" (same hash tag; the key is
+--         derived from the new sequence, so it cannot be passed in KEYS)
+--
+-- Returns, by the first element:
+--   {1, seq, expires_at_ms}  reserved
+--   {2, seq}                 this user already holds or bought reservation seq
+--   {3}                      sold out
+--   {4}                      unknown showtime (stock not loaded)
+-- The clock is Redis's own (TIME), so every deadline is decided on one clock.
+
+local available = redis.call('HGET', KEYS[1], 'available')
+if not available then
+  return {4}
+end
+local existing = redis.call('HGET', KEYS[2], ARGV[1])
+if existing then
+  return {2, tonumber(existing)}
+end
+if tonumber(available) <= 0 then
+  return {3}
+end
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local expires_at = now + tonumber(ARGV[2])
+local seq = redis.call('INCR', KEYS[3])
+
+redis.call('HINCRBY', KEYS[1], 'available', -1)
+redis.call('HINCRBY', KEYS[1], 'held', 1)
+redis.call('HSET', KEYS[2], ARGV[1], seq)
+redis.call('HSET', ARGV[3] .. seq, 'user', ARGV[1], 'status', 'RESERVED', 'expires_at', expires_at)
+redis.call('ZADD', KEYS[4], expires_at, seq)
+return {1, seq, expires_at}
