@@ -2,6 +2,7 @@
 //! status and one JSON shape, `{"error": "<code>", "message": "<human text>"}`, the JSON
 //! body extractor that answers malformed bodies with that shape, and the answers' forms.
 
+use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -129,8 +130,10 @@ impl From<PayError> for ApiError {
     }
 }
 
-/// A JSON body. Anything that is not the expected JSON object is a 400 in the shared
-/// error shape, never axum's plain-text rejection.
+/// A JSON body. Like the Go reference (Gin's `ShouldBindJSON`), a body is read as JSON
+/// whatever its `Content-Type`, so old clients work unchanged; anything that is not the
+/// expected JSON object is a 400 in the shared error shape, and a body over the limit a
+/// 413, never axum's plain-text rejections.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct JsonBody<T>(pub T);
 
@@ -142,13 +145,16 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(JsonBody(value)),
+        let bytes = match Bytes::from_request(req, state).await {
+            Ok(bytes) => bytes,
             Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Err(ApiError::PayloadTooLarge(rejection.body_text()))
+                return Err(ApiError::PayloadTooLarge(rejection.body_text()));
             }
-            Err(rejection) => Err(ApiError::BadRequest(rejection.body_text())),
-        }
+            Err(rejection) => return Err(ApiError::BadRequest(rejection.body_text())),
+        };
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::BadRequest(format!("request body is not the expected JSON: {e}")))
     }
 }
 
