@@ -10,9 +10,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use flash_sale_core::ports::{Catalog, OrderBook, OrderOutcome, PortError, PortResult};
 use flash_sale_core::{Capacity, NewShowtime, OrderRequest, Showtime, ShowtimeId};
+use sqlx::Row;
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::Row;
 
 const COMPONENT: &str = "postgres";
 
@@ -35,7 +35,11 @@ fn port_error(e: sqlx::Error) -> PortError {
         .as_database_error()
         .and_then(|d| d.code())
         // Class 08 (connection), 40 (serialization, deadlock), 53 (resources), 57 (shutdown).
-        .is_some_and(|c| ["08", "40", "53", "57"].iter().any(|class| c.starts_with(class)));
+        .is_some_and(|c| {
+            ["08", "40", "53", "57"]
+                .iter()
+                .any(|class| c.starts_with(class))
+        });
     PortError {
         component: COMPONENT,
         transient,
@@ -98,7 +102,10 @@ impl Postgres {
 
     async fn insert_batch(&self, orders: &[OrderRequest]) -> Result<Vec<String>, sqlx::Error> {
         let ids: Vec<String> = orders.iter().map(|o| o.reservation.to_string()).collect();
-        let showtimes: Vec<i64> = orders.iter().map(|o| o.reservation.showtime().get()).collect();
+        let showtimes: Vec<i64> = orders
+            .iter()
+            .map(|o| o.reservation.showtime().get())
+            .collect();
         let users: Vec<i64> = orders.iter().map(|o| o.user.get()).collect();
         let paid: Vec<DateTime<Utc>> = orders.iter().map(|o| millis_to_time(o.paid_at.0)).collect();
         let mut tx = self.pool.begin().await?;
@@ -159,13 +166,12 @@ impl Catalog for Postgres {
     }
 
     async fn showtime(&self, id: ShowtimeId) -> PortResult<Option<Showtime>> {
-        let row: Option<(Option<String>, Option<DateTime<Utc>>, i32, i32)> = sqlx::query_as(
-            "SELECT title, starts_at, capacity, sold FROM showtimes WHERE id = $1",
-        )
-        .bind(id.get())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(port_error)?;
+        let row: Option<(Option<String>, Option<DateTime<Utc>>, i32, i32)> =
+            sqlx::query_as("SELECT title, starts_at, capacity, sold FROM showtimes WHERE id = $1")
+                .bind(id.get())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(port_error)?;
         row.map(|(title, starts_at, capacity, sold)| {
             Ok(Showtime {
                 id,

@@ -30,7 +30,9 @@ use lapin::options::{
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
 use tokio::sync::Mutex;
 
 use crate::wire;
@@ -111,7 +113,9 @@ pub struct Broker {
 
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Broker").field("topology", &self.topology).finish()
+        f.debug_struct("Broker")
+            .field("topology", &self.topology)
+            .finish()
     }
 }
 
@@ -136,8 +140,7 @@ impl Broker {
             conn: Mutex::new(None),
             publisher: Mutex::new(None),
         };
-        let channel = broker.channel().await?;
-        broker.declare(&channel).await?;
+        broker.declare_topology().await?;
         Ok(broker)
     }
 
@@ -150,16 +153,48 @@ impl Broker {
         let mut conn = self.conn.lock().await;
         if !conn.as_ref().is_some_and(|c| c.status().connected()) {
             let props = ConnectionProperties::default().with_connection_name("flash-sale".into());
-            let fresh = tokio::time::timeout(Duration::from_secs(5), Connection::connect(&self.url, props))
-                .await
-                .map_err(|_| PortError::transient(COMPONENT, format!("connecting to {} timed out", redact(&self.url))))?
-                .map_err(|e| port_error(&format!("connecting to {}", redact(&self.url)), e))?;
+            let fresh = tokio::time::timeout(
+                Duration::from_secs(5),
+                Connection::connect(&self.url, props),
+            )
+            .await
+            .map_err(|_| {
+                PortError::transient(
+                    COMPONENT,
+                    format!("connecting to {} timed out", redact(&self.url)),
+                )
+            })?
+            .map_err(|e| port_error(&format!("connecting to {}", redact(&self.url)), e))?;
             *conn = Some(fresh);
         }
         let conn = conn.as_ref().expect("connected above");
         conn.create_channel()
             .await
             .map_err(|e| port_error("opening a channel", e))
+    }
+
+    /// Declares every exchange, queue and binding. Idempotent: never purges, never
+    /// changes an existing queue.
+    pub async fn declare_topology(&self) -> PortResult<()> {
+        let ch = self.channel().await?;
+        self.declare(&ch).await
+    }
+
+    /// Messages ready in the queue named `queue` (not counting unacknowledged ones).
+    pub async fn ready_count(&self, queue: &str) -> PortResult<u32> {
+        let ch = self.channel().await?;
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| port_error(&format!("inspecting {queue}"), e))?;
+        Ok(q.message_count())
     }
 
     async fn declare(&self, ch: &Channel) -> PortResult<()> {
@@ -169,9 +204,14 @@ impl Broker {
             ..Default::default()
         };
         for exchange in [t.exchange(), t.dead_letter_exchange()] {
-            ch.exchange_declare(exchange.as_str().into(), ExchangeKind::Direct, durable, FieldTable::default())
-                .await
-                .map_err(|e| port_error(&format!("declaring exchange {exchange}"), e))?;
+            ch.exchange_declare(
+                exchange.as_str().into(),
+                ExchangeKind::Direct,
+                durable,
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| port_error(&format!("declaring exchange {exchange}"), e))?;
         }
         let durable_queue = QueueDeclareOptions {
             durable: true,
@@ -183,8 +223,15 @@ impl Broker {
             ("x-dead-letter-exchange", text(&t.exchange())),
             ("x-dead-letter-routing-key", text(Queue::HoldsExpired.key())),
         ]);
-        self.declare_bound(ch, &t.delay_queue(), durable_queue, delay_args, &t.exchange(), &t.delay_key())
-            .await?;
+        self.declare_bound(
+            ch,
+            &t.delay_queue(),
+            durable_queue,
+            delay_args,
+            &t.exchange(),
+            &t.delay_key(),
+        )
+        .await?;
         for q in Queue::ALL {
             let args = table(&[
                 ("x-queue-type", text("quorum")),
@@ -219,9 +266,15 @@ impl Broker {
         ch.queue_declare(queue.into(), options, args)
             .await
             .map_err(|e| port_error(&format!("declaring queue {queue}"), e))?;
-        ch.queue_bind(queue.into(), exchange.into(), key.into(), QueueBindOptions::default(), FieldTable::default())
-            .await
-            .map_err(|e| port_error(&format!("binding queue {queue}"), e))
+        ch.queue_bind(
+            queue.into(),
+            exchange.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| port_error(&format!("binding queue {queue}"), e))
     }
 
     /// Deletes every queue and exchange of this topology. For tests and tear-down only:
@@ -249,14 +302,23 @@ impl Broker {
 
     /// Opens a consumer on `queue` on its own channel, with at most `prefetch`
     /// unacknowledged deliveries.
-    pub async fn consume(&self, queue: Queue, prefetch: u16) -> PortResult<(Channel, lapin::Consumer)> {
+    pub async fn consume(
+        &self,
+        queue: Queue,
+        prefetch: u16,
+    ) -> PortResult<(Channel, lapin::Consumer)> {
         let ch = self.channel().await?;
         ch.basic_qos(prefetch, BasicQosOptions::default())
             .await
             .map_err(|e| port_error("setting prefetch", e))?;
         let name = self.topology.queue(queue);
         let consumer = ch
-            .basic_consume(name.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .basic_consume(
+                name.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
             .await
             .map_err(|e| port_error(&format!("consuming {name}"), e))?;
         Ok((ch, consumer))
@@ -287,8 +349,12 @@ impl Broker {
     /// message themselves (a Lambda batch).
     pub async fn dead_letter(&self, queue: Queue, body: Vec<u8>, reason: &str) -> PortResult<()> {
         let headers = table(&[("x-flash-sale-reason", text(reason))]);
-        self.publish_to(&self.topology.dead_letter_exchange(), &[(queue.key(), body)], headers)
-            .await
+        self.publish_to(
+            &self.topology.dead_letter_exchange(),
+            &[(queue.key(), body)],
+            headers,
+        )
+        .await
     }
 
     async fn publish_to(
@@ -325,11 +391,17 @@ impl Broker {
                 Confirmation::Ack(Some(returned)) => {
                     return Err(PortError::transient(
                         COMPONENT,
-                        format!("message to {} was unroutable and returned", returned.delivery.routing_key),
+                        format!(
+                            "message to {} was unroutable and returned",
+                            returned.delivery.routing_key
+                        ),
                     ));
                 }
                 Confirmation::Nack(_) => {
-                    return Err(PortError::transient(COMPONENT, "the broker refused a message (nack)"));
+                    return Err(PortError::transient(
+                        COMPONENT,
+                        "the broker refused a message (nack)",
+                    ));
                 }
             }
         }
@@ -340,13 +412,19 @@ impl Broker {
 /// The URL without its password, for messages.
 fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
         _ => url.to_string(),
     }
 }
 
 impl MessageBus for Broker {
-    async fn publish_hold(&self, expiry: ExpireHold, payment: Option<PaymentRequest>) -> PortResult<()> {
+    async fn publish_hold(
+        &self,
+        expiry: ExpireHold,
+        payment: Option<PaymentRequest>,
+    ) -> PortResult<()> {
         let delay = self.topology.delay_key();
         let mut messages = vec![(delay.as_str(), wire::encode_expire(&expiry))];
         if let Some(p) = payment {

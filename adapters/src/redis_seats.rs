@@ -48,7 +48,9 @@ pub struct RedisSeats {
 
 impl std::fmt::Debug for RedisSeats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisSeats").field("prefix", &self.prefix).finish()
+        f.debug_struct("RedisSeats")
+            .field("prefix", &self.prefix)
+            .finish()
     }
 }
 
@@ -102,7 +104,10 @@ impl RedisSeats {
     /// loaded on first NOSCRIPT.
     pub async fn connect(url: &str, prefix: &str) -> PortResult<Self> {
         let client = redis::Client::open(url).map_err(|e| {
-            PortError::permanent(COMPONENT, format!("REDIS_URL is not a valid Redis URL: {e}"))
+            PortError::permanent(
+                COMPONENT,
+                format!("REDIS_URL is not a valid Redis URL: {e}"),
+            )
         })?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(3)))
@@ -149,8 +154,14 @@ impl RedisSeats {
 
     async fn showtimes(&self) -> PortResult<Vec<ShowtimeId>> {
         let mut conn = self.conn.clone();
-        let raw: Vec<i64> = conn.smembers(self.showtimes_key()).await.map_err(port_error)?;
-        Ok(raw.into_iter().filter_map(|s| ShowtimeId::new(s).ok()).collect())
+        let raw: Vec<i64> = conn
+            .smembers(self.showtimes_key())
+            .await
+            .map_err(port_error)?;
+        Ok(raw
+            .into_iter()
+            .filter_map(|s| ShowtimeId::new(s).ok())
+            .collect())
     }
 
     async fn now_ms(&self) -> PortResult<u64> {
@@ -198,7 +209,10 @@ impl SeatStore for RedisSeats {
                 user,
                 status: Status::Reserved,
                 expires_at: UnixMillis(
-                    items.get(2).and_then(int).ok_or_else(|| unexpected("reserve.lua", &v))? as u64,
+                    items
+                        .get(2)
+                        .and_then(int)
+                        .ok_or_else(|| unexpected("reserve.lua", &v))? as u64,
                 ),
             }),
             Some(2) => TakeOutcome::AlreadyHolds(seq(1)?),
@@ -246,7 +260,10 @@ impl SeatStore for RedisSeats {
         Ok(match items.first().and_then(int) {
             Some(1) => PayOutcome::Paid {
                 paid_at: UnixMillis(
-                    items.get(1).and_then(int).ok_or_else(|| unexpected("pay.lua", &v))? as u64,
+                    items
+                        .get(1)
+                        .and_then(int)
+                        .ok_or_else(|| unexpected("pay.lua", &v))? as u64,
                 ),
             },
             Some(0) => PayOutcome::NotFound,
@@ -288,7 +305,10 @@ impl SeatStore for RedisSeats {
         let mut conn = self.conn.clone();
         let mut pipe = redis::pipe();
         for id in ids {
-            let mut call = self.scripts.mark_ordered.key(self.key(id.showtime(), "unrecorded"));
+            let mut call = self
+                .scripts
+                .mark_ordered
+                .key(self.key(id.showtime(), "unrecorded"));
             call.key(self.reservation_key(*id)).arg(id.seq());
             // Pipelined EVALSHA; the first call of a process loads the script.
             pipe.invoke_script(&call);
@@ -312,38 +332,46 @@ impl SeatStore for RedisSeats {
 
     async fn reservation(&self, id: ReservationId) -> PortResult<Option<Reservation>> {
         let mut conn = self.conn.clone();
-        let (user, status, expires_at): (Option<i64>, Option<String>, Option<u64>) = redis::cmd("HMGET")
-            .arg(self.reservation_key(id))
-            .arg("user")
-            .arg("status")
-            .arg("expires_at")
-            .query_async(&mut conn)
-            .await
-            .map_err(port_error)?;
+        let (user, status, expires_at): (Option<i64>, Option<String>, Option<u64>) =
+            redis::cmd("HMGET")
+                .arg(self.reservation_key(id))
+                .arg("user")
+                .arg("status")
+                .arg("expires_at")
+                .query_async(&mut conn)
+                .await
+                .map_err(port_error)?;
         let (Some(user), Some(status), Some(expires_at)) = (user, status, expires_at) else {
             return Ok(None);
         };
-        let corrupt = |what: String| PortError::permanent(COMPONENT, format!("reservation {id}: {what}"));
+        let corrupt =
+            |what: String| PortError::permanent(COMPONENT, format!("reservation {id}: {what}"));
         Ok(Some(Reservation {
             id,
             user: UserId::new(user).map_err(|e| corrupt(e.0))?,
-            status: status.parse().map_err(|e: flash_sale_core::InvalidInput| corrupt(e.0))?,
+            status: status
+                .parse()
+                .map_err(|e: flash_sale_core::InvalidInput| corrupt(e.0))?,
             expires_at: UnixMillis(expires_at),
         }))
     }
 
     async fn counts(&self, showtime: ShowtimeId) -> PortResult<Option<SeatCounts>> {
         let mut conn = self.conn.clone();
-        let (capacity, available, held, sold): (Option<u32>, Option<u32>, Option<u32>, Option<u32>) =
-            redis::cmd("HMGET")
-                .arg(self.key(showtime, "seats"))
-                .arg("capacity")
-                .arg("available")
-                .arg("held")
-                .arg("sold")
-                .query_async(&mut conn)
-                .await
-                .map_err(port_error)?;
+        let (capacity, available, held, sold): (
+            Option<u32>,
+            Option<u32>,
+            Option<u32>,
+            Option<u32>,
+        ) = redis::cmd("HMGET")
+            .arg(self.key(showtime, "seats"))
+            .arg("capacity")
+            .arg("available")
+            .arg("held")
+            .arg("sold")
+            .query_async(&mut conn)
+            .await
+            .map_err(port_error)?;
         Ok(match (capacity, available, held, sold) {
             (Some(capacity), Some(available), Some(held), Some(sold)) => Some(SeatCounts {
                 capacity,
@@ -356,7 +384,10 @@ impl SeatStore for RedisSeats {
     }
 
     async fn overdue_holds(&self, grace: Duration) -> PortResult<Vec<ReservationId>> {
-        let cutoff = self.now_ms().await?.saturating_sub(grace.as_millis() as u64);
+        let cutoff = self
+            .now_ms()
+            .await?
+            .saturating_sub(grace.as_millis() as u64);
         let mut conn = self.conn.clone();
         let mut overdue = vec![];
         for showtime in self.showtimes().await? {
@@ -364,22 +395,36 @@ impl SeatStore for RedisSeats {
                 .zrangebyscore_limit(self.key(showtime, "deadlines"), "-inf", cutoff, 0, 1000)
                 .await
                 .map_err(port_error)?;
-            overdue.extend(seqs.into_iter().filter_map(|s| ReservationId::new(showtime, s).ok()));
+            overdue.extend(
+                seqs.into_iter()
+                    .filter_map(|s| ReservationId::new(showtime, s).ok()),
+            );
         }
         Ok(overdue)
     }
 
     async fn unrecorded_payments(&self, grace: Duration) -> PortResult<Vec<OrderRequest>> {
-        let cutoff = self.now_ms().await?.saturating_sub(grace.as_millis() as u64);
+        let cutoff = self
+            .now_ms()
+            .await?
+            .saturating_sub(grace.as_millis() as u64);
         let mut conn = self.conn.clone();
         let mut orders = vec![];
         for showtime in self.showtimes().await? {
             let paid: Vec<(u64, u64)> = conn
-                .zrangebyscore_limit_withscores(self.key(showtime, "unrecorded"), "-inf", cutoff, 0, 1000)
+                .zrangebyscore_limit_withscores(
+                    self.key(showtime, "unrecorded"),
+                    "-inf",
+                    cutoff,
+                    0,
+                    1000,
+                )
                 .await
                 .map_err(port_error)?;
             for (seq, paid_at) in paid {
-                let Ok(id) = ReservationId::new(showtime, seq) else { continue };
+                let Ok(id) = ReservationId::new(showtime, seq) else {
+                    continue;
+                };
                 if let Some(r) = self.reservation(id).await? {
                     orders.push(OrderRequest {
                         reservation: id,

@@ -90,9 +90,16 @@ mod tests {
         let user = UserId::new(7).unwrap();
         let e = ExpireHold { reservation: id };
         assert_eq!(decode_expire(&encode_expire(&e)).unwrap(), e);
-        let p = PaymentRequest { reservation: id, user };
+        let p = PaymentRequest {
+            reservation: id,
+            user,
+        };
         assert_eq!(decode_payment(&encode_payment(&p)).unwrap(), p);
-        let o = OrderRequest { reservation: id, user, paid_at: UnixMillis(1) };
+        let o = OrderRequest {
+            reservation: id,
+            user,
+            paid_at: UnixMillis(1),
+        };
         assert_eq!(decode_order(&encode_order(&o)).unwrap(), o);
     }
 

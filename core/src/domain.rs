@@ -204,10 +204,25 @@ mod tests {
     #[test]
     fn malformed_reservation_ids_are_refused() {
         for junk in [
-            "", "-", "42", "42-", "-7", "0-1", "42-0", "a-1", "1-b", "+1-2", "1--2", "1-2-3",
-            " 1-2", "99999999999999999999-1",
+            "",
+            "-",
+            "42",
+            "42-",
+            "-7",
+            "0-1",
+            "42-0",
+            "a-1",
+            "1-b",
+            "+1-2",
+            "1--2",
+            "1-2-3",
+            " 1-2",
+            "99999999999999999999-1",
         ] {
-            assert!(junk.parse::<ReservationId>().is_err(), "{junk:?} was accepted");
+            assert!(
+                junk.parse::<ReservationId>().is_err(),
+                "{junk:?} was accepted"
+            );
         }
     }
 

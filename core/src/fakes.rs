@@ -165,14 +165,26 @@ impl SeatStore for FakeSeats {
         &self,
         id: ReservationId,
     ) -> impl Future<Output = PortResult<Option<Reservation>>> + Send {
-        ready(Ok(self.state.lock().unwrap().reservations.get(&id).cloned()))
+        ready(Ok(self
+            .state
+            .lock()
+            .unwrap()
+            .reservations
+            .get(&id)
+            .cloned()))
     }
 
     fn counts(
         &self,
         showtime: ShowtimeId,
     ) -> impl Future<Output = PortResult<Option<SeatCounts>>> + Send {
-        ready(Ok(self.state.lock().unwrap().counts.get(&showtime).copied()))
+        ready(Ok(self
+            .state
+            .lock()
+            .unwrap()
+            .counts
+            .get(&showtime)
+            .copied()))
     }
 
     fn overdue_holds(
@@ -297,9 +309,10 @@ impl OrderBook for FakeDb {
                 let showtime = showtimes.get_mut(&order.reservation.showtime()).unwrap();
                 if book.contains_key(&order.reservation) {
                     OrderOutcome::Duplicate
-                } else if book.values().any(|o| {
-                    o.user == order.user && o.reservation.showtime() == showtime.id
-                }) {
+                } else if book
+                    .values()
+                    .any(|o| o.user == order.user && o.reservation.showtime() == showtime.id)
+                {
                     OrderOutcome::Refused("user already has an order for this showtime".into())
                 } else if showtime.ordered >= showtime.capacity.get() {
                     OrderOutcome::Refused("showtime is sold out in the database".into())

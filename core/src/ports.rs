@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use crate::messages::{ExpireHold, OrderRequest, PaymentRequest};
 use crate::{
-    NewShowtime, Reservation, ReservationId, SeatCounts, Showtime, ShowtimeId, Status,
-    UnixMillis, UserId,
+    NewShowtime, Reservation, ReservationId, SeatCounts, Showtime, ShowtimeId, Status, UnixMillis,
+    UserId,
 };
 
 /// A failure of a component behind a port. `transient` failures (a connection refused, a
@@ -57,7 +57,9 @@ pub enum TakeOutcome {
 /// What an attempt to pay found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PayOutcome {
-    Paid { paid_at: UnixMillis },
+    Paid {
+        paid_at: UnixMillis,
+    },
     NotFound,
     NotOwner,
     /// Already `PAID` or `ORDERED`.
@@ -174,10 +176,8 @@ pub trait Catalog: Send + Sync + 'static {
         showtime: NewShowtime,
     ) -> impl Future<Output = PortResult<Showtime>> + Send;
 
-    fn showtime(
-        &self,
-        id: ShowtimeId,
-    ) -> impl Future<Output = PortResult<Option<Showtime>>> + Send;
+    fn showtime(&self, id: ShowtimeId)
+    -> impl Future<Output = PortResult<Option<Showtime>>> + Send;
 }
 
 /// Orders, in the database: the last word on what was sold.

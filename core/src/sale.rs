@@ -5,10 +5,12 @@ use std::time::Duration;
 
 use crate::messages::{ExpireHold, OrderRequest, PaymentRequest};
 use crate::ports::{
-    Catalog, ExpireOutcome, MessageBus, OrderBook, OrderOutcome, PayOutcome, PortError,
-    SeatStore, TakeOutcome,
+    Catalog, ExpireOutcome, MessageBus, OrderBook, OrderOutcome, PayOutcome, PortError, SeatStore,
+    TakeOutcome,
 };
-use crate::{NewShowtime, Reservation, ReservationId, SeatCounts, Showtime, ShowtimeId, Status, UserId};
+use crate::{
+    NewShowtime, Reservation, ReservationId, SeatCounts, Showtime, ShowtimeId, Status, UserId,
+};
 
 /// Who pays for a hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -137,7 +139,10 @@ where
         }
         self.load_from_catalog(&showtime).await?;
         let counts = self.seats.counts(id).await?.ok_or_else(|| {
-            PortError::transient("seat store", format!("showtime {id} vanished while loading"))
+            PortError::transient(
+                "seat store",
+                format!("showtime {id} vanished while loading"),
+            )
         })?;
         Ok(Some((showtime, counts)))
     }
@@ -336,7 +341,10 @@ mod tests {
         let r = block_on(sale.reserve(user(7), st)).unwrap();
         assert_eq!(r.status, Status::Reserved);
         assert_eq!(r.expires_at, UnixMillis(900_000));
-        assert_eq!(*sale.bus().expiries.lock().unwrap(), vec![ExpireHold { reservation: r.id }]);
+        assert_eq!(
+            *sale.bus().expiries.lock().unwrap(),
+            vec![ExpireHold { reservation: r.id }]
+        );
         assert!(sale.bus().payments.lock().unwrap().is_empty());
         let c = counts(&sale, st);
         assert_eq!((c.available, c.held, c.sold), (1, 1, 0));
@@ -349,7 +357,10 @@ mod tests {
         let r = block_on(sale.reserve(user(7), st)).unwrap();
         assert_eq!(
             *sale.bus().payments.lock().unwrap(),
-            vec![PaymentRequest { reservation: r.id, user: user(7) }]
+            vec![PaymentRequest {
+                reservation: r.id,
+                user: user(7)
+            }]
         );
     }
 
@@ -358,7 +369,10 @@ mod tests {
         let sale = sale(PaymentMode::Manual);
         let st = showtime(&sale, 1);
         block_on(sale.reserve(user(1), st)).unwrap();
-        assert!(matches!(block_on(sale.reserve(user(2), st)), Err(ReserveError::SoldOut)));
+        assert!(matches!(
+            block_on(sale.reserve(user(2), st)),
+            Err(ReserveError::SoldOut)
+        ));
     }
 
     #[test]
@@ -388,7 +402,10 @@ mod tests {
         let sale = sale(PaymentMode::Manual);
         let st = showtime(&sale, 1);
         sale.bus().down.store(true, Ordering::SeqCst);
-        assert!(matches!(block_on(sale.reserve(user(1), st)), Err(ReserveError::Unavailable(_))));
+        assert!(matches!(
+            block_on(sale.reserve(user(1), st)),
+            Err(ReserveError::Unavailable(_))
+        ));
         let c = counts(&sale, st);
         assert_eq!((c.available, c.held), (1, 0));
         sale.bus().down.store(false, Ordering::SeqCst);
@@ -416,7 +433,10 @@ mod tests {
         let sale = sale(PaymentMode::Manual);
         let st = showtime(&sale, 1);
         let r = block_on(sale.reserve(user(1), st)).unwrap();
-        assert!(matches!(block_on(sale.pay(r.id, user(2))), Err(PayError::NotOwner)));
+        assert!(matches!(
+            block_on(sale.pay(r.id, user(2))),
+            Err(PayError::NotOwner)
+        ));
         assert_eq!(counts(&sale, st).held, 1);
     }
 
@@ -426,7 +446,10 @@ mod tests {
         let st = showtime(&sale, 1);
         let r = block_on(sale.reserve(user(1), st)).unwrap();
         sale.seats().advance(HOLD);
-        assert!(matches!(block_on(sale.pay(r.id, user(1))), Err(PayError::Expired)));
+        assert!(matches!(
+            block_on(sale.pay(r.id, user(1))),
+            Err(PayError::Expired)
+        ));
         let c = counts(&sale, st);
         assert_eq!((c.available, c.held, c.sold), (1, 0, 0));
         // The delayed expiry arriving afterwards changes nothing.
@@ -443,7 +466,10 @@ mod tests {
         let st = showtime(&sale, 1);
         let r = block_on(sale.reserve(user(1), st)).unwrap();
         let msg = ExpireHold { reservation: r.id };
-        assert_eq!(block_on(sale.expire(msg)).unwrap(), ExpireOutcome::SeatReturned);
+        assert_eq!(
+            block_on(sale.expire(msg)).unwrap(),
+            ExpireOutcome::SeatReturned
+        );
         assert_eq!(
             block_on(sale.expire(msg)).unwrap(),
             ExpireOutcome::AlreadySettled(Status::Expired)
@@ -473,8 +499,14 @@ mod tests {
         let st = showtime(&sale, 1);
         let r = block_on(sale.reserve(user(1), st)).unwrap();
         let order = block_on(sale.pay(r.id, user(1))).unwrap().order;
-        assert_eq!(block_on(sale.write_orders(&[order])).unwrap(), vec![OrderOutcome::Inserted]);
-        assert_eq!(block_on(sale.write_orders(&[order])).unwrap(), vec![OrderOutcome::Duplicate]);
+        assert_eq!(
+            block_on(sale.write_orders(&[order])).unwrap(),
+            vec![OrderOutcome::Inserted]
+        );
+        assert_eq!(
+            block_on(sale.write_orders(&[order])).unwrap(),
+            vec![OrderOutcome::Duplicate]
+        );
         assert_eq!(sale.db().orders.lock().unwrap().len(), 1);
         let stored = block_on(sale.reservation(r.id)).unwrap().unwrap();
         assert_eq!(stored.status, Status::Ordered);
@@ -488,15 +520,27 @@ mod tests {
         let paid = block_on(sale.reserve(user(2), st)).unwrap();
         sale.bus().down.store(true, Ordering::SeqCst);
         let receipt = block_on(sale.pay(paid.id, user(2))).unwrap();
-        assert!(!receipt.order_queued, "the payment stands even when the order is not queued");
+        assert!(
+            !receipt.order_queued,
+            "the payment stands even when the order is not queued"
+        );
         sale.bus().down.store(false, Ordering::SeqCst);
 
         let grace = Duration::from_secs(30);
         assert_eq!(block_on(sale.sweep(grace)).unwrap(), SweepReport::default());
         sale.seats().advance(HOLD + grace);
         let report = block_on(sale.sweep(grace)).unwrap();
-        assert_eq!(report, SweepReport { holds_expired: 1, orders_resent: 1 });
-        assert_eq!(sale.bus().orders.lock().unwrap().as_slice(), &[receipt.order]);
+        assert_eq!(
+            report,
+            SweepReport {
+                holds_expired: 1,
+                orders_resent: 1
+            }
+        );
+        assert_eq!(
+            sale.bus().orders.lock().unwrap().as_slice(),
+            &[receipt.order]
+        );
         assert_eq!(
             block_on(sale.reservation(held.id)).unwrap().unwrap().status,
             Status::Expired
@@ -517,6 +561,9 @@ mod tests {
         let c = counts(&sale, st);
         assert_eq!((c.capacity, c.available, c.sold), (2, 1, 1));
         block_on(sale.reserve(user(2), st)).unwrap();
-        assert!(matches!(block_on(sale.reserve(user(3), st)), Err(ReserveError::SoldOut)));
+        assert!(matches!(
+            block_on(sale.reserve(user(3), st)),
+            Err(ReserveError::SoldOut)
+        ));
     }
 }

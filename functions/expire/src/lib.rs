@@ -25,7 +25,10 @@ pub async fn expire(app: &App, body: &[u8]) -> Result<ExpireOutcome, QueueError>
 /// The Lambda host: every message of the batch, in order. A retryable failure fails the
 /// invocation so the event source redelivers the batch (expiry is idempotent); a message
 /// that can never succeed goes to the dead-letter queue and the rest carry on.
-pub async fn handle_event(app: &App, event: LambdaEvent<RabbitMqEvent>) -> Result<(), lambda_runtime::Error> {
+pub async fn handle_event(
+    app: &App,
+    event: LambdaEvent<RabbitMqEvent>,
+) -> Result<(), lambda_runtime::Error> {
     for message in event_messages(event.payload) {
         let result = match &message.body {
             Ok(body) => expire(app, body).await.map(|_| ()),

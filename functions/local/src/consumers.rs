@@ -91,10 +91,15 @@ where
                 pause = Duration::from_millis(100);
                 match run(app.clone(), consumer).await {
                     Ok(()) => tracing::warn!(queue = queue.key(), "consumer ended; reconnecting"),
-                    Err(e) => tracing::warn!(queue = queue.key(), "consumer failed: {e}; reconnecting"),
+                    Err(e) => {
+                        tracing::warn!(queue = queue.key(), "consumer failed: {e}; reconnecting")
+                    }
                 }
             }
-            Err(e) => tracing::warn!(queue = queue.key(), "cannot consume: {e}; retrying in {pause:?}"),
+            Err(e) => tracing::warn!(
+                queue = queue.key(),
+                "cannot consume: {e}; retrying in {pause:?}"
+            ),
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(5));
@@ -108,7 +113,10 @@ pub async fn expiries(app: App) {
             .try_for_each_concurrent(CONCURRENCY, |delivery| {
                 let app = app.clone();
                 async move {
-                    let result = with_retries(|| async { expire::expire(&app, &delivery.data).await.map(|_| ()) }).await;
+                    let result = with_retries(|| async {
+                        expire::expire(&app, &delivery.data).await.map(|_| ())
+                    })
+                    .await;
                     settle(Queue::HoldsExpired, &delivery, result).await;
                     Ok(())
                 }
@@ -126,7 +134,10 @@ pub async fn payments(app: App) {
                 let app = app.clone();
                 async move {
                     let delay = app.config.mock_pay_delay_ms.clone();
-                    let result = with_retries(|| pay::settle_payment_request(&app, &delivery.data, delay.clone())).await;
+                    let result = with_retries(|| {
+                        pay::settle_payment_request(&app, &delivery.data, delay.clone())
+                    })
+                    .await;
                     settle(Queue::Payments, &delivery, result).await;
                     Ok(())
                 }
@@ -154,7 +165,10 @@ pub async fn orders(app: App) {
             let bodies: Vec<&[u8]> = deliveries.iter().map(|d| d.data.as_slice()).collect();
             let results = with_retries(|| async {
                 let results = write_order::write_orders(&app, &bodies).await;
-                match results.iter().find(|r| matches!(r, Err(QueueError::Retryable(_)))) {
+                match results
+                    .iter()
+                    .find(|r| matches!(r, Err(QueueError::Retryable(_))))
+                {
                     Some(Err(e)) => Err(QueueError::Retryable(e.to_string())),
                     _ => Ok(results),
                 }
@@ -168,7 +182,12 @@ pub async fn orders(app: App) {
                 }
                 Err(e) => {
                     for delivery in &deliveries {
-                        settle(Queue::Orders, delivery, Err(QueueError::Retryable(e.to_string()))).await;
+                        settle(
+                            Queue::Orders,
+                            delivery,
+                            Err(QueueError::Retryable(e.to_string())),
+                        )
+                        .await;
                     }
                 }
             }

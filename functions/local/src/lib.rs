@@ -36,7 +36,10 @@ pub fn router(app: App) -> Router {
         .merge(pay::router(app))
         .fallback(no_such_route)
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
-        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
 }
 
 /// Serves every route on `listener` and runs the queue consumers and the sweep, until

@@ -50,7 +50,9 @@ impl Config {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |name: &'static str, default: &str| -> (String, &'static str) {
             (
-                lookup(name).filter(|v| !v.trim().is_empty()).unwrap_or_else(|| default.to_string()),
+                lookup(name)
+                    .filter(|v| !v.trim().is_empty())
+                    .unwrap_or_else(|| default.to_string()),
                 name,
             )
         };
@@ -62,14 +64,26 @@ impl Config {
         let secs = |var: (String, &'static str), min: u64| -> Result<Duration, ConfigError> {
             match var.0.trim().parse::<u64>() {
                 Ok(s) if s >= min && s <= 7 * 24 * 3600 => Ok(Duration::from_secs(s)),
-                _ => Err(bad(var, &format!("expected whole seconds between {min} and 604800"))),
+                _ => Err(bad(
+                    var,
+                    &format!("expected whole seconds between {min} and 604800"),
+                )),
             }
         };
         let url = |var: (String, &'static str), schemes: &[&str]| -> Result<String, ConfigError> {
-            if schemes.iter().any(|s| var.0.starts_with(&format!("{s}://"))) {
+            if schemes
+                .iter()
+                .any(|s| var.0.starts_with(&format!("{s}://")))
+            {
                 Ok(var.0)
             } else {
-                Err(bad(var, &format!("expected a URL starting with {}://", schemes.join(":// or "))))
+                Err(bad(
+                    var,
+                    &format!(
+                        "expected a URL starting with {}://",
+                        schemes.join(":// or ")
+                    ),
+                ))
             }
         };
 
@@ -81,7 +95,10 @@ impl Config {
         };
         let delay = get("MOCK_PAY_DELAY_MS", "100..1000");
         let mock_pay_delay_ms = parse_range(&delay.0).ok_or_else(|| {
-            bad(delay.clone(), "expected a range of milliseconds such as `100..1000` (or one number)")
+            bad(
+                delay.clone(),
+                "expected a range of milliseconds such as `100..1000` (or one number)",
+            )
         })?;
         let addr = get("ADDR", "127.0.0.1:4000");
         let addr = addr
@@ -97,14 +114,33 @@ impl Config {
         let prefix = |var: (String, &'static str)| -> Result<String, ConfigError> {
             let ok = !var.0.is_empty()
                 && var.0.len() <= 64
-                && var.0.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
-            if ok { Ok(var.0) } else { Err(bad(var, "expected 1-64 letters, digits or - _ . :")) }
+                && var
+                    .0
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+            if ok {
+                Ok(var.0)
+            } else {
+                Err(bad(var, "expected 1-64 letters, digits or - _ . :"))
+            }
         };
 
         Ok(Self {
-            database_url: url(get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/flash_sale"), &["postgres", "postgresql"])?,
-            redis_url: url(get("REDIS_URL", "redis://127.0.0.1:6379"), &["redis", "rediss", "redis+unix", "unix"])?,
-            amqp_url: url(get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"), &["amqp", "amqps"])?,
+            database_url: url(
+                get(
+                    "DATABASE_URL",
+                    "postgres://postgres@127.0.0.1:5432/flash_sale",
+                ),
+                &["postgres", "postgresql"],
+            )?,
+            redis_url: url(
+                get("REDIS_URL", "redis://127.0.0.1:6379"),
+                &["redis", "rediss", "redis+unix", "unix"],
+            )?,
+            amqp_url: url(
+                get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+                &["amqp", "amqps"],
+            )?,
             hold: secs(get("HOLD_TTL_SECS", "900"), 1)?,
             payment_mode,
             mock_pay_delay_ms,
@@ -122,7 +158,10 @@ impl Config {
 fn parse_range(raw: &str) -> Option<RangeInclusive<u64>> {
     let raw = raw.trim();
     let (lo, hi) = match raw.split_once("..") {
-        Some((lo, hi)) => (lo.trim().parse().ok()?, hi.trim().trim_start_matches('=').trim().parse().ok()?),
+        Some((lo, hi)) => (
+            lo.trim().parse().ok()?,
+            hi.trim().trim_start_matches('=').trim().parse().ok()?,
+        ),
         None => {
             let n = raw.parse().ok()?;
             (n, n)
@@ -137,8 +176,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn with(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> =
-            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_lookup(|k| map.get(k).cloned())
     }
 

@@ -90,7 +90,12 @@ impl From<InvalidInput> for ApiError {
 
 impl From<PortError> for ApiError {
     fn from(e: PortError) -> Self {
-        tracing::error!(component = e.component, transient = e.transient, "{}", e.message);
+        tracing::error!(
+            component = e.component,
+            transient = e.transient,
+            "{}",
+            e.message
+        );
         ApiError::Unavailable(format!("{} is unavailable, please retry", e.component))
     }
 }
@@ -104,9 +109,13 @@ impl From<ReserveError> for ApiError {
             },
             ReserveError::AlreadyHolds(id) => ApiError::Conflict {
                 code: "already_ordered",
-                message: format!("Already ordered: this user already holds or bought reservation {id}"),
+                message: format!(
+                    "Already ordered: this user already holds or bought reservation {id}"
+                ),
             },
-            ReserveError::UnknownShowtime(id) => ApiError::NotFound(format!("showtime {id} does not exist")),
+            ReserveError::UnknownShowtime(id) => {
+                ApiError::NotFound(format!("showtime {id} does not exist"))
+            }
             ReserveError::Unavailable(e) => e.into(),
         }
     }
@@ -116,7 +125,9 @@ impl From<PayError> for ApiError {
     fn from(e: PayError) -> Self {
         match e {
             PayError::NotFound => ApiError::NotFound("reservation not found".into()),
-            PayError::NotOwner => ApiError::Forbidden("this reservation belongs to another user".into()),
+            PayError::NotOwner => {
+                ApiError::Forbidden("this reservation belongs to another user".into())
+            }
             PayError::AlreadyPaid(status) => ApiError::Conflict {
                 code: "already_paid",
                 message: format!("reservation is already {status}"),
@@ -152,9 +163,9 @@ where
             }
             Err(rejection) => return Err(ApiError::BadRequest(rejection.body_text())),
         };
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|e| ApiError::BadRequest(format!("request body is not the expected JSON: {e}")))
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
+            ApiError::BadRequest(format!("request body is not the expected JSON: {e}"))
+        })
     }
 }
 

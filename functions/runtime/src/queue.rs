@@ -116,7 +116,10 @@ mod tests {
 
     #[test]
     fn base64_bodies_are_decoded_in_order() {
-        let msgs = event_messages(rabbit_event("flash-sale.orders", &[b"hello".to_vec(), b"world".to_vec()]));
+        let msgs = event_messages(rabbit_event(
+            "flash-sale.orders",
+            &[b"hello".to_vec(), b"world".to_vec()],
+        ));
         assert_eq!(msgs[0].queue, "flash-sale.orders::/");
         let bodies: Vec<_> = msgs.into_iter().map(|m| m.body.unwrap()).collect();
         assert_eq!(bodies, vec![b"hello".to_vec(), b"world".to_vec()]);

@@ -58,13 +58,20 @@ async fn create(
     JsonBody(req): JsonBody<CreateShowtime>,
 ) -> Result<(StatusCode, Json<ShowtimeView>), ApiError> {
     let capacity = Capacity::new(req.capacity)?;
-    let title = req.title.map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
+    let title = req
+        .title
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty());
     if title.as_ref().is_some_and(|t| t.chars().count() > 200) {
-        return Err(ApiError::BadRequest("title must be at most 200 characters".into()));
+        return Err(ApiError::BadRequest(
+            "title must be at most 200 characters".into(),
+        ));
     }
     if let Some(at) = &req.starts_at {
         DateTime::parse_from_rfc3339(at).map_err(|e| {
-            ApiError::BadRequest(format!("starts_at must be an RFC 3339 time such as 2026-12-01T20:00:00Z: {e}"))
+            ApiError::BadRequest(format!(
+                "starts_at must be an RFC 3339 time such as 2026-12-01T20:00:00Z: {e}"
+            ))
         })?;
     }
     let showtime = app
@@ -81,7 +88,10 @@ async fn create(
         held: 0,
         sold: 0,
     };
-    Ok((StatusCode::CREATED, Json(ShowtimeView::new(&showtime, counts))))
+    Ok((
+        StatusCode::CREATED,
+        Json(ShowtimeView::new(&showtime, counts)),
+    ))
 }
 
 async fn show(

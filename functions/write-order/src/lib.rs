@@ -61,7 +61,10 @@ pub async fn write_orders(app: &App, bodies: &[&[u8]]) -> Vec<Result<(), QueueEr
 /// The Lambda host: the whole batch in one transaction. A retryable failure fails the
 /// invocation so the event source redelivers the batch (recording is idempotent); a
 /// message that can never succeed goes to the dead-letter queue.
-pub async fn handle_event(app: &App, event: LambdaEvent<RabbitMqEvent>) -> Result<(), lambda_runtime::Error> {
+pub async fn handle_event(
+    app: &App,
+    event: LambdaEvent<RabbitMqEvent>,
+) -> Result<(), lambda_runtime::Error> {
     let messages = event_messages(event.payload);
     let mut bodies: Vec<&[u8]> = Vec::with_capacity(messages.len());
     let mut undecodable = vec![];
@@ -72,7 +75,10 @@ pub async fn handle_event(app: &App, event: LambdaEvent<RabbitMqEvent>) -> Resul
         }
     }
     let results = write_orders(app, &bodies).await;
-    if let Some(Err(e)) = results.iter().find(|r| matches!(r, Err(QueueError::Retryable(_)))) {
+    if let Some(Err(e)) = results
+        .iter()
+        .find(|r| matches!(r, Err(QueueError::Retryable(_))))
+    {
         return Err(e.to_string().into());
     }
     let rejected = bodies

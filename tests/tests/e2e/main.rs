@@ -1,0 +1,6 @@
+//! End-to-end tests over HTTP against the real one-process server, real PostgreSQL,
+//! Redis and RabbitMQ. One binary, a module per area.
+
+mod contract;
+mod go_reference;
+mod lifecycle;
