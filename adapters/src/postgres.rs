@@ -16,6 +16,9 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 
 const COMPONENT: &str = "postgres";
 
+/// title, starts_at, capacity, sold
+type ShowtimeRow = (Option<String>, Option<DateTime<Utc>>, i32, i32);
+
 /// The [`Catalog`] and [`OrderBook`] on PostgreSQL. Cheap to clone (a pool).
 #[derive(Debug, Clone)]
 pub struct Postgres {
@@ -73,10 +76,10 @@ impl Postgres {
             .map_err(port_error)?;
         if !exists {
             // Two processes may race here; the loser's "already exists" is fine.
-            if let Err(e) = sqlx::Postgres::create_database(url).await {
-                if !sqlx::Postgres::database_exists(url).await.unwrap_or(false) {
-                    return Err(port_error(e));
-                }
+            if let Err(e) = sqlx::Postgres::create_database(url).await
+                && !sqlx::Postgres::database_exists(url).await.unwrap_or(false)
+            {
+                return Err(port_error(e));
             }
         }
         let pool = PgPoolOptions::new()
@@ -166,7 +169,7 @@ impl Catalog for Postgres {
     }
 
     async fn showtime(&self, id: ShowtimeId) -> PortResult<Option<Showtime>> {
-        let row: Option<(Option<String>, Option<DateTime<Utc>>, i32, i32)> =
+        let row: Option<ShowtimeRow> =
             sqlx::query_as("SELECT title, starts_at, capacity, sold FROM showtimes WHERE id = $1")
                 .bind(id.get())
                 .fetch_optional(&self.pool)

@@ -152,10 +152,10 @@ impl SeatStore for FakeSeats {
     fn mark_ordered(&self, ids: &[ReservationId]) -> impl Future<Output = PortResult<()>> + Send {
         let mut st = self.state.lock().unwrap();
         for id in ids {
-            if let Some(r) = st.reservations.get_mut(id) {
-                if r.status == Status::Paid {
-                    r.status = Status::Ordered;
-                }
+            if let Some(r) = st.reservations.get_mut(id)
+                && r.status == Status::Paid
+            {
+                r.status = Status::Ordered;
             }
         }
         ready(Ok(()))

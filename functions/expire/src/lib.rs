@@ -44,7 +44,7 @@ pub async fn handle_event(
                     .bus()
                     .dead_letter(Queue::HoldsExpired, body, &reason)
                     .await
-                    .map_err(|e| QueueError::from(e))?;
+                    .map_err(QueueError::from)?;
             }
         }
     }
