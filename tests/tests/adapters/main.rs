@@ -1,0 +1,356 @@
+//! The adapters on their own, against real Redis, PostgreSQL and RabbitMQ: the Lua
+//! scripts' rules, the database's last word, and the broker's topology.
+
+use std::time::Duration;
+
+use flash_sale_adapters::{Broker, Postgres, Queue, RedisSeats, Topology};
+use flash_sale_core::ports::{
+    Catalog, ExpireOutcome, OrderBook, OrderOutcome, PayOutcome, SeatStore, TakeOutcome,
+};
+use flash_sale_core::{
+    Capacity, NewShowtime, OrderRequest, ReservationId, SeatCounts, ShowtimeId, Status, UnixMillis,
+    UserId,
+};
+use flash_sale_tests::{Isolation, eventually};
+
+fn user(n: i64) -> UserId {
+    UserId::new(n).unwrap()
+}
+
+async fn seats(iso: &Isolation) -> RedisSeats {
+    RedisSeats::connect("redis://127.0.0.1:6379", &iso.prefix)
+        .await
+        .unwrap()
+}
+
+async fn drop_keys(seats: &RedisSeats) {
+    let mut conn = seats.connection();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:*", seats.prefix()))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("UNLINK")
+            .arg(keys)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+async fn database(iso: &Isolation) -> Postgres {
+    let db = Postgres::connect(&iso.database_url()).await.unwrap();
+    db.migrate().await.unwrap();
+    db
+}
+
+async fn drop_database(db: Postgres, iso: &Isolation) {
+    db.pool().close().await;
+    let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres")
+        .await
+        .unwrap();
+    sqlx::query(&format!(
+        "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+        iso.database
+    ))
+    .execute(&admin)
+    .await
+    .unwrap();
+}
+
+fn showtime(n: i64) -> ShowtimeId {
+    ShowtimeId::new(n).unwrap()
+}
+
+const HOLD: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn the_reserve_script_refuses_a_second_hold_and_an_empty_showtime() {
+    let iso = Isolation::new();
+    let s = seats(&iso).await;
+    let st = showtime(1);
+    assert_eq!(
+        s.take(st, user(1), HOLD).await.unwrap(),
+        TakeOutcome::UnknownShowtime
+    );
+    assert!(s.load(st, 1, 0).await.unwrap());
+    let TakeOutcome::Reserved(r) = s.take(st, user(1), HOLD).await.unwrap() else {
+        panic!("expected a reservation")
+    };
+    assert_eq!(r.id.to_string(), "1-1");
+    assert_eq!(r.status, Status::Reserved);
+    assert_eq!(
+        s.take(st, user(1), HOLD).await.unwrap(),
+        TakeOutcome::AlreadyHolds(r.id)
+    );
+    assert_eq!(
+        s.take(st, user(2), HOLD).await.unwrap(),
+        TakeOutcome::SoldOut
+    );
+    assert_eq!(
+        s.counts(st).await.unwrap(),
+        Some(SeatCounts {
+            capacity: 1,
+            available: 0,
+            held: 1,
+            sold: 0
+        })
+    );
+    drop_keys(&s).await;
+}
+
+#[tokio::test]
+async fn loading_a_showtime_again_never_resets_live_stock() {
+    let iso = Isolation::new();
+    let s = seats(&iso).await;
+    let st = showtime(3);
+    assert!(s.load(st, 5, 0).await.unwrap());
+    s.take(st, user(1), HOLD).await.unwrap();
+    assert!(!s.load(st, 5, 0).await.unwrap());
+    assert_eq!(s.counts(st).await.unwrap().unwrap().available, 4);
+    drop_keys(&s).await;
+}
+
+#[tokio::test]
+async fn the_pay_script_expires_a_hold_whose_deadline_passed_and_returns_its_seat() {
+    let iso = Isolation::new();
+    let s = seats(&iso).await;
+    let st = showtime(1);
+    s.load(st, 1, 0).await.unwrap();
+    let TakeOutcome::Reserved(r) = s.take(st, user(1), Duration::from_millis(1)).await.unwrap()
+    else {
+        panic!("expected a reservation")
+    };
+    // Wait on Redis's own clock until the deadline has passed.
+    let mut conn = s.connection();
+    eventually(Duration::from_secs(5), "the deadline to pass", || {
+        let mut conn = conn.clone();
+        async move {
+            let (secs, micros): (u64, u64) =
+                redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+            (secs * 1000 + micros / 1000 > r.expires_at.0).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(s.pay(r.id, user(2)).await.unwrap(), PayOutcome::NotOwner);
+    assert_eq!(s.pay(r.id, user(1)).await.unwrap(), PayOutcome::Expired);
+    assert_eq!(s.counts(st).await.unwrap().unwrap().available, 1);
+    assert_eq!(
+        s.expire(r.id).await.unwrap(),
+        ExpireOutcome::AlreadySettled(Status::Expired)
+    );
+    assert_eq!(
+        s.counts(st).await.unwrap().unwrap().available,
+        1,
+        "returned exactly once"
+    );
+    // The user may try again.
+    assert!(matches!(
+        s.take(st, user(1), HOLD).await.unwrap(),
+        TakeOutcome::Reserved(_)
+    ));
+    let _: () = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+    drop_keys(&s).await;
+}
+
+#[tokio::test]
+async fn paid_reservations_wait_in_the_unrecorded_set_until_marked_ordered() {
+    let iso = Isolation::new();
+    let s = seats(&iso).await;
+    let st = showtime(2);
+    s.load(st, 2, 0).await.unwrap();
+    let TakeOutcome::Reserved(r) = s.take(st, user(1), HOLD).await.unwrap() else {
+        panic!()
+    };
+    let PayOutcome::Paid { paid_at } = s.pay(r.id, user(1)).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        s.pay(r.id, user(1)).await.unwrap(),
+        PayOutcome::AlreadyPaid(Status::Paid)
+    );
+    let pending = s.unrecorded_payments(Duration::ZERO).await.unwrap();
+    assert_eq!(
+        pending,
+        vec![OrderRequest {
+            reservation: r.id,
+            user: user(1),
+            paid_at
+        }]
+    );
+    s.mark_ordered(&[r.id]).await.unwrap();
+    s.mark_ordered(&[r.id]).await.unwrap();
+    assert!(
+        s.unrecorded_payments(Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.reservation(r.id).await.unwrap().unwrap().status,
+        Status::Ordered
+    );
+    assert!(s.overdue_holds(Duration::ZERO).await.unwrap().is_empty());
+    drop_keys(&s).await;
+}
+
+#[tokio::test]
+async fn scripts_are_reloaded_after_redis_forgets_them() {
+    let iso = Isolation::new();
+    let s = seats(&iso).await;
+    let st = showtime(1);
+    s.load(st, 3, 0).await.unwrap();
+    s.take(st, user(1), HOLD).await.unwrap();
+    // SCRIPT FLUSH is what a Redis restart does to the script cache: EVALSHA then
+    // answers NOSCRIPT and the adapter must fall back to loading the script.
+    let mut conn = s.connection();
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.take(st, user(2), HOLD).await.unwrap(),
+        TakeOutcome::Reserved(_)
+    ));
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let id = ReservationId::new(st, 1).unwrap();
+    s.pay(id, user(1)).await.unwrap();
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    s.mark_ordered(&[id]).await.unwrap();
+    assert_eq!(
+        s.reservation(id).await.unwrap().unwrap().status,
+        Status::Ordered
+    );
+    drop_keys(&s).await;
+}
+
+fn order(st: ShowtimeId, seq: u64, u: i64) -> OrderRequest {
+    OrderRequest {
+        reservation: ReservationId::new(st, seq).unwrap(),
+        user: user(u),
+        paid_at: UnixMillis(1_764_000_000_000),
+    }
+}
+
+#[tokio::test]
+async fn the_database_records_each_order_once_and_never_past_capacity() {
+    let iso = Isolation::new();
+    let db = database(&iso).await;
+    let st = db
+        .create_showtime(NewShowtime {
+            capacity: Capacity::new(2).unwrap(),
+            title: None,
+            starts_at: None,
+        })
+        .await
+        .unwrap()
+        .id;
+    let a = order(st, 1, 1);
+    let b = order(st, 2, 2);
+    let outcomes = db.record_orders(&[a, a, b]).await.unwrap();
+    assert_eq!(
+        outcomes,
+        vec![
+            OrderOutcome::Inserted,
+            OrderOutcome::Duplicate,
+            OrderOutcome::Inserted
+        ]
+    );
+    assert_eq!(
+        db.record_orders(&[b]).await.unwrap(),
+        vec![OrderOutcome::Duplicate]
+    );
+
+    // A third seat does not exist: the database refuses it whatever Redis said, and a
+    // second order of one user under another reservation is refused too; a good order
+    // in the same batch is not held back by them.
+    let st2 = db
+        .create_showtime(NewShowtime {
+            capacity: Capacity::new(5).unwrap(),
+            title: None,
+            starts_at: None,
+        })
+        .await
+        .unwrap()
+        .id;
+    let over = order(st, 3, 3);
+    let twice = order(st2, 2, 7);
+    let fine = order(st2, 1, 7);
+    let outcomes = db.record_orders(&[fine, over, twice]).await.unwrap();
+    assert_eq!(outcomes[0], OrderOutcome::Inserted);
+    assert!(
+        matches!(&outcomes[1], OrderOutcome::Refused(why) if why.contains("sold out")),
+        "{outcomes:?}"
+    );
+    assert!(
+        matches!(&outcomes[2], OrderOutcome::Refused(why) if why.contains("already has an order")),
+        "{outcomes:?}"
+    );
+
+    let sold = db.showtime(st).await.unwrap().unwrap().ordered;
+    assert_eq!(sold, 2);
+    assert_eq!(db.showtime(st2).await.unwrap().unwrap().ordered, 1);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(rows, 3);
+    drop_database(db, &iso).await;
+}
+
+#[tokio::test]
+async fn migrations_run_twice_and_concurrently_without_harm() {
+    let iso = Isolation::new();
+    let db = database(&iso).await;
+    let (a, b) = tokio::join!(db.migrate(), db.migrate());
+    a.unwrap();
+    b.unwrap();
+    drop_database(db, &iso).await;
+}
+
+#[tokio::test]
+async fn the_topology_is_declared_idempotently_and_dead_letters_are_kept() {
+    let iso = Isolation::new();
+    let topology = Topology {
+        prefix: iso.prefix.clone(),
+        hold: Duration::from_secs(900),
+        delivery_limit: 3,
+    };
+    let url = "amqp://guest:guest@127.0.0.1:5672/%2f";
+    let broker = Broker::connect(url, topology.clone()).await.unwrap();
+    // A second process starting declares the same topology without error.
+    let again = Broker::connect(url, topology.clone()).await.unwrap();
+    assert_eq!(
+        broker.topology().delay_queue(),
+        format!("{}.holds.delay.900s", iso.prefix)
+    );
+
+    again
+        .dead_letter(Queue::Orders, b"poison".to_vec(), "test")
+        .await
+        .unwrap();
+    let dlq = topology.dead_letter_queue(Queue::Orders);
+    eventually(Duration::from_secs(10), "the dead letter", || async {
+        (broker.ready_count(&dlq).await.unwrap() == 1).then_some(())
+    })
+    .await;
+
+    // A different hold time gets its own delay queue instead of a PRECONDITION_FAILED.
+    let longer = Topology {
+        hold: Duration::from_secs(1200),
+        ..topology.clone()
+    };
+    let other = Broker::connect(url, longer).await.unwrap();
+    other.delete_topology().await.unwrap();
+    broker.delete_topology().await.unwrap();
+}
