@@ -23,6 +23,8 @@ pub mod state;
 
 #[cfg(test)]
 mod fakes;
+#[cfg(test)]
+mod model_tests;
 
 pub use domain::{
     Capacity, InvalidInput, NewShowtime, Reservation, ReservationId, SeatCounts, Showtime,

@@ -1,0 +1,271 @@
+//! Property tests: any interleaving of reserve / pay / expire / write-order / redelivery
+//! / lost messages / broker outages / sweeps keeps the sale's invariants, checked after
+//! every step against the fakes' whole state; and once the queues are drained and the
+//! sweep has run, every paid reservation is exactly one order and every other hold has
+//! given its seat back.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::executor::block_on;
+use proptest::prelude::*;
+
+use crate::fakes::{FakeBus, FakeDb, FakeSeats};
+use crate::messages::{ExpireHold, OrderRequest};
+use crate::ports::SeatStore;
+use crate::sale::{PaymentMode, Sale, SaleSettings};
+use crate::{Capacity, NewShowtime, Reservation, ReservationId, ShowtimeId, Status, UserId};
+
+const HOLD: Duration = Duration::from_secs(60);
+const GRACE: Duration = Duration::from_secs(5);
+const SHOWTIMES: i64 = 2;
+const USERS: i64 = 6;
+
+#[derive(Debug, Clone)]
+enum Step {
+    Reserve {
+        user: i64,
+        showtime: i64,
+    },
+    /// Pay the n-th reservation ever made, as `user` (maybe not its owner).
+    Pay {
+        nth: usize,
+        user: i64,
+    },
+    /// Deliver the oldest pending expiry message (redelivering it when `twice`).
+    DeliverExpiry {
+        twice: bool,
+    },
+    /// Deliver up to `n` pending order messages as one batch (redelivering when `twice`).
+    DeliverOrders {
+        n: usize,
+        twice: bool,
+    },
+    /// A message is lost (a crash before it was published, or a broker that dropped it).
+    LoseExpiry,
+    LoseOrder,
+    /// The broker goes down or comes back.
+    Broker {
+        down: bool,
+    },
+    Advance {
+        secs: u64,
+    },
+    Sweep,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => (1..=USERS, 1..=SHOWTIMES).prop_map(|(user, showtime)| Step::Reserve { user, showtime }),
+        3 => (0..12usize, 1..=USERS).prop_map(|(nth, user)| Step::Pay { nth, user }),
+        2 => any::<bool>().prop_map(|twice| Step::DeliverExpiry { twice }),
+        2 => (1..4usize, any::<bool>()).prop_map(|(n, twice)| Step::DeliverOrders { n, twice }),
+        1 => Just(Step::LoseExpiry),
+        1 => Just(Step::LoseOrder),
+        1 => any::<bool>().prop_map(|down| Step::Broker { down }),
+        2 => (1..90u64).prop_map(|secs| Step::Advance { secs }),
+        1 => Just(Step::Sweep),
+    ]
+}
+
+struct World {
+    sale: Sale<FakeSeats, FakeBus, FakeDb>,
+    capacities: HashMap<ShowtimeId, u32>,
+    made: Vec<ReservationId>,
+    /// Delivery cursors into the fake bus's queues (messages before them are consumed).
+    expiries_done: usize,
+    orders_done: usize,
+}
+
+impl World {
+    fn new(capacity: [u32; SHOWTIMES as usize]) -> Self {
+        let sale = Sale::new(
+            FakeSeats::default(),
+            FakeBus::default(),
+            FakeDb::default(),
+            SaleSettings {
+                hold: HOLD,
+                payment: PaymentMode::Manual,
+            },
+        );
+        let mut capacities = HashMap::new();
+        for c in capacity {
+            let s = block_on(sale.create_showtime(NewShowtime {
+                capacity: Capacity::new(c.into()).unwrap(),
+                title: None,
+                starts_at: None,
+            }))
+            .unwrap();
+            capacities.insert(s.id, c);
+        }
+        Self {
+            sale,
+            capacities,
+            made: vec![],
+            expiries_done: 0,
+            orders_done: 0,
+        }
+    }
+
+    fn pending_expiries(&self) -> Vec<ExpireHold> {
+        self.sale.bus().expiries.lock().unwrap()[self.expiries_done..].to_vec()
+    }
+
+    fn pending_orders(&self) -> Vec<OrderRequest> {
+        self.sale.bus().orders.lock().unwrap()[self.orders_done..].to_vec()
+    }
+
+    fn run(&mut self, step: &Step) {
+        let sale = &self.sale;
+        match *step {
+            Step::Reserve { user, showtime } => {
+                let user = UserId::new(user).unwrap();
+                if let Ok(r) = block_on(sale.reserve(user, ShowtimeId::new(showtime).unwrap())) {
+                    self.made.push(r.id);
+                }
+            }
+            Step::Pay { nth, user } => {
+                if let Some(id) = self.made.get(nth) {
+                    let _ = block_on(sale.pay(*id, UserId::new(user).unwrap()));
+                }
+            }
+            Step::DeliverExpiry { twice } => {
+                if let Some(m) = self.pending_expiries().first().copied() {
+                    block_on(sale.expire(m)).unwrap();
+                    if twice {
+                        block_on(sale.expire(m)).unwrap();
+                    }
+                    self.expiries_done += 1;
+                }
+            }
+            Step::DeliverOrders { n, twice } => {
+                let batch: Vec<_> = self.pending_orders().into_iter().take(n).collect();
+                if !batch.is_empty() {
+                    block_on(sale.write_orders(&batch)).unwrap();
+                    if twice {
+                        block_on(sale.write_orders(&batch)).unwrap();
+                    }
+                    self.orders_done += batch.len();
+                }
+            }
+            Step::LoseExpiry => {
+                if !self.pending_expiries().is_empty() {
+                    self.expiries_done += 1;
+                }
+            }
+            Step::LoseOrder => {
+                if !self.pending_orders().is_empty() {
+                    self.orders_done += 1;
+                }
+            }
+            Step::Broker { down } => sale.bus().down.store(down, Ordering::SeqCst),
+            Step::Advance { secs } => sale.seats().advance(Duration::from_secs(secs)),
+            Step::Sweep => {
+                let _ = block_on(sale.sweep(GRACE));
+            }
+        }
+    }
+
+    fn reservations(&self) -> Vec<Reservation> {
+        self.made
+            .iter()
+            .map(|id| block_on(self.sale.reservation(*id)).unwrap().unwrap())
+            .collect()
+    }
+
+    /// What must hold after every step.
+    fn check(&self) -> Result<(), TestCaseError> {
+        let all = self.reservations();
+        let orders = self.sale.db().orders.lock().unwrap().clone();
+        for (showtime, capacity) in &self.capacities {
+            let counts = block_on(self.sale.seats().counts(*showtime))
+                .unwrap()
+                .unwrap();
+            let mine: Vec<_> = all.iter().filter(|r| r.showtime() == *showtime).collect();
+            let held = mine.iter().filter(|r| r.status == Status::Reserved).count() as u32;
+            let sold = mine
+                .iter()
+                .filter(|r| matches!(r.status, Status::Paid | Status::Ordered))
+                .count() as u32;
+            prop_assert!(counts.balanced(), "{counts:?}");
+            prop_assert_eq!(counts.capacity, *capacity);
+            prop_assert_eq!(counts.held, held, "held seats are the RESERVED holds");
+            prop_assert_eq!(
+                counts.sold,
+                sold,
+                "sold seats are the PAID and ORDERED ones"
+            );
+            let mut users = HashSet::new();
+            for r in mine.iter().filter(|r| r.status.occupies_seat()) {
+                prop_assert!(
+                    users.insert(r.user),
+                    "user {} holds two seats of {showtime}",
+                    r.user
+                );
+            }
+            let ordered = orders
+                .values()
+                .filter(|o| o.reservation.showtime() == *showtime)
+                .count();
+            prop_assert!(ordered as u32 <= *capacity, "more orders than seats");
+        }
+        for (id, order) in &orders {
+            let r = all
+                .iter()
+                .find(|r| r.id == *id)
+                .expect("an order has a reservation");
+            prop_assert!(
+                matches!(r.status, Status::Paid | Status::Ordered),
+                "order for a {} hold",
+                r.status
+            );
+            prop_assert_eq!(order.user, r.user);
+        }
+        Ok(())
+    }
+
+    /// The broker comes back, the hold time passes, the sweep runs, every queue drains.
+    fn settle(&mut self) {
+        self.sale.bus().down.store(false, Ordering::SeqCst);
+        self.sale.seats().advance(HOLD + GRACE);
+        block_on(self.sale.sweep(GRACE)).unwrap();
+        while !self.pending_expiries().is_empty() {
+            self.run(&Step::DeliverExpiry { twice: false });
+        }
+        let rest = self.pending_orders();
+        block_on(self.sale.write_orders(&rest)).unwrap();
+        self.orders_done += rest.len();
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_interleaving_keeps_the_invariants_and_settles_exactly_once(
+        capacity in [1u32..4, 1u32..4],
+        steps in prop::collection::vec(step(), 1..60),
+    ) {
+        let mut world = World::new(capacity);
+        for step in &steps {
+            world.run(step);
+            world.check()?;
+        }
+        world.settle();
+        world.check()?;
+        let orders = world.sale.db().orders.lock().unwrap().clone();
+        for r in world.reservations() {
+            match r.status {
+                Status::Ordered => prop_assert!(orders.contains_key(&r.id)),
+                Status::Expired => prop_assert!(!orders.contains_key(&r.id)),
+                other => prop_assert!(false, "{} is still {other} after settling", r.id),
+            }
+        }
+        for (showtime, capacity) in &world.capacities {
+            let c = block_on(world.sale.seats().counts(*showtime)).unwrap().unwrap();
+            let ordered = orders.values().filter(|o| o.reservation.showtime() == *showtime).count() as u32;
+            prop_assert_eq!((c.held, c.sold, c.available), (0, ordered, capacity - ordered));
+        }
+    }
+}
