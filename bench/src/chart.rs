@@ -1,0 +1,203 @@
+//! Time series of a phase and the SVG chart: throughput over time (top) and latency over
+//! time (bottom), one colour per target.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+use serde::Serialize;
+
+use crate::load::Sample;
+
+/// One time bucket of a phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct Point {
+    /// Bucket end, seconds since the phase started.
+    pub t_s: f64,
+    /// Reserve attempts answered per second in this bucket.
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// Buckets of about 1/100 of the run (at least 10 ms), reserve answers only.
+pub fn series(samples: &[Sample], duration_s: f64) -> Vec<Point> {
+    let bucket_us = ((duration_s * 1e6 / 100.0) as u64).max(10_000);
+    let mut out = Vec::new();
+    let mut lat: Vec<u32> = Vec::new();
+    let mut edge = bucket_us;
+    let flush = |edge: u64, lat: &mut Vec<u32>, out: &mut Vec<Point>| {
+        let (p50, p99, max) = if lat.is_empty() {
+            (0.0, 0.0, 0.0)
+        } else {
+            lat.sort_unstable();
+            let q = |f: f64| lat[((lat.len() - 1) as f64 * f).round() as usize] as f64 / 1000.0;
+            (q(0.5), q(0.99), q(1.0))
+        };
+        out.push(Point {
+            t_s: edge as f64 / 1e6,
+            rps: lat.len() as f64 / (bucket_us as f64 / 1e6),
+            p50_ms: p50,
+            p99_ms: p99,
+            max_ms: max,
+        });
+        lat.clear();
+    };
+    for s in samples.iter().filter(|s| !s.pay) {
+        while s.end_us >= edge {
+            flush(edge, &mut lat, &mut out);
+            edge += bucket_us;
+        }
+        lat.push(s.latency_us);
+    }
+    if !lat.is_empty() {
+        flush(edge, &mut lat, &mut out);
+    }
+    out
+}
+
+const COLORS: [RGBColor; 5] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+];
+
+/// Draws the chart of several phases (name, series) into an SVG file.
+pub fn draw(path: &Path, title: &str, phases: &[(String, Vec<Point>)]) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (1100, 820)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let root = root.titled(title, ("sans-serif", 22))?;
+    let (top, bottom) = root.split_vertically(400);
+
+    let t_max = phases
+        .iter()
+        .flat_map(|(_, s)| s.iter().map(|p| p.t_s))
+        .fold(0.01f64, f64::max);
+    let rps_max = phases
+        .iter()
+        .flat_map(|(_, s)| s.iter().map(|p| p.rps))
+        .fold(1.0f64, f64::max)
+        * 1.1;
+    let mut chart = ChartBuilder::on(&top)
+        .caption(
+            "throughput over time (reserve attempts answered per second)",
+            ("sans-serif", 16),
+        )
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..t_max, 0f64..rps_max)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds since start")
+        .y_desc("req/s")
+        .draw()?;
+    for (i, (name, s)) in phases.iter().enumerate() {
+        let c = COLORS[i % COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(
+                s.iter().map(|p| (p.t_s, p.rps)),
+                c.stroke_width(2),
+            ))?
+            .label(name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()?;
+
+    let lat_max = phases
+        .iter()
+        .flat_map(|(_, s)| s.iter().map(|p| p.p99_ms))
+        .fold(0.1f64, f64::max)
+        * 1.1;
+    let mut chart = ChartBuilder::on(&bottom)
+        .caption(
+            "latency over time: p99 (thick) and p50 (thin) per bucket, ms",
+            ("sans-serif", 16),
+        )
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..t_max, 0f64..lat_max)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds since start")
+        .y_desc("ms")
+        .draw()?;
+    for (i, (name, s)) in phases.iter().enumerate() {
+        let c = COLORS[i % COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(
+                s.iter().map(|p| (p.t_s, p.p99_ms)),
+                c.stroke_width(2),
+            ))?
+            .label(format!("{name} p99"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+        chart.draw_series(LineSeries::new(
+            s.iter().map(|p| (p.t_s, p.p50_ms)),
+            c.mix(0.6).stroke_width(1),
+        ))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_count_and_rank() {
+        let samples: Vec<Sample> = (0..1000u64)
+            .map(|i| Sample {
+                end_us: i * 1000,
+                latency_us: (i % 100) as u32 * 10 + 10,
+                pay: false,
+            })
+            .collect();
+        let s = series(&samples, 1.0);
+        assert_eq!(s.len(), 100);
+        // 10 answers per 10 ms bucket = 1000/s.
+        assert!((s[0].rps - 1000.0).abs() < 1e-6);
+        assert!(s[0].p99_ms >= s[0].p50_ms);
+    }
+
+    #[test]
+    fn draws_an_svg() {
+        let dir = std::env::temp_dir().join(format!("fsb-chart-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.svg");
+        let pts = vec![
+            Point {
+                t_s: 0.1,
+                rps: 10.0,
+                p50_ms: 1.0,
+                p99_ms: 2.0,
+                max_ms: 3.0,
+            },
+            Point {
+                t_s: 0.2,
+                rps: 20.0,
+                p50_ms: 1.5,
+                p99_ms: 2.5,
+                max_ms: 3.0,
+            },
+        ];
+        draw(&path, "test", &[("a".into(), pts)]).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert!(svg.starts_with("<svg"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

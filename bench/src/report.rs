@@ -1,0 +1,289 @@
+//! The report: JSON for machines, Markdown for people.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::chart::Point;
+use crate::load::{Latency, Outcomes, PhaseResult};
+use crate::plan::Plan;
+use crate::procs::Usage;
+use crate::verify::Verification;
+
+/// The machine the run happened on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub cpu_model: String,
+    pub memory_gib: f64,
+    pub kernel: String,
+    /// 1-minute load average when the run started (others may be building).
+    pub load_avg_at_start: f64,
+}
+
+impl Machine {
+    pub fn read() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let mem_kib: f64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0.0);
+        Self {
+            cores: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            cpu_model,
+            memory_gib: mem_kib / 1024.0 / 1024.0,
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+            load_avg_at_start: load_avg(),
+        }
+    }
+}
+
+pub fn load_avg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// One phase: one target, one way of driving it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseReport {
+    /// `http-ceiling`, `redis-ceiling`, `flash-sale`, `flash-sale @ 50%`.
+    pub name: String,
+    /// `closed loop, 64 connections` or `open loop, 5000/s, up to 64 connections`.
+    pub mode: String,
+    pub attempts: u64,
+    pub duration_s: f64,
+    /// Reserve attempts answered per second.
+    pub attempts_per_s: f64,
+    /// Every request (reserve and pay) per second.
+    pub requests_per_s: f64,
+    /// Reservations (holds) granted per second.
+    pub reserved_per_s: f64,
+    pub outcomes: Outcomes,
+    pub reserve_latency: Latency,
+    pub pay_latency: Option<Latency>,
+    pub usage: Usage,
+    pub verification: Option<Verification>,
+    pub error_examples: Vec<String>,
+    pub load_avg_after: f64,
+    pub series: Vec<Point>,
+}
+
+impl PhaseReport {
+    pub fn new(name: &str, mode: String, r: &PhaseResult, usage: Usage) -> Self {
+        let secs = r.duration.as_secs_f64().max(1e-6);
+        let pays = r.pay_latency.len();
+        Self {
+            name: name.to_string(),
+            mode,
+            attempts: r.attempts,
+            duration_s: secs,
+            attempts_per_s: r.attempts as f64 / secs,
+            requests_per_s: (r.attempts + pays) as f64 / secs,
+            reserved_per_s: r.outcomes.reserved as f64 / secs,
+            outcomes: r.outcomes.clone(),
+            reserve_latency: Latency::of(&r.reserve_latency),
+            pay_latency: (pays > 0).then(|| Latency::of(&r.pay_latency)),
+            usage,
+            verification: None,
+            error_examples: r.error_examples.clone(),
+            load_avg_after: load_avg(),
+            series: crate::chart::series(&r.samples, secs),
+        }
+    }
+}
+
+/// flash-sale's throughput as a share of each ceiling.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Ratios {
+    pub vs_http_ceiling: Option<f64>,
+    pub vs_redis_ceiling: Option<f64>,
+}
+
+/// A whole run of one scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub plan: Plan,
+    pub plan_text: String,
+    pub command: String,
+    pub started_at: String,
+    pub machine: Machine,
+    pub concurrency: usize,
+    pub rate: Option<f64>,
+    pub phases: Vec<PhaseReport>,
+    pub ratios: Ratios,
+    pub ok: bool,
+    pub notes: Vec<String>,
+}
+
+impl Report {
+    pub fn phase(&self, name: &str) -> Option<&PhaseReport> {
+        self.phases.iter().find(|p| p.name == name)
+    }
+
+    pub fn compute_ratios(&mut self) {
+        let fs = self.phase("flash-sale").map(|p| p.attempts_per_s);
+        let of = |name: &str| Some(fs? / self.phase(name)?.attempts_per_s);
+        self.ratios = Ratios {
+            vs_http_ceiling: of("http-ceiling"),
+            vs_redis_ceiling: of("redis-ceiling"),
+        };
+        self.ok = self
+            .phases
+            .iter()
+            .all(|p| p.verification.as_ref().is_none_or(|v| v.ok()));
+    }
+
+    pub fn markdown(&self, chart_file: Option<&str>) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "# flash-sale-bench: `{}`\n", self.scenario);
+        let _ = writeln!(s, "- plan: {}", self.plan_text);
+        let _ = writeln!(s, "- command: `{}`", self.command);
+        let _ = writeln!(s, "- started: {}", self.started_at);
+        let m = &self.machine;
+        let _ = writeln!(
+            s,
+            "- machine: {} cores ({}), {:.1} GiB, Linux {}, load average {:.2} at start",
+            m.cores, m.cpu_model, m.memory_gib, m.kernel, m.load_avg_at_start
+        );
+        let _ = writeln!(
+            s,
+            "- verdict: **{}**\n",
+            if self.ok {
+                "all invariants hold"
+            } else {
+                "INVARIANT BREACHED"
+            }
+        );
+        let _ = writeln!(
+            s,
+            "| target | mode | attempts | time s | attempts/s | reserved/s | reserved | sold out | already | rejected | errors | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms |"
+        );
+        let _ = writeln!(
+            s,
+            "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+        );
+        for p in &self.phases {
+            let o = &p.outcomes;
+            let l = &p.reserve_latency;
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {:.3} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                p.name,
+                p.mode,
+                p.attempts,
+                p.duration_s,
+                p.attempts_per_s,
+                p.reserved_per_s,
+                o.reserved,
+                o.sold_out,
+                o.already_ordered,
+                o.rejected,
+                o.errors,
+                l.p50_ms,
+                l.p90_ms,
+                l.p99_ms,
+                l.p999_ms,
+                l.max_ms
+            );
+        }
+        let pct = |r: Option<f64>| {
+            r.map(|r| format!("{:.1}%", r * 100.0))
+                .unwrap_or_else(|| "n/a".into())
+        };
+        let _ = writeln!(
+            s,
+            "\nflash-sale reserve throughput: **{}** of the HTTP ceiling, **{}** of the Redis ceiling.\n",
+            pct(self.ratios.vs_http_ceiling),
+            pct(self.ratios.vs_redis_ceiling)
+        );
+        for p in &self.phases {
+            let _ = writeln!(s, "## {}\n", p.name);
+            if let Some(l) = &p.pay_latency {
+                let _ = writeln!(
+                    s,
+                    "- pay: {} paid, {} failed; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {:.0} requests/s in all",
+                    p.outcomes.paid,
+                    p.outcomes.pay_failed,
+                    l.p50_ms,
+                    l.p99_ms,
+                    l.max_ms,
+                    p.requests_per_s
+                );
+            }
+            let cpu: Vec<String> = p
+                .usage
+                .cpu_pct
+                .iter()
+                .filter(|(_, v)| *v >= 0.5)
+                .map(|(g, v)| format!("{g} {v:.0}%"))
+                .collect();
+            let _ = writeln!(
+                s,
+                "- CPU (100% = one core): {}; machine busy {:.0}%; load average after {:.2}",
+                cpu.join(", "),
+                p.usage.machine_busy_pct,
+                p.load_avg_after
+            );
+            if let Some(peak) = p.usage.server_rss_peak_mib {
+                let _ = writeln!(
+                    s,
+                    "- server resident memory: peak {peak:.1} MiB, at the end {:.1} MiB",
+                    p.usage.server_rss_end_mib.unwrap_or(0.0)
+                );
+            }
+            if let Some(v) = &p.verification {
+                match v.orders_landed_after_ms {
+                    Some(ms) => {
+                        let _ = writeln!(
+                            s,
+                            "- every order ({}) in PostgreSQL {ms:.0} ms after the last answer",
+                            v.expected_orders
+                        );
+                    }
+                    None => {
+                        let _ = writeln!(
+                            s,
+                            "- orders: only {} of {} in PostgreSQL by the deadline",
+                            v.orders_found, v.expected_orders
+                        );
+                    }
+                }
+                for c in &v.checks {
+                    let _ = writeln!(
+                        s,
+                        "- {} {}: {}",
+                        if c.ok { "ok" } else { "**BREACH**" },
+                        c.name,
+                        c.detail
+                    );
+                }
+            }
+            for e in &p.error_examples {
+                let _ = writeln!(s, "- example: `{e}`");
+            }
+            let _ = writeln!(s);
+        }
+        for n in &self.notes {
+            let _ = writeln!(s, "- note: {n}");
+        }
+        if let Some(c) = chart_file {
+            let _ = writeln!(s, "\n![latency and throughput over time]({c})");
+        }
+        s
+    }
+}
