@@ -20,9 +20,9 @@ pub struct Point {
     pub max_ms: f64,
 }
 
-/// Buckets of about 1/100 of the run (at least 10 ms), reserve answers only.
+/// Buckets of about 1/100 of the run (at least 1 ms), reserve answers only.
 pub fn series(samples: &[Sample], duration_s: f64) -> Vec<Point> {
-    let bucket_us = ((duration_s * 1e6 / 100.0) as u64).max(10_000);
+    let bucket_us = ((duration_s * 1e6 / 100.0) as u64).max(1_000);
     let mut out = Vec::new();
     let mut lat: Vec<u32> = Vec::new();
     let mut edge = bucket_us;

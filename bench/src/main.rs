@@ -148,6 +148,9 @@ struct RunArgs {
     /// Skip the Redis ceiling.
     #[arg(long)]
     no_redis_ceiling: bool,
+    /// Skip the extra Redis number from `redis-benchmark` (run when it is installed).
+    #[arg(long)]
+    no_redis_benchmark: bool,
     /// Where the reports go.
     #[arg(long, default_value = "bench-results")]
     out: PathBuf,
@@ -370,12 +373,14 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Report> {
         plan: plan.clone(),
         plan_text: plan.describe(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
+        revision: report::revision(),
         started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         machine: Machine::read(),
         concurrency,
         rate: args.rate,
         phases: Vec::new(),
         ratios: Default::default(),
+        redis_benchmark: None,
         ok: true,
         notes: Vec::new(),
     };
@@ -413,6 +418,26 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Report> {
         let p = r?;
         eprintln!("   redis-ceiling: {:.0} attempts/s", p.attempts_per_s);
         report.phases.push(p);
+    }
+    if !args.no_redis_benchmark {
+        let rb_prefix = format!("{prefix}rb");
+        match redis_benchmark(
+            &plan,
+            concurrency,
+            &args.redis_url,
+            &rb_prefix,
+            args.hold_secs,
+        )
+        .await
+        {
+            Ok(Some(rb)) => {
+                eprintln!("   redis-benchmark: {:.0} EVALSHA/s", rb.rps);
+                report.redis_benchmark = Some(rb);
+            }
+            Ok(None) => {}
+            Err(e) => report.notes.push(format!("redis-benchmark failed: {e:#}")),
+        }
+        let _ = procs::delete_redis_keys(&args.redis_url, &rb_prefix).await;
     }
 
     // 3. flash-sale.
@@ -568,6 +593,81 @@ async fn redis_ceiling(
     let r = load::run(&target, plan, &ids, &d).await?;
     let usage = monitor.finish().await;
     Ok(PhaseReport::new("redis-ceiling", mode_text(&d), &r, usage))
+}
+
+/// The reserve script by SHA from `redis-benchmark` (C client, no Rust in the loop), on
+/// the plan's first showtime, as many requests, the same concurrency, random users among
+/// as many as the plan has. `None` when redis-benchmark is not installed.
+async fn redis_benchmark(
+    plan: &Plan,
+    concurrency: usize,
+    redis_url: &str,
+    prefix: &str,
+    hold_secs: u64,
+) -> anyhow::Result<Option<report::RedisBenchmark>> {
+    let Some(hostport) = redis_url
+        .strip_prefix("redis://")
+        .map(|r| r.split('/').next().unwrap_or_default())
+        .filter(|h| !h.contains('@'))
+    else {
+        return Ok(None);
+    };
+    let (host, port) = hostport.split_once(':').unwrap_or((hostport, "6379"));
+    let client = redis::Client::open(redis_url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let sha: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(include_str!("../../lua/reserve.lua"))
+        .query_async(&mut conn)
+        .await?;
+    let c = plan.capacities[0];
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{prefix}:{{1}}:seats"))
+        .arg(&[("capacity", c), ("available", c), ("held", 0), ("sold", 0)])
+        .query_async(&mut conn)
+        .await?;
+    let key = |k: &str| format!("{prefix}:{{1}}:{k}");
+    let out = match tokio::process::Command::new("redis-benchmark")
+        .args(["-h", host, "-p", port, "--csv"])
+        .args(["-n", &plan.total().to_string()])
+        .args(["-c", &concurrency.to_string()])
+        .args(["-r", &plan.users.to_string()])
+        .args(["EVALSHA", &sha, "4"])
+        .args([key("seats"), key("users"), key("seq"), key("deadlines")])
+        .args([
+            "__rand_int__".to_string(),
+            (hold_secs * 1000).to_string(),
+            key("r:"),
+        ])
+        .output()
+        .await
+    {
+        Ok(o) => o,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("\"EVALSHA"))
+        .ok_or_else(|| anyhow::anyhow!("unexpected redis-benchmark output: {text}"))?;
+    let cols: Vec<f64> = row
+        .rsplitn(8, ',')
+        .take(7)
+        .filter_map(|v| v.trim_matches('"').parse().ok())
+        .collect();
+    // rsplitn yields the columns backwards: max, p99, p95, p50, min, avg, rps.
+    if cols.len() != 7 {
+        bail!("unexpected redis-benchmark row: {row}");
+    }
+    Ok(Some(report::RedisBenchmark {
+        requests: plan.total(),
+        concurrency,
+        rps: cols[6],
+        p50_ms: cols[3],
+        p99_ms: cols[1],
+        max_ms: cols[0],
+    }))
 }
 
 async fn cleanup(args: &RunArgs, db_name: &str, prefix: &str) -> anyhow::Result<()> {

@@ -50,6 +50,26 @@ impl Machine {
     }
 }
 
+/// The commit the run was built from, `+dirty` when the work tree had changes.
+pub fn revision() -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(rev) => {
+            let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| !s.is_empty());
+            if dirty { format!("{rev}+dirty") } else { rev }
+        }
+        None => "unknown".into(),
+    }
+}
+
 pub fn load_avg() -> f64 {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
@@ -113,6 +133,18 @@ pub struct Ratios {
     pub vs_redis_ceiling: Option<f64>,
 }
 
+/// The reserve script driven by `redis-benchmark` (C client): Redis alone, without the
+/// Rust client's cost.
+#[derive(Debug, Clone, Serialize)]
+pub struct RedisBenchmark {
+    pub requests: u64,
+    pub concurrency: usize,
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
 /// A whole run of one scenario.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -120,12 +152,14 @@ pub struct Report {
     pub plan: Plan,
     pub plan_text: String,
     pub command: String,
+    pub revision: String,
     pub started_at: String,
     pub machine: Machine,
     pub concurrency: usize,
     pub rate: Option<f64>,
     pub phases: Vec<PhaseReport>,
     pub ratios: Ratios,
+    pub redis_benchmark: Option<RedisBenchmark>,
     pub ok: bool,
     pub notes: Vec<String>,
 }
@@ -153,7 +187,11 @@ impl Report {
         let _ = writeln!(s, "# flash-sale-bench: `{}`\n", self.scenario);
         let _ = writeln!(s, "- plan: {}", self.plan_text);
         let _ = writeln!(s, "- command: `{}`", self.command);
-        let _ = writeln!(s, "- started: {}", self.started_at);
+        let _ = writeln!(
+            s,
+            "- started: {} (revision {})",
+            self.started_at, self.revision
+        );
         let m = &self.machine;
         let _ = writeln!(
             s,
@@ -211,6 +249,13 @@ impl Report {
             pct(self.ratios.vs_http_ceiling),
             pct(self.ratios.vs_redis_ceiling)
         );
+        if let Some(rb) = &self.redis_benchmark {
+            let _ = writeln!(
+                s,
+                "redis-benchmark (C client) running reserve.lua by EVALSHA, {} requests, {} connections: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms.\n",
+                rb.requests, rb.concurrency, rb.rps, rb.p50_ms, rb.p99_ms
+            );
+        }
         for p in &self.phases {
             let _ = writeln!(s, "## {}\n", p.name);
             if let Some(l) = &p.pay_latency {
