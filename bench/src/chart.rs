@@ -114,21 +114,28 @@ pub fn draw(path: &Path, title: &str, phases: &[(String, Vec<Point>)]) -> anyhow
     let lat_max = phases
         .iter()
         .flat_map(|(_, s)| s.iter().map(|p| p.p99_ms))
-        .fold(0.1f64, f64::max)
-        * 1.1;
+        .fold(1.0f64, f64::max)
+        * 1.5;
+    let lat_min = phases
+        .iter()
+        .flat_map(|(_, s)| s.iter().map(|p| p.p50_ms))
+        .filter(|&v| v > 0.0)
+        .fold(lat_max, f64::min)
+        .clamp(0.001, 0.1);
     let mut chart = ChartBuilder::on(&bottom)
         .caption(
-            "latency over time: p99 (thick) and p50 (thin) per bucket, ms",
+            "latency over time: p99 (thick) and p50 (thin) per bucket, ms, log scale",
             ("sans-serif", 16),
         )
         .margin(10)
         .x_label_area_size(35)
         .y_label_area_size(70)
-        .build_cartesian_2d(0f64..t_max, 0f64..lat_max)?;
+        .build_cartesian_2d(0f64..t_max, (lat_min..lat_max).log_scale())?;
     chart
         .configure_mesh()
         .x_desc("seconds since start")
         .y_desc("ms")
+        .y_label_formatter(&|v| format!("{v}"))
         .draw()?;
     for (i, (name, s)) in phases.iter().enumerate() {
         let c = COLORS[i % COLORS.len()];

@@ -282,9 +282,11 @@ pub struct PhaseResult {
     pub error_examples: Vec<String>,
     /// When its last answer came.
     pub ended: Instant,
+    /// When the last hold was granted, µs after the start (0: none was).
+    pub last_win_us: u64,
 }
 
-fn histogram() -> Histogram<u64> {
+pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds")
 }
 
@@ -296,6 +298,7 @@ struct WorkerResult {
     won: Vec<Won>,
     errors: Vec<String>,
     last_end: Instant,
+    last_win_us: u64,
 }
 
 /// How to drive a phase.
@@ -374,6 +377,7 @@ pub async fn run<T: Target>(
     let mut won = Vec::new();
     let mut error_examples = Vec::new();
     let mut ended = started;
+    let mut last_win_us = 0;
     for h in handles {
         let r = h.await?;
         outcomes.add(&r.outcomes);
@@ -387,6 +391,7 @@ pub async fn run<T: Target>(
             }
         }
         ended = ended.max(r.last_end);
+        last_win_us = last_win_us.max(r.last_win_us);
     }
     ticker.abort();
     bar.set_position(total);
@@ -402,6 +407,7 @@ pub async fn run<T: Target>(
         won,
         error_examples,
         ended,
+        last_win_us,
     })
 }
 
@@ -414,6 +420,7 @@ async fn worker<S: Session>(mut s: S, shared: Arc<Shared>, started: Instant) -> 
         won: Vec::new(),
         errors: Vec::new(),
         last_end: started,
+        last_win_us: 0,
     };
     tokio::time::sleep_until(started).await;
     let total = shared.plan.total();
@@ -438,6 +445,9 @@ async fn worker<S: Session>(mut s: S, shared: Arc<Shared>, started: Instant) -> 
         match answer {
             Reserve::Reserved(id) => {
                 r.outcomes.reserved += 1;
+                r.last_win_us = r
+                    .last_win_us
+                    .max(end.saturating_duration_since(started).as_micros() as u64);
                 let mut paid = false;
                 if shared.pay {
                     let b = Instant::now();

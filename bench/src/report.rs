@@ -94,6 +94,12 @@ pub struct PhaseReport {
     pub reserved_per_s: f64,
     pub outcomes: Outcomes,
     pub reserve_latency: Latency,
+    /// Seconds from the start until the last hold was granted (the seats lasted).
+    pub selling_s: f64,
+    /// Reserve latency of the answers until then (holds are the slow path) and after
+    /// (sold out: rejections only).
+    pub latency_while_selling: Option<Latency>,
+    pub latency_after_sold_out: Option<Latency>,
     pub pay_latency: Option<Latency>,
     pub usage: Usage,
     pub verification: Option<Verification>,
@@ -106,6 +112,16 @@ impl PhaseReport {
     pub fn new(name: &str, mode: String, r: &PhaseResult, usage: Usage) -> Self {
         let secs = r.duration.as_secs_f64().max(1e-6);
         let pays = r.pay_latency.len();
+        let mut before = crate::load::histogram();
+        let mut after = crate::load::histogram();
+        for x in r.samples.iter().filter(|x| !x.pay) {
+            let h = if x.end_us <= r.last_win_us {
+                &mut before
+            } else {
+                &mut after
+            };
+            h.saturating_record(u64::from(x.latency_us).max(1));
+        }
         Self {
             name: name.to_string(),
             mode,
@@ -116,6 +132,9 @@ impl PhaseReport {
             reserved_per_s: r.outcomes.reserved as f64 / secs,
             outcomes: r.outcomes.clone(),
             reserve_latency: Latency::of(&r.reserve_latency),
+            selling_s: r.last_win_us as f64 / 1e6,
+            latency_while_selling: (!before.is_empty()).then(|| Latency::of(&before)),
+            latency_after_sold_out: (!after.is_empty()).then(|| Latency::of(&after)),
             pay_latency: (pays > 0).then(|| Latency::of(&r.pay_latency)),
             usage,
             verification: None,
@@ -258,6 +277,23 @@ impl Report {
         }
         for p in &self.phases {
             let _ = writeln!(s, "## {}\n", p.name);
+            let lat = |l: &Latency| {
+                format!(
+                    "{} answers, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+                    l.count, l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms
+                )
+            };
+            if let Some(l) = &p.latency_while_selling {
+                let _ = writeln!(
+                    s,
+                    "- while seats lasted (first {:.2} s): {}",
+                    p.selling_s,
+                    lat(l)
+                );
+            }
+            if let Some(l) = &p.latency_after_sold_out {
+                let _ = writeln!(s, "- after the last hold: {}", lat(l));
+            }
             if let Some(l) = &p.pay_latency {
                 let _ = writeln!(
                     s,
