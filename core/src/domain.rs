@@ -175,6 +175,73 @@ pub struct Showtime {
     pub ordered: u32,
 }
 
+/// When a showtime's seats may be reserved: from `opens_at` (if set) until `closes_at`
+/// (if set, exclusive). A reservation outside the window is refused before any seat is
+/// touched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct SaleWindow {
+    opens_at: Option<UnixMillis>,
+    closes_at: Option<UnixMillis>,
+}
+
+/// Why the sale window refuses a reservation now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OutsideSaleWindow {
+    #[error("the sale has not opened yet")]
+    NotOpenYet { opens_at: UnixMillis },
+    #[error("the sale is closed")]
+    Closed { closed_at: UnixMillis },
+}
+
+impl SaleWindow {
+    /// Always open: the behaviour of a showtime created without a window.
+    pub const ALWAYS: Self = Self {
+        opens_at: None,
+        closes_at: None,
+    };
+
+    /// Refuses a window that closes before (or when) it opens.
+    pub fn new(
+        opens_at: Option<UnixMillis>,
+        closes_at: Option<UnixMillis>,
+    ) -> Result<Self, InvalidInput> {
+        if let (Some(open), Some(close)) = (opens_at, closes_at)
+            && close <= open
+        {
+            return Err(InvalidInput(
+                "sale_closes_at must be later than sale_opens_at".into(),
+            ));
+        }
+        Ok(Self {
+            opens_at,
+            closes_at,
+        })
+    }
+
+    pub fn opens_at(&self) -> Option<UnixMillis> {
+        self.opens_at
+    }
+
+    pub fn closes_at(&self) -> Option<UnixMillis> {
+        self.closes_at
+    }
+
+    /// Whether a reservation at `now` is inside the window.
+    pub fn admits(&self, now: UnixMillis) -> Result<(), OutsideSaleWindow> {
+        if let Some(opens_at) = self.opens_at
+            && now < opens_at
+        {
+            return Err(OutsideSaleWindow::NotOpenYet { opens_at });
+        }
+        if let Some(closed_at) = self.closes_at
+            && now >= closed_at
+        {
+            return Err(OutsideSaleWindow::Closed { closed_at });
+        }
+        Ok(())
+    }
+}
+
 /// A reservation as the seat store knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reservation {
@@ -232,6 +299,34 @@ mod tests {
         assert!(UserId::new(-3).is_err());
         assert!(ShowtimeId::new(1).is_ok());
         assert!("12x".parse::<UserId>().is_err());
+    }
+
+    #[test]
+    fn a_sale_window_admits_from_its_opening_until_its_close() {
+        let ms = UnixMillis;
+        let w = SaleWindow::new(Some(ms(1_000)), Some(ms(2_000))).unwrap();
+        assert_eq!(
+            w.admits(ms(999)),
+            Err(OutsideSaleWindow::NotOpenYet {
+                opens_at: ms(1_000)
+            })
+        );
+        assert_eq!(w.admits(ms(1_000)), Ok(()));
+        assert_eq!(w.admits(ms(1_999)), Ok(()));
+        assert_eq!(
+            w.admits(ms(2_000)),
+            Err(OutsideSaleWindow::Closed {
+                closed_at: ms(2_000)
+            })
+        );
+        assert_eq!(SaleWindow::ALWAYS.admits(ms(0)), Ok(()));
+        assert!(SaleWindow::new(Some(ms(5)), Some(ms(5))).is_err());
+        assert!(
+            SaleWindow::new(None, Some(ms(5)))
+                .unwrap()
+                .admits(ms(4))
+                .is_ok()
+        );
     }
 
     #[test]

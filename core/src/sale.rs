@@ -12,6 +12,18 @@ use crate::{
     NewShowtime, Reservation, ReservationId, SeatCounts, Showtime, ShowtimeId, Status, UserId,
 };
 
+/// A named point between two steps where the crash tests inject a failure (the `fail`
+/// crate, `failpoints` feature): `return` makes the step fail as if the process had died
+/// there, `panic` panics there. Compiled out otherwise.
+macro_rules! crash_point {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name, |_| Err(
+            PortError::transient("crash point", $name).into()
+        ));
+    };
+}
+
 /// Who pays for a hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PaymentMode {
@@ -174,6 +186,7 @@ where
             }
             other => Self::reserved(other)?,
         };
+        crash_point!("reserve.after_take");
 
         let expiry = ExpireHold {
             reservation: reservation.id,
@@ -188,6 +201,7 @@ where
             let _ = self.seats.expire(reservation.id).await;
             return Err(publish.into());
         }
+        crash_point!("reserve.after_publish");
         Ok(reservation)
     }
 
@@ -220,6 +234,7 @@ where
             PayOutcome::AlreadyPaid(status) => return Err(PayError::AlreadyPaid(status)),
             PayOutcome::Expired => return Err(PayError::Expired),
         };
+        crash_point!("pay.after_pay");
         let order = OrderRequest {
             reservation: id,
             user,
@@ -248,7 +263,9 @@ where
     /// `RESERVED -> EXPIRED`, returning the seat exactly once; any other state is left
     /// alone.
     pub async fn expire(&self, message: ExpireHold) -> Result<ExpireOutcome, PortError> {
-        self.seats.expire(message.reservation).await
+        let outcome = self.seats.expire(message.reservation).await?;
+        crash_point!("expire.after_expire");
+        Ok(outcome)
     }
 
     /// Records orders in the database, each at most once, then marks them `ORDERED`.
@@ -257,6 +274,7 @@ where
         orders: &[OrderRequest],
     ) -> Result<Vec<OrderOutcome>, PortError> {
         let outcomes = self.db.record_orders(orders).await?;
+        crash_point!("write_order.after_commit");
         let recorded: Vec<ReservationId> = orders
             .iter()
             .zip(&outcomes)
@@ -268,6 +286,7 @@ where
         if !recorded.is_empty() {
             self.seats.mark_ordered(&recorded).await?;
         }
+        crash_point!("write_order.before_ack");
         Ok(outcomes)
     }
 

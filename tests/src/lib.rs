@@ -26,7 +26,19 @@ pub struct Options {
     pub sweep_interval_secs: u64,
     pub sweep_grace_secs: u64,
     pub delivery_limit: u32,
+    /// `AUTH_MODE`: `"none"` (the default: the body's user_id is trusted) or `"jwt"`
+    /// (tokens signed with [`TEST_JWT_SECRET`]; see [`TestApp::token`]).
+    pub auth_mode: &'static str,
+    /// Per-user rate limit `(per second, burst)`; `None` keeps the server's default.
+    pub rate_user: Option<(u32, u32)>,
+    /// Per-address rate limit `(per second, burst)`; `None` keeps the server's default.
+    pub rate_addr: Option<(u32, u32)>,
+    /// `TRUST_FORWARDED_FOR`: take the client address from `X-Forwarded-For`.
+    pub trust_forwarded_for: bool,
 }
+
+/// The HS256 secret test servers verify tokens with.
+pub const TEST_JWT_SECRET: &str = "flash-sale-test-secret-0123456789abcdef";
 
 impl Default for Options {
     fn default() -> Self {
@@ -37,6 +49,10 @@ impl Default for Options {
             sweep_interval_secs: 3600,
             sweep_grace_secs: 3600,
             delivery_limit: 5,
+            auth_mode: "none",
+            rate_user: None,
+            rate_addr: None,
+            trust_forwarded_for: false,
         }
     }
 }
@@ -86,9 +102,9 @@ fn server_url(var: &str, default: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| default.to_string())
 }
 
-/// The configuration a test server runs with.
-pub fn config(iso: &Isolation, opts: &Options) -> Config {
-    let vars: HashMap<&str, String> = HashMap::from([
+/// The environment a test server runs with (for a child process).
+pub fn env(iso: &Isolation, opts: &Options) -> HashMap<&'static str, String> {
+    HashMap::from([
         ("DATABASE_URL", iso.database_url()),
         (
             "REDIS_URL",
@@ -107,7 +123,31 @@ pub fn config(iso: &Isolation, opts: &Options) -> Config {
         ("QUEUE_DELIVERY_LIMIT", opts.delivery_limit.to_string()),
         ("SWEEP_INTERVAL_SECS", opts.sweep_interval_secs.to_string()),
         ("SWEEP_GRACE_SECS", opts.sweep_grace_secs.to_string()),
-    ]);
+        ("AUTH_MODE", opts.auth_mode.to_string()),
+        ("JWT_HS256_SECRET", TEST_JWT_SECRET.to_string()),
+        (
+            "RATE_LIMIT_USER_PER_SEC",
+            opts.rate_user.map(|q| q.0.to_string()).unwrap_or_default(),
+        ),
+        (
+            "RATE_LIMIT_USER_BURST",
+            opts.rate_user.map(|q| q.1.to_string()).unwrap_or_default(),
+        ),
+        (
+            "RATE_LIMIT_ADDR_PER_SEC",
+            opts.rate_addr.map(|q| q.0.to_string()).unwrap_or_default(),
+        ),
+        (
+            "RATE_LIMIT_ADDR_BURST",
+            opts.rate_addr.map(|q| q.1.to_string()).unwrap_or_default(),
+        ),
+        ("TRUST_FORWARDED_FOR", opts.trust_forwarded_for.to_string()),
+    ])
+}
+
+/// The configuration a test server runs with.
+pub fn config(iso: &Isolation, opts: &Options) -> Config {
+    let vars = env(iso, opts);
     Config::from_lookup(|k| vars.get(k).cloned()).expect("test configuration is valid")
 }
 
@@ -216,6 +256,52 @@ impl TestApp {
             json!({"user_id": user}),
         )
         .await
+    }
+
+    /// A bearer token for `user`, valid for an hour, signed with [`TEST_JWT_SECRET`].
+    pub fn token(&self, user: i64) -> String {
+        flash_sale_runtime::auth::sign_hs256(
+            TEST_JWT_SECRET.as_bytes(),
+            &flash_sale_runtime::auth::Claims::for_user(user, 3600),
+        )
+    }
+
+    /// A bearer token for an admin (user 1 with `"role": "admin"`).
+    pub fn admin_token(&self) -> String {
+        let mut claims = flash_sale_runtime::auth::Claims::for_user(1, 3600);
+        claims.role = Some("admin".into());
+        flash_sale_runtime::auth::sign_hs256(TEST_JWT_SECRET.as_bytes(), &claims)
+    }
+
+    /// Sends any request, with a bearer token if given, and returns the status, the
+    /// headers and the JSON answer.
+    pub async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        token: Option<&str>,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let request = match token {
+            Some(t) => request.bearer_auth(t),
+            None => request,
+        };
+        let res = request.send().await.expect("request sent");
+        let headers = res.headers().clone();
+        let (status, body) = Self::answer(res).await;
+        (status, headers, body)
+    }
+
+    /// `POST path` with `body` as the holder of `token`.
+    pub async fn post_as(&self, token: &str, path: &str, body: Value) -> (StatusCode, Value) {
+        let (status, _, body) = self
+            .send(self.http.post(self.url(path)).json(&body), Some(token))
+            .await;
+        (status, body)
+    }
+
+    /// `GET path` as the holder of `token`.
+    pub async fn get_as(&self, token: &str, path: &str) -> (StatusCode, Value) {
+        let (status, _, body) = self.send(self.http.get(self.url(path)), Some(token)).await;
+        (status, body)
     }
 
     /// `(available, held, sold)`, checking that they add up to the capacity.

@@ -14,9 +14,10 @@ use std::time::Duration;
 use flash_sale_adapters::Queue;
 use flash_sale_runtime::App;
 use flash_sale_runtime::queue::QueueError;
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt as _, StreamExt, TryStreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
+use std::panic::AssertUnwindSafe;
 use tokio_stream::StreamExt as _;
 
 /// Unacknowledged deliveries per consumer.
@@ -29,6 +30,15 @@ const ORDER_LINGER: Duration = Duration::from_millis(10);
 /// How long a retryable failure is retried in-process before the message is requeued.
 const RETRY_FOR: Duration = Duration::from_secs(30);
 
+/// Runs one handler call; a panic inside it is a retryable failure of that message,
+/// never the end of the consumer.
+async fn guarded<T>(call: impl Future<Output = Result<T, QueueError>>) -> Result<T, QueueError> {
+    match AssertUnwindSafe(call).catch_unwind().await {
+        Ok(result) => result,
+        Err(_) => Err(QueueError::Retryable("the handler panicked".into())),
+    }
+}
+
 /// Calls `attempt` until it succeeds, fails for good, or [`RETRY_FOR`] has passed.
 async fn with_retries<T, F, Fut>(mut attempt: F) -> Result<T, QueueError>
 where
@@ -38,7 +48,7 @@ where
     let started = tokio::time::Instant::now();
     let mut pause = Duration::from_millis(50);
     loop {
-        match attempt().await {
+        match guarded(attempt()).await {
             Err(QueueError::Retryable(why)) if started.elapsed() < RETRY_FOR => {
                 tracing::warn!(%why, "retrying in {pause:?}");
                 tokio::time::sleep(pause).await;

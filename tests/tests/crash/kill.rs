@@ -1,0 +1,254 @@
+//! kill -9 of the real server process in the middle of a sale, several times.
+
+use std::collections::{HashMap, HashSet};
+use std::process::Stdio;
+use std::time::Duration;
+
+use flash_sale_tests::{Isolation, Options, eventually};
+use futures::StreamExt;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+fn server_options() -> Options {
+    Options {
+        hold_secs: 2,
+        sweep_interval_secs: 1,
+        sweep_grace_secs: 1,
+        ..Options::default()
+    }
+}
+
+struct Server {
+    child: Child,
+}
+
+impl Server {
+    async fn start(iso: &Isolation, port: u16) -> Self {
+        let opts = server_options();
+        let child = Command::new(env!("CARGO_BIN_EXE_flash-sale-server"))
+            .envs(flash_sale_tests::env(iso, &opts))
+            .env("ADDR", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the server binary starts");
+        let http = reqwest::Client::new();
+        eventually(Duration::from_secs(60), "the server to listen", || {
+            let http = http.clone();
+            async move {
+                http.get(format!("http://127.0.0.1:{port}/showtimes/1"))
+                    .send()
+                    .await
+                    .ok()
+                    .map(|_| ())
+            }
+        })
+        .await;
+        Self { child }
+    }
+
+    async fn kill9(&mut self) {
+        // SIGKILL: no graceful shutdown, no flush, no acks.
+        self.child.kill().await.expect("kill -9");
+    }
+}
+
+/// Sends until an answer other than a dropped connection or a 503 comes back.
+async fn definite(http: &reqwest::Client, url: &str, body: Value) -> (StatusCode, Value) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(res) = http.post(url).json(&body).send().await {
+            let status = res.status();
+            if let Ok(answer) = res.json::<Value>().await
+                && status != StatusCode::SERVICE_UNAVAILABLE
+            {
+                return (status, answer);
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no answer from {url}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_server_mid_sale_loses_and_oversells_nothing() {
+    const CAPACITY: i64 = 40;
+    const USERS: i64 = 300;
+    let iso = Isolation::new();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let mut server = Server::start(&iso, port).await;
+    let showtime = http
+        .post(format!("{base}/showtimes"))
+        .json(&json!({"capacity": CAPACITY}))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+
+    // Every user keeps pressing "buy" until they get a definite answer; even users then
+    // pay (again until a definite answer), odd users walk away and their holds expire.
+    let crowd = {
+        let http = http.clone();
+        let base = base.clone();
+        tokio::spawn(async move {
+            futures::stream::iter(1..=USERS)
+                .map(|user| {
+                    let http = http.clone();
+                    let base = base.clone();
+                    async move {
+                        let reserved = definite(
+                            &http,
+                            &format!("{base}/reserve"),
+                            json!({"user_id": user, "showtime_id": showtime}),
+                        )
+                        .await;
+                        let paid = match (&reserved, user % 2) {
+                            ((StatusCode::OK, body), 0) => {
+                                let id = body["reservation_id"].as_str().unwrap();
+                                let (status, body) = definite(
+                                    &http,
+                                    &format!("{base}/reservations/{id}/pay"),
+                                    json!({"user_id": user}),
+                                )
+                                .await;
+                                // A retried payment that had gone through answers already_paid.
+                                status == StatusCode::OK || body["error"] == "already_paid"
+                            }
+                            _ => false,
+                        };
+                        (user, reserved.0, reserved.1, paid)
+                    }
+                })
+                .buffer_unordered(8)
+                .collect::<Vec<_>>()
+                .await
+        })
+    };
+
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        server.kill9().await;
+        server = Server::start(&iso, port).await;
+    }
+    let answers = crowd.await.unwrap();
+    let reserved: HashMap<i64, (String, bool)> = answers
+        .iter()
+        .filter(|(_, s, _, _)| *s == StatusCode::OK)
+        .map(|(u, _, b, paid)| {
+            (
+                *u,
+                (b["reservation_id"].as_str().unwrap().to_string(), *paid),
+            )
+        })
+        .collect();
+    assert!(!reserved.is_empty());
+
+    // Let the sale settle: every hold paid and ordered, or expired and returned.
+    let db = sqlx::PgPool::connect(&iso.database_url()).await.unwrap();
+    let seats = |http: reqwest::Client, base: String| async move {
+        let s: Value = http
+            .get(format!("{base}/showtimes/{showtime}"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let n = |k: &str| s[k].as_i64().unwrap();
+        assert_eq!(n("available") + n("held") + n("sold"), CAPACITY, "{s}");
+        Some((n("available"), n("held"), n("sold")))
+    };
+    let (available, sold) = eventually(Duration::from_secs(90), "the sale to settle", || {
+        let (http, base, db) = (http.clone(), base.clone(), db.clone());
+        async move {
+            let (available, held, sold) = seats(http, base).await?;
+            let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+                .fetch_one(&db)
+                .await
+                .ok()?;
+            (held == 0 && orders == sold).then_some((available, sold))
+        }
+    })
+    .await;
+    assert!(sold <= CAPACITY);
+    assert_eq!(available + sold, CAPACITY);
+
+    // Every reservation ever made (answered or not) ended as one order or one returned seat.
+    let rows: Vec<(String, i64)> = sqlx::query_as("SELECT reservation_id, user_id FROM orders")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    let ordered: HashSet<String> = rows.iter().map(|(r, _)| r.clone()).collect();
+    let buyers: HashSet<i64> = rows.iter().map(|(_, u)| *u).collect();
+    assert_eq!(buyers.len(), rows.len(), "no user bought twice");
+    let mut seq = 1;
+    let mut returned = 0;
+    loop {
+        let id = format!("{showtime}-{seq}");
+        let res = http
+            .get(format!("{base}/reservations/{id}"))
+            .send()
+            .await
+            .unwrap();
+        if res.status() == StatusCode::NOT_FOUND {
+            break;
+        }
+        let r: Value = res.json().await.unwrap();
+        match r["status"].as_str().unwrap() {
+            "ORDERED" => assert!(
+                ordered.contains(&id),
+                "{id} is ORDERED but has no order row"
+            ),
+            "EXPIRED" => {
+                assert!(!ordered.contains(&id), "{id} expired but has an order");
+                returned += 1;
+            }
+            other => panic!("{id} is still {other} after the sale settled"),
+        }
+        seq += 1;
+    }
+    assert_eq!(ordered.len() as i64, sold);
+    for (id, paid) in reserved.values() {
+        assert_eq!(
+            ordered.contains(id),
+            *paid,
+            "{id}: paid {paid}, but ordered {}",
+            ordered.contains(id)
+        );
+    }
+    eprintln!(
+        "kill -9 x4: {} answered reservations, {} orders, {returned} holds returned",
+        reserved.len(),
+        ordered.len()
+    );
+
+    server.kill9().await;
+    drop(db);
+    let app = flash_sale_runtime::App::connect(flash_sale_tests::config(&iso, &server_options()))
+        .await
+        .unwrap();
+    flash_sale_tests::cleanup(&app, &iso).await.unwrap();
+}

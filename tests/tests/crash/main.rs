@@ -1,0 +1,187 @@
+//! Crash points at every step, and kill -9 of the real server in the middle of a sale:
+//! whatever dies where, no seat is sold twice, no user gets two seats, every paid
+//! reservation becomes exactly one order and every unpaid hold gives its seat back once.
+//!
+//! The in-process tests configure the `fail` crate's named points in `core` (compiled in
+//! through the `failpoints` feature); `FailScenario` serializes them, since the points are
+//! process-wide. The kill -9 test runs the server as a child process.
+
+mod kill;
+
+use std::time::Duration;
+
+use fail::FailScenario;
+use flash_sale_tests::{Options, TestApp, eventually};
+use reqwest::StatusCode;
+
+/// Sweeps every second with no grace: a hold past its deadline, or a payment whose
+/// order never came, is picked up at once.
+fn sweeping(hold_secs: u64) -> Options {
+    Options {
+        hold_secs,
+        sweep_interval_secs: 1,
+        sweep_grace_secs: 0,
+        ..Options::default()
+    }
+}
+
+async fn settles_to(app: &TestApp, showtime: i64, seats: (i64, i64, i64)) {
+    eventually(
+        Duration::from_secs(30),
+        &format!("seats to settle at {seats:?}"),
+        || async { (app.seats(showtime).await == seats).then_some(()) },
+    )
+    .await;
+}
+
+/// A reserve whose server may die mid-request: `None` when no answer came.
+async fn try_reserve(app: &TestApp, user: i64, showtime: i64) -> Option<StatusCode> {
+    let res = app
+        .http
+        .post(app.url("/reserve"))
+        .json(&serde_json::json!({"user_id": user, "showtime_id": showtime}))
+        .send()
+        .await
+        .ok()?;
+    Some(res.status())
+}
+
+#[tokio::test]
+async fn a_crash_between_the_take_and_the_publish_leaks_no_seat() {
+    let scenario = FailScenario::setup();
+    let app = TestApp::spawn(sweeping(1)).await;
+    let showtime = app.create_showtime(2).await;
+    for action in ["1*return", "1*panic"] {
+        fail::cfg("reserve.after_take", action).unwrap();
+        let answer = try_reserve(&app, 1, showtime).await;
+        assert!(
+            matches!(
+                answer,
+                None | Some(StatusCode::SERVICE_UNAVAILABLE | StatusCode::INTERNAL_SERVER_ERROR)
+            ),
+            "{action}: {answer:?}"
+        );
+        // The seat is held by a hold nobody will hear of: no expiry was published.
+        assert_eq!(app.seats(showtime).await.1, 1, "{action}");
+        // The sweep finds it past its deadline and gives the seat back.
+        settles_to(&app, showtime, (2, 0, 0)).await;
+    }
+    assert_eq!(
+        app.reserve(1, showtime).await.0,
+        StatusCode::OK,
+        "the user may try again"
+    );
+    app.finish().await;
+    scenario.teardown();
+}
+
+#[tokio::test]
+async fn a_crash_after_the_publish_is_undone_by_the_delayed_expiry() {
+    let scenario = FailScenario::setup();
+    // No sweep: this hold must come back through the delay queue alone.
+    let app = TestApp::spawn(Options {
+        hold_secs: 1,
+        ..Options::default()
+    })
+    .await;
+    let showtime = app.create_showtime(1).await;
+    fail::cfg("reserve.after_publish", "1*return").unwrap();
+    assert_eq!(
+        try_reserve(&app, 1, showtime).await,
+        Some(StatusCode::SERVICE_UNAVAILABLE)
+    );
+    settles_to(&app, showtime, (1, 0, 0)).await;
+    app.finish().await;
+    scenario.teardown();
+}
+
+#[tokio::test]
+async fn a_crash_between_payment_and_order_publish_still_ends_as_one_order() {
+    let scenario = FailScenario::setup();
+    let app = TestApp::spawn(sweeping(30)).await;
+    let showtime = app.create_showtime(1).await;
+    let (_, body) = app.reserve(1, showtime).await;
+    let id = body["reservation_id"].as_str().unwrap().to_string();
+    fail::cfg("pay.after_pay", "1*return").unwrap();
+    assert_eq!(app.pay(&id, 1).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    // The payment stands; the order message was never sent; the sweep re-sends it.
+    eventually(Duration::from_secs(30), "the order", || async {
+        (app.orders(showtime).await == 1 && app.status_of(&id).await == "ORDERED").then_some(())
+    })
+    .await;
+    assert_eq!(app.seats(showtime).await, (0, 0, 1));
+    app.finish().await;
+    scenario.teardown();
+}
+
+#[tokio::test]
+async fn a_crash_after_the_order_commit_before_the_ack_writes_no_second_row() {
+    let scenario = FailScenario::setup();
+    let app = TestApp::spawn(Options::default()).await;
+    let showtime = app.create_showtime(3).await;
+    for (user, point, action) in [
+        (1, "write_order.after_commit", "1*return"),
+        (2, "write_order.after_commit", "1*panic"),
+        (3, "write_order.before_ack", "1*panic"),
+    ] {
+        let (_, body) = app.reserve(user, showtime).await;
+        let id = body["reservation_id"].as_str().unwrap().to_string();
+        fail::cfg(point, action).unwrap();
+        assert_eq!(app.pay(&id, user).await.0, StatusCode::OK);
+        eventually(
+            Duration::from_secs(30),
+            &format!("{id} ordered after {point}={action}"),
+            || async { (app.status_of(&id).await == "ORDERED").then_some(()) },
+        )
+        .await;
+        assert_eq!(
+            app.orders(showtime).await,
+            user,
+            "one row per paid reservation"
+        );
+    }
+    let sold: i32 = sqlx::query_scalar("SELECT sold FROM showtimes WHERE id = $1")
+        .bind(showtime)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(sold, 3);
+    app.finish().await;
+    scenario.teardown();
+}
+
+#[tokio::test]
+async fn a_crash_after_the_expiry_before_the_ack_returns_the_seat_once() {
+    let scenario = FailScenario::setup();
+    let app = TestApp::spawn(Options {
+        hold_secs: 1,
+        ..Options::default()
+    })
+    .await;
+    let showtime = app.create_showtime(2).await;
+    for (user, action) in [(1, "1*return"), (2, "1*panic")] {
+        fail::cfg("expire.after_expire", action).unwrap();
+        let (_, body) = app.reserve(user, showtime).await;
+        let id = body["reservation_id"].as_str().unwrap().to_string();
+        eventually(Duration::from_secs(30), "the expiry", || async {
+            (app.status_of(&id).await == "EXPIRED").then_some(())
+        })
+        .await;
+        // The redelivered expiry finds it EXPIRED and changes nothing.
+        let queue = app
+            .app
+            .sale
+            .bus()
+            .topology()
+            .queue(flash_sale_adapters::Queue::HoldsExpired);
+        eventually(
+            Duration::from_secs(30),
+            "the redelivery to be consumed",
+            || async { (app.app.sale.bus().ready_count(&queue).await.unwrap() == 0).then_some(()) },
+        )
+        .await;
+        settles_to(&app, showtime, (2, 0, 0)).await;
+    }
+    app.finish().await;
+    scenario.teardown();
+}

@@ -1,0 +1,157 @@
+//! Abuse controls: a burst over the per-user and per-address limits, an oversized body,
+//! junk ids and junk bodies. Each gets its documented 4xx and changes nothing.
+
+use flash_sale_tests::{Options, TestApp};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::{jwt, refused, showtime, untouched};
+
+#[tokio::test]
+async fn a_burst_over_the_user_limit_gets_429_with_retry_after_and_holds_one_seat() {
+    let app = TestApp::spawn(Options {
+        rate_user: Some((1, 5)),
+        ..jwt()
+    })
+    .await;
+    let st = showtime(&app, json!({"capacity": 10})).await;
+    let me = app.token(7);
+    let mut answers = vec![];
+    for _ in 0..12 {
+        let (status, headers, body) = app
+            .send(
+                app.http
+                    .post(app.url("/reserve"))
+                    .json(&json!({"showtime_id": st})),
+                Some(&me),
+            )
+            .await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!(retry >= 1);
+            assert_eq!(body["error"], "rate_limited");
+        }
+        answers.push(status);
+    }
+    let limited = answers
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert!(limited >= 5, "{answers:?}");
+    assert_eq!(answers[0], StatusCode::OK);
+    assert_eq!(app.seats(st).await, (9, 1, 0));
+    // Someone else is not held back by user 7's burst.
+    let (status, _) = app
+        .post_as(&app.token(8), "/reserve", json!({"showtime_id": st}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_burst_over_the_address_limit_gets_429_and_other_addresses_pass() {
+    let app = TestApp::spawn(Options {
+        rate_addr: Some((1, 3)),
+        trust_forwarded_for: true,
+        ..Options::default()
+    })
+    .await;
+    let st = app.create_showtime(100).await;
+    let from = |ip: &str, user: i64| {
+        app.http
+            .post(app.url("/reserve"))
+            .header("x-forwarded-for", ip)
+            .json(&json!({"user_id": user, "showtime_id": st}))
+    };
+    let mut limited = 0;
+    for user in 1..=10 {
+        let (status, headers, body) = app.send(from("203.0.113.7", user), None).await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            limited += 1;
+            assert!(headers.contains_key("retry-after"));
+            assert_eq!(body["error"], "rate_limited");
+        }
+    }
+    assert!(limited >= 6, "only {limited} of 10 were limited");
+    let (available, held, _) = app.seats(st).await;
+    assert_eq!(held, 10 - limited);
+    assert_eq!(available, 100 - held);
+    let (status, _, _) = app.send(from("198.51.100.2", 99), None).await;
+    assert_eq!(status, StatusCode::OK);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_a_413_and_takes_no_seat() {
+    let app = TestApp::spawn(Options::default()).await;
+    let st = app.create_showtime(3).await;
+    let padding = "x".repeat(64 * 1024);
+    let body = json!({"user_id": 1, "showtime_id": st, "padding": padding});
+    for path in ["/reserve", "/showtimes", "/reservations/1-1/pay"] {
+        refused(
+            &app.post(path, body.clone()).await,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        );
+    }
+    untouched(&app, st, 3).await;
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn junk_ids_and_junk_bodies_are_400s_or_404s_and_change_nothing() {
+    let app = TestApp::spawn(jwt()).await;
+    let st = showtime(&app, json!({"capacity": 3})).await;
+    let me = app.token(7);
+    for path in [
+        "/reservations/abc",
+        "/reservations/1-0",
+        "/reservations/0-1",
+        "/reservations/-1-1",
+        "/reservations/1-1-1",
+        "/reservations/99999999999999999999-1",
+        "/reservations/%00",
+        "/showtimes/-1",
+        "/showtimes/0",
+        "/showtimes/1.5",
+        "/showtimes/99999999999999999999",
+    ] {
+        let answer = app.get_as(&me, path).await;
+        refused(&answer, StatusCode::BAD_REQUEST, "bad_request");
+    }
+    let bodies: Vec<Value> = vec![
+        json!([st]),
+        json!("reserve"),
+        json!(null),
+        json!({"showtime_id": "1"}),
+        json!({"showtime_id": -1}),
+        json!({"showtime_id": 0}),
+        json!({"showtime_id": 1.5}),
+        json!({"showtime_id": 1e300}),
+        json!({"showtime_id": u64::MAX}),
+        json!({"showtime_id": st, "user_id": "7"}),
+    ];
+    for body in bodies {
+        let answer = app.post_as(&me, "/reserve", body.clone()).await;
+        refused(&answer, StatusCode::BAD_REQUEST, "bad_request");
+    }
+    refused(
+        &app.post_as(&me, "/reserve", json!({"showtime_id": 999_999}))
+            .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    refused(
+        &app.post_as(&me, "/reservations/junk/pay", json!({})).await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    refused(
+        &app.post_as(&me, &format!("/reservations/{st}-999/pay"), json!({}))
+            .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    untouched(&app, st, 3).await;
+    app.finish().await;
+}
