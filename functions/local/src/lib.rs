@@ -10,6 +10,7 @@
 //! - [`serve`]: all of it, plus the periodic sweep, until `shutdown` resolves.
 
 pub mod consumers;
+pub mod process;
 
 use std::future::Future;
 use std::time::Duration;
