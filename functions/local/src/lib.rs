@@ -16,31 +16,46 @@ use std::future::Future;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::Request;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use flash_sale_core::PaymentMode;
 use flash_sale_runtime::App;
-use flash_sale_runtime::http::no_such_route;
+use flash_sale_runtime::auth::Guard;
+use flash_sale_runtime::http::{ApiError, no_such_route};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
-use tower_http::timeout::TimeoutLayer;
 
 /// Largest request body accepted; anything bigger is a 413.
-pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
+pub const BODY_LIMIT_BYTES: usize = flash_sale_runtime::http::BODY_LIMIT_BYTES;
 /// A request that takes longer is answered 408.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Every HTTP route of every function.
+/// Every HTTP route of every function, behind one [`Guard`] (identity, rate limits, the
+/// in-flight bound, the body limit) and the request timeout. Per-address limits need
+/// the peer address: serve with `into_make_service_with_connect_info::<SocketAddr>()`.
 pub fn router(app: App) -> Router {
-    Router::new()
-        .merge(showtimes::router(app.clone()))
-        .merge(reserve::router(app.clone()))
-        .merge(pay::router(app))
-        .fallback(no_such_route)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
-        .layer(TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            REQUEST_TIMEOUT,
+    let guard = Guard::new(&app.config);
+    let routes = Router::new()
+        .merge(showtimes::routes(app.clone(), &guard))
+        .merge(reserve::routes(app.clone(), &guard))
+        .merge(pay::routes(app, &guard))
+        .fallback(no_such_route);
+    guard
+        .protect(routes)
+        .layer(middleware::from_fn(answer_in_time))
+}
+
+/// 408 in the shared JSON shape for a request over [`REQUEST_TIMEOUT`].
+async fn answer_in_time(request: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Timeout(format!(
+            "the request took longer than {} s",
+            REQUEST_TIMEOUT.as_secs()
         ))
+        .into_response(),
+    }
 }
 
 /// Serves every route on `listener` and runs the queue consumers and the sweep, until

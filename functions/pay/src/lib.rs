@@ -1,7 +1,9 @@
 //! # pay
 //!
 //! `POST /reservations/{id}/pay` moves a hold to `PAID` for its owner, before its
-//! deadline, and queues its order. In mock-payment mode the same function also plays the
+//! deadline, and queues its order. The owner is the bearer token's subject (with
+//! `AUTH_MODE=jwt`; a body `user_id` naming someone else is a 403) or the body's
+//! `user_id` (loopback demos); the seat store checks ownership atomically as it pays. In mock-payment mode the same function also plays the
 //! payment provider: [`settle_payment_request`] pays a requested hold after a random
 //! delay, as the Go reference did.
 
@@ -12,22 +14,35 @@ use axum::extract::{Path, State};
 use axum::routing::post;
 use axum::{Json, Router};
 use flash_sale_adapters::wire;
-use flash_sale_core::{ReservationId, UserId};
+use flash_sale_core::ReservationId;
 use flash_sale_runtime::App;
+use flash_sale_runtime::auth::{Caller, Guard};
 use flash_sale_runtime::http::{ApiError, JsonBody, rfc3339};
 use flash_sale_runtime::queue::QueueError;
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 
+/// The function's routes, protected by their own [`Guard`]: what the Lambda host runs.
 pub fn router(app: App) -> Router {
-    Router::new()
-        .route("/reservations/{id}/pay", post(pay))
-        .with_state(app)
+    let guard = Guard::new(&app.config);
+    guard.protect(routes(app, &guard))
 }
 
+/// The routes with `guard` as their authenticator and rate limiter, not yet protected:
+/// the local process merges these and protects them once.
+pub fn routes(app: App, guard: &Guard) -> Router {
+    guard.provide(
+        Router::new()
+            .route("/reservations/{id}/pay", post(pay))
+            .with_state((app, guard.clone())),
+    )
+}
+
+/// `user_id` is required when `AUTH_MODE=none`; with a bearer token it may be left out
+/// (or the whole body), and must match the token when given.
 #[derive(Debug, Deserialize)]
 struct PayRequest {
-    user_id: i64,
+    user_id: Option<i64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -40,12 +55,14 @@ struct Paid {
 }
 
 async fn pay(
-    State(app): State<App>,
+    State((app, guard)): State<(App, Guard)>,
+    caller: Caller,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<PayRequest>,
 ) -> Result<Json<Paid>, ApiError> {
+    let user = caller.acting_as(req.user_id)?;
     let id: ReservationId = id.parse()?;
-    let user = UserId::new(req.user_id)?;
+    guard.limits().check_user(user)?;
     let receipt = app.sale.pay(id, user).await?;
     if !receipt.order_queued {
         tracing::warn!(reservation = %id, "paid, but the order message could not be queued yet; the sweep will re-send it");

@@ -1,27 +1,118 @@
 //! # reserve
 //!
 //! `POST /reserve` takes a seat for a user (the Go reference's route and answers, kept
-//! so its clients work unchanged); `GET /reservations/{id}` shows a reservation.
+//! so its clients work unchanged); `GET /reservations/{id}` shows a reservation to its
+//! owner (or an admin).
 //! The same [`router`] runs on AWS Lambda (`main.rs`) and in the local process.
+//!
+//! Before any seat is touched, a reservation must pass, in order: the caller's identity
+//! (401), the body's `user_id` against it (403), the user's rate limit (429), and the
+//! showtime's sale window (409 `sale_not_open` / `sale_closed`). Sale windows never
+//! change once a showtime is created, so each process reads a showtime's window from
+//! PostgreSQL once and keeps it: the hot path stays one Redis script.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use flash_sale_core::{ReservationId, ShowtimeId, UserId};
+use flash_sale_core::domain::{OutsideSaleWindow, SaleWindow};
+use flash_sale_core::{ReservationId, ShowtimeId, UnixMillis};
 use flash_sale_runtime::App;
+use flash_sale_runtime::auth::{Caller, Guard};
 use flash_sale_runtime::http::{ApiError, JsonBody, ReservationView, rfc3339};
 use serde::{Deserialize, Serialize};
 
+/// The function's routes, protected by their own [`Guard`]: what the Lambda host runs.
 pub fn router(app: App) -> Router {
-    Router::new()
-        .route("/reserve", post(reserve))
-        .route("/reservations/{id}", get(reservation))
-        .with_state(app)
+    let guard = Guard::new(&app.config);
+    guard.protect(routes(app, &guard))
 }
 
+/// The function's routes with `guard` as their authenticator and rate limiter, not yet
+/// protected: the local process merges these and protects them once.
+pub fn routes(app: App, guard: &Guard) -> Router {
+    let state = Reserve {
+        app,
+        guard: guard.clone(),
+        windows: Arc::new(Windows::default()),
+    };
+    guard.provide(
+        Router::new()
+            .route("/reserve", post(reserve))
+            .route("/reservations/{id}", get(reservation))
+            .with_state(state),
+    )
+}
+
+#[derive(Clone)]
+struct Reserve {
+    app: App,
+    guard: Guard,
+    windows: Arc<Windows>,
+}
+
+/// Showtimes' sale windows as read from PostgreSQL, kept for the life of the process
+/// (they never change). Bounded: when full it starts over.
+#[derive(Default)]
+struct Windows(RwLock<HashMap<ShowtimeId, SaleWindow>>);
+
+const WINDOWS_KEPT: usize = 65_536;
+
+impl Windows {
+    /// The showtime's window, or `None` when there is no such showtime.
+    async fn of(&self, app: &App, showtime: ShowtimeId) -> Result<Option<SaleWindow>, ApiError> {
+        if let Some(w) = self.0.read().ok().and_then(|m| m.get(&showtime).copied()) {
+            return Ok(Some(w));
+        }
+        let Some(window) = app.sale.db().sale_window(showtime).await? else {
+            return Ok(None);
+        };
+        if let Ok(mut m) = self.0.write() {
+            if m.len() >= WINDOWS_KEPT {
+                m.clear();
+            }
+            m.insert(showtime, window);
+        }
+        Ok(Some(window))
+    }
+}
+
+fn now() -> UnixMillis {
+    UnixMillis(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default(),
+    )
+}
+
+/// The refusal for a reservation outside its showtime's sale window.
+fn outside(showtime: ShowtimeId, why: OutsideSaleWindow) -> ApiError {
+    match why {
+        OutsideSaleWindow::NotOpenYet { opens_at } => ApiError::Conflict {
+            code: "sale_not_open",
+            message: format!(
+                "the sale of showtime {showtime} opens at {}",
+                rfc3339(opens_at)
+            ),
+        },
+        OutsideSaleWindow::Closed { closed_at } => ApiError::Conflict {
+            code: "sale_closed",
+            message: format!(
+                "the sale of showtime {showtime} closed at {}",
+                rfc3339(closed_at)
+            ),
+        },
+    }
+}
+
+/// The body: `user_id` is required when `AUTH_MODE=none` and optional (but must match
+/// the token) with a bearer token.
 #[derive(Debug, Deserialize)]
 struct ReserveRequest {
-    user_id: i64,
+    user_id: Option<i64>,
     showtime_id: i64,
 }
 
@@ -36,12 +127,22 @@ struct Reserved {
 }
 
 async fn reserve(
-    State(app): State<App>,
+    State(s): State<Reserve>,
+    caller: Caller,
     JsonBody(req): JsonBody<ReserveRequest>,
 ) -> Result<Json<Reserved>, ApiError> {
-    let user = UserId::new(req.user_id)?;
+    let user = caller.acting_as(req.user_id)?;
     let showtime = ShowtimeId::new(req.showtime_id)?;
-    let r = app.sale.reserve(user, showtime).await?;
+    s.guard.limits().check_user(user)?;
+    match s.windows.of(&s.app, showtime).await? {
+        None => {
+            return Err(ApiError::NotFound(format!(
+                "showtime {showtime} does not exist"
+            )));
+        }
+        Some(window) => window.admits(now()).map_err(|why| outside(showtime, why))?,
+    }
+    let r = s.app.sale.reserve(user, showtime).await?;
     Ok(Json(Reserved {
         message: "Ticket reserved successfully",
         status: r.status.as_str(),
@@ -53,12 +154,19 @@ async fn reserve(
 }
 
 async fn reservation(
-    State(app): State<App>,
+    State(s): State<Reserve>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<ReservationView>, ApiError> {
+    if let Caller::Verified(me) = caller {
+        s.guard.limits().check_user(me.user)?;
+    }
     let id: ReservationId = id.parse()?;
-    match app.sale.reservation(id).await? {
-        Some(r) => Ok(Json(ReservationView::from(&r))),
+    match s.app.sale.reservation(id).await? {
+        Some(r) => {
+            caller.may_read(r.user)?;
+            Ok(Json(ReservationView::from(&r)))
+        }
         None => Err(ApiError::NotFound(format!("reservation {id} not found"))),
     }
 }

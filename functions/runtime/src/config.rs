@@ -29,6 +29,83 @@ pub struct Config {
     /// How long past its deadline a hold (or past its payment an order) may wait for
     /// its message before the sweep steps in (`SWEEP_GRACE_SECS`, default 30).
     pub sweep_grace: Duration,
+    /// Who a caller is: `AUTH_MODE` and the `JWT_*` variables (see [`AuthConfig`]).
+    pub auth: AuthConfig,
+    /// Rate limits and the bound on in-flight requests (see [`LimitsConfig`]).
+    pub limits: LimitsConfig,
+}
+
+/// How the caller's identity is established (`AUTH_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// The Go reference's trust: the `user_id` in the body is the caller, and anyone may
+    /// create showtimes. Allowed only on a loopback `ADDR`, never on AWS.
+    None,
+    /// The caller is the `sub` of a verified bearer token (or of the API Gateway JWT
+    /// authorizer's claims on Lambda); admin routes need an admin claim.
+    Jwt,
+}
+
+/// Identity settings. The key material is never printed (`Debug` redacts it).
+#[derive(Clone)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    /// HS256 shared secret (`JWT_HS256_SECRET`, at least 32 bytes).
+    pub hs256_secret: Option<Vec<u8>>,
+    /// RS256 public key, PEM, read from `JWT_RS256_PUBLIC_KEY_FILE`.
+    pub rs256_public_pem: Option<Vec<u8>>,
+    /// Required `iss` (`JWT_ISSUER`), if set.
+    pub issuer: Option<String>,
+    /// Required `aud` (`JWT_AUDIENCE`), if set.
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp`/`nbf` (`JWT_LEEWAY_SECS`, default 30).
+    pub leeway: Duration,
+    /// The role that may create showtimes (`JWT_ADMIN_ROLE`, default `admin`).
+    pub admin_role: String,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("mode", &self.mode)
+            .field(
+                "hs256_secret",
+                &self.hs256_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("rs256_public_pem", &self.rs256_public_pem.is_some())
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("leeway", &self.leeway)
+            .field("admin_role", &self.admin_role)
+            .finish()
+    }
+}
+
+/// A token bucket: `per_sec` requests a second on average, up to `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub per_sec: u32,
+    pub burst: u32,
+}
+
+/// Abuse limits. A quota of `None` is off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// Per caller identity (`RATE_LIMIT_USER_PER_SEC` / `_BURST`, default 20/s, 50).
+    pub per_user: Option<Quota>,
+    /// Per client address (`RATE_LIMIT_ADDR_PER_SEC` / `_BURST`, default 100/s, 200).
+    pub per_address: Option<Quota>,
+    /// Whether loopback clients are limited by address too (`RATE_LIMIT_LOOPBACK`,
+    /// default `false`: local tools, tests and benchmarks all come from 127.0.0.1).
+    pub limit_loopback: bool,
+    /// Take the client address from the last `X-Forwarded-For` entry
+    /// (`TRUST_FORWARDED_FOR`, default `false`; only behind a proxy that sets it).
+    pub trust_forwarded_for: bool,
+    /// Requests handled at once (`MAX_IN_FLIGHT`, default 4096); more wait up to
+    /// `in_flight_wait` for a slot, then get a 503.
+    pub max_in_flight: usize,
+    /// `IN_FLIGHT_WAIT_MS`, default 1000.
+    pub in_flight_wait: Duration,
 }
 
 /// A configuration variable with a bad value.
@@ -125,6 +202,9 @@ impl Config {
             }
         };
 
+        let auth = auth_config(&lookup, addr)?;
+        let limits = limits_config(&lookup)?;
+
         Ok(Self {
             database_url: url(
                 get(
@@ -150,8 +230,175 @@ impl Config {
             delivery_limit,
             sweep_interval: secs(get("SWEEP_INTERVAL_SECS", "5"), 1)?,
             sweep_grace: secs(get("SWEEP_GRACE_SECS", "30"), 0)?,
+            auth,
+            limits,
         })
     }
+}
+
+fn var(lookup: &impl Fn(&str) -> Option<String>, name: &str) -> Option<String> {
+    lookup(name).filter(|v| !v.trim().is_empty())
+}
+
+fn flag(lookup: &impl Fn(&str) -> Option<String>, name: &'static str) -> Result<bool, ConfigError> {
+    match var(lookup, name).map(|v| v.trim().to_ascii_lowercase()) {
+        None => Ok(false),
+        Some(v) => match v.as_str() {
+            "1" | "true" | "yes" | "on" => Ok(true),
+            "0" | "false" | "no" | "off" => Ok(false),
+            _ => Err(ConfigError {
+                name,
+                value: v,
+                problem: "expected true or false".into(),
+            }),
+        },
+    }
+}
+
+fn number(
+    lookup: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: u64,
+    max: u64,
+) -> Result<u64, ConfigError> {
+    match var(lookup, name) {
+        None => Ok(default),
+        Some(v) => match v.trim().parse::<u64>() {
+            Ok(n) if n <= max => Ok(n),
+            _ => Err(ConfigError {
+                name,
+                value: v,
+                problem: format!("expected a whole number between 0 and {max}"),
+            }),
+        },
+    }
+}
+
+/// `AUTH_MODE` and the `JWT_*` variables. `none` is refused unless `ADDR` is loopback
+/// and the process is not deployed on AWS Lambda (where `AWS_LAMBDA_LOG_GROUP_NAME` is
+/// always set; `cargo lambda watch` does not set it).
+fn auth_config(
+    lookup: &impl Fn(&str) -> Option<String>,
+    addr: SocketAddr,
+) -> Result<AuthConfig, ConfigError> {
+    let raw_mode = var(lookup, "AUTH_MODE").unwrap_or_else(|| "none".into());
+    let mode = match raw_mode.trim().to_ascii_lowercase().as_str() {
+        "none" => AuthMode::None,
+        "jwt" => AuthMode::Jwt,
+        _ => {
+            return Err(ConfigError {
+                name: "AUTH_MODE",
+                value: raw_mode,
+                problem: "expected `none` (loopback demos only) or `jwt`".into(),
+            });
+        }
+    };
+    let on_aws = var(lookup, "AWS_LAMBDA_LOG_GROUP_NAME").is_some();
+    if mode == AuthMode::None && (!addr.ip().is_loopback() || on_aws) {
+        let where_ = if on_aws {
+            "on AWS Lambda".to_string()
+        } else {
+            format!("on ADDR={addr}, which is not a loopback address")
+        };
+        return Err(ConfigError {
+            name: "AUTH_MODE",
+            value: raw_mode,
+            problem: format!(
+                "refusing to start open {where_}: AUTH_MODE=none trusts the user_id in every \
+                 request body, so it is allowed only on 127.0.0.1 / ::1. Set AUTH_MODE=jwt with \
+                 JWT_HS256_SECRET or JWT_RS256_PUBLIC_KEY_FILE (see docs/security.md)"
+            ),
+        });
+    }
+    let hs256_secret = match var(lookup, "JWT_HS256_SECRET") {
+        Some(s) if s.len() < 32 => {
+            return Err(ConfigError {
+                name: "JWT_HS256_SECRET",
+                value: "<redacted>".into(),
+                problem: format!("expected at least 32 bytes, got {}", s.len()),
+            });
+        }
+        other => other.map(String::into_bytes),
+    };
+    let rs256_public_pem = match var(lookup, "JWT_RS256_PUBLIC_KEY_FILE") {
+        None => None,
+        Some(path) => {
+            let pem = std::fs::read(path.trim()).map_err(|e| ConfigError {
+                name: "JWT_RS256_PUBLIC_KEY_FILE",
+                value: path.clone(),
+                problem: format!("cannot read the PEM file: {e}"),
+            })?;
+            if let Err(e) = jsonwebtoken::DecodingKey::from_rsa_pem(&pem) {
+                return Err(ConfigError {
+                    name: "JWT_RS256_PUBLIC_KEY_FILE",
+                    value: path,
+                    problem: format!("not an RSA public key in PEM: {e}"),
+                });
+            }
+            Some(pem)
+        }
+    };
+    let on_lambda = var(lookup, "AWS_LAMBDA_FUNCTION_NAME").is_some();
+    if mode == AuthMode::Jwt && hs256_secret.is_none() && rs256_public_pem.is_none() && !on_lambda {
+        return Err(ConfigError {
+            name: "AUTH_MODE",
+            value: raw_mode,
+            problem: "AUTH_MODE=jwt needs JWT_HS256_SECRET or JWT_RS256_PUBLIC_KEY_FILE \
+                      (on Lambda, an API Gateway JWT authorizer may verify instead)"
+                .into(),
+        });
+    }
+    Ok(AuthConfig {
+        mode,
+        hs256_secret,
+        rs256_public_pem,
+        issuer: var(lookup, "JWT_ISSUER"),
+        audience: var(lookup, "JWT_AUDIENCE"),
+        leeway: Duration::from_secs(number(lookup, "JWT_LEEWAY_SECS", 30, 600)?),
+        admin_role: var(lookup, "JWT_ADMIN_ROLE").unwrap_or_else(|| "admin".into()),
+    })
+}
+
+/// The rate limits and the in-flight bound. A rate of 0 turns its limit off.
+fn limits_config(lookup: &impl Fn(&str) -> Option<String>) -> Result<LimitsConfig, ConfigError> {
+    let quota = |rate: &'static str,
+                 burst: &'static str,
+                 default_rate: u64,
+                 default_burst: u64|
+     -> Result<Option<Quota>, ConfigError> {
+        let per_sec = number(lookup, rate, default_rate, 1_000_000)?;
+        let burst_n = number(lookup, burst, default_burst, 1_000_000)?;
+        if per_sec == 0 {
+            return Ok(None);
+        }
+        if burst_n == 0 {
+            return Err(ConfigError {
+                name: burst,
+                value: "0".into(),
+                problem: format!("expected at least 1 while {rate} is on"),
+            });
+        }
+        Ok(Some(Quota {
+            per_sec: per_sec as u32,
+            burst: burst_n as u32,
+        }))
+    };
+    let max_in_flight = number(lookup, "MAX_IN_FLIGHT", 4096, 1_000_000)?;
+    if max_in_flight == 0 {
+        return Err(ConfigError {
+            name: "MAX_IN_FLIGHT",
+            value: "0".into(),
+            problem: "expected at least 1".into(),
+        });
+    }
+    Ok(LimitsConfig {
+        per_user: quota("RATE_LIMIT_USER_PER_SEC", "RATE_LIMIT_USER_BURST", 20, 50)?,
+        per_address: quota("RATE_LIMIT_ADDR_PER_SEC", "RATE_LIMIT_ADDR_BURST", 100, 200)?,
+        limit_loopback: flag(lookup, "RATE_LIMIT_LOOPBACK")?,
+        trust_forwarded_for: flag(lookup, "TRUST_FORWARDED_FOR")?,
+        max_in_flight: max_in_flight as usize,
+        in_flight_wait: Duration::from_millis(number(lookup, "IN_FLIGHT_WAIT_MS", 1000, 60_000)?),
+    })
 }
 
 /// `100..1000`, `100..=1000` or `250`.
@@ -208,6 +455,83 @@ mod tests {
             let err = with(&[(name, value)]).unwrap_err();
             assert_eq!(err.name, name);
             assert!(err.to_string().starts_with(name), "{err}");
+        }
+    }
+
+    #[test]
+    fn auth_mode_none_is_the_default_on_loopback_only() {
+        let c = with(&[]).unwrap();
+        assert_eq!(c.auth.mode, AuthMode::None);
+        assert!(with(&[("ADDR", "[::1]:4000")]).is_ok());
+        for addr in ["0.0.0.0:4000", "10.1.2.3:80", "[::]:4000"] {
+            let err = with(&[("ADDR", addr)]).unwrap_err();
+            assert_eq!(err.name, "AUTH_MODE", "{err}");
+            assert!(err.to_string().contains("not a loopback"), "{err}");
+        }
+        let err = with(&[("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/reserve")]).unwrap_err();
+        assert_eq!(err.name, "AUTH_MODE");
+    }
+
+    #[test]
+    fn jwt_mode_needs_a_key_and_may_listen_anywhere() {
+        let err = with(&[("AUTH_MODE", "jwt")]).unwrap_err();
+        assert_eq!(err.name, "AUTH_MODE");
+        let secret = "a-test-secret-of-at-least-32-bytes!!";
+        let c = with(&[
+            ("AUTH_MODE", "jwt"),
+            ("ADDR", "0.0.0.0:4000"),
+            ("JWT_HS256_SECRET", secret),
+        ])
+        .unwrap();
+        assert_eq!(c.auth.mode, AuthMode::Jwt);
+        assert!(
+            !format!("{c:?}").contains(secret),
+            "the secret is never printed"
+        );
+        let err = with(&[("AUTH_MODE", "jwt"), ("JWT_HS256_SECRET", "short")]).unwrap_err();
+        assert_eq!(err.name, "JWT_HS256_SECRET");
+        let err = with(&[
+            ("AUTH_MODE", "jwt"),
+            ("JWT_RS256_PUBLIC_KEY_FILE", "/nonexistent/key.pem"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.name, "JWT_RS256_PUBLIC_KEY_FILE");
+        // On Lambda an API Gateway JWT authorizer may do the verifying.
+        assert!(
+            with(&[
+                ("AUTH_MODE", "jwt"),
+                ("AWS_LAMBDA_FUNCTION_NAME", "reserve"),
+                ("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/reserve"),
+            ])
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn limits_have_generous_defaults_and_can_be_turned_off() {
+        let c = with(&[]).unwrap();
+        assert_eq!(
+            c.limits.per_user,
+            Some(Quota {
+                per_sec: 20,
+                burst: 50
+            })
+        );
+        assert!(!c.limits.limit_loopback);
+        let c = with(&[
+            ("RATE_LIMIT_USER_PER_SEC", "0"),
+            ("RATE_LIMIT_ADDR_PER_SEC", "0"),
+        ])
+        .unwrap();
+        assert_eq!(c.limits.per_user, None);
+        assert_eq!(c.limits.per_address, None);
+        for (name, value) in [
+            ("RATE_LIMIT_USER_BURST", "0"),
+            ("MAX_IN_FLIGHT", "0"),
+            ("RATE_LIMIT_LOOPBACK", "maybe"),
+            ("IN_FLIGHT_WAIT_MS", "-1"),
+        ] {
+            assert_eq!(with(&[(name, value)]).unwrap_err().name, name);
         }
     }
 

@@ -6,11 +6,15 @@
 //! - [`app`]: the wired [`Sale`](flash_sale_core::Sale) over Redis, RabbitMQ and
 //!   PostgreSQL, built once and shared by every invocation.
 //! - [`http`]: the HTTP error type (one JSON shape for every error), the JSON body
-//!   extractor, and the answers' JSON forms.
+//!   extractor, the answers' JSON forms, and the rate limits.
+//! - [`auth`]: who is calling (a verified JWT, API Gateway's authorizer claims, or the
+//!   trusted body of a loopback demo), the owner and admin checks, and the [`Guard`](auth::Guard)
+//!   that puts the abuse limits in front of every router.
 //! - [`queue`]: the outcome of a queue handler (retryable or not), and the decoding of
 //!   Amazon MQ for RabbitMQ events.
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod http;
 pub mod queue;

@@ -1,24 +1,38 @@
 //! # showtimes
 //!
-//! `POST /showtimes` stores a showtime in PostgreSQL and puts its seats on sale in Redis;
-//! `GET /showtimes/{id}` shows where every seat is: `available + held + sold ==
-//! capacity` at every moment.
+//! `POST /showtimes` (admins only, with `AUTH_MODE=jwt`) stores a showtime and its sale
+//! window in PostgreSQL and puts its seats on sale in Redis; `GET /showtimes/{id}`
+//! (public: the seat map of a sale is no secret) shows where every seat is:
+//! `available + held + sold == capacity` at every moment.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::DateTime;
-use flash_sale_core::{Capacity, NewShowtime, SeatCounts, Showtime, ShowtimeId};
+use flash_sale_core::domain::SaleWindow;
+use flash_sale_core::ports::SeatStore as _;
+use flash_sale_core::{Capacity, NewShowtime, SeatCounts, Showtime, ShowtimeId, UnixMillis};
 use flash_sale_runtime::App;
-use flash_sale_runtime::http::{ApiError, JsonBody};
+use flash_sale_runtime::auth::{Caller, Guard};
+use flash_sale_runtime::http::{ApiError, JsonBody, rfc3339};
 use serde::{Deserialize, Serialize};
 
+/// The function's routes, protected by their own [`Guard`]: what the Lambda host runs.
 pub fn router(app: App) -> Router {
-    Router::new()
-        .route("/showtimes", post(create))
-        .route("/showtimes/{id}", get(show))
-        .with_state(app)
+    let guard = Guard::new(&app.config);
+    guard.protect(routes(app, &guard))
+}
+
+/// The routes with `guard` as their authenticator and rate limiter, not yet protected:
+/// the local process merges these and protects them once.
+pub fn routes(app: App, guard: &Guard) -> Router {
+    guard.provide(
+        Router::new()
+            .route("/showtimes", post(create))
+            .route("/showtimes/{id}", get(show))
+            .with_state(app),
+    )
 }
 
 #[derive(Debug, Deserialize)]
@@ -26,6 +40,25 @@ struct CreateShowtime {
     capacity: i64,
     title: Option<String>,
     starts_at: Option<String>,
+    /// RFC 3339; reservations before it are refused (`sale_not_open`).
+    sale_opens_at: Option<String>,
+    /// RFC 3339; reservations from it on are refused (`sale_closed`).
+    sale_closes_at: Option<String>,
+}
+
+/// Parses an optional RFC 3339 time named `field`.
+fn time(field: &str, raw: Option<&str>) -> Result<Option<UnixMillis>, ApiError> {
+    raw.map(|at| {
+        let t = DateTime::parse_from_rfc3339(at).map_err(|e| {
+            ApiError::BadRequest(format!(
+                "{field} must be an RFC 3339 time such as 2026-12-01T20:00:00Z: {e}"
+            ))
+        })?;
+        u64::try_from(t.timestamp_millis())
+            .map(UnixMillis)
+            .map_err(|_| ApiError::BadRequest(format!("{field} must be after 1970")))
+    })
+    .transpose()
 }
 
 #[derive(Debug, Serialize)]
@@ -37,14 +70,18 @@ struct ShowtimeView {
     available: u32,
     held: u32,
     sold: u32,
+    sale_opens_at: Option<String>,
+    sale_closes_at: Option<String>,
 }
 
 impl ShowtimeView {
-    fn new(s: &Showtime, c: SeatCounts) -> Self {
+    fn new(s: &Showtime, c: SeatCounts, w: SaleWindow) -> Self {
         Self {
             id: s.id.get(),
             title: s.title.clone(),
             starts_at: s.starts_at.clone(),
+            sale_opens_at: w.opens_at().map(rfc3339),
+            sale_closes_at: w.closes_at().map(rfc3339),
             capacity: c.capacity,
             available: c.available,
             held: c.held,
@@ -55,8 +92,10 @@ impl ShowtimeView {
 
 async fn create(
     State(app): State<App>,
+    caller: Caller,
     JsonBody(req): JsonBody<CreateShowtime>,
 ) -> Result<(StatusCode, Json<ShowtimeView>), ApiError> {
+    caller.require_admin()?;
     let capacity = Capacity::new(req.capacity)?;
     let title = req
         .title
@@ -74,13 +113,27 @@ async fn create(
             ))
         })?;
     }
+    let window = SaleWindow::new(
+        time("sale_opens_at", req.sale_opens_at.as_deref())?,
+        time("sale_closes_at", req.sale_closes_at.as_deref())?,
+    )?;
+    // The showtime and its window in one statement, then its seats on sale: what
+    // `Sale::create_showtime` does, with the window (not yet in the `Catalog` port).
     let showtime = app
         .sale
-        .create_showtime(NewShowtime {
-            capacity,
-            title,
-            starts_at: req.starts_at,
-        })
+        .db()
+        .create_showtime_in_window(
+            NewShowtime {
+                capacity,
+                title,
+                starts_at: req.starts_at,
+            },
+            window,
+        )
+        .await?;
+    app.sale
+        .seats()
+        .load(showtime.id, capacity.get(), 0)
         .await?;
     let counts = SeatCounts {
         capacity: capacity.get(),
@@ -90,7 +143,7 @@ async fn create(
     };
     Ok((
         StatusCode::CREATED,
-        Json(ShowtimeView::new(&showtime, counts)),
+        Json(ShowtimeView::new(&showtime, counts, window)),
     ))
 }
 
@@ -99,8 +152,13 @@ async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<ShowtimeView>, ApiError> {
     let id: ShowtimeId = id.parse()?;
-    match app.sale.showtime(id).await? {
-        Some((showtime, counts)) => Ok(Json(ShowtimeView::new(&showtime, counts))),
+    let (showtime, window) = tokio::join!(app.sale.showtime(id), app.sale.db().sale_window(id));
+    match showtime? {
+        Some((showtime, counts)) => Ok(Json(ShowtimeView::new(
+            &showtime,
+            counts,
+            window?.unwrap_or_default(),
+        ))),
         None => Err(ApiError::NotFound(format!("showtime {id} does not exist"))),
     }
 }

@@ -15,16 +15,24 @@ async fn the_owner_reserves_reads_and_pays_with_a_token_alone() {
     let st = showtime(&app, json!({"capacity": 3})).await;
     let me = app.token(7);
 
-    let (status, r) = app.post_as(&me, "/reserve", json!({"showtime_id": st})).await;
+    let (status, r) = app
+        .post_as(&me, "/reserve", json!({"showtime_id": st}))
+        .await;
     assert_eq!(status, StatusCode::OK, "{r}");
     assert_eq!(r["user_id"], 7);
     let id = r["reservation_id"].as_str().unwrap().to_string();
 
     let (status, view) = app.get_as(&me, &format!("/reservations/{id}")).await;
-    assert_eq!((status, view["user_id"].as_i64()), (StatusCode::OK, Some(7)));
+    assert_eq!(
+        (status, view["user_id"].as_i64()),
+        (StatusCode::OK, Some(7))
+    );
     // An empty body is fine when the token says who pays.
     let (status, _, paid) = app
-        .send(app.http.post(app.url(&format!("/reservations/{id}/pay"))), Some(&me))
+        .send(
+            app.http.post(app.url(&format!("/reservations/{id}/pay"))),
+            Some(&me),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{paid}");
     assert_eq!(paid["status"], "PAID");
@@ -51,9 +59,18 @@ async fn missing_expired_and_badly_signed_tokens_get_a_401_and_take_no_seat() {
     let mut tampered = app.token(7);
     tampered.replace_range(tampered.len() - 4.., "AAAA");
 
-    for token in [None, Some(expired), Some(forged), Some(tampered), Some("junk".into())] {
+    for token in [
+        None,
+        Some(expired),
+        Some(forged),
+        Some(tampered),
+        Some("junk".into()),
+    ] {
         let (status, headers, answer) = app
-            .send(app.http.post(app.url("/reserve")).json(&body), token.as_deref())
+            .send(
+                app.http.post(app.url("/reserve")).json(&body),
+                token.as_deref(),
+            )
             .await;
         refused(&(status, answer), StatusCode::UNAUTHORIZED, "unauthorized");
         let challenge = headers["www-authenticate"].to_str().unwrap();

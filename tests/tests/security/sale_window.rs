@@ -47,7 +47,11 @@ async fn a_reservation_after_the_sale_closes_is_refused_and_takes_no_seat() {
         }),
     )
     .await;
-    refused(&app.reserve(1, st).await, StatusCode::CONFLICT, "sale_closed");
+    refused(
+        &app.reserve(1, st).await,
+        StatusCode::CONFLICT,
+        "sale_closed",
+    );
     untouched(&app, st, 5).await;
     app.finish().await;
 }

@@ -1,0 +1,216 @@
+//! `openapi.yaml` kept in sync with the server.
+//!
+//! Fast, in every run: the spec's operations are exactly the Lambda routing table in
+//! the root `Cargo.toml` (`[workspace.metadata.lambda.watch.router]`, the list every
+//! deployment routes by); every operation in the spec is served (not the unknown-route
+//! 404, not a 405); every other method on a spec path is a 405; every error code the
+//! server can answer is in the spec.
+//!
+//! Slow, opt-in (`SCHEMATHESIS=1`): schemathesis from PyPI (installed into
+//! `target/schemathesis` with pip when missing) generates requests from the spec
+//! against a running server and checks every answer's status, headers and body against
+//! it, bounded to a couple of minutes.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use flash_sale_runtime::http::ERROR_CODES;
+use flash_sale_tests::TestApp;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::{jwt, showtime};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn spec() -> String {
+    std::fs::read_to_string(root().join("openapi.yaml")).expect("openapi.yaml at the root")
+}
+
+/// `(METHOD, path)` of every operation under `paths:`.
+fn spec_operations(spec: &str) -> BTreeSet<(String, String)> {
+    let mut ops = BTreeSet::new();
+    let mut in_paths = false;
+    let mut path = None;
+    for line in spec.lines() {
+        if !line.starts_with(' ') && !line.is_empty() {
+            in_paths = line == "paths:";
+            continue;
+        }
+        if !in_paths {
+            continue;
+        }
+        if let Some(p) = line.strip_prefix("  /") {
+            path = Some(format!("/{}", p.trim_end_matches(':')));
+        } else if let Some(m) = line.strip_prefix("    ")
+            && !m.starts_with(' ')
+            && let Some(m) = m.strip_suffix(':')
+            && ["get", "post", "put", "patch", "delete"].contains(&m)
+        {
+            ops.insert((
+                m.to_uppercase(),
+                path.clone().expect("a method under a path"),
+            ));
+        }
+    }
+    ops
+}
+
+/// `(METHOD, path)` of every route in `[workspace.metadata.lambda.watch.router]`.
+fn lambda_routes() -> BTreeSet<(String, String)> {
+    let manifest = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
+    let table = manifest
+        .split("[workspace.metadata.lambda.watch.router]")
+        .nth(1)
+        .expect("the Lambda routing table in Cargo.toml");
+    let mut routes = BTreeSet::new();
+    for line in table.lines().take_while(|l| !l.starts_with('[')) {
+        let Some((path, rest)) = line.split_once(" = ") else {
+            continue;
+        };
+        for method in rest.split("method = \"").skip(1) {
+            let method = method.split('"').next().unwrap();
+            routes.insert((method.to_string(), path.trim_matches('"').to_string()));
+        }
+    }
+    routes
+}
+
+#[test]
+fn the_spec_describes_exactly_the_routes_lambda_routes() {
+    let spec = spec_operations(&spec());
+    assert!(spec.len() >= 5, "{spec:?}");
+    assert_eq!(spec, lambda_routes());
+}
+
+#[test]
+fn every_error_code_the_server_answers_is_in_the_spec() {
+    let spec = spec();
+    for code in ERROR_CODES {
+        assert!(
+            spec.contains(&format!("- {code}\n")),
+            "{code} is not in the Error schema"
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_operation_in_the_spec_is_served_and_no_other_method_is() {
+    let app = TestApp::spawn(jwt()).await;
+    let st = showtime(&app, json!({"capacity": 2})).await;
+    let admin = app.admin_token();
+    let ops = spec_operations(&spec());
+    let paths: BTreeSet<&String> = ops.iter().map(|(_, p)| p).collect();
+    for path in paths {
+        let id = if path.starts_with("/showtimes/") {
+            st.to_string()
+        } else {
+            format!("{st}-1")
+        };
+        let concrete = path.replace("{id}", &id);
+        for method in [Method::GET, Method::POST, Method::PUT, Method::DELETE] {
+            let documented = ops.contains(&(method.to_string(), path.clone()));
+            let res = app
+                .http
+                .request(method.clone(), app.url(&concrete))
+                .bearer_auth(&admin)
+                .json(&json!({"capacity": 1, "showtime_id": st}))
+                .send()
+                .await
+                .unwrap();
+            let status = res.status();
+            let body = res.text().await.unwrap();
+            if documented {
+                assert_ne!(
+                    status,
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "{method} {concrete}"
+                );
+                assert!(
+                    !(status == StatusCode::NOT_FOUND && body.contains("no such route")),
+                    "{method} {concrete} is in the spec but not served"
+                );
+            } else {
+                assert_eq!(
+                    status,
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "{method} {concrete} is served but not in the spec: {body}"
+                );
+            }
+        }
+    }
+    // And a path outside the spec is the unknown-route 404.
+    let (status, body) = app.get_as(&admin, "/admin").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    app.finish().await;
+}
+
+/// The schemathesis CLI, installed into `target/schemathesis` when it is not on PATH.
+fn schemathesis() -> Option<PathBuf> {
+    if let Ok(found) = which("st") {
+        return Some(found);
+    }
+    let venv = root().join("target").join("schemathesis");
+    let st = venv.join("bin").join("st");
+    if st.exists() {
+        return Some(st);
+    }
+    let ok = std::process::Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .is_ok_and(|s| s.success())
+        && std::process::Command::new(venv.join("bin").join("pip"))
+            .args(["install", "--quiet", "schemathesis>=4,<5"])
+            .status()
+            .is_ok_and(|s| s.success());
+    ok.then_some(st)
+}
+
+fn which(name: &str) -> Result<PathBuf, ()> {
+    let path = std::env::var_os("PATH").ok_or(())?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .ok_or(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_no_answer_that_breaks_the_spec() {
+    if std::env::var_os("SCHEMATHESIS").is_none() {
+        eprintln!("skipped: set SCHEMATHESIS=1 to run schemathesis against the server");
+        return;
+    }
+    let st = schemathesis().expect("schemathesis could not be installed with pip");
+    let app = TestApp::spawn(jwt()).await;
+    showtime(&app, json!({"capacity": 50})).await;
+    let run = tokio::process::Command::new(st)
+        .arg("run")
+        .arg(root().join("openapi.yaml"))
+        .args(["--url", &format!("http://{}", app.addr)])
+        .args(["--checks", "all"])
+        .args(["--max-examples", "25"])
+        .args([
+            "--header",
+            &format!("Authorization: Bearer {}", app.admin_token()),
+        ])
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(240), run)
+        .await
+        .expect("schemathesis finished within its time bound")
+        .expect("schemathesis ran");
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "schemathesis found problems:\n{report}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    app.finish().await;
+}
