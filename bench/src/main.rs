@@ -151,6 +151,11 @@ struct RunArgs {
     /// Skip the extra Redis number from `redis-benchmark` (run when it is installed).
     #[arg(long)]
     no_redis_benchmark: bool,
+    /// Attempts sent to each target before it is measured (on a showtime of their own,
+    /// so connections, script caches and channels are warm); 0 to skip. Default 1000
+    /// (0 for smoke).
+    #[arg(long)]
+    warmup: Option<u64>,
     /// Where the reports go.
     #[arg(long, default_value = "bench-results")]
     out: PathBuf,
@@ -163,6 +168,19 @@ struct RunArgs {
     /// Keep the run's database, Redis keys and queues.
     #[arg(long)]
     keep: bool,
+}
+
+/// The run's arguments with their per-scenario defaults filled in.
+struct Resolved {
+    args: RunArgs,
+    warmup: u64,
+}
+
+impl std::ops::Deref for Resolved {
+    type Target = RunArgs;
+    fn deref(&self) -> &RunArgs {
+        &self.args
+    }
 }
 
 #[derive(Args, Clone, Debug)]
@@ -235,7 +253,7 @@ async fn suite(s: SuiteArgs) -> anyhow::Result<bool> {
         reports.push(run(scenario, &s.run).await?);
     }
     let mut md = String::from(
-        "| scenario | requests | HTTP ceiling /s | Redis ceiling /s | flash-sale /s | vs HTTP | vs Redis | p50 ms | p99 ms | p99.9 ms | max ms | p99 @ 50% (sold out) ms | errors | orders in PG after | peak RSS MiB | invariants |\n|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n",
+        "| scenario | requests | HTTP ceiling /s | Redis ceiling /s | flash-sale /s | vs HTTP | vs Redis | p50 ms | p99 ms | p99.9 ms | max ms | p99 @ 50% (2nd half) ms | errors | orders in PG after | peak RSS MiB | invariants |\n|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n",
     );
     for r in &reports {
         md.push_str(&summary_row(r));
@@ -312,6 +330,40 @@ fn mode_text(drive: &Drive) -> String {
     }
 }
 
+/// A small plan of its own to warm a target up: `n` users once each, 50 seats.
+fn warm_plan(plan: &Plan, n: u64) -> Plan {
+    Plan {
+        capacities: vec![n.clamp(1, 50) as u32],
+        users: n.max(1),
+        attempts: 1,
+        assign: plan::Assign::RoundRobin,
+        ..plan.clone()
+    }
+}
+
+/// Sends the warm-up attempts; they are not measured.
+async fn warm_up<T: load::Target>(
+    target: &T,
+    warm: &Plan,
+    ids: &[i64],
+    drive: &Drive,
+) -> anyhow::Result<()> {
+    let d = Drive {
+        rate: None,
+        label: "warm-up".into(),
+        ..drive.clone()
+    };
+    let r = load::run(target, warm, ids, &d).await?;
+    if r.outcomes.errors > 0 {
+        eprintln!(
+            "   warm-up: {} errors, e.g. {}",
+            r.outcomes.errors,
+            r.error_examples.first().map(String::as_str).unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
 /// Creates the plan's showtimes through the API; their ids by plan index.
 async fn create_showtimes(
     endpoint: &Endpoint,
@@ -347,6 +399,16 @@ async fn create_showtimes(
 
 /// Runs one scenario against every target and writes its report.
 async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Report> {
+    let mut args = args.clone();
+    if scenario == Scenario::Smoke {
+        // Cheap: no warm-up, no redis-benchmark (the smoke run checks invariants).
+        args.warmup.get_or_insert(0);
+        args.no_redis_benchmark = true;
+    }
+    let args = &Resolved {
+        warmup: args.warmup.unwrap_or(1000),
+        args,
+    };
     let overrides = Overrides {
         users: args.users,
         attempts: args.attempts,
@@ -403,6 +465,11 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Report> {
             endpoint: stub.endpoint.clone(),
             timeout,
         };
+        if args.warmup > 0 {
+            let warm = warm_plan(&plan, args.warmup);
+            let ids = create_showtimes(&target.endpoint, &warm, "warm-up").await?;
+            warm_up(&target, &warm, &ids, &drive).await?;
+        }
         let ids = create_showtimes(&target.endpoint, &plan, "ceiling").await?;
         let d = Drive {
             label: "http ceiling".into(),
@@ -412,7 +479,7 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Report> {
         let r = load::run(&target, &plan, &ids, &d).await?;
         let usage = monitor.finish().await;
         stub.stop().await;
-        let p = PhaseReport::new("http-ceiling", mode_text(&d), &r, usage);
+        let p = PhaseReport::new("http-ceiling", mode_text(&d), &r, usage, d.rate);
         eprintln!("   http-ceiling: {:.0} attempts/s", p.attempts_per_s);
         report.phases.push(p);
     }
@@ -420,7 +487,7 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Report> {
     // 2. The Redis ceiling.
     if !args.no_redis_ceiling {
         let ceil_prefix = format!("{prefix}ceil");
-        let r = redis_ceiling(&plan, &drive, &args.redis_url, &ceil_prefix, args.hold_secs).await;
+        let r = redis_ceiling(&plan, &drive, args, &ceil_prefix).await;
         if let Err(e) = procs::delete_redis_keys(&args.redis_url, &ceil_prefix).await {
             report
                 .notes
@@ -523,7 +590,7 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Report> {
 async fn flash_sale_phases(
     plan: &Plan,
     drive: &Drive,
-    args: &RunArgs,
+    args: &Resolved,
     endpoint: &Endpoint,
     db_url: &str,
     server_pid: Option<u32>,
@@ -539,6 +606,13 @@ async fn flash_sale_phases(
         timeout: Duration::from_millis(args.timeout_ms),
     };
     let deadline = Duration::from_secs(args.orders_deadline_secs);
+    if args.warmup > 0 {
+        let warm = warm_plan(plan, args.warmup);
+        let ids = create_showtimes(endpoint, &warm, "warm-up").await?;
+        warm_up(&target, &warm, &ids, drive).await?;
+        // Let the warm-up's payments and orders settle.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     let mut passes = vec![("flash-sale".to_string(), drive.clone())];
     if args.half_rate {
         passes.push(("flash-sale @ 50%".to_string(), drive.clone()));
@@ -556,7 +630,7 @@ async fn flash_sale_phases(
         let monitor = Monitor::start(server_pid);
         let r = load::run(&target, plan, &ids, &d).await?;
         let usage: Usage = monitor.finish().await;
-        let mut p = PhaseReport::new(&name, mode_text(&d), &r, usage);
+        let mut p = PhaseReport::new(&name, mode_text(&d), &r, usage, d.rate);
         eprintln!(
             "   {name}: {:.0} attempts/s, p99 {:.2} ms; verifying...",
             p.attempts_per_s, p.reserve_latency.p99_ms
@@ -578,24 +652,33 @@ async fn flash_sale_phases(
 async fn redis_ceiling(
     plan: &Plan,
     drive: &Drive,
-    redis_url: &str,
+    args: &Resolved,
     prefix: &str,
-    hold_secs: u64,
 ) -> anyhow::Result<PhaseReport> {
-    let client = redis::Client::open(redis_url)?;
+    let client = redis::Client::open(args.redis_url.as_str())?;
     let mut conn = client
         .get_multiplexed_async_connection()
         .await
         .context("Redis (--redis-url) is not reachable")?;
     let ids: Vec<i64> = (1..=plan.capacities.len() as i64).collect();
-    for (i, &c) in plan.capacities.iter().enumerate() {
+    let warm = warm_plan(plan, args.warmup);
+    let warm_id = ids.len() as i64 + 1;
+    let seats = plan
+        .capacities
+        .iter()
+        .zip(&ids)
+        .chain([(&warm.capacities[0], &warm_id)]);
+    for (&c, id) in seats {
         let _: () = redis::cmd("HSET")
-            .arg(format!("{prefix}:{{{}}}:seats", ids[i]))
+            .arg(format!("{prefix}:{{{id}}}:seats"))
             .arg(&[("capacity", c), ("available", c), ("held", 0), ("sold", 0)])
             .query_async(&mut conn)
             .await?;
     }
-    let target = RedisTarget::new(conn, prefix.to_string(), hold_secs * 1000);
+    let target = RedisTarget::new(conn, prefix.to_string(), args.hold_secs * 1000);
+    if args.warmup > 0 {
+        warm_up(&target, &warm, &[warm_id], drive).await?;
+    }
     let d = Drive {
         label: "redis ceiling".into(),
         ..drive.clone()
@@ -603,7 +686,13 @@ async fn redis_ceiling(
     let monitor = Monitor::start(None);
     let r = load::run(&target, plan, &ids, &d).await?;
     let usage = monitor.finish().await;
-    Ok(PhaseReport::new("redis-ceiling", mode_text(&d), &r, usage))
+    Ok(PhaseReport::new(
+        "redis-ceiling",
+        mode_text(&d),
+        &r,
+        usage,
+        d.rate,
+    ))
 }
 
 /// The reserve script by SHA from `redis-benchmark` (C client, no Rust in the loop), on

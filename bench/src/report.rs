@@ -100,6 +100,9 @@ pub struct PhaseReport {
     /// (sold out: rejections only).
     pub latency_while_selling: Option<Latency>,
     pub latency_after_sold_out: Option<Latency>,
+    /// Reserve latency of the attempts sent (due, in open loop) in the second half of the
+    /// run: the steady state, once an open-loop backlog from the selling phase is gone.
+    pub latency_second_half: Option<Latency>,
     pub pay_latency: Option<Latency>,
     pub usage: Usage,
     pub verification: Option<Verification>,
@@ -109,18 +112,29 @@ pub struct PhaseReport {
 }
 
 impl PhaseReport {
-    pub fn new(name: &str, mode: String, r: &PhaseResult, usage: Usage) -> Self {
+    pub fn new(name: &str, mode: String, r: &PhaseResult, usage: Usage, rate: Option<f64>) -> Self {
         let secs = r.duration.as_secs_f64().max(1e-6);
         let pays = r.pay_latency.len();
         let mut before = crate::load::histogram();
         let mut after = crate::load::histogram();
+        let mut second = crate::load::histogram();
+        // Half of the schedule: when the second half of the attempts was due (open loop)
+        // or the middle of the run (closed loop).
+        let half_us = match rate {
+            Some(rate) => r.attempts as f64 / rate / 2.0 * 1e6,
+            None => secs / 2.0 * 1e6,
+        } as u64;
         for x in r.samples.iter().filter(|x| !x.pay) {
+            let latency = u64::from(x.latency_us).max(1);
             let h = if x.end_us <= r.last_win_us {
                 &mut before
             } else {
                 &mut after
             };
-            h.saturating_record(u64::from(x.latency_us).max(1));
+            h.saturating_record(latency);
+            if x.end_us.saturating_sub(latency) >= half_us {
+                second.saturating_record(latency);
+            }
         }
         Self {
             name: name.to_string(),
@@ -135,6 +149,7 @@ impl PhaseReport {
             selling_s: r.last_win_us as f64 / 1e6,
             latency_while_selling: (!before.is_empty()).then(|| Latency::of(&before)),
             latency_after_sold_out: (!after.is_empty()).then(|| Latency::of(&after)),
+            latency_second_half: (!second.is_empty()).then(|| Latency::of(&second)),
             pay_latency: (pays > 0).then(|| Latency::of(&r.pay_latency)),
             usage,
             verification: None,
@@ -293,6 +308,13 @@ impl Report {
             }
             if let Some(l) = &p.latency_after_sold_out {
                 let _ = writeln!(s, "- after the last hold: {}", lat(l));
+            }
+            if let Some(l) = &p.latency_second_half {
+                let _ = writeln!(
+                    s,
+                    "- attempts due in the second half of the run: {}",
+                    lat(l)
+                );
             }
             if let Some(l) = &p.pay_latency {
                 let _ = writeln!(
