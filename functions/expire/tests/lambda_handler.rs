@@ -1,0 +1,144 @@
+//! The `expire` Lambda handler, called with the events Amazon MQ delivers
+//! (`LambdaEvent { payload: RabbitMqEvent, context }`), on the real services.
+//!
+//! What the event source mapping does with the answer: `Ok` acks the batch, `Err`
+//! returns it to the queue. So a message that can never succeed must end in `Ok` (after
+//! the handler dead-letters it) and change nothing; a transient failure must end in
+//! `Err`.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use flash_sale_adapters::Queue;
+use flash_sale_core::ports::ExpireOutcome;
+use flash_sale_runtime::queue::rabbit_event;
+use lambda_runtime::{Context, LambdaEvent};
+use support::{Cuttable, Overrides, Services};
+
+fn event(
+    queue: &str,
+    bodies: &[&[u8]],
+) -> LambdaEvent<aws_lambda_events::event::rabbitmq::RabbitMqEvent> {
+    let bodies: Vec<Vec<u8>> = bodies.iter().map(|b| b.to_vec()).collect();
+    LambdaEvent {
+        payload: rabbit_event(queue, &bodies),
+        context: Context::default(),
+    }
+}
+
+fn expiry(reservation: &str) -> Vec<u8> {
+    format!(r#"{{"reservation_id":"{reservation}"}}"#).into_bytes()
+}
+
+#[tokio::test]
+async fn an_expiry_event_returns_the_seat_once() {
+    let s = Services::start(Overrides::default()).await;
+    let showtime = s.showtime(2).await;
+    let id = s.hold(1, showtime).await;
+    let queue = s.queue(Queue::HoldsExpired);
+
+    expire::handle_event(&s.app, event(&queue, &[&expiry(&id)]))
+        .await
+        .unwrap();
+    assert_eq!(s.status(&id).await, "EXPIRED");
+    assert_eq!(
+        (
+            s.counts(showtime).await.available,
+            s.counts(showtime).await.held
+        ),
+        (2, 0)
+    );
+
+    // The same batch again (a redelivery): acknowledged, nothing changes.
+    expire::handle_event(&s.app, event(&queue, &[&expiry(&id)]))
+        .await
+        .unwrap();
+    assert_eq!(s.counts(showtime).await.available, 2);
+    s.cleanup().await;
+}
+
+#[tokio::test]
+async fn malformed_messages_are_not_retried_are_dead_lettered_and_change_nothing() {
+    let s = Services::start(Overrides::default()).await;
+    let showtime = s.showtime(2).await;
+    let id = s.hold(1, showtime).await;
+    let before = s.counts(showtime).await;
+    let queue = s.queue(Queue::HoldsExpired);
+
+    // Each kind on its own: the handler's typed answer is "never retry".
+    for body in [
+        &b"not json"[..],
+        br#"{"reservation_id":"not-an-id"}"#,
+        br#"{"id":"1-1"}"#,
+    ] {
+        let err = expire::expire(&s.app, body).await.unwrap_err();
+        assert!(!err.is_retryable(), "{err}");
+    }
+
+    // As one batch with a body that is not even base64: the invocation succeeds (the
+    // event source acks the batch) and every message is in the dead-letter queue.
+    let mut batch = event(
+        &queue,
+        &[b"x", b"not json", br#"{"reservation_id":"not-an-id"}"#],
+    );
+    let messages = batch.payload.messages_by_queue.values_mut().next().unwrap();
+    messages[0].data = Some("%%% not base64 %%%".into());
+    expire::handle_event(&s.app, batch).await.unwrap();
+
+    assert_eq!(s.dead_letters(Queue::HoldsExpired).await, 3);
+    assert_eq!(s.status(&id).await, "RESERVED");
+    assert_eq!(s.counts(showtime).await, before);
+    s.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_unknown_reservation_is_settled_without_retry_and_changes_nothing() {
+    let s = Services::start(Overrides::default()).await;
+    let showtime = s.showtime(2).await;
+    let id = s.hold(1, showtime).await;
+    let before = s.counts(showtime).await;
+    let queue = s.queue(Queue::HoldsExpired);
+    let unknown = format!("{}-999999", showtime.get());
+
+    let outcome = expire::expire(&s.app, &expiry(&unknown)).await.unwrap();
+    assert_eq!(outcome, ExpireOutcome::NotFound);
+    expire::handle_event(
+        &s.app,
+        event(&queue, &[&expiry(&unknown), &expiry("424242-1")]),
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(s.dead_letters(Queue::HoldsExpired).await, 0);
+    assert_eq!(s.status(&id).await, "RESERVED");
+    assert_eq!(s.counts(showtime).await, before);
+    s.cleanup().await;
+}
+
+#[tokio::test]
+async fn redis_down_is_retryable_and_fails_the_invocation() {
+    let proxy = Cuttable::start("127.0.0.1:6379").await;
+    let s = Services::start(Overrides {
+        redis_url: Some(format!("redis://{}", proxy.addr)),
+        ..Overrides::default()
+    })
+    .await;
+    let showtime = s.showtime(2).await;
+    let id = s.hold(1, showtime).await;
+    let queue = s.queue(Queue::HoldsExpired);
+
+    proxy.cut().await;
+    let err = expire::expire(&s.app, &expiry(&id)).await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    let failed = expire::handle_event(&s.app, event(&queue, &[&expiry(&id)])).await;
+    assert!(
+        failed.is_err(),
+        "the invocation fails, so the event source redelivers the batch"
+    );
+    assert_eq!(
+        s.dead_letters(Queue::HoldsExpired).await,
+        0,
+        "nothing was dead-lettered"
+    );
+    s.cleanup().await;
+}
