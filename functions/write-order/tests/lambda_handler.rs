@@ -1,0 +1,165 @@
+//! The `write-order` Lambda handler, called with the events Amazon MQ delivers
+//! (`LambdaEvent { payload: RabbitMqEvent, context }`), on the real services.
+//!
+//! `Ok` acks the batch, `Err` returns it to the queue: a message that can never succeed
+//! must end in `Ok` (dead-lettered by the handler) and change nothing; a transient
+//! failure must end in `Err`.
+
+#[path = "../../expire/tests/support/mod.rs"]
+mod support;
+
+use aws_lambda_events::event::rabbitmq::RabbitMqEvent;
+use flash_sale_adapters::Queue;
+use flash_sale_core::UserId;
+use flash_sale_runtime::queue::{QueueError, rabbit_event};
+use lambda_runtime::{Context, LambdaEvent};
+use support::{Cuttable, Overrides, POSTGRES, Services};
+
+fn event(queue: &str, bodies: &[&[u8]]) -> LambdaEvent<RabbitMqEvent> {
+    let bodies: Vec<Vec<u8>> = bodies.iter().map(|b| b.to_vec()).collect();
+    LambdaEvent {
+        payload: rabbit_event(queue, &bodies),
+        context: Context::default(),
+    }
+}
+
+fn order(reservation: &str, user: i64) -> Vec<u8> {
+    format!(r#"{{"reservation_id":"{reservation}","user_id":{user},"paid_at_ms":1795597200000}}"#)
+        .into_bytes()
+}
+
+/// A hold of `user`, paid: what the pay function does before it queues the order.
+async fn paid(s: &Services, user: i64, showtime: flash_sale_core::ShowtimeId) -> String {
+    let id = s.hold(user, showtime).await;
+    s.app
+        .sale
+        .pay(id.parse().unwrap(), UserId::new(user).unwrap())
+        .await
+        .unwrap();
+    id
+}
+
+#[tokio::test]
+async fn a_batch_of_orders_is_recorded_once() {
+    let s = Services::start(Overrides::default()).await;
+    let showtime = s.showtime(3).await;
+    let a = paid(&s, 1, showtime).await;
+    let b = paid(&s, 2, showtime).await;
+    let queue = s.queue(Queue::Orders);
+
+    let batch = [&order(&a, 1)[..], &order(&b, 2)[..]];
+    write_order::handle_event(&s.app, event(&queue, &batch))
+        .await
+        .unwrap();
+    assert_eq!(s.orders().await, 2);
+    assert_eq!(
+        (s.status(&a).await, s.status(&b).await),
+        ("ORDERED".into(), "ORDERED".into())
+    );
+
+    // Redelivered, even twice in one batch: nothing is recorded twice.
+    let again = [&order(&a, 1)[..], &order(&a, 1)[..], &order(&b, 2)[..]];
+    write_order::handle_event(&s.app, event(&queue, &again))
+        .await
+        .unwrap();
+    assert_eq!(s.orders().await, 2);
+    assert_eq!(s.counts(showtime).await.sold, 2);
+    s.cleanup().await;
+}
+
+#[tokio::test]
+async fn malformed_messages_are_not_retried_are_dead_lettered_and_change_nothing() {
+    let s = Services::start(Overrides::default()).await;
+    let showtime = s.showtime(2).await;
+    let id = paid(&s, 1, showtime).await;
+    let before = s.counts(showtime).await;
+    let queue = s.queue(Queue::Orders);
+
+    let bad: [&[u8]; 3] = [
+        b"not json",
+        br#"{"reservation_id":"1-1"}"#,
+        br#"{"reservation_id":"1-1","user_id":0,"paid_at_ms":1}"#,
+    ];
+    for result in write_order::write_orders(&s.app, &bad).await {
+        assert!(matches!(result, Err(QueueError::Rejected(_))), "{result:?}");
+    }
+
+    let mut batch = event(&queue, &[b"x", bad[0], bad[1], bad[2]]);
+    let messages = batch.payload.messages_by_queue.values_mut().next().unwrap();
+    messages[0].data = Some("%%% not base64 %%%".into());
+    write_order::handle_event(&s.app, batch).await.unwrap();
+
+    assert_eq!(s.dead_letters(Queue::Orders).await, 4);
+    assert_eq!(s.orders().await, 0);
+    assert_eq!(s.status(&id).await, "PAID");
+    assert_eq!(s.counts(showtime).await, before);
+    s.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_order_for_an_unknown_showtime_is_refused_for_good_and_changes_nothing() {
+    let s = Services::start(Overrides::default()).await;
+    let showtime = s.showtime(2).await;
+    let good = paid(&s, 1, showtime).await;
+    let queue = s.queue(Queue::Orders);
+    let unknown = "424242-1";
+
+    let results = write_order::write_orders(&s.app, &[&order(unknown, 9)]).await;
+    assert!(
+        matches!(results[0], Err(QueueError::Rejected(_))),
+        "{results:?}"
+    );
+
+    // In a batch, the good order is recorded and the refused one dead-lettered.
+    let batch = [&order(unknown, 9)[..], &order(&good, 1)[..]];
+    write_order::handle_event(&s.app, event(&queue, &batch))
+        .await
+        .unwrap();
+    assert_eq!(s.orders().await, 1);
+    assert_eq!(s.dead_letters(Queue::Orders).await, 1);
+    let unknown_rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM orders WHERE reservation_id = $1")
+            .bind(unknown)
+            .fetch_one(s.app.sale.db().pool())
+            .await
+            .unwrap();
+    assert_eq!(unknown_rows, 0);
+    s.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_database_down_is_retryable_and_fails_the_invocation() {
+    let proxy = Cuttable::start("127.0.0.1:5432").await;
+    let s = Services::start(Overrides {
+        postgres_server: Some(POSTGRES.replace("127.0.0.1:5432", &proxy.addr.to_string())),
+        ..Overrides::default()
+    })
+    .await;
+    let showtime = s.showtime(2).await;
+    let id = paid(&s, 1, showtime).await;
+    let queue = s.queue(Queue::Orders);
+
+    proxy.cut().await;
+    for result in write_order::write_orders(&s.app, &[&order(&id, 1)]).await {
+        assert!(
+            matches!(result, Err(QueueError::Retryable(_))),
+            "{result:?}"
+        );
+    }
+    let failed = write_order::handle_event(&s.app, event(&queue, &[&order(&id, 1)])).await;
+    assert!(
+        failed.is_err(),
+        "the invocation fails, so the event source redelivers the batch"
+    );
+    assert_eq!(
+        s.dead_letters(Queue::Orders).await,
+        0,
+        "nothing was dead-lettered"
+    );
+    assert_eq!(
+        s.status(&id).await,
+        "PAID",
+        "not marked ORDERED without its order"
+    );
+    s.cleanup().await;
+}
