@@ -41,8 +41,8 @@ pub fn routes(app: App, guard: &Guard) -> Router {
 /// `user_id` is required when `AUTH_MODE=none`; with a bearer token it may be left out
 /// (or the whole body), and must match the token when given.
 #[derive(Debug, Deserialize)]
-struct PayRequest {
-    user_id: Option<i64>,
+pub struct PayRequest {
+    pub user_id: Option<i64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -88,4 +88,33 @@ pub async fn settle_payment_request(
     tokio::time::sleep(Duration::from_millis(delay)).await;
     app.sale.settle_payment_request(request).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flash_sale_core::UserId;
+    use flash_sale_runtime::auth::Identity;
+    use flash_sale_runtime::http::parse_json;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// `fuzz/fuzz_targets/request_bodies.rs` under proptest.
+        #[test]
+        fn arbitrary_pay_bodies_give_a_payer_or_a_4xx(raw in proptest::collection::vec(any::<u8>(), 0..120)) {
+            let me = Caller::Verified(Identity { user: UserId::new(7).unwrap(), admin: false });
+            match parse_json::<PayRequest>(&raw) {
+                Ok(p) => {
+                    for caller in [Caller::Trusted, me] {
+                        if let Err(e) = caller.acting_as(p.user_id) {
+                            prop_assert!(e.status().is_client_error());
+                        }
+                    }
+                }
+                Err(e) => prop_assert_eq!(e.code(), "bad_request"),
+            }
+        }
+    }
 }

@@ -18,7 +18,7 @@ use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use flash_sale_core::domain::{OutsideSaleWindow, SaleWindow};
-use flash_sale_core::{ReservationId, ShowtimeId, UnixMillis};
+use flash_sale_core::{ReservationId, ShowtimeId, UnixMillis, UserId};
 use flash_sale_runtime::App;
 use flash_sale_runtime::auth::{Caller, Guard};
 use flash_sale_runtime::http::{ApiError, JsonBody, ReservationView, rfc3339};
@@ -109,11 +109,19 @@ fn outside(showtime: ShowtimeId, why: OutsideSaleWindow) -> ApiError {
 }
 
 /// The body: `user_id` is required when `AUTH_MODE=none` and optional (but must match
-/// the token) with a bearer token.
+/// the token) with a bearer token. Public for the fuzz targets.
 #[derive(Debug, Deserialize)]
-struct ReserveRequest {
-    user_id: Option<i64>,
-    showtime_id: i64,
+pub struct ReserveRequest {
+    pub user_id: Option<i64>,
+    pub showtime_id: i64,
+}
+
+impl ReserveRequest {
+    /// The user this request acts for, as `caller`, and the showtime.
+    pub fn parse(&self, caller: &Caller) -> Result<(UserId, ShowtimeId), ApiError> {
+        let user = caller.acting_as(self.user_id)?;
+        Ok((user, ShowtimeId::new(self.showtime_id)?))
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -131,8 +139,7 @@ async fn reserve(
     caller: Caller,
     JsonBody(req): JsonBody<ReserveRequest>,
 ) -> Result<Json<Reserved>, ApiError> {
-    let user = caller.acting_as(req.user_id)?;
-    let showtime = ShowtimeId::new(req.showtime_id)?;
+    let (user, showtime) = req.parse(&caller)?;
     s.guard.limits().check_user(user)?;
     match s.windows.of(&s.app, showtime).await? {
         None => {
@@ -168,5 +175,55 @@ async fn reservation(
             Ok(Json(ReservationView::from(&r)))
         }
         None => Err(ApiError::NotFound(format!("reservation {id} not found"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flash_sale_runtime::auth::Identity;
+    use flash_sale_runtime::http::parse_json;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// `fuzz/fuzz_targets/request_bodies.rs` under proptest: a body and a path id
+        /// give values or a 4xx, never a panic.
+        #[test]
+        fn arbitrary_bodies_and_ids_give_values_or_4xx(
+            raw in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..200),
+                "\\{(\"user_id\": ?(-?[0-9]{1,22}|null|\"7\")(, )?)?(\"showtime_id\": ?-?[0-9.e]{1,25})?\\}"
+                    .prop_map(String::into_bytes),
+            ],
+            id in "[0-9+-]{0,25}|[ -~]{0,30}",
+        ) {
+            let me = Caller::Verified(Identity { user: UserId::new(7).unwrap(), admin: false });
+            match parse_json::<ReserveRequest>(&raw) {
+                Ok(r) => for caller in [Caller::Trusted, me] {
+                    if let Ok((user, showtime)) = r.parse(&caller) {
+                        prop_assert!(user.get() > 0 && showtime.get() > 0);
+                    }
+                },
+                Err(e) => prop_assert_eq!(e.code(), "bad_request"),
+            }
+            if let Ok(parsed) = id.parse::<ReservationId>() {
+                prop_assert_eq!(parsed.to_string().parse::<ReservationId>().unwrap(), parsed);
+            }
+        }
+    }
+
+    #[test]
+    fn with_a_token_the_body_user_may_be_left_out_but_not_contradict_it() {
+        let me = Caller::Verified(Identity {
+            user: UserId::new(7).unwrap(),
+            admin: false,
+        });
+        let r: ReserveRequest = parse_json(br#"{"showtime_id": 3}"#).unwrap();
+        assert_eq!(r.parse(&me).unwrap().0.get(), 7);
+        assert_eq!(r.parse(&Caller::Trusted).unwrap_err().code(), "bad_request");
+        let r: ReserveRequest = parse_json(br#"{"user_id": 8, "showtime_id": 3}"#).unwrap();
+        assert_eq!(r.parse(&me).unwrap_err().code(), "forbidden");
     }
 }

@@ -35,15 +35,49 @@ pub fn routes(app: App, guard: &Guard) -> Router {
     )
 }
 
+/// The body of `POST /showtimes`, as sent. Public for the fuzz targets.
 #[derive(Debug, Deserialize)]
-struct CreateShowtime {
-    capacity: i64,
-    title: Option<String>,
-    starts_at: Option<String>,
+pub struct CreateShowtime {
+    pub capacity: i64,
+    pub title: Option<String>,
+    pub starts_at: Option<String>,
     /// RFC 3339; reservations before it are refused (`sale_not_open`).
-    sale_opens_at: Option<String>,
+    pub sale_opens_at: Option<String>,
     /// RFC 3339; reservations from it on are refused (`sale_closed`).
-    sale_closes_at: Option<String>,
+    pub sale_closes_at: Option<String>,
+}
+
+impl CreateShowtime {
+    /// Parses the body into domain values: every rule of the route but the admin check.
+    pub fn validate(self) -> Result<(NewShowtime, SaleWindow), ApiError> {
+        let capacity = Capacity::new(self.capacity)?;
+        let title = self
+            .title
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty());
+        if title.as_ref().is_some_and(|t| t.chars().count() > 200) {
+            return Err(ApiError::BadRequest(
+                "title must be at most 200 characters".into(),
+            ));
+        }
+        if let Some(at) = &self.starts_at {
+            DateTime::parse_from_rfc3339(at).map_err(|e| {
+                ApiError::BadRequest(format!(
+                    "starts_at must be an RFC 3339 time such as 2026-12-01T20:00:00Z: {e}"
+                ))
+            })?;
+        }
+        let window = SaleWindow::new(
+            time("sale_opens_at", self.sale_opens_at.as_deref())?,
+            time("sale_closes_at", self.sale_closes_at.as_deref())?,
+        )?;
+        let new = NewShowtime {
+            capacity,
+            title,
+            starts_at: self.starts_at,
+        };
+        Ok((new, window))
+    }
 }
 
 /// Parses an optional RFC 3339 time named `field`.
@@ -96,44 +130,14 @@ async fn create(
     JsonBody(req): JsonBody<CreateShowtime>,
 ) -> Result<(StatusCode, Json<ShowtimeView>), ApiError> {
     caller.require_admin()?;
-    let capacity = Capacity::new(req.capacity)?;
-    let title = req
-        .title
-        .map(|t| t.trim().to_string())
-        .filter(|t| !t.is_empty());
-    if title.as_ref().is_some_and(|t| t.chars().count() > 200) {
-        return Err(ApiError::BadRequest(
-            "title must be at most 200 characters".into(),
-        ));
-    }
-    if let Some(at) = &req.starts_at {
-        DateTime::parse_from_rfc3339(at).map_err(|e| {
-            ApiError::BadRequest(format!(
-                "starts_at must be an RFC 3339 time such as 2026-12-01T20:00:00Z: {e}"
-            ))
-        })?;
-    }
-    let window = SaleWindow::new(
-        time("sale_opens_at", req.sale_opens_at.as_deref())?,
-        time("sale_closes_at", req.sale_closes_at.as_deref())?,
-    )?;
+    let (new, window) = req.validate()?;
+    let capacity = new.capacity;
     // The showtime and its window in one statement, then its seats on sale: what
     // `Sale::create_showtime` does, with the window (not yet in the `Catalog` port).
-    let showtime = app
-        .sale
-        .db()
-        .create_showtime_in_window(
-            NewShowtime {
-                capacity,
-                title,
-                starts_at: req.starts_at,
-            },
-            window,
-        )
-        .await?;
+    let showtime = app.sale.db().create_showtime_in_window(new, window).await?;
     app.sale
         .seats()
-        .load(showtime.id, capacity.get(), 0)
+        .load(showtime.id, capacity.get(), 0, false)
         .await?;
     let counts = SeatCounts {
         capacity: capacity.get(),
@@ -160,5 +164,39 @@ async fn show(
             window?.unwrap_or_default(),
         ))),
         None => Err(ApiError::NotFound(format!("showtime {id} does not exist"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flash_sale_runtime::http::parse_json;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// `fuzz/fuzz_targets/request_bodies.rs` under proptest: a showtime body gives
+        /// a showtime and its window, or a 400, never a panic.
+        #[test]
+        fn arbitrary_showtime_bodies_give_values_or_400(
+            raw in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..300),
+                ("-?[0-9]{1,12}", "[ -~]{0,20}", "[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(Z|[+-][0-9]{2}:[0-9]{2})", "[ -~]{0,30}")
+                    .prop_map(|(c, t, open, close)| format!(
+                        r#"{{"capacity": {c}, "title": {t:?}, "sale_opens_at": {open:?}, "sale_closes_at": {close:?}}}"#
+                    ).into_bytes()),
+            ],
+        ) {
+            match parse_json::<CreateShowtime>(&raw).and_then(CreateShowtime::validate) {
+                Ok((new, window)) => {
+                    prop_assert!(new.capacity.get() >= 1);
+                    if let (Some(o), Some(c)) = (window.opens_at(), window.closes_at()) {
+                        prop_assert!(c > o);
+                    }
+                }
+                Err(e) => prop_assert_eq!(e.code(), "bad_request"),
+            }
+        }
     }
 }

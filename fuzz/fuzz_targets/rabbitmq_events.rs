@@ -1,0 +1,26 @@
+//! Amazon MQ for RabbitMQ events as the Lambda queue functions receive them, and every
+//! message body inside: decoded or refused as not retryable, never a panic.
+#![no_main]
+
+use aws_lambda_events::event::rabbitmq::RabbitMqEvent;
+use flash_sale_adapters::wire;
+use flash_sale_runtime::queue::event_messages;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = wire::decode_expire(data);
+    let _ = wire::decode_order(data);
+    let _ = wire::decode_payment(data);
+    if let Ok(event) = serde_json::from_slice::<RabbitMqEvent>(data) {
+        for message in event_messages(event) {
+            match message.body {
+                Ok(body) => {
+                    let _ = wire::decode_expire(&body);
+                    let _ = wire::decode_order(&body);
+                    let _ = wire::decode_payment(&body);
+                }
+                Err(e) => assert!(!e.is_retryable()),
+            }
+        }
+    }
+});
