@@ -570,6 +570,50 @@ mod tests {
         assert!(a.identity_from_authorizer(&claims).is_err());
     }
 
+    #[tokio::test]
+    async fn requests_over_the_in_flight_bound_get_a_503_after_waiting() {
+        use tower::ServiceExt as _;
+        let config = Config::from_lookup(|k| match k {
+            "MAX_IN_FLIGHT" => Some("1".into()),
+            "IN_FLIGHT_WAIT_MS" => Some("20".into()),
+            _ => None,
+        })
+        .unwrap();
+        let guard = Guard::new(&config);
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let held = gate.clone();
+        let router = guard.protect(Router::new().route(
+            "/",
+            axum::routing::get(move || {
+                let held = held.clone();
+                async move { held.notified().await }
+            }),
+        ));
+        let request = || {
+            axum::http::Request::get("/")
+                .body(axum::body::Body::empty())
+                .unwrap()
+        };
+        let first = tokio::spawn(router.clone().oneshot(request()));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let second = router.clone().oneshot(request()).await.unwrap();
+        assert_eq!(second.status(), axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(second.headers()[header::RETRY_AFTER], "1");
+        gate.notify_one();
+        assert_eq!(
+            first.await.unwrap().unwrap().status(),
+            axum::http::StatusCode::OK
+        );
+        // The slot is free again.
+        let third = tokio::spawn(router.oneshot(request()));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        gate.notify_one();
+        assert_eq!(
+            third.await.unwrap().unwrap().status(),
+            axum::http::StatusCode::OK
+        );
+    }
+
     #[test]
     fn rs256_tokens_verify_against_the_public_key() {
         let config = AuthConfig {

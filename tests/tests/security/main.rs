@@ -3,6 +3,7 @@
 //! holds or orders. One binary, a module per area.
 
 mod abuse;
+mod fuzz;
 mod identity;
 mod openapi;
 mod sale_window;
