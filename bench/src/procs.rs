@@ -310,6 +310,15 @@ impl Monitor {
             }
             _ => 0.0,
         };
+        // Whatever the machine did besides the components above: other builds, tests...
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1) as f64;
+        let ours: f64 = cpu_pct.iter().map(|(_, v)| v).sum();
+        let others = machine_busy_pct * cores - ours;
+        if others >= 0.5 {
+            cpu_pct.push(("everything else".to_string(), others));
+        }
         self.stop.store(true, Ordering::Relaxed);
         if let Some(s) = self.sampler.take() {
             let _ = s.await;
