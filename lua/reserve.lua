@@ -33,10 +33,13 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local expires_at = now + tonumber(ARGV[2])
 local seq = redis.call('INCR', KEYS[3])
+-- As text without exponent: after a reload the sequence is in the 10^15s, past what
+-- Lua's default number formatting prints exactly.
+local seq_text = string.format('%.0f', seq)
 
 redis.call('HINCRBY', KEYS[1], 'available', -1)
 redis.call('HINCRBY', KEYS[1], 'held', 1)
-redis.call('HSET', KEYS[2], ARGV[1], seq)
-redis.call('HSET', ARGV[3] .. seq, 'user', ARGV[1], 'status', 'RESERVED', 'expires_at', expires_at)
-redis.call('ZADD', KEYS[4], expires_at, seq)
+redis.call('HSET', KEYS[2], ARGV[1], seq_text)
+redis.call('HSET', ARGV[3] .. seq_text, 'user', ARGV[1], 'status', 'RESERVED', 'expires_at', expires_at)
+redis.call('ZADD', KEYS[4], expires_at, seq_text)
 return {1, seq, expires_at}

@@ -10,6 +10,7 @@
 //! - [`wire`]: the JSON form of the queue messages, shared by every host.
 
 pub mod postgres;
+mod postgres_audit;
 pub mod rabbit;
 pub mod redis_seats;
 pub mod wire;

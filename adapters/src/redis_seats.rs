@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flash_sale_core::ports::{
-    ExpireOutcome, PayOutcome, PortError, PortResult, SeatStore, TakeOutcome,
+    ExpireOutcome, PayOutcome, PortError, PortResult, SeatAudit, SeatAuditor, SeatStore,
+    TakeOutcome,
 };
 use flash_sale_core::{
     OrderRequest, Reservation, ReservationId, SeatCounts, ShowtimeId, Status, UnixMillis, UserId,
@@ -36,6 +37,7 @@ struct Scripts {
     expire: Script,
     mark_ordered: Script,
     load: Script,
+    rebuild: Script,
 }
 
 /// The [`SeatStore`] on Redis. Cheap to clone: clones share one connection.
@@ -126,6 +128,7 @@ impl RedisSeats {
                 expire: Script::new(include_str!("../../lua/expire.lua")),
                 mark_ordered: Script::new(include_str!("../../lua/mark_ordered.lua")),
                 load: Script::new(include_str!("../../lua/load.lua")),
+                rebuild: Script::new(include_str!("../../lua/rebuild.lua")),
             }),
         })
     }
@@ -222,14 +225,22 @@ impl SeatStore for RedisSeats {
         })
     }
 
-    async fn load(&self, showtime: ShowtimeId, capacity: u32, sold: u32) -> PortResult<bool> {
+    async fn load(
+        &self,
+        showtime: ShowtimeId,
+        capacity: u32,
+        sold: u32,
+        reload: bool,
+    ) -> PortResult<bool> {
         let mut conn = self.conn.clone();
         let loaded: i64 = self
             .scripts
             .load
             .key(self.key(showtime, "seats"))
+            .key(self.key(showtime, "seq"))
             .arg(capacity)
             .arg(sold)
+            .arg(u8::from(reload))
             .invoke_async(&mut conn)
             .await
             .map_err(port_error)?;
@@ -435,5 +446,62 @@ impl SeatStore for RedisSeats {
             }
         }
         Ok(orders)
+    }
+}
+
+impl SeatAuditor for RedisSeats {
+    async fn audit(&self, showtime: ShowtimeId) -> PortResult<Option<SeatAudit>> {
+        let Some(counts) = self.counts(showtime).await? else {
+            return Ok(None);
+        };
+        let mut conn = self.conn.clone();
+        let (live_holds, unrecorded): (u32, Vec<u64>) = redis::pipe()
+            .zcard(self.key(showtime, "deadlines"))
+            .zrange(self.key(showtime, "unrecorded"), 0, -1)
+            .query_async(&mut conn)
+            .await
+            .map_err(port_error)?;
+        Ok(Some(SeatAudit {
+            counts,
+            live_holds,
+            unrecorded: unrecorded
+                .into_iter()
+                .filter_map(|seq| ReservationId::new(showtime, seq).ok())
+                .collect(),
+        }))
+    }
+
+    async fn rebuild(
+        &self,
+        showtime: ShowtimeId,
+        capacity: u32,
+        ordered: u32,
+        recorded: &[ReservationId],
+    ) -> PortResult<SeatCounts> {
+        let mut conn = self.conn.clone();
+        let mut call = self.scripts.rebuild.key(self.key(showtime, "seats"));
+        call.key(self.key(showtime, "deadlines"))
+            .key(self.key(showtime, "unrecorded"))
+            .key(self.key(showtime, "seq"))
+            .arg(capacity)
+            .arg(ordered);
+        for id in recorded {
+            call.arg(id.seq());
+        }
+        let (available, held, sold, missing): (u32, u32, u32, u32) =
+            call.invoke_async(&mut conn).await.map_err(port_error)?;
+        if missing > 0 {
+            tracing::error!(%showtime, missing, "holds and sales exceed the capacity in Redis");
+        }
+        let _: i64 = conn
+            .sadd(self.showtimes_key(), showtime.get())
+            .await
+            .map_err(port_error)?;
+        Ok(SeatCounts {
+            capacity,
+            available,
+            held,
+            sold,
+        })
     }
 }

@@ -91,9 +91,14 @@ impl SeatStore for FakeSeats {
         showtime: ShowtimeId,
         capacity: u32,
         sold: u32,
+        reload: bool,
     ) -> impl Future<Output = PortResult<bool>> + Send {
         let mut st = self.state.lock().unwrap();
         let loaded = !st.counts.contains_key(&showtime);
+        if loaded && reload {
+            let seq = st.seq.entry(showtime).or_default();
+            *seq = (*seq).max(self.now.load(Ordering::SeqCst) * 1000 + 1_000_000);
+        }
         if loaded {
             st.counts.insert(
                 showtime,
@@ -324,5 +329,81 @@ impl OrderBook for FakeDb {
             })
             .collect();
         ready(Ok(outcomes))
+    }
+}
+
+impl SeatAuditor for FakeSeats {
+    fn audit(
+        &self,
+        showtime: ShowtimeId,
+    ) -> impl Future<Output = PortResult<Option<SeatAudit>>> + Send {
+        let st = self.state.lock().unwrap();
+        let audit = st.counts.get(&showtime).map(|counts| {
+            let mine = st
+                .reservations
+                .values()
+                .filter(|r| r.showtime() == showtime);
+            SeatAudit {
+                counts: *counts,
+                live_holds: mine
+                    .clone()
+                    .filter(|r| r.status == Status::Reserved)
+                    .count() as u32,
+                unrecorded: mine
+                    .filter(|r| r.status == Status::Paid)
+                    .map(|r| r.id)
+                    .collect(),
+            }
+        });
+        ready(Ok(audit))
+    }
+
+    fn rebuild(
+        &self,
+        showtime: ShowtimeId,
+        capacity: u32,
+        ordered: u32,
+        recorded: &[ReservationId],
+    ) -> impl Future<Output = PortResult<SeatCounts>> + Send {
+        let mut st = self.state.lock().unwrap();
+        let mine: Vec<_> = st
+            .reservations
+            .values()
+            .filter(|r| r.showtime() == showtime)
+            .cloned()
+            .collect();
+        let held = mine.iter().filter(|r| r.status == Status::Reserved).count() as u32;
+        let pending = mine
+            .iter()
+            .filter(|r| r.status == Status::Paid && !recorded.contains(&r.id))
+            .count() as u32;
+        let current = st.counts.get(&showtime).map_or(0, |c| c.sold);
+        let sold = (ordered + pending).max(current);
+        let counts = SeatCounts {
+            capacity,
+            available: capacity.saturating_sub(held + sold),
+            held,
+            sold,
+        };
+        st.counts.insert(showtime, counts);
+        ready(Ok(counts))
+    }
+}
+
+impl OrderAudit for FakeDb {
+    fn showtime_ids(&self) -> impl Future<Output = PortResult<Vec<ShowtimeId>>> + Send {
+        ready(Ok(self.showtimes.lock().unwrap().keys().copied().collect()))
+    }
+
+    fn recorded(
+        &self,
+        ids: &[ReservationId],
+    ) -> impl Future<Output = PortResult<Vec<ReservationId>>> + Send {
+        let book = self.orders.lock().unwrap();
+        ready(Ok(ids
+            .iter()
+            .filter(|id| book.contains_key(id))
+            .copied()
+            .collect()))
     }
 }

@@ -18,6 +18,7 @@
 pub mod domain;
 pub mod messages;
 pub mod ports;
+pub mod reconcile;
 pub mod sale;
 pub mod state;
 

@@ -209,6 +209,14 @@ impl World {
                 .filter(|o| o.reservation.showtime() == *showtime)
                 .count();
             prop_assert!(ordered as u32 <= *capacity, "more orders than seats");
+            let report = block_on(self.sale.reconcile(*showtime, false))
+                .unwrap()
+                .unwrap();
+            prop_assert!(
+                report.is_clean(),
+                "reconciliation found {:?}",
+                report.discrepancies
+            );
         }
         for (id, order) in &orders {
             let r = all

@@ -102,12 +102,15 @@ pub trait SeatStore: Send + Sync + 'static {
     ) -> impl Future<Output = PortResult<TakeOutcome>> + Send;
 
     /// Load a showtime's stock unless it is already there: `capacity` seats of which
-    /// `sold` are already sold. Returns whether it loaded anything.
+    /// `sold` are already sold. `reload` says the store lost the showtime: its
+    /// reservation numbers then jump past any a lost copy may have handed out, so an id
+    /// still travelling in a queue can never name a new hold. Returns whether it loaded.
     fn load(
         &self,
         showtime: ShowtimeId,
         capacity: u32,
         sold: u32,
+        reload: bool,
     ) -> impl Future<Output = PortResult<bool>> + Send;
 
     /// `RESERVED -> PAID` for its owner, before the deadline only.
@@ -188,4 +191,46 @@ pub trait OrderBook: Send + Sync + 'static {
         &self,
         orders: &[OrderRequest],
     ) -> impl Future<Output = PortResult<Vec<OrderOutcome>>> + Send;
+}
+
+/// What the seat store knows of one showtime, for reconciliation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeatAudit {
+    pub counts: SeatCounts,
+    /// Holds still `RESERVED` (the deadline set).
+    pub live_holds: u32,
+    /// Reservations `PAID` whose order is not marked recorded yet.
+    pub unrecorded: Vec<ReservationId>,
+}
+
+/// What reconciliation needs from the seat store beyond the sale's own steps.
+pub trait SeatAuditor: Send + Sync + 'static {
+    fn audit(
+        &self,
+        showtime: ShowtimeId,
+    ) -> impl Future<Output = PortResult<Option<SeatAudit>>> + Send;
+
+    /// Rewrites a showtime's counts from the facts, atomically: `held` from the live
+    /// holds, `sold` from the `ordered` seats in the database plus the paid reservations
+    /// not among `recorded` (never less than the store already counts, so a race with a
+    /// payment can only under-sell, never oversell), `available` the rest.
+    fn rebuild(
+        &self,
+        showtime: ShowtimeId,
+        capacity: u32,
+        ordered: u32,
+        recorded: &[ReservationId],
+    ) -> impl Future<Output = PortResult<SeatCounts>> + Send;
+}
+
+/// What reconciliation needs from the database beyond the sale's own steps.
+pub trait OrderAudit: Send + Sync + 'static {
+    /// Every showtime the database knows.
+    fn showtime_ids(&self) -> impl Future<Output = PortResult<Vec<ShowtimeId>>> + Send;
+
+    /// Which of these reservations have an order.
+    fn recorded(
+        &self,
+        reservations: &[ReservationId],
+    ) -> impl Future<Output = PortResult<Vec<ReservationId>>> + Send;
 }

@@ -132,7 +132,7 @@ where
     pub async fn create_showtime(&self, new: NewShowtime) -> Result<Showtime, PortError> {
         let showtime = self.db.create_showtime(new).await?;
         self.seats
-            .load(showtime.id, showtime.capacity.get(), 0)
+            .load(showtime.id, showtime.capacity.get(), 0, false)
             .await?;
         Ok(showtime)
     }
@@ -220,7 +220,7 @@ where
 
     async fn load_from_catalog(&self, showtime: &Showtime) -> Result<(), PortError> {
         self.seats
-            .load(showtime.id, showtime.capacity.get(), showtime.ordered)
+            .load(showtime.id, showtime.capacity.get(), showtime.ordered, true)
             .await?;
         Ok(())
     }

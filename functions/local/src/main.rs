@@ -1,6 +1,50 @@
-//! `flash-sale`: every function in one local process (see the crate docs).
+//! `flash-sale`: every function in one local process (see the crate docs), and the
+//! operator's commands.
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flash-sale",
+    version,
+    about = "Sell a few seats to a crowd, all at once."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve every route on ADDR and run the queue consumers and the sweep (the default).
+    Serve,
+    /// Sweep, then compare Redis with PostgreSQL for every showtime and show the queues.
+    /// Exits 1 when a discrepancy is left unrepaired.
+    Reconcile {
+        /// Rebuild Redis's counts from the database and the live holds.
+        #[arg(long)]
+        repair: bool,
+        /// Only this showtime.
+        #[arg(long)]
+        showtime: Option<i64>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    flash_sale_local::process::run_from_env().await
+    match Cli::parse().command.unwrap_or(Command::Serve) {
+        Command::Serve => flash_sale_local::process::run_from_env().await,
+        Command::Reconcile {
+            repair,
+            showtime,
+            json,
+        } => {
+            let clean =
+                flash_sale_local::process::reconcile_from_env(showtime, repair, json).await?;
+            std::process::exit(if clean { 0 } else { 1 });
+        }
+    }
 }

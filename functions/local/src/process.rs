@@ -38,3 +38,54 @@ pub async fn shutdown_signal() {
     }
     tracing::info!("shutting down");
 }
+
+/// `flash-sale reconcile`: sweep, reconcile, print the report. Returns whether it is clean.
+pub async fn reconcile_from_env(
+    showtime: Option<i64>,
+    repair: bool,
+    json: bool,
+) -> anyhow::Result<bool> {
+    init_tracing();
+    let config = Config::from_env().context("bad configuration")?;
+    let app = App::connect(config).await?;
+    let only = showtime.map(flash_sale_core::ShowtimeId::new).transpose()?;
+    let report = reconcile::run(&app, only, repair, app.config.sweep_grace).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "sweep: {} overdue holds expired, {} unrecorded orders re-sent",
+            report.holds_expired_by_sweep, report.orders_resent_by_sweep
+        );
+        for s in &report.showtimes {
+            let seats = s
+                .redis
+                .as_ref()
+                .map_or("missing in Redis".to_string(), |r| {
+                    format!("available {} held {} sold {}", r.available, r.held, r.sold)
+                });
+            let verdict = if s.discrepancies.is_empty() {
+                "ok"
+            } else {
+                "DISCREPANCY"
+            };
+            println!(
+                "showtime {}: {verdict}: capacity {}, {seats}; {} orders in PostgreSQL, {} paid in flight, {} live holds",
+                s.showtime_id, s.capacity, s.orders_in_database, s.paid_in_flight, s.live_holds
+            );
+            for d in &s.discrepancies {
+                println!("  - {d}");
+            }
+            if let Some(r) = &s.repaired {
+                println!(
+                    "  repaired: available {} held {} sold {}",
+                    r.available, r.held, r.sold
+                );
+            }
+        }
+        for q in &report.queues {
+            println!("queue {}: {} ready", q.queue, q.ready);
+        }
+    }
+    Ok(report.is_clean())
+}

@@ -4,3 +4,4 @@
 mod contract;
 mod go_reference;
 mod lifecycle;
+mod recovery;

@@ -1,0 +1,36 @@
+//! The database's side of reconciliation: which showtimes exist, which reservations have
+//! an order.
+
+use flash_sale_core::ports::{OrderAudit, PortError, PortResult};
+use flash_sale_core::{ReservationId, ShowtimeId};
+
+use crate::Postgres;
+
+fn port_error(e: sqlx::Error) -> PortError {
+    PortError::transient("postgres", e.to_string())
+}
+
+impl OrderAudit for Postgres {
+    async fn showtime_ids(&self) -> PortResult<Vec<ShowtimeId>> {
+        let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM showtimes ORDER BY id")
+            .fetch_all(self.pool())
+            .await
+            .map_err(port_error)?;
+        Ok(ids
+            .into_iter()
+            .filter_map(|id| ShowtimeId::new(id).ok())
+            .collect())
+    }
+
+    async fn recorded(&self, reservations: &[ReservationId]) -> PortResult<Vec<ReservationId>> {
+        let ids: Vec<String> = reservations.iter().map(ToString::to_string).collect();
+        let found: Vec<String> = sqlx::query_scalar(
+            "SELECT reservation_id FROM orders WHERE reservation_id = ANY($1::text[])",
+        )
+        .bind(&ids)
+        .fetch_all(self.pool())
+        .await
+        .map_err(port_error)?;
+        Ok(found.into_iter().filter_map(|id| id.parse().ok()).collect())
+    }
+}

@@ -1,0 +1,199 @@
+//! Reconciliation: compares what Redis says of each showtime with the database's orders,
+//! reports every discrepancy, and on request rebuilds Redis from the facts. Safe to run
+//! at any time during a sale: the rebuild is one atomic script and never counts fewer
+//! paid seats than the store already does.
+
+use crate::ports::{Catalog, MessageBus, OrderAudit, OrderBook, PortError, SeatAuditor, SeatStore};
+use crate::{Sale, SeatCounts, ShowtimeId};
+
+/// One showtime's reconciliation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reconciliation {
+    pub showtime: ShowtimeId,
+    pub capacity: u32,
+    /// Orders in the database.
+    pub ordered: u32,
+    /// What the seat store said, if it had the showtime at all.
+    pub seats: Option<SeatCounts>,
+    pub live_holds: u32,
+    /// Paid reservations whose order is not in the database yet (in flight).
+    pub paid_unrecorded: u32,
+    pub discrepancies: Vec<String>,
+    /// The counts after a repair, when one was asked for and needed.
+    pub repaired: Option<SeatCounts>,
+}
+
+impl Reconciliation {
+    pub fn is_clean(&self) -> bool {
+        self.discrepancies.is_empty()
+    }
+}
+
+impl<S, B, D> Sale<S, B, D>
+where
+    S: SeatStore + SeatAuditor,
+    B: MessageBus,
+    D: Catalog + OrderBook + OrderAudit,
+{
+    /// Reconciles one showtime; `None` if the database does not know it.
+    pub async fn reconcile(
+        &self,
+        id: ShowtimeId,
+        repair: bool,
+    ) -> Result<Option<Reconciliation>, PortError> {
+        let Some(showtime) = self.db().showtime(id).await? else {
+            return Ok(None);
+        };
+        let capacity = showtime.capacity.get();
+        let audit = self.seats().audit(id).await?;
+        let recorded = match &audit {
+            Some(a) if !a.unrecorded.is_empty() => self.db().recorded(&a.unrecorded).await?,
+            _ => vec![],
+        };
+        let paid_unrecorded = audit.as_ref().map_or(0, |a| {
+            a.unrecorded
+                .iter()
+                .filter(|r| !recorded.contains(r))
+                .count() as u32
+        });
+        let mut discrepancies = vec![];
+        match &audit {
+            None => discrepancies.push("Redis has no stock for this showtime".to_string()),
+            Some(a) => {
+                let c = a.counts;
+                if !c.balanced() {
+                    discrepancies.push(format!(
+                        "available {} + held {} + sold {} != capacity {}",
+                        c.available, c.held, c.sold, c.capacity
+                    ));
+                }
+                if c.capacity != capacity {
+                    discrepancies.push(format!(
+                        "Redis capacity {} != database capacity {capacity}",
+                        c.capacity
+                    ));
+                }
+                if c.held != a.live_holds {
+                    discrepancies.push(format!(
+                        "Redis counts {} held seats but has {} live holds",
+                        c.held, a.live_holds
+                    ));
+                }
+                if c.sold != showtime.ordered + paid_unrecorded {
+                    discrepancies.push(format!(
+                        "Redis counts {} sold seats but the database has {} orders and {} paid orders are in flight",
+                        c.sold, showtime.ordered, paid_unrecorded
+                    ));
+                }
+            }
+        }
+        let repaired = if repair && !discrepancies.is_empty() {
+            Some(
+                self.seats()
+                    .rebuild(id, capacity, showtime.ordered, &recorded)
+                    .await?,
+            )
+        } else {
+            None
+        };
+        Ok(Some(Reconciliation {
+            showtime: id,
+            capacity,
+            ordered: showtime.ordered,
+            seats: audit.as_ref().map(|a| a.counts),
+            live_holds: audit.as_ref().map_or(0, |a| a.live_holds),
+            paid_unrecorded,
+            discrepancies,
+            repaired,
+        }))
+    }
+
+    /// Reconciles every showtime the database knows.
+    pub async fn reconcile_all(&self, repair: bool) -> Result<Vec<Reconciliation>, PortError> {
+        let mut all = vec![];
+        for id in self.db().showtime_ids().await? {
+            all.extend(self.reconcile(id, repair).await?);
+        }
+        Ok(all)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fakes::{FakeBus, FakeDb, FakeSeats};
+    use crate::{Capacity, NewShowtime, PaymentMode, SaleSettings, UserId};
+    use futures::executor::block_on;
+    use std::time::Duration;
+
+    fn sale() -> Sale<FakeSeats, FakeBus, FakeDb> {
+        Sale::new(
+            FakeSeats::default(),
+            FakeBus::default(),
+            FakeDb::default(),
+            SaleSettings {
+                hold: Duration::from_secs(60),
+                payment: PaymentMode::Manual,
+            },
+        )
+    }
+
+    #[test]
+    fn a_consistent_sale_reconciles_clean_mid_flight() {
+        let sale = sale();
+        let st = block_on(sale.create_showtime(NewShowtime {
+            capacity: Capacity::new(4).unwrap(),
+            title: None,
+            starts_at: None,
+        }))
+        .unwrap()
+        .id;
+        let user = |n| UserId::new(n).unwrap();
+        block_on(sale.reserve(user(1), st)).unwrap();
+        let paid = block_on(sale.reserve(user(2), st)).unwrap();
+        let ordered = block_on(sale.reserve(user(3), st)).unwrap();
+        block_on(sale.pay(paid.id, user(2))).unwrap();
+        let order = block_on(sale.pay(ordered.id, user(3))).unwrap().order;
+        block_on(sale.write_orders(&[order])).unwrap();
+
+        let r = block_on(sale.reconcile(st, true)).unwrap().unwrap();
+        assert!(r.is_clean(), "{r:?}");
+        assert_eq!((r.ordered, r.live_holds, r.paid_unrecorded), (1, 1, 1));
+        assert_eq!(r.repaired, None, "nothing to repair");
+    }
+
+    #[test]
+    fn lost_stock_is_reported_and_rebuilt_from_the_database() {
+        let sale = sale();
+        let st = block_on(sale.create_showtime(NewShowtime {
+            capacity: Capacity::new(3).unwrap(),
+            title: None,
+            starts_at: None,
+        }))
+        .unwrap()
+        .id;
+        let user = UserId::new(1).unwrap();
+        let r = block_on(sale.reserve(user, st)).unwrap();
+        let order = block_on(sale.pay(r.id, user)).unwrap().order;
+        block_on(sale.write_orders(&[order])).unwrap();
+        sale.seats().lose_everything();
+
+        let report = block_on(sale.reconcile(st, false)).unwrap().unwrap();
+        assert_eq!(
+            report.discrepancies,
+            vec!["Redis has no stock for this showtime"]
+        );
+        assert_eq!(report.repaired, None);
+
+        let report = block_on(sale.reconcile(st, true)).unwrap().unwrap();
+        let rebuilt = report.repaired.unwrap();
+        assert_eq!((rebuilt.available, rebuilt.held, rebuilt.sold), (2, 0, 1));
+        assert!(
+            block_on(sale.reconcile(st, false))
+                .unwrap()
+                .unwrap()
+                .is_clean()
+        );
+        assert_eq!(block_on(sale.reconcile_all(false)).unwrap().len(), 1);
+    }
+}

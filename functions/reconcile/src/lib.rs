@@ -1,0 +1,117 @@
+//! # reconcile
+//!
+//! The sale's audit, safe to run at any moment of a sale: first the sweep (holds past
+//! their deadline whose expiry never came are expired; paid orders that never reached the
+//! database are re-sent), then, per showtime, Redis's counts against PostgreSQL's orders
+//! and the live holds, with every discrepancy named, and the queues' in-flight and
+//! dead-lettered work. With `repair`, Redis is rebuilt from the facts.
+//!
+//! Runs as a scheduled Lambda function and as `flash-sale reconcile`.
+
+use std::time::Duration;
+
+use flash_sale_adapters::Queue;
+use flash_sale_core::reconcile::Reconciliation;
+use flash_sale_core::sale::SweepReport;
+use flash_sale_runtime::App;
+use serde::Serialize;
+
+#[derive(Debug, Serialize)]
+pub struct SeatsView {
+    pub capacity: u32,
+    pub available: u32,
+    pub held: u32,
+    pub sold: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ShowtimeReport {
+    pub showtime_id: i64,
+    pub capacity: u32,
+    pub orders_in_database: u32,
+    pub paid_in_flight: u32,
+    pub live_holds: u32,
+    pub redis: Option<SeatsView>,
+    pub discrepancies: Vec<String>,
+    pub repaired: Option<SeatsView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct QueueDepth {
+    pub queue: String,
+    pub ready: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub holds_expired_by_sweep: usize,
+    pub orders_resent_by_sweep: usize,
+    pub showtimes: Vec<ShowtimeReport>,
+    pub queues: Vec<QueueDepth>,
+}
+
+impl Report {
+    /// Whether every showtime reconciled without a discrepancy (or was repaired).
+    pub fn is_clean(&self) -> bool {
+        self.showtimes
+            .iter()
+            .all(|s| s.discrepancies.is_empty() || s.repaired.is_some())
+    }
+}
+
+fn view(c: flash_sale_core::SeatCounts) -> SeatsView {
+    SeatsView {
+        capacity: c.capacity,
+        available: c.available,
+        held: c.held,
+        sold: c.sold,
+    }
+}
+
+fn showtime_report(r: Reconciliation) -> ShowtimeReport {
+    ShowtimeReport {
+        showtime_id: r.showtime.get(),
+        capacity: r.capacity,
+        orders_in_database: r.ordered,
+        paid_in_flight: r.paid_unrecorded,
+        live_holds: r.live_holds,
+        redis: r.seats.map(view),
+        discrepancies: r.discrepancies,
+        repaired: r.repaired.map(view),
+    }
+}
+
+/// Sweeps (with `sweep_grace`), then reconciles `only` one showtime or all of them.
+pub async fn run(
+    app: &App,
+    only: Option<flash_sale_core::ShowtimeId>,
+    repair: bool,
+    sweep_grace: Duration,
+) -> Result<Report, flash_sale_core::PortError> {
+    let SweepReport {
+        holds_expired,
+        orders_resent,
+    } = app.sale.sweep(sweep_grace).await?;
+    let reconciled = match only {
+        Some(id) => app.sale.reconcile(id, repair).await?.into_iter().collect(),
+        None => app.sale.reconcile_all(repair).await?,
+    };
+    let bus = app.sale.bus();
+    let topology = bus.topology();
+    let mut queues = vec![];
+    let mut names = vec![topology.delay_queue()];
+    for q in Queue::ALL {
+        names.push(topology.queue(q));
+        names.push(topology.dead_letter_queue(q));
+    }
+    for queue in names {
+        let ready = bus.ready_count(&queue).await?;
+        queues.push(QueueDepth { queue, ready });
+    }
+    Ok(Report {
+        holds_expired_by_sweep: holds_expired,
+        orders_resent_by_sweep: orders_resent,
+        showtimes: reconciled.into_iter().map(showtime_report).collect(),
+        queues,
+    })
+}

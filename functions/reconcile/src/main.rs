@@ -1,0 +1,23 @@
+//! The `reconcile` Lambda function, on a schedule: sweep, then reconcile every showtime.
+//! `RECONCILE_REPAIR=true` lets it rebuild Redis from the database (default: report only).
+
+use flash_sale_runtime::{App, init_tracing};
+use lambda_runtime::{LambdaEvent, run, service_fn};
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    init_tracing();
+    let app = App::from_env().await?;
+    let repair = std::env::var("RECONCILE_REPAIR").is_ok_and(|v| v == "true" || v == "1");
+    run(service_fn(|_: LambdaEvent<serde_json::Value>| {
+        let app = app.clone();
+        async move {
+            let report = reconcile::run(&app, None, repair, app.config.sweep_grace).await?;
+            if !report.is_clean() {
+                tracing::error!(?report, "reconciliation found discrepancies");
+            }
+            Ok::<_, lambda_runtime::Error>(serde_json::to_value(&report)?)
+        }
+    }))
+    .await
+}

@@ -1,0 +1,48 @@
+-- rebuild.lua: rewrite a showtime's seat counts from the facts (reconcile --repair).
+--
+-- KEYS[1] seats       HASH  capacity, available, held, sold
+-- KEYS[2] deadlines   ZSET  live RESERVED holds
+-- KEYS[3] unrecorded  ZSET  PAID reservations whose order is not marked recorded
+-- KEYS[4] seq         STRING the reservation sequence: when the seats were missing
+--                     (Redis lost them), it jumps to the time in microseconds, as in
+--                     load.lua, so no old reservation id is ever handed out again
+-- ARGV[1] capacity (from PostgreSQL)
+-- ARGV[2] orders recorded in PostgreSQL
+-- ARGV[3..] sequences in `unrecorded` whose order PostgreSQL already has (not counted
+--           twice)
+--
+-- held = live holds; sold = max(sold counted now, orders + paid not yet recorded), so a
+-- payment racing the rebuild can only make it under-sell, never oversell;
+-- available = capacity - held - sold, floored at 0.
+-- Returns {available, held, sold, missing}: missing > 0 means held + sold exceed the
+-- capacity by that many (an oversell in Redis the database will refuse).
+
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  local t = redis.call('TIME')
+  local floor = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local seq = tonumber(redis.call('GET', KEYS[4]) or '0')
+  if seq < floor then
+    redis.call('SET', KEYS[4], string.format('%.0f', floor))
+  end
+end
+local held = redis.call('ZCARD', KEYS[2])
+local pending = redis.call('ZCARD', KEYS[3])
+for i = 3, #ARGV do
+  if redis.call('ZSCORE', KEYS[3], ARGV[i]) then
+    pending = pending - 1
+  end
+end
+local capacity = tonumber(ARGV[1])
+local sold = tonumber(ARGV[2]) + pending
+local current = tonumber(redis.call('HGET', KEYS[1], 'sold') or '0')
+if current > sold then
+  sold = current
+end
+local available = capacity - held - sold
+local missing = 0
+if available < 0 then
+  missing = -available
+  available = 0
+end
+redis.call('HSET', KEYS[1], 'capacity', capacity, 'available', available, 'held', held, 'sold', sold)
+return {available, held, sold, missing}
