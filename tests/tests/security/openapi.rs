@@ -160,6 +160,7 @@ fn schemathesis() -> Option<PathBuf> {
         return Some(found);
     }
     let target = root().join("target");
+    std::fs::create_dir_all(&target).ok()?;
     // Entered through its python with `-m schemathesis.cli`: a venv's scripts name
     // their interpreter by absolute path, and this one is built aside and renamed into
     // place, so two test runs never share a half-made environment.
@@ -213,6 +214,7 @@ async fn schemathesis_finds_no_answer_that_breaks_the_spec() {
     showtime(&app, json!({"capacity": 50})).await;
     let examples = std::env::var("SCHEMATHESIS_EXAMPLES").unwrap_or_else(|_| "25".into());
     let seed = std::env::var("SCHEMATHESIS_SEED").unwrap_or_else(|_| "20261201".into());
+    std::fs::create_dir_all(root().join("target")).unwrap();
     let mut command = tokio::process::Command::new(&st);
     if st.ends_with("python") {
         command.args(["-m", "schemathesis.cli"]);
