@@ -26,8 +26,9 @@ use std::time::Duration;
 use flash_sale_core::ports::{MessageBus, PortError, PortResult};
 use flash_sale_core::{ExpireHold, OrderRequest, PaymentRequest};
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{
@@ -298,6 +299,34 @@ impl Broker {
                 .map_err(|e| port_error(&format!("deleting {x}"), e))?;
         }
         Ok(())
+    }
+
+    /// Moves up to `limit` messages from `queue`'s dead-letter queue back to the work
+    /// exchange, for after the cause was fixed. Each is re-published (confirmed) before
+    /// it is removed from the dead-letter queue, so a crash in between duplicates a
+    /// message (harmless: every handler is idempotent) and never loses one.
+    pub async fn replay_dead_letters(&self, queue: Queue, limit: usize) -> PortResult<usize> {
+        let ch = self.channel().await?;
+        let dlq = self.topology.dead_letter_queue(queue);
+        let mut moved = 0;
+        while moved < limit {
+            let Some(message) = ch
+                .basic_get(dlq.as_str().into(), BasicGetOptions::default())
+                .await
+                .map_err(|e| port_error(&format!("reading {dlq}"), e))?
+            else {
+                break;
+            };
+            let delivery = message.delivery;
+            self.publish(&[(queue.key(), delivery.data.clone())])
+                .await?;
+            delivery
+                .ack(BasicAckOptions::default())
+                .await
+                .map_err(|e| port_error(&format!("removing a replayed message from {dlq}"), e))?;
+            moved += 1;
+        }
+        Ok(moved)
     }
 
     /// Opens a consumer on `queue` on its own channel, with at most `prefetch`

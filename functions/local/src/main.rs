@@ -1,7 +1,8 @@
 //! `flash-sale`: every function in one local process (see the crate docs), and the
 //! operator's commands.
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use flash_sale_adapters::Queue;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -31,6 +32,32 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Move dead-lettered messages back to their work queue, once their cause is fixed.
+    Replay {
+        /// Which queue's dead letters.
+        #[arg(long, value_enum)]
+        queue: DeadLetters,
+        /// At most this many messages.
+        #[arg(long, default_value_t = 10_000)]
+        limit: usize,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DeadLetters {
+    Orders,
+    Expiries,
+    Payments,
+}
+
+impl From<DeadLetters> for Queue {
+    fn from(d: DeadLetters) -> Self {
+        match d {
+            DeadLetters::Orders => Queue::Orders,
+            DeadLetters::Expiries => Queue::HoldsExpired,
+            DeadLetters::Payments => Queue::Payments,
+        }
+    }
 }
 
 #[tokio::main]
@@ -45,6 +72,11 @@ async fn main() -> anyhow::Result<()> {
             let clean =
                 flash_sale_local::process::reconcile_from_env(showtime, repair, json).await?;
             std::process::exit(if clean { 0 } else { 1 });
+        }
+        Command::Replay { queue, limit } => {
+            let moved = flash_sale_local::process::replay_from_env(queue.into(), limit).await?;
+            println!("{moved} messages moved back to their work queue");
+            Ok(())
         }
     }
 }

@@ -89,3 +89,14 @@ pub async fn reconcile_from_env(
     }
     Ok(report.is_clean())
 }
+
+/// `flash-sale replay`: moves up to `limit` dead letters of `queue` back to work.
+pub async fn replay_from_env(
+    queue: flash_sale_adapters::Queue,
+    limit: usize,
+) -> anyhow::Result<usize> {
+    init_tracing();
+    let config = Config::from_env().context("bad configuration")?;
+    let app = App::connect(config).await?;
+    Ok(app.sale.bus().replay_dead_letters(queue, limit).await?)
+}

@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use flash_sale_core::ports::MessageBus;
 use flash_sale_tests::{Options, TestApp, eventually};
 use futures::StreamExt;
 use reqwest::StatusCode;
@@ -125,5 +126,44 @@ async fn losing_redis_mid_sale_is_rebuilt_from_the_database_and_never_oversells(
         .await
         .unwrap();
     assert!(after.is_clean(), "{after:?}");
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_dead_lettered_order_is_replayed_once_its_cause_is_fixed() {
+    let app = TestApp::spawn(Options::default()).await;
+    let first = app.create_showtime(1).await;
+    // An order for a showtime the database does not have yet: refused, dead-lettered.
+    let order = flash_sale_core::OrderRequest {
+        reservation: format!("{}-1", first + 1).parse().unwrap(),
+        user: flash_sale_core::UserId::new(5).unwrap(),
+        paid_at: flash_sale_core::UnixMillis(1_764_000_000_000),
+    };
+    let bus = app.app.sale.bus();
+    bus.publish_orders(&[order]).await.unwrap();
+    let dlq = bus
+        .topology()
+        .dead_letter_queue(flash_sale_adapters::Queue::Orders);
+    eventually(
+        Duration::from_secs(30),
+        "the refused order in the dead-letter queue",
+        || async { (bus.ready_count(&dlq).await.unwrap() == 1).then_some(()) },
+    )
+    .await;
+
+    // The cause is fixed (the showtime now exists); replay moves it back and it lands.
+    let second = app.create_showtime(1).await;
+    assert_eq!(second, first + 1);
+    assert_eq!(
+        bus.replay_dead_letters(flash_sale_adapters::Queue::Orders, 100)
+            .await
+            .unwrap(),
+        1
+    );
+    eventually(Duration::from_secs(30), "the replayed order", || async {
+        (app.orders(second).await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(bus.ready_count(&dlq).await.unwrap(), 0);
     app.finish().await;
 }
