@@ -323,6 +323,17 @@ impl TestApp {
         r["status"].as_str().unwrap().to_string()
     }
 
+    /// Waits until `queue` has no ready message left (consumed, not necessarily acked).
+    pub async fn until_drained(&self, queue: flash_sale_adapters::Queue) {
+        let name = self.app.sale.bus().topology().queue(queue);
+        eventually(
+            Duration::from_secs(30),
+            &format!("{name} to drain"),
+            || async { (self.app.sale.bus().ready_count(&name).await.unwrap() == 0).then_some(()) },
+        )
+        .await;
+    }
+
     pub async fn orders(&self, showtime: i64) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM orders WHERE showtime_id = $1")
             .bind(showtime)
@@ -369,18 +380,42 @@ pub async fn cleanup(app: &App, iso: &Isolation) -> anyhow::Result<()> {
             .await?;
     }
     app.sale.db().pool().close().await;
+    drop_database(&iso.database).await
+}
+
+/// Drops a test database, whoever is still connected to it.
+pub async fn drop_database(name: &str) -> anyhow::Result<()> {
     let admin = PgPool::connect(&format!(
         "{}/postgres",
         server_url("DATABASE_SERVER_URL", "postgres://postgres@127.0.0.1:5432")
     ))
     .await?;
-    sqlx::query(&format!(
-        "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-        iso.database
-    ))
-    .execute(&admin)
-    .await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .execute(&admin)
+        .await?;
     Ok(())
+}
+
+/// Keeps POSTing `body` to `url` until an answer other than a dropped connection or a
+/// 503 comes back, as a buyer pressing "buy" again would (for tests that kill or
+/// restart what serves them).
+pub async fn definite(http: &reqwest::Client, url: &str, body: &Value) -> (StatusCode, Value) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Ok(res) = http.post(url).json(body).send().await {
+            let status = res.status();
+            if let Ok(answer) = res.json::<Value>().await
+                && status != StatusCode::SERVICE_UNAVAILABLE
+            {
+                return (status, answer);
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no definite answer from {url}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, or panics with `what` after

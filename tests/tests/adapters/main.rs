@@ -47,16 +47,9 @@ async fn database(iso: &Isolation) -> Postgres {
 
 async fn drop_database(db: Postgres, iso: &Isolation) {
     db.pool().close().await;
-    let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres")
+    flash_sale_tests::drop_database(&iso.database)
         .await
         .unwrap();
-    sqlx::query(&format!(
-        "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-        iso.database
-    ))
-    .execute(&admin)
-    .await
-    .unwrap();
 }
 
 fn showtime(n: i64) -> ShowtimeId {

@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::process::Stdio;
 use std::time::Duration;
 
-use flash_sale_tests::{Isolation, Options, eventually};
+use flash_sale_tests::{Isolation, Options, definite, eventually};
 use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -56,26 +56,6 @@ impl Server {
     }
 }
 
-/// Sends until an answer other than a dropped connection or a 503 comes back.
-async fn definite(http: &reqwest::Client, url: &str, body: Value) -> (StatusCode, Value) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(res) = http.post(url).json(&body).send().await {
-            let status = res.status();
-            if let Ok(answer) = res.json::<Value>().await
-                && status != StatusCode::SERVICE_UNAVAILABLE
-            {
-                return (status, answer);
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no answer from {url}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -122,7 +102,7 @@ async fn killing_the_server_mid_sale_loses_and_oversells_nothing() {
                         let reserved = definite(
                             &http,
                             &format!("{base}/reserve"),
-                            json!({"user_id": user, "showtime_id": showtime}),
+                            &json!({"user_id": user, "showtime_id": showtime}),
                         )
                         .await;
                         let paid = match (&reserved, user % 2) {
@@ -131,7 +111,7 @@ async fn killing_the_server_mid_sale_loses_and_oversells_nothing() {
                                 let (status, body) = definite(
                                     &http,
                                     &format!("{base}/reservations/{id}/pay"),
-                                    json!({"user_id": user}),
+                                    &json!({"user_id": user}),
                                 )
                                 .await;
                                 // A retried payment that had gone through answers already_paid.

@@ -168,18 +168,8 @@ async fn a_crash_after_the_expiry_before_the_ack_returns_the_seat_once() {
         })
         .await;
         // The redelivered expiry finds it EXPIRED and changes nothing.
-        let queue = app
-            .app
-            .sale
-            .bus()
-            .topology()
-            .queue(flash_sale_adapters::Queue::HoldsExpired);
-        eventually(
-            Duration::from_secs(30),
-            "the redelivery to be consumed",
-            || async { (app.app.sale.bus().ready_count(&queue).await.unwrap() == 0).then_some(()) },
-        )
-        .await;
+        app.until_drained(flash_sale_adapters::Queue::HoldsExpired)
+            .await;
         settles_to(&app, showtime, (2, 0, 0)).await;
     }
     app.finish().await;

@@ -254,14 +254,7 @@ async fn a_service_that_is_down_is_named_at_start_up() {
         "{err:#}"
     );
     // Nothing was created in the meantime but (possibly) the empty database.
-    let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres")
+    flash_sale_tests::drop_database(&iso.database)
         .await
         .unwrap();
-    sqlx::query(&format!(
-        "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-        iso.database
-    ))
-    .execute(&admin)
-    .await
-    .unwrap();
 }

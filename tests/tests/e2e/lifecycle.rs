@@ -98,27 +98,8 @@ async fn a_paid_reservations_expiry_changes_nothing() {
         },
     )
     .await;
-    let expired_queue = app
-        .app
-        .sale
-        .bus()
-        .topology()
-        .queue(flash_sale_adapters::Queue::HoldsExpired);
-    eventually(
-        Duration::from_secs(30),
-        "the expiry to be consumed",
-        || async {
-            (app.app
-                .sale
-                .bus()
-                .ready_count(&expired_queue)
-                .await
-                .unwrap()
-                == 0)
-                .then_some(())
-        },
-    )
-    .await;
+    app.until_drained(flash_sale_adapters::Queue::HoldsExpired)
+        .await;
 
     assert_eq!(app.status_of(&id).await, "ORDERED");
     assert_eq!(app.seats(showtime).await, (1, 0, 1));

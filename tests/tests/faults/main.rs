@@ -48,24 +48,8 @@ fn restart_postgres() {
     );
 }
 
-/// Keeps sending until an answer other than a dropped connection or a 503 comes back.
 async fn definite(app: &TestApp, path: &str, body: Value) -> (StatusCode, Value) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        if let Ok(res) = app.http.post(app.url(path)).json(&body).send().await {
-            let status = res.status();
-            if let Ok(answer) = res.json::<Value>().await
-                && status != StatusCode::SERVICE_UNAVAILABLE
-            {
-                return (status, answer);
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no definite answer from {path}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    flash_sale_tests::definite(&app.http, &app.url(path), &body).await
 }
 
 async fn settled(app: &TestApp, showtime: i64) -> (i64, i64) {
