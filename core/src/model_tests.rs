@@ -87,6 +87,7 @@ impl World {
             SaleSettings {
                 hold: HOLD,
                 payment: PaymentMode::Manual,
+                sold_out_cache: Duration::from_secs(3600),
             },
         );
         let mut capacities = HashMap::new();

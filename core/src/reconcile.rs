@@ -134,6 +134,7 @@ mod tests {
             SaleSettings {
                 hold: Duration::from_secs(60),
                 payment: PaymentMode::Manual,
+                sold_out_cache: Duration::ZERO,
             },
         )
     }

@@ -1,7 +1,9 @@
 //! The use cases. [`Sale`] is generic over its ports, so the same rules run on Redis,
 //! RabbitMQ and PostgreSQL in production and on plain memory in the unit tests.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use crate::messages::{ExpireHold, OrderRequest, PaymentRequest};
 use crate::ports::{
@@ -40,6 +42,45 @@ pub struct SaleSettings {
     /// How long an unpaid hold keeps its seat.
     pub hold: Duration,
     pub payment: PaymentMode,
+    /// How long this process remembers that a showtime was sold out, answering the
+    /// crowd's further attempts without a Redis round trip. Forgotten at once when this
+    /// process gives a seat of that showtime back; a seat another process gives back is
+    /// seen at most this late. Zero turns it off.
+    pub sold_out_cache: Duration,
+}
+
+/// Showtimes this process found sold out, until when it may keep saying so.
+#[derive(Debug, Default)]
+struct SoldOutFlags {
+    until: RwLock<HashMap<ShowtimeId, Instant>>,
+}
+
+impl SoldOutFlags {
+    fn is_sold_out(&self, showtime: ShowtimeId) -> bool {
+        let until = self.until.read().unwrap_or_else(|e| e.into_inner());
+        until.get(&showtime).is_some_and(|t| Instant::now() < *t)
+    }
+
+    fn sold_out(&self, showtime: ShowtimeId, for_: Duration) {
+        if !for_.is_zero() {
+            let mut until = self.until.write().unwrap_or_else(|e| e.into_inner());
+            until.insert(showtime, Instant::now() + for_);
+        }
+    }
+
+    fn seat_returned(&self, showtime: ShowtimeId) {
+        if self
+            .until
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&showtime)
+        {
+            self.until
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&showtime);
+        }
+    }
 }
 
 /// Why a reservation was not made.
@@ -95,6 +136,7 @@ pub struct Sale<S, B, D> {
     bus: B,
     db: D,
     settings: SaleSettings,
+    sold_out: Arc<SoldOutFlags>,
 }
 
 impl<S, B, D> Sale<S, B, D>
@@ -109,6 +151,7 @@ where
             bus,
             db,
             settings,
+            sold_out: Arc::default(),
         }
     }
 
@@ -167,6 +210,9 @@ where
         user: UserId,
         showtime: ShowtimeId,
     ) -> Result<Reservation, ReserveError> {
+        if self.sold_out.is_sold_out(showtime) {
+            return Err(ReserveError::SoldOut);
+        }
         let reservation = match self.take(user, showtime).await? {
             TakeOutcome::UnknownShowtime => {
                 let Some(known) = self.db.showtime(showtime).await? else {
@@ -181,10 +227,10 @@ where
                         )
                         .into());
                     }
-                    other => Self::reserved(other)?,
+                    other => self.reserved(showtime, other)?,
                 }
             }
-            other => Self::reserved(other)?,
+            other => self.reserved(showtime, other)?,
         };
         crash_point!("reserve.after_take");
 
@@ -198,7 +244,9 @@ where
         if let Err(publish) = self.bus.publish_hold(expiry, payment).await {
             // Give the seat back now. Should this fail too, the hold's deadline is in the
             // seat store and the sweep will return it.
-            let _ = self.seats.expire(reservation.id).await;
+            if self.seats.expire(reservation.id).await.is_ok() {
+                self.sold_out.seat_returned(showtime);
+            }
             return Err(publish.into());
         }
         crash_point!("reserve.after_publish");
@@ -209,10 +257,18 @@ where
         self.seats.take(showtime, user, self.settings.hold).await
     }
 
-    fn reserved(outcome: TakeOutcome) -> Result<Reservation, ReserveError> {
+    fn reserved(
+        &self,
+        showtime: ShowtimeId,
+        outcome: TakeOutcome,
+    ) -> Result<Reservation, ReserveError> {
         match outcome {
             TakeOutcome::Reserved(r) => Ok(r),
-            TakeOutcome::SoldOut => Err(ReserveError::SoldOut),
+            TakeOutcome::SoldOut => {
+                self.sold_out
+                    .sold_out(showtime, self.settings.sold_out_cache);
+                Err(ReserveError::SoldOut)
+            }
             TakeOutcome::AlreadyHolds(id) => Err(ReserveError::AlreadyHolds(id)),
             TakeOutcome::UnknownShowtime => unreachable!("handled by the caller"),
         }
@@ -232,7 +288,10 @@ where
             PayOutcome::NotFound => return Err(PayError::NotFound),
             PayOutcome::NotOwner => return Err(PayError::NotOwner),
             PayOutcome::AlreadyPaid(status) => return Err(PayError::AlreadyPaid(status)),
-            PayOutcome::Expired => return Err(PayError::Expired),
+            PayOutcome::Expired => {
+                self.sold_out.seat_returned(id.showtime());
+                return Err(PayError::Expired);
+            }
         };
         crash_point!("pay.after_pay");
         let order = OrderRequest {
@@ -264,6 +323,9 @@ where
     /// alone.
     pub async fn expire(&self, message: ExpireHold) -> Result<ExpireOutcome, PortError> {
         let outcome = self.seats.expire(message.reservation).await?;
+        if outcome == ExpireOutcome::SeatReturned {
+            self.sold_out.seat_returned(message.reservation.showtime());
+        }
         crash_point!("expire.after_expire");
         Ok(outcome)
     }
@@ -301,6 +363,7 @@ where
         let mut report = SweepReport::default();
         for id in self.seats.overdue_holds(grace).await? {
             if self.seats.expire(id).await? == ExpireOutcome::SeatReturned {
+                self.sold_out.seat_returned(id.showtime());
                 report.holds_expired += 1;
             }
         }
@@ -331,6 +394,7 @@ mod tests {
             SaleSettings {
                 hold: HOLD,
                 payment,
+                sold_out_cache: Duration::ZERO,
             },
         )
     }
@@ -392,6 +456,43 @@ mod tests {
             block_on(sale.reserve(user(2), st)),
             Err(ReserveError::SoldOut)
         ));
+    }
+
+    #[test]
+    fn a_sold_out_showtime_is_answered_from_memory_until_this_process_returns_a_seat() {
+        let mut sale = sale(PaymentMode::Manual);
+        sale.settings.sold_out_cache = Duration::from_secs(3600);
+        let st = showtime(&sale, 1);
+        let first = block_on(sale.reserve(user(1), st)).unwrap();
+        assert!(matches!(
+            block_on(sale.reserve(user(2), st)),
+            Err(ReserveError::SoldOut)
+        ));
+        // A seat this process returns clears the memory at once.
+        let msg = ExpireHold {
+            reservation: first.id,
+        };
+        assert_eq!(
+            block_on(sale.expire(msg)).unwrap(),
+            ExpireOutcome::SeatReturned
+        );
+        let second = block_on(sale.reserve(user(2), st)).expect("the returned seat is on sale");
+        assert!(matches!(
+            block_on(sale.reserve(user(3), st)),
+            Err(ReserveError::SoldOut)
+        ));
+        // Another process returns a seat behind this one's back: this process keeps
+        // answering from memory (for at most `sold_out_cache`), without the store.
+        block_on(sale.seats().expire(second.id)).unwrap();
+        assert!(matches!(
+            block_on(sale.reserve(user(3), st)),
+            Err(ReserveError::SoldOut)
+        ));
+        assert_eq!(
+            counts(&sale, st).available,
+            1,
+            "memory, not the store, said sold out"
+        );
     }
 
     #[test]

@@ -41,6 +41,7 @@ impl App {
         let settings = SaleSettings {
             hold: config.hold,
             payment: config.payment_mode,
+            sold_out_cache: config.sold_out_cache,
         };
         Ok(Self {
             sale: Arc::new(Sale::new(seats, bus, db, settings)),

@@ -29,6 +29,9 @@ pub struct Config {
     /// How long past its deadline a hold (or past its payment an order) may wait for
     /// its message before the sweep steps in (`SWEEP_GRACE_SECS`, default 30).
     pub sweep_grace: Duration,
+    /// How long a process answers "sold out" from memory after Redis said so
+    /// (`SOLD_OUT_CACHE_MS`, default 100; 0 turns it off).
+    pub sold_out_cache: Duration,
     /// Who a caller is: `AUTH_MODE` and the `JWT_*` variables (see [`AuthConfig`]).
     pub auth: AuthConfig,
     /// Rate limits and the bound on in-flight requests (see [`LimitsConfig`]).
@@ -230,6 +233,13 @@ impl Config {
             delivery_limit,
             sweep_interval: secs(get("SWEEP_INTERVAL_SECS", "5"), 1)?,
             sweep_grace: secs(get("SWEEP_GRACE_SECS", "30"), 0)?,
+            sold_out_cache: {
+                let var = get("SOLD_OUT_CACHE_MS", "100");
+                match var.0.trim().parse::<u64>() {
+                    Ok(ms) if ms <= 60_000 => Duration::from_millis(ms),
+                    _ => return Err(bad(var, "expected milliseconds between 0 and 60000")),
+                }
+            },
             auth,
             limits,
         })
