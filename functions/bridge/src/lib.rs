@@ -235,8 +235,9 @@ pub fn event_for(queue: &str, deliveries: &[Delivery]) -> RabbitMqEvent {
     event
 }
 
-/// Runs the bridge until `shutdown` completes: declares the topology (idempotently, as
-/// the functions do), then feeds every route. On shutdown each consumer's channel is
+/// Runs the bridge until `shutdown` completes: connects (retrying while RabbitMQ is
+/// down), declares the topology (idempotently, as the functions do), then feeds every
+/// route. On shutdown each consumer's channel is
 /// closed, so the broker requeues whatever was not acknowledged.
 pub async fn run(
     config: Config,
@@ -248,10 +249,22 @@ pub async fn run(
         hold: config.hold,
         delivery_limit: config.delivery_limit,
     };
-    let broker = Broker::connect(&config.amqp_url, topology)
-        .await
-        .context("RabbitMQ (AMQP_URL) is not reachable")?;
-    let broker = Arc::new(broker);
+    tokio::pin!(shutdown);
+    // Like an event source mapping, wait for the broker rather than give up on it.
+    let mut pause = Duration::from_millis(100);
+    let broker = loop {
+        match Broker::connect(&config.amqp_url, topology.clone()).await {
+            Ok(broker) => break Arc::new(broker),
+            Err(e) => {
+                tracing::warn!("RabbitMQ (AMQP_URL) is not reachable: {e}; retrying in {pause:?}")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = &mut shutdown => return Ok(()),
+        }
+        pause = (pause * 2).min(Duration::from_secs(5));
+    };
     let client = reqwest::Client::builder()
         .timeout(bridge.invoke_timeout)
         .build()
