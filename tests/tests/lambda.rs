@@ -639,6 +639,17 @@ async fn queue_functions_take_rabbitmq_events_through_cargo_lambda_invoke() {
             .await
             .unwrap();
         assert_eq!(orders, 1);
+
+        // reconcile, on its schedule: the scheduled event of its example.
+        let scheduled: Value = serde_json::from_str(
+            &std::fs::read_to_string(root().join("functions/reconcile/events/scheduled.json"))
+                .unwrap(),
+        )
+        .unwrap();
+        w.cargo_lambda_invoke("reconcile", &scheduled, &iso.prefix)
+            .await
+            .unwrap_or_else(|e| panic!("reconcile failed: {e}\n{}", w.process.tail()));
+        assert_eq!(order_count(&app, &paid).await, 1);
     })
     .await;
     drop(w);
@@ -785,10 +796,12 @@ async fn cold_starts_under_watch() {
                 .0
             }
             f => {
-                let event = if f == "expire" {
-                    expire_event
-                } else {
-                    orders_event
+                let scheduled =
+                    json!({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}});
+                let event = match f {
+                    "expire" => expire_event,
+                    "write-order" => orders_event,
+                    _ => &scheduled,
                 };
                 let url = w.url(&format!("/2015-03-31/functions/{f}/invocations"));
                 w.http.post(url).json(event).send().await.unwrap().status()
@@ -800,7 +813,14 @@ async fn cold_starts_under_watch() {
             w.process.tail()
         );
     }
-    let functions = ["reserve", "pay", "showtimes", "expire", "write-order"];
+    let functions = [
+        "reserve",
+        "pay",
+        "showtimes",
+        "expire",
+        "write-order",
+        "reconcile",
+    ];
     bounded("the cold-start measurement", async {
         let w = Watch::start_with(&iso, &opts, &["--only-lambda-apis"]).await;
         let mut rows = vec![];
