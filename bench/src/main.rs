@@ -67,6 +67,8 @@ enum Cmd {
     Smoke(RunArgs),
     /// Several scenarios one after the other, and a summary table.
     Suite(SuiteArgs),
+    /// Removes what an interrupted run left: its database, Redis keys and queues.
+    Clean(CleanArgs),
     /// The HTTP-ceiling stub server (started by the bench itself).
     #[command(hide = true)]
     StubServer {
@@ -170,6 +172,27 @@ struct RunArgs {
     keep: bool,
 }
 
+#[derive(Args, Clone, Debug)]
+struct CleanArgs {
+    /// The run id printed at the start of the run (`run 1a2b3c4d`).
+    #[arg(long = "run-id", required = true)]
+    run_ids: Vec<String>,
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/flash_sale"
+    )]
+    database_url: String,
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    amqp_url: String,
+}
+
 /// The run's arguments with their per-scenario defaults filled in.
 struct Resolved {
     args: RunArgs,
@@ -211,7 +234,9 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         tokio::select! {
             r = dispatch(cli.cmd) => r,
-            _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+            _ = tokio::signal::ctrl_c() => bail!(
+                "interrupted; remove what the run left with `flash-sale-bench clean --run-id <the run id printed above>`"
+            ),
         }
     });
     match result {
@@ -234,6 +259,25 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<bool> {
             return Ok(true);
         }
         Cmd::Suite(s) => return suite(s).await,
+        Cmd::Clean(c) => {
+            for id in &c.run_ids {
+                let prefix = format!("bench{id}");
+                procs::drop_database(&c.database_url, &format!("bench_{id}")).await?;
+                let mut keys = 0;
+                for p in [
+                    prefix.clone(),
+                    format!("{prefix}ceil"),
+                    format!("{prefix}rb"),
+                ] {
+                    keys += procs::delete_redis_keys(&c.redis_url, &p).await?;
+                }
+                let queues = procs::delete_queues(&c.amqp_url, &prefix, 900).await?;
+                eprintln!(
+                    "run {id}: dropped database bench_{id}, {keys} Redis keys, {queues} queues"
+                );
+            }
+            return Ok(true);
+        }
         Cmd::Seed7000(a) => (Scenario::Seed7000, a),
         Cmd::SeedIdempotent(a) => (Scenario::SeedIdempotent, a),
         Cmd::SeedMulti(a) => (Scenario::SeedMulti, a),
