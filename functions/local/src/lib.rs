@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::Request;
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use flash_sale_core::PaymentMode;
@@ -25,6 +26,7 @@ use flash_sale_runtime::auth::Guard;
 use flash_sale_runtime::http::{ApiError, no_such_route};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+use tower_http::catch_panic::CatchPanicLayer;
 
 /// Largest request body accepted; anything bigger is a 413.
 pub const BODY_LIMIT_BYTES: usize = flash_sale_runtime::http::BODY_LIMIT_BYTES;
@@ -40,10 +42,40 @@ pub fn router(app: App) -> Router {
         .merge(showtimes::routes(app.clone(), &guard))
         .merge(reserve::routes(app.clone(), &guard))
         .merge(pay::routes(app, &guard))
-        .fallback(no_such_route);
+        .fallback(no_such_route)
+        .method_not_allowed_fallback(method_not_allowed);
     guard
         .protect(routes)
         .layer(middleware::from_fn(answer_in_time))
+        .layer(CatchPanicLayer::custom(answer_a_panic))
+}
+
+/// 405 in the shared JSON shape.
+async fn method_not_allowed() -> Response {
+    json_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
+}
+
+/// A handler that panicked answers 500 in the shared JSON shape (the connection and the
+/// process carry on); whatever it had done is covered like a crash at that point.
+fn answer_a_panic(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    json_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal error, please retry",
+    )
+}
+
+fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        axum::Json(serde_json::json!({"error": code, "message": message})),
+    )
+        .into_response()
 }
 
 /// 408 in the shared JSON shape for a request over [`REQUEST_TIMEOUT`].
@@ -74,7 +106,9 @@ pub async fn serve(
     background.spawn(consumers::sweep(app.clone()));
 
     tracing::info!(addr = %listener.local_addr()?, payment = ?app.config.payment_mode, "flash-sale is serving");
-    axum::serve(listener, router(app))
+    // The peer address feeds the per-address rate limit.
+    let service = router(app).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(shutdown)
         .await?;
     background.shutdown().await;
