@@ -209,6 +209,10 @@ impl Drop for ProcessTree {
         let left: Vec<u32> = tree.iter().copied().filter(|p| alive(*p)).collect();
         signal("KILL", &left);
         let _ = child.wait();
+        // Keep the log of a failed test for a person to read.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }
 
