@@ -691,6 +691,15 @@ async fn the_whole_flow_runs_under_watch_with_the_bridge() {
     let bridge = start_bridge(&iso, &opts, &w);
     bounded("the whole flow under watch", async {
         let showtime = create_showtime(&w, 2).await;
+        // The hold lasts 3 s and a function's first request waits for its build: start
+        // pay before the clock runs (an unknown reservation, a 404).
+        let (status, p) = w
+            .post(
+                &format!("/reservations/{showtime}-999999/pay"),
+                json!({"user_id": 1}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{p}\n{}", w.process.tail());
 
         // reserve -> pay -> (orders queue -> bridge -> write-order) -> ORDERED.
         let bought = reserve(&w, 1, showtime).await;
