@@ -331,7 +331,7 @@ fn summary_row(r: &Report) -> String {
         .phase("flash-sale @ 50%")
         .map(|h| {
             let after = h
-                .latency_after_sold_out
+                .latency_second_half
                 .as_ref()
                 .map(|l| l.p99_ms)
                 .unwrap_or(0.0);
