@@ -167,6 +167,11 @@ struct RunArgs {
     /// How long to wait for every order to be in PostgreSQL.
     #[arg(long, default_value_t = 60)]
     orders_deadline_secs: u64,
+    /// Record a `perf` profile of the server during flash-sale's closed-loop phase into
+    /// `<out>/<scenario>-perf.txt` (build the server with symbols for names:
+    /// `CARGO_PROFILE_RELEASE_STRIP=none cargo build --release -p flash-sale-local`).
+    #[arg(long)]
+    perf: bool,
     /// Keep the run's database, Redis keys and queues.
     #[arg(long)]
     keep: bool,
@@ -671,9 +676,25 @@ async fn flash_sale_phases(
         }
         d.label = name.clone();
         let ids = create_showtimes(endpoint, plan, &name).await?;
+        let perf = match (args.perf && i == 0, server_pid) {
+            (true, Some(pid)) => {
+                let data = args.out.join(format!("{}.perf.data", report.scenario));
+                Some(procs::Perf::start(pid, data).await?)
+            }
+            _ => None,
+        };
         let monitor = Monitor::start(server_pid);
         let r = load::run(&target, plan, &ids, &d).await?;
         let usage: Usage = monitor.finish().await;
+        if let Some(perf) = perf {
+            let file = args.out.join(format!("{}-perf.txt", report.scenario));
+            match perf.finish(&file).await {
+                Ok(()) => report
+                    .notes
+                    .push(format!("perf profile of the server: {}", file.display())),
+                Err(e) => report.notes.push(format!("perf failed: {e:#}")),
+            }
+        }
         let mut p = PhaseReport::new(&name, mode_text(&d), &r, usage, d.rate);
         eprintln!(
             "   {name}: {:.0} attempts/s, p99 {:.2} ms; verifying...",

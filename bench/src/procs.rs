@@ -152,6 +152,65 @@ impl Server {
     }
 }
 
+/// `perf record` of one process while a phase runs (flat profile, no call graphs: a
+/// release build has no frame pointers), summarised into a text file at the end.
+pub struct Perf {
+    child: Child,
+    data: PathBuf,
+}
+
+impl Perf {
+    pub async fn start(pid: u32, data: PathBuf) -> anyhow::Result<Self> {
+        let child = Command::new("perf")
+            .args(["record", "-F", "999", "-p", &pid.to_string(), "-o"])
+            .arg(&data)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start perf (is it installed?)")?;
+        // perf needs a moment to attach.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok(Self { child, data })
+    }
+
+    /// Stops recording and writes the top of `perf report` (by thread, by library, by
+    /// symbol) to `summary`.
+    pub async fn finish(mut self, summary: &Path) -> anyhow::Result<()> {
+        if let Some(pid) = self.child.id() {
+            let _ = Command::new("kill")
+                .args(["-INT", &pid.to_string()])
+                .status()
+                .await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
+        let mut text = String::new();
+        for (sort, lines) in [("comm", 10), ("dso", 10), ("dso,symbol", 60)] {
+            let out = Command::new("perf")
+                .args(["report", "--stdio", "--no-children", "--sort", sort, "-i"])
+                .arg(&self.data)
+                .output()
+                .await?;
+            text.push_str(&format!("## perf report --sort {sort}\n"));
+            for l in String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+                .take(lines)
+            {
+                // Columns padded to the terminal's width, and empty IPC columns: squeeze.
+                let words: Vec<&str> = l.split_whitespace().collect();
+                text.push_str(words.join(" ").trim_end_matches(" - -"));
+                text.push('\n');
+            }
+            text.push('\n');
+        }
+        std::fs::write(summary, text)?;
+        let _ = std::fs::remove_file(&self.data);
+        Ok(())
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // /proc readings
 
