@@ -118,3 +118,44 @@ mod tests {
         }
     }
 }
+
+/// The Lambda host of the mock payer (`pay-settle`, fed by an Amazon MQ event source on
+/// `<prefix>.payments`): every request of the batch is settled at once, each after its
+/// own random delay. A retryable failure fails the invocation so the batch is redelivered
+/// (paying is idempotent: a paid hold answers "already paid"); a request that can never
+/// succeed goes to the dead-letter queue.
+pub async fn handle_payment_event(
+    app: &App,
+    event: lambda_runtime::LambdaEvent<aws_lambda_events::event::rabbitmq::RabbitMqEvent>,
+) -> Result<(), lambda_runtime::Error> {
+    let messages = flash_sale_runtime::queue::event_messages(event.payload);
+    let delay = app.config.mock_pay_delay_ms.clone();
+    let results = futures::future::join_all(messages.iter().map(|m| {
+        let delay = delay.clone();
+        async move {
+            match &m.body {
+                Ok(body) => settle_payment_request(app, body, delay).await,
+                Err(e) => Err(QueueError::Rejected(e.to_string())),
+            }
+        }
+    }))
+    .await;
+    if let Some(Err(e)) = results
+        .iter()
+        .find(|r| matches!(r, Err(QueueError::Retryable(_))))
+    {
+        return Err(e.to_string().into());
+    }
+    for (message, result) in messages.iter().zip(&results) {
+        if let Err(QueueError::Rejected(why)) = result {
+            tracing::error!(queue = %message.queue, %why, "dead-lettering a payment request");
+            let body = message.body.as_ref().map(Clone::clone).unwrap_or_default();
+            app.sale
+                .bus()
+                .dead_letter(flash_sale_adapters::Queue::Payments, body, why)
+                .await
+                .map_err(QueueError::from)?;
+        }
+    }
+    Ok(())
+}

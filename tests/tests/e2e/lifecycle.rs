@@ -285,3 +285,46 @@ async fn the_expire_handler_returns_a_seat_exactly_once_under_concurrent_redeliv
     assert_eq!(app.seats(showtime).await, (1, 0, 0));
     app.finish().await;
 }
+
+#[tokio::test]
+async fn the_lambda_mock_payer_pays_a_batch_and_dead_letters_what_it_cannot_read() {
+    let app = TestApp::spawn(Options::default()).await;
+    let showtime = app.create_showtime(2).await;
+    let id = reserved_id(&app, 1, showtime).await;
+    let request = flash_sale_core::PaymentRequest {
+        reservation: id.parse().unwrap(),
+        user: UserId::new(1).unwrap(),
+    };
+    let queue = app
+        .app
+        .sale
+        .bus()
+        .topology()
+        .queue(flash_sale_adapters::Queue::Payments);
+    let event = flash_sale_runtime::queue::rabbit_event(
+        &queue,
+        &[wire::encode_payment(&request), b"not a payment".to_vec()],
+    );
+    pay::handle_payment_event(
+        &app.app,
+        lambda_runtime::LambdaEvent::new(event, lambda_runtime::Context::default()),
+    )
+    .await
+    .unwrap();
+
+    assert_ne!(app.status_of(&id).await, "RESERVED", "the hold was paid");
+    let dlq = app
+        .app
+        .sale
+        .bus()
+        .topology()
+        .dead_letter_queue(flash_sale_adapters::Queue::Payments);
+    eventually(
+        Duration::from_secs(10),
+        "the unreadable request in the dead-letter queue",
+        || async { (app.app.sale.bus().ready_count(&dlq).await.unwrap() == 1).then_some(()) },
+    )
+    .await;
+    until_status(&app, &id, "ORDERED").await;
+    app.finish().await;
+}

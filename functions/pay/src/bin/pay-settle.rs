@@ -1,0 +1,12 @@
+//! The `pay-settle` Lambda function: the mock payment provider (PAYMENT_MODE=mock), fed by
+//! an Amazon MQ for RabbitMQ event source mapping on the payment queue.
+
+use flash_sale_runtime::{App, init_tracing};
+use lambda_runtime::{run, service_fn};
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    init_tracing();
+    let app = App::from_env().await?;
+    run(service_fn(|event| pay::handle_payment_event(&app, event))).await
+}
