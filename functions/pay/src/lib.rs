@@ -90,35 +90,6 @@ pub async fn settle_payment_request(
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use flash_sale_core::UserId;
-    use flash_sale_runtime::auth::Identity;
-    use flash_sale_runtime::http::parse_json;
-    use proptest::prelude::*;
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(2000))]
-
-        /// `fuzz/fuzz_targets/request_bodies.rs` under proptest.
-        #[test]
-        fn arbitrary_pay_bodies_give_a_payer_or_a_4xx(raw in proptest::collection::vec(any::<u8>(), 0..120)) {
-            let me = Caller::Verified(Identity { user: UserId::new(7).unwrap(), admin: false });
-            match parse_json::<PayRequest>(&raw) {
-                Ok(p) => {
-                    for caller in [Caller::Trusted, me] {
-                        if let Err(e) = caller.acting_as(p.user_id) {
-                            prop_assert!(e.status().is_client_error());
-                        }
-                    }
-                }
-                Err(e) => prop_assert_eq!(e.code(), "bad_request"),
-            }
-        }
-    }
-}
-
 /// The Lambda host of the mock payer (`pay-settle`, fed by an Amazon MQ event source on
 /// `<prefix>.payments`): every request of the batch is settled at once, each after its
 /// own random delay. A retryable failure fails the invocation so the batch is redelivered
@@ -158,4 +129,33 @@ pub async fn handle_payment_event(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flash_sale_core::UserId;
+    use flash_sale_runtime::auth::Identity;
+    use flash_sale_runtime::http::parse_json;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// `fuzz/fuzz_targets/request_bodies.rs` under proptest.
+        #[test]
+        fn arbitrary_pay_bodies_give_a_payer_or_a_4xx(raw in proptest::collection::vec(any::<u8>(), 0..120)) {
+            let me = Caller::Verified(Identity { user: UserId::new(7).unwrap(), admin: false });
+            match parse_json::<PayRequest>(&raw) {
+                Ok(p) => {
+                    for caller in [Caller::Trusted, me] {
+                        if let Err(e) = caller.acting_as(p.user_id) {
+                            prop_assert!(e.status().is_client_error());
+                        }
+                    }
+                }
+                Err(e) => prop_assert_eq!(e.code(), "bad_request"),
+            }
+        }
+    }
 }
