@@ -302,7 +302,7 @@ async fn suite(s: SuiteArgs) -> anyhow::Result<bool> {
         reports.push(run(scenario, &s.run).await?);
     }
     let mut md = String::from(
-        "| scenario | requests | HTTP ceiling /s | Redis ceiling /s | flash-sale /s | vs HTTP | vs Redis | p50 ms | p99 ms | p99.9 ms | max ms | p99 @ 50% (2nd half) ms | errors | orders in PG after | peak RSS MiB | invariants |\n|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n",
+        "| scenario | requests | HTTP ceiling /s | Redis ceiling /s | flash-sale /s | vs HTTP | vs Redis | p50 ms | p99 ms | p99.9 ms | max ms | p99 @ 50% (2nd half) ms | errors | orders in PG after | peak RSS MiB | other load, % of a core | invariants |\n|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n",
     );
     for r in &reports {
         md.push_str(&summary_row(r));
@@ -343,8 +343,27 @@ fn summary_row(r: &Report) -> String {
             format!("{:.2} ({after:.2})", h.reserve_latency.p99_ms)
         })
         .unwrap_or_else(|| "-".into());
+    // CPU taken by processes outside the run, least and most over the phases: a wide
+    // spread means the phases were not measured under the same conditions.
+    let others: Vec<f64> = r
+        .phases
+        .iter()
+        .map(|p| {
+            p.usage
+                .cpu_pct
+                .iter()
+                .find(|(g, _)| g == "everything else")
+                .map(|(_, v)| *v)
+                .unwrap_or(0.0)
+        })
+        .collect();
+    let other = format!(
+        "{:.0}-{:.0}",
+        others.iter().copied().fold(f64::INFINITY, f64::min),
+        others.iter().copied().fold(0.0, f64::max)
+    );
     format!(
-        "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {half} | {} | {} | {} | {} |\n",
+        "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {half} | {} | {} | {} | {other} | {} |\n",
         r.scenario,
         fs.attempts,
         rate("http-ceiling"),
