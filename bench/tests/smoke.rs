@@ -1,0 +1,49 @@
+//! The load generator's smoke run, in the default test suite: it starts the real
+//! `flash-sale` server, drives a small sale (2 showtimes x 20 seats, 500 buyers x 2
+//! attempts, mock payments) through the HTTP API, waits for every order in PostgreSQL
+//! and checks every invariant; a breach exits non-zero. Correctness, not speed.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The `flash-sale` binary of this build, next to the bench's own; built if missing
+/// (when only this package is being tested).
+fn server_binary() -> PathBuf {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_flash-sale-bench"));
+    let server = bench.with_file_name("flash-sale");
+    if !server.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "flash-sale-local", "--bin", "flash-sale"])
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the flash-sale server");
+    }
+    server
+}
+
+#[test]
+fn the_smoke_sale_keeps_every_invariant() {
+    let out = std::env::temp_dir().join(format!("flash-sale-bench-smoke-{}", std::process::id()));
+    let result = Command::new(env!("CARGO_BIN_EXE_flash-sale-bench"))
+        .arg("smoke")
+        .arg("--server-bin")
+        .arg(server_binary())
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("the bench runs");
+    let report = std::fs::read_to_string(out.join("smoke.md")).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&out);
+    assert!(
+        result.status.success(),
+        "smoke run failed ({}):\n{}\n{}\n{report}",
+        result.status,
+        String::from_utf8_lossy(&result.stdout),
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert!(
+        report.contains("invariants"),
+        "the report names its invariant checks:\n{report}"
+    );
+}
