@@ -144,29 +144,8 @@ impl Postgres {
 
 impl Catalog for Postgres {
     async fn create_showtime(&self, new: NewShowtime) -> PortResult<Showtime> {
-        let starts_at = new
-            .starts_at
-            .as_deref()
-            .map(DateTime::parse_from_rfc3339)
-            .transpose()
-            .map_err(|e| PortError::permanent(COMPONENT, format!("starts_at: {e}")))?;
-        let row = sqlx::query(
-            "INSERT INTO showtimes (title, starts_at, capacity) VALUES ($1, $2, $3) RETURNING id",
-        )
-        .bind(&new.title)
-        .bind(starts_at)
-        .bind(new.capacity.get() as i32)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(port_error)?;
-        let id: i64 = row.get(0);
-        Ok(Showtime {
-            id: ShowtimeId::new(id).map_err(|e| PortError::permanent(COMPONENT, e.0))?,
-            capacity: new.capacity,
-            title: new.title,
-            starts_at: starts_at.map(|t| t.with_timezone(&Utc).to_rfc3339()),
-            ordered: 0,
-        })
+        self.create_showtime_in_window(new, SaleWindow::ALWAYS)
+            .await
     }
 
     async fn showtime(&self, id: ShowtimeId) -> PortResult<Option<Showtime>> {
