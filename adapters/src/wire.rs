@@ -1,5 +1,11 @@
 //! The JSON form of the queue messages. One shape per queue; every host (the local
 //! consumers, the Lambda functions, the event-source bridge) decodes with these.
+//!
+//! A message body is one JSON object, or a JSON array of them: the broker adapter
+//! publishes the holds, payment requests and orders of concurrent requests together as
+//! one array (see [`crate::rabbit`]), and the decoders accept both forms, so a single
+//! object written by hand or by an earlier version is still understood. An empty array
+//! is malformed.
 
 use flash_sale_core::{ExpireHold, InvalidInput, OrderRequest, PaymentRequest, UnixMillis, UserId};
 use serde::{Deserialize, Serialize};
@@ -29,6 +35,49 @@ pub enum MalformedMessage {
     Json(#[from] serde_json::Error),
     #[error("message body has an invalid value: {0}")]
     Value(#[from] InvalidInput),
+    #[error("message body is an empty array")]
+    Empty,
+}
+
+/// One message or several, as a body may carry them.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+/// Decodes a body of one `W` or an array of them, converting each.
+fn decode_all<W, T>(
+    body: &[u8],
+    convert: impl Fn(W) -> Result<T, MalformedMessage>,
+) -> Result<Vec<T>, MalformedMessage>
+where
+    W: serde::de::DeserializeOwned,
+{
+    let wires = match serde_json::from_slice::<OneOrMany<W>>(body) {
+        Ok(OneOrMany::One(w)) => vec![w],
+        Ok(OneOrMany::Many(ws)) if ws.is_empty() => return Err(MalformedMessage::Empty),
+        Ok(OneOrMany::Many(ws)) => ws,
+        // An untagged enum's own error says only "did not match any variant": decode
+        // again as the single form for an error that names the field at fault.
+        Err(_) => vec![serde_json::from_slice::<W>(body)?],
+    };
+    wires.into_iter().map(convert).collect()
+}
+
+/// Joins encoded messages (each one JSON object) into one body: a JSON array.
+pub fn encode_batch<'a>(messages: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut body = Vec::with_capacity(256);
+    body.push(b'[');
+    for (i, m) in messages.into_iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(m);
+    }
+    body.push(b']');
+    body
 }
 
 pub fn encode_expire(m: &ExpireHold) -> Vec<u8> {
@@ -38,10 +87,12 @@ pub fn encode_expire(m: &ExpireHold) -> Vec<u8> {
     .expect("plain struct serializes")
 }
 
-pub fn decode_expire(body: &[u8]) -> Result<ExpireHold, MalformedMessage> {
-    let w: ExpireWire = serde_json::from_slice(body)?;
-    Ok(ExpireHold {
-        reservation: w.reservation_id.parse()?,
+/// The holds named in an expiry message.
+pub fn decode_expiries(body: &[u8]) -> Result<Vec<ExpireHold>, MalformedMessage> {
+    decode_all(body, |w: ExpireWire| {
+        Ok(ExpireHold {
+            reservation: w.reservation_id.parse()?,
+        })
     })
 }
 
@@ -53,11 +104,13 @@ pub fn encode_payment(m: &PaymentRequest) -> Vec<u8> {
     .expect("plain struct serializes")
 }
 
-pub fn decode_payment(body: &[u8]) -> Result<PaymentRequest, MalformedMessage> {
-    let w: PaymentWire = serde_json::from_slice(body)?;
-    Ok(PaymentRequest {
-        reservation: w.reservation_id.parse()?,
-        user: UserId::new(w.user_id)?,
+/// The payment requests in a payment message.
+pub fn decode_payments(body: &[u8]) -> Result<Vec<PaymentRequest>, MalformedMessage> {
+    decode_all(body, |w: PaymentWire| {
+        Ok(PaymentRequest {
+            reservation: w.reservation_id.parse()?,
+            user: UserId::new(w.user_id)?,
+        })
     })
 }
 
@@ -70,12 +123,14 @@ pub fn encode_order(m: &OrderRequest) -> Vec<u8> {
     .expect("plain struct serializes")
 }
 
-pub fn decode_order(body: &[u8]) -> Result<OrderRequest, MalformedMessage> {
-    let w: OrderWire = serde_json::from_slice(body)?;
-    Ok(OrderRequest {
-        reservation: w.reservation_id.parse()?,
-        user: UserId::new(w.user_id)?,
-        paid_at: UnixMillis(w.paid_at_ms),
+/// The orders in an order message.
+pub fn decode_orders(body: &[u8]) -> Result<Vec<OrderRequest>, MalformedMessage> {
+    decode_all(body, |w: OrderWire| {
+        Ok(OrderRequest {
+            reservation: w.reservation_id.parse()?,
+            user: UserId::new(w.user_id)?,
+            paid_at: UnixMillis(w.paid_at_ms),
+        })
     })
 }
 
@@ -89,25 +144,41 @@ mod tests {
         let id = ReservationId::new(ShowtimeId::new(3).unwrap(), 9).unwrap();
         let user = UserId::new(7).unwrap();
         let e = ExpireHold { reservation: id };
-        assert_eq!(decode_expire(&encode_expire(&e)).unwrap(), e);
+        assert_eq!(decode_expiries(&encode_expire(&e)).unwrap(), vec![e]);
         let p = PaymentRequest {
             reservation: id,
             user,
         };
-        assert_eq!(decode_payment(&encode_payment(&p)).unwrap(), p);
+        assert_eq!(decode_payments(&encode_payment(&p)).unwrap(), vec![p]);
         let o = OrderRequest {
             reservation: id,
             user,
             paid_at: UnixMillis(1),
         };
-        assert_eq!(decode_order(&encode_order(&o)).unwrap(), o);
+        assert_eq!(decode_orders(&encode_order(&o)).unwrap(), vec![o]);
+    }
+
+    #[test]
+    fn a_batch_round_trips_in_order() {
+        let holds: Vec<ExpireHold> = (1..=3)
+            .map(|seq| ExpireHold {
+                reservation: ReservationId::new(ShowtimeId::new(3).unwrap(), seq).unwrap(),
+            })
+            .collect();
+        let encoded: Vec<Vec<u8>> = holds.iter().map(encode_expire).collect();
+        let body = encode_batch(encoded.iter().map(Vec::as_slice));
+        assert_eq!(decode_expiries(&body).unwrap(), holds);
     }
 
     #[test]
     fn junk_is_malformed() {
-        assert!(decode_expire(b"not json").is_err());
-        assert!(decode_expire(br#"{"reservation_id":"x"}"#).is_err());
-        assert!(decode_payment(br#"{"reservation_id":"1-1","user_id":0}"#).is_err());
-        assert!(decode_order(br#"{"reservation_id":"1-1","user_id":1}"#).is_err());
+        assert!(decode_expiries(b"not json").is_err());
+        assert!(decode_expiries(b"[]").is_err());
+        assert!(decode_expiries(br#"{"reservation_id":"x"}"#).is_err());
+        assert!(decode_expiries(br#"[{"reservation_id":"1-1"},{"reservation_id":"x"}]"#).is_err());
+        assert!(decode_payments(br#"{"reservation_id":"1-1","user_id":0}"#).is_err());
+        assert!(decode_orders(br#"{"reservation_id":"1-1","user_id":1}"#).is_err());
+        let missing = decode_orders(br#"{"reservation_id":"1-1","user_id":1}"#).unwrap_err();
+        assert!(missing.to_string().contains("paid_at_ms"), "{missing}");
     }
 }

@@ -14,7 +14,7 @@ use crate::{
 
 /// A failure of a component behind a port. `transient` failures (a connection refused, a
 /// timeout) may succeed if tried again; the others never will.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{component}: {message}")]
 pub struct PortError {
     pub component: &'static str,

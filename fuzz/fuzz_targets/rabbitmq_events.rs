@@ -8,16 +8,16 @@ use flash_sale_runtime::queue::event_messages;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = wire::decode_expire(data);
-    let _ = wire::decode_order(data);
-    let _ = wire::decode_payment(data);
+    let _ = wire::decode_expiries(data);
+    let _ = wire::decode_orders(data);
+    let _ = wire::decode_payments(data);
     if let Ok(event) = serde_json::from_slice::<RabbitMqEvent>(data) {
         for message in event_messages(event) {
             match message.body {
                 Ok(body) => {
-                    let _ = wire::decode_expire(&body);
-                    let _ = wire::decode_order(&body);
-                    let _ = wire::decode_payment(&body);
+                    let _ = wire::decode_expiries(&body);
+                    let _ = wire::decode_orders(&body);
+                    let _ = wire::decode_payments(&body);
                 }
                 Err(e) => assert!(!e.is_retryable()),
             }

@@ -14,12 +14,15 @@ use flash_sale_runtime::App;
 use flash_sale_runtime::queue::{QueueError, event_messages};
 use lambda_runtime::LambdaEvent;
 
-/// Expires the hold named in one message body.
-pub async fn expire(app: &App, body: &[u8]) -> Result<ExpireOutcome, QueueError> {
-    let message = wire::decode_expire(body)?;
-    let outcome = app.sale.expire(message).await?;
-    tracing::debug!(reservation = %message.reservation, ?outcome, "expiry handled");
-    Ok(outcome)
+/// Expires the holds named in one message body (one hold, or the holds of a batch),
+/// concurrently; their outcomes in the body's order. A retryable failure of any fails
+/// the message: redoing the others is harmless.
+pub async fn expire(app: &App, body: &[u8]) -> Result<Vec<ExpireOutcome>, QueueError> {
+    let holds = wire::decode_expiries(body)?;
+    let outcomes =
+        futures::future::try_join_all(holds.iter().map(|hold| app.sale.expire(*hold))).await?;
+    tracing::debug!(holds = holds.len(), ?outcomes, "expiries handled");
+    Ok(outcomes)
 }
 
 /// The Lambda host: every message of the batch, in order. A retryable failure fails the

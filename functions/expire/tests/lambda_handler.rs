@@ -100,8 +100,8 @@ async fn an_unknown_reservation_is_settled_without_retry_and_changes_nothing() {
     let queue = s.queue(Queue::HoldsExpired);
     let unknown = format!("{}-999999", showtime.get());
 
-    let outcome = expire::expire(&s.app, &expiry(&unknown)).await.unwrap();
-    assert_eq!(outcome, ExpireOutcome::NotFound);
+    let outcomes = expire::expire(&s.app, &expiry(&unknown)).await.unwrap();
+    assert_eq!(outcomes, [ExpireOutcome::NotFound]);
     expire::handle_event(
         &s.app,
         event(&queue, &[&expiry(&unknown), &expiry("424242-1")]),

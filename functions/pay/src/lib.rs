@@ -76,17 +76,30 @@ async fn pay(
     }))
 }
 
-/// The mock payment provider: waits a random delay from `delay_ms`, then pays the hold.
-/// A hold that can no longer be paid (expired meanwhile, already paid) is settled.
+/// The mock payment provider: pays every hold requested in one message body (one, or a
+/// batch), each after its own random delay from `delay_ms`. A hold that can no longer be
+/// paid (expired meanwhile, already paid) is settled. A retryable failure of any fails
+/// the message: paying again is harmless (a paid hold answers "already paid").
 pub async fn settle_payment_request(
     app: &App,
     body: &[u8],
     delay_ms: RangeInclusive<u64>,
 ) -> Result<(), QueueError> {
-    let request = wire::decode_payment(body)?;
-    let delay = rand::rng().random_range(delay_ms);
-    tokio::time::sleep(Duration::from_millis(delay)).await;
-    app.sale.settle_payment_request(request).await?;
+    let requests = wire::decode_payments(body)?;
+    let delays: Vec<u64> = {
+        let mut rng = rand::rng();
+        requests
+            .iter()
+            .map(|_| rng.random_range(delay_ms.clone()))
+            .collect()
+    };
+    futures::future::try_join_all(requests.into_iter().zip(delays).map(
+        |(request, delay)| async move {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            app.sale.settle_payment_request(request).await
+        },
+    ))
+    .await?;
     Ok(())
 }
 

@@ -109,9 +109,9 @@ proptest! {
         for m in event_messages(event) {
             match m.body {
                 Ok(body) => {
-                    let _ = wire::decode_expire(&body);
-                    let _ = wire::decode_order(&body);
-                    let _ = wire::decode_payment(&body);
+                    let _ = wire::decode_expiries(&body);
+                    let _ = wire::decode_orders(&body);
+                    let _ = wire::decode_payments(&body);
                 }
                 Err(e) => prop_assert!(!e.is_retryable()),
             }
@@ -131,9 +131,9 @@ proptest! {
     ) {
         for m in event_messages(rabbit_event("flash-sale.orders", &bodies)) {
             let body = m.body.unwrap();
-            let _ = wire::decode_expire(&body);
-            let _ = wire::decode_order(&body);
-            let _ = wire::decode_payment(&body);
+            let _ = wire::decode_expiries(&body);
+            let _ = wire::decode_orders(&body);
+            let _ = wire::decode_payments(&body);
         }
     }
 }

@@ -9,24 +9,32 @@
 
 use aws_lambda_events::event::rabbitmq::RabbitMqEvent;
 use flash_sale_adapters::{Queue, wire};
+use flash_sale_core::OrderRequest;
 use flash_sale_core::ports::OrderOutcome;
 use flash_sale_runtime::App;
 use flash_sale_runtime::queue::{QueueError, event_messages};
 use lambda_runtime::LambdaEvent;
 
-/// Records the orders of a batch of message bodies. The result has one entry per body,
-/// in order: `Ok` once the order is durably in the database (inserted now or before),
-/// `Rejected` for a body that is malformed or that the database refuses for good,
-/// `Retryable` for everything else when the database or Redis failed.
+/// Records the orders of a batch of message bodies (each body one order, or the orders
+/// of concurrent payments), all in one transaction. The result has one entry per body,
+/// in order:
+/// - `Ok` once every order of the body is durably in the database (inserted now or
+///   before) or, when the database refuses it for good and the body holds several,
+///   dead-lettered on its own: the dead-letter queue holds one refused order per
+///   message, for a person to inspect and replay;
+/// - `Rejected` for a body that is malformed, or whose one order the database refuses
+///   for good: the host dead-letters the body;
+/// - `Retryable` for everything else when the database, Redis or the broker failed.
 pub async fn write_orders(app: &App, bodies: &[&[u8]]) -> Vec<Result<(), QueueError>> {
     let mut results: Vec<Result<(), QueueError>> = Vec::with_capacity(bodies.len());
     let mut orders = Vec::with_capacity(bodies.len());
-    let mut slots = Vec::with_capacity(bodies.len());
+    // The bodies that decoded, each with the range of its orders in `orders`.
+    let mut decoded = Vec::with_capacity(bodies.len());
     for (i, body) in bodies.iter().enumerate() {
-        match wire::decode_order(body) {
-            Ok(order) => {
-                orders.push(order);
-                slots.push(i);
+        match wire::decode_orders(body) {
+            Ok(mut these) => {
+                decoded.push((i, orders.len()..orders.len() + these.len()));
+                orders.append(&mut these);
                 results.push(Ok(()));
             }
             Err(e) => results.push(Err(e.into())),
@@ -35,23 +43,48 @@ pub async fn write_orders(app: &App, bodies: &[&[u8]]) -> Vec<Result<(), QueueEr
     if orders.is_empty() {
         return results;
     }
-    match app.sale.write_orders(&orders).await {
-        Ok(outcomes) => {
-            for (slot, (order, outcome)) in slots.iter().zip(orders.iter().zip(outcomes)) {
-                if let OrderOutcome::Refused(why) = outcome {
-                    tracing::error!(reservation = %order.reservation, %why, "order refused by the database");
-                    results[*slot] = Err(QueueError::Rejected(why));
-                }
-            }
-        }
+    let outcomes = match app.sale.write_orders(&orders).await {
+        Ok(outcomes) => outcomes,
         Err(e) => {
             let transient = e.transient;
-            for slot in slots {
+            for (slot, _) in decoded {
                 results[slot] = Err(if transient {
                     QueueError::Retryable(e.to_string())
                 } else {
                     QueueError::Rejected(e.to_string())
                 });
+            }
+            return results;
+        }
+    };
+    for (slot, range) in decoded {
+        let refused: Vec<(&OrderRequest, &String)> = orders[range.clone()]
+            .iter()
+            .zip(&outcomes[range.clone()])
+            .filter_map(|(order, outcome)| match outcome {
+                OrderOutcome::Refused(why) => Some((order, why)),
+                _ => None,
+            })
+            .collect();
+        for (order, why) in &refused {
+            tracing::error!(reservation = %order.reservation, %why, "order refused by the database");
+        }
+        if refused.is_empty() {
+            continue;
+        }
+        if range.len() == 1 {
+            results[slot] = Err(QueueError::Rejected(refused[0].1.clone()));
+            continue;
+        }
+        for (order, why) in refused {
+            if let Err(e) = app
+                .sale
+                .bus()
+                .dead_letter(Queue::Orders, wire::encode_order(order), why)
+                .await
+            {
+                results[slot] = Err(e.into());
+                break;
             }
         }
     }

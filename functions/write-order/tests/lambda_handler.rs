@@ -124,6 +124,21 @@ async fn an_order_for_an_unknown_showtime_is_refused_for_good_and_changes_nothin
             .await
             .unwrap();
     assert_eq!(unknown_rows, 0);
+
+    // One body holding several orders (as the publisher batches them): the good one is
+    // recorded, the body is acknowledged, and only the refused order is dead-lettered,
+    // on its own, so a person sees exactly what was refused.
+    let other = paid(&s, 2, showtime).await;
+    let body = format!(
+        "[{},{}]",
+        String::from_utf8(order(&other, 2)).unwrap(),
+        String::from_utf8(order("424242-2", 8)).unwrap()
+    );
+    let results = write_order::write_orders(&s.app, &[body.as_bytes()]).await;
+    assert!(matches!(results[..], [Ok(())]), "{results:?}");
+    assert_eq!(s.orders().await, 2);
+    assert_eq!(s.status(&other).await, "ORDERED");
+    assert_eq!(s.dead_letters(Queue::Orders).await, 2);
     s.cleanup().await;
 }
 

@@ -347,3 +347,85 @@ async fn the_topology_is_declared_idempotently_and_dead_letters_are_kept() {
     other.delete_topology().await.unwrap();
     broker.delete_topology().await.unwrap();
 }
+
+/// Holds published at the same time leave together: fewer messages than holds, and
+/// every hold in exactly one of them, each confirmed before its publish returns.
+#[tokio::test]
+async fn concurrent_holds_are_published_in_batches_each_hold_exactly_once() {
+    use flash_sale_core::ports::MessageBus;
+    use flash_sale_core::{ExpireHold, PaymentRequest};
+    use std::collections::HashMap;
+
+    let iso = Isolation::new();
+    let topology = Topology {
+        prefix: iso.prefix.clone(),
+        hold: Duration::from_secs(900),
+        delivery_limit: 3,
+    };
+    let broker = Broker::connect("amqp://guest:guest@127.0.0.1:5672/%2f", topology.clone())
+        .await
+        .unwrap();
+    let ids: Vec<ReservationId> = (1..=300)
+        .map(|seq| ReservationId::new(showtime(7), seq).unwrap())
+        .collect();
+    futures::future::try_join_all(ids.iter().map(|&id| {
+        broker.publish_hold(
+            ExpireHold { reservation: id },
+            Some(PaymentRequest {
+                reservation: id,
+                user: user(id.seq() as i64),
+            }),
+        )
+    }))
+    .await
+    .unwrap();
+
+    // Every publish returned after its confirm, so every message is in its queue now.
+    let ch = broker.channel().await.unwrap();
+    let drain = |queue: String| {
+        let ch = ch.clone();
+        async move {
+            let mut bodies = vec![];
+            while let Some(m) = ch
+                .basic_get(queue.as_str().into(), Default::default())
+                .await
+                .unwrap()
+            {
+                bodies.push(m.delivery.data);
+            }
+            bodies
+        }
+    };
+    let expiries = drain(topology.delay_queue()).await;
+    let payments = drain(topology.queue(Queue::Payments)).await;
+    assert!(
+        expiries.len() < ids.len() && payments.len() < ids.len(),
+        "{} expiry and {} payment messages for {} holds: not batched",
+        expiries.len(),
+        payments.len(),
+        ids.len()
+    );
+    let mut seen: HashMap<ReservationId, usize> = HashMap::new();
+    for body in &expiries {
+        for hold in flash_sale_adapters::wire::decode_expiries(body).unwrap() {
+            *seen.entry(hold.reservation).or_default() += 1;
+        }
+    }
+    assert_eq!(seen.len(), ids.len());
+    assert!(seen.values().all(|&n| n == 1), "a hold published twice");
+    let mut paid: Vec<PaymentRequest> = payments
+        .iter()
+        .flat_map(|body| flash_sale_adapters::wire::decode_payments(body).unwrap())
+        .collect();
+    paid.sort_by_key(|p| p.reservation.seq());
+    assert_eq!(
+        paid.iter().map(|p| p.reservation).collect::<Vec<_>>(),
+        ids,
+        "each payment request exactly once"
+    );
+    assert!(
+        paid.iter()
+            .all(|p| p.user.get() == p.reservation.seq() as i64)
+    );
+    broker.delete_topology().await.unwrap();
+}

@@ -19,10 +19,16 @@
 //!
 //! The TTL is part of the delay queue's name: a queue's arguments cannot change once it
 //! exists, so a new hold time gets a new queue instead of a PRECONDITION_FAILED.
-//! Every publish is persistent and mandatory and waits for the broker's confirm.
+//! Every publish is persistent and mandatory and waits for the broker's confirm. Holds,
+//! payment requests and orders of concurrent requests leave together, one message (a
+//! JSON array) per batch: see [`batch`].
 
+mod batch;
+
+use std::sync::Arc;
 use std::time::Duration;
 
+use batch::Batcher;
 use flash_sale_core::ports::{MessageBus, PortError, PortResult};
 use flash_sale_core::{ExpireHold, OrderRequest, PaymentRequest};
 use lapin::options::{
@@ -104,10 +110,19 @@ impl Topology {
 }
 
 /// The [`MessageBus`] on RabbitMQ: one connection, one confirm-mode publishing channel,
-/// both re-opened on demand after a broker restart.
+/// both re-opened on demand after a broker restart. Holds, payment requests and orders
+/// are published in batches by destination ([`batch`]).
 pub struct Broker {
-    url: String,
     topology: Topology,
+    link: Arc<Link>,
+    holds: Batcher,
+    payments: Batcher,
+    orders: Batcher,
+}
+
+/// The connection and the publishing channel, shared with the batch publishers.
+struct Link {
+    url: String,
     conn: Mutex<Option<Connection>>,
     publisher: Mutex<Option<Channel>>,
 }
@@ -135,11 +150,19 @@ fn text(s: &str) -> AMQPValue {
 impl Broker {
     /// Connects and declares the whole topology.
     pub async fn connect(url: &str, topology: Topology) -> PortResult<Self> {
-        let broker = Self {
+        let link = Arc::new(Link {
             url: url.to_string(),
-            topology,
             conn: Mutex::new(None),
             publisher: Mutex::new(None),
+        });
+        let exchange = topology.exchange();
+        let batcher = |key: String| Batcher::start(link.clone(), exchange.clone(), key);
+        let broker = Self {
+            holds: batcher(topology.delay_key()),
+            payments: batcher(Queue::Payments.key().to_string()),
+            orders: batcher(Queue::Orders.key().to_string()),
+            topology,
+            link,
         };
         broker.declare_topology().await?;
         Ok(broker)
@@ -151,27 +174,7 @@ impl Broker {
 
     /// A new channel on the (re)connected connection.
     pub async fn channel(&self) -> PortResult<Channel> {
-        let mut conn = self.conn.lock().await;
-        if !conn.as_ref().is_some_and(|c| c.status().connected()) {
-            let props = ConnectionProperties::default().with_connection_name("flash-sale".into());
-            let fresh = tokio::time::timeout(
-                Duration::from_secs(5),
-                Connection::connect(&self.url, props),
-            )
-            .await
-            .map_err(|_| {
-                PortError::transient(
-                    COMPONENT,
-                    format!("connecting to {} timed out", redact(&self.url)),
-                )
-            })?
-            .map_err(|e| port_error(&format!("connecting to {}", redact(&self.url)), e))?;
-            *conn = Some(fresh);
-        }
-        let conn = conn.as_ref().expect("connected above");
-        conn.create_channel()
-            .await
-            .map_err(|e| port_error("opening a channel", e))
+        self.link.channel().await
     }
 
     /// Declares every exchange, queue and binding. Idempotent: never purges, never
@@ -353,6 +356,55 @@ impl Broker {
         Ok((ch, consumer))
     }
 
+    /// Publishes every message to the work exchange, then waits for all their confirms
+    /// together.
+    pub async fn publish(&self, messages: &[(&str, Vec<u8>)]) -> PortResult<()> {
+        self.link
+            .publish_to(&self.topology.exchange(), messages, FieldTable::default())
+            .await
+    }
+
+    /// Sends a message that can never succeed to `queue`'s dead-letter queue, with the
+    /// reason in its `x-flash-sale-reason` header. For hosts that cannot reject a single
+    /// message themselves (a Lambda batch).
+    pub async fn dead_letter(&self, queue: Queue, body: Vec<u8>, reason: &str) -> PortResult<()> {
+        let headers = table(&[("x-flash-sale-reason", text(reason))]);
+        self.link
+            .publish_to(
+                &self.topology.dead_letter_exchange(),
+                &[(queue.key(), body)],
+                headers,
+            )
+            .await
+    }
+}
+
+impl Link {
+    /// A new channel on the (re)connected connection.
+    async fn channel(&self) -> PortResult<Channel> {
+        let mut conn = self.conn.lock().await;
+        if !conn.as_ref().is_some_and(|c| c.status().connected()) {
+            let props = ConnectionProperties::default().with_connection_name("flash-sale".into());
+            let fresh = tokio::time::timeout(
+                Duration::from_secs(5),
+                Connection::connect(&self.url, props),
+            )
+            .await
+            .map_err(|_| {
+                PortError::transient(
+                    COMPONENT,
+                    format!("connecting to {} timed out", redact(&self.url)),
+                )
+            })?
+            .map_err(|e| port_error(&format!("connecting to {}", redact(&self.url)), e))?;
+            *conn = Some(fresh);
+        }
+        let conn = conn.as_ref().expect("connected above");
+        conn.create_channel()
+            .await
+            .map_err(|e| port_error("opening a channel", e))
+    }
+
     async fn publisher(&self) -> PortResult<Channel> {
         let mut slot = self.publisher.lock().await;
         if let Some(ch) = slot.as_ref().filter(|c| c.status().connected()) {
@@ -364,26 +416,6 @@ impl Broker {
             .map_err(|e| port_error("enabling publisher confirms", e))?;
         *slot = Some(ch.clone());
         Ok(ch)
-    }
-
-    /// Publishes every message to the work exchange, then waits for all their confirms
-    /// together.
-    pub async fn publish(&self, messages: &[(&str, Vec<u8>)]) -> PortResult<()> {
-        self.publish_to(&self.topology.exchange(), messages, FieldTable::default())
-            .await
-    }
-
-    /// Sends a message that can never succeed to `queue`'s dead-letter queue, with the
-    /// reason in its `x-flash-sale-reason` header. For hosts that cannot reject a single
-    /// message themselves (a Lambda batch).
-    pub async fn dead_letter(&self, queue: Queue, body: Vec<u8>, reason: &str) -> PortResult<()> {
-        let headers = table(&[("x-flash-sale-reason", text(reason))]);
-        self.publish_to(
-            &self.topology.dead_letter_exchange(),
-            &[(queue.key(), body)],
-            headers,
-        )
-        .await
     }
 
     async fn publish_to(
@@ -449,24 +481,33 @@ fn redact(url: &str) -> String {
 }
 
 impl MessageBus for Broker {
+    /// The hold's expiry (and, in mock-payment mode, its payment request), each batched
+    /// with those of concurrent holds; returns once both are confirmed.
     async fn publish_hold(
         &self,
         expiry: ExpireHold,
         payment: Option<PaymentRequest>,
     ) -> PortResult<()> {
-        let delay = self.topology.delay_key();
-        let mut messages = vec![(delay.as_str(), wire::encode_expire(&expiry))];
-        if let Some(p) = payment {
-            messages.push((Queue::Payments.key(), wire::encode_payment(&p)));
+        let expiry = self.holds.publish(wire::encode_expire(&expiry));
+        match payment {
+            None => expiry.await,
+            Some(p) => {
+                let payment = self.payments.publish(wire::encode_payment(&p));
+                let (expiry, payment) = tokio::join!(expiry, payment);
+                expiry.and(payment)
+            }
         }
-        self.publish(&messages).await
     }
 
+    /// The orders, batched with those of concurrent payments; returns once all are
+    /// confirmed.
     async fn publish_orders(&self, orders: &[OrderRequest]) -> PortResult<()> {
-        let messages: Vec<_> = orders
-            .iter()
-            .map(|o| (Queue::Orders.key(), wire::encode_order(o)))
-            .collect();
-        self.publish(&messages).await
+        futures::future::try_join_all(
+            orders
+                .iter()
+                .map(|o| self.orders.publish(wire::encode_order(o))),
+        )
+        .await
+        .map(|_| ())
     }
 }
