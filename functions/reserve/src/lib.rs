@@ -10,11 +10,18 @@
 //! showtime's sale window (409 `sale_not_open` / `sale_closed`). Sale windows never
 //! change once a showtime is created, so each process reads a showtime's window from
 //! PostgreSQL once and keeps it: the hot path stays one Redis script.
+//!
+//! `POST /reserve` is the route a crowd hammers, and once a showtime is sold out most of
+//! its answers come from the process's sold-out memory without any I/O, so what axum does
+//! per request counts: the handlers' state is one `Arc` (axum clones it for every
+//! request), and they take the caller from the [`Guard`] in that state rather than from
+//! a request extension, so these routes need no [`Guard::provide`] layer.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use flash_sale_core::domain::{OutsideSaleWindow, SaleWindow};
@@ -33,24 +40,49 @@ pub fn router(app: App) -> Router {
 /// The function's routes with `guard` as their authenticator and rate limiter, not yet
 /// protected: the local process merges these and protects them once.
 pub fn routes(app: App, guard: &Guard) -> Router {
-    let state = Reserve {
+    let state = Reserve(Arc::new(Shared {
         app,
         guard: guard.clone(),
-        windows: Arc::new(Windows::default()),
-    };
-    guard.provide(
-        Router::new()
-            .route("/reserve", post(reserve))
-            .route("/reservations/{id}", get(reservation))
-            .with_state(state),
-    )
+        windows: Windows::default(),
+    }));
+    Router::new()
+        .route("/reserve", post(reserve))
+        .route("/reservations/{id}", get(reservation))
+        .with_state(state)
 }
 
+/// The handlers' state: one reference count to touch per request.
 #[derive(Clone)]
-struct Reserve {
+struct Reserve(Arc<Shared>);
+
+struct Shared {
     app: App,
     guard: Guard,
-    windows: Arc<Windows>,
+    windows: Windows,
+}
+
+impl std::ops::Deref for Reserve {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The [`Caller`], authenticated by the guard in the state: what [`Caller`] itself
+/// does with the guard [`Guard::provide`] puts in the request.
+struct Authenticated(Caller);
+
+impl FromRequestParts<Reserve> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Reserve) -> Result<Self, ApiError> {
+        state
+            .guard
+            .authenticator()
+            .authenticate(parts)
+            .map(Authenticated)
+    }
 }
 
 /// Showtimes' sale windows as read from PostgreSQL, kept for the life of the process
@@ -136,7 +168,7 @@ struct Reserved {
 
 async fn reserve(
     State(s): State<Reserve>,
-    caller: Caller,
+    Authenticated(caller): Authenticated,
     JsonBody(req): JsonBody<ReserveRequest>,
 ) -> Result<Json<Reserved>, ApiError> {
     let (user, showtime) = req.parse(&caller)?;
@@ -162,7 +194,7 @@ async fn reserve(
 
 async fn reservation(
     State(s): State<Reserve>,
-    caller: Caller,
+    Authenticated(caller): Authenticated,
     Path(id): Path<String>,
 ) -> Result<Json<ReservationView>, ApiError> {
     if let Caller::Verified(me) = caller {

@@ -4,9 +4,10 @@
 //!   behaviour, loopback only, see [`Config`](crate::Config)); `AUTH_MODE=jwt` takes the
 //!   caller from a verified bearer token (HS256 or RS256), or, on Lambda behind an API
 //!   Gateway JWT authorizer, from the authorizer's claims in the request context.
-//! - [`Caller`]: the extractor handlers take; [`Caller::acting_as`] reconciles it with a
-//!   body `user_id`, [`Caller::may_read`] and [`Caller::require_admin`] are the
-//!   object-level and function-level checks.
+//! - [`Caller`]: the extractor handlers take, over the guard [`Guard::provide`] adds to
+//!   the request (a hot route whose state holds the guard authenticates with it instead);
+//!   [`Caller::acting_as`] reconciles it with a body `user_id`, [`Caller::may_read`] and
+//!   [`Caller::require_admin`] are the object-level and function-level checks.
 //! - [`Guard`]: the authenticator and the abuse limits, built once per cold start and
 //!   shared by every route; [`Guard::protect`] puts the in-flight bound, the per-address
 //!   rate limit and the body limit in front of a router.
@@ -365,38 +366,27 @@ impl Guard {
 
     /// Puts in front of `router`, outermost first: the bound on requests in flight (503
     /// `overloaded` after waiting `IN_FLIGHT_WAIT_MS` for a slot), the per-address rate
-    /// limit (429), the body limit (413), and the guard itself for the [`Caller`]
-    /// extractor. Apply once per listener: the local process protects the merged router,
-    /// each Lambda function its own.
+    /// limit (429) and the body limit (413). Apply once per listener: the local process
+    /// protects the merged router, each Lambda function its own. The first two are one
+    /// middleware: axum clones every layer of a route for every request.
+    ///
+    /// This does not give handlers the guard: see [`Guard::provide`].
     pub fn protect(&self, router: Router) -> Router {
         router
             .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
-            .layer(middleware::from_fn_with_state(self.clone(), limit_address))
-            .layer(middleware::from_fn_with_state(
-                self.clone(),
-                bound_in_flight,
-            ))
+            .layer(middleware::from_fn_with_state(self.clone(), admit))
     }
 
-    /// Adds the guard to a router's requests, so handlers can take a [`Caller`].
+    /// Adds the guard to a router's requests, so handlers can take a [`Caller`]. It costs
+    /// a layer on every route, cloned and run per request: a route whose state holds the
+    /// guard may instead authenticate with [`Guard::authenticator`] and skip this.
     pub fn provide(&self, router: Router) -> Router {
         router.layer(axum::Extension(self.clone()))
     }
 }
 
-async fn limit_address(
-    axum::extract::State(guard): axum::extract::State<Guard>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let (parts, body) = request.into_parts();
-    if let Err(refused) = guard.0.limits.check_address(&parts) {
-        return refused.into_response();
-    }
-    next.run(Request::from_parts(parts, body)).await
-}
-
-async fn bound_in_flight(
+/// The bound on requests in flight, then the per-address rate limit.
+async fn admit(
     axum::extract::State(guard): axum::extract::State<Guard>,
     request: Request,
     next: Next,
@@ -415,7 +405,11 @@ async fn bound_in_flight(
             }
         },
     };
-    let response = next.run(request).await;
+    let (parts, body) = request.into_parts();
+    if let Err(refused) = inner.limits.check_address(&parts) {
+        return refused.into_response();
+    }
+    let response = next.run(Request::from_parts(parts, body)).await;
     drop(permit);
     response
 }

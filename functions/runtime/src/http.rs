@@ -4,9 +4,9 @@
 //! the abuse controls in front of every handler: per-user and per-address rate limits
 //! ([`RateLimits`]), the bound on in-flight requests and the client address.
 
+use std::cell::Cell;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -109,28 +109,45 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::warn!(error = %self, "answering {status}");
         }
+        let extra = match &self {
+            ApiError::Unauthorized(_) => Some((
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"flash-sale\""),
+            )),
+            ApiError::TooManyRequests { retry_after, .. } => {
+                Some((header::RETRY_AFTER, HeaderValue::from(*retry_after)))
+            }
+            ApiError::Overloaded(_) => Some((header::RETRY_AFTER, HeaderValue::from_static("1"))),
+            _ => None,
+        };
         let body = ErrorBody {
             error: self.code(),
-            message: self.to_string(),
+            message: self.into_message(),
         };
         let mut response = (status, axum::Json(body)).into_response();
-        let headers = response.headers_mut();
-        match &self {
-            ApiError::Unauthorized(_) => {
-                headers.insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"flash-sale\""),
-                );
-            }
-            ApiError::TooManyRequests { retry_after, .. } => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
-            }
-            ApiError::Overloaded(_) => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            }
-            _ => {}
+        if let Some((name, value)) = extra {
+            response.headers_mut().insert(name, value);
         }
         response
+    }
+}
+
+impl ApiError {
+    /// The human text, as `Display` shows it, moved out rather than formatted again: every
+    /// refusal, sold-out ones first, is answered through here.
+    fn into_message(self) -> String {
+        match self {
+            ApiError::BadRequest(m)
+            | ApiError::Unauthorized(m)
+            | ApiError::Timeout(m)
+            | ApiError::Overloaded(m)
+            | ApiError::PayloadTooLarge(m)
+            | ApiError::Forbidden(m)
+            | ApiError::NotFound(m)
+            | ApiError::Unavailable(m)
+            | ApiError::TooManyRequests { message: m, .. }
+            | ApiError::Conflict { message: m, .. } => m,
+        }
     }
 }
 
@@ -296,7 +313,6 @@ pub struct RateLimits {
     limit_loopback: bool,
     trust_forwarded_for: bool,
     clock: DefaultClock,
-    checks: AtomicU64,
 }
 
 impl std::fmt::Debug for RateLimits {
@@ -308,9 +324,16 @@ impl std::fmt::Debug for RateLimits {
     }
 }
 
-/// Every this many checks, buckets that are full again are dropped, so the maps hold
-/// only recently active keys.
+/// Every this many checks on a thread, buckets that are full again are dropped, so the
+/// maps hold only recently active keys.
 const FORGET_EVERY: u64 = 1 << 16;
+
+thread_local! {
+    /// Checks made on this thread. Counted per thread, not in the limits: one counter for
+    /// the process would be a cache line every core writes on every request. Over all
+    /// threads, the maps are still pruned about once every [`FORGET_EVERY`] checks.
+    static CHECKS: Cell<u64> = const { Cell::new(0) };
+}
 
 fn governor_quota(q: crate::config::Quota) -> Option<GovernorQuota> {
     let rate = NonZeroU32::new(q.per_sec)?;
@@ -332,7 +355,6 @@ impl RateLimits {
             limit_loopback: config.limit_loopback,
             trust_forwarded_for: config.trust_forwarded_for,
             clock: DefaultClock::default(),
-            checks: AtomicU64::new(0),
         }
     }
 
@@ -345,7 +367,12 @@ impl RateLimits {
     }
 
     fn tick(&self) {
-        if self.checks.fetch_add(1, Ordering::Relaxed) % FORGET_EVERY == FORGET_EVERY - 1 {
+        let checks = CHECKS.with(|c| {
+            let n = c.get().wrapping_add(1);
+            c.set(n);
+            n
+        });
+        if checks.is_multiple_of(FORGET_EVERY) {
             if let Some(l) = &self.per_user {
                 l.retain_recent();
             }
