@@ -2,35 +2,25 @@
 //! into a `lambda_http::Request` and sent through the router `main.rs` hands to
 //! `lambda_http::run`, on the real services.
 
+#[path = "../../expire/tests/support/api.rs"]
+mod api;
 #[path = "../../expire/tests/support/mod.rs"]
 mod support;
 
 use axum::http::StatusCode;
-use flash_sale_runtime::http::no_such_route;
 use serde_json::{Value, json};
 use support::{Cuttable, Overrides, Services};
-use tower::ServiceExt as _;
 
 /// `events/pay.json` for reservation `id`, with `body`.
 fn pay_request(id: &str, body: &str) -> lambda_http::Request {
-    let path = format!("{}/events/pay.json", env!("CARGO_MANIFEST_DIR"));
-    let mut event: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let route = format!("/reservations/{id}/pay");
-    event["rawPath"] = json!(route);
-    event["requestContext"]["http"]["path"] = json!(route);
-    event["pathParameters"] = json!({ "id": id });
-    event["body"] = json!(body);
-    lambda_http::request::from_str(&event.to_string()).expect("an API Gateway v2 event")
+    api::request(env!("CARGO_MANIFEST_DIR"), "pay.json", |event| {
+        api::at_path(event, &format!("/reservations/{id}/pay"), id);
+        event["body"] = json!(body);
+    })
 }
 
 async fn call(s: &Services, request: lambda_http::Request) -> (StatusCode, Value) {
-    let router = pay::router(s.app.clone()).fallback(no_such_route);
-    let response = router.oneshot(request).await.unwrap();
-    let status = response.status();
-    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    api::call(pay::router(s.app.clone()), request).await
 }
 
 #[tokio::test]

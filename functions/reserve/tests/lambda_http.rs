@@ -2,37 +2,23 @@
 //! the function's own example in `events/`, parsed into a `lambda_http::Request` and sent
 //! through the same router `main.rs` hands to `lambda_http::run`, on the real services.
 
+#[path = "../../expire/tests/support/api.rs"]
+mod api;
 #[path = "../../expire/tests/support/mod.rs"]
 mod support;
 
+use api::at_path;
 use axum::http::StatusCode;
-use flash_sale_runtime::http::no_such_route;
 use serde_json::{Value, json};
 use support::{Cuttable, Overrides, Services};
-use tower::ServiceExt as _;
 
 /// `events/<file>`, changed by `patch`, as the `lambda_http::Request` Lambda would hand over.
 fn request(file: &str, patch: impl FnOnce(&mut Value)) -> lambda_http::Request {
-    let path = format!("{}/events/{file}", env!("CARGO_MANIFEST_DIR"));
-    let mut event: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    patch(&mut event);
-    lambda_http::request::from_str(&event.to_string()).expect("an API Gateway v2 event")
-}
-
-fn at_path(event: &mut Value, path: &str, id: &str) {
-    event["rawPath"] = json!(path);
-    event["requestContext"]["http"]["path"] = json!(path);
-    event["pathParameters"] = json!({ "id": id });
+    api::request(env!("CARGO_MANIFEST_DIR"), file, patch)
 }
 
 async fn call(s: &Services, request: lambda_http::Request) -> (StatusCode, Value) {
-    let router = reserve::router(s.app.clone()).fallback(no_such_route);
-    let response = router.oneshot(request).await.unwrap();
-    let status = response.status();
-    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    api::call(reserve::router(s.app.clone()), request).await
 }
 
 #[tokio::test]

@@ -2,30 +2,21 @@
 //! parsed into `lambda_http::Request`s and sent through the router `main.rs` hands to
 //! `lambda_http::run`, on the real services.
 
+#[path = "../../expire/tests/support/api.rs"]
+mod api;
 #[path = "../../expire/tests/support/mod.rs"]
 mod support;
 
 use axum::http::StatusCode;
-use flash_sale_runtime::http::no_such_route;
 use serde_json::{Value, json};
 use support::{Overrides, Services};
-use tower::ServiceExt as _;
 
 fn request(file: &str, patch: impl FnOnce(&mut Value)) -> lambda_http::Request {
-    let path = format!("{}/events/{file}", env!("CARGO_MANIFEST_DIR"));
-    let mut event: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    patch(&mut event);
-    lambda_http::request::from_str(&event.to_string()).expect("an API Gateway v2 event")
+    api::request(env!("CARGO_MANIFEST_DIR"), file, patch)
 }
 
 async fn call(s: &Services, request: lambda_http::Request) -> (StatusCode, Value) {
-    let router = showtimes::router(s.app.clone()).fallback(no_such_route);
-    let response = router.oneshot(request).await.unwrap();
-    let status = response.status();
-    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    api::call(showtimes::router(s.app.clone()), request).await
 }
 
 async fn showtimes_in_db(s: &Services) -> i64 {
@@ -48,9 +39,7 @@ async fn the_example_events_create_and_show_a_showtime() {
     let (status, shown) = call(
         &s,
         request("show-showtime.json", |e| {
-            e["rawPath"] = json!(path);
-            e["requestContext"]["http"]["path"] = json!(path);
-            e["pathParameters"] = json!({ "id": id.to_string() });
+            api::at_path(e, &path, &id.to_string())
         }),
     )
     .await;
