@@ -13,7 +13,7 @@ use flash_sale_adapters::Queue;
 use flash_sale_core::ports::ExpireOutcome;
 use flash_sale_runtime::queue::rabbit_event;
 use lambda_runtime::{Context, LambdaEvent};
-use support::{Cuttable, Overrides, Services};
+use support::{Overrides, Services};
 
 fn event(
     queue: &str,
@@ -117,12 +117,7 @@ async fn an_unknown_reservation_is_settled_without_retry_and_changes_nothing() {
 
 #[tokio::test]
 async fn redis_down_is_retryable_and_fails_the_invocation() {
-    let proxy = Cuttable::start("127.0.0.1:6379").await;
-    let s = Services::start(Overrides {
-        redis_url: Some(format!("redis://{}", proxy.addr)),
-        ..Overrides::default()
-    })
-    .await;
+    let (proxy, s) = Services::behind_cuttable_redis().await;
     let showtime = s.showtime(2).await;
     let id = s.hold(1, showtime).await;
     let queue = s.queue(Queue::HoldsExpired);

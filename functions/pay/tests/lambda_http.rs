@@ -9,7 +9,7 @@ mod support;
 
 use axum::http::StatusCode;
 use serde_json::{Value, json};
-use support::{Cuttable, Overrides, Services};
+use support::{Overrides, Services};
 
 /// `events/pay.json` for reservation `id`, with `body`.
 fn pay_request(id: &str, body: &str) -> lambda_http::Request {
@@ -74,12 +74,7 @@ async fn malformed_or_unknown_payments_change_nothing() {
 
 #[tokio::test]
 async fn redis_down_is_a_503_the_client_may_retry() {
-    let proxy = Cuttable::start("127.0.0.1:6379").await;
-    let s = Services::start(Overrides {
-        redis_url: Some(format!("redis://{}", proxy.addr)),
-        ..Overrides::default()
-    })
-    .await;
+    let (proxy, s) = Services::behind_cuttable_redis().await;
     let showtime = s.showtime(2).await;
     let id = s.hold(7, showtime).await;
 

@@ -10,7 +10,7 @@ mod support;
 use api::at_path;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
-use support::{Cuttable, Overrides, Services};
+use support::{Overrides, Services};
 
 /// `events/<file>`, changed by `patch`, as the `lambda_http::Request` Lambda would hand over.
 fn request(file: &str, patch: impl FnOnce(&mut Value)) -> lambda_http::Request {
@@ -85,12 +85,7 @@ async fn a_malformed_body_is_a_400_and_takes_no_seat() {
 
 #[tokio::test]
 async fn redis_down_is_a_503_the_client_may_retry() {
-    let proxy = Cuttable::start("127.0.0.1:6379").await;
-    let s = Services::start(Overrides {
-        redis_url: Some(format!("redis://{}", proxy.addr)),
-        ..Overrides::default()
-    })
-    .await;
+    let (proxy, s) = Services::behind_cuttable_redis().await;
     let showtime = s.showtime(2).await;
 
     proxy.cut().await;

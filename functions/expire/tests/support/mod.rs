@@ -42,6 +42,17 @@ pub struct Overrides {
 }
 
 impl Services {
+    /// The services with Redis reached through a proxy the test can cut, and the proxy.
+    pub async fn behind_cuttable_redis() -> (Cuttable, Self) {
+        let proxy = Cuttable::start("127.0.0.1:6379").await;
+        let services = Self::start(Overrides {
+            redis_url: Some(format!("redis://{}", proxy.addr)),
+            ..Overrides::default()
+        })
+        .await;
+        (proxy, services)
+    }
+
     pub async fn start(overrides: Overrides) -> Self {
         let id: u64 = rand::rng().random();
         let prefix = format!("h{id:016x}");
