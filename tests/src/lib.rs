@@ -447,3 +447,24 @@ pub fn tally(answers: &[(StatusCode, Value)]) -> HashMap<(u16, String), usize> {
     }
     counts
 }
+
+/// Waits until the count a load publishes on `progress` reaches `target` and returns
+/// it; panics with `what` if the load stops first (its sender dropped) or `deadline`
+/// passes. For a test that strikes a sale once it has got that far, rather than after a
+/// sleep that hopes: it wakes on each change, so a fast sale does not run far past.
+pub async fn progressed(
+    progress: &mut tokio::sync::watch::Receiver<usize>,
+    target: usize,
+    deadline: Duration,
+    what: &str,
+) -> usize {
+    let reached = tokio::time::timeout(deadline, progress.wait_for(|&n| n >= target))
+        .await
+        .map(|r| r.map(|n| *n));
+    let now = *progress.borrow();
+    match reached {
+        Ok(Ok(n)) => n,
+        Ok(Err(_)) => panic!("the load stopped at {now}, short of {target}, before {what}"),
+        Err(_) => panic!("timed out after {deadline:?} at {now} of {target}, waiting for {what}"),
+    }
+}

@@ -4,11 +4,12 @@ use std::collections::{HashMap, HashSet};
 use std::process::Stdio;
 use std::time::Duration;
 
-use flash_sale_tests::{Isolation, Options, definite, eventually};
+use flash_sale_tests::{Isolation, Options, definite, eventually, progressed};
 use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
+use tokio::sync::watch;
 
 fn server_options() -> Options {
     Options {
@@ -90,6 +91,9 @@ async fn killing_the_server_mid_sale_loses_and_oversells_nothing() {
 
     // Every user keeps pressing "buy" until they get a definite answer; even users then
     // pay (again until a definite answer), odd users walk away and their holds expire.
+    // `answered` counts the definite answers (reserve or pay) the crowd has had so far;
+    // it closes when the crowd is done.
+    let (answered, mut seen) = watch::channel(0usize);
     let crowd = {
         let http = http.clone();
         let base = base.clone();
@@ -98,6 +102,7 @@ async fn killing_the_server_mid_sale_loses_and_oversells_nothing() {
                 .map(|user| {
                     let http = http.clone();
                     let base = base.clone();
+                    let answered = answered.clone();
                     async move {
                         let reserved = definite(
                             &http,
@@ -105,6 +110,7 @@ async fn killing_the_server_mid_sale_loses_and_oversells_nothing() {
                             &json!({"user_id": user, "showtime_id": showtime}),
                         )
                         .await;
+                        answered.send_modify(|n| *n += 1);
                         let paid = match (&reserved, user % 2) {
                             ((StatusCode::OK, body), 0) => {
                                 let id = body["reservation_id"].as_str().unwrap();
@@ -114,6 +120,7 @@ async fn killing_the_server_mid_sale_loses_and_oversells_nothing() {
                                     &json!({"user_id": user}),
                                 )
                                 .await;
+                                answered.send_modify(|n| *n += 1);
                                 // A retried payment that had gone through answers already_paid.
                                 status == StatusCode::OK || body["error"] == "already_paid"
                             }
@@ -128,9 +135,27 @@ async fn killing_the_server_mid_sale_loses_and_oversells_nothing() {
         })
     };
 
-    for _ in 0..4 {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    // Each kill waits until the crowd has had STEP more definite answers since the last
+    // one (a killed server answers nothing, so they all come from the server now up): it
+    // lands in a sale that is moving, on any machine. Taking the seats and paying for half
+    // of them alone gives about 1.5 * CAPACITY answers, so the four kills, after about
+    // 4 * STEP = CAPACITY of them, fall while seats are being taken and paid for, long
+    // before the crowd's USERS or more answers are in. A crowd that stops short, or does
+    // not get there within a minute, fails the test.
+    const STEP: usize = CAPACITY as usize / 4;
+    let mut answered_at_kill = vec![];
+    let mut since = 0;
+    for kill in 1..=4 {
+        progressed(
+            &mut seen,
+            since + STEP,
+            Duration::from_secs(60),
+            &format!("kill -9 number {kill}"),
+        )
+        .await;
+        answered_at_kill.push(*seen.borrow());
         server.kill9().await;
+        since = *seen.borrow();
         server = Server::start(&iso, port).await;
     }
     let answers = crowd.await.unwrap();
@@ -220,7 +245,9 @@ async fn killing_the_server_mid_sale_loses_and_oversells_nothing() {
         );
     }
     eprintln!(
-        "kill -9 x4: {} answered reservations, {} orders, {returned} holds returned",
+        "kill -9 x4 after {answered_at_kill:?} of {} answers: {} answered reservations, \
+         {} orders, {returned} holds returned",
+        *seen.borrow(),
         reserved.len(),
         ordered.len()
     );
