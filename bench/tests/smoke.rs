@@ -6,20 +6,29 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-/// The `flash-sale` binary of this build, next to the bench's own; built if missing
-/// (when only this package is being tested).
+/// The server binary of this build, next to the bench's own: `flash-sale`, or
+/// `flash-sale-server`, the same process (`process::run_from_env`) that the tests package
+/// builds for its crash tests, which `cargo test --workspace` has just built with the
+/// workspace's features. The newer of the two; built if neither is there (when only this
+/// package is being tested), which costs a build of the server with this package's
+/// features.
 fn server_binary() -> PathBuf {
     let bench = PathBuf::from(env!("CARGO_BIN_EXE_flash-sale-bench"));
-    let server = bench.with_file_name("flash-sale");
-    if !server.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "flash-sale-local", "--bin", "flash-sale"])
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building the flash-sale server");
+    let built = ["flash-sale", "flash-sale-server"]
+        .into_iter()
+        .map(|name| bench.with_file_name(name))
+        .filter_map(|path| Some((path.metadata().ok()?.modified().ok()?, path)))
+        .max();
+    if let Some((_, server)) = built {
+        return server;
     }
-    server
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "-p", "flash-sale-local", "--bin", "flash-sale"])
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building the flash-sale server");
+    bench.with_file_name("flash-sale")
 }
 
 #[test]
