@@ -84,7 +84,8 @@ pub async fn reconcile_from_env(
             }
         }
         for q in &report.queues {
-            println!("queue {}: {} ready", q.queue, q.ready);
+            // Messages, not entries: a message may carry a batch (adapters' rabbit::batch).
+            println!("queue {}: {} messages ready", q.queue, q.ready);
         }
     }
     Ok(report.is_clean())

@@ -39,6 +39,8 @@ pub struct ShowtimeReport {
 #[derive(Debug, Serialize)]
 pub struct QueueDepth {
     pub queue: String,
+    /// Messages ready for a consumer. A message may carry several holds, payment requests
+    /// or orders (they are published in batches), so this counts messages, not entries.
     pub ready: u32,
 }
 
