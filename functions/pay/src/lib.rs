@@ -16,7 +16,7 @@ use axum::{Json, Router};
 use flash_sale_adapters::wire;
 use flash_sale_core::ReservationId;
 use flash_sale_runtime::App;
-use flash_sale_runtime::auth::{Caller, Guard};
+use flash_sale_runtime::auth::{AppState, Caller, Guard};
 use flash_sale_runtime::http::{ApiError, JsonBody, rfc3339};
 use flash_sale_runtime::queue::QueueError;
 use rand::Rng as _;
@@ -31,11 +31,12 @@ pub fn router(app: App) -> Router {
 /// The routes with `guard` as their authenticator and rate limiter, not yet protected:
 /// the local process merges these and protects them once.
 pub fn routes(app: App, guard: &Guard) -> Router {
-    guard.provide(
-        Router::new()
-            .route("/reservations/{id}/pay", post(pay))
-            .with_state((app, guard.clone())),
-    )
+    Router::new()
+        .route("/reservations/{id}/pay", post(pay))
+        .with_state(AppState {
+            app,
+            guard: guard.clone(),
+        })
 }
 
 /// `user_id` is required when `AUTH_MODE=none`; with a bearer token it may be left out
@@ -55,7 +56,7 @@ struct Paid {
 }
 
 async fn pay(
-    State((app, guard)): State<(App, Guard)>,
+    State(AppState { app, guard }): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<PayRequest>,

@@ -14,20 +14,18 @@
 //! `POST /reserve` is the route a crowd hammers, and once a showtime is sold out most of
 //! its answers come from the process's sold-out memory without any I/O, so what axum does
 //! per request counts: the handlers' state is one `Arc` (axum clones it for every
-//! request), and they take the caller from the [`Guard`] in that state rather than from
-//! a request extension, so these routes need no [`Guard::provide`] layer.
+//! request), holding the [`Guard`] the [`Caller`] extractor authenticates with.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use axum::extract::{FromRequestParts, Path, State};
-use axum::http::request::Parts;
+use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use flash_sale_core::domain::{OutsideSaleWindow, SaleWindow};
 use flash_sale_core::{ReservationId, ShowtimeId, UnixMillis, UserId};
 use flash_sale_runtime::App;
-use flash_sale_runtime::auth::{Caller, Guard};
+use flash_sale_runtime::auth::{Caller, Guard, HasGuard};
 use flash_sale_runtime::http::{ApiError, JsonBody, ReservationView, rfc3339};
 use serde::{Deserialize, Serialize};
 
@@ -69,19 +67,9 @@ impl std::ops::Deref for Reserve {
     }
 }
 
-/// The [`Caller`], authenticated by the guard in the state: what [`Caller`] itself
-/// does with the guard [`Guard::provide`] puts in the request.
-struct Authenticated(Caller);
-
-impl FromRequestParts<Reserve> for Authenticated {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &Reserve) -> Result<Self, ApiError> {
-        state
-            .guard
-            .authenticator()
-            .authenticate(parts)
-            .map(Authenticated)
+impl HasGuard for Reserve {
+    fn guard(&self) -> &Guard {
+        &self.0.guard
     }
 }
 
@@ -168,7 +156,7 @@ struct Reserved {
 
 async fn reserve(
     State(s): State<Reserve>,
-    Authenticated(caller): Authenticated,
+    caller: Caller,
     JsonBody(req): JsonBody<ReserveRequest>,
 ) -> Result<Json<Reserved>, ApiError> {
     let (user, showtime) = req.parse(&caller)?;
@@ -194,7 +182,7 @@ async fn reserve(
 
 async fn reservation(
     State(s): State<Reserve>,
-    Authenticated(caller): Authenticated,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<ReservationView>, ApiError> {
     if let Caller::Verified(me) = caller {

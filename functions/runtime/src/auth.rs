@@ -4,10 +4,10 @@
 //!   behaviour, loopback only, see [`Config`](crate::Config)); `AUTH_MODE=jwt` takes the
 //!   caller from a verified bearer token (HS256 or RS256), or, on Lambda behind an API
 //!   Gateway JWT authorizer, from the authorizer's claims in the request context.
-//! - [`Caller`]: the extractor handlers take, over the guard [`Guard::provide`] adds to
-//!   the request (a hot route whose state holds the guard authenticates with it instead);
-//!   [`Caller::acting_as`] reconciles it with a body `user_id`, [`Caller::may_read`] and
-//!   [`Caller::require_admin`] are the object-level and function-level checks.
+//! - [`Caller`]: the extractor handlers take, authenticated by the guard in the router's
+//!   state ([`HasGuard`]; [`AppState`] for most routes); [`Caller::acting_as`] reconciles
+//!   it with a body `user_id`, [`Caller::may_read`] and [`Caller::require_admin`] are the
+//!   object-level and function-level checks.
 //! - [`Guard`]: the authenticator and the abuse limits, built once per cold start and
 //!   shared by every route; [`Guard::protect`] puts the in-flight bound, the per-address
 //!   rate limit and the body limit in front of a router.
@@ -28,9 +28,9 @@ use lambda_http::request::RequestContext;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
-use crate::Config;
 use crate::config::{AuthConfig, AuthMode, ConfigError};
 use crate::http::{ApiError, BODY_LIMIT_BYTES, RateLimits};
+use crate::{App, Config};
 
 /// A caller whose identity was verified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -368,20 +368,12 @@ impl Guard {
     /// `overloaded` after waiting `IN_FLIGHT_WAIT_MS` for a slot), the per-address rate
     /// limit (429) and the body limit (413). Apply once per listener: the local process
     /// protects the merged router, each Lambda function its own. The first two are one
-    /// middleware: axum clones every layer of a route for every request.
-    ///
-    /// This does not give handlers the guard: see [`Guard::provide`].
+    /// middleware: axum clones every layer of a route for every request. Handlers get the
+    /// guard from their router's state ([`HasGuard`]), not from a layer.
     pub fn protect(&self, router: Router) -> Router {
         router
             .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
             .layer(middleware::from_fn_with_state(self.clone(), admit))
-    }
-
-    /// Adds the guard to a router's requests, so handlers can take a [`Caller`]. It costs
-    /// a layer on every route, cloned and run per request: a route whose state holds the
-    /// guard may instead authenticate with [`Guard::authenticator`] and skip this.
-    pub fn provide(&self, router: Router) -> Router {
-        router.layer(axum::Extension(self.clone()))
     }
 }
 
@@ -414,15 +406,37 @@ async fn admit(
     response
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for Caller {
+/// A router state that holds the [`Guard`], so its handlers can take a [`Caller`]. The
+/// guard comes from the state rather than from a request extension: no layer on every
+/// route, nothing cloned per request.
+pub trait HasGuard {
+    fn guard(&self) -> &Guard;
+}
+
+impl HasGuard for Guard {
+    fn guard(&self) -> &Guard {
+        self
+    }
+}
+
+/// The state of a function's routes: the wired application and the guard.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub app: App,
+    pub guard: Guard,
+}
+
+impl HasGuard for AppState {
+    fn guard(&self) -> &Guard {
+        &self.guard
+    }
+}
+
+impl<S: HasGuard + Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let guard = parts.extensions.get::<Guard>().ok_or_else(|| {
-            tracing::error!("a route takes a Caller but its router was not given the Guard");
-            ApiError::Unavailable("the server is misconfigured".into())
-        })?;
-        guard.0.auth.authenticate(parts)
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        state.guard().0.auth.authenticate(parts)
     }
 }
 

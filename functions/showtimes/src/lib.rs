@@ -14,7 +14,7 @@ use flash_sale_core::domain::SaleWindow;
 use flash_sale_core::ports::SeatStore as _;
 use flash_sale_core::{Capacity, NewShowtime, SeatCounts, Showtime, ShowtimeId, UnixMillis};
 use flash_sale_runtime::App;
-use flash_sale_runtime::auth::{Caller, Guard};
+use flash_sale_runtime::auth::{AppState, Caller, Guard};
 use flash_sale_runtime::http::{ApiError, JsonBody, rfc3339};
 use serde::{Deserialize, Serialize};
 
@@ -27,12 +27,13 @@ pub fn router(app: App) -> Router {
 /// The routes with `guard` as their authenticator and rate limiter, not yet protected:
 /// the local process merges these and protects them once.
 pub fn routes(app: App, guard: &Guard) -> Router {
-    guard.provide(
-        Router::new()
-            .route("/showtimes", post(create))
-            .route("/showtimes/{id}", get(show))
-            .with_state(app),
-    )
+    Router::new()
+        .route("/showtimes", post(create))
+        .route("/showtimes/{id}", get(show))
+        .with_state(AppState {
+            app,
+            guard: guard.clone(),
+        })
 }
 
 /// The body of `POST /showtimes`, as sent. Public for the fuzz targets.
@@ -125,7 +126,7 @@ impl ShowtimeView {
 }
 
 async fn create(
-    State(app): State<App>,
+    State(AppState { app, .. }): State<AppState>,
     caller: Caller,
     JsonBody(req): JsonBody<CreateShowtime>,
 ) -> Result<(StatusCode, Json<ShowtimeView>), ApiError> {
@@ -152,7 +153,7 @@ async fn create(
 }
 
 async fn show(
-    State(app): State<App>,
+    State(AppState { app, .. }): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<ShowtimeView>, ApiError> {
     let id: ShowtimeId = id.parse()?;
