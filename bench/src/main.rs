@@ -122,21 +122,8 @@ struct RunArgs {
     /// With --url: the server's pid, to read its memory and CPU.
     #[arg(long)]
     server_pid: Option<u32>,
-    /// PostgreSQL; the bench's server gets a database of its own on this server.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/flash_sale"
-    )]
-    database_url: String,
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    redis_url: String,
-    #[arg(
-        long,
-        env = "AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    amqp_url: String,
+    #[command(flatten)]
+    services: Services,
     /// HOLD_TTL_SECS of the started server.
     #[arg(long, default_value_t = 900)]
     hold_secs: u64,
@@ -182,6 +169,15 @@ struct CleanArgs {
     /// The run id printed at the start of the run (`run 1a2b3c4d`).
     #[arg(long = "run-id", required = true)]
     run_ids: Vec<String>,
+    #[command(flatten)]
+    services: Services,
+}
+
+/// Where the services are: the bench's server gets a database of its own on this
+/// PostgreSQL server, and key and queue prefixes of its own.
+#[derive(Args, Clone, Debug)]
+struct Services {
+    /// PostgreSQL; the bench's server gets a database of its own on this server.
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -267,16 +263,16 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<bool> {
         Cmd::Clean(c) => {
             for id in &c.run_ids {
                 let prefix = format!("bench{id}");
-                procs::drop_database(&c.database_url, &format!("bench_{id}")).await?;
+                procs::drop_database(&c.services.database_url, &format!("bench_{id}")).await?;
                 let mut keys = 0;
                 for p in [
                     prefix.clone(),
                     format!("{prefix}ceil"),
                     format!("{prefix}rb"),
                 ] {
-                    keys += procs::delete_redis_keys(&c.redis_url, &p).await?;
+                    keys += procs::delete_redis_keys(&c.services.redis_url, &p).await?;
                 }
-                let queues = procs::delete_queues(&c.amqp_url, &prefix, 900).await?;
+                let queues = procs::delete_queues(&c.services.amqp_url, &prefix, 900).await?;
                 eprintln!(
                     "run {id}: dropped database bench_{id}, {keys} Redis keys, {queues} queues"
                 );
@@ -556,7 +552,7 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Report> {
     if !args.no_redis_ceiling {
         let ceil_prefix = format!("{prefix}ceil");
         let r = redis_ceiling(&plan, &drive, args, &ceil_prefix).await;
-        if let Err(e) = procs::delete_redis_keys(&args.redis_url, &ceil_prefix).await {
+        if let Err(e) = procs::delete_redis_keys(&args.services.redis_url, &ceil_prefix).await {
             report
                 .notes
                 .push(format!("could not delete the Redis ceiling's keys: {e:#}"));
@@ -570,7 +566,7 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Report> {
         match redis_benchmark(
             &plan,
             concurrency,
-            &args.redis_url,
+            &args.services.redis_url,
             &rb_prefix,
             args.hold_secs,
         )
@@ -583,13 +579,17 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Report> {
             Ok(None) => {}
             Err(e) => report.notes.push(format!("redis-benchmark failed: {e:#}")),
         }
-        let _ = procs::delete_redis_keys(&args.redis_url, &rb_prefix).await;
+        let _ = procs::delete_redis_keys(&args.services.redis_url, &rb_prefix).await;
     }
 
     // 3. flash-sale.
     let db_name = format!("bench_{run_id}");
     let (server, endpoint, db_url) = match &args.url {
-        Some(url) => (None, Endpoint::parse(url)?, args.database_url.clone()),
+        Some(url) => (
+            None,
+            Endpoint::parse(url)?,
+            args.services.database_url.clone(),
+        ),
         None => {
             let bin = match &args.server_bin {
                 Some(b) => b.clone(),
@@ -598,7 +598,7 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Report> {
                     .map(|d| d.join("flash-sale"))
                     .unwrap_or_else(|| PathBuf::from("flash-sale")),
             };
-            let db_url = procs::with_database(&args.database_url, &db_name);
+            let db_url = procs::with_database(&args.services.database_url, &db_name);
             let payment = if plan.pay == PayMode::Mock {
                 "mock"
             } else {
@@ -606,8 +606,8 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Report> {
             };
             let env = vec![
                 ("DATABASE_URL".to_string(), db_url.clone()),
-                ("REDIS_URL".to_string(), args.redis_url.clone()),
-                ("AMQP_URL".to_string(), args.amqp_url.clone()),
+                ("REDIS_URL".to_string(), args.services.redis_url.clone()),
+                ("AMQP_URL".to_string(), args.services.amqp_url.clone()),
                 ("HOLD_TTL_SECS".to_string(), args.hold_secs.to_string()),
                 ("PAYMENT_MODE".to_string(), payment.to_string()),
                 (
@@ -739,7 +739,7 @@ async fn redis_ceiling(
     args: &Resolved,
     prefix: &str,
 ) -> anyhow::Result<PhaseReport> {
-    let client = redis::Client::open(args.redis_url.as_str())?;
+    let client = redis::Client::open(args.services.redis_url.as_str())?;
     let mut conn = client
         .get_multiplexed_async_connection()
         .await
@@ -855,13 +855,13 @@ async fn redis_benchmark(
 }
 
 async fn cleanup(args: &RunArgs, db_name: &str, prefix: &str) -> anyhow::Result<()> {
-    procs::drop_database(&args.database_url, db_name)
+    procs::drop_database(&args.services.database_url, db_name)
         .await
         .context("dropping the database")?;
-    procs::delete_redis_keys(&args.redis_url, prefix)
+    procs::delete_redis_keys(&args.services.redis_url, prefix)
         .await
         .context("deleting the Redis keys")?;
-    procs::delete_queues(&args.amqp_url, prefix, args.hold_secs)
+    procs::delete_queues(&args.services.amqp_url, prefix, args.hold_secs)
         .await
         .context("deleting the queues")?;
     Ok(())
