@@ -204,7 +204,8 @@ where
 
     /// Holds one seat of `showtime` for `user`, then publishes the hold's expiry (and,
     /// in mock-payment mode, its payment request). If the publish fails the seat is given
-    /// back before answering, so a broker outage never strands a seat.
+    /// back before answering, so a broker outage never strands a seat; an expiry lost
+    /// after it was handed over (see [`MessageBus::publish_hold`]) is the sweep's.
     pub async fn reserve(
         &self,
         user: UserId,

@@ -15,8 +15,16 @@
 //!
 //! Consumers handle a batch as a unit: every handler is idempotent per entry, so a
 //! redelivered batch redoes nothing that was done.
+//!
+//! A message whose loss something else covers may be handed over instead
+//! ([`Batcher::hand_over`]): it goes out in the next batch like any other, but its
+//! sender does not wait for the confirm as long as the broker is confirming, that is
+//! as long as the last batch of its destination was confirmed. After a failed batch
+//! (and before the first one) every sender waits for its own confirm again, so an outage
+//! is seen by the first caller after it, and the first confirm ends it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use flash_sale_core::ports::{PortError, PortResult};
 use tokio::sync::{mpsc, oneshot};
@@ -31,7 +39,8 @@ const MAX_BATCH: usize = 128;
 
 struct Pending {
     message: Vec<u8>,
-    confirmed: oneshot::Sender<PortResult<()>>,
+    /// `None` for a handed-over message: nobody waits for its confirm.
+    confirmed: Option<oneshot::Sender<PortResult<()>>>,
 }
 
 /// Publishes the messages for one routing key in batches. Cheap to share; the task
@@ -39,14 +48,17 @@ struct Pending {
 #[derive(Debug)]
 pub(super) struct Batcher {
     tx: mpsc::UnboundedSender<Pending>,
+    /// Whether the last batch was confirmed.
+    confirming: Arc<AtomicBool>,
 }
 
 impl Batcher {
     /// Starts the publishing task on the current tokio runtime.
     pub(super) fn start(link: Arc<Link>, exchange: String, key: String) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(publish_batches(link, exchange, key, rx));
-        Self { tx }
+        let confirming = Arc::new(AtomicBool::new(false));
+        tokio::spawn(publish_batches(link, exchange, key, rx, confirming.clone()));
+        Self { tx, confirming }
     }
 
     /// Publishes `message` (one JSON object) and waits until the broker confirmed the
@@ -54,9 +66,28 @@ impl Batcher {
     pub(super) async fn publish(&self, message: Vec<u8>) -> PortResult<()> {
         let (confirmed, done) = oneshot::channel();
         self.tx
-            .send(Pending { message, confirmed })
+            .send(Pending {
+                message,
+                confirmed: Some(confirmed),
+            })
             .map_err(|_| stopped())?;
         done.await.map_err(|_| stopped())?
+    }
+
+    /// Publishes `message` like [`Batcher::publish`], but returns as soon as it is
+    /// queued for the next batch while the broker is confirming; otherwise waits for
+    /// its confirm. For messages whose loss is covered elsewhere (a hold's expiry: its
+    /// deadline is in the seat store, which the sweep walks).
+    pub(super) async fn hand_over(&self, message: Vec<u8>) -> PortResult<()> {
+        if !self.confirming.load(Ordering::Relaxed) {
+            return self.publish(message).await;
+        }
+        self.tx
+            .send(Pending {
+                message,
+                confirmed: None,
+            })
+            .map_err(|_| stopped())
     }
 }
 
@@ -69,6 +100,7 @@ async fn publish_batches(
     exchange: String,
     key: String,
     mut rx: mpsc::UnboundedReceiver<Pending>,
+    confirming: Arc<AtomicBool>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // Everything that arrived while the previous batch was being confirmed leaves now.
@@ -77,10 +109,24 @@ async fn publish_batches(
         let result = link
             .publish_to(&exchange, &[(key.as_str(), body)], Default::default())
             .await;
+        confirming.store(result.is_ok(), Ordering::Relaxed);
+        let mut unheard = 0;
         for pending in batch.drain(..) {
-            // A caller that stopped waiting (its request was cancelled) is fine: the
-            // message is out either way and covered like any published hold.
-            let _ = pending.confirmed.send(result.clone());
+            match pending.confirmed {
+                // A caller that stopped waiting (its request was cancelled) is fine: the
+                // message is out either way and covered like any published hold.
+                Some(waiting) => drop(waiting.send(result.clone())),
+                None => unheard += 1,
+            }
+        }
+        if let Err(e) = &result
+            && unheard > 0
+        {
+            tracing::warn!(
+                routing_key = %key,
+                messages = unheard,
+                "a batch of handed-over messages was not confirmed; the sweep covers them: {e}"
+            );
         }
     }
 }

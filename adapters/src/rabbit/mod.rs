@@ -19,9 +19,11 @@
 //!
 //! The TTL is part of the delay queue's name: a queue's arguments cannot change once it
 //! exists, so a new hold time gets a new queue instead of a PRECONDITION_FAILED.
-//! Every publish is persistent and mandatory and waits for the broker's confirm. Holds,
+//! Every publish is persistent and mandatory and confirmed by the broker. Holds,
 //! payment requests and orders of concurrent requests leave together, one message (a
-//! JSON array) per batch: see [`batch`].
+//! JSON array) per batch: see [`batch`]. Reserve waits for the confirm of a payment
+//! request, pay for that of its order; a hold's expiry is only waited for when the last
+//! batch of expiries failed, since the sweep returns a hold whose expiry was lost.
 
 mod batch;
 
@@ -482,13 +484,16 @@ fn redact(url: &str) -> String {
 
 impl MessageBus for Broker {
     /// The hold's expiry (and, in mock-payment mode, its payment request), each batched
-    /// with those of concurrent holds; returns once both are confirmed.
+    /// with those of concurrent holds. The payment request is confirmed before this
+    /// returns; the expiry is handed over while the broker is confirming (the hold's
+    /// deadline in the seat store is its durable record, walked by the sweep) and
+    /// confirmed first otherwise.
     async fn publish_hold(
         &self,
         expiry: ExpireHold,
         payment: Option<PaymentRequest>,
     ) -> PortResult<()> {
-        let expiry = self.holds.publish(wire::encode_expire(&expiry));
+        let expiry = self.holds.hand_over(wire::encode_expire(&expiry));
         match payment {
             None => expiry.await,
             Some(p) => {

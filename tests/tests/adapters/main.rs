@@ -349,7 +349,8 @@ async fn the_topology_is_declared_idempotently_and_dead_letters_are_kept() {
 }
 
 /// Holds published at the same time leave together: fewer messages than holds, and
-/// every hold in exactly one of them, each confirmed before its publish returns.
+/// every hold in exactly one of them. Payment requests are confirmed before their
+/// publish returns; expiries may still be on their way (they are handed over).
 #[tokio::test]
 async fn concurrent_holds_are_published_in_batches_each_hold_exactly_once() {
     use flash_sale_core::ports::MessageBus;
@@ -380,7 +381,6 @@ async fn concurrent_holds_are_published_in_batches_each_hold_exactly_once() {
     .await
     .unwrap();
 
-    // Every publish returned after its confirm, so every message is in its queue now.
     let ch = broker.channel().await.unwrap();
     let drain = |queue: String| {
         let ch = ch.clone();
@@ -396,8 +396,29 @@ async fn concurrent_holds_are_published_in_batches_each_hold_exactly_once() {
             bodies
         }
     };
-    let expiries = drain(topology.delay_queue()).await;
+    // Every payment publish returned after its confirm: they are all in their queue now.
     let payments = drain(topology.queue(Queue::Payments)).await;
+    let mut expiries = vec![];
+    let mut seen: HashMap<ReservationId, usize> = HashMap::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        for body in drain(topology.delay_queue()).await {
+            for hold in flash_sale_adapters::wire::decode_expiries(&body).unwrap() {
+                *seen.entry(hold.reservation).or_default() += 1;
+            }
+            expiries.push(body);
+        }
+        if seen.len() == ids.len() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {} expiries arrived",
+            seen.len(),
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(
         expiries.len() < ids.len() && payments.len() < ids.len(),
         "{} expiry and {} payment messages for {} holds: not batched",
@@ -405,13 +426,6 @@ async fn concurrent_holds_are_published_in_batches_each_hold_exactly_once() {
         payments.len(),
         ids.len()
     );
-    let mut seen: HashMap<ReservationId, usize> = HashMap::new();
-    for body in &expiries {
-        for hold in flash_sale_adapters::wire::decode_expiries(body).unwrap() {
-            *seen.entry(hold.reservation).or_default() += 1;
-        }
-    }
-    assert_eq!(seen.len(), ids.len());
     assert!(seen.values().all(|&n| n == 1), "a hold published twice");
     let mut paid: Vec<PaymentRequest> = payments
         .iter()
@@ -426,6 +440,58 @@ async fn concurrent_holds_are_published_in_batches_each_hold_exactly_once() {
     assert!(
         paid.iter()
             .all(|p| p.user.get() == p.reservation.seq() as i64)
+    );
+    broker.delete_topology().await.unwrap();
+}
+
+/// While the broker confirms, a hold's expiry is handed over: its publish returns before
+/// the confirm (the sweep covers its loss). A batch that fails makes the next publishes
+/// wait for their own confirm again, so the outage reaches a caller, and the first
+/// confirm after it ends the waiting.
+#[tokio::test]
+async fn an_expiry_is_handed_over_while_the_broker_confirms_and_awaited_after_a_failure() {
+    use flash_sale_core::ExpireHold;
+    use flash_sale_core::ports::MessageBus;
+
+    let iso = Isolation::new();
+    let topology = Topology {
+        prefix: iso.prefix.clone(),
+        hold: Duration::from_secs(900),
+        delivery_limit: 3,
+    };
+    let broker = Broker::connect("amqp://guest:guest@127.0.0.1:5672/%2f", topology.clone())
+        .await
+        .unwrap();
+    let hold = |seq: u64| ExpireHold {
+        reservation: ReservationId::new(showtime(7), seq).unwrap(),
+    };
+    // The first expiry waits for its confirm: nothing was confirmed before it.
+    broker.publish_hold(hold(1), None).await.unwrap();
+
+    // Without the delay queue, every expiry is returned unroutable: its batch fails.
+    let ch = broker.channel().await.unwrap();
+    ch.queue_delete(topology.delay_queue().as_str().into(), Default::default())
+        .await
+        .unwrap();
+    broker
+        .publish_hold(hold(2), None)
+        .await
+        .expect("handed over: the broker was confirming, so this returns before its confirm");
+    let mut seq = 3;
+    let refused = eventually(Duration::from_secs(10), "a publish to fail", || {
+        seq += 1;
+        let publish = broker.publish_hold(hold(seq), None);
+        async move { publish.await.err() }
+    })
+    .await;
+    assert!(refused.to_string().contains("unroutable"), "{refused}");
+
+    broker.declare_topology().await.unwrap();
+    broker.publish_hold(hold(100), None).await.unwrap();
+    let queued = broker.ready_count(&topology.delay_queue()).await.unwrap();
+    assert_eq!(
+        queued, 1,
+        "the expiry after the outage was confirmed before it returned"
     );
     broker.delete_topology().await.unwrap();
 }
