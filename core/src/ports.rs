@@ -156,14 +156,15 @@ pub trait SeatStore: Send + Sync + 'static {
 }
 
 /// The queues between functions. A publish returns once the broker confirmed it has the
-/// message, or fails; the one exception is a hold's expiry, below.
+/// message, or fails; the one exception is a hold's messages, below.
 pub trait MessageBus: Send + Sync + 'static {
     /// The follow-ups of a new hold: its expiry (delivered when the hold time is over)
-    /// and, in mock-payment mode, a payment request. The payment request is confirmed
-    /// before this returns. The expiry may be merely on its way while the broker is
-    /// known to be confirming: its loss is covered, because the hold's deadline is in
-    /// the seat store and the sweep returns any hold past it. When the broker is not
-    /// known to be confirming, the expiry is confirmed first and a failure is returned.
+    /// and, in mock-payment mode, a payment request. An implementation may return while
+    /// they are merely on their way, when the broker is known to be confirming: their
+    /// loss is covered, because the hold's deadline is in the seat store and the sweep
+    /// returns any hold past it (a lost payment request leaves the hold unpaid, and it
+    /// expires). When the broker is not known to be confirming, they are confirmed
+    /// first and a failure is returned.
     fn publish_hold(
         &self,
         expiry: ExpireHold,

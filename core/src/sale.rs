@@ -204,8 +204,9 @@ where
 
     /// Holds one seat of `showtime` for `user`, then publishes the hold's expiry (and,
     /// in mock-payment mode, its payment request). If the publish fails the seat is given
-    /// back before answering, so a broker outage never strands a seat; an expiry lost
-    /// after it was handed over (see [`MessageBus::publish_hold`]) is the sweep's.
+    /// back before answering, so a broker outage never strands a seat; a message lost
+    /// after it was handed over (see [`MessageBus::publish_hold`]) leaves the hold to
+    /// the sweep.
     pub async fn reserve(
         &self,
         user: UserId,

@@ -21,10 +21,15 @@
 //! sender does not wait for the confirm as long as the broker is confirming, that is
 //! as long as the last batch of its destination was confirmed. After a failed batch
 //! (and before the first one) every sender waits for its own confirm again, so an outage
-//! is seen by the first caller after it, and the first confirm ends it.
+//! is seen by the first caller after it, and the first confirm ends it. Handed-over
+//! messages of a failed batch nobody waits for are retried, with a growing pause, until
+//! confirmed or for [`RETRY_FOR`]; a failed sender that waits gets the error instead (and
+//! gives its seat back).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use flash_sale_core::ports::{PortError, PortResult};
 use tokio::sync::{mpsc, oneshot};
@@ -36,6 +41,13 @@ use crate::wire;
 /// JSON), so a Lambda event of a hundred such messages stays far below the 6 MB payload
 /// limit. More waiting messages than this leave in several batches, one after another.
 const MAX_BATCH: usize = 128;
+
+/// How long handed-over messages of failed batches are retried: through a broker
+/// restart, not a long outage (the sweep covers what is given up on).
+const RETRY_FOR: Duration = Duration::from_secs(60);
+/// The pause before the first retry; it doubles with every failure, up to the next.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 struct Pending {
     message: Vec<u8>,
@@ -76,7 +88,7 @@ impl Batcher {
 
     /// Publishes `message` like [`Batcher::publish`], but returns as soon as it is
     /// queued for the next batch while the broker is confirming; otherwise waits for
-    /// its confirm. For messages whose loss is covered elsewhere (a hold's expiry: its
+    /// its confirm. For messages whose loss is covered elsewhere (a hold's messages: its
     /// deadline is in the seat store, which the sweep walks).
     pub(super) async fn hand_over(&self, message: Vec<u8>) -> PortResult<()> {
         if !self.confirming.load(Ordering::Relaxed) {
@@ -103,29 +115,75 @@ async fn publish_batches(
     confirming: Arc<AtomicBool>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    // Everything that arrived while the previous batch was being confirmed leaves now.
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let body = wire::encode_batch(batch.iter().map(|p| p.message.as_slice()));
+    // Handed-over messages of failed batches, with when to give up on each.
+    let mut retry: VecDeque<(Vec<u8>, Instant)> = VecDeque::new();
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let retried = retry.len().min(MAX_BATCH);
+        if retried == 0 {
+            // Everything that arrived while the previous batch was being confirmed
+            // leaves now.
+            if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
+                return;
+            }
+        } else {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            while batch.len() < MAX_BATCH - retried {
+                let Ok(pending) = rx.try_recv() else { break };
+                batch.push(pending);
+            }
+        }
+        let retrying: Vec<(Vec<u8>, Instant)> = retry.drain(..retried).collect();
+        let body = wire::encode_batch(
+            retrying
+                .iter()
+                .map(|(message, _)| message.as_slice())
+                .chain(batch.iter().map(|p| p.message.as_slice())),
+        );
         let result = link
             .publish_to(&exchange, &[(key.as_str(), body)], Default::default())
             .await;
         confirming.store(result.is_ok(), Ordering::Relaxed);
-        let mut unheard = 0;
+        let Err(e) = &result else {
+            backoff = FIRST_BACKOFF;
+            for pending in batch.drain(..) {
+                if let Some(waiting) = pending.confirmed {
+                    // A caller that stopped waiting (its request was cancelled) is
+                    // fine: the message is out either way.
+                    let _ = waiting.send(Ok(()));
+                }
+            }
+            continue;
+        };
+        let now = Instant::now();
+        let mut unheard = retrying;
         for pending in batch.drain(..) {
             match pending.confirmed {
-                // A caller that stopped waiting (its request was cancelled) is fine: the
-                // message is out either way and covered like any published hold.
-                Some(waiting) => drop(waiting.send(result.clone())),
-                None => unheard += 1,
+                Some(waiting) => drop(waiting.send(Err(e.clone()))),
+                None => unheard.push((pending.message, now + RETRY_FOR)),
             }
         }
-        if let Err(e) = &result
-            && unheard > 0
-        {
+        let mut dropped = 0;
+        for (message, until) in unheard {
+            if now < until {
+                retry.push_back((message, until));
+            } else {
+                dropped += 1;
+            }
+        }
+        if !retry.is_empty() {
             tracing::warn!(
                 routing_key = %key,
-                messages = unheard,
-                "a batch of handed-over messages was not confirmed; the sweep covers them: {e}"
+                messages = retry.len(),
+                "handed-over messages were not confirmed; retrying in {backoff:?}: {e}"
+            );
+        }
+        if dropped > 0 {
+            tracing::warn!(
+                routing_key = %key,
+                messages = dropped,
+                "gave up on handed-over messages after {RETRY_FOR:?}; the sweep covers them"
             );
         }
     }

@@ -21,9 +21,10 @@
 //! exists, so a new hold time gets a new queue instead of a PRECONDITION_FAILED.
 //! Every publish is persistent and mandatory and confirmed by the broker. Holds,
 //! payment requests and orders of concurrent requests leave together, one message (a
-//! JSON array) per batch: see [`batch`]. Reserve waits for the confirm of a payment
-//! request, pay for that of its order; a hold's expiry is only waited for when the last
-//! batch of expiries failed, since the sweep returns a hold whose expiry was lost.
+//! JSON array) per batch: see [`batch`]. Pay answers after its order's confirm. Reserve
+//! answers after its hold's messages are confirmed, or, in a long-lived process
+//! ([`Broker::hand_over_hold_messages`]), once they are queued while the broker is
+//! confirming: the sweep returns a hold whose expiry was lost.
 
 mod batch;
 
@@ -120,6 +121,8 @@ pub struct Broker {
     holds: Batcher,
     payments: Batcher,
     orders: Batcher,
+    /// Whether a hold's messages are handed over (see [`Broker::hand_over_hold_messages`]).
+    hand_over: bool,
 }
 
 /// The connection and the publishing channel, shared with the batch publishers.
@@ -165,9 +168,28 @@ impl Broker {
             orders: batcher(Queue::Orders.key().to_string()),
             topology,
             link,
+            hand_over: false,
         };
         broker.declare_topology().await?;
         Ok(broker)
+    }
+
+    /// Lets [`MessageBus::publish_hold`] return once a hold's messages are queued for the
+    /// next batch, while the broker is confirming, instead of after their confirm. Only
+    /// for a process that lives on after answering (not a Lambda function, frozen
+    /// between invocations), and that runs the sweep, or has it run, which returns a hold
+    /// whose expiry was lost. Off by default.
+    pub fn hand_over_hold_messages(mut self, yes: bool) -> Self {
+        self.hand_over = yes;
+        self
+    }
+
+    async fn follow_up(&self, batcher: &Batcher, message: Vec<u8>) -> PortResult<()> {
+        if self.hand_over {
+            batcher.hand_over(message).await
+        } else {
+            batcher.publish(message).await
+        }
     }
 
     pub fn topology(&self) -> &Topology {
@@ -484,20 +506,19 @@ fn redact(url: &str) -> String {
 
 impl MessageBus for Broker {
     /// The hold's expiry (and, in mock-payment mode, its payment request), each batched
-    /// with those of concurrent holds. The payment request is confirmed before this
-    /// returns; the expiry is handed over while the broker is confirming (the hold's
-    /// deadline in the seat store is its durable record, walked by the sweep) and
-    /// confirmed first otherwise.
+    /// with those of concurrent holds; returns once both are confirmed, or, when
+    /// [handing over](Broker::hand_over_hold_messages) and the broker is confirming, once
+    /// both are queued for their next batch.
     async fn publish_hold(
         &self,
         expiry: ExpireHold,
         payment: Option<PaymentRequest>,
     ) -> PortResult<()> {
-        let expiry = self.holds.hand_over(wire::encode_expire(&expiry));
+        let expiry = self.follow_up(&self.holds, wire::encode_expire(&expiry));
         match payment {
             None => expiry.await,
             Some(p) => {
-                let payment = self.payments.publish(wire::encode_payment(&p));
+                let payment = self.follow_up(&self.payments, wire::encode_payment(&p));
                 let (expiry, payment) = tokio::join!(expiry, payment);
                 expiry.and(payment)
             }

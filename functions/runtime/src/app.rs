@@ -35,7 +35,9 @@ impl App {
             Postgres::connect(&config.database_url),
         );
         let seats = seats.context("Redis (REDIS_URL) is not reachable")?;
-        let bus = bus.context("RabbitMQ (AMQP_URL) is not reachable")?;
+        let bus = bus
+            .context("RabbitMQ (AMQP_URL) is not reachable")?
+            .hand_over_hold_messages(config.hand_over_hold_messages);
         let db = db.context("PostgreSQL (DATABASE_URL) is not reachable")?;
         db.migrate().await.context("PostgreSQL migrations failed")?;
         let settings = SaleSettings {

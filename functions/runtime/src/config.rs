@@ -32,6 +32,11 @@ pub struct Config {
     /// How long a process answers "sold out" from memory after Redis said so
     /// (`SOLD_OUT_CACHE_MS`, default 100; 0 turns it off).
     pub sold_out_cache: Duration,
+    /// Whether reserve may answer once a hold's messages are on their way rather than
+    /// confirmed (see `MessageBus::publish_hold`): yes in a long-lived process, no under
+    /// a Lambda runtime (`AWS_LAMBDA_RUNTIME_API` is set), where the environment is
+    /// frozen between invocations and nothing would publish what was handed over.
+    pub hand_over_hold_messages: bool,
     /// Who a caller is: `AUTH_MODE` and the `JWT_*` variables (see [`AuthConfig`]).
     pub auth: AuthConfig,
     /// Rate limits and the bound on in-flight requests (see [`LimitsConfig`]).
@@ -240,6 +245,7 @@ impl Config {
                     _ => return Err(bad(var, "expected milliseconds between 0 and 60000")),
                 }
             },
+            hand_over_hold_messages: var(&lookup, "AWS_LAMBDA_RUNTIME_API").is_none(),
             auth,
             limits,
         })
@@ -448,6 +454,13 @@ mod tests {
         assert_eq!(c.addr.to_string(), "127.0.0.1:4000");
         assert_eq!(c.mock_pay_delay_ms, 100..=1000);
         assert!(c.redis_url.starts_with("redis://127.0.0.1"));
+    }
+
+    #[test]
+    fn only_a_process_outside_a_lambda_runtime_hands_hold_messages_over() {
+        assert!(with(&[]).unwrap().hand_over_hold_messages);
+        let lambda = with(&[("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9001")]).unwrap();
+        assert!(!lambda.hand_over_hold_messages);
     }
 
     #[test]

@@ -193,8 +193,9 @@ async fn a_rabbitmq_restart_mid_sale_loses_no_confirmed_message_and_strands_no_h
         .filter(|(_, (s, _))| *s == StatusCode::OK)
         .map(|(_, (_, b))| b["reservation_id"].as_str().unwrap().to_string())
         .collect();
-    // Every hold answered 200 was paid by the mock payer (its payment request was
-    // confirmed before the answer), so every one of them must become an order.
+    // Every hold answered 200 was paid by the mock payer, so every one of them must
+    // become an order: its payment request was confirmed before the answer, or handed
+    // over and retried through the restart until confirmed.
     let (sold, orders) = settled(&app, showtime).await;
     assert_eq!(orders, sold);
     let ordered: HashSet<String> =
