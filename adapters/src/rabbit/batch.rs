@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use flash_sale_core::ports::{PortError, PortResult};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{COMPONENT, Link};
 use crate::wire;
@@ -60,17 +60,36 @@ struct Pending {
 #[derive(Debug)]
 pub(super) struct Batcher {
     tx: mpsc::UnboundedSender<Pending>,
+    state: Arc<State>,
+}
+
+/// What the senders and the publishing task share.
+#[derive(Debug)]
+struct State {
     /// Whether the last batch was confirmed.
-    confirming: Arc<AtomicBool>,
+    confirming: AtomicBool,
+    /// Handed-over messages neither confirmed nor given up on yet.
+    outstanding: watch::Sender<usize>,
 }
 
 impl Batcher {
     /// Starts the publishing task on the current tokio runtime.
     pub(super) fn start(link: Arc<Link>, exchange: String, key: String) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        let confirming = Arc::new(AtomicBool::new(false));
-        tokio::spawn(publish_batches(link, exchange, key, rx, confirming.clone()));
-        Self { tx, confirming }
+        let state = Arc::new(State {
+            confirming: AtomicBool::new(false),
+            outstanding: watch::Sender::new(0),
+        });
+        tokio::spawn(publish_batches(link, exchange, key, rx, state.clone()));
+        Self { tx, state }
+    }
+
+    /// Waits until every message handed over so far is confirmed (or given up on), at
+    /// most `within`. Returns how many are still outstanding.
+    pub(super) async fn flush(&self, within: Duration) -> usize {
+        let mut outstanding = self.state.outstanding.subscribe();
+        let _ = tokio::time::timeout(within, outstanding.wait_for(|&n| n == 0)).await;
+        *self.state.outstanding.borrow()
     }
 
     /// Publishes `message` (one JSON object) and waits until the broker confirmed the
@@ -91,15 +110,19 @@ impl Batcher {
     /// its confirm. For messages whose loss is covered elsewhere (a hold's messages: its
     /// deadline is in the seat store, which the sweep walks).
     pub(super) async fn hand_over(&self, message: Vec<u8>) -> PortResult<()> {
-        if !self.confirming.load(Ordering::Relaxed) {
+        if !self.state.confirming.load(Ordering::Relaxed) {
             return self.publish(message).await;
         }
+        self.state.outstanding.send_modify(|n| *n += 1);
         self.tx
             .send(Pending {
                 message,
                 confirmed: None,
             })
-            .map_err(|_| stopped())
+            .map_err(|_| {
+                self.state.outstanding.send_modify(|n| *n -= 1);
+                stopped()
+            })
     }
 }
 
@@ -112,7 +135,7 @@ async fn publish_batches(
     exchange: String,
     key: String,
     mut rx: mpsc::UnboundedReceiver<Pending>,
-    confirming: Arc<AtomicBool>,
+    state: Arc<State>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // Handed-over messages of failed batches, with when to give up on each.
@@ -144,16 +167,19 @@ async fn publish_batches(
         let result = link
             .publish_to(&exchange, &[(key.as_str(), body)], Default::default())
             .await;
-        confirming.store(result.is_ok(), Ordering::Relaxed);
+        state.confirming.store(result.is_ok(), Ordering::Relaxed);
         let Err(e) = &result else {
             backoff = FIRST_BACKOFF;
+            let mut settled = retrying.len();
             for pending in batch.drain(..) {
-                if let Some(waiting) = pending.confirmed {
+                match pending.confirmed {
                     // A caller that stopped waiting (its request was cancelled) is
                     // fine: the message is out either way.
-                    let _ = waiting.send(Ok(()));
+                    Some(waiting) => drop(waiting.send(Ok(()))),
+                    None => settled += 1,
                 }
             }
+            state.outstanding.send_modify(|n| *n -= settled);
             continue;
         };
         let now = Instant::now();
@@ -179,6 +205,7 @@ async fn publish_batches(
                 "handed-over messages were not confirmed; retrying in {backoff:?}: {e}"
             );
         }
+        state.outstanding.send_modify(|n| *n -= dropped);
         if dropped > 0 {
             tracing::warn!(
                 routing_key = %key,

@@ -184,6 +184,14 @@ impl Broker {
         self
     }
 
+    /// Waits, at most `within`, until every hold message handed over so far is confirmed
+    /// (or given up on): what a process does before it stops. Returns how many are
+    /// still outstanding.
+    pub async fn flush(&self, within: Duration) -> usize {
+        let (holds, payments) = tokio::join!(self.holds.flush(within), self.payments.flush(within));
+        holds + payments
+    }
+
     async fn follow_up(&self, batcher: &Batcher, message: Vec<u8>) -> PortResult<()> {
         if self.hand_over {
             batcher.hand_over(message).await

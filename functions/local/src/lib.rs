@@ -90,6 +90,10 @@ async fn answer_in_time(request: Request, next: Next) -> Response {
     }
 }
 
+/// How long a stopping process waits for the hold messages it handed over to be
+/// confirmed.
+const FLUSH_WITHIN: Duration = Duration::from_secs(5);
+
 /// Serves every route on `listener` and runs the queue consumers and the sweep, until
 /// `shutdown` resolves.
 pub async fn serve(
@@ -107,10 +111,19 @@ pub async fn serve(
 
     tracing::info!(addr = %listener.local_addr()?, payment = ?app.config.payment_mode, "flash-sale is serving");
     // The peer address feeds the per-address rate limit.
+    let sale = app.sale.clone();
     let service = router(app).into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, service)
         .with_graceful_shutdown(shutdown)
         .await?;
+    // Every request is answered; the hold messages some answers handed over leave now.
+    let unsent = sale.bus().flush(FLUSH_WITHIN).await;
+    if unsent > 0 {
+        tracing::warn!(
+            unsent,
+            "stopping with hold messages still unconfirmed; the sweep returns their holds"
+        );
+    }
     background.shutdown().await;
     Ok(())
 }

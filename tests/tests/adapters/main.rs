@@ -349,8 +349,7 @@ async fn the_topology_is_declared_idempotently_and_dead_letters_are_kept() {
 }
 
 /// Holds published at the same time leave together: fewer messages than holds, and
-/// every hold in exactly one of them (handed over: some may still be on their way when
-/// their publish returns).
+/// every hold in exactly one of them, confirmed by the time a flush returns.
 #[tokio::test]
 async fn concurrent_holds_are_published_in_batches_each_hold_exactly_once() {
     use flash_sale_core::ports::MessageBus;
@@ -397,33 +396,21 @@ async fn concurrent_holds_are_published_in_batches_each_hold_exactly_once() {
             bodies
         }
     };
-    let (mut expiries, mut payments) = (vec![], vec![]);
+    // Handed over: some may still be on their way; a flush waits for their confirms.
+    assert_eq!(broker.flush(Duration::from_secs(10)).await, 0);
+    let expiries = drain(topology.delay_queue()).await;
+    let payments = drain(topology.queue(Queue::Payments)).await;
     let mut seen: HashMap<ReservationId, usize> = HashMap::new();
-    let mut paid: Vec<PaymentRequest> = vec![];
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        for body in drain(topology.delay_queue()).await {
-            for hold in flash_sale_adapters::wire::decode_expiries(&body).unwrap() {
-                *seen.entry(hold.reservation).or_default() += 1;
-            }
-            expiries.push(body);
+    for body in &expiries {
+        for hold in flash_sale_adapters::wire::decode_expiries(body).unwrap() {
+            *seen.entry(hold.reservation).or_default() += 1;
         }
-        for body in drain(topology.queue(Queue::Payments)).await {
-            paid.extend(flash_sale_adapters::wire::decode_payments(&body).unwrap());
-            payments.push(body);
-        }
-        if seen.len() == ids.len() && paid.len() >= ids.len() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} of {} expiries and {} payment requests arrived",
-            seen.len(),
-            ids.len(),
-            paid.len()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert_eq!(seen.len(), ids.len());
+    let mut paid: Vec<PaymentRequest> = payments
+        .iter()
+        .flat_map(|body| flash_sale_adapters::wire::decode_payments(body).unwrap())
+        .collect();
     assert!(
         expiries.len() < ids.len() && payments.len() < ids.len(),
         "{} expiry and {} payment messages for {} holds: not batched",
