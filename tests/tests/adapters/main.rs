@@ -1,15 +1,16 @@
 //! The adapters on their own, against real Redis, PostgreSQL and RabbitMQ: the Lua
-//! scripts' rules, the database's last word, and the broker's topology.
+//! scripts' rules, the database's last word, the broker's topology and its publishing.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use flash_sale_adapters::{Broker, Postgres, Queue, RedisSeats, Topology};
 use flash_sale_core::ports::{
-    Catalog, ExpireOutcome, OrderBook, OrderOutcome, PayOutcome, SeatStore, TakeOutcome,
+    Catalog, ExpireOutcome, MessageBus, OrderBook, OrderOutcome, PayOutcome, SeatStore, TakeOutcome,
 };
 use flash_sale_core::{
-    Capacity, NewShowtime, OrderRequest, ReservationId, SeatCounts, ShowtimeId, Status, UnixMillis,
-    UserId,
+    Capacity, ExpireHold, NewShowtime, OrderRequest, PaymentRequest, ReservationId, SeatCounts,
+    ShowtimeId, Status, UnixMillis, UserId,
 };
 use flash_sale_tests::{Isolation, eventually};
 
@@ -50,6 +51,25 @@ async fn drop_database(db: Postgres, iso: &Isolation) {
     flash_sale_tests::drop_database(&iso.database)
         .await
         .unwrap();
+}
+
+const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// The test's own exchanges and queues, for a 900 s hold.
+fn topology(iso: &Isolation) -> Topology {
+    Topology {
+        prefix: iso.prefix.clone(),
+        hold: Duration::from_secs(900),
+        delivery_limit: 3,
+    }
+}
+
+/// A broker as the local process has it: hold messages are handed over.
+async fn handing_over(topology: &Topology) -> Broker {
+    Broker::connect(AMQP_URL, topology.clone())
+        .await
+        .unwrap()
+        .hand_over_hold_messages(true)
 }
 
 fn showtime(n: i64) -> ShowtimeId {
@@ -314,15 +334,10 @@ async fn migrations_run_twice_and_concurrently_without_harm() {
 #[tokio::test]
 async fn the_topology_is_declared_idempotently_and_dead_letters_are_kept() {
     let iso = Isolation::new();
-    let topology = Topology {
-        prefix: iso.prefix.clone(),
-        hold: Duration::from_secs(900),
-        delivery_limit: 3,
-    };
-    let url = "amqp://guest:guest@127.0.0.1:5672/%2f";
-    let broker = Broker::connect(url, topology.clone()).await.unwrap();
+    let topology = topology(&iso);
+    let broker = Broker::connect(AMQP_URL, topology.clone()).await.unwrap();
     // A second process starting declares the same topology without error.
-    let again = Broker::connect(url, topology.clone()).await.unwrap();
+    let again = Broker::connect(AMQP_URL, topology.clone()).await.unwrap();
     assert_eq!(
         broker.topology().delay_queue(),
         format!("{}.holds.delay.900s", iso.prefix)
@@ -343,7 +358,7 @@ async fn the_topology_is_declared_idempotently_and_dead_letters_are_kept() {
         hold: Duration::from_secs(1200),
         ..topology.clone()
     };
-    let other = Broker::connect(url, longer).await.unwrap();
+    let other = Broker::connect(AMQP_URL, longer).await.unwrap();
     other.delete_topology().await.unwrap();
     broker.delete_topology().await.unwrap();
 }
@@ -352,20 +367,9 @@ async fn the_topology_is_declared_idempotently_and_dead_letters_are_kept() {
 /// every hold in exactly one of them, confirmed by the time a flush returns.
 #[tokio::test]
 async fn concurrent_holds_are_published_in_batches_each_hold_exactly_once() {
-    use flash_sale_core::ports::MessageBus;
-    use flash_sale_core::{ExpireHold, PaymentRequest};
-    use std::collections::HashMap;
-
     let iso = Isolation::new();
-    let topology = Topology {
-        prefix: iso.prefix.clone(),
-        hold: Duration::from_secs(900),
-        delivery_limit: 3,
-    };
-    let broker = Broker::connect("amqp://guest:guest@127.0.0.1:5672/%2f", topology.clone())
-        .await
-        .unwrap()
-        .hand_over_hold_messages(true);
+    let topology = topology(&iso);
+    let broker = handing_over(&topology).await;
     let ids: Vec<ReservationId> = (1..=300)
         .map(|seq| ReservationId::new(showtime(7), seq).unwrap())
         .collect();
@@ -439,21 +443,10 @@ async fn concurrent_holds_are_published_in_batches_each_hold_exactly_once() {
 /// host's) waits every time.
 #[tokio::test]
 async fn hold_messages_are_handed_over_while_the_broker_confirms_and_awaited_after_a_failure() {
-    use flash_sale_core::ExpireHold;
-    use flash_sale_core::ports::MessageBus;
-
     let iso = Isolation::new();
-    let topology = Topology {
-        prefix: iso.prefix.clone(),
-        hold: Duration::from_secs(900),
-        delivery_limit: 3,
-    };
-    let url = "amqp://guest:guest@127.0.0.1:5672/%2f";
-    let broker = Broker::connect(url, topology.clone())
-        .await
-        .unwrap()
-        .hand_over_hold_messages(true);
-    let waiting = Broker::connect(url, topology.clone()).await.unwrap();
+    let topology = topology(&iso);
+    let broker = handing_over(&topology).await;
+    let waiting = Broker::connect(AMQP_URL, topology.clone()).await.unwrap();
     let hold = |seq: u64| ExpireHold {
         reservation: ReservationId::new(showtime(7), seq).unwrap(),
     };
