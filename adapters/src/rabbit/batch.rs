@@ -4,9 +4,9 @@
 //!
 //! RabbitMQ's cost is per message (routing, the quorum log, the confirm), not per byte,
 //! so a hold path that published one message per hold was bound by the broker (about
-//! 70% of a core at 5,000 holds/s). Batching changes nothing a caller can observe: each
-//! caller still waits until *its* message is confirmed, and learns of a failure of its
-//! own batch. Nothing waits to fill a batch either: a batch leaves as soon as the
+//! 70% of a core at 5,000 holds/s). Batching changes nothing a caller can observe: a
+//! caller of [`Batcher::publish`] still waits until *its* message is confirmed, and
+//! learns of a failure of its own batch. Nothing waits to fill a batch either: a batch leaves as soon as the
 //! previous one of its destination is confirmed, so a lone request is published at once
 //! and batches grow only while the broker is busy confirming. One batch in flight per
 //! destination is the classic group commit: measured on `all-win` (64 connections),

@@ -110,8 +110,8 @@ pub async fn serve(
     background.spawn(consumers::sweep(app.clone()));
 
     tracing::info!(addr = %listener.local_addr()?, payment = ?app.config.payment_mode, "flash-sale is serving");
-    // The peer address feeds the per-address rate limit.
     let sale = app.sale.clone();
+    // The peer address feeds the per-address rate limit.
     let service = router(app).into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, service)
         .with_graceful_shutdown(shutdown)
