@@ -624,13 +624,21 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Report> {
         }
     };
     let server_pid = server.as_ref().map(|s| s.pid).or(args.server_pid);
+    // A kept run keeps its expiries: only a run cleaned afterwards drains them to check.
+    let delay_queue = (server.is_some() && !args.keep).then(|| verify::DelayQueue {
+        amqp_url: args.services.amqp_url.clone(),
+        name: format!("{prefix}.holds.delay.{}s", args.hold_secs),
+    });
     let outcome = flash_sale_phases(
         &plan,
         &drive,
         args,
         &endpoint,
         &db_url,
-        server_pid,
+        Observed {
+            pid: server_pid,
+            delay_queue: delay_queue.as_ref(),
+        },
         &mut report,
     )
     .await;
@@ -655,15 +663,27 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// What the bench can see of the flash-sale server besides its answers.
+struct Observed<'a> {
+    /// Its process, for memory and CPU (and `perf`).
+    pid: Option<u32>,
+    /// Its delay queue, when the bench started it and cleans up after it.
+    delay_queue: Option<&'a verify::DelayQueue>,
+}
+
 async fn flash_sale_phases(
     plan: &Plan,
     drive: &Drive,
     args: &Resolved,
     endpoint: &Endpoint,
     db_url: &str,
-    server_pid: Option<u32>,
+    server: Observed<'_>,
     report: &mut Report,
 ) -> anyhow::Result<()> {
+    let Observed {
+        pid: server_pid,
+        delay_queue,
+    } = server;
     let db = sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
         .connect(db_url)
@@ -719,7 +739,11 @@ async fn flash_sale_phases(
             "   {name}: {:.0} attempts/s, p99 {:.2} ms; verifying...",
             p.attempts_per_s, p.reserve_latency.p99_ms
         );
-        let v = verify::verify(plan, &ids, &r, endpoint, &db, deadline).await?;
+        let mut v = verify::verify(plan, &ids, &r, endpoint, &db, deadline).await?;
+        if let Some(queue) = delay_queue {
+            v.checks
+                .push(verify::expiries_confirmed(queue, &r, deadline).await?);
+        }
         if let Some(ms) = v.orders_landed_after_ms {
             eprintln!("   every order in PostgreSQL {ms:.0} ms after the last answer");
         }

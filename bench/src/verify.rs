@@ -1,6 +1,7 @@
 //! After a phase against flash-sale: wait until every order is in PostgreSQL, then check
 //! the invariants against three witnesses (the HTTP answers the buyers got, the server's
-//! own seat counts, and the orders table).
+//! own seat counts, and the orders table), and, for a server the bench started, that
+//! every hold's expiry reached RabbitMQ.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -277,5 +278,65 @@ pub async fn verify(
         orders_found: found,
         orders_landed_after_ms: landed,
         checks,
+    })
+}
+
+/// The delay queue of a server the bench started, where every hold's expiry waits out
+/// the hold time.
+pub struct DelayQueue {
+    pub amqp_url: String,
+    pub name: String,
+}
+
+/// Every hold the buyers were given has its expiry in the delay queue: what reserve
+/// handed over to its publisher was confirmed, not only queued. Drains the queue (the
+/// run's own, deleted after it), waiting up to `deadline` for the last messages.
+pub async fn expiries_confirmed(
+    queue: &DelayQueue,
+    phase: &PhaseResult,
+    deadline: Duration,
+) -> anyhow::Result<Check> {
+    let conn =
+        lapin::Connection::connect(&queue.amqp_url, lapin::ConnectionProperties::default()).await?;
+    let ch = conn.create_channel().await?;
+    let mut missing: HashSet<&str> = phase.won.iter().map(|w| w.id.as_str()).collect();
+    let holds = missing.len();
+    let started = Instant::now();
+    while !missing.is_empty() && started.elapsed() < deadline {
+        let got = ch
+            .basic_get(
+                queue.name.as_str().into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await?;
+        let Some(message) = got else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        // One expiry ({"reservation_id": "42-7"}) or a batch of them (a JSON array).
+        let body: serde_json::Value = serde_json::from_slice(&message.delivery.data)?;
+        let entries = match body {
+            serde_json::Value::Array(entries) => entries,
+            one => vec![one],
+        };
+        for entry in &entries {
+            if let Some(id) = entry["reservation_id"].as_str() {
+                missing.remove(id);
+            }
+        }
+    }
+    let _ = conn.close(200, "verified".into()).await;
+    let detail = match missing.iter().next() {
+        None => format!("{holds} of {holds} holds"),
+        Some(example) => format!(
+            "{} of {holds} holds have no expiry in {} (e.g. {example})",
+            missing.len(),
+            queue.name
+        ),
+    };
+    Ok(Check {
+        name: "every hold's expiry is confirmed in RabbitMQ".to_string(),
+        ok: missing.is_empty(),
+        detail,
     })
 }
