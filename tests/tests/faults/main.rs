@@ -116,6 +116,29 @@ where
     }
 }
 
+/// Once `progress` reaches `at`, restarts the service and, as soon as a fresh connection
+/// finds it down, sets `strike` (the load held back until then goes on); returns the
+/// progress at that moment, after the restart command has ended.
+async fn restart_once<Up, Fut>(
+    progress: &mut watch::Receiver<usize>,
+    at: usize,
+    what: &str,
+    restart: fn(),
+    up: Up,
+    strike: &watch::Sender<bool>,
+) -> usize
+where
+    Up: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    progressed(progress, at, Duration::from_secs(60), "the restart").await;
+    let restarting = start_and_see_down(what, restart, up).await;
+    let before = *progress.borrow();
+    strike.send_replace(true);
+    restarting.await.unwrap();
+    before
+}
+
 async fn definite(app: &TestApp, path: &str, body: Value) -> (StatusCode, Value) {
     flash_sale_tests::definite(&app.http, &app.url(path), &body).await
 }
@@ -177,15 +200,14 @@ async fn a_rabbitmq_restart_mid_sale_loses_no_confirmed_message_and_strands_no_h
             .collect::<Vec<_>>()
             .await
     };
-    let restart = async {
-        progressed(&mut seen, SEATS / 3, Duration::from_secs(60), "the restart").await;
-        let restarting =
-            start_and_see_down("RabbitMQ", restart_rabbitmq, || rabbitmq_up(app_ref)).await;
-        let won_before = *seen.borrow();
-        strike.send_replace(true);
-        restarting.await.unwrap();
-        won_before
-    };
+    let restart = restart_once(
+        &mut seen,
+        SEATS / 3,
+        "RabbitMQ",
+        restart_rabbitmq,
+        || rabbitmq_up(app_ref),
+        &strike,
+    );
     let (answers, won_before) = tokio::join!(crowd, restart);
 
     let won: HashSet<String> = answers
@@ -264,15 +286,14 @@ async fn a_postgres_restart_mid_sale_loses_no_order_and_writes_none_twice() {
             .collect::<Vec<_>>()
             .await
     };
-    let restart = async {
-        progressed(&mut seen, SEATS / 4, Duration::from_secs(60), "the restart").await;
-        let restarting =
-            start_and_see_down("PostgreSQL", restart_postgres, || postgres_up(app_ref)).await;
-        let paid_before = *seen.borrow();
-        strike.send_replace(true);
-        restarting.await.unwrap();
-        paid_before
-    };
+    let restart = restart_once(
+        &mut seen,
+        SEATS / 4,
+        "PostgreSQL",
+        restart_postgres,
+        || postgres_up(app_ref),
+        &strike,
+    );
     let (_, paid_before) = tokio::join!(payments, restart);
 
     let (sold, orders) = settled(&app, showtime).await;
