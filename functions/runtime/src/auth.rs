@@ -413,12 +413,6 @@ pub trait HasGuard {
     fn guard(&self) -> &Guard;
 }
 
-impl HasGuard for Guard {
-    fn guard(&self) -> &Guard {
-        self
-    }
-}
-
 /// The state of a function's routes: the wired application and the guard.
 #[derive(Clone, Debug)]
 pub struct AppState {
