@@ -313,16 +313,11 @@ pub async fn expiries_confirmed(
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
-        // One expiry ({"reservation_id": "42-7"}) or a batch of them (a JSON array).
-        let body: serde_json::Value = serde_json::from_slice(&message.delivery.data)?;
-        let entries = match body {
-            serde_json::Value::Array(entries) => entries,
-            one => vec![one],
-        };
-        for entry in &entries {
-            if let Some(id) = entry["reservation_id"].as_str() {
-                missing.remove(id);
-            }
+        // One expiry or a batch of them, as the server's consumers read them.
+        let expiries = flash_sale_adapters::wire::decode_expiries(&message.delivery.data)
+            .map_err(|e| anyhow::anyhow!("an unreadable message in {}: {e}", queue.name))?;
+        for expiry in expiries {
+            missing.remove(expiry.reservation.to_string().as_str());
         }
     }
     let _ = conn.close(200, "verified".into()).await;
