@@ -28,11 +28,11 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use flash_sale_core::ports::{PortError, PortResult};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::{COMPONENT, Link};
 use crate::wire;
@@ -69,7 +69,18 @@ struct State {
     /// Whether the last batch was confirmed.
     confirming: AtomicBool,
     /// Handed-over messages neither confirmed nor given up on yet.
-    outstanding: watch::Sender<usize>,
+    outstanding: AtomicUsize,
+    /// Woken when `outstanding` drops to zero.
+    settled: Notify,
+}
+
+impl State {
+    /// `n` handed-over messages were confirmed or given up on.
+    fn settle(&self, n: usize) {
+        if n > 0 && self.outstanding.fetch_sub(n, Ordering::SeqCst) == n {
+            self.settled.notify_waiters();
+        }
+    }
 }
 
 impl Batcher {
@@ -78,7 +89,8 @@ impl Batcher {
         let (tx, rx) = mpsc::unbounded_channel();
         let state = Arc::new(State {
             confirming: AtomicBool::new(false),
-            outstanding: watch::Sender::new(0),
+            outstanding: AtomicUsize::new(0),
+            settled: Notify::new(),
         });
         tokio::spawn(publish_batches(link, exchange, key, rx, state.clone()));
         Self { tx, state }
@@ -87,9 +99,18 @@ impl Batcher {
     /// Waits until every message handed over so far is confirmed (or given up on), at
     /// most `within`. Returns how many are still outstanding.
     pub(super) async fn flush(&self, within: Duration) -> usize {
-        let mut outstanding = self.state.outstanding.subscribe();
-        let _ = tokio::time::timeout(within, outstanding.wait_for(|&n| n == 0)).await;
-        *self.state.outstanding.borrow()
+        let all_settled = async {
+            loop {
+                // Registered before the check, so a wake-up in between is not missed.
+                let settled = self.state.settled.notified();
+                if self.state.outstanding.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                settled.await;
+            }
+        };
+        let _ = tokio::time::timeout(within, all_settled).await;
+        self.state.outstanding.load(Ordering::SeqCst)
     }
 
     /// Publishes `message` (one JSON object) and waits until the broker confirmed the
@@ -113,14 +134,14 @@ impl Batcher {
         if !self.state.confirming.load(Ordering::Relaxed) {
             return self.publish(message).await;
         }
-        self.state.outstanding.send_modify(|n| *n += 1);
+        self.state.outstanding.fetch_add(1, Ordering::SeqCst);
         self.tx
             .send(Pending {
                 message,
                 confirmed: None,
             })
             .map_err(|_| {
-                self.state.outstanding.send_modify(|n| *n -= 1);
+                self.state.settle(1);
                 stopped()
             })
     }
@@ -179,7 +200,7 @@ async fn publish_batches(
                     None => settled += 1,
                 }
             }
-            state.outstanding.send_modify(|n| *n -= settled);
+            state.settle(settled);
             continue;
         };
         let now = Instant::now();
@@ -205,7 +226,7 @@ async fn publish_batches(
                 "handed-over messages were not confirmed; retrying in {backoff:?}: {e}"
             );
         }
-        state.outstanding.send_modify(|n| *n -= dropped);
+        state.settle(dropped);
         if dropped > 0 {
             tracing::warn!(
                 routing_key = %key,
