@@ -12,18 +12,18 @@ fuzz_target!(|data: &[u8]| {
         user: UserId::new(7).unwrap(),
         admin: false,
     });
-    if let Ok(r) = parse_json::<reserve::ReserveRequest>(data) {
+    if let Ok(r) = parse_json::<flash_sale_reserve::ReserveRequest>(data) {
         for caller in [Caller::Trusted, me] {
             if let Err(e) = r.parse(&caller) {
                 assert!(e.status().is_client_error());
             }
         }
     }
-    if let Ok(p) = parse_json::<pay::PayRequest>(data) {
+    if let Ok(p) = parse_json::<flash_sale_pay::PayRequest>(data) {
         let _ = me.acting_as(p.user_id);
         let _ = Caller::Trusted.acting_as(p.user_id);
     }
-    if let Ok(c) = parse_json::<showtimes::CreateShowtime>(data)
+    if let Ok(c) = parse_json::<flash_sale_showtimes::CreateShowtime>(data)
         && let Err(e) = c.validate()
     {
         assert!(e.status().is_client_error());

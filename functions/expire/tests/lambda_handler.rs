@@ -37,7 +37,7 @@ async fn an_expiry_event_returns_the_seat_once() {
     let id = s.hold(1, showtime).await;
     let queue = s.queue(Queue::HoldsExpired);
 
-    expire::handle_event(&s.app, event(&queue, &[&expiry(&id)]))
+    flash_sale_expire::handle_event(&s.app, event(&queue, &[&expiry(&id)]))
         .await
         .unwrap();
     assert_eq!(s.status(&id).await, "EXPIRED");
@@ -50,7 +50,7 @@ async fn an_expiry_event_returns_the_seat_once() {
     );
 
     // The same batch again (a redelivery): acknowledged, nothing changes.
-    expire::handle_event(&s.app, event(&queue, &[&expiry(&id)]))
+    flash_sale_expire::handle_event(&s.app, event(&queue, &[&expiry(&id)]))
         .await
         .unwrap();
     assert_eq!(s.counts(showtime).await.available, 2);
@@ -71,7 +71,7 @@ async fn malformed_messages_are_not_retried_are_dead_lettered_and_change_nothing
         br#"{"reservation_id":"not-an-id"}"#,
         br#"{"id":"1-1"}"#,
     ] {
-        let err = expire::expire(&s.app, body).await.unwrap_err();
+        let err = flash_sale_expire::expire(&s.app, body).await.unwrap_err();
         assert!(!err.is_retryable(), "{err}");
     }
 
@@ -83,7 +83,7 @@ async fn malformed_messages_are_not_retried_are_dead_lettered_and_change_nothing
     );
     let messages = batch.payload.messages_by_queue.values_mut().next().unwrap();
     messages[0].data = Some("%%% not base64 %%%".into());
-    expire::handle_event(&s.app, batch).await.unwrap();
+    flash_sale_expire::handle_event(&s.app, batch).await.unwrap();
 
     assert_eq!(s.dead_letters(Queue::HoldsExpired).await, 3);
     assert_eq!(s.status(&id).await, "RESERVED");
@@ -100,9 +100,9 @@ async fn an_unknown_reservation_is_settled_without_retry_and_changes_nothing() {
     let queue = s.queue(Queue::HoldsExpired);
     let unknown = format!("{}-999999", showtime.get());
 
-    let outcomes = expire::expire(&s.app, &expiry(&unknown)).await.unwrap();
+    let outcomes = flash_sale_expire::expire(&s.app, &expiry(&unknown)).await.unwrap();
     assert_eq!(outcomes, [ExpireOutcome::NotFound]);
-    expire::handle_event(
+    flash_sale_expire::handle_event(
         &s.app,
         event(&queue, &[&expiry(&unknown), &expiry("424242-1")]),
     )
@@ -123,9 +123,9 @@ async fn redis_down_is_retryable_and_fails_the_invocation() {
     let queue = s.queue(Queue::HoldsExpired);
 
     proxy.cut().await;
-    let err = expire::expire(&s.app, &expiry(&id)).await.unwrap_err();
+    let err = flash_sale_expire::expire(&s.app, &expiry(&id)).await.unwrap_err();
     assert!(err.is_retryable(), "{err}");
-    let failed = expire::handle_event(&s.app, event(&queue, &[&expiry(&id)])).await;
+    let failed = flash_sale_expire::handle_event(&s.app, event(&queue, &[&expiry(&id)])).await;
     assert!(
         failed.is_err(),
         "the invocation fails, so the event source redelivers the batch"

@@ -124,7 +124,7 @@ pub async fn expiries(app: App) {
                 let app = app.clone();
                 async move {
                     let result = with_retries(|| async {
-                        expire::expire(&app, &delivery.data).await.map(|_| ())
+                        flash_sale_expire::expire(&app, &delivery.data).await.map(|_| ())
                     })
                     .await;
                     settle(Queue::HoldsExpired, &delivery, result).await;
@@ -145,7 +145,7 @@ pub async fn payments(app: App) {
                 async move {
                     let delay = app.config.mock_pay_delay_ms.clone();
                     let result = with_retries(|| {
-                        pay::settle_payment_request(&app, &delivery.data, delay.clone())
+                        flash_sale_pay::settle_payment_request(&app, &delivery.data, delay.clone())
                     })
                     .await;
                     settle(Queue::Payments, &delivery, result).await;
@@ -174,7 +174,7 @@ pub async fn orders(app: App) {
             }
             let bodies: Vec<&[u8]> = deliveries.iter().map(|d| d.data.as_slice()).collect();
             let results = with_retries(|| async {
-                let results = write_order::write_orders(&app, &bodies).await;
+                let results = flash_sale_write_order::write_orders(&app, &bodies).await;
                 match results
                     .iter()
                     .find(|r| matches!(r, Err(QueueError::Retryable(_))))

@@ -39,9 +39,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn router(app: App) -> Router {
     let guard = Guard::new(&app.config);
     let routes = Router::new()
-        .merge(showtimes::routes(app.clone(), &guard))
-        .merge(reserve::routes(app.clone(), &guard))
-        .merge(pay::routes(app, &guard))
+        .merge(flash_sale_showtimes::routes(app.clone(), &guard))
+        .merge(flash_sale_reserve::routes(app.clone(), &guard))
+        .merge(flash_sale_pay::routes(app, &guard))
         .fallback(no_such_route)
         .method_not_allowed_fallback(method_not_allowed);
     guard

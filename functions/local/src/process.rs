@@ -49,7 +49,7 @@ pub async fn reconcile_from_env(
     let config = Config::from_env().context("bad configuration")?;
     let app = App::connect(config).await?;
     let only = showtime.map(flash_sale_core::ShowtimeId::new).transpose()?;
-    let report = reconcile::run(&app, only, repair, app.config.sweep_grace).await?;
+    let report = flash_sale_reconcile::run(&app, only, repair, app.config.sweep_grace).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -20,7 +20,7 @@ fn pay_request(id: &str, body: &str) -> lambda_http::Request {
 }
 
 async fn call(s: &Services, request: lambda_http::Request) -> (StatusCode, Value) {
-    api::call(pay::router(s.app.clone()), request).await
+    api::call(flash_sale_pay::router(s.app.clone()), request).await
 }
 
 #[tokio::test]

@@ -7,5 +7,5 @@ use flash_sale_runtime::{App, http::no_such_route, init_tracing};
 async fn main() -> Result<(), lambda_http::Error> {
     init_tracing();
     let app = App::from_env().await?;
-    lambda_http::run(reserve::router(app).fallback(no_such_route)).await
+    lambda_http::run(flash_sale_reserve::router(app).fallback(no_such_route)).await
 }

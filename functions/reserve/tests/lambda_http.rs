@@ -18,7 +18,7 @@ fn request(file: &str, patch: impl FnOnce(&mut Value)) -> lambda_http::Request {
 }
 
 async fn call(s: &Services, request: lambda_http::Request) -> (StatusCode, Value) {
-    api::call(reserve::router(s.app.clone()), request).await
+    api::call(flash_sale_reserve::router(s.app.clone()), request).await
 }
 
 #[tokio::test]

@@ -16,7 +16,7 @@ fn request(file: &str, patch: impl FnOnce(&mut Value)) -> lambda_http::Request {
 }
 
 async fn call(s: &Services, request: lambda_http::Request) -> (StatusCode, Value) {
-    api::call(showtimes::router(s.app.clone()), request).await
+    api::call(flash_sale_showtimes::router(s.app.clone()), request).await
 }
 
 async fn showtimes_in_db(s: &Services) -> i64 {

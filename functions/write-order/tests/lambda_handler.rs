@@ -48,7 +48,7 @@ async fn a_batch_of_orders_is_recorded_once() {
     let queue = s.queue(Queue::Orders);
 
     let batch = [&order(&a, 1)[..], &order(&b, 2)[..]];
-    write_order::handle_event(&s.app, event(&queue, &batch))
+    flash_sale_write_order::handle_event(&s.app, event(&queue, &batch))
         .await
         .unwrap();
     assert_eq!(s.orders().await, 2);
@@ -59,7 +59,7 @@ async fn a_batch_of_orders_is_recorded_once() {
 
     // Redelivered, even twice in one batch: nothing is recorded twice.
     let again = [&order(&a, 1)[..], &order(&a, 1)[..], &order(&b, 2)[..]];
-    write_order::handle_event(&s.app, event(&queue, &again))
+    flash_sale_write_order::handle_event(&s.app, event(&queue, &again))
         .await
         .unwrap();
     assert_eq!(s.orders().await, 2);
@@ -80,14 +80,14 @@ async fn malformed_messages_are_not_retried_are_dead_lettered_and_change_nothing
         br#"{"reservation_id":"1-1"}"#,
         br#"{"reservation_id":"1-1","user_id":0,"paid_at_ms":1}"#,
     ];
-    for result in write_order::write_orders(&s.app, &bad).await {
+    for result in flash_sale_write_order::write_orders(&s.app, &bad).await {
         assert!(matches!(result, Err(QueueError::Rejected(_))), "{result:?}");
     }
 
     let mut batch = event(&queue, &[b"x", bad[0], bad[1], bad[2]]);
     let messages = batch.payload.messages_by_queue.values_mut().next().unwrap();
     messages[0].data = Some("%%% not base64 %%%".into());
-    write_order::handle_event(&s.app, batch).await.unwrap();
+    flash_sale_write_order::handle_event(&s.app, batch).await.unwrap();
 
     assert_eq!(s.dead_letters(Queue::Orders).await, 4);
     assert_eq!(s.orders().await, 0);
@@ -104,7 +104,7 @@ async fn an_order_for_an_unknown_showtime_is_refused_for_good_and_changes_nothin
     let queue = s.queue(Queue::Orders);
     let unknown = "424242-1";
 
-    let results = write_order::write_orders(&s.app, &[&order(unknown, 9)]).await;
+    let results = flash_sale_write_order::write_orders(&s.app, &[&order(unknown, 9)]).await;
     assert!(
         matches!(results[0], Err(QueueError::Rejected(_))),
         "{results:?}"
@@ -112,7 +112,7 @@ async fn an_order_for_an_unknown_showtime_is_refused_for_good_and_changes_nothin
 
     // In a batch, the good order is recorded and the refused one dead-lettered.
     let batch = [&order(unknown, 9)[..], &order(&good, 1)[..]];
-    write_order::handle_event(&s.app, event(&queue, &batch))
+    flash_sale_write_order::handle_event(&s.app, event(&queue, &batch))
         .await
         .unwrap();
     assert_eq!(s.orders().await, 1);
@@ -134,7 +134,7 @@ async fn an_order_for_an_unknown_showtime_is_refused_for_good_and_changes_nothin
         String::from_utf8(order(&other, 2)).unwrap(),
         String::from_utf8(order("424242-2", 8)).unwrap()
     );
-    let results = write_order::write_orders(&s.app, &[body.as_bytes()]).await;
+    let results = flash_sale_write_order::write_orders(&s.app, &[body.as_bytes()]).await;
     assert!(matches!(results[..], [Ok(())]), "{results:?}");
     assert_eq!(s.orders().await, 2);
     assert_eq!(s.status(&other).await, "ORDERED");
@@ -155,13 +155,13 @@ async fn the_database_down_is_retryable_and_fails_the_invocation() {
     let queue = s.queue(Queue::Orders);
 
     proxy.cut().await;
-    for result in write_order::write_orders(&s.app, &[&order(&id, 1)]).await {
+    for result in flash_sale_write_order::write_orders(&s.app, &[&order(&id, 1)]).await {
         assert!(
             matches!(result, Err(QueueError::Retryable(_))),
             "{result:?}"
         );
     }
-    let failed = write_order::handle_event(&s.app, event(&queue, &[&order(&id, 1)])).await;
+    let failed = flash_sale_write_order::handle_event(&s.app, event(&queue, &[&order(&id, 1)])).await;
     assert!(
         failed.is_err(),
         "the invocation fails, so the event source redelivers the batch"

@@ -87,7 +87,7 @@ async fn a_paid_reservations_expiry_changes_nothing() {
     // more, as a redelivery would, straight to the handler.
     let reservation: ReservationId = id.parse().unwrap();
     let body = wire::encode_expire(&flash_sale_core::ExpireHold { reservation });
-    let outcomes = expire::expire(&app.app, &body).await.unwrap();
+    let outcomes = flash_sale_expire::expire(&app.app, &body).await.unwrap();
     assert_eq!(outcomes, [ExpireOutcome::AlreadySettled(Status::Ordered)]);
     let delay_queue = app.app.sale.bus().topology().delay_queue();
     eventually(
@@ -140,7 +140,7 @@ async fn a_redelivered_order_message_makes_no_second_row() {
     until_status(&app, &second, "ORDERED").await;
 
     // And once more straight through the handler.
-    let results = write_order::write_orders(&app.app, &[&body]).await;
+    let results = flash_sale_write_order::write_orders(&app.app, &[&body]).await;
     assert!(results.iter().all(Result::is_ok));
 
     let rows: Vec<(String, i64)> = sqlx::query_as(
@@ -276,7 +276,7 @@ async fn the_expire_handler_returns_a_seat_exactly_once_under_concurrent_redeliv
         reservation: id.parse().unwrap(),
     });
     let outcomes =
-        futures::future::join_all((0..20).map(|_| expire::expire(&app.app, &body))).await;
+        futures::future::join_all((0..20).map(|_| flash_sale_expire::expire(&app.app, &body))).await;
     let returned = outcomes
         .iter()
         .filter(|o| matches!(o.as_deref(), Ok([ExpireOutcome::SeatReturned])))
@@ -305,7 +305,7 @@ async fn the_lambda_mock_payer_pays_a_batch_and_dead_letters_what_it_cannot_read
         &queue,
         &[wire::encode_payment(&request), b"not a payment".to_vec()],
     );
-    pay::handle_payment_event(
+    flash_sale_pay::handle_payment_event(
         &app.app,
         lambda_runtime::LambdaEvent::new(event, lambda_runtime::Context::default()),
     )

@@ -39,7 +39,7 @@ async fn a_consistent_sale_reconciles_clean_while_in_flight() {
     let showtime = app.create_showtime(5).await;
     app.reserve(1, showtime).await;
     assert!(buy(&app, 2, showtime).await);
-    let report = reconcile::run(&app.app, None, false, Duration::from_secs(3600))
+    let report = flash_sale_reconcile::run(&app.app, None, false, Duration::from_secs(3600))
         .await
         .unwrap();
     assert!(report.is_clean(), "{report:?}");
@@ -62,7 +62,7 @@ async fn losing_redis_mid_sale_is_rebuilt_from_the_database_and_never_oversells(
     .await;
 
     lose_redis_data(&app).await;
-    let report = reconcile::run(&app.app, None, false, Duration::from_secs(3600))
+    let report = flash_sale_reconcile::run(&app.app, None, false, Duration::from_secs(3600))
         .await
         .unwrap();
     assert_eq!(
@@ -119,10 +119,10 @@ async fn losing_redis_mid_sale_is_rebuilt_from_the_database_and_never_oversells(
     );
 
     // After a repair, Redis agrees with the database and the refused payments again.
-    reconcile::run(&app.app, None, true, Duration::from_secs(3600))
+    flash_sale_reconcile::run(&app.app, None, true, Duration::from_secs(3600))
         .await
         .unwrap();
-    let after = reconcile::run(&app.app, None, false, Duration::from_secs(3600))
+    let after = flash_sale_reconcile::run(&app.app, None, false, Duration::from_secs(3600))
         .await
         .unwrap();
     assert!(after.is_clean(), "{after:?}");
