@@ -7,7 +7,7 @@
 //! object written by hand or by an earlier version is still understood. An empty array
 //! is malformed.
 
-use flash_sale_core::{ExpireHold, InvalidInput, OrderRequest, PaymentRequest, UnixMillis, UserId};
+use flash_sale_core::{Expiry, InvalidInput, OrderRequest, PaymentRequest, UnixMillis, UserId};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -80,7 +80,7 @@ pub fn encode_batch<'a>(messages: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8>
     body
 }
 
-pub fn encode_expire(m: &ExpireHold) -> Vec<u8> {
+pub fn encode_expire(m: &Expiry) -> Vec<u8> {
     serde_json::to_vec(&ExpireWire {
         reservation_id: m.reservation.to_string(),
     })
@@ -88,9 +88,9 @@ pub fn encode_expire(m: &ExpireHold) -> Vec<u8> {
 }
 
 /// The holds named in an expiry message.
-pub fn decode_expiries(body: &[u8]) -> Result<Vec<ExpireHold>, MalformedMessage> {
+pub fn decode_expiries(body: &[u8]) -> Result<Vec<Expiry>, MalformedMessage> {
     decode_all(body, |w: ExpireWire| {
-        Ok(ExpireHold {
+        Ok(Expiry {
             reservation: w.reservation_id.parse()?,
         })
     })
@@ -143,7 +143,7 @@ mod tests {
     fn every_message_round_trips() {
         let id = ReservationId::new(ShowtimeId::new(3).unwrap(), 9).unwrap();
         let user = UserId::new(7).unwrap();
-        let e = ExpireHold { reservation: id };
+        let e = Expiry { reservation: id };
         assert_eq!(decode_expiries(&encode_expire(&e)).unwrap(), vec![e]);
         let p = PaymentRequest {
             reservation: id,
@@ -160,8 +160,8 @@ mod tests {
 
     #[test]
     fn a_batch_round_trips_in_order() {
-        let holds: Vec<ExpireHold> = (1..=3)
-            .map(|seq| ExpireHold {
+        let holds: Vec<Expiry> = (1..=3)
+            .map(|seq| Expiry {
                 reservation: ReservationId::new(ShowtimeId::new(3).unwrap(), seq).unwrap(),
             })
             .collect();

@@ -627,7 +627,7 @@ async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Report> {
     // A kept run keeps its expiries: only a run cleaned afterwards drains them to check.
     let delay_queue = (server.is_some() && !args.keep).then(|| verify::DelayQueue {
         amqp_url: args.services.amqp_url.clone(),
-        name: format!("{prefix}.holds.delay.{}s", args.hold_secs),
+        name: format!("{prefix}.expiries.delay.{}s", args.hold_secs),
     });
     let outcome = flash_sale_phases(
         &plan,

@@ -478,8 +478,8 @@ pub async fn delete_queues(amqp_url: &str, prefix: &str, hold_secs: u64) -> anyh
     };
     let (queues, exchanges) = tokio::join!(listed("list_queues"), listed("list_exchanges"));
     let queues = queues.unwrap_or_else(|| {
-        let mut q = vec![format!("{prefix}.holds.delay.{hold_secs}s")];
-        for k in ["holds.expired", "payments", "orders"] {
+        let mut q = vec![format!("{prefix}.expiries.delay.{hold_secs}s")];
+        for k in ["expiries", "payments", "orders"] {
             q.push(format!("{prefix}.{k}"));
             q.push(format!("{prefix}.{k}.dlq"));
         }

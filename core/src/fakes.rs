@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::messages::{ExpireHold, OrderRequest, PaymentRequest};
+use crate::messages::{Expiry, OrderRequest, PaymentRequest};
 use crate::ports::*;
 use crate::*;
 
@@ -232,7 +232,7 @@ impl SeatStore for FakeSeats {
 #[derive(Debug, Default)]
 pub struct FakeBus {
     pub down: AtomicBool,
-    pub expiries: Mutex<Vec<ExpireHold>>,
+    pub expiries: Mutex<Vec<Expiry>>,
     pub payments: Mutex<Vec<PaymentRequest>>,
     pub orders: Mutex<Vec<OrderRequest>>,
 }
@@ -250,7 +250,7 @@ impl FakeBus {
 impl MessageBus for FakeBus {
     fn publish_hold(
         &self,
-        expiry: ExpireHold,
+        expiry: Expiry,
         payment: Option<PaymentRequest>,
     ) -> impl Future<Output = PortResult<()>> + Send {
         ready(self.check().map(|()| {

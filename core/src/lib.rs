@@ -31,7 +31,7 @@ pub use domain::{
     Capacity, InvalidInput, NewShowtime, Reservation, ReservationId, SeatCounts, Showtime,
     ShowtimeId, UnixMillis, UserId,
 };
-pub use messages::{ExpireHold, OrderRequest, PaymentRequest};
+pub use messages::{Expiry, OrderRequest, PaymentRequest};
 pub use ports::{Catalog, MessageBus, OrderBook, PortError, SeatStore};
 pub use sale::{PaymentMode, Sale, SaleSettings};
 pub use state::{Event, IllegalTransition, Status};

@@ -6,7 +6,7 @@ use crate::{ReservationId, UnixMillis, UserId};
 /// Sent to the delay queue when a hold is taken; arrives at `expire` when the hold time
 /// is over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ExpireHold {
+pub struct Expiry {
     pub reservation: ReservationId,
 }
 

@@ -12,7 +12,7 @@ use futures::executor::block_on;
 use proptest::prelude::*;
 
 use crate::fakes::{FakeBus, FakeDb, FakeSeats};
-use crate::messages::{ExpireHold, OrderRequest};
+use crate::messages::{Expiry, OrderRequest};
 use crate::ports::SeatStore;
 use crate::sale::{PaymentMode, Sale, SaleSettings};
 use crate::{Capacity, NewShowtime, Reservation, ReservationId, ShowtimeId, Status, UserId};
@@ -109,7 +109,7 @@ impl World {
         }
     }
 
-    fn pending_expiries(&self) -> Vec<ExpireHold> {
+    fn pending_expiries(&self) -> Vec<Expiry> {
         self.sale.bus().expiries.lock().unwrap()[self.expiries_done..].to_vec()
     }
 

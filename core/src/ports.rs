@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::messages::{ExpireHold, OrderRequest, PaymentRequest};
+use crate::messages::{Expiry, OrderRequest, PaymentRequest};
 use crate::{
     NewShowtime, Reservation, ReservationId, SeatCounts, Showtime, ShowtimeId, Status, UnixMillis,
     UserId,
@@ -167,7 +167,7 @@ pub trait MessageBus: Send + Sync + 'static {
     /// first and a failure is returned.
     fn publish_hold(
         &self,
-        expiry: ExpireHold,
+        expiry: Expiry,
         payment: Option<PaymentRequest>,
     ) -> impl Future<Output = PortResult<()>> + Send;
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::messages::{ExpireHold, OrderRequest, PaymentRequest};
+use crate::messages::{Expiry, OrderRequest, PaymentRequest};
 use crate::ports::{
     Catalog, ExpireOutcome, MessageBus, OrderBook, OrderOutcome, PayOutcome, PortError, SeatStore,
     TakeOutcome,
@@ -236,7 +236,7 @@ where
         };
         crash_point!("reserve.after_take");
 
-        let expiry = ExpireHold {
+        let expiry = Expiry {
             reservation: reservation.id,
         };
         let payment = (self.settings.payment == PaymentMode::Mock).then_some(PaymentRequest {
@@ -323,7 +323,7 @@ where
 
     /// `RESERVED -> EXPIRED`, returning the seat exactly once; any other state is left
     /// alone.
-    pub async fn expire(&self, message: ExpireHold) -> Result<ExpireOutcome, PortError> {
+    pub async fn expire(&self, message: Expiry) -> Result<ExpireOutcome, PortError> {
         let outcome = self.seats.expire(message.reservation).await?;
         if outcome == ExpireOutcome::SeatReturned {
             self.sold_out.seat_returned(message.reservation.showtime());
@@ -428,7 +428,7 @@ mod tests {
         assert_eq!(r.expires_at, UnixMillis(900_000));
         assert_eq!(
             *sale.bus().expiries.lock().unwrap(),
-            vec![ExpireHold { reservation: r.id }]
+            vec![Expiry { reservation: r.id }]
         );
         assert!(sale.bus().payments.lock().unwrap().is_empty());
         let c = counts(&sale, st);
@@ -471,7 +471,7 @@ mod tests {
             Err(ReserveError::SoldOut)
         ));
         // A seat this process returns clears the memory at once.
-        let msg = ExpireHold {
+        let msg = Expiry {
             reservation: first.id,
         };
         assert_eq!(
@@ -576,7 +576,7 @@ mod tests {
         assert_eq!((c.available, c.held, c.sold), (1, 0, 0));
         // The delayed expiry arriving afterwards changes nothing.
         assert_eq!(
-            block_on(sale.expire(ExpireHold { reservation: r.id })).unwrap(),
+            block_on(sale.expire(Expiry { reservation: r.id })).unwrap(),
             ExpireOutcome::AlreadySettled(Status::Expired)
         );
         assert_eq!(counts(&sale, st).available, 1);
@@ -587,7 +587,7 @@ mod tests {
         let sale = sale(PaymentMode::Manual);
         let st = showtime(&sale, 1);
         let r = block_on(sale.reserve(user(1), st)).unwrap();
-        let msg = ExpireHold { reservation: r.id };
+        let msg = Expiry { reservation: r.id };
         assert_eq!(
             block_on(sale.expire(msg)).unwrap(),
             ExpireOutcome::SeatReturned
@@ -608,7 +608,7 @@ mod tests {
         let r = block_on(sale.reserve(user(1), st)).unwrap();
         block_on(sale.pay(r.id, user(1))).unwrap();
         assert_eq!(
-            block_on(sale.expire(ExpireHold { reservation: r.id })).unwrap(),
+            block_on(sale.expire(Expiry { reservation: r.id })).unwrap(),
             ExpireOutcome::AlreadySettled(Status::Paid)
         );
         let c = counts(&sale, st);

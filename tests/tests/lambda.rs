@@ -577,7 +577,7 @@ async fn queue_functions_take_rabbitmq_events_through_cargo_lambda_invoke() {
         .sale
         .bus()
         .topology()
-        .queue(flash_sale_adapters::Queue::HoldsExpired);
+        .queue(flash_sale_adapters::Queue::Expiries);
     let orders_queue = app
         .sale
         .bus()
@@ -710,7 +710,7 @@ async fn the_whole_flow_runs_under_watch_with_the_bridge() {
             )
             .await;
         assert_eq!(status, StatusCode::OK, "{p}");
-        // reserve -> (delay queue, 3 s -> holds.expired -> bridge -> expire) -> EXPIRED.
+        // reserve -> (delay queue, 3 s -> expiries -> bridge -> expire) -> EXPIRED.
         let dropped = reserve(&w, 2, showtime).await;
         assert_eq!(available(&w, showtime).await, 0);
 
@@ -756,7 +756,7 @@ async fn the_whole_flow_runs_under_watch_with_the_bridge() {
         // Every message was acknowledged: nothing waits in the work queues.
         for q in [
             flash_sale_adapters::Queue::Orders,
-            flash_sale_adapters::Queue::HoldsExpired,
+            flash_sale_adapters::Queue::Expiries,
         ] {
             let name = app.sale.bus().topology().queue(q);
             until(
@@ -799,7 +799,7 @@ async fn cold_starts_under_watch() {
         .sale
         .bus()
         .topology()
-        .queue(flash_sale_adapters::Queue::HoldsExpired);
+        .queue(flash_sale_adapters::Queue::Expiries);
     let orders = app
         .sale
         .bus()

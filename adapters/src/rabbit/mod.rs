@@ -4,11 +4,11 @@
 //! start, never purged):
 //!
 //! ```text
-//!   reserve --holds.delay.900s--> [flash-sale.holds.delay.900s]  classic, no consumer,
+//!   reserve --expiries.delay.900s--> [flash-sale.expiries.delay.900s]  classic, no consumer,
 //!                                   | x-message-ttl = hold time    queue-level TTL keeps
 //!                                   | dead-lettered when due       expiries in order
 //!                                   v
-//!           --holds.expired-----> [flash-sale.holds.expired] --> expire
+//!           --expiries-----> [flash-sale.expiries] --> expire
 //!   reserve --payments----------> [flash-sale.payments]      --> mock payer (mock mode)
 //!   pay     --orders------------> [flash-sale.orders]        --> write-order
 //!
@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use batch::Batcher;
 use flash_sale_core::ports::{MessageBus, PortError, PortResult};
-use flash_sale_core::{ExpireHold, OrderRequest, PaymentRequest};
+use flash_sale_core::{Expiry, OrderRequest, PaymentRequest};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
@@ -57,7 +57,7 @@ fn port_error(context: &str, e: lapin::Error) -> PortError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Queue {
     /// Holds whose time is over, dead-lettered from the delay queue.
-    HoldsExpired,
+    Expiries,
     /// Payment requests for the mock payer.
     Payments,
     /// Paid reservations to record in the database.
@@ -65,12 +65,12 @@ pub enum Queue {
 }
 
 impl Queue {
-    pub const ALL: [Queue; 3] = [Queue::HoldsExpired, Queue::Payments, Queue::Orders];
+    pub const ALL: [Queue; 3] = [Queue::Expiries, Queue::Payments, Queue::Orders];
 
     /// Routing key, and the queue's name after the prefix.
     pub fn key(self) -> &'static str {
         match self {
-            Queue::HoldsExpired => "holds.expired",
+            Queue::Expiries => "expiries",
             Queue::Payments => "payments",
             Queue::Orders => "orders",
         }
@@ -96,7 +96,7 @@ impl Topology {
     }
 
     fn delay_key(&self) -> String {
-        format!("holds.delay.{}s", self.hold.as_secs())
+        format!("expiries.delay.{}s", self.hold.as_secs())
     }
 
     pub fn delay_queue(&self) -> String {
@@ -257,7 +257,7 @@ impl Broker {
         let delay_args = table(&[
             ("x-message-ttl", AMQPValue::LongUInt(hold_ms)),
             ("x-dead-letter-exchange", text(&t.exchange())),
-            ("x-dead-letter-routing-key", text(Queue::HoldsExpired.key())),
+            ("x-dead-letter-routing-key", text(Queue::Expiries.key())),
         ]);
         self.declare_bound(
             ch,
@@ -519,7 +519,7 @@ impl MessageBus for Broker {
     /// both are queued for their next batch.
     async fn publish_hold(
         &self,
-        expiry: ExpireHold,
+        expiry: Expiry,
         payment: Option<PaymentRequest>,
     ) -> PortResult<()> {
         let expiry = self.follow_up(&self.holds, wire::encode_expire(&expiry));

@@ -51,14 +51,14 @@ pub struct Route {
 /// A `queue=function` pair that does not name a known queue or a function.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "bad route {0:?}: expected <queue>=<function> with queue one of holds.expired, orders, payments"
+    "bad route {0:?}: expected <queue>=<function> with queue one of expiries, orders, payments"
 )]
 pub struct BadRoute(String);
 
 impl FromStr for Route {
     type Err = BadRoute;
 
-    /// `holds.expired=expire`, `orders=write-order`, `payments=<function>`.
+    /// `expiries=expire`, `orders=write-order`, `payments=<function>`.
     fn from_str(raw: &str) -> Result<Self, Self::Err> {
         let (queue, function) = raw.split_once('=').ok_or_else(|| BadRoute(raw.into()))?;
         let queue = Queue::ALL
@@ -87,7 +87,7 @@ impl FromStr for Route {
 pub struct BridgeConfig {
     /// The emulator (`BRIDGE_INVOKE_URL`, default `http://127.0.0.1:9000`).
     pub invoke_url: String,
-    /// `BRIDGE_ROUTES`, default `holds.expired=expire,orders=write-order`.
+    /// `BRIDGE_ROUTES`, default `expiries=expire,orders=write-order`.
     pub routes: Vec<Route>,
     /// Most messages per invocation (`BRIDGE_BATCH_SIZE`, default 100 as on Lambda).
     pub batch_size: u16,
@@ -127,7 +127,7 @@ impl BridgeConfig {
         if !invoke_url.starts_with("http://") && !invoke_url.starts_with("https://") {
             anyhow::bail!("BRIDGE_INVOKE_URL: expected an http:// URL (got {invoke_url:?})");
         }
-        let routes = get("BRIDGE_ROUTES", "holds.expired=expire,orders=write-order")
+        let routes = get("BRIDGE_ROUTES", "expiries=expire,orders=write-order")
             .split(',')
             .filter(|r| !r.trim().is_empty())
             .map(|r| {
@@ -406,8 +406,8 @@ mod tests {
 
     #[test]
     fn routes_name_a_queue_and_a_function() {
-        let r: Route = "holds.expired=expire".parse().unwrap();
-        assert_eq!(r.queue, Queue::HoldsExpired);
+        let r: Route = "expiries=expire".parse().unwrap();
+        assert_eq!(r.queue, Queue::Expiries);
         assert_eq!(r.function, "expire");
         assert_eq!(
             "orders = write-order".parse::<Route>().unwrap().queue,

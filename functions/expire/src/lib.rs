@@ -45,7 +45,7 @@ pub async fn handle_event(
                 let body = message.body.unwrap_or_default();
                 app.sale
                     .bus()
-                    .dead_letter(Queue::HoldsExpired, body, &reason)
+                    .dead_letter(Queue::Expiries, body, &reason)
                     .await
                     .map_err(QueueError::from)?;
             }

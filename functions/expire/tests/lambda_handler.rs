@@ -35,7 +35,7 @@ async fn an_expiry_event_returns_the_seat_once() {
     let s = Services::start(Overrides::default()).await;
     let showtime = s.showtime(2).await;
     let id = s.hold(1, showtime).await;
-    let queue = s.queue(Queue::HoldsExpired);
+    let queue = s.queue(Queue::Expiries);
 
     flash_sale_expire::handle_event(&s.app, event(&queue, &[&expiry(&id)]))
         .await
@@ -63,7 +63,7 @@ async fn malformed_messages_are_not_retried_are_dead_lettered_and_change_nothing
     let showtime = s.showtime(2).await;
     let id = s.hold(1, showtime).await;
     let before = s.counts(showtime).await;
-    let queue = s.queue(Queue::HoldsExpired);
+    let queue = s.queue(Queue::Expiries);
 
     // Each kind on its own: the handler's typed answer is "never retry".
     for body in [
@@ -85,7 +85,7 @@ async fn malformed_messages_are_not_retried_are_dead_lettered_and_change_nothing
     messages[0].data = Some("%%% not base64 %%%".into());
     flash_sale_expire::handle_event(&s.app, batch).await.unwrap();
 
-    assert_eq!(s.dead_letters(Queue::HoldsExpired).await, 3);
+    assert_eq!(s.dead_letters(Queue::Expiries).await, 3);
     assert_eq!(s.status(&id).await, "RESERVED");
     assert_eq!(s.counts(showtime).await, before);
     s.cleanup().await;
@@ -97,7 +97,7 @@ async fn an_unknown_reservation_is_settled_without_retry_and_changes_nothing() {
     let showtime = s.showtime(2).await;
     let id = s.hold(1, showtime).await;
     let before = s.counts(showtime).await;
-    let queue = s.queue(Queue::HoldsExpired);
+    let queue = s.queue(Queue::Expiries);
     let unknown = format!("{}-999999", showtime.get());
 
     let outcomes = flash_sale_expire::expire(&s.app, &expiry(&unknown)).await.unwrap();
@@ -109,7 +109,7 @@ async fn an_unknown_reservation_is_settled_without_retry_and_changes_nothing() {
     .await
     .unwrap();
 
-    assert_eq!(s.dead_letters(Queue::HoldsExpired).await, 0);
+    assert_eq!(s.dead_letters(Queue::Expiries).await, 0);
     assert_eq!(s.status(&id).await, "RESERVED");
     assert_eq!(s.counts(showtime).await, before);
     s.cleanup().await;
@@ -120,7 +120,7 @@ async fn redis_down_is_retryable_and_fails_the_invocation() {
     let (proxy, s) = Services::behind_cuttable_redis().await;
     let showtime = s.showtime(2).await;
     let id = s.hold(1, showtime).await;
-    let queue = s.queue(Queue::HoldsExpired);
+    let queue = s.queue(Queue::Expiries);
 
     proxy.cut().await;
     let err = flash_sale_expire::expire(&s.app, &expiry(&id)).await.unwrap_err();
@@ -131,7 +131,7 @@ async fn redis_down_is_retryable_and_fails_the_invocation() {
         "the invocation fails, so the event source redelivers the batch"
     );
     assert_eq!(
-        s.dead_letters(Queue::HoldsExpired).await,
+        s.dead_letters(Queue::Expiries).await,
         0,
         "nothing was dead-lettered"
     );

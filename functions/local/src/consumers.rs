@@ -118,7 +118,7 @@ where
 
 /// Feeds the expiry queue to the `expire` handler.
 pub async fn expiries(app: App) {
-    keep_consuming(app, Queue::HoldsExpired, |app, consumer| async move {
+    keep_consuming(app, Queue::Expiries, |app, consumer| async move {
         consumer
             .try_for_each_concurrent(CONCURRENCY, |delivery| {
                 let app = app.clone();
@@ -127,7 +127,7 @@ pub async fn expiries(app: App) {
                         flash_sale_expire::expire(&app, &delivery.data).await.map(|_| ())
                     })
                     .await;
-                    settle(Queue::HoldsExpired, &delivery, result).await;
+                    settle(Queue::Expiries, &delivery, result).await;
                     Ok(())
                 }
             })

@@ -61,7 +61,7 @@ impl From<DeadLetters> for Queue {
     fn from(d: DeadLetters) -> Self {
         match d {
             DeadLetters::Orders => Queue::Orders,
-            DeadLetters::Expiries => Queue::HoldsExpired,
+            DeadLetters::Expiries => Queue::Expiries,
             DeadLetters::Payments => Queue::Payments,
         }
     }

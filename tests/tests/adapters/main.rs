@@ -9,7 +9,7 @@ use flash_sale_core::ports::{
     Catalog, ExpireOutcome, MessageBus, OrderBook, OrderOutcome, PayOutcome, SeatStore, TakeOutcome,
 };
 use flash_sale_core::{
-    Capacity, ExpireHold, NewShowtime, OrderRequest, PaymentRequest, ReservationId, SeatCounts,
+    Capacity, Expiry, NewShowtime, OrderRequest, PaymentRequest, ReservationId, SeatCounts,
     ShowtimeId, Status, UnixMillis, UserId,
 };
 use flash_sale_tests::{Isolation, eventually};
@@ -340,7 +340,7 @@ async fn the_topology_is_declared_idempotently_and_dead_letters_are_kept() {
     let again = Broker::connect(AMQP_URL, topology.clone()).await.unwrap();
     assert_eq!(
         broker.topology().delay_queue(),
-        format!("{}.holds.delay.900s", iso.prefix)
+        format!("{}.expiries.delay.900s", iso.prefix)
     );
 
     again
@@ -375,7 +375,7 @@ async fn concurrent_holds_are_published_in_batches_each_hold_exactly_once() {
         .collect();
     futures::future::try_join_all(ids.iter().map(|&id| {
         broker.publish_hold(
-            ExpireHold { reservation: id },
+            Expiry { reservation: id },
             Some(PaymentRequest {
                 reservation: id,
                 user: user(id.seq() as i64),
@@ -447,7 +447,7 @@ async fn hold_messages_are_handed_over_while_the_broker_confirms_and_awaited_aft
     let topology = topology(&iso);
     let broker = handing_over(&topology).await;
     let waiting = Broker::connect(AMQP_URL, topology.clone()).await.unwrap();
-    let hold = |seq: u64| ExpireHold {
+    let hold = |seq: u64| Expiry {
         reservation: ReservationId::new(showtime(7), seq).unwrap(),
     };
     // The first expiry waits for its confirm: nothing was confirmed before it.

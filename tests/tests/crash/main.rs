@@ -169,7 +169,7 @@ async fn a_crash_after_the_expiry_before_the_ack_returns_the_seat_once() {
         })
         .await;
         // The redelivered expiry finds it EXPIRED and changes nothing.
-        app.until_drained(flash_sale_adapters::Queue::HoldsExpired)
+        app.until_drained(flash_sale_adapters::Queue::Expiries)
             .await;
         settles_to(&app, showtime, (2, 0, 0)).await;
     }

@@ -86,7 +86,7 @@ async fn a_paid_reservations_expiry_changes_nothing() {
     // acknowledged without effect (the Go reference requeued it forever). Deliver one
     // more, as a redelivery would, straight to the handler.
     let reservation: ReservationId = id.parse().unwrap();
-    let body = wire::encode_expire(&flash_sale_core::ExpireHold { reservation });
+    let body = wire::encode_expire(&flash_sale_core::Expiry { reservation });
     let outcomes = flash_sale_expire::expire(&app.app, &body).await.unwrap();
     assert_eq!(outcomes, [ExpireOutcome::AlreadySettled(Status::Ordered)]);
     let delay_queue = app.app.sale.bus().topology().delay_queue();
@@ -98,7 +98,7 @@ async fn a_paid_reservations_expiry_changes_nothing() {
         },
     )
     .await;
-    app.until_drained(flash_sale_adapters::Queue::HoldsExpired)
+    app.until_drained(flash_sale_adapters::Queue::Expiries)
         .await;
 
     assert_eq!(app.status_of(&id).await, "ORDERED");
@@ -248,13 +248,13 @@ async fn a_message_that_can_never_succeed_is_dead_lettered_not_looped() {
     let bus = app.app.sale.bus();
     bus.publish(&[
         ("orders", b"{not an order".to_vec()),
-        ("holds.expired", b"[]".to_vec()),
+        ("expiries", b"[]".to_vec()),
     ])
     .await
     .unwrap();
     for q in [
         flash_sale_adapters::Queue::Orders,
-        flash_sale_adapters::Queue::HoldsExpired,
+        flash_sale_adapters::Queue::Expiries,
     ] {
         let dlq = bus.topology().dead_letter_queue(q);
         eventually(
@@ -272,7 +272,7 @@ async fn the_expire_handler_returns_a_seat_exactly_once_under_concurrent_redeliv
     let app = TestApp::spawn(Options::default()).await;
     let showtime = app.create_showtime(1).await;
     let id = reserved_id(&app, 1, showtime).await;
-    let body = wire::encode_expire(&flash_sale_core::ExpireHold {
+    let body = wire::encode_expire(&flash_sale_core::Expiry {
         reservation: id.parse().unwrap(),
     });
     let outcomes =
