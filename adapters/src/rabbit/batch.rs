@@ -56,8 +56,8 @@ struct Pending {
 }
 
 /// Publishes the messages for one routing key in batches. Cheap to share; the task
-/// that publishes ends when the `Batcher` is dropped.
-#[derive(Debug)]
+/// that publishes ends when the last clone of the `Batcher` is dropped.
+#[derive(Debug, Clone)]
 pub(super) struct Batcher {
     tx: mpsc::UnboundedSender<Pending>,
     state: Arc<State>,

@@ -110,11 +110,24 @@ impl Topology {
     pub fn dead_letter_queue(&self, q: Queue) -> String {
         format!("{}.{}.dlq", self.prefix, q.key())
     }
+
+    /// Every queue of the topology by name: the delay queue, then each work queue
+    /// followed by its dead-letter queue.
+    pub fn queue_names(&self) -> Vec<String> {
+        let mut names = vec![self.delay_queue()];
+        for q in Queue::ALL {
+            names.push(self.queue(q));
+            names.push(self.dead_letter_queue(q));
+        }
+        names
+    }
 }
 
 /// The [`MessageBus`] on RabbitMQ: one connection, one confirm-mode publishing channel,
 /// both re-opened on demand after a broker restart. Holds, payment requests and orders
-/// are published in batches by destination ([`batch`]).
+/// are published in batches by destination ([`batch`]). Cheap to clone: clones share the
+/// connection and the batch publishers.
+#[derive(Clone)]
 pub struct Broker {
     topology: Topology,
     link: Arc<Link>,
@@ -318,12 +331,7 @@ impl Broker {
     pub async fn delete_topology(&self) -> PortResult<()> {
         let ch = self.channel().await?;
         let t = &self.topology;
-        let mut queues = vec![t.delay_queue()];
-        for q in Queue::ALL {
-            queues.push(t.queue(q));
-            queues.push(t.dead_letter_queue(q));
-        }
-        for q in queues {
+        for q in t.queue_names() {
             ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
                 .await
                 .map_err(|e| port_error(&format!("deleting {q}"), e))?;

@@ -1,22 +1,40 @@
 //! The wired application: the core's [`Sale`] over the real adapters, built once per cold
 //! start (or once per local process) and shared by every invocation.
+//!
+//! Handlers reach the rules only through [`App::sale`]'s use cases. What a host needs
+//! beyond them to run queue functions (consuming, dead-lettering, flushing, replaying,
+//! queue depths) is the narrow [`Queues`] handle; nothing else of the adapters is handed
+//! out, except to tests through [`App::connect_with_adapters`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
-use flash_sale_adapters::{Broker, Postgres, RedisSeats, Topology};
+use flash_sale_adapters::{Broker, Postgres, Queue, RedisSeats, Topology};
+use flash_sale_core::ports::PortResult;
 use flash_sale_core::{Sale, SaleSettings};
 
 use crate::Config;
 
 /// The sale over Redis, RabbitMQ and PostgreSQL.
-pub type Services = Sale<RedisSeats, Broker, Postgres>;
+pub type LiveSale = Sale<RedisSeats, Broker, Postgres>;
 
-/// What a handler gets: the services and the configuration they were built from.
+/// What a handler gets: the sale, the hosts' handle on the queues, and the configuration
+/// they were built from.
 #[derive(Clone, Debug)]
 pub struct App {
-    pub sale: Arc<Services>,
+    pub sale: Arc<LiveSale>,
+    pub queues: Queues,
     pub config: Arc<Config>,
+}
+
+/// The adapters an [`App`] was built on, for tests that look behind the use cases (raw
+/// Redis keys, SQL, queue depths). Production hosts never take them.
+#[derive(Clone, Debug)]
+pub struct Adapters {
+    pub seats: RedisSeats,
+    pub bus: Broker,
+    pub db: Postgres,
 }
 
 impl App {
@@ -24,6 +42,11 @@ impl App {
     /// database migrations and declares the queues. Both are idempotent, so every cold
     /// start may do it.
     pub async fn connect(config: Config) -> anyhow::Result<Self> {
+        Ok(Self::connect_with_adapters(config).await?.0)
+    }
+
+    /// [`App::connect`], also handing back the adapters it built: for tests.
+    pub async fn connect_with_adapters(config: Config) -> anyhow::Result<(Self, Adapters)> {
         let topology = Topology {
             prefix: config.queue_prefix.clone(),
             hold: config.hold,
@@ -45,15 +68,66 @@ impl App {
             payment: config.payment_mode,
             sold_out_cache: config.sold_out_cache,
         };
-        Ok(Self {
-            sale: Arc::new(Sale::new(seats, bus, db, settings)),
+        let adapters = Adapters {
+            seats: seats.clone(),
+            bus: bus.clone(),
+            db: db.clone(),
+        };
+        let app = Self {
+            sale: Arc::new(Sale::new(seats, bus.clone(), db, settings)),
+            queues: Queues(bus),
             config: Arc::new(config),
-        })
+        };
+        Ok((app, adapters))
     }
 
     /// Reads the environment and connects: what every function's `main` does first.
     pub async fn from_env() -> anyhow::Result<Self> {
         let config = Config::from_env()?;
         Self::connect(config).await
+    }
+}
+
+/// The hosts' handle on the queues: what running the queue functions takes beyond their
+/// handlers. Shares the sale's connection and publishers.
+#[derive(Clone, Debug)]
+pub struct Queues(Broker);
+
+impl Queues {
+    /// Opens a consumer on `queue` on its own channel, with at most `prefetch`
+    /// unacknowledged deliveries (the local process's event source).
+    pub async fn consume(
+        &self,
+        queue: Queue,
+        prefetch: u16,
+    ) -> PortResult<(lapin::Channel, lapin::Consumer)> {
+        self.0.consume(queue, prefetch).await
+    }
+
+    /// Sends a message that can never succeed to `queue`'s dead-letter queue, with the
+    /// reason beside it (for hosts that cannot reject one message of a batch).
+    pub async fn dead_letter(&self, queue: Queue, body: Vec<u8>, reason: &str) -> PortResult<()> {
+        self.0.dead_letter(queue, body, reason).await
+    }
+
+    /// Waits, at most `within`, for the hold messages handed over so far; returns how
+    /// many are still outstanding. What a stopping process does.
+    pub async fn flush(&self, within: Duration) -> usize {
+        self.0.flush(within).await
+    }
+
+    /// Moves up to `limit` dead letters of `queue` back to work.
+    pub async fn replay_dead_letters(&self, queue: Queue, limit: usize) -> PortResult<usize> {
+        self.0.replay_dead_letters(queue, limit).await
+    }
+
+    /// Messages ready in every queue of the topology, by queue name.
+    pub async fn depths(&self) -> PortResult<Vec<(String, u32)>> {
+        let mut depths = vec![];
+        for queue in self.0.topology().queue_names() {
+            let ready = self.0.ready_count(&queue).await?;
+            depths.push((queue, ready));
+        }
+        Ok(depths)
     }
 }

@@ -19,7 +19,7 @@ pub mod config;
 pub mod http;
 pub mod queue;
 
-pub use app::{App, Services};
+pub use app::{Adapters, App, LiveSale, Queues};
 pub use config::Config;
 
 /// Starts logging: JSON lines on Lambda (CloudWatch), plain text locally. `RUST_LOG`
