@@ -17,8 +17,15 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 
 const COMPONENT: &str = "postgres";
 
-/// title, starts_at, capacity, sold
-type ShowtimeRow = (Option<String>, Option<DateTime<Utc>>, i32, i32);
+/// title, starts_at, capacity, sold, sale_opens_at, sale_closes_at
+type ShowtimeRow = (
+    Option<String>,
+    Option<DateTime<Utc>>,
+    i32,
+    i32,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+);
 
 /// The [`Catalog`] and [`OrderBook`] on PostgreSQL. Cheap to clone (a pool).
 #[derive(Debug, Clone)]
@@ -143,25 +150,58 @@ impl Postgres {
 }
 
 impl Catalog for Postgres {
+    /// Stores a showtime and its sale window in one `INSERT`, so no instant exists at
+    /// which the showtime is on record without its window.
     async fn create_showtime(&self, new: NewShowtime) -> PortResult<Showtime> {
-        self.create_showtime_in_window(new, SaleWindow::ALWAYS)
-            .await
+        let starts_at = new
+            .starts_at
+            .as_deref()
+            .map(DateTime::parse_from_rfc3339)
+            .transpose()
+            .map_err(|e| PortError::permanent(COMPONENT, format!("starts_at: {e}")))?;
+        let window = new.sale_window;
+        let row = sqlx::query(
+            "INSERT INTO showtimes (title, starts_at, capacity, sale_opens_at, sale_closes_at)
+             VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        )
+        .bind(&new.title)
+        .bind(starts_at)
+        .bind(new.capacity.get() as i32)
+        .bind(window.opens_at().map(|t| millis_to_time(t.0)))
+        .bind(window.closes_at().map(|t| millis_to_time(t.0)))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(port_error)?;
+        let id: i64 = row.get(0);
+        Ok(Showtime {
+            id: ShowtimeId::new(id).map_err(|e| PortError::permanent(COMPONENT, e.0))?,
+            capacity: new.capacity,
+            title: new.title,
+            starts_at: starts_at.map(|t| t.with_timezone(&Utc).to_rfc3339()),
+            sale_window: window,
+            ordered: 0,
+        })
     }
 
     async fn showtime(&self, id: ShowtimeId) -> PortResult<Option<Showtime>> {
-        let row: Option<ShowtimeRow> =
-            sqlx::query_as("SELECT title, starts_at, capacity, sold FROM showtimes WHERE id = $1")
-                .bind(id.get())
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(port_error)?;
-        row.map(|(title, starts_at, capacity, sold)| {
+        let row: Option<ShowtimeRow> = sqlx::query_as(
+            "SELECT title, starts_at, capacity, sold, sale_opens_at, sale_closes_at
+             FROM showtimes WHERE id = $1",
+        )
+        .bind(id.get())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(port_error)?;
+        let invalid = |e: flash_sale_core::InvalidInput| PortError::permanent(COMPONENT, e.0);
+        let millis = |t: DateTime<Utc>| UnixMillis(t.timestamp_millis().max(0) as u64);
+        row.map(|(title, starts_at, capacity, sold, opens, closes)| {
             Ok(Showtime {
                 id,
-                capacity: Capacity::new(capacity.into())
-                    .map_err(|e| PortError::permanent(COMPONENT, e.0))?,
+                capacity: Capacity::new(capacity.into()).map_err(invalid)?,
                 title,
                 starts_at: starts_at.map(|t| t.to_rfc3339()),
+                sale_window: SaleWindow::new(opens.map(millis), closes.map(millis))
+                    .map_err(invalid)?,
                 ordered: sold.max(0) as u32,
             })
         })
@@ -223,64 +263,5 @@ impl OrderBook for Postgres {
                 None => Err(port_error(e)),
             },
         }
-    }
-}
-
-/// Sale windows (`showtimes.sale_opens_at` / `sale_closes_at`, migration
-/// `20261201000001_sale_window`). Kept out of the `Catalog` port for now so the port's
-/// value types stay unchanged for every other caller: the `showtimes` function creates
-/// a showtime with its window in one statement, and the `reserve` function reads (and
-/// caches) the window before it touches any seat.
-impl Postgres {
-    /// Stores a showtime and its sale window in one `INSERT`, so no instant exists at
-    /// which the showtime is on record without its window.
-    pub async fn create_showtime_in_window(
-        &self,
-        new: NewShowtime,
-        window: SaleWindow,
-    ) -> PortResult<Showtime> {
-        let starts_at = new
-            .starts_at
-            .as_deref()
-            .map(DateTime::parse_from_rfc3339)
-            .transpose()
-            .map_err(|e| PortError::permanent(COMPONENT, format!("starts_at: {e}")))?;
-        let row = sqlx::query(
-            "INSERT INTO showtimes (title, starts_at, capacity, sale_opens_at, sale_closes_at)
-             VALUES ($1, $2, $3, $4, $5) RETURNING id",
-        )
-        .bind(&new.title)
-        .bind(starts_at)
-        .bind(new.capacity.get() as i32)
-        .bind(window.opens_at().map(|t| millis_to_time(t.0)))
-        .bind(window.closes_at().map(|t| millis_to_time(t.0)))
-        .fetch_one(&self.pool)
-        .await
-        .map_err(port_error)?;
-        let id: i64 = row.get(0);
-        Ok(Showtime {
-            id: ShowtimeId::new(id).map_err(|e| PortError::permanent(COMPONENT, e.0))?,
-            capacity: new.capacity,
-            title: new.title,
-            starts_at: starts_at.map(|t| t.with_timezone(&Utc).to_rfc3339()),
-            ordered: 0,
-        })
-    }
-
-    /// The sale window of a showtime, or `None` when there is no such showtime.
-    pub async fn sale_window(&self, id: ShowtimeId) -> PortResult<Option<SaleWindow>> {
-        type Window = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
-        let row: Option<Window> =
-            sqlx::query_as("SELECT sale_opens_at, sale_closes_at FROM showtimes WHERE id = $1")
-                .bind(id.get())
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(port_error)?;
-        let millis = |t: DateTime<Utc>| UnixMillis(t.timestamp_millis().max(0) as u64);
-        row.map(|(opens, closes)| {
-            SaleWindow::new(opens.map(millis), closes.map(millis))
-                .map_err(|e| PortError::permanent(COMPONENT, e.0))
-        })
-        .transpose()
     }
 }

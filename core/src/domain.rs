@@ -162,6 +162,8 @@ pub struct NewShowtime {
     pub title: Option<String>,
     /// RFC 3339, already validated at the edge.
     pub starts_at: Option<String>,
+    /// When its seats may be reserved.
+    pub sale_window: SaleWindow,
 }
 
 /// A showtime as the catalog (the database) knows it.
@@ -171,6 +173,7 @@ pub struct Showtime {
     pub capacity: Capacity,
     pub title: Option<String>,
     pub starts_at: Option<String>,
+    pub sale_window: SaleWindow,
     /// Orders the database holds for it.
     pub ordered: u32,
 }

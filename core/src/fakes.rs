@@ -287,6 +287,7 @@ impl Catalog for FakeDb {
             capacity: new.capacity,
             title: new.title,
             starts_at: new.starts_at,
+            sale_window: new.sale_window,
             ordered: 0,
         };
         all.insert(id, showtime.clone());

@@ -11,6 +11,7 @@ use std::time::Duration;
 use futures::executor::block_on;
 use proptest::prelude::*;
 
+use crate::domain::SaleWindow;
 use crate::fakes::{FakeBus, FakeDb, FakeSeats};
 use crate::messages::{Expiry, OrderRequest};
 use crate::ports::SeatStore;
@@ -96,6 +97,7 @@ impl World {
                 capacity: Capacity::new(c.into()).unwrap(),
                 title: None,
                 starts_at: None,
+                sale_window: SaleWindow::ALWAYS,
             }))
             .unwrap();
             capacities.insert(s.id, c);
@@ -110,11 +112,11 @@ impl World {
     }
 
     fn pending_expiries(&self) -> Vec<Expiry> {
-        self.sale.bus().expiries.lock().unwrap()[self.expiries_done..].to_vec()
+        self.sale.bus.expiries.lock().unwrap()[self.expiries_done..].to_vec()
     }
 
     fn pending_orders(&self) -> Vec<OrderRequest> {
-        self.sale.bus().orders.lock().unwrap()[self.orders_done..].to_vec()
+        self.sale.bus.orders.lock().unwrap()[self.orders_done..].to_vec()
     }
 
     fn run(&mut self, step: &Step) {
@@ -160,8 +162,8 @@ impl World {
                     self.orders_done += 1;
                 }
             }
-            Step::Broker { down } => sale.bus().down.store(down, Ordering::SeqCst),
-            Step::Advance { secs } => sale.seats().advance(Duration::from_secs(secs)),
+            Step::Broker { down } => sale.bus.down.store(down, Ordering::SeqCst),
+            Step::Advance { secs } => sale.seats.advance(Duration::from_secs(secs)),
             Step::Sweep => {
                 let _ = block_on(sale.sweep(GRACE));
             }
@@ -178,9 +180,9 @@ impl World {
     /// What must hold after every step.
     fn check(&self) -> Result<(), TestCaseError> {
         let all = self.reservations();
-        let orders = self.sale.db().orders.lock().unwrap().clone();
+        let orders = self.sale.db.orders.lock().unwrap().clone();
         for (showtime, capacity) in &self.capacities {
-            let counts = block_on(self.sale.seats().counts(*showtime))
+            let counts = block_on(self.sale.seats.counts(*showtime))
                 .unwrap()
                 .unwrap();
             let mine: Vec<_> = all.iter().filter(|r| r.showtime() == *showtime).collect();
@@ -236,8 +238,8 @@ impl World {
 
     /// The broker comes back, the hold time passes, the sweep runs, every queue drains.
     fn settle(&mut self) {
-        self.sale.bus().down.store(false, Ordering::SeqCst);
-        self.sale.seats().advance(HOLD + GRACE);
+        self.sale.bus.down.store(false, Ordering::SeqCst);
+        self.sale.seats.advance(HOLD + GRACE);
         block_on(self.sale.sweep(GRACE)).unwrap();
         while !self.pending_expiries().is_empty() {
             self.run(&Step::DeliverExpiry { twice: false });
@@ -263,7 +265,7 @@ proptest! {
         }
         world.settle();
         world.check()?;
-        let orders = world.sale.db().orders.lock().unwrap().clone();
+        let orders = world.sale.db.orders.lock().unwrap().clone();
         for r in world.reservations() {
             match r.status {
                 Status::Ordered => prop_assert!(orders.contains_key(&r.id)),
@@ -272,7 +274,7 @@ proptest! {
             }
         }
         for (showtime, capacity) in &world.capacities {
-            let c = block_on(world.sale.seats().counts(*showtime)).unwrap().unwrap();
+            let c = block_on(world.sale.seats.counts(*showtime)).unwrap().unwrap();
             let ordered = orders.values().filter(|o| o.reservation.showtime() == *showtime).count() as u32;
             prop_assert_eq!((c.held, c.sold, c.available), (0, ordered, capacity - ordered));
         }

@@ -41,13 +41,13 @@ where
         id: ShowtimeId,
         repair: bool,
     ) -> Result<Option<Reconciliation>, PortError> {
-        let Some(showtime) = self.db().showtime(id).await? else {
+        let Some(showtime) = self.db.showtime(id).await? else {
             return Ok(None);
         };
         let capacity = showtime.capacity.get();
-        let audit = self.seats().audit(id).await?;
+        let audit = self.seats.audit(id).await?;
         let recorded = match &audit {
-            Some(a) if !a.unrecorded.is_empty() => self.db().recorded(&a.unrecorded).await?,
+            Some(a) if !a.unrecorded.is_empty() => self.db.recorded(&a.unrecorded).await?,
             _ => vec![],
         };
         let paid_unrecorded = audit.as_ref().map_or(0, |a| {
@@ -89,7 +89,7 @@ where
         }
         let repaired = if repair && !discrepancies.is_empty() {
             Some(
-                self.seats()
+                self.seats
                     .rebuild(id, capacity, showtime.ordered, &recorded)
                     .await?,
             )
@@ -111,7 +111,7 @@ where
     /// Reconciles every showtime the database knows.
     pub async fn reconcile_all(&self, repair: bool) -> Result<Vec<Reconciliation>, PortError> {
         let mut all = vec![];
-        for id in self.db().showtime_ids().await? {
+        for id in self.db.showtime_ids().await? {
             all.extend(self.reconcile(id, repair).await?);
         }
         Ok(all)
@@ -121,6 +121,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::SaleWindow;
     use crate::fakes::{FakeBus, FakeDb, FakeSeats};
     use crate::{Capacity, NewShowtime, PaymentMode, SaleSettings, UserId};
     use futures::executor::block_on;
@@ -146,6 +147,7 @@ mod tests {
             capacity: Capacity::new(4).unwrap(),
             title: None,
             starts_at: None,
+            sale_window: SaleWindow::ALWAYS,
         }))
         .unwrap()
         .id;
@@ -170,6 +172,7 @@ mod tests {
             capacity: Capacity::new(3).unwrap(),
             title: None,
             starts_at: None,
+            sale_window: SaleWindow::ALWAYS,
         }))
         .unwrap()
         .id;
@@ -177,7 +180,7 @@ mod tests {
         let r = block_on(sale.reserve(user, st)).unwrap();
         let order = block_on(sale.pay(r.id, user)).unwrap().order;
         block_on(sale.write_orders(&[order])).unwrap();
-        sale.seats().lose_everything();
+        sale.seats.lose_everything();
 
         let report = block_on(sale.reconcile(st, false)).unwrap().unwrap();
         assert_eq!(

@@ -2,16 +2,19 @@
 //! RabbitMQ and PostgreSQL in production and on plain memory in the unit tests.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use crate::domain::{OutsideSaleWindow, SaleWindow};
 use crate::messages::{Expiry, OrderRequest, PaymentRequest};
 use crate::ports::{
     Catalog, ExpireOutcome, MessageBus, OrderBook, OrderOutcome, PayOutcome, PortError, SeatStore,
     TakeOutcome,
 };
 use crate::{
-    NewShowtime, Reservation, ReservationId, SeatCounts, Showtime, ShowtimeId, Status, UserId,
+    NewShowtime, Reservation, ReservationId, SeatCounts, Showtime, ShowtimeId, Status, UnixMillis,
+    UserId,
 };
 
 /// A named point between two steps where the crash tests inject a failure (the `fail`
@@ -83,6 +86,66 @@ impl SoldOutFlags {
     }
 }
 
+/// The time of day the sale windows are judged by. Holds and payments are timed by the
+/// seat store's own clock (Redis's `TIME`); only the windows use this one.
+#[derive(Debug, Clone, Default)]
+pub enum Clock {
+    /// The system's clock.
+    #[default]
+    System,
+    /// A clock that moves only when told to (tests).
+    Manual(Arc<AtomicU64>),
+}
+
+impl Clock {
+    /// A manual clock showing `at`.
+    pub fn manual(at: UnixMillis) -> Self {
+        Clock::Manual(Arc::new(AtomicU64::new(at.0)))
+    }
+
+    pub fn now(&self) -> UnixMillis {
+        match self {
+            Clock::System => UnixMillis(
+                SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or_default(),
+            ),
+            Clock::Manual(at) => UnixMillis(at.load(Ordering::SeqCst)),
+        }
+    }
+
+    /// Moves a manual clock forward; the system clock moves on its own.
+    pub fn advance(&self, by: Duration) {
+        if let Clock::Manual(at) = self {
+            at.fetch_add(by.as_millis() as u64, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Showtimes' sale windows as the catalog gave them, kept for the life of the process
+/// (a window never changes once its showtime exists), so the hot path stays one seat
+/// store call. Bounded: when full it starts over.
+#[derive(Debug, Default)]
+struct SaleWindows(RwLock<HashMap<ShowtimeId, SaleWindow>>);
+
+const SALE_WINDOWS_KEPT: usize = 65_536;
+
+impl SaleWindows {
+    fn get(&self, showtime: ShowtimeId) -> Option<SaleWindow> {
+        let windows = self.0.read().unwrap_or_else(|e| e.into_inner());
+        windows.get(&showtime).copied()
+    }
+
+    fn keep(&self, showtime: ShowtimeId, window: SaleWindow) {
+        let mut windows = self.0.write().unwrap_or_else(|e| e.into_inner());
+        if windows.len() >= SALE_WINDOWS_KEPT {
+            windows.clear();
+        }
+        windows.insert(showtime, window);
+    }
+}
+
 /// Why a reservation was not made.
 #[derive(Debug, thiserror::Error)]
 pub enum ReserveError {
@@ -92,6 +155,12 @@ pub enum ReserveError {
     AlreadyHolds(ReservationId),
     #[error("showtime {0} does not exist")]
     UnknownShowtime(ShowtimeId),
+    /// Before the showtime's sale opens, or from its close on; no seat was touched.
+    #[error("showtime {showtime}: {why}")]
+    OutsideSaleWindow {
+        showtime: ShowtimeId,
+        why: OutsideSaleWindow,
+    },
     /// A component failed; nothing is held (a seat taken before the failure was given
     /// back).
     #[error(transparent)]
@@ -132,11 +201,13 @@ pub struct SweepReport {
 /// The flash sale: its rules over its ports.
 #[derive(Debug, Clone)]
 pub struct Sale<S, B, D> {
-    seats: S,
-    bus: B,
-    db: D,
+    pub(crate) seats: S,
+    pub(crate) bus: B,
+    pub(crate) db: D,
     settings: SaleSettings,
+    clock: Clock,
     sold_out: Arc<SoldOutFlags>,
+    windows: Arc<SaleWindows>,
 }
 
 impl<S, B, D> Sale<S, B, D>
@@ -151,33 +222,42 @@ where
             bus,
             db,
             settings,
+            clock: Clock::System,
             sold_out: Arc::default(),
+            windows: Arc::default(),
         }
+    }
+
+    /// The same sale judging its sale windows by `clock`.
+    pub fn with_clock(self, clock: Clock) -> Self {
+        Self { clock, ..self }
     }
 
     pub fn settings(&self) -> SaleSettings {
         self.settings
     }
 
-    pub fn seats(&self) -> &S {
-        &self.seats
-    }
-
-    pub fn bus(&self) -> &B {
-        &self.bus
-    }
-
-    pub fn db(&self) -> &D {
-        &self.db
-    }
-
-    /// Stores the showtime, then puts its seats on sale.
+    /// Stores the showtime with its sale window, then puts its seats on sale.
     pub async fn create_showtime(&self, new: NewShowtime) -> Result<Showtime, PortError> {
         let showtime = self.db.create_showtime(new).await?;
         self.seats
             .load(showtime.id, showtime.capacity.get(), 0, false)
             .await?;
+        self.windows.keep(showtime.id, showtime.sale_window);
         Ok(showtime)
+    }
+
+    /// The showtime's sale window, from this process's memory or the catalog; `None`
+    /// when there is no such showtime.
+    async fn sale_window(&self, showtime: ShowtimeId) -> Result<Option<SaleWindow>, PortError> {
+        if let Some(window) = self.windows.get(showtime) {
+            return Ok(Some(window));
+        }
+        let Some(known) = self.db.showtime(showtime).await? else {
+            return Ok(None);
+        };
+        self.windows.keep(showtime, known.sale_window);
+        Ok(Some(known.sale_window))
     }
 
     /// A showtime and where its seats are. Reloads the stock from the database when the
@@ -203,15 +283,22 @@ where
     }
 
     /// Holds one seat of `showtime` for `user`, then publishes the hold's expiry (and,
-    /// in mock-payment mode, its payment request). If the publish fails the seat is given
-    /// back before answering, so a broker outage never strands a seat; a message lost
-    /// after it was handed over (see [`MessageBus::publish_hold`]) leaves the hold to
-    /// the sweep.
+    /// in mock-payment mode, its payment request). Refused without touching a seat for
+    /// an unknown showtime and outside its sale window. If the publish fails the seat is
+    /// given back before answering, so a broker outage never strands a seat; a message
+    /// lost after it was handed over (see [`MessageBus::publish_hold`]) leaves the hold
+    /// to the sweep.
     pub async fn reserve(
         &self,
         user: UserId,
         showtime: ShowtimeId,
     ) -> Result<Reservation, ReserveError> {
+        let Some(window) = self.sale_window(showtime).await? else {
+            return Err(ReserveError::UnknownShowtime(showtime));
+        };
+        window
+            .admits(self.clock.now())
+            .map_err(|why| ReserveError::OutsideSaleWindow { showtime, why })?;
         if self.sold_out.is_sold_out(showtime) {
             return Err(ReserveError::SoldOut);
         }
@@ -402,10 +489,19 @@ mod tests {
     }
 
     fn showtime(sale: &Sale<FakeSeats, FakeBus, FakeDb>, capacity: i64) -> ShowtimeId {
+        showtime_on_sale(sale, capacity, SaleWindow::ALWAYS)
+    }
+
+    fn showtime_on_sale(
+        sale: &Sale<FakeSeats, FakeBus, FakeDb>,
+        capacity: i64,
+        sale_window: SaleWindow,
+    ) -> ShowtimeId {
         block_on(sale.create_showtime(NewShowtime {
             capacity: Capacity::new(capacity).unwrap(),
             title: None,
             starts_at: None,
+            sale_window,
         }))
         .unwrap()
         .id
@@ -427,10 +523,10 @@ mod tests {
         assert_eq!(r.status, Status::Reserved);
         assert_eq!(r.expires_at, UnixMillis(900_000));
         assert_eq!(
-            *sale.bus().expiries.lock().unwrap(),
+            *sale.bus.expiries.lock().unwrap(),
             vec![Expiry { reservation: r.id }]
         );
-        assert!(sale.bus().payments.lock().unwrap().is_empty());
+        assert!(sale.bus.payments.lock().unwrap().is_empty());
         let c = counts(&sale, st);
         assert_eq!((c.available, c.held, c.sold), (1, 1, 0));
     }
@@ -441,12 +537,72 @@ mod tests {
         let st = showtime(&sale, 1);
         let r = block_on(sale.reserve(user(7), st)).unwrap();
         assert_eq!(
-            *sale.bus().payments.lock().unwrap(),
+            *sale.bus.payments.lock().unwrap(),
             vec![PaymentRequest {
                 reservation: r.id,
                 user: user(7)
             }]
         );
+    }
+
+    #[test]
+    fn a_reservation_outside_the_sale_window_is_refused_without_touching_a_seat() {
+        let clock = Clock::manual(UnixMillis(1_000_000));
+        let sale = sale(PaymentMode::Manual).with_clock(clock.clone());
+        let window =
+            SaleWindow::new(Some(UnixMillis(2_000_000)), Some(UnixMillis(3_000_000))).unwrap();
+        let st = showtime_on_sale(&sale, 1, window);
+        match block_on(sale.reserve(user(1), st)) {
+            Err(ReserveError::OutsideSaleWindow { showtime, why }) => {
+                assert_eq!(showtime, st);
+                assert_eq!(
+                    why,
+                    OutsideSaleWindow::NotOpenYet {
+                        opens_at: UnixMillis(2_000_000)
+                    }
+                );
+            }
+            other => panic!("expected the sale not to be open, got {other:?}"),
+        }
+        assert_eq!(counts(&sale, st).available, 1);
+        assert!(sale.bus.expiries.lock().unwrap().is_empty());
+
+        clock.advance(Duration::from_secs(1_000));
+        block_on(sale.reserve(user(1), st)).expect("open from its opening on");
+
+        clock.advance(Duration::from_secs(1_000));
+        assert!(matches!(
+            block_on(sale.reserve(user(2), st)),
+            Err(ReserveError::OutsideSaleWindow {
+                why: OutsideSaleWindow::Closed { .. },
+                ..
+            })
+        ));
+        let c = counts(&sale, st);
+        assert_eq!((c.available, c.held), (0, 1));
+    }
+
+    #[test]
+    fn a_showtime_another_process_created_is_held_to_its_window_from_the_catalog() {
+        let clock = Clock::manual(UnixMillis(0));
+        let sale = sale(PaymentMode::Manual).with_clock(clock.clone());
+        let window = SaleWindow::new(Some(UnixMillis(10)), None).unwrap();
+        // Created behind this process's back: only the catalog knows its window.
+        let st = block_on(sale.db.create_showtime(NewShowtime {
+            capacity: Capacity::new(5).unwrap(),
+            title: None,
+            starts_at: None,
+            sale_window: window,
+        }))
+        .unwrap()
+        .id;
+        assert!(matches!(
+            block_on(sale.reserve(user(1), st)),
+            Err(ReserveError::OutsideSaleWindow { .. })
+        ));
+        assert_eq!(sale.windows.get(st), Some(window), "kept once read");
+        clock.advance(Duration::from_millis(10));
+        block_on(sale.reserve(user(1), st)).expect("its stock is loaded on first use");
     }
 
     #[test]
@@ -485,7 +641,7 @@ mod tests {
         ));
         // Another process returns a seat behind this one's back: this process keeps
         // answering from memory (for at most `sold_out_cache`), without the store.
-        block_on(sale.seats().expire(second.id)).unwrap();
+        block_on(sale.seats.expire(second.id)).unwrap();
         assert!(matches!(
             block_on(sale.reserve(user(3), st)),
             Err(ReserveError::SoldOut)
@@ -523,14 +679,14 @@ mod tests {
     fn a_failed_publish_gives_the_seat_back() {
         let sale = sale(PaymentMode::Manual);
         let st = showtime(&sale, 1);
-        sale.bus().down.store(true, Ordering::SeqCst);
+        sale.bus.down.store(true, Ordering::SeqCst);
         assert!(matches!(
             block_on(sale.reserve(user(1), st)),
             Err(ReserveError::Unavailable(_))
         ));
         let c = counts(&sale, st);
         assert_eq!((c.available, c.held), (1, 0));
-        sale.bus().down.store(false, Ordering::SeqCst);
+        sale.bus.down.store(false, Ordering::SeqCst);
         block_on(sale.reserve(user(1), st)).expect("the user may try again");
     }
 
@@ -541,7 +697,7 @@ mod tests {
         let r = block_on(sale.reserve(user(1), st)).unwrap();
         let receipt = block_on(sale.pay(r.id, user(1))).unwrap();
         assert!(receipt.order_queued);
-        assert_eq!(*sale.bus().orders.lock().unwrap(), vec![receipt.order]);
+        assert_eq!(*sale.bus.orders.lock().unwrap(), vec![receipt.order]);
         let c = counts(&sale, st);
         assert_eq!((c.available, c.held, c.sold), (0, 0, 1));
         assert!(matches!(
@@ -567,7 +723,7 @@ mod tests {
         let sale = sale(PaymentMode::Manual);
         let st = showtime(&sale, 1);
         let r = block_on(sale.reserve(user(1), st)).unwrap();
-        sale.seats().advance(HOLD);
+        sale.seats.advance(HOLD);
         assert!(matches!(
             block_on(sale.pay(r.id, user(1))),
             Err(PayError::Expired)
@@ -629,7 +785,7 @@ mod tests {
             block_on(sale.write_orders(&[order])).unwrap(),
             vec![OrderOutcome::Duplicate]
         );
-        assert_eq!(sale.db().orders.lock().unwrap().len(), 1);
+        assert_eq!(sale.db.orders.lock().unwrap().len(), 1);
         let stored = block_on(sale.reservation(r.id)).unwrap().unwrap();
         assert_eq!(stored.status, Status::Ordered);
     }
@@ -640,17 +796,17 @@ mod tests {
         let st = showtime(&sale, 2);
         let held = block_on(sale.reserve(user(1), st)).unwrap();
         let paid = block_on(sale.reserve(user(2), st)).unwrap();
-        sale.bus().down.store(true, Ordering::SeqCst);
+        sale.bus.down.store(true, Ordering::SeqCst);
         let receipt = block_on(sale.pay(paid.id, user(2))).unwrap();
         assert!(
             !receipt.order_queued,
             "the payment stands even when the order is not queued"
         );
-        sale.bus().down.store(false, Ordering::SeqCst);
+        sale.bus.down.store(false, Ordering::SeqCst);
 
         let grace = Duration::from_secs(30);
         assert_eq!(block_on(sale.sweep(grace)).unwrap(), SweepReport::default());
-        sale.seats().advance(HOLD + grace);
+        sale.seats.advance(HOLD + grace);
         let report = block_on(sale.sweep(grace)).unwrap();
         assert_eq!(
             report,
@@ -659,10 +815,7 @@ mod tests {
                 orders_resent: 1
             }
         );
-        assert_eq!(
-            sale.bus().orders.lock().unwrap().as_slice(),
-            &[receipt.order]
-        );
+        assert_eq!(sale.bus.orders.lock().unwrap().as_slice(), &[receipt.order]);
         assert_eq!(
             block_on(sale.reservation(held.id)).unwrap().unwrap().status,
             Status::Expired
@@ -679,7 +832,7 @@ mod tests {
         let r = block_on(sale.reserve(user(1), st)).unwrap();
         let order = block_on(sale.pay(r.id, user(1))).unwrap().order;
         block_on(sale.write_orders(&[order])).unwrap();
-        sale.seats().lose_everything();
+        sale.seats.lose_everything();
         let c = counts(&sale, st);
         assert_eq!((c.capacity, c.available, c.sold), (2, 1, 1));
         block_on(sale.reserve(user(2), st)).unwrap();

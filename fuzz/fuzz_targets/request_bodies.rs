@@ -3,8 +3,8 @@
 #![no_main]
 
 use flash_sale_core::{ReservationId, ShowtimeId, UserId};
-use flash_sale_runtime::auth::{Caller, Identity};
-use flash_sale_runtime::http::parse_json;
+use flash_sale_runtime::identity::{Caller, Identity};
+use flash_sale_runtime::extract::parse_json;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -6,7 +6,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use axum::http::{HeaderValue, Request};
-use flash_sale_runtime::auth::{Authenticator, bearer_token};
+use flash_sale_runtime::identity::{Authenticator, bearer_token};
 use flash_sale_runtime::config::{AuthConfig, AuthMode};
 use libfuzzer_sys::fuzz_target;
 

@@ -11,7 +11,7 @@ use aws_lambda_events::event::rabbitmq::RabbitMqEvent;
 use flash_sale_adapters::{Queue, wire};
 use flash_sale_core::ports::ExpireOutcome;
 use flash_sale_runtime::App;
-use flash_sale_runtime::queue::{QueueError, event_messages};
+use flash_sale_runtime::queue::{self, QueueError};
 use lambda_runtime::LambdaEvent;
 
 /// Expires the holds named in one message body (one hold, or the holds of a batch),
@@ -25,31 +25,26 @@ pub async fn expire(app: &App, body: &[u8]) -> Result<Vec<ExpireOutcome>, QueueE
     Ok(outcomes)
 }
 
-/// The Lambda host: every message of the batch, in order. A retryable failure fails the
-/// invocation so the event source redelivers the batch (expiry is idempotent); a message
-/// that can never succeed goes to the dead-letter queue and the rest carry on.
+/// The Lambda host: every message of the batch at once, then the batch is settled
+/// ([`queue::handle_event`]): a retryable failure fails the invocation so the event
+/// source redelivers the batch (expiry is idempotent); a message that can never succeed
+/// goes to the dead-letter queue.
 pub async fn handle_event(
     app: &App,
     event: LambdaEvent<RabbitMqEvent>,
 ) -> Result<(), lambda_runtime::Error> {
-    for message in event_messages(event.payload) {
-        let result = match &message.body {
-            Ok(body) => expire(app, body).await.map(|_| ()),
-            Err(e) => Err(QueueError::Rejected(e.to_string())),
-        };
-        match result {
-            Ok(()) => {}
-            Err(e @ QueueError::Retryable(_)) => return Err(e.into()),
-            Err(QueueError::Rejected(reason)) => {
-                tracing::error!(queue = %message.queue, %reason, "dead-lettering an expiry message");
-                let body = message.body.unwrap_or_default();
-                app.sale
-                    .bus()
-                    .dead_letter(Queue::Expiries, body, &reason)
-                    .await
-                    .map_err(QueueError::from)?;
-            }
-        }
-    }
-    Ok(())
+    queue::handle_event(
+        &app.queues,
+        Queue::Expiries,
+        event.payload,
+        |bodies| async move {
+            futures::future::join_all(
+                bodies
+                    .iter()
+                    .map(|body| async move { expire(app, body).await.map(|_| ()) }),
+            )
+            .await
+        },
+    )
+    .await
 }

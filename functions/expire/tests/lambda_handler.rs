@@ -83,7 +83,9 @@ async fn malformed_messages_are_not_retried_are_dead_lettered_and_change_nothing
     );
     let messages = batch.payload.messages_by_queue.values_mut().next().unwrap();
     messages[0].data = Some("%%% not base64 %%%".into());
-    flash_sale_expire::handle_event(&s.app, batch).await.unwrap();
+    flash_sale_expire::handle_event(&s.app, batch)
+        .await
+        .unwrap();
 
     assert_eq!(s.dead_letters(Queue::Expiries).await, 3);
     assert_eq!(s.status(&id).await, "RESERVED");
@@ -100,7 +102,9 @@ async fn an_unknown_reservation_is_settled_without_retry_and_changes_nothing() {
     let queue = s.queue(Queue::Expiries);
     let unknown = format!("{}-999999", showtime.get());
 
-    let outcomes = flash_sale_expire::expire(&s.app, &expiry(&unknown)).await.unwrap();
+    let outcomes = flash_sale_expire::expire(&s.app, &expiry(&unknown))
+        .await
+        .unwrap();
     assert_eq!(outcomes, [ExpireOutcome::NotFound]);
     flash_sale_expire::handle_event(
         &s.app,
@@ -123,7 +127,9 @@ async fn redis_down_is_retryable_and_fails_the_invocation() {
     let queue = s.queue(Queue::Expiries);
 
     proxy.cut().await;
-    let err = flash_sale_expire::expire(&s.app, &expiry(&id)).await.unwrap_err();
+    let err = flash_sale_expire::expire(&s.app, &expiry(&id))
+        .await
+        .unwrap_err();
     assert!(err.is_retryable(), "{err}");
     let failed = flash_sale_expire::handle_event(&s.app, event(&queue, &[&expiry(&id)])).await;
     assert!(

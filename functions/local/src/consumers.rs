@@ -95,7 +95,7 @@ where
 {
     let mut pause = Duration::from_millis(100);
     loop {
-        match app.sale.bus().consume(queue, PREFETCH).await {
+        match app.queues.consume(queue, PREFETCH).await {
             Ok((_channel, consumer)) => {
                 tracing::info!(queue = queue.key(), "consuming");
                 pause = Duration::from_millis(100);
@@ -124,7 +124,9 @@ pub async fn expiries(app: App) {
                 let app = app.clone();
                 async move {
                     let result = with_retries(|| async {
-                        flash_sale_expire::expire(&app, &delivery.data).await.map(|_| ())
+                        flash_sale_expire::expire(&app, &delivery.data)
+                            .await
+                            .map(|_| ())
                     })
                     .await;
                     settle(Queue::Expiries, &delivery, result).await;
@@ -208,21 +210,4 @@ pub async fn orders(app: App) {
         Ok(())
     })
     .await
-}
-
-/// Runs the sweep every `SWEEP_INTERVAL_SECS`: the backstop for expiry and order
-/// messages that never arrived.
-pub async fn sweep(app: App) {
-    let mut every = tokio::time::interval(app.config.sweep_interval);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        every.tick().await;
-        match app.sale.sweep(app.config.sweep_grace).await {
-            Ok(report) if report.holds_expired + report.orders_resent > 0 => {
-                tracing::warn!(?report, "the sweep found work the queues had not done");
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!("sweep failed: {e}"),
-        }
-    }
 }

@@ -7,35 +7,38 @@
 //! - [`router`]: the merged HTTP routes, with the body limit and request timeout.
 //! - [`consumers`]: the local event source: consume, call the handler, ack / requeue /
 //!   dead-letter by its typed outcome; reconnect with backoff.
-//! - [`serve`]: all of it, plus the periodic sweep, until `shutdown` resolves.
+//! - [`sweeper`]: the periodic sweep, the backstop for messages that never arrived.
+//! - [`process`]: the `flash-sale` commands (serve, reconcile, replay) from the environment.
+//! - [`serve`]: all of it until `shutdown` resolves.
 
 pub mod consumers;
 pub mod process;
+pub mod sweeper;
 
 use std::future::Future;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::Request;
-use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use flash_sale_core::PaymentMode;
 use flash_sale_runtime::App;
-use flash_sale_runtime::auth::Guard;
-use flash_sale_runtime::http::{ApiError, no_such_route};
+use flash_sale_runtime::error::{ApiError, method_not_allowed, no_such_route, panicked};
+use flash_sale_runtime::guard::Guard;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tower_http::catch_panic::CatchPanicLayer;
 
 /// Largest request body accepted; anything bigger is a 413.
-pub const BODY_LIMIT_BYTES: usize = flash_sale_runtime::http::BODY_LIMIT_BYTES;
+pub const BODY_LIMIT_BYTES: usize = flash_sale_runtime::extract::BODY_LIMIT_BYTES;
 /// A request that takes longer is answered 408.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Every HTTP route of every function, behind one [`Guard`] (identity, rate limits, the
 /// in-flight bound, the body limit) and the request timeout. Per-address limits need
 /// the peer address: serve with `into_make_service_with_connect_info::<SocketAddr>()`.
+/// Every error body, 404, 405, 408 and 500 included, is the runtime's [`ApiError`].
 pub fn router(app: App) -> Router {
     let guard = Guard::new(&app.config);
     let routes = Router::new()
@@ -47,35 +50,7 @@ pub fn router(app: App) -> Router {
     guard
         .protect(routes)
         .layer(middleware::from_fn(answer_in_time))
-        .layer(CatchPanicLayer::custom(answer_a_panic))
-}
-
-/// 405 in the shared JSON shape.
-async fn method_not_allowed() -> Response {
-    json_error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "this route does not take that method",
-    )
-}
-
-/// A handler that panicked answers 500 in the shared JSON shape (the connection and the
-/// process carry on); whatever it had done is covered like a crash at that point.
-fn answer_a_panic(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    tracing::error!("a request handler panicked");
-    json_error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
-        "internal error, please retry",
-    )
-}
-
-fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
-    (
-        status,
-        axum::Json(serde_json::json!({"error": code, "message": message})),
-    )
-        .into_response()
+        .layer(CatchPanicLayer::custom(panicked))
 }
 
 /// 408 in the shared JSON shape for a request over [`REQUEST_TIMEOUT`].
@@ -107,17 +82,17 @@ pub async fn serve(
     if app.config.payment_mode == PaymentMode::Mock {
         background.spawn(consumers::payments(app.clone()));
     }
-    background.spawn(consumers::sweep(app.clone()));
+    background.spawn(sweeper::run(app.clone()));
 
     tracing::info!(addr = %listener.local_addr()?, payment = ?app.config.payment_mode, "flash-sale is serving");
-    let sale = app.sale.clone();
+    let queues = app.queues.clone();
     // The peer address feeds the per-address rate limit.
     let service = router(app).into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, service)
         .with_graceful_shutdown(shutdown)
         .await?;
     // Every request is answered; the hold messages some answers handed over leave now.
-    let unsent = sale.bus().flush(FLUSH_WITHIN).await;
+    let unsent = queues.flush(FLUSH_WITHIN).await;
     if unsent > 0 {
         tracing::warn!(
             unsent,

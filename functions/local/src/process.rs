@@ -99,5 +99,5 @@ pub async fn replay_from_env(
     init_tracing();
     let config = Config::from_env().context("bad configuration")?;
     let app = App::connect(config).await?;
-    Ok(app.sale.bus().replay_dead_letters(queue, limit).await?)
+    Ok(app.queues.replay_dead_letters(queue, limit).await?)
 }

@@ -13,12 +13,15 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::routing::post;
 use axum::{Json, Router};
-use flash_sale_adapters::wire;
+use flash_sale_adapters::{Queue, wire};
 use flash_sale_core::ReservationId;
 use flash_sale_runtime::App;
-use flash_sale_runtime::auth::{AppState, Caller, Guard};
-use flash_sale_runtime::http::{ApiError, JsonBody, rfc3339};
-use flash_sale_runtime::queue::QueueError;
+use flash_sale_runtime::error::ApiError;
+use flash_sale_runtime::extract::JsonBody;
+use flash_sale_runtime::guard::{AppState, Guard, HasGuard as _};
+use flash_sale_runtime::identity::Caller;
+use flash_sale_runtime::queue::{self, QueueError};
+use flash_sale_runtime::rfc3339;
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 
@@ -33,10 +36,7 @@ pub fn router(app: App) -> Router {
 pub fn routes(app: App, guard: &Guard) -> Router {
     Router::new()
         .route("/reservations/{id}/pay", post(pay))
-        .with_state(AppState {
-            app,
-            guard: guard.clone(),
-        })
+        .with_state(AppState::new(app, guard.clone()))
 }
 
 /// `user_id` is required when `AUTH_MODE=none`; with a bearer token it may be left out
@@ -56,15 +56,15 @@ struct Paid {
 }
 
 async fn pay(
-    State(AppState { app, guard }): State<AppState>,
+    State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<PayRequest>,
 ) -> Result<Json<Paid>, ApiError> {
     let user = caller.acting_as(req.user_id)?;
     let id: ReservationId = id.parse()?;
-    guard.limits().check_user(user)?;
-    let receipt = app.sale.pay(id, user).await?;
+    state.guard().limits().check_user(user)?;
+    let receipt = state.app().sale.pay(id, user).await?;
     if !receipt.order_queued {
         tracing::warn!(reservation = %id, "paid, but the order message could not be queued yet; the sweep will re-send it");
     }
@@ -106,51 +106,37 @@ pub async fn settle_payment_request(
 
 /// The Lambda host of the mock payer (`pay-settle`, fed by an Amazon MQ event source on
 /// `<prefix>.payments`): every request of the batch is settled at once, each after its
-/// own random delay. A retryable failure fails the invocation so the batch is redelivered
-/// (paying is idempotent: a paid hold answers "already paid"); a request that can never
-/// succeed goes to the dead-letter queue.
+/// own random delay, then the batch is settled ([`queue::handle_event`]): a retryable
+/// failure fails the invocation so the batch is redelivered (paying is idempotent: a
+/// paid hold answers "already paid"); a request that can never succeed goes to the
+/// dead-letter queue.
 pub async fn handle_payment_event(
     app: &App,
     event: lambda_runtime::LambdaEvent<aws_lambda_events::event::rabbitmq::RabbitMqEvent>,
 ) -> Result<(), lambda_runtime::Error> {
-    let messages = flash_sale_runtime::queue::event_messages(event.payload);
-    let delay = app.config.mock_pay_delay_ms.clone();
-    let results = futures::future::join_all(messages.iter().map(|m| {
-        let delay = delay.clone();
-        async move {
-            match &m.body {
-                Ok(body) => settle_payment_request(app, body, delay).await,
-                Err(e) => Err(QueueError::Rejected(e.to_string())),
-            }
-        }
-    }))
-    .await;
-    if let Some(Err(e)) = results
-        .iter()
-        .find(|r| matches!(r, Err(QueueError::Retryable(_))))
-    {
-        return Err(e.to_string().into());
-    }
-    for (message, result) in messages.iter().zip(&results) {
-        if let Err(QueueError::Rejected(why)) = result {
-            tracing::error!(queue = %message.queue, %why, "dead-lettering a payment request");
-            let body = message.body.as_ref().map(Clone::clone).unwrap_or_default();
-            app.sale
-                .bus()
-                .dead_letter(flash_sale_adapters::Queue::Payments, body, why)
-                .await
-                .map_err(QueueError::from)?;
-        }
-    }
-    Ok(())
+    let delay = &app.config.mock_pay_delay_ms;
+    queue::handle_event(
+        &app.queues,
+        Queue::Payments,
+        event.payload,
+        |bodies| async move {
+            futures::future::join_all(
+                bodies
+                    .iter()
+                    .map(|body| settle_payment_request(app, body, delay.clone())),
+            )
+            .await
+        },
+    )
+    .await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use flash_sale_core::UserId;
-    use flash_sale_runtime::auth::Identity;
-    use flash_sale_runtime::http::parse_json;
+    use flash_sale_runtime::extract::parse_json;
+    use flash_sale_runtime::identity::Identity;
     use proptest::prelude::*;
 
     proptest! {

@@ -10,7 +10,6 @@
 
 use std::time::Duration;
 
-use flash_sale_adapters::Queue;
 use flash_sale_core::reconcile::Reconciliation;
 use flash_sale_core::sale::SweepReport;
 use flash_sale_runtime::App;
@@ -98,18 +97,13 @@ pub async fn run(
         Some(id) => app.sale.reconcile(id, repair).await?.into_iter().collect(),
         None => app.sale.reconcile_all(repair).await?,
     };
-    let bus = app.sale.bus();
-    let topology = bus.topology();
-    let mut queues = vec![];
-    let mut names = vec![topology.delay_queue()];
-    for q in Queue::ALL {
-        names.push(topology.queue(q));
-        names.push(topology.dead_letter_queue(q));
-    }
-    for queue in names {
-        let ready = bus.ready_count(&queue).await?;
-        queues.push(QueueDepth { queue, ready });
-    }
+    let queues = app
+        .queues
+        .depths()
+        .await?
+        .into_iter()
+        .map(|(queue, ready)| QueueDepth { queue, ready })
+        .collect();
     Ok(Report {
         holds_expired_by_sweep: holds_expired,
         orders_resent_by_sweep: orders_resent,

@@ -12,7 +12,8 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     run(service_fn(|_: LambdaEvent<serde_json::Value>| {
         let app = app.clone();
         async move {
-            let report = flash_sale_reconcile::run(&app, None, repair, app.config.sweep_grace).await?;
+            let report =
+                flash_sale_reconcile::run(&app, None, repair, app.config.sweep_grace).await?;
             if !report.is_clean() {
                 tracing::error!(?report, "reconciliation found discrepancies");
             }

@@ -6,27 +6,19 @@
 //! The same [`router`] runs on AWS Lambda (`main.rs`) and in the local process.
 //!
 //! Before any seat is touched, a reservation must pass, in order: the caller's identity
-//! (401), the body's `user_id` against it (403), the user's rate limit (429), and the
-//! showtime's sale window (409 `sale_not_open` / `sale_closed`). Sale windows never
-//! change once a showtime is created, so each process reads a showtime's window from
-//! PostgreSQL once and keeps it: the hot path stays one Redis script.
-//!
-//! `POST /reserve` is the route a crowd hammers, and once a showtime is sold out most of
-//! its answers come from the process's sold-out memory without any I/O, so what axum does
-//! per request counts: the handlers' state is one `Arc` (axum clones it for every
-//! request), holding the [`Guard`] the [`Caller`] extractor authenticates with.
-
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+//! (401), the body's `user_id` against it (403), the user's rate limit (429), then the
+//! sale's own rules in [`Sale::reserve`](flash_sale_core::Sale::reserve): the showtime
+//! exists (404) and its sale window is open (409 `sale_not_open` / `sale_closed`).
 
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use flash_sale_core::domain::{OutsideSaleWindow, SaleWindow};
-use flash_sale_core::{ReservationId, ShowtimeId, UnixMillis, UserId};
-use flash_sale_runtime::App;
-use flash_sale_runtime::auth::{Caller, Guard, HasGuard};
-use flash_sale_runtime::http::{ApiError, JsonBody, ReservationView, rfc3339};
+use flash_sale_core::{Reservation, ReservationId, ShowtimeId, UserId};
+use flash_sale_runtime::error::ApiError;
+use flash_sale_runtime::extract::JsonBody;
+use flash_sale_runtime::guard::{AppState, Guard, HasGuard as _};
+use flash_sale_runtime::identity::Caller;
+use flash_sale_runtime::{App, rfc3339};
 use serde::{Deserialize, Serialize};
 
 /// The function's routes, protected by their own [`Guard`]: what the Lambda host runs.
@@ -38,94 +30,10 @@ pub fn router(app: App) -> Router {
 /// The function's routes with `guard` as their authenticator and rate limiter, not yet
 /// protected: the local process merges these and protects them once.
 pub fn routes(app: App, guard: &Guard) -> Router {
-    let state = Reserve(Arc::new(Shared {
-        app,
-        guard: guard.clone(),
-        windows: Windows::default(),
-    }));
     Router::new()
         .route("/reserve", post(reserve))
         .route("/reservations/{id}", get(reservation))
-        .with_state(state)
-}
-
-/// The handlers' state: one reference count to touch per request.
-#[derive(Clone)]
-struct Reserve(Arc<Shared>);
-
-struct Shared {
-    app: App,
-    guard: Guard,
-    windows: Windows,
-}
-
-impl std::ops::Deref for Reserve {
-    type Target = Shared;
-
-    fn deref(&self) -> &Shared {
-        &self.0
-    }
-}
-
-impl HasGuard for Reserve {
-    fn guard(&self) -> &Guard {
-        &self.0.guard
-    }
-}
-
-/// Showtimes' sale windows as read from PostgreSQL, kept for the life of the process
-/// (they never change). Bounded: when full it starts over.
-#[derive(Default)]
-struct Windows(RwLock<HashMap<ShowtimeId, SaleWindow>>);
-
-const WINDOWS_KEPT: usize = 65_536;
-
-impl Windows {
-    /// The showtime's window, or `None` when there is no such showtime.
-    async fn of(&self, app: &App, showtime: ShowtimeId) -> Result<Option<SaleWindow>, ApiError> {
-        if let Some(w) = self.0.read().ok().and_then(|m| m.get(&showtime).copied()) {
-            return Ok(Some(w));
-        }
-        let Some(window) = app.sale.db().sale_window(showtime).await? else {
-            return Ok(None);
-        };
-        if let Ok(mut m) = self.0.write() {
-            if m.len() >= WINDOWS_KEPT {
-                m.clear();
-            }
-            m.insert(showtime, window);
-        }
-        Ok(Some(window))
-    }
-}
-
-fn now() -> UnixMillis {
-    UnixMillis(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or_default(),
-    )
-}
-
-/// The refusal for a reservation outside its showtime's sale window.
-fn outside(showtime: ShowtimeId, why: OutsideSaleWindow) -> ApiError {
-    match why {
-        OutsideSaleWindow::NotOpenYet { opens_at } => ApiError::Conflict {
-            code: "sale_not_open",
-            message: format!(
-                "the sale of showtime {showtime} opens at {}",
-                rfc3339(opens_at)
-            ),
-        },
-        OutsideSaleWindow::Closed { closed_at } => ApiError::Conflict {
-            code: "sale_closed",
-            message: format!(
-                "the sale of showtime {showtime} closed at {}",
-                rfc3339(closed_at)
-            ),
-        },
-    }
+        .with_state(AppState::new(app, guard.clone()))
 }
 
 /// The body: `user_id` is required when `AUTH_MODE=none` and optional (but must match
@@ -155,21 +63,13 @@ struct Reserved {
 }
 
 async fn reserve(
-    State(s): State<Reserve>,
+    State(state): State<AppState>,
     caller: Caller,
     JsonBody(req): JsonBody<ReserveRequest>,
 ) -> Result<Json<Reserved>, ApiError> {
     let (user, showtime) = req.parse(&caller)?;
-    s.guard.limits().check_user(user)?;
-    match s.windows.of(&s.app, showtime).await? {
-        None => {
-            return Err(ApiError::NotFound(format!(
-                "showtime {showtime} does not exist"
-            )));
-        }
-        Some(window) => window.admits(now()).map_err(|why| outside(showtime, why))?,
-    }
-    let r = s.app.sale.reserve(user, showtime).await?;
+    state.guard().limits().check_user(user)?;
+    let r = state.app().sale.reserve(user, showtime).await?;
     Ok(Json(Reserved {
         message: "Ticket reserved successfully",
         status: r.status.as_str(),
@@ -180,16 +80,38 @@ async fn reserve(
     }))
 }
 
+/// A reservation as `GET /reservations/{id}` shows it.
+#[derive(Debug, Serialize)]
+struct ReservationView {
+    id: String,
+    showtime_id: i64,
+    user_id: i64,
+    status: &'static str,
+    expires_at: String,
+}
+
+impl From<&Reservation> for ReservationView {
+    fn from(r: &Reservation) -> Self {
+        Self {
+            id: r.id.to_string(),
+            showtime_id: r.showtime().get(),
+            user_id: r.user.get(),
+            status: r.status.as_str(),
+            expires_at: rfc3339(r.expires_at),
+        }
+    }
+}
+
 async fn reservation(
-    State(s): State<Reserve>,
+    State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<ReservationView>, ApiError> {
     if let Caller::Verified(me) = caller {
-        s.guard.limits().check_user(me.user)?;
+        state.guard().limits().check_user(me.user)?;
     }
     let id: ReservationId = id.parse()?;
-    match s.app.sale.reservation(id).await? {
+    match state.app().sale.reservation(id).await? {
         Some(r) => {
             caller.may_read(r.user)?;
             Ok(Json(ReservationView::from(&r)))
@@ -201,8 +123,8 @@ async fn reservation(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flash_sale_runtime::auth::Identity;
-    use flash_sale_runtime::http::parse_json;
+    use flash_sale_runtime::extract::parse_json;
+    use flash_sale_runtime::identity::Identity;
     use proptest::prelude::*;
 
     proptest! {

@@ -1,7 +1,7 @@
 //! The `reserve` Lambda function: configuration and clients once per cold start, then
 //! the shared router on every request.
 
-use flash_sale_runtime::{App, http::no_such_route, init_tracing};
+use flash_sale_runtime::{App, error::no_such_route, init_tracing};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {

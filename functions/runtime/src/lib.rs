@@ -4,23 +4,37 @@
 //! lambda watch`, or the one local process):
 //! - [`config`]: the environment, read and checked once per cold start.
 //! - [`app`]: the wired [`Sale`](flash_sale_core::Sale) over Redis, RabbitMQ and
-//!   PostgreSQL, built once and shared by every invocation.
-//! - [`http`]: the HTTP error type (one JSON shape for every error), the JSON body
-//!   extractor, the answers' JSON forms, and the rate limits.
-//! - [`auth`]: who is calling (a verified JWT, API Gateway's authorizer claims, or the
-//!   trusted body of a loopback demo), the owner and admin checks, and the [`Guard`](auth::Guard)
-//!   that puts the abuse limits in front of every router.
-//! - [`queue`]: the outcome of a queue handler (retryable or not), and the decoding of
-//!   Amazon MQ for RabbitMQ events.
+//!   PostgreSQL, built once and shared by every invocation, and the hosts' narrow
+//!   [`Queues`] handle.
+//! - [`error`]: the one HTTP error type: every error body any host answers with.
+//! - [`extract`]: the JSON request body.
+//! - [`guard`]: the abuse controls in front of every router: in-flight bound, rate
+//!   limits by user and client address, body limit.
+//! - [`identity`]: who is calling (a verified JWT, API Gateway's authorizer claims, or
+//!   the trusted body of a loopback demo) and the owner and admin checks.
+//! - [`queue`]: the outcome of a queue handler (retryable or not), how a batch of them
+//!   is settled, and the decoding of Amazon MQ for RabbitMQ events.
 
 pub mod app;
-pub mod auth;
 pub mod config;
-pub mod http;
+pub mod error;
+pub mod extract;
+pub mod guard;
+pub mod identity;
 pub mod queue;
 
 pub use app::{Adapters, App, LiveSale, Queues};
 pub use config::Config;
+
+use chrono::{DateTime, Utc};
+use flash_sale_core::UnixMillis;
+
+/// RFC 3339 with milliseconds, in UTC: how every answer writes a time.
+pub fn rfc3339(ms: UnixMillis) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ms.0 as i64)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
 
 /// Starts logging: JSON lines on Lambda (CloudWatch), plain text locally. `RUST_LOG`
 /// filters (default `info`).

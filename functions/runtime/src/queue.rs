@@ -1,14 +1,23 @@
-//! Queue handlers' outcomes, and the Lambda side of queue delivery.
+//! Queue handlers' outcomes, how a batch of them is settled, and the Lambda side of
+//! queue delivery.
 //!
-//! A queue handler takes decoded domain messages and answers with a [`QueueError`] that
-//! says whether trying again can help. The host acts on it: the local consumers ack,
-//! requeue (bounded by the queue's delivery limit) or dead-letter; the Lambda host fails
-//! the invocation so Amazon MQ redelivers, or dead-letters what can never succeed.
+//! A queue handler takes message bodies and answers, per body, with a [`QueueError`]
+//! that says whether trying again can help. The host acts on it: the local consumers ack,
+//! requeue (bounded by the queue's delivery limit) or dead-letter each delivery; the
+//! Lambda host settles the whole event at once ([`settle`], [`handle_event`]): any
+//! retryable failure fails the invocation so Amazon MQ redelivers the batch (every
+//! handler is idempotent), otherwise what can never succeed is dead-lettered and the
+//! rest is done.
+
+use std::future::Future;
 
 use aws_lambda_events::event::rabbitmq::RabbitMqEvent;
 use base64::Engine as _;
+use flash_sale_adapters::Queue;
 use flash_sale_adapters::wire::MalformedMessage;
 use flash_sale_core::ports::PortError;
+
+use crate::Queues;
 
 /// Why a message was not processed.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +50,70 @@ impl From<MalformedMessage> for QueueError {
     fn from(e: MalformedMessage) -> Self {
         QueueError::Rejected(e.to_string())
     }
+}
+
+/// How a batch ends once every message's result is in: either the whole batch is tried
+/// again, or the messages at these positions are dead-lettered (each with its reason)
+/// and everything else is done. Deciding only after every result is in means a rejected
+/// message is never dead-lettered by an attempt that then fails on a later one, which a
+/// redelivery would dead-letter a second time.
+pub fn settle(results: &[Result<(), QueueError>]) -> Result<Vec<(usize, &str)>, &QueueError> {
+    if let Some(Err(retryable)) = results
+        .iter()
+        .find(|r| matches!(r, Err(e) if e.is_retryable()))
+    {
+        return Err(retryable);
+    }
+    Ok(results
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| match r {
+            Err(QueueError::Rejected(why)) => Some((i, why.as_str())),
+            _ => None,
+        })
+        .collect())
+}
+
+/// The Lambda host of a queue function: decodes every message of `event`, hands the
+/// bodies to `handler` at once (one result per body, in order), then [`settle`]s the
+/// batch: a retryable failure fails the invocation, rejected messages go to `queue`'s
+/// dead-letter queue through `queues`.
+pub async fn handle_event<H, Fut>(
+    queues: &Queues,
+    queue: Queue,
+    event: RabbitMqEvent,
+    handler: H,
+) -> Result<(), lambda_runtime::Error>
+where
+    H: FnOnce(Vec<Vec<u8>>) -> Fut,
+    Fut: Future<Output = Vec<Result<(), QueueError>>>,
+{
+    let messages = event_messages(event);
+    let decoded: Vec<Vec<u8>> = messages
+        .iter()
+        .filter_map(|m| m.body.as_ref().ok().cloned())
+        .collect();
+    let mut handled = handler(decoded).await.into_iter();
+    let results: Vec<Result<(), QueueError>> = messages
+        .iter()
+        .map(|m| match &m.body {
+            Ok(_) => handled
+                .next()
+                .unwrap_or_else(|| Err(QueueError::Retryable("the handler gave no result".into()))),
+            Err(undecodable) => Err(QueueError::Rejected(undecodable.to_string())),
+        })
+        .collect();
+    let dead_letters = settle(&results).map_err(|e| e.to_string())?;
+    for (i, reason) in dead_letters {
+        let message = &messages[i];
+        tracing::error!(queue = %message.queue, %reason, "dead-lettering a message that can never succeed");
+        let body = message.body.as_ref().map(Clone::clone).unwrap_or_default();
+        queues
+            .dead_letter(queue, body, reason)
+            .await
+            .map_err(QueueError::from)?;
+    }
+    Ok(())
 }
 
 /// One message of an Amazon MQ for RabbitMQ event, its body decoded from base64.
@@ -113,6 +186,35 @@ pub fn rabbit_event(queue: &str, bodies: &[Vec<u8>]) -> RabbitMqEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rejected(why: &str) -> Result<(), QueueError> {
+        Err(QueueError::Rejected(why.into()))
+    }
+
+    fn retryable(why: &str) -> Result<(), QueueError> {
+        Err(QueueError::Retryable(why.into()))
+    }
+
+    #[test]
+    fn a_batch_with_only_rejections_dead_letters_exactly_those() {
+        let results = [Ok(()), rejected("poison"), Ok(()), rejected("refused")];
+        assert_eq!(
+            settle(&results).unwrap(),
+            vec![(1, "poison"), (3, "refused")]
+        );
+        assert!(settle(&[Ok(()), Ok(())]).unwrap().is_empty());
+        assert!(settle(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_retryable_failure_anywhere_retries_the_batch_and_dead_letters_nothing() {
+        // The rejection comes first: it must not be dead-lettered by this attempt, or
+        // the redelivery would dead-letter it a second time.
+        let results = [rejected("poison"), Ok(()), retryable("redis down")];
+        let retry = settle(&results).unwrap_err();
+        assert!(retry.is_retryable());
+        assert!(retry.to_string().contains("redis down"));
+    }
 
     #[test]
     fn base64_bodies_are_decoded_in_order() {

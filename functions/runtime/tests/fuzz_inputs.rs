@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use axum::http::{HeaderValue, Request};
 use flash_sale_adapters::wire;
-use flash_sale_runtime::auth::{Authenticator, Claims, Subject, bearer_token, sign_hs256};
 use flash_sale_runtime::config::{AuthConfig, AuthMode};
+use flash_sale_runtime::identity::{Authenticator, Claims, Subject, bearer_token, sign_hs256};
 use flash_sale_runtime::queue::{event_messages, rabbit_event};
 use proptest::prelude::*;
 

@@ -11,11 +11,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::DateTime;
 use flash_sale_core::domain::SaleWindow;
-use flash_sale_core::ports::SeatStore as _;
 use flash_sale_core::{Capacity, NewShowtime, SeatCounts, Showtime, ShowtimeId, UnixMillis};
 use flash_sale_runtime::App;
-use flash_sale_runtime::auth::{AppState, Caller, Guard};
-use flash_sale_runtime::http::{ApiError, JsonBody, rfc3339};
+use flash_sale_runtime::error::ApiError;
+use flash_sale_runtime::extract::JsonBody;
+use flash_sale_runtime::guard::{AppState, Guard};
+use flash_sale_runtime::identity::Caller;
+use flash_sale_runtime::rfc3339;
 use serde::{Deserialize, Serialize};
 
 /// The function's routes, protected by their own [`Guard`]: what the Lambda host runs.
@@ -30,10 +32,7 @@ pub fn routes(app: App, guard: &Guard) -> Router {
     Router::new()
         .route("/showtimes", post(create))
         .route("/showtimes/{id}", get(show))
-        .with_state(AppState {
-            app,
-            guard: guard.clone(),
-        })
+        .with_state(AppState::new(app, guard.clone()))
 }
 
 /// The body of `POST /showtimes`, as sent. Public for the fuzz targets.
@@ -50,7 +49,7 @@ pub struct CreateShowtime {
 
 impl CreateShowtime {
     /// Parses the body into domain values: every rule of the route but the admin check.
-    pub fn validate(self) -> Result<(NewShowtime, SaleWindow), ApiError> {
+    pub fn validate(self) -> Result<NewShowtime, ApiError> {
         let capacity = Capacity::new(self.capacity)?;
         let title = self
             .title
@@ -68,16 +67,16 @@ impl CreateShowtime {
                 ))
             })?;
         }
-        let window = SaleWindow::new(
+        let sale_window = SaleWindow::new(
             time("sale_opens_at", self.sale_opens_at.as_deref())?,
             time("sale_closes_at", self.sale_closes_at.as_deref())?,
         )?;
-        let new = NewShowtime {
+        Ok(NewShowtime {
             capacity,
             title,
             starts_at: self.starts_at,
-        };
-        Ok((new, window))
+            sale_window,
+        })
     }
 }
 
@@ -110,7 +109,8 @@ struct ShowtimeView {
 }
 
 impl ShowtimeView {
-    fn new(s: &Showtime, c: SeatCounts, w: SaleWindow) -> Self {
+    fn new(s: &Showtime, c: SeatCounts) -> Self {
+        let w = s.sale_window;
         Self {
             id: s.id.get(),
             title: s.title.clone(),
@@ -126,44 +126,32 @@ impl ShowtimeView {
 }
 
 async fn create(
-    State(AppState { app, .. }): State<AppState>,
+    State(state): State<AppState>,
     caller: Caller,
     JsonBody(req): JsonBody<CreateShowtime>,
 ) -> Result<(StatusCode, Json<ShowtimeView>), ApiError> {
     caller.require_admin()?;
-    let (new, window) = req.validate()?;
-    let capacity = new.capacity;
-    // The showtime and its window in one statement, then its seats on sale: what
-    // `Sale::create_showtime` does, with the window (not yet in the `Catalog` port).
-    let showtime = app.sale.db().create_showtime_in_window(new, window).await?;
-    app.sale
-        .seats()
-        .load(showtime.id, capacity.get(), 0, false)
-        .await?;
+    let showtime = state.app().sale.create_showtime(req.validate()?).await?;
+    let capacity = showtime.capacity.get();
     let counts = SeatCounts {
-        capacity: capacity.get(),
-        available: capacity.get(),
+        capacity,
+        available: capacity,
         held: 0,
         sold: 0,
     };
     Ok((
         StatusCode::CREATED,
-        Json(ShowtimeView::new(&showtime, counts, window)),
+        Json(ShowtimeView::new(&showtime, counts)),
     ))
 }
 
 async fn show(
-    State(AppState { app, .. }): State<AppState>,
+    State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<ShowtimeView>, ApiError> {
     let id: ShowtimeId = id.parse()?;
-    let (showtime, window) = tokio::join!(app.sale.showtime(id), app.sale.db().sale_window(id));
-    match showtime? {
-        Some((showtime, counts)) => Ok(Json(ShowtimeView::new(
-            &showtime,
-            counts,
-            window?.unwrap_or_default(),
-        ))),
+    match state.app().sale.showtime(id).await? {
+        Some((showtime, counts)) => Ok(Json(ShowtimeView::new(&showtime, counts))),
         None => Err(ApiError::NotFound(format!("showtime {id} does not exist"))),
     }
 }
@@ -171,7 +159,7 @@ async fn show(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flash_sale_runtime::http::parse_json;
+    use flash_sale_runtime::extract::parse_json;
     use proptest::prelude::*;
 
     proptest! {
@@ -190,8 +178,9 @@ mod tests {
             ],
         ) {
             match parse_json::<CreateShowtime>(&raw).and_then(CreateShowtime::validate) {
-                Ok((new, window)) => {
+                Ok(new) => {
                     prop_assert!(new.capacity.get() >= 1);
+                    let window = new.sale_window;
                     if let (Some(o), Some(c)) = (window.opens_at(), window.closes_at()) {
                         prop_assert!(c > o);
                     }

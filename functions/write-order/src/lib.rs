@@ -12,7 +12,7 @@ use flash_sale_adapters::{Queue, wire};
 use flash_sale_core::OrderRequest;
 use flash_sale_core::ports::OrderOutcome;
 use flash_sale_runtime::App;
-use flash_sale_runtime::queue::{QueueError, event_messages};
+use flash_sale_runtime::queue::{self, QueueError};
 use lambda_runtime::LambdaEvent;
 
 /// Records the orders of a batch of message bodies (each body one order, or the orders
@@ -78,8 +78,7 @@ pub async fn write_orders(app: &App, bodies: &[&[u8]]) -> Vec<Result<(), QueueEr
         }
         for (order, why) in refused {
             if let Err(e) = app
-                .sale
-                .bus()
+                .queues
                 .dead_letter(Queue::Orders, wire::encode_order(order), why)
                 .await
             {
@@ -91,44 +90,22 @@ pub async fn write_orders(app: &App, bodies: &[&[u8]]) -> Vec<Result<(), QueueEr
     results
 }
 
-/// The Lambda host: the whole batch in one transaction. A retryable failure fails the
-/// invocation so the event source redelivers the batch (recording is idempotent); a
-/// message that can never succeed goes to the dead-letter queue.
+/// The Lambda host: the whole batch in one transaction, then the batch is settled
+/// ([`queue::handle_event`]): a retryable failure fails the invocation so the event
+/// source redelivers the batch (recording is idempotent); a message that can never
+/// succeed goes to the dead-letter queue.
 pub async fn handle_event(
     app: &App,
     event: LambdaEvent<RabbitMqEvent>,
 ) -> Result<(), lambda_runtime::Error> {
-    let messages = event_messages(event.payload);
-    let mut bodies: Vec<&[u8]> = Vec::with_capacity(messages.len());
-    let mut undecodable = vec![];
-    for m in &messages {
-        match &m.body {
-            Ok(body) => bodies.push(body),
-            Err(e) => undecodable.push(e.to_string()),
-        }
-    }
-    let results = write_orders(app, &bodies).await;
-    if let Some(Err(e)) = results
-        .iter()
-        .find(|r| matches!(r, Err(QueueError::Retryable(_))))
-    {
-        return Err(e.to_string().into());
-    }
-    let rejected = bodies
-        .iter()
-        .zip(&results)
-        .filter_map(|(body, r)| match r {
-            Err(QueueError::Rejected(why)) => Some((body.to_vec(), why.clone())),
-            _ => None,
-        })
-        .chain(undecodable.into_iter().map(|why| (Vec::new(), why)));
-    for (body, why) in rejected {
-        tracing::error!(%why, "dead-lettering an order message");
-        app.sale
-            .bus()
-            .dead_letter(Queue::Orders, body, &why)
-            .await
-            .map_err(QueueError::from)?;
-    }
-    Ok(())
+    queue::handle_event(
+        &app.queues,
+        Queue::Orders,
+        event.payload,
+        |bodies| async move {
+            let bodies: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+            write_orders(app, &bodies).await
+        },
+    )
+    .await
 }

@@ -87,7 +87,9 @@ async fn malformed_messages_are_not_retried_are_dead_lettered_and_change_nothing
     let mut batch = event(&queue, &[b"x", bad[0], bad[1], bad[2]]);
     let messages = batch.payload.messages_by_queue.values_mut().next().unwrap();
     messages[0].data = Some("%%% not base64 %%%".into());
-    flash_sale_write_order::handle_event(&s.app, batch).await.unwrap();
+    flash_sale_write_order::handle_event(&s.app, batch)
+        .await
+        .unwrap();
 
     assert_eq!(s.dead_letters(Queue::Orders).await, 4);
     assert_eq!(s.orders().await, 0);
@@ -161,7 +163,8 @@ async fn the_database_down_is_retryable_and_fails_the_invocation() {
             "{result:?}"
         );
     }
-    let failed = flash_sale_write_order::handle_event(&s.app, event(&queue, &[&order(&id, 1)])).await;
+    let failed =
+        flash_sale_write_order::handle_event(&s.app, event(&queue, &[&order(&id, 1)])).await;
     assert!(
         failed.is_err(),
         "the invocation fails, so the event source redelivers the batch"

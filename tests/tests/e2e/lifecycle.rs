@@ -276,7 +276,8 @@ async fn the_expire_handler_returns_a_seat_exactly_once_under_concurrent_redeliv
         reservation: id.parse().unwrap(),
     });
     let outcomes =
-        futures::future::join_all((0..20).map(|_| flash_sale_expire::expire(&app.app, &body))).await;
+        futures::future::join_all((0..20).map(|_| flash_sale_expire::expire(&app.app, &body)))
+            .await;
     let returned = outcomes
         .iter()
         .filter(|o| matches!(o.as_deref(), Ok([ExpireOutcome::SeatReturned])))

@@ -5,32 +5,24 @@
 //!   caller from a verified bearer token (HS256 or RS256), or, on Lambda behind an API
 //!   Gateway JWT authorizer, from the authorizer's claims in the request context.
 //! - [`Caller`]: the extractor handlers take, authenticated by the guard in the router's
-//!   state ([`HasGuard`]; [`AppState`] for most routes); [`Caller::acting_as`] reconciles
-//!   it with a body `user_id`, [`Caller::may_read`] and [`Caller::require_admin`] are the
-//!   object-level and function-level checks.
-//! - [`Guard`]: the authenticator and the abuse limits, built once per cold start and
-//!   shared by every route; [`Guard::protect`] puts the in-flight bound, the per-address
-//!   rate limit and the body limit in front of a router.
+//!   state ([`HasGuard`]); [`Caller::acting_as`] reconciles it with a body `user_id`,
+//!   [`Caller::may_read`] and [`Caller::require_admin`] are the object-level and
+//!   function-level checks.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use axum::Router;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Request};
+use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
 use flash_sale_core::UserId;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use lambda_http::RequestExt as _;
 use lambda_http::request::RequestContext;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
 
 use crate::config::{AuthConfig, AuthMode, ConfigError};
-use crate::http::{ApiError, BODY_LIMIT_BYTES, RateLimits};
-use crate::{App, Config};
+use crate::error::ApiError;
+use crate::guard::HasGuard;
 
 /// A caller whose identity was verified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -330,107 +322,11 @@ fn authorizer_claims(parts: &Parts) -> Option<&HashMap<String, String>> {
     }
 }
 
-/// The authenticator, the rate limits and the in-flight bound of one process (or one
-/// Lambda instance). Cheap to clone.
-#[derive(Clone, Debug)]
-pub struct Guard(Arc<GuardInner>);
-
-#[derive(Debug)]
-struct GuardInner {
-    auth: Authenticator,
-    limits: RateLimits,
-    in_flight: Semaphore,
-    in_flight_wait: std::time::Duration,
-}
-
-impl Guard {
-    /// Builds the guard from a configuration that [`Config::from_lookup`] validated.
-    pub fn new(config: &Config) -> Self {
-        let auth = Authenticator::new(&config.auth)
-            .expect("the configuration was validated when it was read");
-        Self(Arc::new(GuardInner {
-            auth,
-            limits: RateLimits::new(&config.limits),
-            in_flight: Semaphore::new(config.limits.max_in_flight),
-            in_flight_wait: config.limits.in_flight_wait,
-        }))
-    }
-
-    pub fn authenticator(&self) -> &Authenticator {
-        &self.0.auth
-    }
-
-    pub fn limits(&self) -> &RateLimits {
-        &self.0.limits
-    }
-
-    /// Puts in front of `router`, outermost first: the bound on requests in flight (503
-    /// `overloaded` after waiting `IN_FLIGHT_WAIT_MS` for a slot), the per-address rate
-    /// limit (429) and the body limit (413). Apply once per listener: the local process
-    /// protects the merged router, each Lambda function its own. The first two are one
-    /// middleware: axum clones every layer of a route for every request. Handlers get the
-    /// guard from their router's state ([`HasGuard`]), not from a layer.
-    pub fn protect(&self, router: Router) -> Router {
-        router
-            .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
-            .layer(middleware::from_fn_with_state(self.clone(), admit))
-    }
-}
-
-/// The bound on requests in flight, then the per-address rate limit.
-async fn admit(
-    axum::extract::State(guard): axum::extract::State<Guard>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let inner = &guard.0;
-    let permit = match inner.in_flight.try_acquire() {
-        Ok(permit) => permit,
-        Err(_) => match tokio::time::timeout(inner.in_flight_wait, inner.in_flight.acquire()).await
-        {
-            Ok(Ok(permit)) => permit,
-            _ => {
-                return ApiError::Overloaded(
-                    "too many requests in flight; nothing was done, retry shortly".into(),
-                )
-                .into_response();
-            }
-        },
-    };
-    let (parts, body) = request.into_parts();
-    if let Err(refused) = inner.limits.check_address(&parts) {
-        return refused.into_response();
-    }
-    let response = next.run(Request::from_parts(parts, body)).await;
-    drop(permit);
-    response
-}
-
-/// A router state that holds the [`Guard`], so its handlers can take a [`Caller`]. The
-/// guard comes from the state rather than from a request extension: no layer on every
-/// route, nothing cloned per request.
-pub trait HasGuard {
-    fn guard(&self) -> &Guard;
-}
-
-/// The state of a function's routes: the wired application and the guard.
-#[derive(Clone, Debug)]
-pub struct AppState {
-    pub app: App,
-    pub guard: Guard,
-}
-
-impl HasGuard for AppState {
-    fn guard(&self) -> &Guard {
-        &self.guard
-    }
-}
-
 impl<S: HasGuard + Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        state.guard().0.auth.authenticate(parts)
+        state.guard().authenticator().authenticate(parts)
     }
 }
 
@@ -570,50 +466,6 @@ mod tests {
         assert_eq!((id.user.get(), id.admin), (12, true));
         let claims: HashMap<String, String> = [("sub".to_string(), "x".to_string())].into();
         assert!(a.identity_from_authorizer(&claims).is_err());
-    }
-
-    #[tokio::test]
-    async fn requests_over_the_in_flight_bound_get_a_503_after_waiting() {
-        use tower::ServiceExt as _;
-        let config = Config::from_lookup(|k| match k {
-            "MAX_IN_FLIGHT" => Some("1".into()),
-            "IN_FLIGHT_WAIT_MS" => Some("20".into()),
-            _ => None,
-        })
-        .unwrap();
-        let guard = Guard::new(&config);
-        let gate = Arc::new(tokio::sync::Notify::new());
-        let held = gate.clone();
-        let router = guard.protect(Router::new().route(
-            "/",
-            axum::routing::get(move || {
-                let held = held.clone();
-                async move { held.notified().await }
-            }),
-        ));
-        let request = || {
-            axum::http::Request::get("/")
-                .body(axum::body::Body::empty())
-                .unwrap()
-        };
-        let first = tokio::spawn(router.clone().oneshot(request()));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let second = router.clone().oneshot(request()).await.unwrap();
-        assert_eq!(second.status(), axum::http::StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(second.headers()[header::RETRY_AFTER], "1");
-        gate.notify_one();
-        assert_eq!(
-            first.await.unwrap().unwrap().status(),
-            axum::http::StatusCode::OK
-        );
-        // The slot is free again.
-        let third = tokio::spawn(router.oneshot(request()));
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        gate.notify_one();
-        assert_eq!(
-            third.await.unwrap().unwrap().status(),
-            axum::http::StatusCode::OK
-        );
     }
 
     #[test]

@@ -1,0 +1,311 @@
+//! The one error type of the HTTP functions. Every variant is one status and one JSON
+//! shape, `{"error": "<code>", "message": "<human text>"}`; every error body any host
+//! answers with (a handler's refusal, an unknown route, a wrong method, a timeout, a
+//! panic) comes from here, and [`ERROR_CODES`] lists every code (`openapi.yaml`
+//! documents each). Failures behind us are logged with their component and answered
+//! without naming it.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use flash_sale_core::InvalidInput;
+use flash_sale_core::domain::OutsideSaleWindow;
+use flash_sale_core::ports::PortError;
+use flash_sale_core::sale::{PayError, ReserveError};
+use serde::Serialize;
+
+use crate::rfc3339;
+
+/// Every error an HTTP function answers with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400 `bad_request`: malformed JSON, a missing field, an invalid value.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401 `unauthorized`, with `WWW-Authenticate: Bearer`: no bearer token, or one that
+    /// is malformed, badly signed, expired or not yet valid.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 408 `timeout`: the request took longer than the server allows.
+    #[error("{0}")]
+    Timeout(String),
+    /// 429 `rate_limited`, with `Retry-After` (seconds): this user or client address sent
+    /// more requests than its quota.
+    #[error("{message}")]
+    TooManyRequests { message: String, retry_after: u64 },
+    /// 503 `overloaded`, with `Retry-After: 1`: too many requests in flight; this one was
+    /// not started.
+    #[error("{0}")]
+    Overloaded(String),
+    /// 413 `payload_too_large`: the body is over the limit.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// 403 `forbidden`: the caller may not touch this resource.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404 `not_found`.
+    #[error("{0}")]
+    NotFound(String),
+    /// 409 with a specific code (`sold_out`, `already_ordered`, `expired`,
+    /// `already_paid`): the request is valid but the sale's state refuses it.
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    /// 405 `method_not_allowed`: the route exists, but not with this method.
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// 503 `unavailable`: a service behind us failed; nothing was changed (a seat taken
+    /// before the failure was given back). Safe to retry. The message never names the
+    /// component: that goes to the log.
+    #[error("{0}")]
+    Unavailable(String),
+    /// 500 `internal`: a handler panicked. Whatever it had done is covered as a crash at
+    /// that point would be.
+    #[error("{0}")]
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    message: String,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Timeout(_) => "timeout",
+            ApiError::TooManyRequests { .. } => "rate_limited",
+            ApiError::Overloaded(_) => "overloaded",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict { code, .. } => code,
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(error = %self, "answering {status}");
+        }
+        let extra = match &self {
+            ApiError::Unauthorized(_) => Some((
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"flash-sale\""),
+            )),
+            ApiError::TooManyRequests { retry_after, .. } => {
+                Some((header::RETRY_AFTER, HeaderValue::from(*retry_after)))
+            }
+            ApiError::Overloaded(_) => Some((header::RETRY_AFTER, HeaderValue::from_static("1"))),
+            _ => None,
+        };
+        let body = ErrorBody {
+            error: self.code(),
+            message: self.into_message(),
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        if let Some((name, value)) = extra {
+            response.headers_mut().insert(name, value);
+        }
+        response
+    }
+}
+
+impl ApiError {
+    /// The human text, as `Display` shows it, moved out rather than formatted again: every
+    /// refusal, sold-out ones first, is answered through here.
+    fn into_message(self) -> String {
+        match self {
+            ApiError::BadRequest(m)
+            | ApiError::Unauthorized(m)
+            | ApiError::Timeout(m)
+            | ApiError::Overloaded(m)
+            | ApiError::PayloadTooLarge(m)
+            | ApiError::Forbidden(m)
+            | ApiError::NotFound(m)
+            | ApiError::MethodNotAllowed(m)
+            | ApiError::Unavailable(m)
+            | ApiError::Internal(m)
+            | ApiError::TooManyRequests { message: m, .. }
+            | ApiError::Conflict { message: m, .. } => m,
+        }
+    }
+}
+
+/// Every error code an HTTP function may answer with (`openapi.yaml` documents each).
+pub const ERROR_CODES: &[&str] = &[
+    "bad_request",
+    "unauthorized",
+    "forbidden",
+    "not_found",
+    "timeout",
+    "payload_too_large",
+    "sold_out",
+    "already_ordered",
+    "already_paid",
+    "expired",
+    "sale_not_open",
+    "sale_closed",
+    "rate_limited",
+    "method_not_allowed",
+    "unavailable",
+    "overloaded",
+    "internal",
+];
+
+impl From<InvalidInput> for ApiError {
+    fn from(e: InvalidInput) -> Self {
+        ApiError::BadRequest(e.0)
+    }
+}
+
+impl From<PortError> for ApiError {
+    fn from(e: PortError) -> Self {
+        tracing::error!(
+            component = e.component,
+            transient = e.transient,
+            "{}",
+            e.message
+        );
+        ApiError::Unavailable("a service is unavailable; nothing was changed, please retry".into())
+    }
+}
+
+impl From<ReserveError> for ApiError {
+    fn from(e: ReserveError) -> Self {
+        match e {
+            ReserveError::SoldOut => ApiError::Conflict {
+                code: "sold_out",
+                message: "Tickets sold out".into(),
+            },
+            ReserveError::AlreadyHolds(id) => ApiError::Conflict {
+                code: "already_ordered",
+                message: format!(
+                    "Already ordered: this user already holds or bought reservation {id}"
+                ),
+            },
+            ReserveError::UnknownShowtime(id) => {
+                ApiError::NotFound(format!("showtime {id} does not exist"))
+            }
+            ReserveError::OutsideSaleWindow { showtime, why } => match why {
+                OutsideSaleWindow::NotOpenYet { opens_at } => ApiError::Conflict {
+                    code: "sale_not_open",
+                    message: format!(
+                        "the sale of showtime {showtime} opens at {}",
+                        rfc3339(opens_at)
+                    ),
+                },
+                OutsideSaleWindow::Closed { closed_at } => ApiError::Conflict {
+                    code: "sale_closed",
+                    message: format!(
+                        "the sale of showtime {showtime} closed at {}",
+                        rfc3339(closed_at)
+                    ),
+                },
+            },
+            ReserveError::Unavailable(e) => e.into(),
+        }
+    }
+}
+
+impl From<PayError> for ApiError {
+    fn from(e: PayError) -> Self {
+        match e {
+            PayError::NotFound => ApiError::NotFound("reservation not found".into()),
+            PayError::NotOwner => {
+                ApiError::Forbidden("this reservation belongs to another user".into())
+            }
+            PayError::AlreadyPaid(status) => ApiError::Conflict {
+                code: "already_paid",
+                message: format!("reservation is already {status}"),
+            },
+            PayError::Expired => ApiError::Conflict {
+                code: "expired",
+                message: "the hold expired before it was paid; its seat went back on sale".into(),
+            },
+            PayError::Unavailable(e) => e.into(),
+        }
+    }
+}
+
+/// Fallback for unknown routes: the shared JSON shape, not an empty 404.
+pub async fn no_such_route() -> ApiError {
+    ApiError::NotFound("no such route".into())
+}
+
+/// 405 for a route that exists with another method.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed("this route does not take that method".into())
+}
+
+/// The answer for a handler that panicked (`tower_http`'s `CatchPanicLayer`); the
+/// connection and the process carry on.
+pub fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    tracing::error!("a request handler panicked");
+    ApiError::Internal("internal error, please retry".into()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_component_is_logged_not_named_to_the_client() {
+        let answer = ApiError::from(PortError::transient("redis", "connection refused"));
+        assert_eq!(answer.code(), "unavailable");
+        assert!(!answer.to_string().contains("redis"), "{answer}");
+    }
+
+    #[test]
+    fn every_variant_answers_a_listed_code() {
+        for e in [
+            ApiError::BadRequest(String::new()),
+            ApiError::Unauthorized(String::new()),
+            ApiError::Timeout(String::new()),
+            ApiError::Overloaded(String::new()),
+            ApiError::PayloadTooLarge(String::new()),
+            ApiError::Forbidden(String::new()),
+            ApiError::NotFound(String::new()),
+            ApiError::MethodNotAllowed(String::new()),
+            ApiError::Unavailable(String::new()),
+            ApiError::Internal(String::new()),
+        ] {
+            assert!(ERROR_CODES.contains(&e.code()), "{}", e.code());
+        }
+    }
+
+    #[test]
+    fn unauthorized_answers_carry_www_authenticate() {
+        let response = ApiError::Unauthorized("no token".into()).into_response();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert!(
+            response.headers()[header::WWW_AUTHENTICATE]
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer")
+        );
+    }
+}
