@@ -35,6 +35,7 @@ use anyhow::Context as _;
 use aws_lambda_events::event::rabbitmq::RabbitMqEvent;
 use flash_sale_adapters::{Broker, Queue, Topology};
 use flash_sale_runtime::Config;
+use flash_sale_runtime::config::{ConfigError, Env};
 use flash_sale_runtime::queue::rabbit_event;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
@@ -102,61 +103,43 @@ pub struct BridgeConfig {
 
 impl BridgeConfig {
     pub fn from_env() -> anyhow::Result<Self> {
-        Self::from_lookup(|name| std::env::var(name).ok())
+        Ok(Self::read(&Env::process())?)
     }
 
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
-        let get = |name: &str, default: &str| {
-            lookup(name)
-                .filter(|v| !v.trim().is_empty())
-                .unwrap_or_else(|| default.into())
-        };
-        let number = |name: &str,
-                      default: &str,
-                      range: std::ops::RangeInclusive<u64>|
-         -> anyhow::Result<u64> {
-            let raw = get(name, default);
-            match raw.trim().parse::<u64>() {
-                Ok(n) if range.contains(&n) => Ok(n),
-                _ => anyhow::bail!("{name}: expected a whole number in {range:?} (got {raw:?})"),
-            }
-        };
-        let invoke_url = get("BRIDGE_INVOKE_URL", "http://127.0.0.1:9000")
-            .trim_end_matches('/')
-            .to_string();
-        if !invoke_url.starts_with("http://") && !invoke_url.starts_with("https://") {
-            anyhow::bail!("BRIDGE_INVOKE_URL: expected an http:// URL (got {invoke_url:?})");
-        }
-        let routes = get("BRIDGE_ROUTES", "expiries=expire,orders=write-order")
-            .split(',')
-            .filter(|r| !r.trim().is_empty())
-            .map(|r| {
-                r.parse::<Route>()
-                    .map_err(|e| anyhow::anyhow!("BRIDGE_ROUTES: {e}"))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        if routes.is_empty() {
-            anyhow::bail!("BRIDGE_ROUTES: no route");
-        }
+        Ok(Self::read(&Env::new(lookup))?)
+    }
+
+    fn read(env: &Env<impl Fn(&str) -> Option<String>>) -> Result<Self, ConfigError> {
+        let invoke_url = env.parse(
+            "BRIDGE_INVOKE_URL",
+            "http://127.0.0.1:9000",
+            "expected an http:// URL",
+            |v| {
+                (v.starts_with("http://") || v.starts_with("https://"))
+                    .then(|| v.trim_end_matches('/').to_string())
+            },
+        )?;
+        let routes = env.parse(
+            "BRIDGE_ROUTES",
+            "expiries=expire,orders=write-order",
+            "expected queue=function pairs such as `expiries=expire,orders=write-order`",
+            |v| {
+                let routes = v
+                    .split(',')
+                    .filter(|r| !r.trim().is_empty())
+                    .map(|r| r.parse::<Route>().ok())
+                    .collect::<Option<Vec<_>>>()?;
+                (!routes.is_empty()).then_some(routes)
+            },
+        )?;
         Ok(Self {
             invoke_url,
             routes,
-            batch_size: number("BRIDGE_BATCH_SIZE", "100", 1..=10_000)? as u16,
-            batch_window: Duration::from_millis(number(
-                "BRIDGE_BATCH_WINDOW_MS",
-                "500",
-                0..=300_000,
-            )?),
-            invoke_timeout: Duration::from_secs(number(
-                "BRIDGE_INVOKE_TIMEOUT_SECS",
-                "900",
-                1..=3600,
-            )?),
-            max_failure_pause: Duration::from_millis(number(
-                "BRIDGE_MAX_PAUSE_MS",
-                "5000",
-                0..=600_000,
-            )?),
+            batch_size: env.number("BRIDGE_BATCH_SIZE", 100, 1..=10_000)? as u16,
+            batch_window: env.millis("BRIDGE_BATCH_WINDOW_MS", 500, 0..=300_000)?,
+            invoke_timeout: env.secs("BRIDGE_INVOKE_TIMEOUT_SECS", 900, 1..=3600)?,
+            max_failure_pause: env.millis("BRIDGE_MAX_PAUSE_MS", 5000, 0..=600_000)?,
         })
     }
 }

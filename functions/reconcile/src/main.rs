@@ -1,6 +1,7 @@
 //! The `reconcile` Lambda function, on a schedule: sweep, then reconcile every showtime.
 //! `RECONCILE_REPAIR=true` lets it rebuild Redis from the database (default: report only).
 
+use flash_sale_runtime::config::Env;
 use flash_sale_runtime::{App, init_tracing};
 use lambda_runtime::{LambdaEvent, run, service_fn};
 
@@ -8,7 +9,7 @@ use lambda_runtime::{LambdaEvent, run, service_fn};
 async fn main() -> Result<(), lambda_runtime::Error> {
     init_tracing();
     let app = App::from_env().await?;
-    let repair = std::env::var("RECONCILE_REPAIR").is_ok_and(|v| v == "true" || v == "1");
+    let repair = Env::process().flag("RECONCILE_REPAIR")?;
     run(service_fn(|_: LambdaEvent<serde_json::Value>| {
         let app = app.clone();
         async move {

@@ -125,179 +125,214 @@ pub struct ConfigError {
     pub problem: String,
 }
 
-impl Config {
-    /// Reads the process environment.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|name| std::env::var(name).ok())
+/// The one reader of configuration variables, for every flash-sale binary: a blank
+/// value reads as unset, and every bad value is a [`ConfigError`] naming its variable.
+pub struct Env<L> {
+    lookup: L,
+}
+
+impl Env<fn(&str) -> Option<String>> {
+    /// The process environment.
+    pub fn process() -> Self {
+        Env {
+            lookup: |name| std::env::var(name).ok(),
+        }
+    }
+}
+
+impl<L: Fn(&str) -> Option<String>> Env<L> {
+    /// Variables looked up through `lookup` (a map, in tests).
+    pub fn new(lookup: L) -> Self {
+        Env { lookup }
     }
 
-    /// Reads variables through `lookup` (the environment, or a map in tests).
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let get = |name: &'static str, default: &str| -> (String, &'static str) {
-            (
-                lookup(name)
-                    .filter(|v| !v.trim().is_empty())
-                    .unwrap_or_else(|| default.to_string()),
-                name,
-            )
-        };
-        let bad = |(value, name): (String, &'static str), problem: &str| ConfigError {
+    /// The value of `name`, if set and not blank.
+    pub fn get(&self, name: &str) -> Option<String> {
+        (self.lookup)(name).filter(|v| !v.trim().is_empty())
+    }
+
+    /// The value of `name`, or `default`.
+    pub fn text(&self, name: &str, default: &str) -> String {
+        self.get(name).unwrap_or_else(|| default.to_string())
+    }
+
+    /// The value of `name` (or `default`) made into a `T` by `parse`; `None` from
+    /// `parse` is a [`ConfigError`] saying `expected`.
+    pub fn parse<T>(
+        &self,
+        name: &'static str,
+        default: &str,
+        expected: &str,
+        parse: impl FnOnce(&str) -> Option<T>,
+    ) -> Result<T, ConfigError> {
+        let value = self.text(name, default);
+        parse(value.trim()).ok_or_else(|| ConfigError {
             name,
             value,
-            problem: problem.to_string(),
-        };
-        let secs = |var: (String, &'static str), min: u64| -> Result<Duration, ConfigError> {
-            match var.0.trim().parse::<u64>() {
-                Ok(s) if s >= min && s <= 7 * 24 * 3600 => Ok(Duration::from_secs(s)),
-                _ => Err(bad(
-                    var,
-                    &format!("expected whole seconds between {min} and 604800"),
-                )),
+            problem: expected.to_string(),
+        })
+    }
+
+    /// A whole number in `range` (`default` when unset).
+    pub fn number(
+        &self,
+        name: &'static str,
+        default: u64,
+        range: RangeInclusive<u64>,
+    ) -> Result<u64, ConfigError> {
+        let expected = format!(
+            "expected a whole number between {} and {}",
+            range.start(),
+            range.end()
+        );
+        self.parse(name, &default.to_string(), &expected, |v| {
+            v.parse::<u64>().ok().filter(|n| range.contains(n))
+        })
+    }
+
+    /// Whole seconds in `range`.
+    pub fn secs(
+        &self,
+        name: &'static str,
+        default: u64,
+        range: RangeInclusive<u64>,
+    ) -> Result<Duration, ConfigError> {
+        self.number(name, default, range).map(Duration::from_secs)
+    }
+
+    /// Milliseconds in `range`.
+    pub fn millis(
+        &self,
+        name: &'static str,
+        default: u64,
+        range: RangeInclusive<u64>,
+    ) -> Result<Duration, ConfigError> {
+        self.number(name, default, range).map(Duration::from_millis)
+    }
+
+    /// `true`/`false` (also 1/0, yes/no, on/off); unset is `false`.
+    pub fn flag(&self, name: &'static str) -> Result<bool, ConfigError> {
+        self.parse(name, "false", "expected true or false", |v| {
+            match v.to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => Some(true),
+                "0" | "false" | "no" | "off" => Some(false),
+                _ => None,
             }
-        };
-        let url = |var: (String, &'static str), schemes: &[&str]| -> Result<String, ConfigError> {
-            if schemes
+        })
+    }
+
+    /// A URL with one of `schemes`.
+    pub fn url(
+        &self,
+        name: &'static str,
+        default: &str,
+        schemes: &[&str],
+    ) -> Result<String, ConfigError> {
+        let expected = format!(
+            "expected a URL starting with {}://",
+            schemes.join(":// or ")
+        );
+        self.parse(name, default, &expected, |v| {
+            schemes
                 .iter()
-                .any(|s| var.0.starts_with(&format!("{s}://")))
-            {
-                Ok(var.0)
-            } else {
-                Err(bad(
-                    var,
-                    &format!(
-                        "expected a URL starting with {}://",
-                        schemes.join(":// or ")
-                    ),
-                ))
-            }
-        };
-
-        let payment = get("PAYMENT_MODE", "manual");
-        let payment_mode = match payment.0.trim().to_ascii_lowercase().as_str() {
-            "manual" => PaymentMode::Manual,
-            "mock" => PaymentMode::Mock,
-            _ => return Err(bad(payment, "expected `manual` or `mock`")),
-        };
-        let delay = get("MOCK_PAY_DELAY_MS", "100..1000");
-        let mock_pay_delay_ms = parse_range(&delay.0).ok_or_else(|| {
-            bad(
-                delay.clone(),
-                "expected a range of milliseconds such as `100..1000` (or one number)",
-            )
-        })?;
-        let addr = get("ADDR", "127.0.0.1:4000");
-        let addr = addr
-            .0
-            .trim()
-            .parse::<SocketAddr>()
-            .map_err(|_| bad(addr.clone(), "expected host:port, e.g. 127.0.0.1:4000"))?;
-        let limit = get("QUEUE_DELIVERY_LIMIT", "10");
-        let delivery_limit = match limit.0.trim().parse::<u32>() {
-            Ok(n) if (1..=1000).contains(&n) => n,
-            _ => return Err(bad(limit, "expected a whole number between 1 and 1000")),
-        };
-        let prefix = |var: (String, &'static str)| -> Result<String, ConfigError> {
-            let ok = !var.0.is_empty()
-                && var.0.len() <= 64
-                && var
-                    .0
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
-            if ok {
-                Ok(var.0)
-            } else {
-                Err(bad(var, "expected 1-64 letters, digits or - _ . :"))
-            }
-        };
-
-        let auth = auth_config(&lookup, addr)?;
-        let limits = limits_config(&lookup)?;
-
-        Ok(Self {
-            database_url: url(
-                get(
-                    "DATABASE_URL",
-                    "postgres://postgres@127.0.0.1:5432/flash_sale",
-                ),
-                &["postgres", "postgresql"],
-            )?,
-            redis_url: url(
-                get("REDIS_URL", "redis://127.0.0.1:6379"),
-                &["redis", "rediss", "redis+unix", "unix"],
-            )?,
-            amqp_url: url(
-                get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
-                &["amqp", "amqps"],
-            )?,
-            hold: secs(get("HOLD_TTL_SECS", "900"), 1)?,
-            payment_mode,
-            mock_pay_delay_ms,
-            addr,
-            redis_key_prefix: prefix(get("REDIS_KEY_PREFIX", "fs"))?,
-            queue_prefix: prefix(get("QUEUE_PREFIX", "flash-sale"))?,
-            delivery_limit,
-            sweep_interval: secs(get("SWEEP_INTERVAL_SECS", "5"), 1)?,
-            sweep_grace: secs(get("SWEEP_GRACE_SECS", "30"), 0)?,
-            sold_out_cache: {
-                let var = get("SOLD_OUT_CACHE_MS", "100");
-                match var.0.trim().parse::<u64>() {
-                    Ok(ms) if ms <= 60_000 => Duration::from_millis(ms),
-                    _ => return Err(bad(var, "expected milliseconds between 0 and 60000")),
-                }
-            },
-            hand_over_hold_messages: var(&lookup, "AWS_LAMBDA_RUNTIME_API").is_none(),
-            auth,
-            limits,
+                .any(|s| v.starts_with(&format!("{s}://")))
+                .then(|| v.to_string())
         })
     }
 }
 
-fn var(lookup: &impl Fn(&str) -> Option<String>, name: &str) -> Option<String> {
-    lookup(name).filter(|v| !v.trim().is_empty())
-}
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::read(&Env::process())
+    }
 
-fn flag(lookup: &impl Fn(&str) -> Option<String>, name: &'static str) -> Result<bool, ConfigError> {
-    match var(lookup, name).map(|v| v.trim().to_ascii_lowercase()) {
-        None => Ok(false),
-        Some(v) => match v.as_str() {
-            "1" | "true" | "yes" | "on" => Ok(true),
-            "0" | "false" | "no" | "off" => Ok(false),
-            _ => Err(ConfigError {
+    /// Reads variables through `lookup` (a map, in tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        Self::read(&Env::new(lookup))
+    }
+
+    /// Reads every variable through `env`.
+    pub fn read(env: &Env<impl Fn(&str) -> Option<String>>) -> Result<Self, ConfigError> {
+        let payment_mode = env.parse(
+            "PAYMENT_MODE",
+            "manual",
+            "expected `manual` or `mock`",
+            |v| match v.to_ascii_lowercase().as_str() {
+                "manual" => Some(PaymentMode::Manual),
+                "mock" => Some(PaymentMode::Mock),
+                _ => None,
+            },
+        )?;
+        let mock_pay_delay_ms = env.parse(
+            "MOCK_PAY_DELAY_MS",
+            "100..1000",
+            "expected a range of milliseconds such as `100..1000` (or one number)",
+            parse_range,
+        )?;
+        let addr = env.parse(
+            "ADDR",
+            "127.0.0.1:4000",
+            "expected host:port, e.g. 127.0.0.1:4000",
+            |v| v.parse::<SocketAddr>().ok(),
+        )?;
+        let prefix = |name: &'static str, default: &str| {
+            env.parse(
                 name,
-                value: v,
-                problem: "expected true or false".into(),
-            }),
-        },
+                default,
+                "expected 1-64 letters, digits or - _ . :",
+                |v| {
+                    let ok = v.len() <= 64
+                        && v.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+                    ok.then(|| v.to_string())
+                },
+            )
+        };
+        Ok(Self {
+            database_url: env.url(
+                "DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/flash_sale",
+                &["postgres", "postgresql"],
+            )?,
+            redis_url: env.url(
+                "REDIS_URL",
+                "redis://127.0.0.1:6379",
+                &["redis", "rediss", "redis+unix", "unix"],
+            )?,
+            amqp_url: env.url(
+                "AMQP_URL",
+                "amqp://guest:guest@127.0.0.1:5672/%2f",
+                &["amqp", "amqps"],
+            )?,
+            hold: env.secs("HOLD_TTL_SECS", 900, 1..=WEEK_SECS)?,
+            payment_mode,
+            mock_pay_delay_ms,
+            addr,
+            redis_key_prefix: prefix("REDIS_KEY_PREFIX", "fs")?,
+            queue_prefix: prefix("QUEUE_PREFIX", "flash-sale")?,
+            delivery_limit: env.number("QUEUE_DELIVERY_LIMIT", 10, 1..=1000)? as u32,
+            sweep_interval: env.secs("SWEEP_INTERVAL_SECS", 5, 1..=WEEK_SECS)?,
+            sweep_grace: env.secs("SWEEP_GRACE_SECS", 30, 0..=WEEK_SECS)?,
+            sold_out_cache: env.millis("SOLD_OUT_CACHE_MS", 100, 0..=60_000)?,
+            hand_over_hold_messages: env.get("AWS_LAMBDA_RUNTIME_API").is_none(),
+            auth: auth_config(env, addr)?,
+            limits: limits_config(env)?,
+        })
     }
 }
 
-fn number(
-    lookup: &impl Fn(&str) -> Option<String>,
-    name: &'static str,
-    default: u64,
-    max: u64,
-) -> Result<u64, ConfigError> {
-    match var(lookup, name) {
-        None => Ok(default),
-        Some(v) => match v.trim().parse::<u64>() {
-            Ok(n) if n <= max => Ok(n),
-            _ => Err(ConfigError {
-                name,
-                value: v,
-                problem: format!("expected a whole number between 0 and {max}"),
-            }),
-        },
-    }
-}
+/// The longest hold, sweep interval or grace: a week.
+const WEEK_SECS: u64 = 7 * 24 * 3600;
 
 /// `AUTH_MODE` and the `JWT_*` variables. `none` is refused unless `ADDR` is loopback
 /// and the process is not deployed on AWS Lambda (where `AWS_LAMBDA_LOG_GROUP_NAME` is
 /// always set; `cargo lambda watch` does not set it).
 fn auth_config(
-    lookup: &impl Fn(&str) -> Option<String>,
+    env: &Env<impl Fn(&str) -> Option<String>>,
     addr: SocketAddr,
 ) -> Result<AuthConfig, ConfigError> {
-    let raw_mode = var(lookup, "AUTH_MODE").unwrap_or_else(|| "none".into());
+    let raw_mode = env.get("AUTH_MODE").unwrap_or_else(|| "none".into());
     let mode = match raw_mode.trim().to_ascii_lowercase().as_str() {
         "none" => AuthMode::None,
         "jwt" => AuthMode::Jwt,
@@ -309,7 +344,7 @@ fn auth_config(
             });
         }
     };
-    let on_aws = var(lookup, "AWS_LAMBDA_LOG_GROUP_NAME").is_some();
+    let on_aws = env.get("AWS_LAMBDA_LOG_GROUP_NAME").is_some();
     if mode == AuthMode::None && (!addr.ip().is_loopback() || on_aws) {
         let where_ = if on_aws {
             "on AWS Lambda".to_string()
@@ -326,7 +361,7 @@ fn auth_config(
             ),
         });
     }
-    let hs256_secret = match var(lookup, "JWT_HS256_SECRET") {
+    let hs256_secret = match env.get("JWT_HS256_SECRET") {
         Some(s) if s.len() < 32 => {
             return Err(ConfigError {
                 name: "JWT_HS256_SECRET",
@@ -336,7 +371,7 @@ fn auth_config(
         }
         other => other.map(String::into_bytes),
     };
-    let rs256_public_pem = match var(lookup, "JWT_RS256_PUBLIC_KEY_FILE") {
+    let rs256_public_pem = match env.get("JWT_RS256_PUBLIC_KEY_FILE") {
         None => None,
         Some(path) => {
             let pem = std::fs::read(path.trim()).map_err(|e| ConfigError {
@@ -354,7 +389,7 @@ fn auth_config(
             Some(pem)
         }
     };
-    let on_lambda = var(lookup, "AWS_LAMBDA_FUNCTION_NAME").is_some();
+    let on_lambda = env.get("AWS_LAMBDA_FUNCTION_NAME").is_some();
     if mode == AuthMode::Jwt && hs256_secret.is_none() && rs256_public_pem.is_none() && !on_lambda {
         return Err(ConfigError {
             name: "AUTH_MODE",
@@ -368,22 +403,22 @@ fn auth_config(
         mode,
         hs256_secret,
         rs256_public_pem,
-        issuer: var(lookup, "JWT_ISSUER"),
-        audience: var(lookup, "JWT_AUDIENCE"),
-        leeway: Duration::from_secs(number(lookup, "JWT_LEEWAY_SECS", 30, 600)?),
-        admin_role: var(lookup, "JWT_ADMIN_ROLE").unwrap_or_else(|| "admin".into()),
+        issuer: env.get("JWT_ISSUER"),
+        audience: env.get("JWT_AUDIENCE"),
+        leeway: env.secs("JWT_LEEWAY_SECS", 30, 0..=600)?,
+        admin_role: env.get("JWT_ADMIN_ROLE").unwrap_or_else(|| "admin".into()),
     })
 }
 
 /// The rate limits and the in-flight bound. A rate of 0 turns its limit off.
-fn limits_config(lookup: &impl Fn(&str) -> Option<String>) -> Result<LimitsConfig, ConfigError> {
+fn limits_config(env: &Env<impl Fn(&str) -> Option<String>>) -> Result<LimitsConfig, ConfigError> {
     let quota = |rate: &'static str,
                  burst: &'static str,
                  default_rate: u64,
                  default_burst: u64|
      -> Result<Option<Quota>, ConfigError> {
-        let per_sec = number(lookup, rate, default_rate, 1_000_000)?;
-        let burst_n = number(lookup, burst, default_burst, 1_000_000)?;
+        let per_sec = env.number(rate, default_rate, 0..=1_000_000)?;
+        let burst_n = env.number(burst, default_burst, 0..=1_000_000)?;
         if per_sec == 0 {
             return Ok(None);
         }
@@ -399,21 +434,14 @@ fn limits_config(lookup: &impl Fn(&str) -> Option<String>) -> Result<LimitsConfi
             burst: burst_n as u32,
         }))
     };
-    let max_in_flight = number(lookup, "MAX_IN_FLIGHT", 4096, 1_000_000)?;
-    if max_in_flight == 0 {
-        return Err(ConfigError {
-            name: "MAX_IN_FLIGHT",
-            value: "0".into(),
-            problem: "expected at least 1".into(),
-        });
-    }
+    let max_in_flight = env.number("MAX_IN_FLIGHT", 4096, 1..=1_000_000)?;
     Ok(LimitsConfig {
         per_user: quota("RATE_LIMIT_USER_PER_SEC", "RATE_LIMIT_USER_BURST", 20, 50)?,
         per_address: quota("RATE_LIMIT_ADDR_PER_SEC", "RATE_LIMIT_ADDR_BURST", 100, 200)?,
-        limit_loopback: flag(lookup, "RATE_LIMIT_LOOPBACK")?,
-        trust_forwarded_for: flag(lookup, "TRUST_FORWARDED_FOR")?,
+        limit_loopback: env.flag("RATE_LIMIT_LOOPBACK")?,
+        trust_forwarded_for: env.flag("TRUST_FORWARDED_FOR")?,
         max_in_flight: max_in_flight as usize,
-        in_flight_wait: Duration::from_millis(number(lookup, "IN_FLIGHT_WAIT_MS", 1000, 60_000)?),
+        in_flight_wait: env.millis("IN_FLIGHT_WAIT_MS", 1000, 0..=60_000)?,
     })
 }
 

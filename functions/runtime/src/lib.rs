@@ -42,7 +42,9 @@ pub fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    let on_lambda = std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some();
+    let on_lambda = config::Env::process()
+        .get("AWS_LAMBDA_FUNCTION_NAME")
+        .is_some();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false);
