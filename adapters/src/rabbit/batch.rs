@@ -3,15 +3,15 @@
 //! JSON array, see [`crate::wire`]) and one broker confirm.
 //!
 //! RabbitMQ's cost is per message (routing, the quorum log, the confirm), not per byte,
-//! so a hold path that published one message per hold was bound by the broker (about
-//! 70% of a core at 5,000 holds/s). Batching changes nothing a caller can observe: a
-//! caller of [`Batcher::publish`] still waits until *its* message is confirmed, and
-//! learns of a failure of its own batch. Nothing waits to fill a batch either: a batch leaves as soon as the
-//! previous one of its destination is confirmed, so a lone request is published at once
-//! and batches grow only while the broker is busy confirming. One batch in flight per
-//! destination is the classic group commit: measured on `all-win` (64 connections),
-//! allowing 1, 2, 4 or 8 at once gave the same throughput within noise, and RabbitMQ's CPU
-//! rose with each (38% to 57% of a core): fewer, larger batches are cheaper for it.
+//! so a hold path that published one message per hold was bound by the broker
+//! (BENCHMARKS.md, "Measurements behind design choices"). Batching changes nothing a
+//! caller can observe: a caller of [`Batcher::publish`] still waits until *its* message
+//! is confirmed, and learns of a failure of its own batch. Nothing waits to fill a batch
+//! either: a batch leaves as soon as the previous one of its destination is confirmed,
+//! so a lone request is published at once and batches grow only while the broker is
+//! busy confirming. One batch in flight per destination is the classic group commit:
+//! more at once bought no throughput and cost the broker more CPU (fewer, larger batches
+//! are cheaper for it; same section of BENCHMARKS.md).
 //!
 //! Consumers handle a batch as a unit: every handler is idempotent per entry, so a
 //! redelivered batch redoes nothing that was done.

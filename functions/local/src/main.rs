@@ -2,8 +2,9 @@
 //! operator's commands.
 //!
 //! The process allocates on every request (bodies, answers, futures, axum's per-request
-//! clones), and glibc's malloc took about an eighth of its CPU under load: it runs on
-//! mimalloc instead, whose per-thread free lists make those small allocations cheap.
+//! clones), and glibc's malloc was a visible share of its CPU under load (BENCHMARKS.md,
+//! "Measurements behind design choices"): it runs on mimalloc instead, whose per-thread
+//! free lists make those small allocations cheap.
 
 use clap::{Parser, Subcommand, ValueEnum};
 use flash_sale_adapters::Queue;
