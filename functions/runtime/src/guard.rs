@@ -159,6 +159,19 @@ pub fn client_address(parts: &Parts, trust_forwarded_for: bool) -> Option<IpAddr
     source.and_then(|ip| ip.parse().ok())
 }
 
+/// The bucket a client address draws from: an IPv4 address on its own; an IPv6 address
+/// by its /64, the smallest block a site is normally given, so a client rotating
+/// through the addresses of its own network still meets one limit.
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let network = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(network.into())
+        }
+    }
+}
+
 /// Token buckets per user and per client address (`governor`, in this process only: on
 /// Lambda each instance keeps its own, so API Gateway's throttling is the real bound
 /// there; see docs/security.md). A check is a hash lookup and an atomic update.
@@ -261,7 +274,7 @@ impl RateLimits {
             return Ok(());
         }
         self.tick();
-        limiter.check_key(&ip).map_err(|not_until| {
+        limiter.check_key(&address_key(ip)).map_err(|not_until| {
             self.refused(not_until.wait_time_from(self.clock.now()), "address")
         })
     }
@@ -291,6 +304,30 @@ mod tests {
             .body(())
             .unwrap();
         req.into_parts().0
+    }
+
+    #[test]
+    fn ipv6_clients_are_limited_by_their_64_not_by_each_address() {
+        let l = limits(
+            None,
+            Some(Quota {
+                per_sec: 1,
+                burst: 2,
+            }),
+        );
+        l.check_address(&parts("2001:db8:1:2::1")).unwrap();
+        l.check_address(&parts("2001:db8:1:2:ffff:ffff:ffff:fffe"))
+            .unwrap();
+        assert!(
+            l.check_address(&parts("2001:db8:1:2:dead:beef::7"))
+                .is_err(),
+            "a third address of the same /64 meets the same bucket"
+        );
+        l.check_address(&parts("2001:db8:1:3::1"))
+            .expect("the next /64 is another client");
+        // IPv4 clients keep a bucket per address.
+        l.check_address(&parts("198.51.100.1")).unwrap();
+        l.check_address(&parts("198.51.100.2")).unwrap();
     }
 
     #[test]

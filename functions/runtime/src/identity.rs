@@ -90,6 +90,15 @@ pub enum Subject {
     Text(String),
 }
 
+/// A token's audience: one string, or an array of them (RFC 7519, section 4.1.3).
+/// With `JWT_AUDIENCE` set, the token must name it (the library checks either form).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
 /// The claims this service reads. Unknown claims are ignored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
@@ -104,7 +113,7 @@ pub struct Claims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub aud: Option<Audience>,
     /// `"admin": true` makes the caller an admin...
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<bool>,
@@ -374,6 +383,34 @@ mod tests {
                 admin: false
             })
         );
+    }
+
+    #[test]
+    fn an_audience_may_be_one_string_or_an_array_naming_ours() {
+        let a = Authenticator::new(&AuthConfig {
+            issuer: Some("https://id.example".into()),
+            audience: Some("flash-sale".into()),
+            ..jwt_config()
+        })
+        .unwrap();
+        let token = |aud: Audience| {
+            let mut claims = Claims::for_user(7, 60);
+            claims.iss = Some("https://id.example".into());
+            claims.aud = Some(aud);
+            sign_hs256(SECRET, &claims)
+        };
+        a.verify(&token(Audience::One("flash-sale".into())))
+            .expect("one string");
+        a.verify(&token(Audience::Many(vec![
+            "other-app".into(),
+            "flash-sale".into(),
+        ])))
+        .expect("an array that names us");
+        let refused = a
+            .verify(&token(Audience::Many(vec!["other-app".into()])))
+            .unwrap_err();
+        assert_eq!(refused.code(), "unauthorized");
+        assert!(refused.to_string().contains("audience"), "{refused}");
     }
 
     #[test]
