@@ -60,6 +60,11 @@ impl CreateShowtime {
                 "title must be at most 200 characters".into(),
             ));
         }
+        if title.as_ref().is_some_and(|t| t.chars().any(char::is_control)) {
+            return Err(ApiError::BadRequest(
+                "title must not contain control characters".into(),
+            ));
+        }
         if let Some(at) = &self.starts_at {
             DateTime::parse_from_rfc3339(at).map_err(|e| {
                 ApiError::BadRequest(format!(
@@ -171,7 +176,7 @@ mod tests {
         fn arbitrary_showtime_bodies_give_values_or_400(
             raw in prop_oneof![
                 proptest::collection::vec(any::<u8>(), 0..300),
-                ("-?[0-9]{1,12}", "[ -~]{0,20}", "[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(Z|[+-][0-9]{2}:[0-9]{2})", "[ -~]{0,30}")
+                ("-?[0-9]{1,12}", "[ -~\\x00-\\x1f\\x7f]{0,20}", "[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(Z|[+-][0-9]{2}:[0-9]{2})", "[ -~]{0,30}")
                     .prop_map(|(c, t, open, close)| format!(
                         r#"{{"capacity": {c}, "title": {t:?}, "sale_opens_at": {open:?}, "sale_closes_at": {close:?}}}"#
                     ).into_bytes()),
@@ -180,6 +185,7 @@ mod tests {
             match parse_json::<CreateShowtime>(&raw).and_then(CreateShowtime::validate) {
                 Ok(new) => {
                     prop_assert!(new.capacity.get() >= 1);
+                    prop_assert!(!new.title.iter().flat_map(|t| t.chars()).any(char::is_control));
                     let window = new.sale_window;
                     if let (Some(o), Some(c)) = (window.opens_at(), window.closes_at()) {
                         prop_assert!(c > o);
