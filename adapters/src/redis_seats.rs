@@ -233,6 +233,14 @@ impl SeatStore for RedisSeats {
         reload: bool,
     ) -> PortResult<bool> {
         let mut conn = self.conn.clone();
+        // Registered for the sweep before it has stock, never after: a crash in between
+        // leaves a registered showtime with nothing to sweep, never stock the sweep does
+        // not walk. (The registry is one key of its own, so this is no cross-slot write
+        // on Redis Cluster.)
+        let _: i64 = conn
+            .sadd(self.showtimes_key(), showtime.get())
+            .await
+            .map_err(port_error)?;
         let loaded: i64 = self
             .scripts
             .load
@@ -242,10 +250,6 @@ impl SeatStore for RedisSeats {
             .arg(sold)
             .arg(u8::from(reload))
             .invoke_async(&mut conn)
-            .await
-            .map_err(port_error)?;
-        let _: i64 = conn
-            .sadd(self.showtimes_key(), showtime.get())
             .await
             .map_err(port_error)?;
         Ok(loaded == 1)
@@ -461,6 +465,10 @@ impl SeatAuditor for RedisSeats {
             .query_async(&mut conn)
             .await
             .map_err(port_error)?;
+        let swept: bool = conn
+            .sismember(self.showtimes_key(), showtime.get())
+            .await
+            .map_err(port_error)?;
         Ok(Some(SeatAudit {
             counts,
             live_holds,
@@ -468,6 +476,7 @@ impl SeatAuditor for RedisSeats {
                 .into_iter()
                 .filter_map(|seq| ReservationId::new(showtime, seq).ok())
                 .collect(),
+            swept,
         }))
     }
 

@@ -18,6 +18,8 @@ struct SeatsState {
     reservations: BTreeMap<ReservationId, Reservation>,
     paid_at: HashMap<ReservationId, UnixMillis>,
     seq: HashMap<ShowtimeId, u64>,
+    /// Showtimes with stock that the sweep does not walk (a lost registration).
+    unswept: std::collections::HashSet<ShowtimeId>,
 }
 
 #[derive(Debug, Default)]
@@ -33,6 +35,11 @@ impl FakeSeats {
 
     fn now(&self) -> UnixMillis {
         UnixMillis(self.now.load(Ordering::SeqCst))
+    }
+
+    /// Drops a showtime from the sweep's registry, keeping its stock and holds.
+    pub fn forget_registration(&self, showtime: ShowtimeId) {
+        self.state.lock().unwrap().unswept.insert(showtime);
     }
 
     /// Drops everything, as a Redis that restarted without persistence would.
@@ -202,6 +209,7 @@ impl SeatStore for FakeSeats {
         let ids = st
             .reservations
             .values()
+            .filter(|r| !st.unswept.contains(&r.showtime()))
             .filter(|r| r.status == Status::Reserved && r.expires_at.0 + grace <= now)
             .map(|r| r.id)
             .collect();
@@ -218,6 +226,7 @@ impl SeatStore for FakeSeats {
         let orders = st
             .reservations
             .values()
+            .filter(|r| !st.unswept.contains(&r.showtime()))
             .filter(|r| r.status == Status::Paid && st.paid_at[&r.id].0 + grace <= now)
             .map(|r| OrderRequest {
                 reservation: r.id,
@@ -354,6 +363,7 @@ impl SeatAuditor for FakeSeats {
                     .filter(|r| r.status == Status::Paid)
                     .map(|r| r.id)
                     .collect(),
+                swept: !st.unswept.contains(&showtime),
             }
         });
         ready(Ok(audit))
@@ -378,6 +388,7 @@ impl SeatAuditor for FakeSeats {
             .iter()
             .filter(|r| r.status == Status::Paid && !recorded.contains(&r.id))
             .count() as u32;
+        st.unswept.remove(&showtime);
         let current = st.counts.get(&showtime).map_or(0, |c| c.sold);
         let sold = (ordered + pending).max(current);
         let counts = SeatCounts {

@@ -206,6 +206,8 @@ pub struct SeatAudit {
     pub live_holds: u32,
     /// Reservations `PAID` whose order is not marked recorded yet.
     pub unrecorded: Vec<ReservationId>,
+    /// Whether the sweep walks this showtime (it is in the store's registry).
+    pub swept: bool,
 }
 
 /// What reconciliation needs from the seat store beyond the sale's own steps.
@@ -215,7 +217,8 @@ pub trait SeatAuditor: Send + Sync + 'static {
         showtime: ShowtimeId,
     ) -> impl Future<Output = PortResult<Option<SeatAudit>>> + Send;
 
-    /// Rewrites a showtime's counts from the facts, atomically: `held` from the live
+    /// Rewrites a showtime's counts from the facts, atomically, and registers it for
+    /// the sweep: `held` from the live
     /// holds, `sold` from the `ordered` seats in the database plus the paid reservations
     /// not among `recorded` (never less than the store already counts, so a race with a
     /// payment can only under-sell, never oversell), `available` the rest.

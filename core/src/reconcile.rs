@@ -79,6 +79,12 @@ where
                         c.held, a.live_holds
                     ));
                 }
+                if !a.swept {
+                    discrepancies.push(
+                        "the sweep does not walk this showtime (it is missing from the seat store's registry), so its lost expiries and unsent orders would never be recovered"
+                            .to_string(),
+                    );
+                }
                 if c.sold != showtime.ordered + paid_unrecorded {
                     discrepancies.push(format!(
                         "Redis counts {} sold seats but the database has {} orders and {} paid orders are in flight",
@@ -123,7 +129,7 @@ mod tests {
     use super::*;
     use crate::domain::SaleWindow;
     use crate::fakes::{FakeBus, FakeDb, FakeSeats};
-    use crate::{Capacity, NewShowtime, PaymentMode, SaleSettings, UserId};
+    use crate::{Capacity, NewShowtime, PaymentMode, SaleSettings, Status, UserId};
     use futures::executor::block_on;
     use std::time::Duration;
 
@@ -199,5 +205,48 @@ mod tests {
                 .is_clean()
         );
         assert_eq!(block_on(sale.reconcile_all(false)).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_showtime_the_sweep_does_not_walk_is_reported_and_registered_again() {
+        let sale = sale();
+        let st = block_on(sale.create_showtime(NewShowtime {
+            capacity: Capacity::new(2).unwrap(),
+            title: None,
+            starts_at: None,
+            sale_window: SaleWindow::ALWAYS,
+        }))
+        .unwrap()
+        .id;
+        let held = block_on(sale.reserve(UserId::new(1).unwrap(), st)).unwrap();
+        sale.seats.forget_registration(st);
+        sale.seats.advance(Duration::from_secs(3600));
+        assert_eq!(
+            block_on(sale.sweep(Duration::ZERO)).unwrap().holds_expired,
+            0,
+            "the sweep cannot see it"
+        );
+
+        let report = block_on(sale.reconcile(st, false)).unwrap().unwrap();
+        assert!(!report.is_clean());
+        assert!(
+            report.discrepancies[0].contains("the sweep does not walk"),
+            "{report:?}"
+        );
+        block_on(sale.reconcile(st, true)).unwrap().unwrap();
+        assert!(
+            block_on(sale.reconcile(st, false))
+                .unwrap()
+                .unwrap()
+                .is_clean()
+        );
+        assert_eq!(
+            block_on(sale.sweep(Duration::ZERO)).unwrap().holds_expired,
+            1
+        );
+        assert_eq!(
+            block_on(sale.reservation(held.id)).unwrap().unwrap().status,
+            Status::Expired
+        );
     }
 }

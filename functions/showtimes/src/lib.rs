@@ -60,7 +60,10 @@ impl CreateShowtime {
                 "title must be at most 200 characters".into(),
             ));
         }
-        if title.as_ref().is_some_and(|t| t.chars().any(char::is_control)) {
+        if title
+            .as_ref()
+            .is_some_and(|t| t.chars().any(char::is_control))
+        {
             return Err(ApiError::BadRequest(
                 "title must not contain control characters".into(),
             ));
