@@ -7,6 +7,10 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::plan::{PayMode, Scenario};
 
+/// `--hold-secs` unless told otherwise, and the hold time `clean` assumes for a run's
+/// delay queue when RabbitMQ cannot list the queues.
+pub(crate) const DEFAULT_HOLD_SECS: u64 = 900;
+
 #[derive(Parser)]
 #[command(
     name = "flash-sale-bench",
@@ -97,7 +101,7 @@ pub(crate) struct RunArgs {
     #[command(flatten)]
     pub(crate) services: ServiceUrls,
     /// HOLD_TTL_SECS of the started server.
-    #[arg(long, default_value_t = 900)]
+    #[arg(long, default_value_t = DEFAULT_HOLD_SECS)]
     pub(crate) hold_secs: u64,
     /// MOCK_PAY_DELAY_MS of the started server (mock payment).
     #[arg(long, default_value = "10..50")]

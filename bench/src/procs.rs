@@ -14,6 +14,8 @@ use tokio::io::AsyncBufReadExt as _;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
+use flash_sale_adapters::Topology;
+
 use crate::client::{Conn, Endpoint};
 
 /// A server we started; killed on drop if nobody stopped it.
@@ -456,8 +458,21 @@ pub async fn delete_redis_keys(redis_url: &str, prefix: &str) -> anyhow::Result<
     Ok(deleted)
 }
 
-/// Deletes the queues `<prefix>.*` and the exchanges `<prefix>`, `<prefix>.*`.
-pub async fn delete_queues(amqp_url: &str, prefix: &str, hold_secs: u64) -> anyhow::Result<usize> {
+/// The names of a run's exchanges and queues: the server's own topology for queue prefix
+/// `prefix` and a hold of `hold_secs` (the delivery limit is the server's default and names
+/// nothing).
+pub fn topology(prefix: &str, hold_secs: u64) -> Topology {
+    Topology {
+        prefix: prefix.to_string(),
+        hold: Duration::from_secs(hold_secs),
+        delivery_limit: 10,
+    }
+}
+
+/// Deletes the queues `<prefix>.*` and the exchanges `<prefix>`, `<prefix>.*` of
+/// `topology`'s prefix: whatever RabbitMQ lists, or else the topology's own.
+pub async fn delete_queues(amqp_url: &str, topology: &Topology) -> anyhow::Result<usize> {
+    let prefix = topology.prefix.as_str();
     // Both listings at once: each rabbitmqctl call costs about half a second.
     let listed = |what: &'static str| async move {
         let out = Command::new("rabbitmqctl")
@@ -472,20 +487,17 @@ pub async fn delete_queues(amqp_url: &str, prefix: &str, hold_secs: u64) -> anyh
             String::from_utf8_lossy(&out.stdout)
                 .lines()
                 .map(|l| l.trim().to_string())
-                .filter(|n| n == prefix || n.starts_with(&format!("{prefix}.")))
+                .filter(|n| {
+                    n.strip_prefix(prefix)
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+                })
                 .collect::<Vec<_>>(),
         )
     };
     let (queues, exchanges) = tokio::join!(listed("list_queues"), listed("list_exchanges"));
-    let queues = queues.unwrap_or_else(|| {
-        let mut q = vec![format!("{prefix}.expiries.delay.{hold_secs}s")];
-        for k in ["expiries", "payments", "orders"] {
-            q.push(format!("{prefix}.{k}"));
-            q.push(format!("{prefix}.{k}.dlq"));
-        }
-        q
-    });
-    let exchanges = exchanges.unwrap_or_else(|| vec![prefix.to_string(), format!("{prefix}.dead")]);
+    let queues = queues.unwrap_or_else(|| topology.queue_names());
+    let exchanges =
+        exchanges.unwrap_or_else(|| vec![topology.exchange(), topology.dead_letter_exchange()]);
     let conn = lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default()).await?;
     let mut n = 0;
     for q in &queues {

@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 
 use crate::ceilings;
 use crate::chart;
-use crate::cli::{CleanArgs, RunArgs};
+use crate::cli::{CleanArgs, DEFAULT_HOLD_SECS, RunArgs};
 use crate::client::{Conn, Endpoint};
 use crate::load::{self, Drive, HttpTarget};
 use crate::plan::{self, Overrides, PayMode, Plan, Scenario};
@@ -175,10 +175,11 @@ pub(crate) async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Re
         }
     };
     let server_pid = server.as_ref().map(|s| s.pid).or(args.server_pid);
+    let topology = procs::topology(&prefix, args.hold_secs);
     // A kept run keeps its expiries: only a run cleaned afterwards drains them to check.
     let delay_queue = (server.is_some() && !args.keep).then(|| verify::DelayQueue {
         amqp_url: args.services.amqp_url.clone(),
-        name: format!("{prefix}.expiries.delay.{}s", args.hold_secs),
+        name: topology.delay_queue(),
     });
     let outcome = flash_sale_phases(
         &plan,
@@ -397,9 +398,12 @@ async fn cleanup(args: &RunArgs, db_name: &str, prefix: &str) -> anyhow::Result<
     procs::delete_redis_keys(&args.services.redis_url, prefix)
         .await
         .context("deleting the Redis keys")?;
-    procs::delete_queues(&args.services.amqp_url, prefix, args.hold_secs)
-        .await
-        .context("deleting the queues")?;
+    procs::delete_queues(
+        &args.services.amqp_url,
+        &procs::topology(prefix, args.hold_secs),
+    )
+    .await
+    .context("deleting the queues")?;
     Ok(())
 }
 
@@ -416,7 +420,8 @@ pub(crate) async fn clean(c: &CleanArgs) -> anyhow::Result<()> {
         ] {
             keys += procs::delete_redis_keys(&c.services.redis_url, &p).await?;
         }
-        let queues = procs::delete_queues(&c.services.amqp_url, &prefix, 900).await?;
+        let topology = procs::topology(&prefix, DEFAULT_HOLD_SECS);
+        let queues = procs::delete_queues(&c.services.amqp_url, &topology).await?;
         eprintln!("run {id}: dropped database bench_{id}, {keys} Redis keys, {queues} queues");
     }
     Ok(())
