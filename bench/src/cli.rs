@@ -106,6 +106,9 @@ pub(crate) struct RunArgs {
     /// MOCK_PAY_DELAY_MS of the started server (mock payment).
     #[arg(long, default_value = "10..50")]
     pub(crate) mock_pay_delay_ms: String,
+    /// RUST_LOG of the started server (its output goes to `<out>/<scenario>-server.log`).
+    #[arg(long, env = "BENCH_SERVER_LOG", default_value = "warn")]
+    pub(crate) server_log: String,
 
     /// Skip the HTTP ceiling.
     #[arg(long)]

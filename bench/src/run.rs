@@ -167,6 +167,7 @@ pub(crate) async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Re
                 ),
                 ("REDIS_KEY_PREFIX".to_string(), prefix.clone()),
                 ("QUEUE_PREFIX".to_string(), prefix.clone()),
+                ("RUST_LOG".to_string(), args.server_log.clone()),
             ];
             let log = args.out.join(format!("{name}-server.log"));
             let s = Server::start_flash_sale(&bin, &env, log).await?;
