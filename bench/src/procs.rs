@@ -469,7 +469,7 @@ pub fn topology(prefix: &str, hold_secs: u64) -> Topology {
 /// `topology`'s prefix: whatever RabbitMQ lists, or else the topology's own.
 pub async fn delete_queues(amqp_url: &str, topology: &Topology) -> anyhow::Result<usize> {
     let prefix = topology.prefix.as_str();
-    // Both listings at once: each rabbitmqctl call costs about half a second.
+    // Both listings at once: each rabbitmqctl call is slow (it starts an Erlang node).
     let listed = |what: &'static str| async move {
         let out = Command::new("rabbitmqctl")
             .args(["-q", what, "name"])
