@@ -10,18 +10,18 @@ use crate::load::Sample;
 
 /// One time bucket of a phase.
 #[derive(Debug, Clone, Serialize)]
-pub struct Point {
+pub(crate) struct Point {
     /// Bucket end, seconds since the phase started.
-    pub t_s: f64,
+    pub(crate) t_s: f64,
     /// Reserve attempts answered per second in this bucket.
-    pub rps: f64,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
+    pub(crate) rps: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) max_ms: f64,
 }
 
 /// Buckets of about 1/100 of the run (at least 1 ms), reserve answers only.
-pub fn series(samples: &[Sample], duration_s: f64) -> Vec<Point> {
+pub(crate) fn series(samples: &[Sample], duration_s: f64) -> Vec<Point> {
     let bucket_us = ((duration_s * 1e6 / 100.0) as u64).max(1_000);
     let mut out = Vec::new();
     let mut lat: Vec<u32> = Vec::new();
@@ -65,7 +65,11 @@ const COLORS: [RGBColor; 5] = [
 ];
 
 /// Draws the chart of several phases (name, series) into an SVG file.
-pub fn draw(path: &Path, title: &str, phases: &[(String, Vec<Point>)]) -> anyhow::Result<()> {
+pub(crate) fn draw(
+    path: &Path,
+    title: &str,
+    phases: &[(String, Vec<Point>)],
+) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (1100, 820)).into_drawing_area();
     root.fill(&WHITE)?;
     let root = root.titled(title, ("sans-serif", 22))?;

@@ -17,15 +17,15 @@ use tokio::net::TcpStream;
 
 /// Where a target listens.
 #[derive(Debug, Clone)]
-pub struct Endpoint {
-    pub addr: SocketAddr,
+pub(crate) struct Endpoint {
+    pub(crate) addr: SocketAddr,
     /// The `Host` header.
-    pub host: String,
+    pub(crate) host: String,
 }
 
 impl Endpoint {
     /// `http://127.0.0.1:4000` (a path is ignored).
-    pub fn parse(url: &str) -> anyhow::Result<Self> {
+    pub(crate) fn parse(url: &str) -> anyhow::Result<Self> {
         let rest = url
             .strip_prefix("http://")
             .ok_or_else(|| anyhow!("only http:// URLs are supported, got {url:?}"))?;
@@ -42,7 +42,7 @@ impl Endpoint {
         Ok(Self { addr, host })
     }
 
-    pub fn from_addr(addr: SocketAddr) -> Self {
+    pub(crate) fn from_addr(addr: SocketAddr) -> Self {
         Self {
             addr,
             host: addr.to_string(),
@@ -51,7 +51,7 @@ impl Endpoint {
 }
 
 /// A lazily (re)connected HTTP/1.1 connection.
-pub struct Conn {
+pub(crate) struct Conn {
     endpoint: Endpoint,
     sender: Option<SendRequest<Full<Bytes>>>,
     timeout: Duration,
@@ -59,26 +59,26 @@ pub struct Conn {
 
 /// A response: status and body.
 #[derive(Debug)]
-pub struct Answer {
-    pub status: StatusCode,
-    pub body: Bytes,
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) body: Bytes,
 }
 
 /// The fields of an answer the bench looks at.
 #[derive(Debug, Deserialize)]
-pub struct Fields<'a> {
+pub(crate) struct Fields<'a> {
     #[serde(borrow, default)]
-    pub reservation_id: Option<&'a str>,
+    pub(crate) reservation_id: Option<&'a str>,
     #[serde(borrow, default)]
-    pub error: Option<&'a str>,
+    pub(crate) error: Option<&'a str>,
 }
 
 impl Answer {
-    pub fn fields(&self) -> Option<Fields<'_>> {
+    pub(crate) fn fields(&self) -> Option<Fields<'_>> {
         serde_json::from_slice(&self.body).ok()
     }
 
-    pub fn json<T: serde::de::DeserializeOwned>(&self) -> anyhow::Result<T> {
+    pub(crate) fn json<T: serde::de::DeserializeOwned>(&self) -> anyhow::Result<T> {
         serde_json::from_slice(&self.body).with_context(|| {
             format!(
                 "unexpected answer {}: {}",
@@ -90,7 +90,7 @@ impl Answer {
 }
 
 impl Conn {
-    pub fn new(endpoint: Endpoint, timeout: Duration) -> Self {
+    pub(crate) fn new(endpoint: Endpoint, timeout: Duration) -> Self {
         Self {
             endpoint,
             sender: None,
@@ -99,7 +99,7 @@ impl Conn {
     }
 
     /// Opens the connection now (so that connecting is not part of the first request).
-    pub async fn connect(&mut self) -> anyhow::Result<()> {
+    pub(crate) async fn connect(&mut self) -> anyhow::Result<()> {
         if self.sender.is_none() {
             let stream = tokio::time::timeout(self.timeout, TcpStream::connect(self.endpoint.addr))
                 .await
@@ -118,7 +118,7 @@ impl Conn {
 
     /// Sends one request; a transport error or a timeout drops the connection, the next
     /// request opens a new one.
-    pub async fn request(
+    pub(crate) async fn request(
         &mut self,
         method: Method,
         path: &str,
@@ -161,7 +161,7 @@ impl Conn {
         Ok(Answer { status, body })
     }
 
-    pub async fn post_json(
+    pub(crate) async fn post_json(
         &mut self,
         path: &str,
         body: &serde_json::Value,
@@ -170,7 +170,7 @@ impl Conn {
             .await
     }
 
-    pub async fn get(&mut self, path: &str) -> anyhow::Result<Answer> {
+    pub(crate) async fn get(&mut self, path: &str) -> anyhow::Result<Answer> {
         self.request(Method::GET, path, None).await
     }
 }

@@ -22,7 +22,7 @@ use crate::plan::Plan;
 
 /// The answer to one reserve attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reserve {
+pub(crate) enum Reserve {
     /// Held; the reservation id (`<showtime>-<seq>`).
     Reserved(String),
     SoldOut,
@@ -35,19 +35,19 @@ pub enum Reserve {
 
 /// The answer to one payment.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Pay {
+pub(crate) enum Pay {
     Paid,
     Failed(String),
 }
 
 /// One virtual buyer's channel to a target.
-pub trait Session: Send + 'static {
+pub(crate) trait Session: Send + 'static {
     fn reserve(&mut self, showtime: i64, user: u64) -> impl Future<Output = Reserve> + Send;
     fn pay(&mut self, reservation: &str, user: u64) -> impl Future<Output = Pay> + Send;
 }
 
 /// Something the load generator can drive.
-pub trait Target: Send + Sync + 'static {
+pub(crate) trait Target: Send + Sync + 'static {
     type S: Session;
     fn open(&self) -> impl Future<Output = anyhow::Result<Self::S>> + Send;
 }
@@ -57,9 +57,9 @@ pub trait Target: Send + Sync + 'static {
 
 /// flash-sale's HTTP contract, or anything answering it.
 #[derive(Debug, Clone)]
-pub struct HttpTarget {
-    pub endpoint: Endpoint,
-    pub timeout: Duration,
+pub(crate) struct HttpTarget {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) timeout: Duration,
 }
 
 impl Target for HttpTarget {
@@ -117,14 +117,14 @@ impl Session for Conn {
 // Redis (the ceiling: the reserve script itself, by EVALSHA, over one multiplexed
 // connection shared by every worker, as flash-sale does)
 
-pub struct RedisTarget {
-    pub conn: MultiplexedConnection,
-    pub prefix: String,
-    pub hold_ms: u64,
-    pub scripts: Arc<(Script, Script)>,
+pub(crate) struct RedisTarget {
+    pub(crate) conn: MultiplexedConnection,
+    pub(crate) prefix: String,
+    pub(crate) hold_ms: u64,
+    pub(crate) scripts: Arc<(Script, Script)>,
 }
 
-pub struct RedisSession {
+pub(crate) struct RedisSession {
     conn: MultiplexedConnection,
     prefix: Arc<str>,
     hold_ms: u64,
@@ -132,7 +132,7 @@ pub struct RedisSession {
 }
 
 impl RedisTarget {
-    pub fn new(conn: MultiplexedConnection, prefix: String, hold_ms: u64) -> Self {
+    pub(crate) fn new(conn: MultiplexedConnection, prefix: String, hold_ms: u64) -> Self {
         Self {
             conn,
             prefix,
@@ -230,14 +230,14 @@ impl Session for RedisSession {
 
 /// Counts of every kind of answer.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct Outcomes {
-    pub reserved: u64,
-    pub sold_out: u64,
-    pub already_ordered: u64,
-    pub rejected: u64,
-    pub errors: u64,
-    pub paid: u64,
-    pub pay_failed: u64,
+pub(crate) struct Outcomes {
+    pub(crate) reserved: u64,
+    pub(crate) sold_out: u64,
+    pub(crate) already_ordered: u64,
+    pub(crate) rejected: u64,
+    pub(crate) errors: u64,
+    pub(crate) paid: u64,
+    pub(crate) pay_failed: u64,
 }
 
 impl Outcomes {
@@ -254,39 +254,39 @@ impl Outcomes {
 
 /// One finished request: when it ended (µs after the start) and how long it took (µs).
 #[derive(Debug, Clone, Copy)]
-pub struct Sample {
-    pub end_us: u64,
-    pub latency_us: u32,
-    pub pay: bool,
+pub(crate) struct Sample {
+    pub(crate) end_us: u64,
+    pub(crate) latency_us: u32,
+    pub(crate) pay: bool,
 }
 
 /// A reservation a buyer got: showtime index, user, reservation id, paid by the bench.
 #[derive(Debug, Clone)]
-pub struct Won {
-    pub showtime: usize,
-    pub user: u64,
-    pub id: String,
-    pub paid: bool,
+pub(crate) struct Won {
+    pub(crate) showtime: usize,
+    pub(crate) user: u64,
+    pub(crate) id: String,
+    pub(crate) paid: bool,
 }
 
 /// Everything one phase measured.
-pub struct PhaseResult {
-    pub duration: Duration,
-    pub attempts: u64,
-    pub outcomes: Outcomes,
-    pub reserve_latency: Histogram<u64>,
-    pub pay_latency: Histogram<u64>,
-    pub samples: Vec<Sample>,
-    pub won: Vec<Won>,
+pub(crate) struct PhaseResult {
+    pub(crate) duration: Duration,
+    pub(crate) attempts: u64,
+    pub(crate) outcomes: Outcomes,
+    pub(crate) reserve_latency: Histogram<u64>,
+    pub(crate) pay_latency: Histogram<u64>,
+    pub(crate) samples: Vec<Sample>,
+    pub(crate) won: Vec<Won>,
     /// A few error messages, for the report.
-    pub error_examples: Vec<String>,
+    pub(crate) error_examples: Vec<String>,
     /// When its last answer came.
-    pub ended: Instant,
+    pub(crate) ended: Instant,
     /// When the last hold was granted, µs after the start (0: none was).
-    pub last_win_us: u64,
+    pub(crate) last_win_us: u64,
 }
 
-pub fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds")
 }
 
@@ -303,14 +303,14 @@ struct WorkerResult {
 
 /// How to drive a phase.
 #[derive(Debug, Clone)]
-pub struct Drive {
-    pub concurrency: usize,
+pub(crate) struct Drive {
+    pub(crate) concurrency: usize,
     /// Open loop at this many attempts per second; closed loop when `None`.
-    pub rate: Option<f64>,
+    pub(crate) rate: Option<f64>,
     /// The bench pays every hold it gets, right away, on the same connection.
-    pub pay: bool,
+    pub(crate) pay: bool,
     /// Show a progress bar with this label.
-    pub label: String,
+    pub(crate) label: String,
 }
 
 struct Shared {
@@ -323,7 +323,7 @@ struct Shared {
 }
 
 /// Runs every attempt of `plan` against `target`, on showtimes `ids` (by plan index).
-pub async fn run<T: Target>(
+pub(crate) async fn run<T: Target>(
     target: &T,
     plan: &Plan,
     ids: &[i64],
@@ -515,18 +515,18 @@ fn record(r: &mut WorkerResult, started: Instant, begin: Instant, end: Instant, 
 
 /// Latency summary in milliseconds.
 #[derive(Debug, Clone, Serialize)]
-pub struct Latency {
-    pub count: u64,
-    pub mean_ms: f64,
-    pub p50_ms: f64,
-    pub p90_ms: f64,
-    pub p99_ms: f64,
-    pub p999_ms: f64,
-    pub max_ms: f64,
+pub(crate) struct Latency {
+    pub(crate) count: u64,
+    pub(crate) mean_ms: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p90_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) p999_ms: f64,
+    pub(crate) max_ms: f64,
 }
 
 impl Latency {
-    pub fn of(h: &Histogram<u64>) -> Self {
+    pub(crate) fn of(h: &Histogram<u64>) -> Self {
         let ms = |us: u64| us as f64 / 1000.0;
         Self {
             count: h.len(),

@@ -10,7 +10,7 @@ use serde::Serialize;
 /// The named scenarios.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Scenario {
+pub(crate) enum Scenario {
     /// The reference's first test: 7,000 distinct users, one showtime, 100 seats.
     #[value(name = "seed-7000")]
     Seed7000,
@@ -35,7 +35,7 @@ pub enum Scenario {
 /// How payment happens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum PayMode {
+pub(crate) enum PayMode {
     /// The scenario's default: `bench` for all-win, `mock` otherwise.
     Auto,
     /// The bench pays each hold itself right after reserving it (server in manual mode).
@@ -48,7 +48,7 @@ pub enum PayMode {
 
 /// How users are spread over showtimes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub enum Assign {
+pub(crate) enum Assign {
     /// User u goes to showtime u mod S.
     RoundRobin,
     /// User u goes to showtime i with probability weights[i] / sum (by a fixed hash).
@@ -57,33 +57,33 @@ pub enum Assign {
 
 /// What a scenario does, with its sizes resolved.
 #[derive(Debug, Clone, Serialize)]
-pub struct Plan {
-    pub scenario: Scenario,
+pub(crate) struct Plan {
+    pub(crate) scenario: Scenario,
     /// Seats of each showtime.
-    pub capacities: Vec<u32>,
+    pub(crate) capacities: Vec<u32>,
     /// Distinct users, numbered 1..=users.
-    pub users: u64,
+    pub(crate) users: u64,
     /// Attempts of each user.
-    pub attempts: u32,
-    pub assign: Assign,
-    pub pay: PayMode,
+    pub(crate) attempts: u32,
+    pub(crate) assign: Assign,
+    pub(crate) pay: PayMode,
 }
 
 /// Size overrides from the command line.
 #[derive(Debug, Clone, Default)]
-pub struct Overrides {
-    pub users: Option<u64>,
-    pub attempts: Option<u32>,
-    pub capacity: Option<u32>,
-    pub showtimes: Option<usize>,
-    pub hot: Option<usize>,
-    pub hot_capacity: Option<u32>,
-    pub pay: Option<PayMode>,
+pub(crate) struct Overrides {
+    pub(crate) users: Option<u64>,
+    pub(crate) attempts: Option<u32>,
+    pub(crate) capacity: Option<u32>,
+    pub(crate) showtimes: Option<usize>,
+    pub(crate) hot: Option<usize>,
+    pub(crate) hot_capacity: Option<u32>,
+    pub(crate) pay: Option<PayMode>,
 }
 
 impl Scenario {
     /// The concurrency a scenario uses unless told otherwise.
-    pub fn default_concurrency(self) -> usize {
+    pub(crate) fn default_concurrency(self) -> usize {
         match self {
             Scenario::SeedIdempotent => 20,
             Scenario::Smoke => 16,
@@ -93,7 +93,7 @@ impl Scenario {
 }
 
 impl Plan {
-    pub fn new(scenario: Scenario, o: &Overrides) -> Self {
+    pub(crate) fn new(scenario: Scenario, o: &Overrides) -> Self {
         // (showtimes, capacity, users, attempts)
         let (showtimes, capacity, users, attempts) = match scenario {
             Scenario::Seed7000 => (1, 100, 7_000, 1),
@@ -144,13 +144,13 @@ impl Plan {
     }
 
     /// Every attempt, in the order they are sent.
-    pub fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.users * u64::from(self.attempts)
     }
 
     /// Attempt i: (showtime index, user id). Users take turns, so the repeated attempts
     /// of one user are spread over the whole run.
-    pub fn job(&self, i: u64) -> (usize, u64) {
+    pub(crate) fn job(&self, i: u64) -> (usize, u64) {
         let u = i % self.users;
         (self.showtime_of(u), u + 1)
     }
@@ -174,7 +174,7 @@ impl Plan {
     }
 
     /// Distinct users per showtime.
-    pub fn users_per_showtime(&self) -> Vec<u64> {
+    pub(crate) fn users_per_showtime(&self) -> Vec<u64> {
         let mut per = vec![0u64; self.capacities.len()];
         match &self.assign {
             Assign::RoundRobin => {
@@ -194,7 +194,7 @@ impl Plan {
     }
 
     /// What every showtime must end with: min(capacity, distinct users).
-    pub fn expected_reserved(&self) -> Vec<u64> {
+    pub(crate) fn expected_reserved(&self) -> Vec<u64> {
         self.users_per_showtime()
             .iter()
             .zip(&self.capacities)
@@ -202,7 +202,7 @@ impl Plan {
             .collect()
     }
 
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let caps = if self.capacities.iter().all(|&c| c == self.capacities[0]) {
             format!("{} x {} seats", self.capacities.len(), self.capacities[0])
         } else {

@@ -14,25 +14,27 @@ use tokio::io::AsyncBufReadExt as _;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
+use flash_sale_adapters::Topology;
+
 use crate::client::{Conn, Endpoint};
 
 /// A server we started; killed on drop if nobody stopped it.
-pub struct Server {
-    pub child: Child,
-    pub pid: u32,
-    pub endpoint: Endpoint,
-    pub log: Option<PathBuf>,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) pid: u32,
+    pub(crate) endpoint: Endpoint,
+    pub(crate) log: Option<PathBuf>,
 }
 
 /// A free local port (bound, then released for the child to take).
-pub fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }
 
 impl Server {
     /// Starts flash-sale with `env`, its output going to `log`, and waits until it answers.
-    pub async fn start_flash_sale(
+    pub(crate) async fn start_flash_sale(
         bin: &Path,
         env: &[(String, String)],
         log: PathBuf,
@@ -51,10 +53,6 @@ impl Server {
         let child = Command::new(bin)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("ADDR", addr.to_string())
-            .env(
-                "RUST_LOG",
-                std::env::var("BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
-            )
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -73,7 +71,7 @@ impl Server {
     }
 
     /// Starts this very binary as the stub server (the HTTP ceiling).
-    pub async fn start_stub() -> anyhow::Result<Self> {
+    pub(crate) async fn start_stub() -> anyhow::Result<Self> {
         let exe = std::env::current_exe()?;
         let mut child = Command::new(exe)
             .args(["stub-server", "--addr", "127.0.0.1:0"])
@@ -127,7 +125,7 @@ impl Server {
         }
     }
 
-    pub fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         let Some(log) = &self.log else {
             return String::new();
         };
@@ -138,7 +136,7 @@ impl Server {
     }
 
     /// SIGTERM (graceful shutdown), then SIGKILL after 10 s.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.pid.to_string()])
             .status()
@@ -154,13 +152,13 @@ impl Server {
 
 /// `perf record` of one process while a phase runs (flat profile, no call graphs: a
 /// release build has no frame pointers), summarised into a text file at the end.
-pub struct Perf {
+pub(crate) struct Perf {
     child: Child,
     data: PathBuf,
 }
 
 impl Perf {
-    pub async fn start(pid: u32, data: PathBuf) -> anyhow::Result<Self> {
+    pub(crate) async fn start(pid: u32, data: PathBuf) -> anyhow::Result<Self> {
         let child = Command::new("perf")
             .args(["record", "-F", "999", "-p", &pid.to_string(), "-o"])
             .arg(&data)
@@ -177,7 +175,7 @@ impl Perf {
 
     /// Stops recording and writes the top of `perf report` (by thread, by library, by
     /// symbol) to `summary`.
-    pub async fn finish(mut self, summary: &Path) -> anyhow::Result<()> {
+    pub(crate) async fn finish(mut self, summary: &Path) -> anyhow::Result<()> {
         if let Some(pid) = self.child.id() {
             let _ = Command::new("kill")
                 .args(["-INT", &pid.to_string()])
@@ -228,7 +226,7 @@ fn clock_ticks() -> u64 {
 }
 
 /// Resident memory of a process in KiB.
-pub fn rss_kib(pid: u32) -> Option<u64> {
+pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -301,18 +299,18 @@ fn snapshot(server: Option<u32>) -> HashMap<u32, (&'static str, u64)> {
 
 /// What a phase cost the machine.
 #[derive(Debug, Clone, Serialize, Default)]
-pub struct Usage {
+pub(crate) struct Usage {
     /// Busy share of the whole machine, in percent (100% = every core busy).
-    pub machine_busy_pct: f64,
+    pub(crate) machine_busy_pct: f64,
     /// CPU used by each component in percent of one core (200% = two cores).
-    pub cpu_pct: Vec<(String, f64)>,
+    pub(crate) cpu_pct: Vec<(String, f64)>,
     /// flash-sale's resident memory: peak and at the end, MiB.
-    pub server_rss_peak_mib: Option<f64>,
-    pub server_rss_end_mib: Option<f64>,
+    pub(crate) server_rss_peak_mib: Option<f64>,
+    pub(crate) server_rss_end_mib: Option<f64>,
 }
 
 /// Samples CPU and memory while a phase runs.
-pub struct Monitor {
+pub(crate) struct Monitor {
     server: Option<u32>,
     start: Instant,
     sys: Option<(u64, u64)>,
@@ -323,7 +321,7 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    pub fn start(server: Option<u32>) -> Self {
+    pub(crate) fn start(server: Option<u32>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let peak = Arc::new(AtomicU64::new(0));
         let sampler = server.map(|pid| {
@@ -349,7 +347,7 @@ impl Monitor {
         }
     }
 
-    pub async fn finish(mut self) -> Usage {
+    pub(crate) async fn finish(mut self) -> Usage {
         let elapsed = self.start.elapsed().as_secs_f64().max(1e-3);
         let hz = clock_ticks() as f64;
         let end = snapshot(self.server);
@@ -401,7 +399,7 @@ impl Monitor {
 // Clean-up
 
 /// The same URL with another database name.
-pub fn with_database(url: &str, db: &str) -> String {
+pub(crate) fn with_database(url: &str, db: &str) -> String {
     let (base, query) = match url.split_once('?') {
         Some((b, q)) => (b, Some(q)),
         None => (url, None),
@@ -417,7 +415,7 @@ pub fn with_database(url: &str, db: &str) -> String {
     }
 }
 
-pub async fn drop_database(admin_url: &str, db: &str) -> anyhow::Result<()> {
+pub(crate) async fn drop_database(admin_url: &str, db: &str) -> anyhow::Result<()> {
     use sqlx::Connection as _;
     let mut conn = sqlx::PgConnection::connect(&with_database(admin_url, "postgres")).await?;
     sqlx::query(&format!(r#"DROP DATABASE IF EXISTS "{db}" WITH (FORCE)"#))
@@ -427,7 +425,7 @@ pub async fn drop_database(admin_url: &str, db: &str) -> anyhow::Result<()> {
 }
 
 /// Deletes every key starting with `<prefix>:`.
-pub async fn delete_redis_keys(redis_url: &str, prefix: &str) -> anyhow::Result<u64> {
+pub(crate) async fn delete_redis_keys(redis_url: &str, prefix: &str) -> anyhow::Result<u64> {
     let client = redis::Client::open(redis_url)?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     let mut cursor: u64 = 0;
@@ -456,9 +454,22 @@ pub async fn delete_redis_keys(redis_url: &str, prefix: &str) -> anyhow::Result<
     Ok(deleted)
 }
 
-/// Deletes the queues `<prefix>.*` and the exchanges `<prefix>`, `<prefix>.*`.
-pub async fn delete_queues(amqp_url: &str, prefix: &str, hold_secs: u64) -> anyhow::Result<usize> {
-    // Both listings at once: each rabbitmqctl call costs about half a second.
+/// The names of a run's exchanges and queues: the server's own topology for queue prefix
+/// `prefix` and a hold of `hold_secs` (the delivery limit is the server's default and names
+/// nothing).
+pub(crate) fn topology(prefix: &str, hold_secs: u64) -> Topology {
+    Topology {
+        prefix: prefix.to_string(),
+        hold: Duration::from_secs(hold_secs),
+        delivery_limit: 10,
+    }
+}
+
+/// Deletes the queues `<prefix>.*` and the exchanges `<prefix>`, `<prefix>.*` of
+/// `topology`'s prefix: whatever RabbitMQ lists, or else the topology's own.
+pub(crate) async fn delete_queues(amqp_url: &str, topology: &Topology) -> anyhow::Result<usize> {
+    let prefix = topology.prefix.as_str();
+    // Both listings at once: each rabbitmqctl call is slow (it starts an Erlang node).
     let listed = |what: &'static str| async move {
         let out = Command::new("rabbitmqctl")
             .args(["-q", what, "name"])
@@ -472,20 +483,17 @@ pub async fn delete_queues(amqp_url: &str, prefix: &str, hold_secs: u64) -> anyh
             String::from_utf8_lossy(&out.stdout)
                 .lines()
                 .map(|l| l.trim().to_string())
-                .filter(|n| n == prefix || n.starts_with(&format!("{prefix}.")))
+                .filter(|n| {
+                    n.strip_prefix(prefix)
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+                })
                 .collect::<Vec<_>>(),
         )
     };
     let (queues, exchanges) = tokio::join!(listed("list_queues"), listed("list_exchanges"));
-    let queues = queues.unwrap_or_else(|| {
-        let mut q = vec![format!("{prefix}.expiries.delay.{hold_secs}s")];
-        for k in ["expiries", "payments", "orders"] {
-            q.push(format!("{prefix}.{k}"));
-            q.push(format!("{prefix}.{k}.dlq"));
-        }
-        q
-    });
-    let exchanges = exchanges.unwrap_or_else(|| vec![prefix.to_string(), format!("{prefix}.dead")]);
+    let queues = queues.unwrap_or_else(|| topology.queue_names());
+    let exchanges =
+        exchanges.unwrap_or_else(|| vec![topology.exchange(), topology.dead_letter_exchange()]);
     let conn = lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default()).await?;
     let mut n = 0;
     for q in &queues {

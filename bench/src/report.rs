@@ -12,17 +12,17 @@ use crate::verify::Verification;
 
 /// The machine the run happened on.
 #[derive(Debug, Clone, Serialize)]
-pub struct Machine {
-    pub cores: usize,
-    pub cpu_model: String,
-    pub memory_gib: f64,
-    pub kernel: String,
+pub(crate) struct Machine {
+    pub(crate) cores: usize,
+    pub(crate) cpu_model: String,
+    pub(crate) memory_gib: f64,
+    pub(crate) kernel: String,
     /// 1-minute load average when the run started (others may be building).
-    pub load_avg_at_start: f64,
+    pub(crate) load_avg_at_start: f64,
 }
 
 impl Machine {
-    pub fn read() -> Self {
+    pub(crate) fn read() -> Self {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let cpu_model = cpuinfo
             .lines()
@@ -51,7 +51,7 @@ impl Machine {
 }
 
 /// The commit the run was built from, `+dirty` when the work tree had changes.
-pub fn revision() -> String {
+pub(crate) fn revision() -> String {
     let git = |args: &[&str]| {
         std::process::Command::new("git")
             .args(args)
@@ -70,7 +70,7 @@ pub fn revision() -> String {
     }
 }
 
-pub fn load_avg() -> f64 {
+pub(crate) fn load_avg() -> f64 {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse().ok())
@@ -79,40 +79,46 @@ pub fn load_avg() -> f64 {
 
 /// One phase: one target, one way of driving it.
 #[derive(Debug, Clone, Serialize)]
-pub struct PhaseReport {
+pub(crate) struct PhaseReport {
     /// `http-ceiling`, `redis-ceiling`, `flash-sale`, `flash-sale @ 50%`.
-    pub name: String,
+    pub(crate) name: String,
     /// `closed loop, 64 connections` or `open loop, 5000/s, up to 64 connections`.
-    pub mode: String,
-    pub attempts: u64,
-    pub duration_s: f64,
+    pub(crate) mode: String,
+    pub(crate) attempts: u64,
+    pub(crate) duration_s: f64,
     /// Reserve attempts answered per second.
-    pub attempts_per_s: f64,
+    pub(crate) attempts_per_s: f64,
     /// Every request (reserve and pay) per second.
-    pub requests_per_s: f64,
+    pub(crate) requests_per_s: f64,
     /// Reservations (holds) granted per second.
-    pub reserved_per_s: f64,
-    pub outcomes: Outcomes,
-    pub reserve_latency: Latency,
+    pub(crate) reserved_per_s: f64,
+    pub(crate) outcomes: Outcomes,
+    pub(crate) reserve_latency: Latency,
     /// Seconds from the start until the last hold was granted (the seats lasted).
-    pub selling_s: f64,
+    pub(crate) selling_s: f64,
     /// Reserve latency of the answers until then (holds are the slow path) and after
     /// (sold out: rejections only).
-    pub latency_while_selling: Option<Latency>,
-    pub latency_after_sold_out: Option<Latency>,
+    pub(crate) latency_while_selling: Option<Latency>,
+    pub(crate) latency_after_sold_out: Option<Latency>,
     /// Reserve latency of the attempts sent (due, in open loop) in the second half of the
     /// run: the steady state, once an open-loop backlog from the selling phase is gone.
-    pub latency_second_half: Option<Latency>,
-    pub pay_latency: Option<Latency>,
-    pub usage: Usage,
-    pub verification: Option<Verification>,
-    pub error_examples: Vec<String>,
-    pub load_avg_after: f64,
-    pub series: Vec<Point>,
+    pub(crate) latency_second_half: Option<Latency>,
+    pub(crate) pay_latency: Option<Latency>,
+    pub(crate) usage: Usage,
+    pub(crate) verification: Option<Verification>,
+    pub(crate) error_examples: Vec<String>,
+    pub(crate) load_avg_after: f64,
+    pub(crate) series: Vec<Point>,
 }
 
 impl PhaseReport {
-    pub fn new(name: &str, mode: String, r: &PhaseResult, usage: Usage, rate: Option<f64>) -> Self {
+    pub(crate) fn new(
+        name: &str,
+        mode: String,
+        r: &PhaseResult,
+        usage: Usage,
+        rate: Option<f64>,
+    ) -> Self {
         let secs = r.duration.as_secs_f64().max(1e-6);
         let pays = r.pay_latency.len();
         let mut before = crate::load::histogram();
@@ -162,48 +168,48 @@ impl PhaseReport {
 
 /// flash-sale's throughput as a share of each ceiling.
 #[derive(Debug, Clone, Serialize, Default)]
-pub struct Ratios {
-    pub vs_http_ceiling: Option<f64>,
-    pub vs_redis_ceiling: Option<f64>,
+pub(crate) struct Ratios {
+    pub(crate) vs_http_ceiling: Option<f64>,
+    pub(crate) vs_redis_ceiling: Option<f64>,
 }
 
 /// The reserve script driven by `redis-benchmark` (C client): Redis alone, without the
 /// Rust client's cost.
 #[derive(Debug, Clone, Serialize)]
-pub struct RedisBenchmark {
-    pub requests: u64,
-    pub concurrency: usize,
-    pub rps: f64,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
+pub(crate) struct RedisBenchmark {
+    pub(crate) requests: u64,
+    pub(crate) concurrency: usize,
+    pub(crate) rps: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) max_ms: f64,
 }
 
 /// A whole run of one scenario.
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    pub scenario: String,
-    pub plan: Plan,
-    pub plan_text: String,
-    pub command: String,
-    pub revision: String,
-    pub started_at: String,
-    pub machine: Machine,
-    pub concurrency: usize,
-    pub rate: Option<f64>,
-    pub phases: Vec<PhaseReport>,
-    pub ratios: Ratios,
-    pub redis_benchmark: Option<RedisBenchmark>,
-    pub ok: bool,
-    pub notes: Vec<String>,
+pub(crate) struct Report {
+    pub(crate) scenario: String,
+    pub(crate) plan: Plan,
+    pub(crate) plan_text: String,
+    pub(crate) command: String,
+    pub(crate) revision: String,
+    pub(crate) started_at: String,
+    pub(crate) machine: Machine,
+    pub(crate) concurrency: usize,
+    pub(crate) rate: Option<f64>,
+    pub(crate) phases: Vec<PhaseReport>,
+    pub(crate) ratios: Ratios,
+    pub(crate) redis_benchmark: Option<RedisBenchmark>,
+    pub(crate) ok: bool,
+    pub(crate) notes: Vec<String>,
 }
 
 impl Report {
-    pub fn phase(&self, name: &str) -> Option<&PhaseReport> {
+    pub(crate) fn phase(&self, name: &str) -> Option<&PhaseReport> {
         self.phases.iter().find(|p| p.name == name)
     }
 
-    pub fn compute_ratios(&mut self) {
+    pub(crate) fn compute_ratios(&mut self) {
         let fs = self.phase("flash-sale").map(|p| p.attempts_per_s);
         let of = |name: &str| Some(fs? / self.phase(name)?.attempts_per_s);
         self.ratios = Ratios {
@@ -216,7 +222,7 @@ impl Report {
             .all(|p| p.verification.as_ref().is_none_or(|v| v.ok()));
     }
 
-    pub fn markdown(&self, chart_file: Option<&str>) -> String {
+    pub(crate) fn markdown(&self, chart_file: Option<&str>) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "# flash-sale-bench: `{}`\n", self.scenario);
         let _ = writeln!(s, "- plan: {}", self.plan_text);

@@ -103,7 +103,7 @@ async fn show(Path(id): Path<i64>) -> Response {
         .into_response()
 }
 
-pub fn router() -> Router {
+pub(crate) fn router() -> Router {
     Router::new()
         .route("/reserve", post(reserve))
         .route("/reservations/{id}/pay", post(pay))
@@ -113,7 +113,7 @@ pub fn router() -> Router {
 }
 
 /// Serves until killed; prints `listening <addr>` on stdout once bound.
-pub async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
+pub(crate) async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     println!("listening {}", listener.local_addr()?);
     axum::serve(listener, router()).await?;

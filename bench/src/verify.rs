@@ -16,26 +16,26 @@ use crate::plan::{PayMode, Plan};
 
 /// One invariant, held or breached.
 #[derive(Debug, Clone, Serialize)]
-pub struct Check {
-    pub name: String,
-    pub ok: bool,
-    pub detail: String,
+pub(crate) struct Check {
+    pub(crate) name: String,
+    pub(crate) ok: bool,
+    pub(crate) detail: String,
 }
 
 /// What the verification found.
 #[derive(Debug, Clone, Serialize)]
-pub struct Verification {
+pub(crate) struct Verification {
     /// Orders expected in PostgreSQL (every paid hold).
-    pub expected_orders: u64,
-    pub orders_found: u64,
+    pub(crate) expected_orders: u64,
+    pub(crate) orders_found: u64,
     /// From the last answer of the phase until the last order was in PostgreSQL; `None`
     /// when they were not all there before the deadline.
-    pub orders_landed_after_ms: Option<f64>,
-    pub checks: Vec<Check>,
+    pub(crate) orders_landed_after_ms: Option<f64>,
+    pub(crate) checks: Vec<Check>,
 }
 
 impl Verification {
-    pub fn ok(&self) -> bool {
+    pub(crate) fn ok(&self) -> bool {
         self.checks.iter().all(|c| c.ok)
     }
 }
@@ -56,7 +56,7 @@ async fn count_orders(db: &PgPool, ids: &[i64]) -> anyhow::Result<u64> {
     Ok(n as u64)
 }
 
-pub async fn verify(
+pub(crate) async fn verify(
     plan: &Plan,
     ids: &[i64],
     phase: &PhaseResult,
@@ -283,15 +283,15 @@ pub async fn verify(
 
 /// The delay queue of a server the bench started, where every hold's expiry waits out
 /// the hold time.
-pub struct DelayQueue {
-    pub amqp_url: String,
-    pub name: String,
+pub(crate) struct DelayQueue {
+    pub(crate) amqp_url: String,
+    pub(crate) name: String,
 }
 
 /// Every hold the buyers were given has its expiry in the delay queue: what reserve
 /// handed over to its publisher was confirmed, not only queued. Drains the queue (the
 /// run's own, deleted after it), waiting up to `deadline` for the last messages.
-pub async fn expiries_confirmed(
+pub(crate) async fn expiries_confirmed(
     queue: &DelayQueue,
     phase: &PhaseResult,
     deadline: Duration,

@@ -1,0 +1,187 @@
+//! The command line: subcommands, the arguments of a run, and where the services are.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::plan::{PayMode, Scenario};
+
+/// `--hold-secs` unless told otherwise, and the hold time `clean` assumes for a run's
+/// delay queue when RabbitMQ cannot list the queues.
+pub(crate) const DEFAULT_HOLD_SECS: u64 = 900;
+
+#[derive(Parser)]
+#[command(
+    name = "flash-sale-bench",
+    version,
+    about = "Load generator and benchmark suite for flash-sale"
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Cmd {
+    /// 7,000 distinct users, one showtime, 100 seats (the reference's first test).
+    #[command(name = "seed-7000")]
+    Seed7000(RunArgs),
+    /// One user, 20 concurrent requests, 10 seats.
+    SeedIdempotent(RunArgs),
+    /// 3 showtimes x 50 seats, 1,000 users each.
+    SeedMulti(RunArgs),
+    /// 20,000 users, 5 attempts each, 1,000 seats.
+    Repeat(RunArgs),
+    /// 1,000,000 attempts by 200,000 users for 10,000 seats.
+    Million(RunArgs),
+    /// 20,000 seats for 20,000 buyers; the bench pays every hold.
+    AllWin(RunArgs),
+    /// 8 showtimes, 2 hot.
+    Mixed(RunArgs),
+    /// Seconds: 2 showtimes x 20 seats, 500 users x 2 attempts; checks invariants, not speed.
+    Smoke(RunArgs),
+    /// Several scenarios one after the other, and a summary table.
+    Suite(SuiteArgs),
+    /// Removes what an interrupted run left: its database, Redis keys and queues.
+    Clean(CleanArgs),
+    /// The HTTP-ceiling stub server (started by the bench itself).
+    #[command(hide = true)]
+    StubServer {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        addr: SocketAddr,
+    },
+}
+
+#[derive(Args, Clone, Debug)]
+pub(crate) struct RunArgs {
+    /// Distinct users (buyers).
+    #[arg(long)]
+    pub(crate) users: Option<u64>,
+    /// Attempts of each user.
+    #[arg(long)]
+    pub(crate) attempts: Option<u32>,
+    /// Seats of each showtime (of each cold showtime in `mixed`).
+    #[arg(long)]
+    pub(crate) capacity: Option<u32>,
+    /// Number of showtimes.
+    #[arg(long)]
+    pub(crate) showtimes: Option<usize>,
+    /// Hot showtimes (`mixed`).
+    #[arg(long)]
+    pub(crate) hot: Option<usize>,
+    /// Seats of each hot showtime (`mixed`).
+    #[arg(long)]
+    pub(crate) hot_capacity: Option<u32>,
+    /// Who pays the holds.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub(crate) pay: PayMode,
+
+    /// Concurrent connections (closed loop: requests in flight). Default: 64 (20 for
+    /// seed-idempotent, 16 for smoke).
+    #[arg(short, long)]
+    pub(crate) concurrency: Option<usize>,
+    /// Open loop: this many attempts per second (still at most --concurrency in flight).
+    #[arg(long)]
+    pub(crate) rate: Option<f64>,
+    /// After the closed-loop run, run flash-sale again open loop at half its measured
+    /// peak, on fresh showtimes (latency at half load).
+    #[arg(long)]
+    pub(crate) half_rate: bool,
+
+    /// Target an already running flash-sale instead of starting one.
+    #[arg(long)]
+    pub(crate) url: Option<String>,
+    /// The flash-sale binary to start (default: `flash-sale` next to this binary).
+    #[arg(long)]
+    pub(crate) server_bin: Option<PathBuf>,
+    /// With --url: the server's pid, to read its memory and CPU.
+    #[arg(long)]
+    pub(crate) server_pid: Option<u32>,
+    #[command(flatten)]
+    pub(crate) services: ServiceUrls,
+    /// HOLD_TTL_SECS of the started server.
+    #[arg(long, default_value_t = DEFAULT_HOLD_SECS)]
+    pub(crate) hold_secs: u64,
+    /// MOCK_PAY_DELAY_MS of the started server (mock payment).
+    #[arg(long, default_value = "10..50")]
+    pub(crate) mock_pay_delay_ms: String,
+    /// RUST_LOG of the started server (its output goes to `<out>/<scenario>-server.log`).
+    #[arg(long, env = "BENCH_SERVER_LOG", default_value = "warn")]
+    pub(crate) server_log: String,
+
+    /// Skip the HTTP ceiling.
+    #[arg(long)]
+    pub(crate) no_http_ceiling: bool,
+    /// Skip the Redis ceiling.
+    #[arg(long)]
+    pub(crate) no_redis_ceiling: bool,
+    /// Skip the extra Redis number from `redis-benchmark` (run when it is installed).
+    #[arg(long)]
+    pub(crate) no_redis_benchmark: bool,
+    /// Attempts sent to each target before it is measured (on a showtime of their own,
+    /// so connections, script caches and channels are warm); 0 to skip. Default 1000
+    /// (0 for smoke).
+    #[arg(long)]
+    pub(crate) warmup: Option<u64>,
+    /// Where the reports go.
+    #[arg(long, default_value = "bench-results")]
+    pub(crate) out: PathBuf,
+    /// Per-request timeout.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) timeout_ms: u64,
+    /// How long to wait for every order to be in PostgreSQL.
+    #[arg(long, default_value_t = 60)]
+    pub(crate) orders_deadline_secs: u64,
+    /// Record a `perf` profile of the server during flash-sale's closed-loop phase into
+    /// `<out>/<scenario>-perf.txt` (build the server with symbols for names:
+    /// `CARGO_PROFILE_RELEASE_STRIP=none cargo build --release -p flash-sale-local`).
+    #[arg(long)]
+    pub(crate) perf: bool,
+    /// Keep the run's database, Redis keys and queues.
+    #[arg(long)]
+    pub(crate) keep: bool,
+}
+
+#[derive(Args, Clone, Debug)]
+pub(crate) struct CleanArgs {
+    /// The run id printed at the start of the run (`run 1a2b3c4d`).
+    #[arg(long = "run-id", required = true)]
+    pub(crate) run_ids: Vec<String>,
+    #[command(flatten)]
+    pub(crate) services: ServiceUrls,
+}
+
+/// Where the services are: the bench's server gets a database of its own on this
+/// PostgreSQL server, and key and queue prefixes of its own.
+#[derive(Args, Clone, Debug)]
+pub(crate) struct ServiceUrls {
+    /// PostgreSQL; the bench's server gets a database of its own on this server.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/flash_sale"
+    )]
+    pub(crate) database_url: String,
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub(crate) redis_url: String,
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub(crate) amqp_url: String,
+}
+
+#[derive(Args, Clone, Debug)]
+pub(crate) struct SuiteArgs {
+    /// Scenarios, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "seed-7000,seed-idempotent,seed-multi,repeat,mixed,all-win,million"
+    )]
+    pub(crate) scenarios: Vec<Scenario>,
+    #[command(flatten)]
+    pub(crate) run: RunArgs,
+}
