@@ -64,7 +64,9 @@ pub struct AuthConfig {
     pub rs256_public_pem: Option<Vec<u8>>,
     /// Required `iss` (`JWT_ISSUER`), if set.
     pub issuer: Option<String>,
-    /// Required `aud` (`JWT_AUDIENCE`), if set.
+    /// Required `aud` (`JWT_AUDIENCE`), if set. With a key configured, `jwt` mode needs
+    /// both the issuer and the audience unless `JWT_ACCEPT_ANY_ISSUER_AND_AUDIENCE=true`
+    /// waives them.
     pub audience: Option<String>,
     /// Clock skew allowed on `exp`/`nbf` (`JWT_LEEWAY_SECS`, default 30).
     pub leeway: Duration,
@@ -399,12 +401,32 @@ fn auth_config(
                 .into(),
         });
     }
+    let issuer = env.get("JWT_ISSUER");
+    let audience = env.get("JWT_AUDIENCE");
+    let any_issuer_and_audience = env.flag("JWT_ACCEPT_ANY_ISSUER_AND_AUDIENCE")?;
+    let verifies_here = hs256_secret.is_some() || rs256_public_pem.is_some();
+    if mode == AuthMode::Jwt && verifies_here && !any_issuer_and_audience {
+        // A token another application of the same identity provider was given would
+        // otherwise be good here too, admin role included.
+        for (name, value) in [("JWT_ISSUER", &issuer), ("JWT_AUDIENCE", &audience)] {
+            if value.is_none() {
+                return Err(ConfigError {
+                    name,
+                    value: String::new(),
+                    problem: "AUTH_MODE=jwt verifies tokens with JWT_ISSUER and JWT_AUDIENCE, \
+                              so that a token minted for another application is refused; set \
+                              both, or JWT_ACCEPT_ANY_ISSUER_AND_AUDIENCE=true to accept any"
+                        .into(),
+                });
+            }
+        }
+    }
     Ok(AuthConfig {
         mode,
         hs256_secret,
         rs256_public_pem,
-        issuer: env.get("JWT_ISSUER"),
-        audience: env.get("JWT_AUDIENCE"),
+        issuer,
+        audience,
         leeway: env.secs("JWT_LEEWAY_SECS", 30, 0..=600)?,
         admin_role: env.get("JWT_ADMIN_ROLE").unwrap_or_else(|| "admin".into()),
     })
@@ -532,6 +554,8 @@ mod tests {
             ("AUTH_MODE", "jwt"),
             ("ADDR", "0.0.0.0:4000"),
             ("JWT_HS256_SECRET", secret),
+            ("JWT_ISSUER", "https://id.example"),
+            ("JWT_AUDIENCE", "flash-sale"),
         ])
         .unwrap();
         assert_eq!(c.auth.mode, AuthMode::Jwt);
@@ -551,6 +575,42 @@ mod tests {
         assert!(
             with(&[
                 ("AUTH_MODE", "jwt"),
+                ("AWS_LAMBDA_FUNCTION_NAME", "reserve"),
+                ("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/reserve"),
+            ])
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn jwt_mode_needs_an_issuer_and_an_audience_unless_explicitly_waived() {
+        let secret = ("JWT_HS256_SECRET", "a-test-secret-of-at-least-32-bytes!!");
+        let jwt = ("AUTH_MODE", "jwt");
+        let err = with(&[jwt, secret]).unwrap_err();
+        assert_eq!(err.name, "JWT_ISSUER");
+        assert!(
+            err.to_string()
+                .contains("JWT_ACCEPT_ANY_ISSUER_AND_AUDIENCE"),
+            "{err}"
+        );
+        let err = with(&[jwt, secret, ("JWT_ISSUER", "https://id.example")]).unwrap_err();
+        assert_eq!(err.name, "JWT_AUDIENCE");
+        let waived = with(&[jwt, secret, ("JWT_ACCEPT_ANY_ISSUER_AND_AUDIENCE", "true")]).unwrap();
+        assert_eq!(waived.auth.issuer, None);
+        assert_eq!(
+            with(&[
+                jwt,
+                secret,
+                ("JWT_ACCEPT_ANY_ISSUER_AND_AUDIENCE", "perhaps")
+            ])
+            .unwrap_err()
+            .name,
+            "JWT_ACCEPT_ANY_ISSUER_AND_AUDIENCE"
+        );
+        // Behind an API Gateway authorizer (no key here), the authorizer checks them.
+        assert!(
+            with(&[
+                jwt,
                 ("AWS_LAMBDA_FUNCTION_NAME", "reserve"),
                 ("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/reserve"),
             ])

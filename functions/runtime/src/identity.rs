@@ -228,6 +228,21 @@ impl Authenticator {
             })?;
             keys.push((Algorithm::RS256, key, validation(Algorithm::RS256)));
         }
+        if config.mode == AuthMode::Jwt {
+            match (&config.issuer, &config.audience, keys.is_empty()) {
+                (_, _, true) => tracing::info!(
+                    "AUTH_MODE=jwt: the caller comes from the API Gateway authorizer's claims"
+                ),
+                (Some(iss), Some(aud), false) => tracing::info!(
+                    issuer = %iss, audience = %aud,
+                    "AUTH_MODE=jwt: tokens must carry this issuer and audience"
+                ),
+                _ => tracing::warn!(
+                    "AUTH_MODE=jwt with JWT_ACCEPT_ANY_ISSUER_AND_AUDIENCE: a token of any \
+                     issuer or audience signed with the key is accepted"
+                ),
+            }
+        }
         Ok(Self {
             mode: config.mode,
             keys,
