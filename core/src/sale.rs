@@ -53,25 +53,49 @@ pub struct SaleSettings {
 }
 
 /// Showtimes this process found sold out, until when it may keep saying so.
+///
+/// A reservation that read "sold out" from the store must not remember it if this
+/// process gave a seat back after that read: the memory would then say "sold out" while
+/// a seat is free. So every seat this process returns bumps `returns` before it clears
+/// the memory, and a reservation remembers "sold out" only if `returns` has not moved
+/// since before it asked the store ([`SoldOutFlags::observe`]). The check and the write
+/// happen under the write lock the clearing also takes, so the two are ordered.
 #[derive(Debug, Default)]
 struct SoldOutFlags {
     until: RwLock<HashMap<ShowtimeId, Instant>>,
+    returns: AtomicU64,
 }
 
+/// What [`SoldOutFlags::observe`] saw: the seats returned so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ReturnsSeen(u64);
+
 impl SoldOutFlags {
-    fn is_sold_out(&self, showtime: ShowtimeId) -> bool {
+    /// `None` while this process remembers `showtime` as sold out; otherwise what to hand
+    /// to [`SoldOutFlags::sold_out`] should the store then say so.
+    fn observe(&self, showtime: ShowtimeId) -> Option<ReturnsSeen> {
+        let seen = ReturnsSeen(self.returns.load(Ordering::SeqCst));
         let until = self.until.read().unwrap_or_else(|e| e.into_inner());
-        until.get(&showtime).is_some_and(|t| Instant::now() < *t)
+        match until.get(&showtime) {
+            Some(t) if Instant::now() < *t => None,
+            _ => Some(seen),
+        }
     }
 
-    fn sold_out(&self, showtime: ShowtimeId, for_: Duration) {
-        if !for_.is_zero() {
-            let mut until = self.until.write().unwrap_or_else(|e| e.into_inner());
+    /// The store said `showtime` is sold out after `seen`: remember it for `for_`, unless
+    /// this process has returned a seat since.
+    fn sold_out(&self, showtime: ShowtimeId, seen: ReturnsSeen, for_: Duration) {
+        if for_.is_zero() {
+            return;
+        }
+        let mut until = self.until.write().unwrap_or_else(|e| e.into_inner());
+        if self.returns.load(Ordering::SeqCst) == seen.0 {
             until.insert(showtime, Instant::now() + for_);
         }
     }
 
     fn seat_returned(&self, showtime: ShowtimeId) {
+        self.returns.fetch_add(1, Ordering::SeqCst);
         if self
             .until
             .read()
@@ -299,9 +323,9 @@ where
         window
             .admits(self.clock.now())
             .map_err(|why| ReserveError::OutsideSaleWindow { showtime, why })?;
-        if self.sold_out.is_sold_out(showtime) {
+        let Some(seen) = self.sold_out.observe(showtime) else {
             return Err(ReserveError::SoldOut);
-        }
+        };
         let reservation = match self.take(user, showtime).await? {
             TakeOutcome::UnknownShowtime => {
                 let Some(known) = self.db.showtime(showtime).await? else {
@@ -316,10 +340,10 @@ where
                         )
                         .into());
                     }
-                    other => self.reserved(showtime, other)?,
+                    other => self.reserved(showtime, seen, other)?,
                 }
             }
-            other => self.reserved(showtime, other)?,
+            other => self.reserved(showtime, seen, other)?,
         };
         crash_point!("reserve.after_take");
 
@@ -349,13 +373,15 @@ where
     fn reserved(
         &self,
         showtime: ShowtimeId,
+        seen: ReturnsSeen,
         outcome: TakeOutcome,
     ) -> Result<Reservation, ReserveError> {
         match outcome {
             TakeOutcome::Reserved(r) => Ok(r),
             TakeOutcome::SoldOut => {
+                crash_point!("reserve.before_remembering_sold_out");
                 self.sold_out
-                    .sold_out(showtime, self.settings.sold_out_cache);
+                    .sold_out(showtime, seen, self.settings.sold_out_cache);
                 Err(ReserveError::SoldOut)
             }
             TakeOutcome::AlreadyHolds(id) => Err(ReserveError::AlreadyHolds(id)),
@@ -651,6 +677,28 @@ mod tests {
             1,
             "memory, not the store, said sold out"
         );
+    }
+
+    #[test]
+    fn a_sold_out_answer_read_before_a_seat_came_back_is_not_remembered() {
+        let flags = SoldOutFlags::default();
+        let st = ShowtimeId::new(1).unwrap();
+        let long = Duration::from_secs(3600);
+        // A reservation asks the store; meanwhile this process returns a seat; then the
+        // store's "sold out" (read before the return) arrives.
+        let seen = flags.observe(st).unwrap();
+        flags.seat_returned(st);
+        flags.sold_out(st, seen, long);
+        assert!(
+            flags.observe(st).is_some(),
+            "a seat is free: not remembered"
+        );
+        // Read after the return, it is remembered.
+        let seen = flags.observe(st).unwrap();
+        flags.sold_out(st, seen, long);
+        assert!(flags.observe(st).is_none());
+        flags.seat_returned(st);
+        assert!(flags.observe(st).is_some());
     }
 
     #[test]
