@@ -8,5 +8,8 @@ use lambda_runtime::{run, service_fn};
 async fn main() -> Result<(), lambda_runtime::Error> {
     init_tracing();
     let app = App::from_env().await?;
-    run(service_fn(|event| flash_sale_expire::handle_event(&app, event))).await
+    run(service_fn(|event| {
+        flash_sale_expire::handle_event(&app, event)
+    }))
+    .await
 }
