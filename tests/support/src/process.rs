@@ -183,4 +183,3 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
-

@@ -220,4 +220,3 @@ pub fn start_bridge(iso: &Isolation, opts: &Options, watch: &Watch) -> ProcessTr
         .env("RUST_LOG", "info");
     ProcessTree::spawn("bridge", command, &iso.prefix)
 }
-
