@@ -6,14 +6,11 @@
 //! the handler dead-letters it) and change nothing; a transient failure must end in
 //! `Err`.
 
-#[path = "support/mod.rs"]
-mod support;
-
 use flash_sale_adapters::Queue;
 use flash_sale_core::ports::ExpireOutcome;
 use flash_sale_runtime::queue::rabbit_event;
+use flash_sale_test_support::FunctionHarness;
 use lambda_runtime::{Context, LambdaEvent};
-use support::{Overrides, Services};
 
 fn event(
     queue: &str,
@@ -32,38 +29,38 @@ fn expiry(reservation: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn an_expiry_event_returns_the_seat_once() {
-    let s = Services::start(Overrides::default()).await;
-    let showtime = s.showtime(2).await;
-    let id = s.hold(1, showtime).await;
-    let queue = s.queue(Queue::Expiries);
+    let h = FunctionHarness::start().await;
+    let showtime = h.showtime(2).await;
+    let id = h.hold(1, showtime).await;
+    let queue = h.queue(Queue::Expiries);
 
-    flash_sale_expire::handle_event(&s.app, event(&queue, &[&expiry(&id)]))
+    flash_sale_expire::handle_event(&h.app, event(&queue, &[&expiry(&id)]))
         .await
         .unwrap();
-    assert_eq!(s.status(&id).await, "EXPIRED");
+    assert_eq!(h.status(&id).await, "EXPIRED");
     assert_eq!(
         (
-            s.counts(showtime).await.available,
-            s.counts(showtime).await.held
+            h.counts(showtime).await.available,
+            h.counts(showtime).await.held
         ),
         (2, 0)
     );
 
     // The same batch again (a redelivery): acknowledged, nothing changes.
-    flash_sale_expire::handle_event(&s.app, event(&queue, &[&expiry(&id)]))
+    flash_sale_expire::handle_event(&h.app, event(&queue, &[&expiry(&id)]))
         .await
         .unwrap();
-    assert_eq!(s.counts(showtime).await.available, 2);
-    s.cleanup().await;
+    assert_eq!(h.counts(showtime).await.available, 2);
+    h.cleanup().await;
 }
 
 #[tokio::test]
 async fn malformed_messages_are_not_retried_are_dead_lettered_and_change_nothing() {
-    let s = Services::start(Overrides::default()).await;
-    let showtime = s.showtime(2).await;
-    let id = s.hold(1, showtime).await;
-    let before = s.counts(showtime).await;
-    let queue = s.queue(Queue::Expiries);
+    let h = FunctionHarness::start().await;
+    let showtime = h.showtime(2).await;
+    let id = h.hold(1, showtime).await;
+    let before = h.counts(showtime).await;
+    let queue = h.queue(Queue::Expiries);
 
     // Each kind on its own: the handler's typed answer is "never retry".
     for body in [
@@ -71,7 +68,7 @@ async fn malformed_messages_are_not_retried_are_dead_lettered_and_change_nothing
         br#"{"reservation_id":"not-an-id"}"#,
         br#"{"id":"1-1"}"#,
     ] {
-        let err = flash_sale_expire::expire(&s.app, body).await.unwrap_err();
+        let err = flash_sale_expire::expire(&h.app, body).await.unwrap_err();
         assert!(!err.is_retryable(), "{err}");
     }
 
@@ -83,63 +80,63 @@ async fn malformed_messages_are_not_retried_are_dead_lettered_and_change_nothing
     );
     let messages = batch.payload.messages_by_queue.values_mut().next().unwrap();
     messages[0].data = Some("%%% not base64 %%%".into());
-    flash_sale_expire::handle_event(&s.app, batch)
+    flash_sale_expire::handle_event(&h.app, batch)
         .await
         .unwrap();
 
-    assert_eq!(s.dead_letters(Queue::Expiries).await, 3);
-    assert_eq!(s.status(&id).await, "RESERVED");
-    assert_eq!(s.counts(showtime).await, before);
-    s.cleanup().await;
+    assert_eq!(h.dead_letters(Queue::Expiries).await, 3);
+    assert_eq!(h.status(&id).await, "RESERVED");
+    assert_eq!(h.counts(showtime).await, before);
+    h.cleanup().await;
 }
 
 #[tokio::test]
 async fn an_unknown_reservation_is_settled_without_retry_and_changes_nothing() {
-    let s = Services::start(Overrides::default()).await;
-    let showtime = s.showtime(2).await;
-    let id = s.hold(1, showtime).await;
-    let before = s.counts(showtime).await;
-    let queue = s.queue(Queue::Expiries);
+    let h = FunctionHarness::start().await;
+    let showtime = h.showtime(2).await;
+    let id = h.hold(1, showtime).await;
+    let before = h.counts(showtime).await;
+    let queue = h.queue(Queue::Expiries);
     let unknown = format!("{}-999999", showtime.get());
 
-    let outcomes = flash_sale_expire::expire(&s.app, &expiry(&unknown))
+    let outcomes = flash_sale_expire::expire(&h.app, &expiry(&unknown))
         .await
         .unwrap();
     assert_eq!(outcomes, [ExpireOutcome::NotFound]);
     flash_sale_expire::handle_event(
-        &s.app,
+        &h.app,
         event(&queue, &[&expiry(&unknown), &expiry("424242-1")]),
     )
     .await
     .unwrap();
 
-    assert_eq!(s.dead_letters(Queue::Expiries).await, 0);
-    assert_eq!(s.status(&id).await, "RESERVED");
-    assert_eq!(s.counts(showtime).await, before);
-    s.cleanup().await;
+    assert_eq!(h.dead_letters(Queue::Expiries).await, 0);
+    assert_eq!(h.status(&id).await, "RESERVED");
+    assert_eq!(h.counts(showtime).await, before);
+    h.cleanup().await;
 }
 
 #[tokio::test]
 async fn redis_down_is_retryable_and_fails_the_invocation() {
-    let (proxy, s) = Services::behind_cuttable_redis().await;
-    let showtime = s.showtime(2).await;
-    let id = s.hold(1, showtime).await;
-    let queue = s.queue(Queue::Expiries);
+    let (proxy, h) = FunctionHarness::behind_cuttable_redis().await;
+    let showtime = h.showtime(2).await;
+    let id = h.hold(1, showtime).await;
+    let queue = h.queue(Queue::Expiries);
 
     proxy.cut().await;
-    let err = flash_sale_expire::expire(&s.app, &expiry(&id))
+    let err = flash_sale_expire::expire(&h.app, &expiry(&id))
         .await
         .unwrap_err();
     assert!(err.is_retryable(), "{err}");
-    let failed = flash_sale_expire::handle_event(&s.app, event(&queue, &[&expiry(&id)])).await;
+    let failed = flash_sale_expire::handle_event(&h.app, event(&queue, &[&expiry(&id)])).await;
     assert!(
         failed.is_err(),
         "the invocation fails, so the event source redelivers the batch"
     );
     assert_eq!(
-        s.dead_letters(Queue::Expiries).await,
+        h.dead_letters(Queue::Expiries).await,
         0,
         "nothing was dead-lettered"
     );
-    s.cleanup().await;
+    h.cleanup().await;
 }

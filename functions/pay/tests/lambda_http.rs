@@ -2,14 +2,10 @@
 //! into a `lambda_http::Request` and sent through the router `main.rs` hands to
 //! `lambda_http::run`, on the real services.
 
-#[path = "../../expire/tests/support/api.rs"]
-mod api;
-#[path = "../../expire/tests/support/mod.rs"]
-mod support;
-
 use axum::http::StatusCode;
+use flash_sale_test_support::FunctionHarness;
+use flash_sale_test_support::api;
 use serde_json::{Value, json};
-use support::{Overrides, Services};
 
 /// `events/pay.json` for reservation `id`, with `body`.
 fn pay_request(id: &str, body: &str) -> lambda_http::Request {
@@ -19,41 +15,41 @@ fn pay_request(id: &str, body: &str) -> lambda_http::Request {
     })
 }
 
-async fn call(s: &Services, request: lambda_http::Request) -> (StatusCode, Value) {
-    api::call(flash_sale_pay::router(s.app.clone()), request).await
+async fn call(h: &FunctionHarness, request: lambda_http::Request) -> (StatusCode, Value) {
+    api::call(flash_sale_pay::router(h.app.clone()), request).await
 }
 
 #[tokio::test]
 async fn the_example_event_pays_a_hold() {
-    let s = Services::start(Overrides::default()).await;
-    let showtime = s.showtime(2).await;
-    let id = s.hold(7, showtime).await;
+    let h = FunctionHarness::start().await;
+    let showtime = h.showtime(2).await;
+    let id = h.hold(7, showtime).await;
 
-    let (status, p) = call(&s, pay_request(&id, r#"{"user_id":7}"#)).await;
+    let (status, p) = call(&h, pay_request(&id, r#"{"user_id":7}"#)).await;
     assert_eq!(
         (status, p["status"].as_str()),
         (StatusCode::OK, Some("PAID")),
         "{p}"
     );
-    assert_eq!(s.status(&id).await, "PAID");
-    let (status, p) = call(&s, pay_request(&id, r#"{"user_id":7}"#)).await;
+    assert_eq!(h.status(&id).await, "PAID");
+    let (status, p) = call(&h, pay_request(&id, r#"{"user_id":7}"#)).await;
     assert_eq!(
         (status, p["error"].as_str()),
         (StatusCode::CONFLICT, Some("already_paid")),
         "{p}"
     );
-    s.cleanup().await;
+    h.cleanup().await;
 }
 
 #[tokio::test]
 async fn malformed_or_unknown_payments_change_nothing() {
-    let s = Services::start(Overrides::default()).await;
-    let showtime = s.showtime(2).await;
-    let id = s.hold(7, showtime).await;
-    let before = s.counts(showtime).await;
+    let h = FunctionHarness::start().await;
+    let showtime = h.showtime(2).await;
+    let id = h.hold(7, showtime).await;
+    let before = h.counts(showtime).await;
 
     for body in ["not json", r#"{"user_id":"seven"}"#, "{}"] {
-        let (status, p) = call(&s, pay_request(&id, body)).await;
+        let (status, p) = call(&h, pay_request(&id, body)).await;
         assert_eq!(
             (status, p["error"].as_str()),
             (StatusCode::BAD_REQUEST, Some("bad_request")),
@@ -61,29 +57,29 @@ async fn malformed_or_unknown_payments_change_nothing() {
         );
     }
     let unknown = format!("{}-999999", showtime.get());
-    let (status, p) = call(&s, pay_request(&unknown, r#"{"user_id":7}"#)).await;
+    let (status, p) = call(&h, pay_request(&unknown, r#"{"user_id":7}"#)).await;
     assert_eq!(
         (status, p["error"].as_str()),
         (StatusCode::NOT_FOUND, Some("not_found")),
         "{p}"
     );
-    assert_eq!(s.status(&id).await, "RESERVED");
-    assert_eq!(s.counts(showtime).await, before);
-    s.cleanup().await;
+    assert_eq!(h.status(&id).await, "RESERVED");
+    assert_eq!(h.counts(showtime).await, before);
+    h.cleanup().await;
 }
 
 #[tokio::test]
 async fn redis_down_is_a_503_the_client_may_retry() {
-    let (proxy, s) = Services::behind_cuttable_redis().await;
-    let showtime = s.showtime(2).await;
-    let id = s.hold(7, showtime).await;
+    let (proxy, h) = FunctionHarness::behind_cuttable_redis().await;
+    let showtime = h.showtime(2).await;
+    let id = h.hold(7, showtime).await;
 
     proxy.cut().await;
-    let (status, p) = call(&s, pay_request(&id, r#"{"user_id":7}"#)).await;
+    let (status, p) = call(&h, pay_request(&id, r#"{"user_id":7}"#)).await;
     assert_eq!(
         (status, p["error"].as_str()),
         (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable")),
         "{p}"
     );
-    s.cleanup().await;
+    h.cleanup().await;
 }

@@ -2,32 +2,28 @@
 //! the function's own example in `events/`, parsed into a `lambda_http::Request` and sent
 //! through the same router `main.rs` hands to `lambda_http::run`, on the real services.
 
-#[path = "../../expire/tests/support/api.rs"]
-mod api;
-#[path = "../../expire/tests/support/mod.rs"]
-mod support;
-
-use api::at_path;
 use axum::http::StatusCode;
+use flash_sale_test_support::FunctionHarness;
+use flash_sale_test_support::api;
+use flash_sale_test_support::api::at_path;
 use serde_json::{Value, json};
-use support::{Overrides, Services};
 
 /// `events/<file>`, changed by `patch`, as the `lambda_http::Request` Lambda would hand over.
 fn request(file: &str, patch: impl FnOnce(&mut Value)) -> lambda_http::Request {
     api::request(env!("CARGO_MANIFEST_DIR"), file, patch)
 }
 
-async fn call(s: &Services, request: lambda_http::Request) -> (StatusCode, Value) {
-    api::call(flash_sale_reserve::router(s.app.clone()), request).await
+async fn call(h: &FunctionHarness, request: lambda_http::Request) -> (StatusCode, Value) {
+    api::call(flash_sale_reserve::router(h.app.clone()), request).await
 }
 
 #[tokio::test]
 async fn the_example_events_reserve_a_seat_and_show_the_reservation() {
-    let s = Services::start(Overrides::default()).await;
-    let showtime = s.showtime(2).await;
+    let h = FunctionHarness::start().await;
+    let showtime = h.showtime(2).await;
 
     let (status, r) = call(
-        &s,
+        &h,
         request("reserve.json", |e| {
             e["body"] = json!(json!({"user_id": 7, "showtime_id": showtime.get()}).to_string());
         }),
@@ -35,11 +31,11 @@ async fn the_example_events_reserve_a_seat_and_show_the_reservation() {
     .await;
     assert_eq!(status, StatusCode::OK, "{r}");
     let id = r["reservation_id"].as_str().unwrap().to_string();
-    assert_eq!(s.status(&id).await, "RESERVED");
-    assert_eq!(s.counts(showtime).await.held, 1);
+    assert_eq!(h.status(&id).await, "RESERVED");
+    assert_eq!(h.counts(showtime).await.held, 1);
 
     let (status, r) = call(
-        &s,
+        &h,
         request("show-reservation.json", |e| {
             at_path(e, &format!("/reservations/{id}"), &id)
         }),
@@ -50,21 +46,21 @@ async fn the_example_events_reserve_a_seat_and_show_the_reservation() {
         (StatusCode::OK, Some("RESERVED")),
         "{r}"
     );
-    s.cleanup().await;
+    h.cleanup().await;
 }
 
 #[tokio::test]
 async fn a_malformed_body_is_a_400_and_takes_no_seat() {
-    let s = Services::start(Overrides::default()).await;
-    let showtime = s.showtime(2).await;
-    let before = s.counts(showtime).await;
+    let h = FunctionHarness::start().await;
+    let showtime = h.showtime(2).await;
+    let before = h.counts(showtime).await;
 
     for body in [
         "not json",
         r#"{"user_id":"seven","showtime_id":1}"#,
         r#"{"user_id":7}"#,
     ] {
-        let (status, r) = call(&s, request("reserve.json", |e| e["body"] = json!(body))).await;
+        let (status, r) = call(&h, request("reserve.json", |e| e["body"] = json!(body))).await;
         assert_eq!(
             (status, r["error"].as_str()),
             (StatusCode::BAD_REQUEST, Some("bad_request")),
@@ -72,25 +68,25 @@ async fn a_malformed_body_is_a_400_and_takes_no_seat() {
         );
     }
     let (status, r) = call(
-        &s,
+        &h,
         request("show-reservation.json", |e| {
             at_path(e, "/reservations/nope", "nope")
         }),
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{r}");
-    assert_eq!(s.counts(showtime).await, before);
-    s.cleanup().await;
+    assert_eq!(h.counts(showtime).await, before);
+    h.cleanup().await;
 }
 
 #[tokio::test]
 async fn redis_down_is_a_503_the_client_may_retry() {
-    let (proxy, s) = Services::behind_cuttable_redis().await;
-    let showtime = s.showtime(2).await;
+    let (proxy, h) = FunctionHarness::behind_cuttable_redis().await;
+    let showtime = h.showtime(2).await;
 
     proxy.cut().await;
     let (status, r) = call(
-        &s,
+        &h,
         request("reserve.json", |e| {
             e["body"] = json!(json!({"user_id": 7, "showtime_id": showtime.get()}).to_string());
         }),
@@ -101,5 +97,5 @@ async fn redis_down_is_a_503_the_client_may_retry() {
         (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable")),
         "{r}"
     );
-    s.cleanup().await;
+    h.cleanup().await;
 }

@@ -5,15 +5,13 @@
 //! must end in `Ok` (dead-lettered by the handler) and change nothing; a transient
 //! failure must end in `Err`.
 
-#[path = "../../expire/tests/support/mod.rs"]
-mod support;
-
 use aws_lambda_events::event::rabbitmq::RabbitMqEvent;
 use flash_sale_adapters::Queue;
 use flash_sale_core::UserId;
 use flash_sale_runtime::queue::{QueueError, rabbit_event};
+use flash_sale_test_support::isolation::POSTGRES;
+use flash_sale_test_support::{Cuttable, FunctionHarness, Options};
 use lambda_runtime::{Context, LambdaEvent};
-use support::{Cuttable, Overrides, POSTGRES, Services};
 
 fn event(queue: &str, bodies: &[&[u8]]) -> LambdaEvent<RabbitMqEvent> {
     let bodies: Vec<Vec<u8>> = bodies.iter().map(|b| b.to_vec()).collect();
@@ -29,9 +27,9 @@ fn order(reservation: &str, user: i64) -> Vec<u8> {
 }
 
 /// A hold of `user`, paid: what the pay function does before it queues the order.
-async fn paid(s: &Services, user: i64, showtime: flash_sale_core::ShowtimeId) -> String {
-    let id = s.hold(user, showtime).await;
-    s.app
+async fn paid(h: &FunctionHarness, user: i64, showtime: flash_sale_core::ShowtimeId) -> String {
+    let id = h.hold(user, showtime).await;
+    h.app
         .sale
         .pay(id.parse().unwrap(), UserId::new(user).unwrap())
         .await
@@ -41,72 +39,72 @@ async fn paid(s: &Services, user: i64, showtime: flash_sale_core::ShowtimeId) ->
 
 #[tokio::test]
 async fn a_batch_of_orders_is_recorded_once() {
-    let s = Services::start(Overrides::default()).await;
-    let showtime = s.showtime(3).await;
-    let a = paid(&s, 1, showtime).await;
-    let b = paid(&s, 2, showtime).await;
-    let queue = s.queue(Queue::Orders);
+    let h = FunctionHarness::start().await;
+    let showtime = h.showtime(3).await;
+    let a = paid(&h, 1, showtime).await;
+    let b = paid(&h, 2, showtime).await;
+    let queue = h.queue(Queue::Orders);
 
     let batch = [&order(&a, 1)[..], &order(&b, 2)[..]];
-    flash_sale_write_order::handle_event(&s.app, event(&queue, &batch))
+    flash_sale_write_order::handle_event(&h.app, event(&queue, &batch))
         .await
         .unwrap();
-    assert_eq!(s.orders().await, 2);
+    assert_eq!(h.orders().await, 2);
     assert_eq!(
-        (s.status(&a).await, s.status(&b).await),
+        (h.status(&a).await, h.status(&b).await),
         ("ORDERED".into(), "ORDERED".into())
     );
 
     // Redelivered, even twice in one batch: nothing is recorded twice.
     let again = [&order(&a, 1)[..], &order(&a, 1)[..], &order(&b, 2)[..]];
-    flash_sale_write_order::handle_event(&s.app, event(&queue, &again))
+    flash_sale_write_order::handle_event(&h.app, event(&queue, &again))
         .await
         .unwrap();
-    assert_eq!(s.orders().await, 2);
-    assert_eq!(s.counts(showtime).await.sold, 2);
-    s.cleanup().await;
+    assert_eq!(h.orders().await, 2);
+    assert_eq!(h.counts(showtime).await.sold, 2);
+    h.cleanup().await;
 }
 
 #[tokio::test]
 async fn malformed_messages_are_not_retried_are_dead_lettered_and_change_nothing() {
-    let s = Services::start(Overrides::default()).await;
-    let showtime = s.showtime(2).await;
-    let id = paid(&s, 1, showtime).await;
-    let before = s.counts(showtime).await;
-    let queue = s.queue(Queue::Orders);
+    let h = FunctionHarness::start().await;
+    let showtime = h.showtime(2).await;
+    let id = paid(&h, 1, showtime).await;
+    let before = h.counts(showtime).await;
+    let queue = h.queue(Queue::Orders);
 
     let bad: [&[u8]; 3] = [
         b"not json",
         br#"{"reservation_id":"1-1"}"#,
         br#"{"reservation_id":"1-1","user_id":0,"paid_at_ms":1}"#,
     ];
-    for result in flash_sale_write_order::write_orders(&s.app, &bad).await {
+    for result in flash_sale_write_order::write_orders(&h.app, &bad).await {
         assert!(matches!(result, Err(QueueError::Rejected(_))), "{result:?}");
     }
 
     let mut batch = event(&queue, &[b"x", bad[0], bad[1], bad[2]]);
     let messages = batch.payload.messages_by_queue.values_mut().next().unwrap();
     messages[0].data = Some("%%% not base64 %%%".into());
-    flash_sale_write_order::handle_event(&s.app, batch)
+    flash_sale_write_order::handle_event(&h.app, batch)
         .await
         .unwrap();
 
-    assert_eq!(s.dead_letters(Queue::Orders).await, 4);
-    assert_eq!(s.orders().await, 0);
-    assert_eq!(s.status(&id).await, "PAID");
-    assert_eq!(s.counts(showtime).await, before);
-    s.cleanup().await;
+    assert_eq!(h.dead_letters(Queue::Orders).await, 4);
+    assert_eq!(h.orders().await, 0);
+    assert_eq!(h.status(&id).await, "PAID");
+    assert_eq!(h.counts(showtime).await, before);
+    h.cleanup().await;
 }
 
 #[tokio::test]
 async fn an_order_for_an_unknown_showtime_is_refused_for_good_and_changes_nothing() {
-    let s = Services::start(Overrides::default()).await;
-    let showtime = s.showtime(2).await;
-    let good = paid(&s, 1, showtime).await;
-    let queue = s.queue(Queue::Orders);
+    let h = FunctionHarness::start().await;
+    let showtime = h.showtime(2).await;
+    let good = paid(&h, 1, showtime).await;
+    let queue = h.queue(Queue::Orders);
     let unknown = "424242-1";
 
-    let results = flash_sale_write_order::write_orders(&s.app, &[&order(unknown, 9)]).await;
+    let results = flash_sale_write_order::write_orders(&h.app, &[&order(unknown, 9)]).await;
     assert!(
         matches!(results[0], Err(QueueError::Rejected(_))),
         "{results:?}"
@@ -114,15 +112,15 @@ async fn an_order_for_an_unknown_showtime_is_refused_for_good_and_changes_nothin
 
     // In a batch, the good order is recorded and the refused one dead-lettered.
     let batch = [&order(unknown, 9)[..], &order(&good, 1)[..]];
-    flash_sale_write_order::handle_event(&s.app, event(&queue, &batch))
+    flash_sale_write_order::handle_event(&h.app, event(&queue, &batch))
         .await
         .unwrap();
-    assert_eq!(s.orders().await, 1);
-    assert_eq!(s.dead_letters(Queue::Orders).await, 1);
+    assert_eq!(h.orders().await, 1);
+    assert_eq!(h.dead_letters(Queue::Orders).await, 1);
     let unknown_rows: i64 =
         sqlx::query_scalar("SELECT count(*) FROM orders WHERE reservation_id = $1")
             .bind(unknown)
-            .fetch_one(s.app.sale.db().pool())
+            .fetch_one(h.adapters.db.pool())
             .await
             .unwrap();
     assert_eq!(unknown_rows, 0);
@@ -130,54 +128,54 @@ async fn an_order_for_an_unknown_showtime_is_refused_for_good_and_changes_nothin
     // One body holding several orders (as the publisher batches them): the good one is
     // recorded, the body is acknowledged, and only the refused order is dead-lettered,
     // on its own, so a person sees exactly what was refused.
-    let other = paid(&s, 2, showtime).await;
+    let other = paid(&h, 2, showtime).await;
     let body = format!(
         "[{},{}]",
         String::from_utf8(order(&other, 2)).unwrap(),
         String::from_utf8(order("424242-2", 8)).unwrap()
     );
-    let results = flash_sale_write_order::write_orders(&s.app, &[body.as_bytes()]).await;
+    let results = flash_sale_write_order::write_orders(&h.app, &[body.as_bytes()]).await;
     assert!(matches!(results[..], [Ok(())]), "{results:?}");
-    assert_eq!(s.orders().await, 2);
-    assert_eq!(s.status(&other).await, "ORDERED");
-    assert_eq!(s.dead_letters(Queue::Orders).await, 2);
-    s.cleanup().await;
+    assert_eq!(h.orders().await, 2);
+    assert_eq!(h.status(&other).await, "ORDERED");
+    assert_eq!(h.dead_letters(Queue::Orders).await, 2);
+    h.cleanup().await;
 }
 
 #[tokio::test]
 async fn the_database_down_is_retryable_and_fails_the_invocation() {
     let proxy = Cuttable::start("127.0.0.1:5432").await;
-    let s = Services::start(Overrides {
+    let h = FunctionHarness::start_with(Options {
         postgres_server: Some(POSTGRES.replace("127.0.0.1:5432", &proxy.addr.to_string())),
-        ..Overrides::default()
+        ..Options::default()
     })
     .await;
-    let showtime = s.showtime(2).await;
-    let id = paid(&s, 1, showtime).await;
-    let queue = s.queue(Queue::Orders);
+    let showtime = h.showtime(2).await;
+    let id = paid(&h, 1, showtime).await;
+    let queue = h.queue(Queue::Orders);
 
     proxy.cut().await;
-    for result in flash_sale_write_order::write_orders(&s.app, &[&order(&id, 1)]).await {
+    for result in flash_sale_write_order::write_orders(&h.app, &[&order(&id, 1)]).await {
         assert!(
             matches!(result, Err(QueueError::Retryable(_))),
             "{result:?}"
         );
     }
     let failed =
-        flash_sale_write_order::handle_event(&s.app, event(&queue, &[&order(&id, 1)])).await;
+        flash_sale_write_order::handle_event(&h.app, event(&queue, &[&order(&id, 1)])).await;
     assert!(
         failed.is_err(),
         "the invocation fails, so the event source redelivers the batch"
     );
     assert_eq!(
-        s.dead_letters(Queue::Orders).await,
+        h.dead_letters(Queue::Orders).await,
         0,
         "nothing was dead-lettered"
     );
     assert_eq!(
-        s.status(&id).await,
+        h.status(&id).await,
         "PAID",
         "not marked ORDERED without its order"
     );
-    s.cleanup().await;
+    h.cleanup().await;
 }

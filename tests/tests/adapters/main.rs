@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use flash_sale_adapters::{Broker, Postgres, Queue, RedisSeats, Topology};
+use flash_sale_core::domain::SaleWindow;
 use flash_sale_core::ports::{
     Catalog, ExpireOutcome, MessageBus, OrderBook, OrderOutcome, PayOutcome, SeatStore, TakeOutcome,
 };
@@ -264,6 +265,7 @@ async fn the_database_records_each_order_once_and_never_past_capacity() {
             capacity: Capacity::new(2).unwrap(),
             title: None,
             starts_at: None,
+            sale_window: SaleWindow::ALWAYS,
         })
         .await
         .unwrap()
@@ -292,6 +294,7 @@ async fn the_database_records_each_order_once_and_never_past_capacity() {
             capacity: Capacity::new(5).unwrap(),
             title: None,
             starts_at: None,
+            sale_window: SaleWindow::ALWAYS,
         })
         .await
         .unwrap()

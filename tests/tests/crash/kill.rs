@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::process::Stdio;
 use std::time::Duration;
 
-use flash_sale_tests::{Isolation, Options, definite, eventually, progressed};
+use flash_sale_tests::{Isolation, Options, definite, eventually, free_port, progressed};
 use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -55,14 +55,6 @@ impl Server {
         // SIGKILL: no graceful shutdown, no flush, no acks.
         self.child.kill().await.expect("kill -9");
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,8 +246,7 @@ async fn killing_the_server_mid_sale_loses_and_oversells_nothing() {
 
     server.kill9().await;
     drop(db);
-    let app = flash_sale_runtime::App::connect(flash_sale_tests::config(&iso, &server_options()))
-        .await
-        .unwrap();
-    flash_sale_tests::cleanup(&app, &iso).await.unwrap();
+    let (_app, adapters) =
+        flash_sale_tests::wire(flash_sale_tests::config(&iso, &server_options())).await;
+    flash_sale_tests::cleanup(&adapters, &iso).await.unwrap();
 }

@@ -1,19 +1,9 @@
 //! The HTTP contract outside clients rely on: answers, status codes, the one JSON error
 //! shape, and that bad input changes nothing.
 
-use flash_sale_tests::{Options, TestApp};
+use flash_sale_tests::{Options, TestApp, assert_error};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-
-fn assert_error(answer: &(StatusCode, Value), status: StatusCode, code: &str) {
-    assert_eq!(answer.0, status, "{}", answer.1);
-    assert_eq!(answer.1["error"], code, "{}", answer.1);
-    assert!(
-        answer.1["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{}",
-        answer.1
-    );
-}
 
 #[tokio::test]
 async fn a_reservation_answers_like_the_go_reference_and_can_be_read_back() {

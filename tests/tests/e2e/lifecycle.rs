@@ -89,13 +89,11 @@ async fn a_paid_reservations_expiry_changes_nothing() {
     let body = wire::encode_expire(&flash_sale_core::Expiry { reservation });
     let outcomes = flash_sale_expire::expire(&app.app, &body).await.unwrap();
     assert_eq!(outcomes, [ExpireOutcome::AlreadySettled(Status::Ordered)]);
-    let delay_queue = app.app.sale.bus().topology().delay_queue();
+    let delay_queue = app.adapters.bus.topology().delay_queue();
     eventually(
         Duration::from_secs(30),
         "the delay queue to hand over the expiry",
-        || async {
-            (app.app.sale.bus().ready_count(&delay_queue).await.unwrap() == 0).then_some(())
-        },
+        || async { (app.adapters.bus.ready_count(&delay_queue).await.unwrap() == 0).then_some(()) },
     )
     .await;
     app.until_drained(flash_sale_adapters::Queue::Expiries)
@@ -129,9 +127,8 @@ async fn a_redelivered_order_message_makes_no_second_row() {
         paid_at: UnixMillis(paid_at.timestamp_millis() as u64),
     };
     let body = wire::encode_order(&again);
-    app.app
-        .sale
-        .bus()
+    app.adapters
+        .bus
         .publish(&[("orders", body.clone()), ("orders", body.clone())])
         .await
         .unwrap();
@@ -166,7 +163,7 @@ async fn a_failed_publish_leaks_no_seat() {
     let app = TestApp::spawn(Options::default()).await;
     let showtime = app.create_showtime(1).await;
     // Make the hold's expiry unroutable: the broker returns it and the publish fails.
-    let bus = app.app.sale.bus();
+    let bus = &app.adapters.bus;
     let ch = bus.channel().await.unwrap();
     ch.queue_delete(
         bus.topology().delay_queue().as_str().into(),
@@ -204,7 +201,7 @@ async fn the_sweep_returns_a_hold_whose_expiry_message_was_lost() {
     })
     .await;
     let showtime = app.create_showtime(1).await;
-    let bus = app.app.sale.bus();
+    let bus = &app.adapters.bus;
     let ch = bus.channel().await.unwrap();
     let id = reserved_id(&app, 1, showtime).await;
     // Lose the expiry message, as a crash between the take and the publish would.
@@ -245,7 +242,7 @@ async fn a_restart_keeps_every_live_hold() {
 #[tokio::test]
 async fn a_message_that_can_never_succeed_is_dead_lettered_not_looped() {
     let app = TestApp::spawn(Options::default()).await;
-    let bus = app.app.sale.bus();
+    let bus = &app.adapters.bus;
     bus.publish(&[
         ("orders", b"{not an order".to_vec()),
         ("expiries", b"[]".to_vec()),
@@ -297,9 +294,8 @@ async fn the_lambda_mock_payer_pays_a_batch_and_dead_letters_what_it_cannot_read
         user: UserId::new(1).unwrap(),
     };
     let queue = app
-        .app
-        .sale
-        .bus()
+        .adapters
+        .bus
         .topology()
         .queue(flash_sale_adapters::Queue::Payments);
     let event = flash_sale_runtime::queue::rabbit_event(
@@ -315,15 +311,14 @@ async fn the_lambda_mock_payer_pays_a_batch_and_dead_letters_what_it_cannot_read
 
     assert_ne!(app.status_of(&id).await, "RESERVED", "the hold was paid");
     let dlq = app
-        .app
-        .sale
-        .bus()
+        .adapters
+        .bus
         .topology()
         .dead_letter_queue(flash_sale_adapters::Queue::Payments);
     eventually(
         Duration::from_secs(10),
         "the unreadable request in the dead-letter queue",
-        || async { (app.app.sale.bus().ready_count(&dlq).await.unwrap() == 1).then_some(()) },
+        || async { (app.adapters.bus.ready_count(&dlq).await.unwrap() == 1).then_some(()) },
     )
     .await;
     until_status(&app, &id, "ORDERED").await;

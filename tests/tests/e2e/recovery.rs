@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 async fn lose_redis_data(app: &TestApp) {
     // What a Redis restart without persistence does, to this test's keys only (a
     // FLUSHALL would wipe the tests running beside it).
-    let mut conn = app.app.sale.seats().connection();
+    let mut conn = app.adapters.seats.connection();
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{}:*", app.iso.prefix))
         .query_async(&mut conn)
@@ -92,16 +92,15 @@ async fn losing_redis_mid_sale_is_rebuilt_from_the_database_and_never_oversells(
     // The database has the last word: a buyer Redis forgot may pay twice, but that second
     // order is refused (one order per user and showtime) and dead-lettered for a person.
     let dlq = app
-        .app
-        .sale
-        .bus()
+        .adapters
+        .bus
         .topology()
         .dead_letter_queue(flash_sale_adapters::Queue::Orders);
     eventually(
         Duration::from_secs(30),
         "every order recorded or refused",
         || async {
-            let refused = i64::from(app.app.sale.bus().ready_count(&dlq).await.unwrap());
+            let refused = i64::from(app.adapters.bus.ready_count(&dlq).await.unwrap());
             (app.orders(showtime).await == 4 + newcomers && refused == rebought).then_some(())
         },
     )
@@ -139,7 +138,7 @@ async fn a_dead_lettered_order_is_replayed_once_its_cause_is_fixed() {
         user: flash_sale_core::UserId::new(5).unwrap(),
         paid_at: flash_sale_core::UnixMillis(1_764_000_000_000),
     };
-    let bus = app.app.sale.bus();
+    let bus = &app.adapters.bus;
     bus.publish_orders(&[order]).await.unwrap();
     let dlq = bus
         .topology()

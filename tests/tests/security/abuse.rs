@@ -1,11 +1,11 @@
 //! Abuse controls: a burst over the per-user and per-address limits, an oversized body,
 //! junk ids and junk bodies. Each gets its documented 4xx and changes nothing.
 
-use flash_sale_tests::{Options, TestApp};
+use flash_sale_tests::{Options, TestApp, assert_error};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::{jwt, refused, showtime, untouched};
+use crate::{jwt, showtime, untouched};
 
 #[tokio::test]
 async fn a_burst_over_the_user_limit_gets_429_with_retry_after_and_holds_one_seat() {
@@ -88,7 +88,7 @@ async fn an_oversized_body_is_a_413_and_takes_no_seat() {
     let padding = "x".repeat(64 * 1024);
     let body = json!({"user_id": 1, "showtime_id": st, "padding": padding});
     for path in ["/reserve", "/showtimes", "/reservations/1-1/pay"] {
-        refused(
+        assert_error(
             &app.post(path, body.clone()).await,
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
@@ -117,7 +117,7 @@ async fn junk_ids_and_junk_bodies_are_400s_or_404s_and_change_nothing() {
         "/showtimes/99999999999999999999",
     ] {
         let answer = app.get_as(&me, path).await;
-        refused(&answer, StatusCode::BAD_REQUEST, "bad_request");
+        assert_error(&answer, StatusCode::BAD_REQUEST, "bad_request");
     }
     let bodies: Vec<Value> = vec![
         json!([st]),
@@ -133,20 +133,20 @@ async fn junk_ids_and_junk_bodies_are_400s_or_404s_and_change_nothing() {
     ];
     for body in bodies {
         let answer = app.post_as(&me, "/reserve", body.clone()).await;
-        refused(&answer, StatusCode::BAD_REQUEST, "bad_request");
+        assert_error(&answer, StatusCode::BAD_REQUEST, "bad_request");
     }
-    refused(
+    assert_error(
         &app.post_as(&me, "/reserve", json!({"showtime_id": 999_999}))
             .await,
         StatusCode::NOT_FOUND,
         "not_found",
     );
-    refused(
+    assert_error(
         &app.post_as(&me, "/reservations/junk/pay", json!({})).await,
         StatusCode::BAD_REQUEST,
         "bad_request",
     );
-    refused(
+    assert_error(
         &app.post_as(&me, &format!("/reservations/{st}-999/pay"), json!({}))
             .await,
         StatusCode::NOT_FOUND,

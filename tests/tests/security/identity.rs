@@ -2,12 +2,12 @@
 //! disagrees with the token, another user's reservation, and admin routes as a user.
 
 use flash_sale_runtime::Config;
-use flash_sale_runtime::auth::{Claims, sign_hs256};
-use flash_sale_tests::{Options, TEST_JWT_SECRET, TestApp};
+use flash_sale_runtime::identity::{Claims, sign_hs256};
+use flash_sale_tests::{Options, TEST_JWT_SECRET, TestApp, assert_error, test_claims};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::{jwt, refused, showtime, untouched};
+use crate::{jwt, showtime, untouched};
 
 #[tokio::test]
 async fn the_owner_reserves_reads_and_pays_with_a_token_alone() {
@@ -49,12 +49,12 @@ async fn missing_expired_and_badly_signed_tokens_get_a_401_and_take_no_seat() {
         TEST_JWT_SECRET.as_bytes(),
         &Claims {
             exp: 1_000_000_000,
-            ..Claims::for_user(7, 0)
+            ..test_claims(7, 0)
         },
     );
     let forged = sign_hs256(
         b"not-the-server-secret-but-just-as-long!!",
-        &Claims::for_user(7, 3600),
+        &test_claims(7, 3600),
     );
     let mut tampered = app.token(7);
     tampered.replace_range(tampered.len() - 4.., "AAAA");
@@ -72,7 +72,7 @@ async fn missing_expired_and_badly_signed_tokens_get_a_401_and_take_no_seat() {
                 token.as_deref(),
             )
             .await;
-        refused(&(status, answer), StatusCode::UNAUTHORIZED, "unauthorized");
+        assert_error(&(status, answer), StatusCode::UNAUTHORIZED, "unauthorized");
         let challenge = headers["www-authenticate"].to_str().unwrap();
         assert!(challenge.starts_with("Bearer"), "{challenge}");
     }
@@ -86,7 +86,7 @@ async fn missing_expired_and_badly_signed_tokens_get_a_401_and_take_no_seat() {
             None,
         )
         .await;
-    refused(&(status, answer), StatusCode::UNAUTHORIZED, "unauthorized");
+    assert_error(&(status, answer), StatusCode::UNAUTHORIZED, "unauthorized");
     untouched(&app, st, 2).await;
     app.finish().await;
 }
@@ -102,7 +102,7 @@ async fn a_body_user_that_disagrees_with_the_token_is_a_403_and_takes_no_seat() 
             json!({"user_id": 8, "showtime_id": st}),
         )
         .await;
-    refused(&answer, StatusCode::FORBIDDEN, "forbidden");
+    assert_error(&answer, StatusCode::FORBIDDEN, "forbidden");
     untouched(&app, st, 2).await;
     app.finish().await;
 }
@@ -117,19 +117,19 @@ async fn another_users_reservation_can_be_neither_read_nor_paid() {
     let id = r["reservation_id"].as_str().unwrap().to_string();
     let thief = app.token(8);
 
-    refused(
+    assert_error(
         &app.get_as(&thief, &format!("/reservations/{id}")).await,
         StatusCode::FORBIDDEN,
         "forbidden",
     );
-    refused(
+    assert_error(
         &app.post_as(&thief, &format!("/reservations/{id}/pay"), json!({}))
             .await,
         StatusCode::FORBIDDEN,
         "forbidden",
     );
     // Claiming to be the owner in the body does not help.
-    refused(
+    assert_error(
         &app.post_as(
             &thief,
             &format!("/reservations/{id}/pay"),
@@ -143,7 +143,7 @@ async fn another_users_reservation_can_be_neither_read_nor_paid() {
     let (status, _, answer) = app
         .send(app.http.get(app.url(&format!("/reservations/{id}"))), None)
         .await;
-    refused(&(status, answer), StatusCode::UNAUTHORIZED, "unauthorized");
+    assert_error(&(status, answer), StatusCode::UNAUTHORIZED, "unauthorized");
 
     assert_eq!(app.seats(st).await, (1, 1, 0), "still one unpaid hold");
     let (status, view) = app
@@ -161,7 +161,7 @@ async fn creating_a_showtime_as_a_user_is_a_403_and_creates_nothing() {
     let answer = app
         .post_as(&app.token(7), "/showtimes", json!({"capacity": 10}))
         .await;
-    refused(&answer, StatusCode::FORBIDDEN, "forbidden");
+    assert_error(&answer, StatusCode::FORBIDDEN, "forbidden");
     let (status, _, answer) = app
         .send(
             app.http
@@ -170,7 +170,7 @@ async fn creating_a_showtime_as_a_user_is_a_403_and_creates_nothing() {
             None,
         )
         .await;
-    refused(&(status, answer), StatusCode::UNAUTHORIZED, "unauthorized");
+    assert_error(&(status, answer), StatusCode::UNAUTHORIZED, "unauthorized");
     let showtimes: i64 = sqlx::query_scalar("SELECT count(*) FROM showtimes")
         .fetch_one(&app.db)
         .await

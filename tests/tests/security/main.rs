@@ -27,13 +27,6 @@ pub async fn showtime(app: &TestApp, body: Value) -> i64 {
     answer["id"].as_i64().unwrap()
 }
 
-/// Asserts an answer's status and `error` code, and that it has the shared shape.
-pub fn refused(answer: &(StatusCode, Value), status: StatusCode, code: &str) {
-    assert_eq!(answer.0, status, "{}", answer.1);
-    assert_eq!(answer.1["error"], code, "{}", answer.1);
-    assert!(answer.1["message"].as_str().is_some_and(|m| !m.is_empty()));
-}
-
 /// Asserts nothing was sold, held or ordered for `showtime` of `capacity` seats.
 pub async fn untouched(app: &TestApp, showtime: i64, capacity: i64) {
     assert_eq!(app.seats(showtime).await, (capacity, 0, 0));

@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use flash_sale_runtime::http::ERROR_CODES;
+use flash_sale_runtime::error::ERROR_CODES;
 use flash_sale_tests::TestApp;
 use reqwest::{Method, StatusCode};
 use serde_json::json;

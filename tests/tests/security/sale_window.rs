@@ -2,11 +2,11 @@
 //! before any seat is touched.
 
 use chrono::{Duration, SecondsFormat, Utc};
-use flash_sale_tests::{Options, TestApp};
+use flash_sale_tests::{Options, TestApp, assert_error};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::{refused, showtime, untouched};
+use crate::{showtime, untouched};
 
 fn at(offset: Duration) -> String {
     (Utc::now() + offset).to_rfc3339_opts(SecondsFormat::Secs, true)
@@ -22,7 +22,7 @@ async fn a_reservation_before_the_sale_opens_is_refused_and_takes_no_seat() {
     )
     .await;
     for user in 1..=20 {
-        refused(
+        assert_error(
             &app.reserve(user, st).await,
             StatusCode::CONFLICT,
             "sale_not_open",
@@ -47,7 +47,7 @@ async fn a_reservation_after_the_sale_closes_is_refused_and_takes_no_seat() {
         }),
     )
     .await;
-    refused(
+    assert_error(
         &app.reserve(1, st).await,
         StatusCode::CONFLICT,
         "sale_closed",
@@ -69,7 +69,7 @@ async fn inside_the_window_the_sale_goes_on_as_usual() {
     )
     .await;
     assert_eq!(app.reserve(1, st).await.0, StatusCode::OK);
-    refused(&app.reserve(2, st).await, StatusCode::CONFLICT, "sold_out");
+    assert_error(&app.reserve(2, st).await, StatusCode::CONFLICT, "sold_out");
     app.finish().await;
 }
 
@@ -81,7 +81,7 @@ async fn a_window_that_closes_before_it_opens_or_is_no_time_is_a_400() {
         json!({"capacity": 5, "sale_opens_at": "tomorrow"}),
         json!({"capacity": 5, "sale_closes_at": 12}),
     ] {
-        refused(
+        assert_error(
             &app.post("/showtimes", body).await,
             StatusCode::BAD_REQUEST,
             "bad_request",

@@ -1,11 +1,11 @@
-//! What the HTTP functions' tests share (included with `#[path]` by the `pay`, `reserve`
-//! and `showtimes` tests; the queue functions' tests need none of it): a function's
-//! example API Gateway HTTP API event, patched, as the `lambda_http::Request` Lambda would
-//! hand over, and one call through the router the function's `main.rs` runs.
+//! The HTTP functions' events (used by the `pay`, `reserve` and `showtimes` tests; the
+//! queue functions' tests need none of it): a function's example API Gateway HTTP API
+//! event, patched, as the `lambda_http::Request` Lambda would hand over, and one call
+//! through the router the function's `main.rs` runs.
 
 use axum::Router;
 use axum::http::StatusCode;
-use flash_sale_runtime::http::no_such_route;
+use flash_sale_runtime::error::no_such_route;
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 

@@ -1,0 +1,42 @@
+//! The test kit: what the function crates' tests and `tests/` share, on the real
+//! PostgreSQL, Redis and RabbitMQ. A test gets its own database, Redis key prefix and queue
+//! prefix, so tests run in parallel and in any order, beside other people's runs.
+//!
+//! - [`isolation`]: [`Isolation`], one test's names (database, key and queue prefix), and
+//!   removing them afterwards ([`cleanup`], [`drop_database`]).
+//! - [`config`]: [`Options`], what a test changes in the configuration, and the
+//!   environment ([`env`]) and [`Config`](flash_sale_runtime::Config) ([`config()`]) built from them.
+//! - [`harness`]: [`FunctionHarness`], a wired `App` with its adapters beside it (for
+//!   raw keys, SQL and queue depths), as a function's handlers get it; [`wire`] builds the pair.
+//! - [`net`]: [`free_port`] and [`Cuttable`], a TCP proxy a test cuts to make a service
+//!   fail under a function that already connected.
+//! - [`answers`]: [`assert_error`], the one check of an error answer's status, code and
+//!   shape.
+//! - [`api`]: a function's example API Gateway events as `lambda_http::Request`s, and one
+//!   call through its router.
+//! - [`poll`]: [`eventually`], polling for an outcome with a deadline instead of sleeping.
+//! - [`process`]: [`ProcessTree`], a child process and everything it started, stopped
+//!   when dropped.
+//! - [`watch`]: [`Watch`], one `cargo lambda watch` with a test's data, the bridge beside
+//!   it, and the bounds and skip switch (`WATCH_TESTS=skip`) of those tests.
+
+pub mod answers;
+pub mod api;
+pub mod config;
+pub mod harness;
+pub mod isolation;
+pub mod net;
+pub mod poll;
+pub mod process;
+pub mod watch;
+
+pub use answers::assert_error;
+pub use config::{
+    Options, TEST_JWT_AUDIENCE, TEST_JWT_ISSUER, TEST_JWT_SECRET, config, env, test_claims,
+};
+pub use harness::{FunctionHarness, wire};
+pub use isolation::{Isolation, cleanup, drop_database};
+pub use net::{Cuttable, free_port};
+pub use poll::eventually;
+pub use process::ProcessTree;
+pub use watch::Watch;
