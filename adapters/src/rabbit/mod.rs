@@ -5,12 +5,12 @@
 //!
 //! ```text
 //!   reserve --expiries.delay.900s--> [flash-sale.expiries.delay.900s]  classic, no consumer,
-//!                                   | x-message-ttl = hold time    queue-level TTL keeps
-//!                                   | dead-lettered when due       expiries in order
-//!                                   v
-//!           --expiries-----> [flash-sale.expiries] --> expire
-//!   reserve --payments----------> [flash-sale.payments]      --> mock payer (mock mode)
-//!   pay     --orders------------> [flash-sale.orders]        --> write-order
+//!                                      | x-message-ttl = hold time      queue-level TTL keeps
+//!                                      | dead-lettered when due         expiries in order
+//!                                      v
+//!           --expiries-------------> [flash-sale.expiries]   --> expire
+//!   reserve --payments-------------> [flash-sale.payments]   --> mock payer (mock mode)
+//!   pay     --orders---------------> [flash-sale.orders]     --> write-order
 //!
 //!   work queues are quorum queues with x-delivery-limit: a message that keeps failing is
 //!   dead-lettered through `flash-sale.dead` to `<queue>.dlq`, where a person can see it
