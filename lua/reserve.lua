@@ -3,7 +3,7 @@
 -- Every key carries the showtime's hash tag ({42}), so the script runs on Redis Cluster.
 -- KEYS[1] seats      HASH  capacity, available, held, sold
 -- KEYS[2] users      HASH  user id -> reservation sequence (held or bought)
--- KEYS[3] seq        STRING per-showtime reservation sequence
+-- KEYS[3] seq        STRING per-showtime reservation sequence, floored by the clock (µs)
 -- KEYS[4] deadlines  ZSET  reservation sequence -> hold deadline (ms), RESERVED only
 -- ARGV[1] user id
 -- ARGV[2] hold time in milliseconds
@@ -32,7 +32,19 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local expires_at = now + tonumber(ARGV[2])
+-- The sequence never falls behind Redis's clock in microseconds: should Redis lose its
+-- last writes (appendfsync everysec, a restart from an older snapshot, a failover to a
+-- lagging replica) while this showtime's keys survive, the rolled-back counter jumps
+-- past every id the lost writes handed out, instead of handing them out again. Bound:
+-- ids stay unique as long as the clock of the Redis serving after the loss is not
+-- behind the one that served before it, and a showtime hands out fewer ids than one
+-- per microsecond over the lost interval.
+local floor = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local seq = redis.call('INCR', KEYS[3])
+if seq < floor then
+  seq = floor
+  redis.call('SET', KEYS[3], string.format('%.0f', seq))
+end
 -- As text without exponent: after a reload the sequence is in the 10^15s, past what
 -- Lua's default number formatting prints exactly.
 local seq_text = string.format('%.0f', seq)

@@ -10,7 +10,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use flash_sale_core::domain::SaleWindow;
 use flash_sale_core::ports::{Catalog, OrderBook, OrderOutcome, PortError, PortResult};
-use flash_sale_core::{Capacity, NewShowtime, OrderRequest, Showtime, ShowtimeId, UnixMillis};
+use flash_sale_core::{
+    Capacity, NewShowtime, OrderRequest, ReservationId, Showtime, ShowtimeId, UnixMillis,
+};
 use sqlx::Row;
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -111,7 +113,10 @@ impl Postgres {
         &self.pool
     }
 
-    async fn insert_batch(&self, orders: &[OrderRequest]) -> Result<Vec<String>, sqlx::Error> {
+    /// Inserts the orders not recorded yet, bumps `sold` by what was inserted, and says
+    /// whose row each reservation id now has: the reservations inserted now, and the
+    /// (user, showtime) of every row of these ids, new or old.
+    async fn insert_batch(&self, orders: &[OrderRequest]) -> Result<Inserted, sqlx::Error> {
         let ids: Vec<String> = orders.iter().map(|o| o.reservation.to_string()).collect();
         let showtimes: Vec<i64> = orders
             .iter()
@@ -144,8 +149,84 @@ impl Postgres {
             .execute(&mut *tx)
             .await?;
         }
+        if !inserted.is_empty() {
+            // An order a person replayed after fixing its refusal's cause: settled.
+            let now: Vec<&str> = inserted.iter().map(|(id, _)| id.as_str()).collect();
+            sqlx::query(
+                "UPDATE refused_orders SET resolved_at = now()
+                 WHERE reservation_id = ANY($1::text[]) AND resolved_at IS NULL",
+            )
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let owners: Vec<(String, i64, i64)> = if inserted.len() == ids.len() {
+            vec![]
+        } else {
+            sqlx::query_as(
+                "SELECT reservation_id, user_id, showtime_id FROM orders
+                 WHERE reservation_id = ANY($1::text[])",
+            )
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?
+        };
         tx.commit().await?;
-        Ok(inserted.into_iter().map(|(id, _)| id).collect())
+        Ok(Inserted {
+            now: inserted.into_iter().map(|(id, _)| id).collect(),
+            owners: owners
+                .into_iter()
+                .map(|(id, user, showtime)| (id, (user, showtime)))
+                .collect(),
+        })
+    }
+}
+
+/// What one insert found: the reservation ids inserted now, and for the others, whose
+/// row (user, showtime) holds their id.
+struct Inserted {
+    now: Vec<String>,
+    owners: std::collections::HashMap<String, (i64, i64)>,
+}
+
+impl Inserted {
+    /// The outcome of `order`, the first of its reservation id in its batch.
+    fn outcome(&self, order: &OrderRequest) -> OrderOutcome {
+        let id = order.reservation.to_string();
+        if self.now.contains(&id) {
+            return OrderOutcome::Inserted;
+        }
+        match self.owners.get(&id) {
+            Some(&(user, showtime))
+                if user != order.user.get() || showtime != order.reservation.showtime().get() =>
+            {
+                OrderOutcome::Refused(format!(
+                    "reservation {id} is already recorded for another user (user {user}): \
+                     the seat store handed this id out twice"
+                ))
+            }
+            _ => OrderOutcome::Duplicate,
+        }
+    }
+}
+
+/// The outcome of an order whose reservation id came earlier in the same batch with
+/// `first`: the same order again is a duplicate of it (or refused with it); another
+/// user's order under that id is refused.
+fn repeated(
+    order: &OrderRequest,
+    first: &OrderRequest,
+    first_outcome: &OrderOutcome,
+) -> OrderOutcome {
+    if order.user != first.user {
+        return OrderOutcome::Refused(format!(
+            "reservation {} appears for two users in one batch",
+            order.reservation
+        ));
+    }
+    match first_outcome {
+        OrderOutcome::Refused(why) => OrderOutcome::Refused(why.clone()),
+        _ => OrderOutcome::Duplicate,
     }
 }
 
@@ -211,57 +292,86 @@ impl Catalog for Postgres {
 
 impl OrderBook for Postgres {
     async fn record_orders(&self, orders: &[OrderRequest]) -> PortResult<Vec<OrderOutcome>> {
-        // A redelivery can bring the same reservation twice in one batch.
+        // A redelivery can bring the same reservation twice in one batch: insert each id
+        // once, then give every later copy the outcome of its first.
         let mut unique: Vec<OrderRequest> = Vec::with_capacity(orders.len());
         for o in orders {
             if !unique.iter().any(|u| u.reservation == o.reservation) {
                 unique.push(*o);
             }
         }
-        let outcome_of = |inserted: &[String], o: &OrderRequest, first: bool| {
-            if first && inserted.contains(&o.reservation.to_string()) {
-                OrderOutcome::Inserted
-            } else {
-                OrderOutcome::Duplicate
-            }
-        };
-        match self.insert_batch(&unique).await {
-            Ok(inserted) => {
-                let mut seen = Vec::with_capacity(orders.len());
-                Ok(orders
-                    .iter()
-                    .map(|o| {
-                        let first = !seen.contains(&o.reservation);
-                        seen.push(o.reservation);
-                        outcome_of(&inserted, o, first)
-                    })
-                    .collect())
-            }
-            Err(e) if refusal(&e).is_some() && orders.len() > 1 => {
+        let firsts = match self.insert_batch(&unique).await {
+            Ok(inserted) => unique.iter().map(|o| inserted.outcome(o)).collect(),
+            Err(e) if refusal(&e).is_some() && unique.len() > 1 => {
                 // One bad order must not hold the others back: find it one by one.
-                let mut outcomes = Vec::with_capacity(orders.len());
-                let mut seen = Vec::with_capacity(orders.len());
-                for o in orders {
-                    let first = !seen.contains(&o.reservation);
-                    seen.push(o.reservation);
-                    if !first {
-                        outcomes.push(OrderOutcome::Duplicate);
-                        continue;
-                    }
+                let mut outcomes = Vec::with_capacity(unique.len());
+                for o in &unique {
                     outcomes.push(match self.insert_batch(std::slice::from_ref(o)).await {
-                        Ok(inserted) => outcome_of(&inserted, o, true),
+                        Ok(inserted) => inserted.outcome(o),
                         Err(e) => match refusal(&e) {
                             Some(why) => OrderOutcome::Refused(why),
                             None => return Err(port_error(e)),
                         },
                     });
                 }
-                Ok(outcomes)
+                outcomes
             }
             Err(e) => match refusal(&e) {
-                Some(why) => Ok(vec![OrderOutcome::Refused(why)]),
-                None => Err(port_error(e)),
+                Some(why) => vec![OrderOutcome::Refused(why)],
+                None => return Err(port_error(e)),
             },
-        }
+        };
+        let mut seen: Vec<&OrderRequest> = Vec::with_capacity(orders.len());
+        Ok(orders
+            .iter()
+            .map(|o| {
+                let i = unique
+                    .iter()
+                    .position(|u| u.reservation == o.reservation)
+                    .expect("every order has its first");
+                let outcome = if seen.iter().any(|s| s.reservation == o.reservation) {
+                    repeated(o, &unique[i], &firsts[i])
+                } else {
+                    firsts[i].clone()
+                };
+                seen.push(o);
+                outcome
+            })
+            .collect())
+    }
+
+    async fn record_refusals(
+        &self,
+        refusals: &[(OrderRequest, String)],
+    ) -> PortResult<Vec<ReservationId>> {
+        let ids: Vec<String> = refusals
+            .iter()
+            .map(|(o, _)| o.reservation.to_string())
+            .collect();
+        let showtimes: Vec<i64> = refusals
+            .iter()
+            .map(|(o, _)| o.reservation.showtime().get())
+            .collect();
+        let users: Vec<i64> = refusals.iter().map(|(o, _)| o.user.get()).collect();
+        let paid: Vec<DateTime<Utc>> = refusals
+            .iter()
+            .map(|(o, _)| millis_to_time(o.paid_at.0))
+            .collect();
+        let reasons: Vec<&str> = refusals.iter().map(|(_, why)| why.as_str()).collect();
+        let new: Vec<String> = sqlx::query_scalar(
+            "INSERT INTO refused_orders (reservation_id, showtime_id, user_id, paid_at, reason)
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::timestamptz[], $5::text[])
+             ON CONFLICT (reservation_id) DO NOTHING
+             RETURNING reservation_id",
+        )
+        .bind(&ids)
+        .bind(&showtimes)
+        .bind(&users)
+        .bind(&paid)
+        .bind(&reasons)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(port_error)?;
+        Ok(new.into_iter().filter_map(|id| id.parse().ok()).collect())
     }
 }

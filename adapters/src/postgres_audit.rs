@@ -33,4 +33,16 @@ impl OrderAudit for Postgres {
         .map_err(port_error)?;
         Ok(found.into_iter().filter_map(|id| id.parse().ok()).collect())
     }
+
+    async fn unresolved_refusals(&self, showtime: ShowtimeId) -> PortResult<Vec<ReservationId>> {
+        let found: Vec<String> = sqlx::query_scalar(
+            "SELECT reservation_id FROM refused_orders
+             WHERE showtime_id = $1 AND resolved_at IS NULL ORDER BY refused_at",
+        )
+        .bind(showtime.get())
+        .fetch_all(self.pool())
+        .await
+        .map_err(port_error)?;
+        Ok(found.into_iter().filter_map(|id| id.parse().ok()).collect())
+    }
 }

@@ -36,6 +36,7 @@ struct Scripts {
     pay: Script,
     expire: Script,
     mark_ordered: Script,
+    mark_refused: Script,
     load: Script,
     rebuild: Script,
 }
@@ -127,6 +128,7 @@ impl RedisSeats {
                 pay: Script::new(include_str!("../../lua/pay.lua")),
                 expire: Script::new(include_str!("../../lua/expire.lua")),
                 mark_ordered: Script::new(include_str!("../../lua/mark_ordered.lua")),
+                mark_refused: Script::new(include_str!("../../lua/mark_refused.lua")),
                 load: Script::new(include_str!("../../lua/load.lua")),
                 rebuild: Script::new(include_str!("../../lua/rebuild.lua")),
             }),
@@ -324,7 +326,9 @@ impl SeatStore for RedisSeats {
                 .scripts
                 .mark_ordered
                 .key(self.key(id.showtime(), "unrecorded"));
-            call.key(self.reservation_key(*id)).arg(id.seq());
+            call.key(self.reservation_key(*id))
+                .key(self.key(id.showtime(), "seats"))
+                .arg(id.seq());
             // Pipelined EVALSHA; the first call of a process loads the script.
             pipe.invoke_script(&call);
         }
@@ -343,6 +347,28 @@ impl SeatStore for RedisSeats {
             }
             Err(e) => Err(port_error(e)),
         }
+    }
+
+    async fn mark_refused(&self, ids: &[ReservationId]) -> PortResult<Vec<ReservationId>> {
+        // Refusals are rare: one script call each (each on its own showtime's slot).
+        let mut conn = self.conn.clone();
+        let mut moved = vec![];
+        for id in ids {
+            let done: i64 = self
+                .scripts
+                .mark_refused
+                .key(self.key(id.showtime(), "seats"))
+                .key(self.key(id.showtime(), "unrecorded"))
+                .key(self.reservation_key(*id))
+                .arg(id.seq())
+                .invoke_async(&mut conn)
+                .await
+                .map_err(port_error)?;
+            if done == 1 {
+                moved.push(*id);
+            }
+        }
+        Ok(moved)
     }
 
     async fn reservation(&self, id: ReservationId) -> PortResult<Option<Reservation>> {

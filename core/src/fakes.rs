@@ -77,8 +77,9 @@ impl SeatStore for FakeSeats {
             let c = st.counts.get_mut(&showtime).unwrap();
             c.available -= 1;
             c.held += 1;
+            // As reserve.lua: the sequence never falls behind the clock in microseconds.
             let seq = st.seq.entry(showtime).or_default();
-            *seq += 1;
+            *seq = (*seq + 1).max(now.0 * 1000);
             let id = ReservationId::new(showtime, *seq).unwrap();
             let r = Reservation {
                 id,
@@ -164,13 +165,41 @@ impl SeatStore for FakeSeats {
     fn mark_ordered(&self, ids: &[ReservationId]) -> impl Future<Output = PortResult<()>> + Send {
         let mut st = self.state.lock().unwrap();
         for id in ids {
-            if let Some(r) = st.reservations.get_mut(id)
-                && r.status == Status::Paid
-            {
-                r.status = Status::Ordered;
+            let Some(r) = st.reservations.get_mut(id) else {
+                continue;
+            };
+            match r.status {
+                Status::Paid => r.status = Status::Ordered,
+                Status::Refused => {
+                    r.status = Status::Ordered;
+                    let c = st.counts.get_mut(&id.showtime()).unwrap();
+                    c.sold += 1;
+                    c.available -= 1;
+                }
+                _ => {}
             }
         }
         ready(Ok(()))
+    }
+
+    fn mark_refused(
+        &self,
+        ids: &[ReservationId],
+    ) -> impl Future<Output = PortResult<Vec<ReservationId>>> + Send {
+        let mut st = self.state.lock().unwrap();
+        let mut moved = vec![];
+        for id in ids {
+            if let Some(r) = st.reservations.get_mut(id)
+                && r.status == Status::Paid
+            {
+                r.status = Status::Refused;
+                let c = st.counts.get_mut(&id.showtime()).unwrap();
+                c.sold -= 1;
+                c.available += 1;
+                moved.push(*id);
+            }
+        }
+        ready(Ok(moved))
     }
 
     fn reservation(
@@ -282,6 +311,22 @@ impl MessageBus for FakeBus {
 pub struct FakeDb {
     showtimes: Mutex<BTreeMap<ShowtimeId, Showtime>>,
     pub orders: Mutex<BTreeMap<ReservationId, OrderRequest>>,
+    pub refusals: Mutex<BTreeMap<ReservationId, (OrderRequest, String)>>,
+}
+
+impl FakeDb {
+    /// Takes a seat away from a showtime's capacity, as an operator editing the row
+    /// would: orders past the new capacity are refused.
+    pub fn shrink_capacity(&self, showtime: ShowtimeId) {
+        let mut all = self.showtimes.lock().unwrap();
+        let s = all.get_mut(&showtime).unwrap();
+        // The database's own CHECK (sold <= capacity) forbids shrinking below the orders.
+        if s.ordered < s.capacity.get()
+            && let Ok(smaller) = Capacity::new(i64::from(s.capacity.get()) - 1)
+        {
+            s.capacity = smaller;
+        }
+    }
 }
 
 impl Catalog for FakeDb {
@@ -322,8 +367,14 @@ impl OrderBook for FakeDb {
             .iter()
             .map(|order| {
                 let showtime = showtimes.get_mut(&order.reservation.showtime()).unwrap();
-                if book.contains_key(&order.reservation) {
-                    OrderOutcome::Duplicate
+                if let Some(existing) = book.get(&order.reservation) {
+                    if existing.user == order.user {
+                        OrderOutcome::Duplicate
+                    } else {
+                        OrderOutcome::Refused(
+                            "this reservation id is already recorded for another user".into(),
+                        )
+                    }
                 } else if book
                     .values()
                     .any(|o| o.user == order.user && o.reservation.showtime() == showtime.id)
@@ -339,6 +390,21 @@ impl OrderBook for FakeDb {
             })
             .collect();
         ready(Ok(outcomes))
+    }
+
+    fn record_refusals(
+        &self,
+        refusals: &[(OrderRequest, String)],
+    ) -> impl Future<Output = PortResult<Vec<ReservationId>>> + Send {
+        let mut on_record = self.refusals.lock().unwrap();
+        let mut new = vec![];
+        for (order, why) in refusals {
+            if !on_record.contains_key(&order.reservation) {
+                on_record.insert(order.reservation, (*order, why.clone()));
+                new.push(order.reservation);
+            }
+        }
+        ready(Ok(new))
     }
 }
 
@@ -415,6 +481,18 @@ impl OrderAudit for FakeDb {
         ready(Ok(ids
             .iter()
             .filter(|id| book.contains_key(id))
+            .copied()
+            .collect()))
+    }
+
+    fn unresolved_refusals(
+        &self,
+        showtime: ShowtimeId,
+    ) -> impl Future<Output = PortResult<Vec<ReservationId>>> + Send {
+        let on_record = self.refusals.lock().unwrap();
+        ready(Ok(on_record
+            .keys()
+            .filter(|id| id.showtime() == showtime)
             .copied()
             .collect()))
     }

@@ -85,9 +85,12 @@ pub enum OrderOutcome {
     Inserted,
     /// This reservation's order was already recorded (a redelivery).
     Duplicate,
-    /// The database refused it for good (over capacity, or the user already has an order
-    /// for this showtime under another reservation). Needs a person.
+    /// The database refused it for good (over capacity, the user already has an order
+    /// for this showtime under another reservation, or the reservation id is already
+    /// recorded for another user). The reservation becomes `REFUSED`; a person refunds it.
     Refused(String),
+    /// Refused, and that refusal was already on record (a redelivery): nothing to do.
+    AlreadyRefused,
 }
 
 /// The live state of the sale: stock, holds, reservations. Every method is atomic.
@@ -131,6 +134,14 @@ pub trait SeatStore: Send + Sync + 'static {
         &self,
         reservations: &[ReservationId],
     ) -> impl Future<Output = PortResult<()>> + Send;
+
+    /// `PAID -> REFUSED` once the database's refusal is on record: the seat stops counting
+    /// as sold (it is on sale again) and the sweep stops re-sending the order. Returns
+    /// the reservations it moved (not those already refused).
+    fn mark_refused(
+        &self,
+        reservations: &[ReservationId],
+    ) -> impl Future<Output = PortResult<Vec<ReservationId>>> + Send;
 
     fn reservation(
         &self,
@@ -191,11 +202,20 @@ pub trait Catalog: Send + Sync + 'static {
 /// Orders, in the database: the last word on what was sold.
 pub trait OrderBook: Send + Sync + 'static {
     /// Records each order at most once, in one transaction per call where it can; the
-    /// outcomes are in the order of `orders`.
+    /// outcomes are in the order of `orders`. An order is a duplicate only of a row of
+    /// the same reservation, user and showtime; a row of the same reservation id for
+    /// anyone else makes it a refusal.
     fn record_orders(
         &self,
         orders: &[OrderRequest],
     ) -> impl Future<Output = PortResult<Vec<OrderOutcome>>> + Send;
+
+    /// Keeps refused orders on record, each once, for a person to refund. Returns the
+    /// reservations recorded now (not those already on record).
+    fn record_refusals(
+        &self,
+        refusals: &[(OrderRequest, String)],
+    ) -> impl Future<Output = PortResult<Vec<ReservationId>>> + Send;
 }
 
 /// What the seat store knows of one showtime, for reconciliation.
@@ -240,5 +260,11 @@ pub trait OrderAudit: Send + Sync + 'static {
     fn recorded(
         &self,
         reservations: &[ReservationId],
+    ) -> impl Future<Output = PortResult<Vec<ReservationId>>> + Send;
+
+    /// Refused orders of a showtime nobody has settled yet (refunded and marked resolved).
+    fn unresolved_refusals(
+        &self,
+        showtime: ShowtimeId,
     ) -> impl Future<Output = PortResult<Vec<ReservationId>>> + Send;
 }

@@ -18,6 +18,8 @@ pub struct Reconciliation {
     pub live_holds: u32,
     /// Paid reservations whose order is not in the database yet (in flight).
     pub paid_unrecorded: u32,
+    /// Paid orders the database refused that nobody has settled yet.
+    pub refused: u32,
     pub discrepancies: Vec<String>,
     /// The counts after a repair, when one was asked for and needed.
     pub repaired: Option<SeatCounts>,
@@ -102,6 +104,18 @@ where
         } else {
             None
         };
+        // Not a store to repair but people to refund: reported until a person settles
+        // them (`refused_orders.resolved_at` in PostgreSQL).
+        let refused = self.db.unresolved_refusals(id).await?;
+        if !refused.is_empty() {
+            let ids: Vec<String> = refused.iter().map(ToString::to_string).collect();
+            discrepancies.push(format!(
+                "{} paid orders were refused by the database and await a refund: {}",
+                refused.len(),
+                ids.join(", ")
+            ));
+        }
+
         Ok(Some(Reconciliation {
             showtime: id,
             capacity,
@@ -109,6 +123,7 @@ where
             seats: audit.as_ref().map(|a| a.counts),
             live_holds: audit.as_ref().map_or(0, |a| a.live_holds),
             paid_unrecorded,
+            refused: refused.len() as u32,
             discrepancies,
             repaired,
         }))

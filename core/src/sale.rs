@@ -445,13 +445,44 @@ where
         Ok(outcome)
     }
 
-    /// Records orders in the database, each at most once, then marks them `ORDERED`.
+    /// Records orders in the database, each at most once, then marks them `ORDERED`. An
+    /// order the database refuses for good is kept on record for a refund and marked
+    /// `REFUSED` (its seat back on sale, never re-sent by the sweep); its outcome is
+    /// [`OrderOutcome::Refused`] the first time and [`OrderOutcome::AlreadyRefused`]
+    /// after, so a host dead-letters it once.
     pub async fn write_orders(
         &self,
         orders: &[OrderRequest],
     ) -> Result<Vec<OrderOutcome>, PortError> {
-        let outcomes = self.db.record_orders(orders).await?;
+        let mut outcomes = self.db.record_orders(orders).await?;
         crash_point!("write_order.after_commit");
+        let refused: Vec<(OrderRequest, String)> = orders
+            .iter()
+            .zip(&outcomes)
+            .filter_map(|(order, outcome)| match outcome {
+                OrderOutcome::Refused(why) => Some((*order, why.clone())),
+                _ => None,
+            })
+            .collect();
+        if !refused.is_empty() {
+            let new = self.db.record_refusals(&refused).await?;
+            let ids: Vec<ReservationId> = refused.iter().map(|(o, _)| o.reservation).collect();
+            for id in self.seats.mark_refused(&ids).await? {
+                self.sold_out.seat_returned(id.showtime());
+            }
+            // Each refusal is reported once: where a batch names the same refused
+            // reservation twice, or it was on record before, the others are settled.
+            let mut reported = vec![];
+            for (order, outcome) in orders.iter().zip(outcomes.iter_mut()) {
+                if matches!(outcome, OrderOutcome::Refused(_)) {
+                    if new.contains(&order.reservation) && !reported.contains(&order.reservation) {
+                        reported.push(order.reservation);
+                    } else {
+                        *outcome = OrderOutcome::AlreadyRefused;
+                    }
+                }
+            }
+        }
         let recorded: Vec<ReservationId> = orders
             .iter()
             .zip(&outcomes)
@@ -836,6 +867,65 @@ mod tests {
         assert_eq!(sale.db.orders.lock().unwrap().len(), 1);
         let stored = block_on(sale.reservation(r.id)).unwrap().unwrap();
         assert_eq!(stored.status, Status::Ordered);
+    }
+
+    #[test]
+    fn an_order_the_database_refuses_ends_refused_once_and_is_never_resent() {
+        let sale = sale(PaymentMode::Manual);
+        let st = showtime(&sale, 2);
+        let r = block_on(sale.reserve(user(1), st)).unwrap();
+        let order = block_on(sale.pay(r.id, user(1))).unwrap().order;
+        let other = block_on(sale.reserve(user(2), st)).unwrap();
+        let first = block_on(sale.pay(other.id, user(2))).unwrap().order;
+        block_on(sale.write_orders(&[first])).unwrap();
+        sale.db.shrink_capacity(st);
+        // The same refused order twice in one batch: one refusal, nothing ORDERED.
+        let outcomes = block_on(sale.write_orders(&[order, order])).unwrap();
+        assert!(
+            matches!(outcomes[0], OrderOutcome::Refused(_)),
+            "{outcomes:?}"
+        );
+        assert_eq!(outcomes[1], OrderOutcome::AlreadyRefused);
+        let stored = block_on(sale.reservation(r.id)).unwrap().unwrap();
+        assert_eq!(stored.status, Status::Refused);
+        assert_eq!(sale.db.refusals.lock().unwrap().len(), 1);
+        let c = counts(&sale, st);
+        assert_eq!(
+            (c.available, c.held, c.sold),
+            (1, 0, 1),
+            "its seat no longer counts"
+        );
+        // A redelivery is settled quietly, and the sweep has nothing to re-send.
+        assert_eq!(
+            block_on(sale.write_orders(&[order])).unwrap(),
+            vec![OrderOutcome::AlreadyRefused]
+        );
+        sale.seats.advance(HOLD);
+        assert_eq!(
+            block_on(sale.sweep(Duration::ZERO)).unwrap(),
+            SweepReport::default()
+        );
+        let report = block_on(sale.reconcile(st, false)).unwrap().unwrap();
+        assert_eq!(report.refused, 1);
+        assert!(!report.is_clean());
+    }
+
+    #[test]
+    fn an_order_is_no_duplicate_of_another_users_row_under_the_same_id() {
+        let sale = sale(PaymentMode::Manual);
+        let st = showtime(&sale, 2);
+        let r = block_on(sale.reserve(user(1), st)).unwrap();
+        let mine = block_on(sale.pay(r.id, user(1))).unwrap().order;
+        block_on(sale.write_orders(&[mine])).unwrap();
+        // The same id paid by someone else (a store that forgot and handed it out again).
+        let theirs = OrderRequest {
+            user: user(2),
+            ..mine
+        };
+        assert!(matches!(
+            block_on(sale.write_orders(&[theirs])).unwrap()[0],
+            OrderOutcome::Refused(ref why) if why.contains("another user")
+        ));
     }
 
     #[test]

@@ -4,9 +4,16 @@
 //!
 //! ```text
 //!   RESERVED --pay (before the deadline)--> PAID --order recorded--> ORDERED
-//!       \
-//!        `--expire (deadline passed, or payment refused)--> EXPIRED
+//!       \                                     \                        ^
+//!        \                                     `--order refused--> REFUSED
+//!         \                                                   (replayed by a person)
+//!          `--expire (deadline passed, or payment refused)--> EXPIRED
 //! ```
+//!
+//! `REFUSED` is a paid reservation the database refused to record (over its capacity, a
+//! second order of one user, or a reservation id another user's order already has): its
+//! seat no longer counted, kept for a person to refund. Nothing automatic leaves it; a
+//! person who fixed the cause and replayed the dead-lettered order records it.
 
 use std::fmt;
 use std::str::FromStr;
@@ -21,6 +28,9 @@ pub enum Status {
     Ordered,
     /// The hold ran out unpaid and its seat went back on sale.
     Expired,
+    /// Paid, but the database refused the order for good: a person refunds it. Its seat
+    /// no longer counts as sold.
+    Refused,
 }
 
 /// What can happen to a reservation.
@@ -29,6 +39,7 @@ pub enum Event {
     Pay,
     Expire,
     RecordOrder,
+    RefuseOrder,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -44,13 +55,15 @@ impl Status {
             (Status::Reserved, Event::Pay) => Ok(Status::Paid),
             (Status::Reserved, Event::Expire) => Ok(Status::Expired),
             (Status::Paid, Event::RecordOrder) => Ok(Status::Ordered),
+            (Status::Paid, Event::RefuseOrder) => Ok(Status::Refused),
+            (Status::Refused, Event::RecordOrder) => Ok(Status::Ordered),
             (from, event) => Err(IllegalTransition { from, event }),
         }
     }
 
     /// Whether the seat still counts against the showtime (held or sold).
     pub fn occupies_seat(self) -> bool {
-        !matches!(self, Status::Expired)
+        !matches!(self, Status::Expired | Status::Refused)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +72,7 @@ impl Status {
             Status::Paid => "PAID",
             Status::Ordered => "ORDERED",
             Status::Expired => "EXPIRED",
+            Status::Refused => "REFUSED",
         }
     }
 }
@@ -77,6 +91,7 @@ impl FromStr for Status {
             "PAID" => Ok(Status::Paid),
             "ORDERED" => Ok(Status::Ordered),
             "EXPIRED" => Ok(Status::Expired),
+            "REFUSED" => Ok(Status::Refused),
             other => Err(crate::InvalidInput(format!("unknown status {other:?}"))),
         }
     }
@@ -86,16 +101,22 @@ impl FromStr for Status {
 mod tests {
     use super::*;
 
-    const ALL: [Status; 4] = [
+    const ALL: [Status; 5] = [
         Status::Reserved,
         Status::Paid,
         Status::Ordered,
         Status::Expired,
+        Status::Refused,
     ];
-    const EVENTS: [Event; 3] = [Event::Pay, Event::Expire, Event::RecordOrder];
+    const EVENTS: [Event; 4] = [
+        Event::Pay,
+        Event::Expire,
+        Event::RecordOrder,
+        Event::RefuseOrder,
+    ];
 
     #[test]
-    fn only_the_four_documented_transitions_exist() {
+    fn only_the_documented_transitions_exist() {
         let mut legal = vec![];
         for from in ALL {
             for event in EVENTS {
@@ -110,15 +131,20 @@ mod tests {
                 (Status::Reserved, Event::Pay, Status::Paid),
                 (Status::Reserved, Event::Expire, Status::Expired),
                 (Status::Paid, Event::RecordOrder, Status::Ordered),
+                (Status::Paid, Event::RefuseOrder, Status::Refused),
+                (Status::Refused, Event::RecordOrder, Status::Ordered),
             ]
         );
     }
 
     #[test]
-    fn terminal_states_accept_nothing() {
+    fn terminal_states_accept_nothing_and_refused_only_a_replayed_order() {
         for event in EVENTS {
             assert!(Status::Ordered.apply(event).is_err());
             assert!(Status::Expired.apply(event).is_err());
+        }
+        for event in [Event::Pay, Event::Expire, Event::RefuseOrder] {
+            assert!(Status::Refused.apply(event).is_err(), "{event:?}");
         }
     }
 

@@ -70,8 +70,13 @@ pub async fn reconcile_from_env(
                 "DISCREPANCY"
             };
             println!(
-                "showtime {}: {verdict}: capacity {}, {seats}; {} orders in PostgreSQL, {} paid in flight, {} live holds",
-                s.showtime_id, s.capacity, s.orders_in_database, s.paid_in_flight, s.live_holds
+                "showtime {}: {verdict}: capacity {}, {seats}; {} orders in PostgreSQL, {} paid in flight, {} live holds, {} refused awaiting a refund",
+                s.showtime_id,
+                s.capacity,
+                s.orders_in_database,
+                s.paid_in_flight,
+                s.live_holds,
+                s.refused_awaiting_refund
             );
             for d in &s.discrepancies {
                 println!("  - {d}");

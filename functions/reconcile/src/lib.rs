@@ -30,6 +30,8 @@ pub struct ShowtimeReport {
     pub orders_in_database: u32,
     pub paid_in_flight: u32,
     pub live_holds: u32,
+    /// Paid orders the database refused that await a refund (`refused_orders`).
+    pub refused_awaiting_refund: u32,
     pub redis: Option<SeatsView>,
     pub discrepancies: Vec<String>,
     pub repaired: Option<SeatsView>,
@@ -52,11 +54,12 @@ pub struct Report {
 }
 
 impl Report {
-    /// Whether every showtime reconciled without a discrepancy (or was repaired).
+    /// Whether every showtime reconciled without a discrepancy (or was repaired), with
+    /// no refused order awaiting a refund (no repair settles those: a person does).
     pub fn is_clean(&self) -> bool {
-        self.showtimes
-            .iter()
-            .all(|s| s.discrepancies.is_empty() || s.repaired.is_some())
+        self.showtimes.iter().all(|s| {
+            s.refused_awaiting_refund == 0 && (s.discrepancies.is_empty() || s.repaired.is_some())
+        })
     }
 }
 
@@ -76,6 +79,7 @@ fn showtime_report(r: Reconciliation) -> ShowtimeReport {
         orders_in_database: r.ordered,
         paid_in_flight: r.paid_unrecorded,
         live_holds: r.live_holds,
+        refused_awaiting_refund: r.refused,
         redis: r.seats.map(view),
         discrepancies: r.discrepancies,
         repaired: r.repaired.map(view),

@@ -17,6 +17,8 @@
 //! - [`poll`]: [`eventually`], polling for an outcome with a deadline instead of sleeping.
 //! - [`process`]: [`ProcessTree`], a child process and everything it started, stopped
 //!   when dropped.
+//! - [`redis_server`]: [`RedisServer`], a Redis of the test's own (own port and data
+//!   directory) to snapshot, kill and restart from an older snapshot.
 //! - [`watch`]: [`Watch`], one `cargo lambda watch` with a test's data, the bridge beside
 //!   it, and the bounds and skip switch (`WATCH_TESTS=skip`) of those tests.
 
@@ -28,6 +30,7 @@ pub mod isolation;
 pub mod net;
 pub mod poll;
 pub mod process;
+pub mod redis_server;
 pub mod watch;
 
 pub use answers::assert_error;
@@ -39,4 +42,5 @@ pub use isolation::{Isolation, cleanup, drop_database};
 pub use net::{Cuttable, free_port};
 pub use poll::eventually;
 pub use process::ProcessTree;
+pub use redis_server::RedisServer;
 pub use watch::Watch;

@@ -2,6 +2,7 @@
 //! Redis and RabbitMQ. One binary, a module per area.
 
 mod contract;
+mod failure_windows;
 mod go_reference;
 mod lifecycle;
 mod recovery;

@@ -1,0 +1,188 @@
+//! Failure windows a careful reading found, each reproduced on the real services: a Redis
+//! that comes back from an older snapshot, an order the database refuses, a showtime the
+//! sweep does not walk, and text the database cannot store.
+
+use std::time::Duration;
+
+use flash_sale_adapters::Queue;
+use flash_sale_tests::{Options, RedisServer, TestApp, assert_error, eventually};
+use reqwest::StatusCode;
+use serde_json::json;
+
+async fn hold(app: &TestApp, user: i64, showtime: i64) -> String {
+    let (status, body) = app.reserve(user, showtime).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["reservation_id"].as_str().unwrap().to_string()
+}
+
+async fn sweep_and_reconcile(app: &TestApp) -> flash_sale_reconcile::Report {
+    flash_sale_reconcile::run(&app.app, None, false, Duration::ZERO)
+        .await
+        .unwrap()
+}
+
+/// Rows of `orders` for this user of this showtime.
+async fn orders_of(app: &TestApp, showtime: i64, user: i64) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM orders WHERE showtime_id = $1 AND user_id = $2")
+        .bind(showtime)
+        .bind(user)
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_redis_back_from_an_older_snapshot_never_hands_a_reservation_id_out_again() {
+    let mut redis = RedisServer::start(&[]);
+    let app = TestApp::spawn(Options {
+        redis_url: Some(redis.url()),
+        ..Options::default()
+    })
+    .await;
+    let showtime = app.create_showtime(10).await;
+    hold(&app, 1, showtime).await;
+    redis.snapshot();
+
+    // After the snapshot: a hold, paid and recorded, that the snapshot does not know.
+    let lost = hold(&app, 2, showtime).await;
+    assert_eq!(app.pay(&lost, 2).await.0, StatusCode::OK);
+    eventually(Duration::from_secs(30), "user 2's order", || async {
+        (orders_of(&app, showtime, 2).await == 1).then_some(())
+    })
+    .await;
+
+    // Redis loses everything after the snapshot, while the showtime's keys survive.
+    redis.restart_from_snapshot();
+    let again = eventually(Duration::from_secs(30), "Redis back", || async {
+        let (status, body) = app.reserve(3, showtime).await;
+        (status == StatusCode::OK).then(|| body["reservation_id"].as_str().unwrap().to_string())
+    })
+    .await;
+    assert_ne!(
+        again, lost,
+        "the id of a hold Redis forgot went to another user"
+    );
+    assert_eq!(app.pay(&again, 3).await.0, StatusCode::OK);
+    eventually(Duration::from_secs(30), "user 3's order", || async {
+        (orders_of(&app, showtime, 3).await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(app.status_of(&again).await, "ORDERED");
+    assert_eq!(orders_of(&app, showtime, 2).await, 1, "user 2 keeps theirs");
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn an_order_the_database_refuses_ends_refused_is_dead_lettered_once_and_never_resent() {
+    let app = TestApp::spawn(Options::default()).await;
+    let showtime = app.create_showtime(2).await;
+    let first = hold(&app, 1, showtime).await;
+    assert_eq!(app.pay(&first, 1).await.0, StatusCode::OK);
+    eventually(Duration::from_secs(30), "the first order", || async {
+        (app.orders(showtime).await == 1).then_some(())
+    })
+    .await;
+    // An operator takes the second seat off the showtime in the database.
+    sqlx::query("UPDATE showtimes SET capacity = 1 WHERE id = $1")
+        .bind(showtime)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let refused = hold(&app, 2, showtime).await;
+    assert_eq!(app.pay(&refused, 2).await.0, StatusCode::OK);
+    eventually(Duration::from_secs(30), "the refusal", || async {
+        (app.status_of(&refused).await == "REFUSED").then_some(())
+    })
+    .await;
+    let dlq = app.adapters.bus.topology().dead_letter_queue(Queue::Orders);
+    eventually(
+        Duration::from_secs(30),
+        "the dead-lettered order",
+        || async { (app.adapters.bus.ready_count(&dlq).await.unwrap() == 1).then_some(()) },
+    )
+    .await;
+
+    // Sweeps with no grace find nothing to re-send, however often they run.
+    for _ in 0..3 {
+        let report = sweep_and_reconcile(&app).await;
+        assert_eq!(report.orders_resent_by_sweep, 0, "{report:?}");
+        assert!(!report.is_clean(), "a refund awaits a person");
+        let s = &report.showtimes[0];
+        assert_eq!(s.refused_awaiting_refund, 1, "{s:?}");
+        assert!(
+            s.discrepancies.iter().any(|d| d.contains(&refused)),
+            "{s:?}"
+        );
+    }
+    app.until_drained(Queue::Orders).await;
+    assert_eq!(app.adapters.bus.ready_count(&dlq).await.unwrap(), 1);
+    assert_eq!(
+        app.seats(showtime).await,
+        (1, 0, 1),
+        "the refused seat no longer counts as sold"
+    );
+    let on_record: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM refused_orders WHERE reservation_id = $1")
+            .bind(&refused)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(on_record, 1);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_showtime_missing_from_the_sweeps_registry_is_reported_and_registered_again() {
+    let app = TestApp::spawn(Options::default()).await;
+    let showtime = app.create_showtime(2).await;
+    hold(&app, 1, showtime).await;
+    let mut conn = app.adapters.seats.connection();
+    let registry = format!("{}:showtimes", app.iso.prefix);
+    let removed: i64 = redis::cmd("SREM")
+        .arg(&registry)
+        .arg(showtime)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+
+    let report = sweep_and_reconcile(&app).await;
+    assert!(!report.is_clean(), "{report:?}");
+    assert!(
+        report.showtimes[0]
+            .discrepancies
+            .iter()
+            .any(|d| d.contains("the sweep does not walk")),
+        "{report:?}"
+    );
+    let repaired = flash_sale_reconcile::run(&app.app, None, true, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(repaired.is_clean(), "{repaired:?}");
+    let registered: bool = redis::cmd("SISMEMBER")
+        .arg(&registry)
+        .arg(showtime)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(registered);
+    assert!(sweep_and_reconcile(&app).await.is_clean());
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_title_with_control_characters_is_a_400_and_creates_nothing() {
+    let app = TestApp::spawn(Options::default()).await;
+    for title in ["Premi\u{0}ere", "two\nlines", "bell\u{7}"] {
+        let answer = app
+            .post("/showtimes", json!({"capacity": 5, "title": title}))
+            .await;
+        assert_error(&answer, StatusCode::BAD_REQUEST, "bad_request");
+    }
+    let showtimes: i64 = sqlx::query_scalar("SELECT count(*) FROM showtimes")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(showtimes, 0);
+    app.finish().await;
+}
