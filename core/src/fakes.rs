@@ -399,8 +399,10 @@ impl OrderBook for FakeDb {
         let mut on_record = self.refusals.lock().unwrap();
         let mut new = vec![];
         for (order, why) in refusals {
-            if !on_record.contains_key(&order.reservation) {
-                on_record.insert(order.reservation, (*order, why.clone()));
+            if let std::collections::btree_map::Entry::Vacant(slot) =
+                on_record.entry(order.reservation)
+            {
+                slot.insert((*order, why.clone()));
                 new.push(order.reservation);
             }
         }
