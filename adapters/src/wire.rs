@@ -80,7 +80,7 @@ pub fn encode_batch<'a>(messages: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8>
     body
 }
 
-pub fn encode_expire(m: &Expiry) -> Vec<u8> {
+pub fn encode_expiry(m: &Expiry) -> Vec<u8> {
     serde_json::to_vec(&ExpireWire {
         reservation_id: m.reservation.to_string(),
     })
@@ -144,7 +144,7 @@ mod tests {
         let id = ReservationId::new(ShowtimeId::new(3).unwrap(), 9).unwrap();
         let user = UserId::new(7).unwrap();
         let e = Expiry { reservation: id };
-        assert_eq!(decode_expiries(&encode_expire(&e)).unwrap(), vec![e]);
+        assert_eq!(decode_expiries(&encode_expiry(&e)).unwrap(), vec![e]);
         let p = PaymentRequest {
             reservation: id,
             user,
@@ -165,7 +165,7 @@ mod tests {
                 reservation: ReservationId::new(ShowtimeId::new(3).unwrap(), seq).unwrap(),
             })
             .collect();
-        let encoded: Vec<Vec<u8>> = holds.iter().map(encode_expire).collect();
+        let encoded: Vec<Vec<u8>> = holds.iter().map(encode_expiry).collect();
         let body = encode_batch(encoded.iter().map(Vec::as_slice));
         assert_eq!(decode_expiries(&body).unwrap(), holds);
     }

@@ -530,7 +530,7 @@ impl MessageBus for Broker {
         expiry: Expiry,
         payment: Option<PaymentRequest>,
     ) -> PortResult<()> {
-        let expiry = self.follow_up(&self.holds, wire::encode_expire(&expiry));
+        let expiry = self.follow_up(&self.holds, wire::encode_expiry(&expiry));
         match payment {
             None => expiry.await,
             Some(p) => {

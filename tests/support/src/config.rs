@@ -27,6 +27,8 @@ pub struct Options {
     pub rate_addr: Option<(u32, u32)>,
     /// `TRUST_FORWARDED_FOR`: take the client address from `X-Forwarded-For`.
     pub trust_forwarded_for: bool,
+    /// `SOLD_OUT_CACHE_MS`; `None` keeps the server's default.
+    pub sold_out_cache_ms: Option<u64>,
     /// `REDIS_URL`, e.g. through a [`Cuttable`](crate::Cuttable) proxy; `None` is the
     /// local Redis (or `REDIS_URL`).
     pub redis_url: Option<String>,
@@ -65,6 +67,7 @@ impl Default for Options {
             rate_user: None,
             rate_addr: None,
             trust_forwarded_for: false,
+            sold_out_cache_ms: None,
             redis_url: None,
             postgres_server: None,
         }
@@ -124,6 +127,12 @@ pub fn env(iso: &Isolation, opts: &Options) -> HashMap<&'static str, String> {
             opts.rate_addr.map(|q| q.1.to_string()).unwrap_or_default(),
         ),
         ("TRUST_FORWARDED_FOR", opts.trust_forwarded_for.to_string()),
+        (
+            "SOLD_OUT_CACHE_MS",
+            opts.sold_out_cache_ms
+                .map(|ms| ms.to_string())
+                .unwrap_or_default(),
+        ),
     ])
 }
 

@@ -176,3 +176,76 @@ async fn a_crash_after_the_expiry_before_the_ack_returns_the_seat_once() {
     app.finish().await;
     scenario.teardown();
 }
+
+/// A reservation that read "sold out" just before this process gave a seat back must not
+/// leave the process remembering "sold out" while the seat is free. The crash point
+/// between the store's answer and the memory's write holds the request there while the
+/// seat comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sold_out_answer_read_before_a_seat_came_back_is_not_remembered() {
+    use std::sync::{Mutex, mpsc};
+
+    let scenario = FailScenario::setup();
+    let app = TestApp::spawn(Options {
+        sold_out_cache_ms: Some(60_000),
+        ..Options::default()
+    })
+    .await;
+    let showtime = app.create_showtime(1).await;
+    let (status, body) = app.reserve(1, showtime).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let held: flash_sale_core::ReservationId =
+        body["reservation_id"].as_str().unwrap().parse().unwrap();
+
+    let (reached, at_point) = mpsc::channel::<()>();
+    let (release, released) = mpsc::channel::<()>();
+    let (reached, released) = (Mutex::new(reached), Mutex::new(released));
+    fail::cfg_callback("reserve.before_remembering_sold_out", move || {
+        let _ = reached.lock().unwrap().send(());
+        let _ = released
+            .lock()
+            .unwrap()
+            .recv_timeout(Duration::from_secs(30));
+    })
+    .unwrap();
+    let late = {
+        let (http, url) = (app.http.clone(), app.url("/reserve"));
+        tokio::spawn(async move {
+            http.post(url)
+                .json(&serde_json::json!({"user_id": 2, "showtime_id": showtime}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    tokio::task::spawn_blocking(move || at_point.recv_timeout(Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .expect("the second buyer reached the sold-out memory");
+
+    // The first hold expires in this process while the second buyer's "sold out" waits.
+    let body =
+        flash_sale_adapters::wire::encode_expiry(&flash_sale_core::Expiry { reservation: held });
+    let outcomes = flash_sale_expire::expire(&app.app, &body).await.unwrap();
+    assert_eq!(
+        outcomes,
+        [flash_sale_core::ports::ExpireOutcome::SeatReturned]
+    );
+    release.send(()).unwrap();
+    assert_eq!(
+        late.await.unwrap(),
+        StatusCode::CONFLICT,
+        "it read sold out"
+    );
+    fail::remove("reserve.before_remembering_sold_out");
+
+    let (status, body) = app.reserve(3, showtime).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a seat is free, but the process remembered sold out: {body}"
+    );
+    app.finish().await;
+    scenario.teardown();
+}

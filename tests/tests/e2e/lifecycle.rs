@@ -86,7 +86,7 @@ async fn a_paid_reservations_expiry_changes_nothing() {
     // acknowledged without effect (the Go reference requeued it forever). Deliver one
     // more, as a redelivery would, straight to the handler.
     let reservation: ReservationId = id.parse().unwrap();
-    let body = wire::encode_expire(&flash_sale_core::Expiry { reservation });
+    let body = wire::encode_expiry(&flash_sale_core::Expiry { reservation });
     let outcomes = flash_sale_expire::expire(&app.app, &body).await.unwrap();
     assert_eq!(outcomes, [ExpireOutcome::AlreadySettled(Status::Ordered)]);
     let delay_queue = app.adapters.bus.topology().delay_queue();
@@ -269,7 +269,7 @@ async fn the_expire_handler_returns_a_seat_exactly_once_under_concurrent_redeliv
     let app = TestApp::spawn(Options::default()).await;
     let showtime = app.create_showtime(1).await;
     let id = reserved_id(&app, 1, showtime).await;
-    let body = wire::encode_expire(&flash_sale_core::Expiry {
+    let body = wire::encode_expiry(&flash_sale_core::Expiry {
         reservation: id.parse().unwrap(),
     });
     let outcomes =

@@ -155,3 +155,47 @@ async fn junk_ids_and_junk_bodies_are_400s_or_404s_and_change_nothing() {
     untouched(&app, st, 3).await;
     app.finish().await;
 }
+
+#[tokio::test]
+async fn an_ipv6_client_rotating_through_its_64_meets_one_address_limit() {
+    let app = TestApp::spawn(Options {
+        rate_addr: Some((1, 3)),
+        trust_forwarded_for: true,
+        ..Options::default()
+    })
+    .await;
+    let st = app.create_showtime(100).await;
+    let from = |ip: String, user: i64| {
+        app.http
+            .post(app.url("/reserve"))
+            .header("x-forwarded-for", ip)
+            .json(&json!({"user_id": user, "showtime_id": st}))
+    };
+    // Twenty addresses of one /64, one request each: a client that owns the /64. One
+    // bucket of 3 refilled at 1/s lets through the burst and what refilled meanwhile;
+    // a bucket per address would let every one through.
+    let started = std::time::Instant::now();
+    let mut passed: i64 = 0;
+    for user in 1..=20 {
+        let ip = format!("2001:db8:7:7:{user:x}::{:x}", (user * 7919) % 0xffff);
+        let (status, _, body) = app.send(from(ip, user), None).await;
+        match status {
+            StatusCode::OK => passed += 1,
+            StatusCode::TOO_MANY_REQUESTS => assert_eq!(body["error"], "rate_limited"),
+            other => panic!("{other}: {body}"),
+        }
+    }
+    let allowed = 3 + started.elapsed().as_secs() as i64 + 1;
+    assert!(
+        passed <= allowed,
+        "{passed} of 20 passed, at most {allowed} may"
+    );
+    let (_, held, _) = app.seats(st).await;
+    assert_eq!(held, passed);
+    // The next /64 is another client.
+    let (status, _, _) = app
+        .send(from("2001:db8:7:8::1".to_string(), 99), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    app.finish().await;
+}

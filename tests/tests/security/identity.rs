@@ -2,8 +2,11 @@
 //! disagrees with the token, another user's reservation, and admin routes as a user.
 
 use flash_sale_runtime::Config;
-use flash_sale_runtime::identity::{Claims, sign_hs256};
-use flash_sale_tests::{Options, TEST_JWT_SECRET, TestApp, assert_error, test_claims};
+use flash_sale_runtime::identity::{Audience, Claims, sign_hs256};
+use flash_sale_tests::{
+    Options, TEST_JWT_AUDIENCE, TEST_JWT_ISSUER, TEST_JWT_SECRET, TestApp, assert_error,
+    test_claims,
+};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -206,4 +209,62 @@ async fn the_go_references_clients_still_work_on_loopback_without_tokens() {
     let (status, _) = app.pay(r["reservation_id"].as_str().unwrap(), 7).await;
     assert_eq!(status, StatusCode::OK);
     app.finish().await;
+}
+
+#[tokio::test]
+async fn a_token_whose_audience_is_an_array_naming_ours_is_accepted_and_others_are_not() {
+    let app = TestApp::spawn(jwt()).await;
+    let st = showtime(&app, json!({"capacity": 2})).await;
+    let token = |aud: Audience| {
+        sign_hs256(
+            TEST_JWT_SECRET.as_bytes(),
+            &Claims {
+                aud: Some(aud),
+                ..test_claims(7, 3600)
+            },
+        )
+    };
+    let ours = token(Audience::Many(vec![
+        "another-app".into(),
+        TEST_JWT_AUDIENCE.into(),
+    ]));
+    let (status, r) = app
+        .post_as(&ours, "/reserve", json!({"showtime_id": st}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+
+    // Minted by the same identity provider for another application: refused.
+    for other in [
+        Audience::Many(vec!["another-app".into()]),
+        Audience::One("another-app".into()),
+    ] {
+        let (status, _, answer) = app
+            .send(
+                app.http
+                    .post(app.url("/reserve"))
+                    .json(&json!({"showtime_id": st})),
+                Some(&token(other)),
+            )
+            .await;
+        assert_error(&(status, answer), StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    assert_eq!(app.seats(st).await, (1, 1, 0));
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_jwt_server_without_issuer_and_audience_does_not_start_unless_told_to_accept_any() {
+    let env = |extra: &[(&str, &str)]| {
+        let mut vars: Vec<(String, String)> = vec![
+            ("AUTH_MODE".into(), "jwt".into()),
+            ("JWT_HS256_SECRET".into(), TEST_JWT_SECRET.into()),
+        ];
+        vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        move |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    };
+    let err = Config::from_lookup(env(&[])).unwrap_err();
+    assert_eq!(err.name, "JWT_ISSUER", "{err}");
+    let err = Config::from_lookup(env(&[("JWT_ISSUER", TEST_JWT_ISSUER)])).unwrap_err();
+    assert_eq!(err.name, "JWT_AUDIENCE", "{err}");
+    assert!(Config::from_lookup(env(&[("JWT_ACCEPT_ANY_ISSUER_AND_AUDIENCE", "true")])).is_ok());
 }
