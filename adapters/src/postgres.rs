@@ -47,11 +47,15 @@ fn port_error(e: sqlx::Error) -> PortError {
     ) || e
         .as_database_error()
         .and_then(|d| d.code())
-        // Class 08 (connection), 40 (serialization, deadlock), 53 (resources), 57 (shutdown).
+        // Class 08 (connection), 40 (serialization, deadlock), 53 (resources), 57
+        // (shutdown), 58 (system: I/O); 25006 (a read-only server, e.g. a standby before
+        // its promotion) and 55P03 (a lock not available now).
         .is_some_and(|c| {
-            ["08", "40", "53", "57"]
+            ["08", "40", "53", "57", "58"]
                 .iter()
                 .any(|class| c.starts_with(class))
+                || c == "25006"
+                || c == "55P03"
         });
     PortError {
         component: COMPONENT,

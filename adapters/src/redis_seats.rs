@@ -57,12 +57,32 @@ impl std::fmt::Debug for RedisSeats {
     }
 }
 
+/// Server errors that clear on their own: a Redis loading its data set, a replica (or a
+/// primary demoted during a failover), a cluster resharding or failing over, a server
+/// busy with a long script, too few replicas to accept writes. Trying again later can
+/// succeed, so a message that met one is redelivered, not dead-lettered.
+const RETRYABLE_CODES: [&str; 7] = [
+    "LOADING",
+    "READONLY",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "MASTERDOWN",
+    "BUSY",
+    "NOREPLICAS",
+];
+
 fn port_error(e: redis::RedisError) -> PortError {
     let transient = e.is_io_error()
         || e.is_timeout()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
-        || e.is_unrecoverable_error();
+        || e.is_unrecoverable_error()
+        || e.code().is_some_and(|code| RETRYABLE_CODES.contains(&code))
+        // A script's failed call carries the server's code at the start of its text.
+        || RETRYABLE_CODES.iter().any(|code| {
+            e.detail()
+                .is_some_and(|d| d.starts_with(code) || d.contains(&format!(" {code} ")))
+        });
     PortError {
         component: COMPONENT,
         transient,

@@ -179,3 +179,73 @@ async fn the_database_down_is_retryable_and_fails_the_invocation() {
     );
     h.cleanup().await;
 }
+
+/// Sets `default_transaction_read_only` for the test's database and makes every open
+/// connection start again, so the function's next connection is read-only (or writable
+/// again): a standby before its promotion answers 25006 to every write.
+async fn read_only(h: &FunctionHarness, on: bool) {
+    use sqlx::Connection as _;
+    let mut admin = sqlx::PgConnection::connect(&format!("{POSTGRES}/postgres"))
+        .await
+        .unwrap();
+    let setting = if on { "on" } else { "off" };
+    sqlx::query(&format!(
+        "ALTER DATABASE \"{}\" SET default_transaction_read_only = {setting}",
+        h.iso.database
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+        .bind(&h.iso.database)
+        .execute(&mut admin)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_read_only_database_is_retryable_not_a_refusal() {
+    let h = FunctionHarness::start().await;
+    let showtime = h.showtime(2).await;
+    let id = paid(&h, 1, showtime).await;
+    let queue = h.queue(Queue::Orders);
+
+    read_only(&h, true).await;
+    let body = order(&id, 1);
+    let first = flash_sale_test_support::eventually(
+        std::time::Duration::from_secs(30),
+        "an answer from the read-only database",
+        || async {
+            // The first use of a terminated connection may fail on its own; the one
+            // after it meets the read-only database.
+            match flash_sale_write_order::write_orders(&h.app, &[&body])
+                .await
+                .remove(0)
+            {
+                Err(QueueError::Retryable(why)) if why.contains("read-only") => Some(Ok(why)),
+                Err(QueueError::Rejected(why)) => Some(Err(why)),
+                _ => None,
+            }
+        },
+    )
+    .await;
+    assert!(first.is_ok(), "dead-lettered as if refused: {first:?}");
+    let failed = flash_sale_write_order::handle_event(&h.app, event(&queue, &[&body])).await;
+    assert!(failed.is_err(), "the batch is redelivered");
+    assert_eq!(h.dead_letters(Queue::Orders).await, 0);
+    assert_eq!(h.status(&id).await, "PAID");
+
+    read_only(&h, false).await;
+    flash_sale_test_support::eventually(
+        std::time::Duration::from_secs(30),
+        "the redelivered order to land",
+        || async {
+            flash_sale_write_order::handle_event(&h.app, event(&queue, &[&body]))
+                .await
+                .ok()
+        },
+    )
+    .await;
+    assert_eq!(h.status(&id).await, "ORDERED");
+    h.cleanup().await;
+}

@@ -14,6 +14,8 @@ pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// Commands started with [`RedisServer::in_background`].
+    background: Vec<Child>,
 }
 
 impl RedisServer {
@@ -28,6 +30,7 @@ impl RedisServer {
             port,
             dir,
             child: None,
+            background: vec![],
         };
         server.launch(extra);
         server
@@ -85,6 +88,18 @@ impl RedisServer {
         (out.status.success() && !text.starts_with("Could not connect")).then_some(text)
     }
 
+    /// Starts one command with `redis-cli` without waiting for it (`DEBUG RELOAD`).
+    pub fn in_background(&mut self, args: &[&str]) {
+        let child = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-cli is installed with redis-server");
+        self.background.push(child);
+    }
+
     /// Writes a snapshot (`dump.rdb`) of what Redis holds now.
     pub fn snapshot(&self) {
         assert_eq!(self.cli(&["SAVE"]).as_deref(), Some("OK"), "SAVE");
@@ -98,6 +113,10 @@ impl RedisServer {
     }
 
     fn kill(&mut self) {
+        for mut started in self.background.drain(..) {
+            let _ = started.kill();
+            let _ = started.wait();
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
