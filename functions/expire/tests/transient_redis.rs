@@ -75,9 +75,15 @@ async fn a_redis_still_loading_its_data_set_is_retried() {
                 Some("OK")
             );
             // Reloading its data set at 100 µs a key: about twenty seconds in which every
-            // other client, the function's open connection included, is told LOADING.
-            let set = redis.cli(&["CONFIG", "SET", "key-load-delay", "100"]);
-            assert_eq!(set.as_deref(), Some("OK"));
+            // other client, the function's open connection included, is told LOADING
+            // (answered between every kilobyte loaded, well inside the client's timeout).
+            for (name, value) in [
+                ("key-load-delay", "100"),
+                ("loading-process-events-interval-bytes", "1024"),
+            ] {
+                let set = redis.cli(&["CONFIG", "SET", name, value]);
+                assert_eq!(set.as_deref(), Some("OK"), "{name}");
+            }
             redis.in_background(&["DEBUG", "RELOAD"]);
             let started = std::time::Instant::now();
             while !redis
