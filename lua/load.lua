@@ -1,23 +1,46 @@
--- load.lua: put a showtime's seats on sale unless they already are.
+-- load.lua: put a showtime's seats on sale unless they already are, for this very
+-- showtime: its state is tagged with the database row's generation (the row's creation
+-- time in microseconds), so state another database left under the same showtime id (a
+-- database restored, recreated, or pointed at an old Redis) is replaced, not adopted.
 --
--- KEYS[1] seats  HASH   capacity, available, held, sold
--- KEYS[2] seq    STRING the showtime's reservation sequence
+-- KEYS[1] seats       HASH   capacity, available, held, sold, generation
+-- KEYS[2] seq         STRING the showtime's reservation sequence
+-- KEYS[3] users       HASH   user id -> reservation sequence
+-- KEYS[4] deadlines   ZSET   live holds by deadline
+-- KEYS[5] unrecorded  ZSET   paid reservations not yet recorded
 -- ARGV[1] capacity
 -- ARGV[2] seats already sold according to PostgreSQL (orders recorded)
 -- ARGV[3] 1 when the stock is reloaded after Redis lost it, else 0. Then the sequence
 --         jumps to the current time in microseconds: past any number a lost copy may
 --         have handed out, so a reservation id still travelling in a queue (an expiry,
 --         a payment request, an order) can never name a new hold.
+-- ARGV[4] the database row's generation
 --
--- Returns 1 when it loaded the stock, 0 when the showtime was already there (a restart
--- or a second caller never resets live stock).
+-- Returns 1 when it loaded the stock, 2 when it replaced another row's state, 0 when
+-- this showtime was already there (a restart or a second caller never resets live
+-- stock). State without a generation (written before generations existed) is adopted
+-- and tagged.
 
+local result = 1
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  return 0
+  local generation = redis.call('HGET', KEYS[1], 'generation')
+  if not generation then
+    redis.call('HSET', KEYS[1], 'generation', ARGV[4])
+    return 0
+  end
+  if generation == ARGV[4] then
+    return 0
+  end
+  -- Another row's sale: its holds, buyers and unrecorded payments are not this one's.
+  -- Its reservation records stay behind, unreachable: the sequence jumps past them.
+  redis.call('DEL', KEYS[1], KEYS[3], KEYS[4], KEYS[5])
+  ARGV[3] = '1'
+  result = 2
 end
 local capacity = tonumber(ARGV[1])
 local sold = tonumber(ARGV[2])
-redis.call('HSET', KEYS[1], 'capacity', capacity, 'available', capacity - sold, 'held', 0, 'sold', sold)
+redis.call('HSET', KEYS[1], 'capacity', capacity, 'available', capacity - sold, 'held', 0,
+  'sold', sold, 'generation', ARGV[4])
 if ARGV[3] == '1' then
   local t = redis.call('TIME')
   local floor = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -26,4 +49,4 @@ if ARGV[3] == '1' then
     redis.call('SET', KEYS[2], string.format('%.0f', floor))
   end
 end
-return 1
+return result

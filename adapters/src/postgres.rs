@@ -19,7 +19,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 
 const COMPONENT: &str = "postgres";
 
-/// title, starts_at, capacity, sold, sale_opens_at, sale_closes_at
+/// title, starts_at, capacity, sold, sale_opens_at, sale_closes_at, generation
 type ShowtimeRow = (
     Option<String>,
     Option<DateTime<Utc>>,
@@ -27,7 +27,12 @@ type ShowtimeRow = (
     i32,
     Option<DateTime<Utc>>,
     Option<DateTime<Utc>>,
+    i64,
 );
+
+/// A showtime row's generation: its creation time in microseconds, which tells it from
+/// another database's row of the same id.
+const GENERATION: &str = "(extract(epoch FROM created_at) * 1000000)::bigint";
 
 /// The [`Catalog`] and [`OrderBook`] on PostgreSQL. Cheap to clone (a pool).
 #[derive(Debug, Clone)]
@@ -245,10 +250,10 @@ impl Catalog for Postgres {
             .transpose()
             .map_err(|e| PortError::permanent(COMPONENT, format!("starts_at: {e}")))?;
         let window = new.sale_window;
-        let row = sqlx::query(
+        let row = sqlx::query(&format!(
             "INSERT INTO showtimes (title, starts_at, capacity, sale_opens_at, sale_closes_at)
-             VALUES ($1, $2, $3, $4, $5) RETURNING id",
-        )
+             VALUES ($1, $2, $3, $4, $5) RETURNING id, {GENERATION}"
+        ))
         .bind(&new.title)
         .bind(starts_at)
         .bind(new.capacity.get() as i32)
@@ -258,6 +263,7 @@ impl Catalog for Postgres {
         .await
         .map_err(port_error)?;
         let id: i64 = row.get(0);
+        let generation: i64 = row.get(1);
         Ok(Showtime {
             id: ShowtimeId::new(id).map_err(|e| PortError::permanent(COMPONENT, e.0))?,
             capacity: new.capacity,
@@ -265,31 +271,35 @@ impl Catalog for Postgres {
             starts_at: starts_at.map(|t| t.with_timezone(&Utc).to_rfc3339()),
             sale_window: window,
             ordered: 0,
+            generation: generation as u64,
         })
     }
 
     async fn showtime(&self, id: ShowtimeId) -> PortResult<Option<Showtime>> {
-        let row: Option<ShowtimeRow> = sqlx::query_as(
-            "SELECT title, starts_at, capacity, sold, sale_opens_at, sale_closes_at
-             FROM showtimes WHERE id = $1",
-        )
+        let row: Option<ShowtimeRow> = sqlx::query_as(&format!(
+            "SELECT title, starts_at, capacity, sold, sale_opens_at, sale_closes_at, {GENERATION}
+             FROM showtimes WHERE id = $1"
+        ))
         .bind(id.get())
         .fetch_optional(&self.pool)
         .await
         .map_err(port_error)?;
         let invalid = |e: flash_sale_core::InvalidInput| PortError::permanent(COMPONENT, e.0);
         let millis = |t: DateTime<Utc>| UnixMillis(t.timestamp_millis().max(0) as u64);
-        row.map(|(title, starts_at, capacity, sold, opens, closes)| {
-            Ok(Showtime {
-                id,
-                capacity: Capacity::new(capacity.into()).map_err(invalid)?,
-                title,
-                starts_at: starts_at.map(|t| t.to_rfc3339()),
-                sale_window: SaleWindow::new(opens.map(millis), closes.map(millis))
-                    .map_err(invalid)?,
-                ordered: sold.max(0) as u32,
-            })
-        })
+        row.map(
+            |(title, starts_at, capacity, sold, opens, closes, generation)| {
+                Ok(Showtime {
+                    id,
+                    capacity: Capacity::new(capacity.into()).map_err(invalid)?,
+                    title,
+                    starts_at: starts_at.map(|t| t.to_rfc3339()),
+                    sale_window: SaleWindow::new(opens.map(millis), closes.map(millis))
+                        .map_err(invalid)?,
+                    ordered: sold.max(0) as u32,
+                    generation: generation as u64,
+                })
+            },
+        )
         .transpose()
     }
 }

@@ -252,6 +252,7 @@ impl SeatStore for RedisSeats {
         showtime: ShowtimeId,
         capacity: u32,
         sold: u32,
+        generation: u64,
         reload: bool,
     ) -> PortResult<bool> {
         let mut conn = self.conn.clone();
@@ -268,13 +269,20 @@ impl SeatStore for RedisSeats {
             .load
             .key(self.key(showtime, "seats"))
             .key(self.key(showtime, "seq"))
+            .key(self.key(showtime, "users"))
+            .key(self.key(showtime, "deadlines"))
+            .key(self.key(showtime, "unrecorded"))
             .arg(capacity)
             .arg(sold)
             .arg(u8::from(reload))
+            .arg(generation)
             .invoke_async(&mut conn)
             .await
             .map_err(port_error)?;
-        Ok(loaded == 1)
+        if loaded == 2 {
+            tracing::warn!(%showtime, "replaced seat-store state another database left under this showtime id");
+        }
+        Ok(loaded >= 1)
     }
 
     async fn pay(&self, id: ReservationId, user: UserId) -> PortResult<PayOutcome> {

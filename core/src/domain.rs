@@ -176,6 +176,9 @@ pub struct Showtime {
     pub sale_window: SaleWindow,
     /// Orders the database holds for it.
     pub ordered: u32,
+    /// Tells this row from another database's row of the same id (its creation time in
+    /// microseconds): the seat store's state carries it.
+    pub generation: u64,
 }
 
 /// When a showtime's seats may be reserved: from `opens_at` (if set) until `closes_at`

@@ -20,6 +20,8 @@ struct SeatsState {
     seq: HashMap<ShowtimeId, u64>,
     /// Showtimes with stock that the sweep does not walk (a lost registration).
     unswept: std::collections::HashSet<ShowtimeId>,
+    /// The catalog generation each showtime's state belongs to.
+    generations: HashMap<ShowtimeId, u64>,
 }
 
 #[derive(Debug, Default)]
@@ -99,9 +101,24 @@ impl SeatStore for FakeSeats {
         showtime: ShowtimeId,
         capacity: u32,
         sold: u32,
+        generation: u64,
         reload: bool,
     ) -> impl Future<Output = PortResult<bool>> + Send {
         let mut st = self.state.lock().unwrap();
+        let mut reload = reload;
+        if st.counts.contains_key(&showtime)
+            && st
+                .generations
+                .get(&showtime)
+                .is_some_and(|g| *g != generation)
+        {
+            // Another row's state under this id: replaced, as load.lua does.
+            st.counts.remove(&showtime);
+            st.users.retain(|(s, _), _| *s != showtime);
+            st.reservations.retain(|id, _| id.showtime() != showtime);
+            reload = true;
+        }
+        st.generations.insert(showtime, generation);
         let loaded = !st.counts.contains_key(&showtime);
         if loaded && reload {
             let seq = st.seq.entry(showtime).or_default();
@@ -343,6 +360,7 @@ impl Catalog for FakeDb {
             starts_at: new.starts_at,
             sale_window: new.sale_window,
             ordered: 0,
+            generation: id.get() as u64,
         };
         all.insert(id, showtime.clone());
         ready(Ok(showtime))

@@ -107,12 +107,16 @@ pub trait SeatStore: Send + Sync + 'static {
     /// Load a showtime's stock unless it is already there: `capacity` seats of which
     /// `sold` are already sold. `reload` says the store lost the showtime: its
     /// reservation numbers then jump past any a lost copy may have handed out, so an id
-    /// still travelling in a queue can never name a new hold. Returns whether it loaded.
+    /// still travelling in a queue can never name a new hold. The stock is tagged with
+    /// the catalog row's `generation`: stock of another generation (left by another
+    /// database under the same id) is replaced, never adopted. Returns whether it loaded
+    /// (or replaced).
     fn load(
         &self,
         showtime: ShowtimeId,
         capacity: u32,
         sold: u32,
+        generation: u64,
         reload: bool,
     ) -> impl Future<Output = PortResult<bool>> + Send;
 

@@ -265,7 +265,13 @@ where
     pub async fn create_showtime(&self, new: NewShowtime) -> Result<Showtime, PortError> {
         let showtime = self.db.create_showtime(new).await?;
         self.seats
-            .load(showtime.id, showtime.capacity.get(), 0, false)
+            .load(
+                showtime.id,
+                showtime.capacity.get(),
+                0,
+                showtime.generation,
+                false,
+            )
             .await?;
         self.windows.keep(showtime.id, showtime.sale_window);
         Ok(showtime)
@@ -280,8 +286,17 @@ where
         let Some(known) = self.db.showtime(showtime).await? else {
             return Ok(None);
         };
-        self.windows.keep(showtime, known.sale_window);
+        self.first_use(&known).await?;
         Ok(Some(known.sale_window))
+    }
+
+    /// The first time this process meets a showtime: its seat store state is checked to
+    /// be this row's (loaded if missing, replaced if another database left it), and its
+    /// window is kept.
+    async fn first_use(&self, showtime: &Showtime) -> Result<(), PortError> {
+        self.load_from_catalog(showtime).await?;
+        self.windows.keep(showtime.id, showtime.sale_window);
+        Ok(())
     }
 
     /// A showtime and where its seats are. Reloads the stock from the database when the
@@ -293,6 +308,9 @@ where
         let Some(showtime) = self.db.showtime(id).await? else {
             return Ok(None);
         };
+        if self.windows.get(id).is_none() {
+            self.first_use(&showtime).await?;
+        }
         if let Some(counts) = self.seats.counts(id).await? {
             return Ok(Some((showtime, counts)));
         }
@@ -391,7 +409,13 @@ where
 
     async fn load_from_catalog(&self, showtime: &Showtime) -> Result<(), PortError> {
         self.seats
-            .load(showtime.id, showtime.capacity.get(), showtime.ordered, true)
+            .load(
+                showtime.id,
+                showtime.capacity.get(),
+                showtime.ordered,
+                showtime.generation,
+                true,
+            )
             .await?;
         Ok(())
     }

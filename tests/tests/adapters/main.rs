@@ -88,7 +88,7 @@ async fn the_reserve_script_refuses_a_second_hold_and_an_empty_showtime() {
         s.take(st, user(1), HOLD).await.unwrap(),
         TakeOutcome::UnknownShowtime
     );
-    assert!(s.load(st, 1, 0, false).await.unwrap());
+    assert!(s.load(st, 1, 0, 1, false).await.unwrap());
     let TakeOutcome::Reserved(r) = s.take(st, user(1), HOLD).await.unwrap() else {
         panic!("expected a reservation")
     };
@@ -119,9 +119,9 @@ async fn loading_a_showtime_again_never_resets_live_stock() {
     let iso = Isolation::new();
     let s = seats(&iso).await;
     let st = showtime(3);
-    assert!(s.load(st, 5, 0, false).await.unwrap());
+    assert!(s.load(st, 5, 0, 1, false).await.unwrap());
     s.take(st, user(1), HOLD).await.unwrap();
-    assert!(!s.load(st, 5, 0, false).await.unwrap());
+    assert!(!s.load(st, 5, 0, 1, false).await.unwrap());
     assert_eq!(s.counts(st).await.unwrap().unwrap().available, 4);
     drop_keys(&s).await;
 }
@@ -131,7 +131,7 @@ async fn the_pay_script_expires_a_hold_whose_deadline_passed_and_returns_its_sea
     let iso = Isolation::new();
     let s = seats(&iso).await;
     let st = showtime(1);
-    s.load(st, 1, 0, false).await.unwrap();
+    s.load(st, 1, 0, 1, false).await.unwrap();
     let TakeOutcome::Reserved(r) = s.take(st, user(1), Duration::from_millis(1)).await.unwrap()
     else {
         panic!("expected a reservation")
@@ -173,7 +173,7 @@ async fn paid_reservations_wait_in_the_unrecorded_set_until_marked_ordered() {
     let iso = Isolation::new();
     let s = seats(&iso).await;
     let st = showtime(2);
-    s.load(st, 2, 0, false).await.unwrap();
+    s.load(st, 2, 0, 1, false).await.unwrap();
     let TakeOutcome::Reserved(r) = s.take(st, user(1), HOLD).await.unwrap() else {
         panic!()
     };
@@ -214,7 +214,7 @@ async fn scripts_are_reloaded_after_redis_forgets_them() {
     let iso = Isolation::new();
     let s = seats(&iso).await;
     let st = showtime(1);
-    s.load(st, 3, 0, false).await.unwrap();
+    s.load(st, 3, 0, 1, false).await.unwrap();
     s.take(st, user(1), HOLD).await.unwrap();
     // SCRIPT FLUSH is what a Redis restart does to the script cache: EVALSHA then
     // answers NOSCRIPT and the adapter must fall back to loading the script.

@@ -186,3 +186,39 @@ async fn a_title_with_control_characters_is_a_400_and_creates_nothing() {
     assert_eq!(showtimes, 0);
     app.finish().await;
 }
+
+#[tokio::test]
+async fn a_showtime_left_in_redis_by_another_database_is_rebuilt_not_adopted() {
+    let old = TestApp::spawn(Options::default()).await;
+    let showtime = old.create_showtime(5).await;
+    for user in 1..=3 {
+        hold(&old, user, showtime).await;
+    }
+    let mut old = old;
+    old.stop().await;
+
+    // The same Redis keys, a new database: its showtime 1 is another sale.
+    let iso = flash_sale_tests::Isolation {
+        database: format!("{}_recreated", old.iso.database),
+        prefix: old.iso.prefix.clone(),
+    };
+    let new = TestApp::spawn_on(iso, Options::default()).await;
+    assert_eq!(new.create_showtime(5).await, showtime, "the same id");
+    assert_eq!(
+        new.seats(showtime).await,
+        (5, 0, 0),
+        "not the old sale's holds"
+    );
+    // Its buyers are not the old sale's: user 1 holds nothing here.
+    let id = hold(&new, 1, showtime).await;
+    assert_eq!(new.status_of(&id).await, "RESERVED");
+    assert_eq!(new.seats(showtime).await, (4, 1, 0));
+    let report = flash_sale_reconcile::run(&new.app, None, false, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    flash_sale_tests::drop_database(&old.iso.database)
+        .await
+        .unwrap();
+    new.finish().await;
+}
