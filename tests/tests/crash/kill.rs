@@ -11,11 +11,12 @@ use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
-fn server_options() -> Options {
+/// Holds of 2 s, a sweep every second that steps in `grace_secs` after a deadline.
+fn server_options(grace_secs: u64) -> Options {
     Options {
         hold_secs: 2,
         sweep_interval_secs: 1,
-        sweep_grace_secs: 1,
+        sweep_grace_secs: grace_secs,
         ..Options::default()
     }
 }
@@ -25,10 +26,9 @@ struct Server {
 }
 
 impl Server {
-    async fn start(iso: &Isolation, port: u16) -> Self {
-        let opts = server_options();
+    async fn start(iso: &Isolation, port: u16, opts: &Options) -> Self {
         let child = Command::new(env!("CARGO_BIN_EXE_flash-sale-server"))
-            .envs(flash_sale_tests::env(iso, &opts))
+            .envs(flash_sale_tests::env(iso, opts))
             .env("ADDR", format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
@@ -59,6 +59,17 @@ impl Server {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_server_mid_sale_loses_and_oversells_nothing() {
+    killed_four_times_mid_sale(server_options(1)).await;
+}
+
+/// The same with a sweep that steps in the moment a deadline passes, racing every expiry
+/// message and every order write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_server_mid_sale_with_a_sweep_of_no_grace_loses_and_oversells_nothing() {
+    killed_four_times_mid_sale(server_options(0)).await;
+}
+
+async fn killed_four_times_mid_sale(opts: Options) {
     const CAPACITY: i64 = 40;
     const USERS: i64 = 300;
     let iso = Isolation::new();
@@ -68,7 +79,7 @@ async fn killing_the_server_mid_sale_loses_and_oversells_nothing() {
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();
-    let mut server = Server::start(&iso, port).await;
+    let mut server = Server::start(&iso, port, &opts).await;
     let showtime = http
         .post(format!("{base}/showtimes"))
         .json(&json!({"capacity": CAPACITY}))
@@ -148,7 +159,7 @@ async fn killing_the_server_mid_sale_loses_and_oversells_nothing() {
         answered_at_kill.push(*seen.borrow());
         server.kill9().await;
         since = *seen.borrow();
-        server = Server::start(&iso, port).await;
+        server = Server::start(&iso, port, &opts).await;
     }
     let answers = crowd.await.unwrap();
     let reserved: HashMap<i64, (String, bool)> = answers
@@ -246,7 +257,6 @@ async fn killing_the_server_mid_sale_loses_and_oversells_nothing() {
 
     server.kill9().await;
     drop(db);
-    let (_app, adapters) =
-        flash_sale_tests::wire(flash_sale_tests::config(&iso, &server_options())).await;
+    let (_app, adapters) = flash_sale_tests::wire(flash_sale_tests::config(&iso, &opts)).await;
     flash_sale_tests::cleanup(&adapters, &iso).await.unwrap();
 }

@@ -160,8 +160,12 @@ async fn settled(app: &TestApp, showtime: i64) -> (i64, i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rabbitmq_restart_mid_sale_loses_no_confirmed_message_and_strands_no_hold() {
     let _turn = ONE_AT_A_TIME.lock().await;
+    // A sweep every second with no grace races every expiry and order the restart
+    // delays.
     let app = TestApp::spawn(Options {
         mock_delay: "10..100",
+        sweep_interval_secs: 1,
+        sweep_grace_secs: 0,
         ..Options::mock_payments()
     })
     .await;
@@ -244,7 +248,13 @@ async fn a_rabbitmq_restart_mid_sale_loses_no_confirmed_message_and_strands_no_h
 async fn a_postgres_restart_mid_sale_loses_no_order_and_writes_none_twice() {
     let _turn = ONE_AT_A_TIME.lock().await;
     const SEATS: usize = 40;
-    let app = TestApp::spawn(Options::default()).await;
+    // A sweep every second with no grace races every order the restart delays.
+    let app = TestApp::spawn(Options {
+        sweep_interval_secs: 1,
+        sweep_grace_secs: 0,
+        ..Options::default()
+    })
+    .await;
     let showtime = app.create_showtime(SEATS as u32).await;
     let mut held = vec![];
     for user in 1..=SEATS as i64 {
