@@ -70,6 +70,8 @@ struct State {
     confirming: AtomicBool,
     /// Handed-over messages neither confirmed nor given up on yet.
     outstanding: AtomicUsize,
+    /// The most `outstanding` may reach: past it, senders wait for their confirm.
+    limit: AtomicUsize,
     /// Woken when `outstanding` drops to zero.
     settled: Notify,
 }
@@ -90,10 +92,16 @@ impl Batcher {
         let state = Arc::new(State {
             confirming: AtomicBool::new(false),
             outstanding: AtomicUsize::new(0),
+            limit: AtomicUsize::new(usize::MAX),
             settled: Notify::new(),
         });
         tokio::spawn(publish_batches(link, exchange, key, rx, state.clone()));
         Self { tx, state }
+    }
+
+    /// Bounds the handed-over messages not confirmed yet (see [`Batcher::hand_over`]).
+    pub(super) fn hand_over_at_most(&self, limit: usize) {
+        self.state.limit.store(limit, Ordering::Relaxed);
     }
 
     /// Waits until every message handed over so far is confirmed (or given up on), at
@@ -114,8 +122,9 @@ impl Batcher {
     }
 
     /// Publishes `message` (one JSON object) and waits until the broker confirmed the
-    /// batch it went out in.
-    pub(super) async fn publish(&self, message: Vec<u8>) -> PortResult<()> {
+    /// batch it went out in, at most `within` (which should allow for the batch before
+    /// it, in flight when this one was queued).
+    pub(super) async fn publish(&self, message: Vec<u8>, within: Duration) -> PortResult<()> {
         let (confirmed, done) = oneshot::channel();
         self.tx
             .send(Pending {
@@ -123,16 +132,26 @@ impl Batcher {
                 confirmed: Some(confirmed),
             })
             .map_err(|_| stopped())?;
-        done.await.map_err(|_| stopped())?
+        match tokio::time::timeout(within, done).await {
+            Ok(answer) => answer.map_err(|_| stopped())?,
+            Err(_) => Err(PortError::transient(
+                COMPONENT,
+                format!("no confirm within {} ms", within.as_millis()),
+            )),
+        }
     }
 
     /// Publishes `message` like [`Batcher::publish`], but returns as soon as it is
-    /// queued for the next batch while the broker is confirming; otherwise waits for
-    /// its confirm. For messages whose loss is covered elsewhere (a hold's messages: its
-    /// deadline is in the seat store, which the sweep walks).
-    pub(super) async fn hand_over(&self, message: Vec<u8>) -> PortResult<()> {
-        if !self.state.confirming.load(Ordering::Relaxed) {
-            return self.publish(message).await;
+    /// queued for the next batch while the broker is confirming and fewer than the limit
+    /// are handed over and unconfirmed; otherwise waits for its confirm. For messages
+    /// whose loss is covered elsewhere (a hold's messages: its deadline is in the seat
+    /// store, which the sweep walks).
+    pub(super) async fn hand_over(&self, message: Vec<u8>, within: Duration) -> PortResult<()> {
+        if !self.state.confirming.load(Ordering::Relaxed)
+            || self.state.outstanding.load(Ordering::Relaxed)
+                >= self.state.limit.load(Ordering::Relaxed)
+        {
+            return self.publish(message, within).await;
         }
         self.state.outstanding.fetch_add(1, Ordering::SeqCst);
         self.tx

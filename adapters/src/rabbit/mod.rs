@@ -29,6 +29,7 @@
 mod batch;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use batch::Batcher;
@@ -123,14 +124,20 @@ impl Topology {
     }
 }
 
-/// The [`MessageBus`] on RabbitMQ: one connection, one confirm-mode publishing channel,
-/// both re-opened on demand after a broker restart. Holds, payment requests and orders
-/// are published in batches by destination ([`batch`]). Cheap to clone: clones share the
-/// connection and the batch publishers.
+/// The [`MessageBus`] on RabbitMQ: two connections, re-opened on demand after a broker
+/// restart. One publishes, on one confirm-mode channel, every wait on it bounded by
+/// [`Broker::confirm_within`]; the other consumes, acknowledges and inspects. A broker
+/// that blocks publishers (a memory or disk alarm) blocks the publishing connection
+/// only, so consumers keep acknowledging and draining while it lasts. Holds, payment
+/// requests and orders are published in batches by destination ([`batch`]). Cheap to
+/// clone: clones share the connections and the batch publishers.
 #[derive(Clone)]
 pub struct Broker {
     topology: Topology,
+    /// The publishing connection.
     link: Arc<Link>,
+    /// The consuming (and inspecting) connection: it never publishes.
+    reader: Arc<Link>,
     holds: Batcher,
     payments: Batcher,
     orders: Batcher,
@@ -138,11 +145,35 @@ pub struct Broker {
     hand_over: bool,
 }
 
-/// The connection and the publishing channel, shared with the batch publishers.
+/// A connection (and, on the publishing one, its confirm-mode channel), shared with the
+/// batch publishers.
 struct Link {
     url: String,
+    /// The connection's name in the broker's management view.
+    name: &'static str,
     conn: Mutex<Option<Connection>>,
     publisher: Mutex<Option<Channel>>,
+    /// The most a publish may wait for its channel, its confirm or a refusal, in ms.
+    confirm_within_ms: AtomicU64,
+}
+
+/// How long a publish waits for the broker by default.
+pub const DEFAULT_CONFIRM_WITHIN: Duration = Duration::from_secs(3);
+
+impl Link {
+    fn new(url: &str, name: &'static str) -> Arc<Self> {
+        Arc::new(Link {
+            url: url.to_string(),
+            name,
+            conn: Mutex::new(None),
+            publisher: Mutex::new(None),
+            confirm_within_ms: AtomicU64::new(DEFAULT_CONFIRM_WITHIN.as_millis() as u64),
+        })
+    }
+
+    fn confirm_within(&self) -> Duration {
+        Duration::from_millis(self.confirm_within_ms.load(Ordering::Relaxed))
+    }
 }
 
 impl std::fmt::Debug for Broker {
@@ -168,11 +199,8 @@ fn text(s: &str) -> AMQPValue {
 impl Broker {
     /// Connects and declares the whole topology.
     pub async fn connect(url: &str, topology: Topology) -> PortResult<Self> {
-        let link = Arc::new(Link {
-            url: url.to_string(),
-            conn: Mutex::new(None),
-            publisher: Mutex::new(None),
-        });
+        let link = Link::new(url, "flash-sale publisher");
+        let reader = Link::new(url, "flash-sale consumer");
         let exchange = topology.exchange();
         let batcher = |key: String| Batcher::start(link.clone(), exchange.clone(), key);
         let broker = Self {
@@ -181,10 +209,31 @@ impl Broker {
             orders: batcher(Queue::Orders.key().to_string()),
             topology,
             link,
+            reader,
             hand_over: false,
         };
         broker.declare_topology().await?;
         Ok(broker)
+    }
+
+    /// Bounds every wait of a publish (for the channel, the confirm, a refusal) by
+    /// `within`: past it the publish fails (transient), so a broker that blocks
+    /// publishers makes callers fail in time instead of hanging. Default
+    /// [`DEFAULT_CONFIRM_WITHIN`].
+    pub fn confirm_within(self, within: Duration) -> Self {
+        self.link
+            .confirm_within_ms
+            .store(within.as_millis().max(1) as u64, Ordering::Relaxed);
+        self
+    }
+
+    /// Bounds the hold messages handed over and not confirmed yet: past `limit`, a
+    /// hold's messages are confirmed before [`MessageBus::publish_hold`] returns, as if
+    /// nothing were handed over. Unbounded by default.
+    pub fn hand_over_at_most(self, limit: usize) -> Self {
+        self.holds.hand_over_at_most(limit);
+        self.payments.hand_over_at_most(limit);
+        self
     }
 
     /// Lets [`MessageBus::publish_hold`] return once a hold's messages are queued for the
@@ -206,20 +255,27 @@ impl Broker {
     }
 
     async fn follow_up(&self, batcher: &Batcher, message: Vec<u8>) -> PortResult<()> {
+        let within = self.caller_waits();
         if self.hand_over {
-            batcher.hand_over(message).await
+            batcher.hand_over(message, within).await
         } else {
-            batcher.publish(message).await
+            batcher.publish(message, within).await
         }
+    }
+
+    /// How long a caller waits for its message's confirm: the batch in flight when it
+    /// was queued, then its own, each bounded by [`Broker::confirm_within`].
+    fn caller_waits(&self) -> Duration {
+        self.link.confirm_within() * 2
     }
 
     pub fn topology(&self) -> &Topology {
         &self.topology
     }
 
-    /// A new channel on the (re)connected connection.
+    /// A new channel on the (re)connected consuming connection (which never publishes).
     pub async fn channel(&self) -> PortResult<Channel> {
-        self.link.channel().await
+        self.reader.channel().await
     }
 
     /// Declares every exchange, queue and binding. Idempotent: never purges, never
@@ -424,7 +480,7 @@ impl Link {
     async fn channel(&self) -> PortResult<Channel> {
         let mut conn = self.conn.lock().await;
         if !conn.as_ref().is_some_and(|c| c.status().connected()) {
-            let props = ConnectionProperties::default().with_connection_name("flash-sale".into());
+            let props = ConnectionProperties::default().with_connection_name(self.name.into());
             let fresh = tokio::time::timeout(
                 Duration::from_secs(5),
                 Connection::connect(&self.url, props),
@@ -458,7 +514,29 @@ impl Link {
         Ok(ch)
     }
 
+    /// Publishes `messages` and waits for all their confirms, at most
+    /// [`Link::confirm_within`] in all.
     async fn publish_to(
+        &self,
+        exchange: &str,
+        messages: &[(&str, Vec<u8>)],
+        headers: FieldTable,
+    ) -> PortResult<()> {
+        let within = self.confirm_within();
+        tokio::time::timeout(within, self.publish_confirmed(exchange, messages, headers))
+            .await
+            .unwrap_or_else(|_| {
+                Err(PortError::transient(
+                    COMPONENT,
+                    format!(
+                        "the broker did not confirm within {} ms (is it blocking publishers?)",
+                        within.as_millis()
+                    ),
+                ))
+            })
+    }
+
+    async fn publish_confirmed(
         &self,
         exchange: &str,
         messages: &[(&str, Vec<u8>)],
@@ -544,10 +622,11 @@ impl MessageBus for Broker {
     /// The orders, batched with those of concurrent payments; returns once all are
     /// confirmed.
     async fn publish_orders(&self, orders: &[OrderRequest]) -> PortResult<()> {
+        let within = self.caller_waits();
         futures::future::try_join_all(
             orders
                 .iter()
-                .map(|o| self.orders.publish(wire::encode_order(o))),
+                .map(|o| self.orders.publish(wire::encode_order(o), within)),
         )
         .await
         .map(|_| ())

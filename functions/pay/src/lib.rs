@@ -21,7 +21,7 @@ use flash_sale_runtime::extract::JsonBody;
 use flash_sale_runtime::guard::{AppState, Guard, HasGuard as _};
 use flash_sale_runtime::identity::Caller;
 use flash_sale_runtime::queue::{self, QueueError};
-use flash_sale_runtime::rfc3339;
+use flash_sale_runtime::{rfc3339, to_the_end};
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 
@@ -64,7 +64,8 @@ async fn pay(
     let user = caller.acting_as(req.user_id)?;
     let id: ReservationId = id.parse()?;
     state.guard().limits().check_user(user)?;
-    let receipt = state.app().sale.pay(id, user).await?;
+    let sale = state.app().sale.clone();
+    let receipt = to_the_end(async move { sale.pay(id, user).await }).await?;
     if !receipt.order_queued {
         tracing::warn!(reservation = %id, "paid, but the order message could not be queued yet; the sweep will re-send it");
     }

@@ -18,7 +18,7 @@ use flash_sale_runtime::error::ApiError;
 use flash_sale_runtime::extract::JsonBody;
 use flash_sale_runtime::guard::{AppState, Guard, HasGuard as _};
 use flash_sale_runtime::identity::Caller;
-use flash_sale_runtime::{App, rfc3339};
+use flash_sale_runtime::{App, rfc3339, to_the_end};
 use serde::{Deserialize, Serialize};
 
 /// The function's routes, protected by their own [`Guard`]: what the Lambda host runs.
@@ -69,7 +69,8 @@ async fn reserve(
 ) -> Result<Json<Reserved>, ApiError> {
     let (user, showtime) = req.parse(&caller)?;
     state.guard().limits().check_user(user)?;
-    let r = state.app().sale.reserve(user, showtime).await?;
+    let sale = state.app().sale.clone();
+    let r = to_the_end(async move { sale.reserve(user, showtime).await }).await?;
     Ok(Json(Reserved {
         message: "Ticket reserved successfully",
         status: r.status.as_str(),

@@ -60,7 +60,9 @@ impl App {
         let seats = seats.context("Redis (REDIS_URL) is not reachable")?;
         let bus = bus
             .context("RabbitMQ (AMQP_URL) is not reachable")?
-            .hand_over_hold_messages(config.hand_over_hold_messages);
+            .hand_over_hold_messages(config.hand_over_hold_messages)
+            .hand_over_at_most(config.hand_over_limit)
+            .confirm_within(config.broker_confirm_timeout);
         let db = db.context("PostgreSQL (DATABASE_URL) is not reachable")?;
         db.migrate().await.context("PostgreSQL migrations failed")?;
         let settings = SaleSettings {

@@ -37,6 +37,16 @@ pub struct Config {
     /// a Lambda runtime (`AWS_LAMBDA_RUNTIME_API` is set), where the environment is
     /// frozen between invocations and nothing would publish what was handed over.
     pub hand_over_hold_messages: bool,
+    /// The most one publish waits for the broker (its channel, its confirm):
+    /// `BROKER_CONFIRM_TIMEOUT_MS`, default 3000, at most 4500 so that a reserve, which
+    /// may wait for the batch ahead of its own too, answers well inside the 10 s
+    /// request timeout. A broker that blocks publishers (a memory or disk alarm) then
+    /// makes a reserve answer 503 with its seat given back, instead of hanging.
+    pub broker_confirm_timeout: Duration,
+    /// The most hold messages handed over and not yet confirmed
+    /// (`BROKER_HAND_OVER_LIMIT`, default 10000): past it, a reserve waits for its own
+    /// confirm, so a stalled broker cannot make messages pile up in memory.
+    pub hand_over_limit: usize,
     /// Who a caller is: `AUTH_MODE` and the `JWT_*` variables (see [`AuthConfig`]).
     pub auth: AuthConfig,
     /// Rate limits and the bound on in-flight requests (see [`LimitsConfig`]).
@@ -318,6 +328,8 @@ impl Config {
             sweep_grace: env.secs("SWEEP_GRACE_SECS", 30, 0..=WEEK_SECS)?,
             sold_out_cache: env.millis("SOLD_OUT_CACHE_MS", 100, 0..=60_000)?,
             hand_over_hold_messages: env.get("AWS_LAMBDA_RUNTIME_API").is_none(),
+            broker_confirm_timeout: env.millis("BROKER_CONFIRM_TIMEOUT_MS", 3000, 100..=4500)?,
+            hand_over_limit: env.number("BROKER_HAND_OVER_LIMIT", 10_000, 0..=1_000_000)? as usize,
             auth: auth_config(env, addr)?,
             limits: limits_config(env)?,
         })

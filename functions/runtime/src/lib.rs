@@ -29,6 +29,28 @@ pub use config::Config;
 use chrono::{DateTime, Utc};
 use flash_sale_core::UnixMillis;
 
+/// Runs a use case to its end even if the request that asked for it is dropped (its
+/// client went away, or the request timeout answered 408 first): a reserve that could
+/// not get its messages out still gives its seat back, a payment still settles. A panic
+/// inside is a 500, as the panic layer answers for a handler.
+pub async fn to_the_end<T, E>(
+    work: impl std::future::Future<Output = Result<T, E>> + Send + 'static,
+) -> Result<T, error::ApiError>
+where
+    T: Send + 'static,
+    E: Into<error::ApiError> + Send + 'static,
+{
+    match tokio::spawn(work).await {
+        Ok(done) => done.map_err(Into::into),
+        Err(e) => {
+            tracing::error!("a use case panicked: {e}");
+            Err(error::ApiError::Internal(
+                "internal error, please retry".into(),
+            ))
+        }
+    }
+}
+
 /// RFC 3339 with milliseconds, in UTC: how every answer writes a time.
 pub fn rfc3339(ms: UnixMillis) -> String {
     DateTime::<Utc>::from_timestamp_millis(ms.0 as i64)

@@ -29,6 +29,13 @@ pub struct Options {
     pub trust_forwarded_for: bool,
     /// `SOLD_OUT_CACHE_MS`; `None` keeps the server's default.
     pub sold_out_cache_ms: Option<u64>,
+    /// `BROKER_CONFIRM_TIMEOUT_MS`; `None` keeps the server's default.
+    pub broker_confirm_timeout_ms: Option<u64>,
+    /// `BROKER_HAND_OVER_LIMIT`; `None` keeps the server's default.
+    pub broker_hand_over_limit: Option<usize>,
+    /// `AMQP_URL`, e.g. a [`RabbitNode`](crate::RabbitNode) of the test's own; `None` is
+    /// the local RabbitMQ (or `AMQP_URL`).
+    pub amqp_url: Option<String>,
     /// `REDIS_URL`, e.g. through a [`Cuttable`](crate::Cuttable) proxy; `None` is the
     /// local Redis (or `REDIS_URL`).
     pub redis_url: Option<String>,
@@ -68,6 +75,9 @@ impl Default for Options {
             rate_addr: None,
             trust_forwarded_for: false,
             sold_out_cache_ms: None,
+            broker_confirm_timeout_ms: None,
+            broker_hand_over_limit: None,
+            amqp_url: None,
             redis_url: None,
             postgres_server: None,
         }
@@ -96,7 +106,12 @@ pub fn env(iso: &Isolation, opts: &Options) -> HashMap<&'static str, String> {
     HashMap::from([
         ("DATABASE_URL", database_url),
         ("REDIS_URL", redis_url),
-        ("AMQP_URL", server_url("AMQP_URL", RABBITMQ)),
+        (
+            "AMQP_URL",
+            opts.amqp_url
+                .clone()
+                .unwrap_or_else(|| server_url("AMQP_URL", RABBITMQ)),
+        ),
         ("HOLD_TTL_SECS", opts.hold_secs.to_string()),
         ("PAYMENT_MODE", opts.payment.to_string()),
         ("MOCK_PAY_DELAY_MS", opts.mock_delay.to_string()),
@@ -127,6 +142,18 @@ pub fn env(iso: &Isolation, opts: &Options) -> HashMap<&'static str, String> {
             opts.rate_addr.map(|q| q.1.to_string()).unwrap_or_default(),
         ),
         ("TRUST_FORWARDED_FOR", opts.trust_forwarded_for.to_string()),
+        (
+            "BROKER_CONFIRM_TIMEOUT_MS",
+            opts.broker_confirm_timeout_ms
+                .map(|ms| ms.to_string())
+                .unwrap_or_default(),
+        ),
+        (
+            "BROKER_HAND_OVER_LIMIT",
+            opts.broker_hand_over_limit
+                .map(|n| n.to_string())
+                .unwrap_or_default(),
+        ),
         (
             "SOLD_OUT_CACHE_MS",
             opts.sold_out_cache_ms

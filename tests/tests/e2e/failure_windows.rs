@@ -222,3 +222,86 @@ async fn a_showtime_left_in_redis_by_another_database_is_rebuilt_not_adopted() {
         .unwrap();
     new.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_blocks_publishers_gets_503s_with_seats_given_back_and_pay_still_answers() {
+    let rabbit = flash_sale_tests::RabbitNode::start();
+    let app = TestApp::spawn(Options {
+        amqp_url: Some(rabbit.url()),
+        broker_confirm_timeout_ms: Some(1000),
+        broker_hand_over_limit: Some(5),
+        hold_secs: 600,
+        sweep_interval_secs: 1,
+        sweep_grace_secs: 0,
+        ..Options::default()
+    })
+    .await;
+    let showtime = app.create_showtime(50).await;
+    let before = hold(&app, 1, showtime).await;
+
+    rabbit.memory_alarm(true);
+    // Holds handed over before the broker is known to be stalled may still answer 200
+    // (their loss is covered by the sweep), five at the most (the hand-over limit); then,
+    // and once a confirm is overdue, every reserve waits for its own, in time, and gives
+    // its seat back when it does not come.
+    let mut held = vec![before.clone()];
+    let mut refused_in_a_row = 0;
+    for user in 2..=40 {
+        let (status, body) = app.reserve(user, showtime).await;
+        match status {
+            StatusCode::OK => {
+                held.push(body["reservation_id"].as_str().unwrap().to_string());
+                refused_in_a_row = 0;
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(body["error"], "unavailable", "{body}");
+                refused_in_a_row += 1;
+                if refused_in_a_row == 3 {
+                    break;
+                }
+            }
+            other => panic!("{other} while the broker blocks publishers: {body}"),
+        }
+    }
+    assert_eq!(
+        refused_in_a_row, 3,
+        "reserves kept answering 200 into a stalled broker"
+    );
+    assert!(
+        held.len() <= 1 + 5,
+        "{} holds handed over past the limit of 5",
+        held.len() - 1
+    );
+    let (_, counted_held, _) = app.seats(showtime).await;
+    assert_eq!(
+        counted_held as usize,
+        held.len(),
+        "every 503 gave its seat back"
+    );
+
+    // A payment is durable in Redis: 200 PAID in time, its order follows later.
+    let (status, body) = app.pay(&before, 1).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "PAID");
+
+    rabbit.memory_alarm(false);
+    eventually(Duration::from_secs(60), "the paid order", || async {
+        (app.status_of(&before).await == "ORDERED").then_some(())
+    })
+    .await;
+    // Nothing leaked: the paid seat is sold, every hold that answered 200 still holds
+    // its seat (its expiry reached the broker once the alarm cleared), every 503 none.
+    let others = held.len() as i64 - 1;
+    assert_eq!(app.seats(showtime).await, (50 - others - 1, others, 1));
+    assert_eq!(app.orders(showtime).await, 1);
+    let delay_queue = app.adapters.bus.topology().delay_queue();
+    eventually(
+        Duration::from_secs(60),
+        "every handed-over expiry in the delay queue",
+        || async {
+            (app.adapters.bus.ready_count(&delay_queue).await.unwrap() as usize >= 1).then_some(())
+        },
+    )
+    .await;
+    app.finish().await;
+}
