@@ -187,6 +187,14 @@ impl TestApp {
         (n("available"), n("held"), n("sold"))
     }
 
+    /// Showtimes in this test's database (what a refused request must not have added).
+    pub async fn showtimes_in_db(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM showtimes")
+            .fetch_one(&self.db)
+            .await
+            .unwrap()
+    }
+
     pub async fn status_of(&self, reservation: &str) -> String {
         let (status, r) = self.get(&format!("/reservations/{reservation}")).await;
         assert_eq!(status, StatusCode::OK, "{r}");

@@ -189,11 +189,7 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
     // None of it touched the sale.
     assert_eq!(app.seats(showtime).await, (1, 1, 0));
     assert_eq!(app.status_of(&held).await, "RESERVED");
-    let showtimes: i64 = sqlx::query_scalar("SELECT count(*) FROM showtimes")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
-    assert_eq!(showtimes, 1);
+    assert_eq!(app.showtimes_in_db().await, 1);
     app.finish().await;
 }
 

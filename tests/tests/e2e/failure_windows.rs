@@ -179,11 +179,7 @@ async fn a_title_with_control_characters_is_a_400_and_creates_nothing() {
             .await;
         assert_error(&answer, StatusCode::BAD_REQUEST, "bad_request");
     }
-    let showtimes: i64 = sqlx::query_scalar("SELECT count(*) FROM showtimes")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
-    assert_eq!(showtimes, 0);
+    assert_eq!(app.showtimes_in_db().await, 0);
     app.finish().await;
 }
 

@@ -48,8 +48,9 @@ async fn a_burst_over_the_user_limit_gets_429_with_retry_after_and_holds_one_sea
     app.finish().await;
 }
 
-#[tokio::test]
-async fn a_burst_over_the_address_limit_gets_429_and_other_addresses_pass() {
+/// A server that limits each client address to a burst of 3 and 1 a second, taking the
+/// address from `X-Forwarded-For`, and a showtime of 100 seats on it.
+async fn behind_an_address_limit() -> (TestApp, i64) {
     let app = TestApp::spawn(Options {
         rate_addr: Some((1, 3)),
         trust_forwarded_for: true,
@@ -57,12 +58,21 @@ async fn a_burst_over_the_address_limit_gets_429_and_other_addresses_pass() {
     })
     .await;
     let st = app.create_showtime(100).await;
-    let from = |ip: &str, user: i64| {
-        app.http
-            .post(app.url("/reserve"))
-            .header("x-forwarded-for", ip)
-            .json(&json!({"user_id": user, "showtime_id": st}))
-    };
+    (app, st)
+}
+
+/// `POST /reserve` for `user` as if from the client address `ip`.
+fn reserve_from(app: &TestApp, st: i64, ip: &str, user: i64) -> reqwest::RequestBuilder {
+    app.http
+        .post(app.url("/reserve"))
+        .header("x-forwarded-for", ip)
+        .json(&json!({"user_id": user, "showtime_id": st}))
+}
+
+#[tokio::test]
+async fn a_burst_over_the_address_limit_gets_429_and_other_addresses_pass() {
+    let (app, st) = behind_an_address_limit().await;
+    let from = |ip: &str, user: i64| reserve_from(&app, st, ip, user);
     let mut limited = 0;
     for user in 1..=10 {
         let (status, headers, body) = app.send(from("203.0.113.7", user), None).await;
@@ -158,19 +168,8 @@ async fn junk_ids_and_junk_bodies_are_400s_or_404s_and_change_nothing() {
 
 #[tokio::test]
 async fn an_ipv6_client_rotating_through_its_64_meets_one_address_limit() {
-    let app = TestApp::spawn(Options {
-        rate_addr: Some((1, 3)),
-        trust_forwarded_for: true,
-        ..Options::default()
-    })
-    .await;
-    let st = app.create_showtime(100).await;
-    let from = |ip: String, user: i64| {
-        app.http
-            .post(app.url("/reserve"))
-            .header("x-forwarded-for", ip)
-            .json(&json!({"user_id": user, "showtime_id": st}))
-    };
+    let (app, st) = behind_an_address_limit().await;
+    let from = |ip: String, user: i64| reserve_from(&app, st, &ip, user);
     // Twenty addresses of one /64, one request each: a client that owns the /64. One
     // bucket of 3 refilled at 1/s lets through the burst and what refilled meanwhile;
     // a bucket per address would let every one through.

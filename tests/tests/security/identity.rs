@@ -174,11 +174,7 @@ async fn creating_a_showtime_as_a_user_is_a_403_and_creates_nothing() {
         )
         .await;
     assert_error(&(status, answer), StatusCode::UNAUTHORIZED, "unauthorized");
-    let showtimes: i64 = sqlx::query_scalar("SELECT count(*) FROM showtimes")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
-    assert_eq!(showtimes, 0);
+    assert_eq!(app.showtimes_in_db().await, 0);
     app.finish().await;
 }
 

@@ -87,10 +87,6 @@ async fn a_window_that_closes_before_it_opens_or_is_no_time_is_a_400() {
             "bad_request",
         );
     }
-    let showtimes: i64 = sqlx::query_scalar("SELECT count(*) FROM showtimes")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
-    assert_eq!(showtimes, 0);
+    assert_eq!(app.showtimes_in_db().await, 0);
     app.finish().await;
 }
