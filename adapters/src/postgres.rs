@@ -125,7 +125,11 @@ impl Postgres {
     /// Inserts the orders not recorded yet, bumps `sold` by what was inserted, and says
     /// whose row each reservation id now has: the reservations inserted now, and the
     /// (user, showtime) of every row of these ids, new or old.
-    async fn insert_batch(&self, orders: &[OrderRequest]) -> Result<Inserted, sqlx::Error> {
+    async fn insert_batch(
+        &self,
+        orders: &[OrderRequest],
+        owners_of_all: bool,
+    ) -> Result<Inserted, sqlx::Error> {
         let ids: Vec<String> = orders.iter().map(|o| o.reservation.to_string()).collect();
         let showtimes: Vec<i64> = orders
             .iter()
@@ -169,7 +173,7 @@ impl Postgres {
             .execute(&mut *tx)
             .await?;
         }
-        let owners: Vec<(String, i64, i64)> = if inserted.len() == ids.len() {
+        let owners: Vec<(String, i64, i64)> = if inserted.len() == ids.len() && !owners_of_all {
             vec![]
         } else {
             sqlx::query_as(
@@ -199,10 +203,12 @@ struct Inserted {
 }
 
 impl Inserted {
-    /// The outcome of `order`, the first of its reservation id in its batch.
-    fn outcome(&self, order: &OrderRequest) -> OrderOutcome {
+    /// The outcome of `order` (`first` of its reservation id in its batch, or a later
+    /// copy): inserted now, a duplicate of a row of the same reservation, user and
+    /// showtime, or refused when its id's row is someone else's.
+    fn outcome(&self, order: &OrderRequest, first: bool) -> OrderOutcome {
         let id = order.reservation.to_string();
-        if self.now.contains(&id) {
+        if first && self.now.contains(&id) {
             return OrderOutcome::Inserted;
         }
         match self.owners.get(&id) {
@@ -216,26 +222,6 @@ impl Inserted {
             }
             _ => OrderOutcome::Duplicate,
         }
-    }
-}
-
-/// The outcome of an order whose reservation id came earlier in the same batch with
-/// `first`: the same order again is a duplicate of it (or refused with it); another
-/// user's order under that id is refused.
-fn repeated(
-    order: &OrderRequest,
-    first: &OrderRequest,
-    first_outcome: &OrderOutcome,
-) -> OrderOutcome {
-    if order.user != first.user {
-        return OrderOutcome::Refused(format!(
-            "reservation {} appears for two users in one batch",
-            order.reservation
-        ));
-    }
-    match first_outcome {
-        OrderOutcome::Refused(why) => OrderOutcome::Refused(why.clone()),
-        _ => OrderOutcome::Duplicate,
     }
 }
 
@@ -306,52 +292,48 @@ impl Catalog for Postgres {
 
 impl OrderBook for Postgres {
     async fn record_orders(&self, orders: &[OrderRequest]) -> PortResult<Vec<OrderOutcome>> {
-        // A redelivery can bring the same reservation twice in one batch: insert each id
-        // once, then give every later copy the outcome of its first.
+        // A redelivery can bring the same reservation twice in one batch: each id is
+        // inserted once, and every copy is then judged against the row its id has.
         let mut unique: Vec<OrderRequest> = Vec::with_capacity(orders.len());
         for o in orders {
             if !unique.iter().any(|u| u.reservation == o.reservation) {
                 unique.push(*o);
             }
         }
-        let firsts = match self.insert_batch(&unique).await {
-            Ok(inserted) => unique.iter().map(|o| inserted.outcome(o)).collect(),
-            Err(e) if refusal(&e).is_some() && unique.len() > 1 => {
+        let repeated = unique.len() < orders.len();
+        match self.insert_batch(&unique, repeated).await {
+            Ok(inserted) => {
+                let mut seen = Vec::with_capacity(orders.len());
+                Ok(orders
+                    .iter()
+                    .map(|o| {
+                        let first = !seen.contains(&o.reservation);
+                        seen.push(o.reservation);
+                        inserted.outcome(o, first)
+                    })
+                    .collect())
+            }
+            Err(e) if refusal(&e).is_some() && orders.len() > 1 => {
                 // One bad order must not hold the others back: find it one by one.
-                let mut outcomes = Vec::with_capacity(unique.len());
-                for o in &unique {
-                    outcomes.push(match self.insert_batch(std::slice::from_ref(o)).await {
-                        Ok(inserted) => inserted.outcome(o),
-                        Err(e) => match refusal(&e) {
-                            Some(why) => OrderOutcome::Refused(why),
-                            None => return Err(port_error(e)),
+                let mut outcomes = Vec::with_capacity(orders.len());
+                for o in orders {
+                    outcomes.push(
+                        match self.insert_batch(std::slice::from_ref(o), false).await {
+                            Ok(inserted) => inserted.outcome(o, true),
+                            Err(e) => match refusal(&e) {
+                                Some(why) => OrderOutcome::Refused(why),
+                                None => return Err(port_error(e)),
+                            },
                         },
-                    });
+                    );
                 }
-                outcomes
+                Ok(outcomes)
             }
             Err(e) => match refusal(&e) {
-                Some(why) => vec![OrderOutcome::Refused(why)],
-                None => return Err(port_error(e)),
+                Some(why) => Ok(vec![OrderOutcome::Refused(why)]),
+                None => Err(port_error(e)),
             },
-        };
-        let mut seen: Vec<&OrderRequest> = Vec::with_capacity(orders.len());
-        Ok(orders
-            .iter()
-            .map(|o| {
-                let i = unique
-                    .iter()
-                    .position(|u| u.reservation == o.reservation)
-                    .expect("every order has its first");
-                let outcome = if seen.iter().any(|s| s.reservation == o.reservation) {
-                    repeated(o, &unique[i], &firsts[i])
-                } else {
-                    firsts[i].clone()
-                };
-                seen.push(o);
-                outcome
-            })
-            .collect())
+        }
     }
 
     async fn record_refusals(

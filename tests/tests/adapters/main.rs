@@ -7,7 +7,8 @@ use std::time::Duration;
 use flash_sale_adapters::{Broker, Postgres, Queue, RedisSeats, Topology};
 use flash_sale_core::domain::SaleWindow;
 use flash_sale_core::ports::{
-    Catalog, ExpireOutcome, MessageBus, OrderBook, OrderOutcome, PayOutcome, SeatStore, TakeOutcome,
+    Catalog, ExpireOutcome, MessageBus, OrderAudit, OrderBook, OrderOutcome, PayOutcome, SeatStore,
+    TakeOutcome,
 };
 use flash_sale_core::{
     Capacity, Expiry, NewShowtime, OrderRequest, PaymentRequest, ReservationId, SeatCounts,
@@ -92,7 +93,13 @@ async fn the_reserve_script_refuses_a_second_hold_and_an_empty_showtime() {
     let TakeOutcome::Reserved(r) = s.take(st, user(1), HOLD).await.unwrap() else {
         panic!("expected a reservation")
     };
-    assert_eq!(r.id.to_string(), "1-1");
+    // Ids name their showtime, and their number never falls behind Redis's clock in
+    // microseconds (a Redis rolled back to an older snapshot cannot hand one out again).
+    assert_eq!(r.id.showtime(), st);
+    let mut conn = s.connection();
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+    assert!(r.id.seq() <= secs * 1_000_000 + micros);
+    assert!(r.id.seq() >= (secs - 60) * 1_000_000, "{}", r.id);
     assert_eq!(r.status, Status::Reserved);
     assert_eq!(
         s.take(st, user(1), HOLD).await.unwrap(),
@@ -215,7 +222,9 @@ async fn scripts_are_reloaded_after_redis_forgets_them() {
     let s = seats(&iso).await;
     let st = showtime(1);
     s.load(st, 3, 0, 1, false).await.unwrap();
-    s.take(st, user(1), HOLD).await.unwrap();
+    let TakeOutcome::Reserved(first) = s.take(st, user(1), HOLD).await.unwrap() else {
+        panic!("expected a reservation")
+    };
     // SCRIPT FLUSH is what a Redis restart does to the script cache: EVALSHA then
     // answers NOSCRIPT and the adapter must fall back to loading the script.
     let mut conn = s.connection();
@@ -233,7 +242,7 @@ async fn scripts_are_reloaded_after_redis_forgets_them() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let id = ReservationId::new(st, 1).unwrap();
+    let id = first.id;
     s.pay(id, user(1)).await.unwrap();
     let _: () = redis::cmd("SCRIPT")
         .arg("FLUSH")
@@ -256,20 +265,66 @@ fn order(st: ShowtimeId, seq: u64, u: i64) -> OrderRequest {
     }
 }
 
+/// A showtime of `capacity` seats, always on sale, in the catalog only.
+async fn showtime_in(db: &Postgres, capacity: i64) -> ShowtimeId {
+    db.create_showtime(NewShowtime {
+        capacity: Capacity::new(capacity).unwrap(),
+        title: None,
+        starts_at: None,
+        sale_window: SaleWindow::ALWAYS,
+    })
+    .await
+    .unwrap()
+    .id
+}
+
+#[tokio::test]
+async fn an_order_under_an_id_another_users_row_holds_is_refused_and_kept_once() {
+    let iso = Isolation::new();
+    let db = database(&iso).await;
+    let st = showtime_in(&db, 5).await;
+    let mine = order(st, 1, 1);
+    assert_eq!(
+        db.record_orders(&[mine]).await.unwrap(),
+        [OrderOutcome::Inserted]
+    );
+    // The same reservation id, paid by someone else: a seat store that handed it out
+    // twice. Never a duplicate of the first row; within one batch, both copies agree.
+    let theirs = OrderRequest {
+        user: UserId::new(2).unwrap(),
+        ..mine
+    };
+    let outcomes = db.record_orders(&[theirs, theirs, mine]).await.unwrap();
+    assert!(
+        matches!(&outcomes[0], OrderOutcome::Refused(why) if why.contains("another user")),
+        "{outcomes:?}"
+    );
+    assert_eq!(outcomes[1], outcomes[0]);
+    assert_eq!(outcomes[2], OrderOutcome::Duplicate);
+    let why = "recorded for another user".to_string();
+    assert_eq!(
+        db.record_refusals(&[(theirs, why.clone())]).await.unwrap(),
+        [theirs.reservation]
+    );
+    assert!(
+        db.record_refusals(&[(theirs, why)])
+            .await
+            .unwrap()
+            .is_empty(),
+        "kept once"
+    );
+    assert_eq!(
+        db.unresolved_refusals(st).await.unwrap(),
+        [theirs.reservation]
+    );
+    drop_database(db, &iso).await;
+}
+
 #[tokio::test]
 async fn the_database_records_each_order_once_and_never_past_capacity() {
     let iso = Isolation::new();
     let db = database(&iso).await;
-    let st = db
-        .create_showtime(NewShowtime {
-            capacity: Capacity::new(2).unwrap(),
-            title: None,
-            starts_at: None,
-            sale_window: SaleWindow::ALWAYS,
-        })
-        .await
-        .unwrap()
-        .id;
+    let st = showtime_in(&db, 2).await;
     let a = order(st, 1, 1);
     let b = order(st, 2, 2);
     let outcomes = db.record_orders(&[a, a, b]).await.unwrap();
@@ -289,16 +344,7 @@ async fn the_database_records_each_order_once_and_never_past_capacity() {
     // A third seat does not exist: the database refuses it whatever Redis said, and a
     // second order of one user under another reservation is refused too; a good order
     // in the same batch is not held back by them.
-    let st2 = db
-        .create_showtime(NewShowtime {
-            capacity: Capacity::new(5).unwrap(),
-            title: None,
-            starts_at: None,
-            sale_window: SaleWindow::ALWAYS,
-        })
-        .await
-        .unwrap()
-        .id;
+    let st2 = showtime_in(&db, 5).await;
     let over = order(st, 3, 3);
     let twice = order(st2, 2, 7);
     let fine = order(st2, 1, 7);
