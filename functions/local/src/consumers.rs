@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use flash_sale_adapters::Queue;
 use flash_sale_runtime::App;
-use flash_sale_runtime::queue::QueueError;
+use flash_sale_runtime::queue::{self, QueueError};
 use futures::{FutureExt as _, StreamExt, TryStreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
@@ -175,14 +175,13 @@ pub async fn orders(app: App) {
                 }
             }
             let bodies: Vec<&[u8]> = deliveries.iter().map(|d| d.data.as_slice()).collect();
+            // Settled as the Lambda host settles a batch: a retryable failure anywhere
+            // retries the whole batch; otherwise each delivery gets its own outcome.
             let results = with_retries(|| async {
                 let results = flash_sale_write_order::write_orders(&app, &bodies).await;
-                match results
-                    .iter()
-                    .find(|r| matches!(r, Err(QueueError::Retryable(_))))
-                {
-                    Some(Err(e)) => Err(QueueError::Retryable(e.to_string())),
-                    _ => Ok(results),
+                match queue::settle(&results) {
+                    Err(retryable) => Err(QueueError::Retryable(retryable.to_string())),
+                    Ok(_) => Ok(results),
                 }
             })
             .await;
