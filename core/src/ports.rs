@@ -89,7 +89,7 @@ pub enum OrderOutcome {
     /// for this showtime under another reservation, or the reservation id is already
     /// recorded for another user). The reservation becomes `REFUSED`; a person refunds it.
     Refused(String),
-    /// Refused, and that refusal was already on record (a redelivery): nothing to do.
+    /// Another copy, in the same batch, of an order refused above: nothing more to do.
     AlreadyRefused,
 }
 

@@ -470,10 +470,10 @@ where
     }
 
     /// Records orders in the database, each at most once, then marks them `ORDERED`. An
-    /// order the database refuses for good is kept on record for a refund and marked
-    /// `REFUSED` (its seat back on sale, never re-sent by the sweep); its outcome is
-    /// [`OrderOutcome::Refused`] the first time and [`OrderOutcome::AlreadyRefused`]
-    /// after, so a host dead-letters it once.
+    /// order the database refuses for good is kept on record for a refund, once, and
+    /// marked `REFUSED` (its seat back on sale, never re-sent by the sweep); its outcome
+    /// is [`OrderOutcome::Refused`] for the first copy in the batch and
+    /// [`OrderOutcome::AlreadyRefused`] for any other, so a host dead-letters it once.
     pub async fn write_orders(
         &self,
         orders: &[OrderRequest],
@@ -489,20 +489,22 @@ where
             })
             .collect();
         if !refused.is_empty() {
-            let new = self.db.record_refusals(&refused).await?;
+            self.db.record_refusals(&refused).await?;
             let ids: Vec<ReservationId> = refused.iter().map(|(o, _)| o.reservation).collect();
             for id in self.seats.mark_refused(&ids).await? {
                 self.sold_out.seat_returned(id.showtime());
             }
-            // Each refusal is reported once: where a batch names the same refused
-            // reservation twice, or it was on record before, the others are settled.
+            // Each refusal is reported once per delivery: where a batch names the same
+            // refused reservation twice, the later copies are settled. (A redelivery,
+            // which only follows a failure, reports it again: a dead letter may be
+            // repeated, never lost.)
             let mut reported = vec![];
             for (order, outcome) in orders.iter().zip(outcomes.iter_mut()) {
                 if matches!(outcome, OrderOutcome::Refused(_)) {
-                    if new.contains(&order.reservation) && !reported.contains(&order.reservation) {
-                        reported.push(order.reservation);
-                    } else {
+                    if reported.contains(&order.reservation) {
                         *outcome = OrderOutcome::AlreadyRefused;
+                    } else {
+                        reported.push(order.reservation);
                     }
                 }
             }
@@ -919,11 +921,13 @@ mod tests {
             (1, 0, 1),
             "its seat no longer counts"
         );
-        // A redelivery is settled quietly, and the sweep has nothing to re-send.
-        assert_eq!(
-            block_on(sale.write_orders(&[order])).unwrap(),
-            vec![OrderOutcome::AlreadyRefused]
-        );
+        // A redelivery (after a failure) reports it again; it stays on record once, and
+        // the sweep has nothing to re-send.
+        assert!(matches!(
+            block_on(sale.write_orders(&[order])).unwrap()[0],
+            OrderOutcome::Refused(_)
+        ));
+        assert_eq!(sale.db.refusals.lock().unwrap().len(), 1);
         sale.seats.advance(HOLD);
         assert_eq!(
             block_on(sale.sweep(Duration::ZERO)).unwrap(),
