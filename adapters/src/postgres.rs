@@ -122,6 +122,15 @@ impl Postgres {
         &self.pool
     }
 
+    /// Whether PostgreSQL answers (a readiness probe).
+    pub async fn ping(&self) -> PortResult<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(port_error)?;
+        Ok(())
+    }
+
     /// Inserts the orders not recorded yet, bumps `sold` by what was inserted, and says
     /// whose row each reservation id now has: the reservations inserted now, and the
     /// (user, showtime) of every row of these ids, new or old.

@@ -165,6 +165,16 @@ impl RedisSeats {
         self.conn.clone()
     }
 
+    /// Whether Redis answers (a readiness probe).
+    pub async fn ping(&self) -> PortResult<()> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(port_error)?;
+        Ok(())
+    }
+
     fn key(&self, showtime: ShowtimeId, what: &str) -> String {
         format!("{}:{{{}}}:{}", self.prefix, showtime, what)
     }

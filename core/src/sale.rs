@@ -173,8 +173,10 @@ impl SaleWindows {
 /// Why a reservation was not made.
 #[derive(Debug, thiserror::Error)]
 pub enum ReserveError {
+    /// No seat is left: the seat store said so, or this process remembered it
+    /// (`remembered`, answered without asking the store).
     #[error("Tickets sold out")]
-    SoldOut,
+    SoldOut { remembered: bool },
     #[error("Already ordered: this user already holds or bought reservation {0}")]
     AlreadyHolds(ReservationId),
     #[error("showtime {0} does not exist")]
@@ -342,7 +344,7 @@ where
             .admits(self.clock.now())
             .map_err(|why| ReserveError::OutsideSaleWindow { showtime, why })?;
         let Some(seen) = self.sold_out.observe(showtime) else {
-            return Err(ReserveError::SoldOut);
+            return Err(ReserveError::SoldOut { remembered: true });
         };
         let reservation = match self.take(user, showtime).await? {
             TakeOutcome::UnknownShowtime => {
@@ -400,7 +402,7 @@ where
                 crash_point!("reserve.before_remembering_sold_out");
                 self.sold_out
                     .sold_out(showtime, seen, self.settings.sold_out_cache);
-                Err(ReserveError::SoldOut)
+                Err(ReserveError::SoldOut { remembered: false })
             }
             TakeOutcome::AlreadyHolds(id) => Err(ReserveError::AlreadyHolds(id)),
             TakeOutcome::UnknownShowtime => unreachable!("handled by the caller"),
@@ -695,7 +697,7 @@ mod tests {
         block_on(sale.reserve(user(1), st)).unwrap();
         assert!(matches!(
             block_on(sale.reserve(user(2), st)),
-            Err(ReserveError::SoldOut)
+            Err(ReserveError::SoldOut { .. })
         ));
     }
 
@@ -707,7 +709,7 @@ mod tests {
         let first = block_on(sale.reserve(user(1), st)).unwrap();
         assert!(matches!(
             block_on(sale.reserve(user(2), st)),
-            Err(ReserveError::SoldOut)
+            Err(ReserveError::SoldOut { .. })
         ));
         // A seat this process returns clears the memory at once.
         let msg = Expiry {
@@ -720,14 +722,14 @@ mod tests {
         let second = block_on(sale.reserve(user(2), st)).expect("the returned seat is on sale");
         assert!(matches!(
             block_on(sale.reserve(user(3), st)),
-            Err(ReserveError::SoldOut)
+            Err(ReserveError::SoldOut { .. })
         ));
         // Another process returns a seat behind this one's back: this process keeps
         // answering from memory (for at most `sold_out_cache`), without the store.
         block_on(sale.seats.expire(second.id)).unwrap();
         assert!(matches!(
             block_on(sale.reserve(user(3), st)),
-            Err(ReserveError::SoldOut)
+            Err(ReserveError::SoldOut { .. })
         ));
         assert_eq!(
             counts(&sale, st).available,
@@ -1004,7 +1006,7 @@ mod tests {
         block_on(sale.reserve(user(2), st)).unwrap();
         assert!(matches!(
             block_on(sale.reserve(user(3), st)),
-            Err(ReserveError::SoldOut)
+            Err(ReserveError::SoldOut { .. })
         ));
     }
 }

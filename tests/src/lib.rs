@@ -12,7 +12,7 @@ use std::time::Duration;
 use flash_sale_runtime::identity::sign_hs256;
 use flash_sale_runtime::{Adapters, App};
 pub use flash_sale_test_support::{
-    Isolation, Options, RabbitNode, RedisServer, TEST_JWT_AUDIENCE, TEST_JWT_ISSUER,
+    Cuttable, Isolation, Options, RabbitNode, RedisServer, TEST_JWT_AUDIENCE, TEST_JWT_ISSUER,
     TEST_JWT_SECRET, assert_error, cleanup, config, drop_database, env, eventually, free_port,
     test_claims, wire,
 };
@@ -290,5 +290,77 @@ pub async fn progressed(
         Ok(Ok(n)) => n,
         Ok(Err(_)) => panic!("the load stopped at {now}, short of {target}, before {what}"),
         Err(_) => panic!("timed out after {deadline:?} at {now} of {target}, waiting for {what}"),
+    }
+}
+
+/// The one-process server as a real child process (the tests package's
+/// `flash-sale-server` binary, whose path a test passes as
+/// `env!("CARGO_BIN_EXE_flash-sale-server")`), on `port`, with `iso`'s data: for tests
+/// that kill it, stop it with a signal, or read its process-wide metrics.
+pub struct ServerProcess {
+    child: tokio::process::Child,
+    pub port: u16,
+}
+
+impl ServerProcess {
+    /// Starts it with `opts` (and `extra` variables) and waits until it listens.
+    pub async fn start(binary: &str, iso: &Isolation, port: u16, opts: &Options) -> Self {
+        Self::start_with(binary, iso, port, opts, &[]).await
+    }
+
+    pub async fn start_with(
+        binary: &str,
+        iso: &Isolation,
+        port: u16,
+        opts: &Options,
+        extra: &[(&str, &str)],
+    ) -> Self {
+        let child = tokio::process::Command::new(binary)
+            .envs(env(iso, opts))
+            .env("ADDR", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "error")
+            .envs(extra.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the server binary starts");
+        let http = reqwest::Client::new();
+        eventually(Duration::from_secs(60), "the server to listen", || {
+            let http = http.clone();
+            async move {
+                http.get(format!("http://127.0.0.1:{port}/healthz"))
+                    .send()
+                    .await
+                    .ok()
+                    .map(|_| ())
+            }
+        })
+        .await;
+        Self { child, port }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// SIGKILL: no graceful shutdown, no flush, no acks.
+    pub async fn kill9(&mut self) {
+        self.child.kill().await.expect("kill -9");
+    }
+
+    /// SIGTERM: the graceful stop a platform asks for.
+    pub fn terminate(&self) {
+        let pid = self.child.id().expect("still running").to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(sent.success());
+    }
+
+    /// Waits for the process to end; whether it ended cleanly.
+    pub async fn exited_cleanly(&mut self) -> bool {
+        self.child.wait().await.is_ok_and(|s| s.success())
     }
 }

@@ -285,6 +285,19 @@ impl Broker {
         self.declare(&ch).await
     }
 
+    /// Whether both connections are up and a channel opens on each (a readiness probe),
+    /// within the publish deadline.
+    pub async fn ping(&self) -> PortResult<()> {
+        let both = async {
+            let ch = self.reader.channel().await?;
+            let _ = ch.close(200, "probe".into()).await;
+            self.link.publisher().await.map(|_| ())
+        };
+        tokio::time::timeout(self.link.confirm_within(), both)
+            .await
+            .unwrap_or_else(|_| Err(PortError::transient(COMPONENT, "no answer in time")))
+    }
+
     /// Messages ready in the queue named `queue` (not counting unacknowledged ones).
     pub async fn ready_count(&self, queue: &str) -> PortResult<u32> {
         let ch = self.channel().await?;

@@ -22,6 +22,7 @@ pub async fn expire(app: &App, body: &[u8]) -> Result<Vec<ExpireOutcome>, QueueE
     let outcomes =
         futures::future::try_join_all(holds.iter().map(|hold| app.sale.expire(*hold))).await?;
     tracing::debug!(holds = holds.len(), ?outcomes, "expiries handled");
+    flash_sale_runtime::metrics::expiries(&outcomes);
     Ok(outcomes)
 }
 

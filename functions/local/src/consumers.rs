@@ -11,6 +11,8 @@
 use std::future::Future;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use flash_sale_adapters::Queue;
 use flash_sale_runtime::App;
 use flash_sale_runtime::queue::{self, QueueError};
@@ -19,6 +21,8 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use std::panic::AssertUnwindSafe;
 use tokio_stream::StreamExt as _;
+
+use crate::health::Readiness;
 
 /// Unacknowledged deliveries per consumer.
 const PREFETCH: u16 = 512;
@@ -64,12 +68,16 @@ async fn settle(queue: Queue, delivery: &Delivery, result: Result<(), QueueError
         Ok(()) => delivery.ack(BasicAckOptions::default()).await,
         Err(QueueError::Rejected(why)) => {
             tracing::error!(queue = queue.key(), %why, "dead-lettering a message that can never succeed");
-            delivery
+            let rejected = delivery
                 .nack(BasicNackOptions {
                     requeue: false,
                     ..Default::default()
                 })
-                .await
+                .await;
+            if rejected.is_ok() {
+                flash_sale_runtime::metrics::dead_lettered(queue.key());
+            }
+            rejected
         }
         Err(QueueError::Retryable(why)) => {
             tracing::warn!(queue = queue.key(), %why, "requeueing");
@@ -88,7 +96,7 @@ async fn settle(queue: Queue, delivery: &Delivery, result: Result<(), QueueError
 }
 
 /// Keeps one consumer of `queue` running, reconnecting with backoff, forever.
-async fn keep_consuming<F, Fut>(app: App, queue: Queue, run: F)
+async fn keep_consuming<F, Fut>(app: App, readiness: Arc<Readiness>, queue: Queue, run: F)
 where
     F: Fn(App, lapin::Consumer) -> Fut,
     Fut: Future<Output = Result<(), lapin::Error>>,
@@ -98,8 +106,11 @@ where
         match app.queues.consume(queue, PREFETCH).await {
             Ok((_channel, consumer)) => {
                 tracing::info!(queue = queue.key(), "consuming");
+                readiness.consuming(queue, true);
                 pause = Duration::from_millis(100);
-                match run(app.clone(), consumer).await {
+                let ended = run(app.clone(), consumer).await;
+                readiness.consuming(queue, false);
+                match ended {
                     Ok(()) => tracing::warn!(queue = queue.key(), "consumer ended; reconnecting"),
                     Err(e) => {
                         tracing::warn!(queue = queue.key(), "consumer failed: {e}; reconnecting")
@@ -117,52 +128,66 @@ where
 }
 
 /// Feeds the expiry queue to the `expire` handler.
-pub async fn expiries(app: App) {
-    keep_consuming(app, Queue::Expiries, |app, consumer| async move {
-        consumer
-            .try_for_each_concurrent(CONCURRENCY, |delivery| {
-                let app = app.clone();
-                async move {
-                    let result = with_retries(|| async {
-                        flash_sale_expire::expire(&app, &delivery.data)
-                            .await
-                            .map(|_| ())
-                    })
-                    .await;
-                    settle(Queue::Expiries, &delivery, result).await;
-                    Ok(())
-                }
-            })
-            .await
-    })
+pub async fn expiries(app: App, readiness: Arc<Readiness>) {
+    keep_consuming(
+        app,
+        readiness,
+        Queue::Expiries,
+        |app, consumer| async move {
+            consumer
+                .try_for_each_concurrent(CONCURRENCY, |delivery| {
+                    let app = app.clone();
+                    async move {
+                        let result = with_retries(|| async {
+                            flash_sale_expire::expire(&app, &delivery.data)
+                                .await
+                                .map(|_| ())
+                        })
+                        .await;
+                        settle(Queue::Expiries, &delivery, result).await;
+                        Ok(())
+                    }
+                })
+                .await
+        },
+    )
     .await
 }
 
 /// Feeds the payment queue to the mock payer (mock-payment mode only).
-pub async fn payments(app: App) {
-    keep_consuming(app, Queue::Payments, |app, consumer| async move {
-        consumer
-            .try_for_each_concurrent(PREFETCH as usize, |delivery| {
-                let app = app.clone();
-                async move {
-                    let delay = app.config.mock_pay_delay_ms.clone();
-                    let result = with_retries(|| {
-                        flash_sale_pay::settle_payment_request(&app, &delivery.data, delay.clone())
-                    })
-                    .await;
-                    settle(Queue::Payments, &delivery, result).await;
-                    Ok(())
-                }
-            })
-            .await
-    })
+pub async fn payments(app: App, readiness: Arc<Readiness>) {
+    keep_consuming(
+        app,
+        readiness,
+        Queue::Payments,
+        |app, consumer| async move {
+            consumer
+                .try_for_each_concurrent(PREFETCH as usize, |delivery| {
+                    let app = app.clone();
+                    async move {
+                        let delay = app.config.mock_pay_delay_ms.clone();
+                        let result = with_retries(|| {
+                            flash_sale_pay::settle_payment_request(
+                                &app,
+                                &delivery.data,
+                                delay.clone(),
+                            )
+                        })
+                        .await;
+                        settle(Queue::Payments, &delivery, result).await;
+                        Ok(())
+                    }
+                })
+                .await
+        },
+    )
     .await
 }
 
 /// Feeds the order queue to the `write-order` handler, in batches of up to
 /// [`ORDER_BATCH`] collected for at most [`ORDER_LINGER`].
-pub async fn orders(app: App) {
-    keep_consuming(app, Queue::Orders, |app, consumer| async move {
+pub async fn orders(app: App, readiness: Arc<Readiness>) {
+    keep_consuming(app, readiness, Queue::Orders, |app, consumer| async move {
         let batches = consumer.chunks_timeout(ORDER_BATCH, ORDER_LINGER);
         tokio::pin!(batches);
         while let Some(batch) = StreamExt::next(&mut batches).await {

@@ -7,11 +7,13 @@
 //! - [`router`]: the merged HTTP routes, with the body limit and request timeout.
 //! - [`consumers`]: the local event source: consume, call the handler, ack / requeue /
 //!   dead-letter by its typed outcome; reconnect with backoff.
+//! - [`health`]: `/healthz`, `/readyz` and `/metrics`, outside the guard.
 //! - [`sweeper`]: the periodic sweep, the backstop for messages that never arrived.
 //! - [`process`]: the `flash-sale` commands (serve, reconcile, replay) from the environment.
 //! - [`serve`]: all of it until `shutdown` resolves.
 
 pub mod consumers;
+pub mod health;
 pub mod process;
 pub mod sweeper;
 
@@ -22,13 +24,19 @@ use axum::Router;
 use axum::extract::Request;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+
+use flash_sale_adapters::Queue;
 use flash_sale_core::PaymentMode;
 use flash_sale_runtime::App;
 use flash_sale_runtime::error::{ApiError, method_not_allowed, no_such_route, panicked};
 use flash_sale_runtime::guard::Guard;
+use flash_sale_runtime::metrics;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::health::Readiness;
 
 /// Largest request body accepted; anything bigger is a 413.
 pub const BODY_LIMIT_BYTES: usize = flash_sale_runtime::extract::BODY_LIMIT_BYTES;
@@ -39,18 +47,22 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// in-flight bound, the body limit) and the request timeout. Per-address limits need
 /// the peer address: serve with `into_make_service_with_connect_info::<SocketAddr>()`.
 /// Every error body, 404, 405, 408 and 500 included, is the runtime's [`ApiError`].
-pub fn router(app: App) -> Router {
+/// `/healthz`, `/readyz` and `/metrics` sit outside the guard: never rate limited,
+/// never shed. Every request is counted and timed ([`metrics::track`]).
+pub fn router(app: App, readiness: Arc<Readiness>) -> Router {
     let guard = Guard::new(&app.config);
     let routes = Router::new()
         .merge(flash_sale_showtimes::routes(app.clone(), &guard))
         .merge(flash_sale_reserve::routes(app.clone(), &guard))
-        .merge(flash_sale_pay::routes(app, &guard))
+        .merge(flash_sale_pay::routes(app.clone(), &guard))
         .fallback(no_such_route)
         .method_not_allowed_fallback(method_not_allowed);
-    guard
-        .protect(routes)
+    Router::new()
+        .merge(health::routes(app, &guard, readiness))
+        .merge(guard.protect(routes))
         .layer(middleware::from_fn(answer_in_time))
         .layer(CatchPanicLayer::custom(panicked))
+        .layer(middleware::from_fn(metrics::track))
 }
 
 /// 408 in the shared JSON shape for a request over [`REQUEST_TIMEOUT`].
@@ -76,20 +88,41 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let mut background = JoinSet::new();
-    background.spawn(consumers::expiries(app.clone()));
-    background.spawn(consumers::orders(app.clone()));
+    metrics::install();
+    let mut consumed = vec![Queue::Expiries, Queue::Orders];
     if app.config.payment_mode == PaymentMode::Mock {
-        background.spawn(consumers::payments(app.clone()));
+        consumed.push(Queue::Payments);
+    }
+    let readiness = Arc::new(Readiness::with_consumers(&consumed));
+    let mut background = JoinSet::new();
+    background.spawn(consumers::expiries(app.clone(), readiness.clone()));
+    background.spawn(consumers::orders(app.clone(), readiness.clone()));
+    if app.config.payment_mode == PaymentMode::Mock {
+        background.spawn(consumers::payments(app.clone(), readiness.clone()));
     }
     background.spawn(sweeper::run(app.clone()));
 
     tracing::info!(addr = %listener.local_addr()?, payment = ?app.config.payment_mode, "flash-sale is serving");
     let queues = app.queues.clone();
+    let drain = app.config.drain_delay;
     // The peer address feeds the per-address rate limit.
-    let service = router(app).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let service = router(app, readiness.clone())
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    // Told to stop: readiness turns 503 at once, and the listener stays open for the
+    // drain delay, so a load balancer stops sending before it closes.
+    let drained = async move {
+        shutdown.await;
+        readiness.start_draining();
+        if !drain.is_zero() {
+            tracing::info!(
+                ?drain,
+                "draining: /readyz answers 503 until the listener closes"
+            );
+            tokio::time::sleep(drain).await;
+        }
+    };
     axum::serve(listener, service)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(drained)
         .await?;
     // Every request is answered; the hold messages some answers handed over leave now.
     let unsent = queues.flush(FLUSH_WITHIN).await;

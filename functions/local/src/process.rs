@@ -104,5 +104,7 @@ pub async fn replay_from_env(
     init_tracing();
     let config = Config::from_env().context("bad configuration")?;
     let app = App::connect(config).await?;
-    Ok(app.queues.replay_dead_letters(queue, limit).await?)
+    let moved = app.queues.replay_dead_letters(queue, limit).await?;
+    flash_sale_runtime::metrics::replayed(queue.key(), moved);
+    Ok(moved)
 }

@@ -11,7 +11,11 @@ pub async fn run(app: App) {
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        match app.sale.sweep(app.config.sweep_grace).await {
+        let swept = app.sale.sweep(app.config.sweep_grace).await;
+        if let Ok(report) = &swept {
+            flash_sale_runtime::metrics::sweep(report.holds_expired, report.orders_resent);
+        }
+        match swept {
             Ok(report) if report.holds_expired + report.orders_resent > 0 => {
                 tracing::warn!(?report, "the sweep found work the queues had not done");
             }

@@ -21,7 +21,7 @@ use flash_sale_runtime::extract::JsonBody;
 use flash_sale_runtime::guard::{AppState, Guard, HasGuard as _};
 use flash_sale_runtime::identity::Caller;
 use flash_sale_runtime::queue::{self, QueueError};
-use flash_sale_runtime::{rfc3339, to_the_end};
+use flash_sale_runtime::{metrics, rfc3339, to_the_end};
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 
@@ -65,7 +65,12 @@ async fn pay(
     let id: ReservationId = id.parse()?;
     state.guard().limits().check_user(user)?;
     let sale = state.app().sale.clone();
-    let receipt = to_the_end(async move { sale.pay(id, user).await }).await?;
+    let receipt = to_the_end(async move {
+        let paid = sale.pay(id, user).await;
+        metrics::payment("buyer", &paid.as_ref().map(|_| ()));
+        paid
+    })
+    .await?;
     if !receipt.order_queued {
         tracing::warn!(reservation = %id, "paid, but the order message could not be queued yet; the sweep will re-send it");
     }
@@ -98,7 +103,13 @@ pub async fn settle_payment_request(
     futures::future::try_join_all(requests.into_iter().zip(delays).map(
         |(request, delay)| async move {
             tokio::time::sleep(Duration::from_millis(delay)).await;
-            app.sale.settle_payment_request(request).await
+            let settled = app.sale.settle_payment_request(request).await;
+            metrics::mock_payment(match &settled {
+                Ok(Some(_)) => "paid",
+                Ok(None) => "unpayable",
+                Err(_) => "unavailable",
+            });
+            settled
         },
     ))
     .await?;

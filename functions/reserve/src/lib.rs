@@ -18,7 +18,7 @@ use flash_sale_runtime::error::ApiError;
 use flash_sale_runtime::extract::JsonBody;
 use flash_sale_runtime::guard::{AppState, Guard, HasGuard as _};
 use flash_sale_runtime::identity::Caller;
-use flash_sale_runtime::{App, rfc3339, to_the_end};
+use flash_sale_runtime::{App, metrics, rfc3339, to_the_end};
 use serde::{Deserialize, Serialize};
 
 /// The function's routes, protected by their own [`Guard`]: what the Lambda host runs.
@@ -67,10 +67,17 @@ async fn reserve(
     caller: Caller,
     JsonBody(req): JsonBody<ReserveRequest>,
 ) -> Result<Json<Reserved>, ApiError> {
-    let (user, showtime) = req.parse(&caller)?;
+    let (user, showtime) = req
+        .parse(&caller)
+        .inspect_err(metrics::reservation_rejected)?;
     state.guard().limits().check_user(user)?;
     let sale = state.app().sale.clone();
-    let r = to_the_end(async move { sale.reserve(user, showtime).await }).await?;
+    let r = to_the_end(async move {
+        let reserved = sale.reserve(user, showtime).await;
+        metrics::reservation(&reserved.as_ref().map(|_| ()));
+        reserved
+    })
+    .await?;
     Ok(Json(Reserved {
         message: "Ticket reserved successfully",
         status: r.status.as_str(),

@@ -25,6 +25,8 @@ pub type LiveSale = Sale<RedisSeats, Broker, Postgres>;
 pub struct App {
     pub sale: Arc<LiveSale>,
     pub queues: Queues,
+    /// Whether each service answers, for a readiness route.
+    pub probes: Probes,
     pub config: Arc<Config>,
 }
 
@@ -76,6 +78,11 @@ impl App {
             db: db.clone(),
         };
         let app = Self {
+            probes: Probes {
+                seats: seats.clone(),
+                bus: bus.clone(),
+                db: db.clone(),
+            },
             sale: Arc::new(Sale::new(seats, bus.clone(), db, settings)),
             queues: Queues(bus),
             config: Arc::new(config),
@@ -131,5 +138,27 @@ impl Queues {
             depths.push((queue, ready));
         }
         Ok(depths)
+    }
+}
+
+/// The hosts' readiness probes: one cheap round trip to each service.
+#[derive(Clone, Debug)]
+pub struct Probes {
+    seats: RedisSeats,
+    bus: Broker,
+    db: Postgres,
+}
+
+impl Probes {
+    /// Each service by name, and why it did not answer.
+    pub async fn check(&self) -> [(&'static str, Result<(), String>); 3] {
+        let (redis, rabbitmq, postgres) =
+            tokio::join!(self.seats.ping(), self.bus.ping(), self.db.ping());
+        let why = |r: PortResult<()>| r.map_err(|e| e.message);
+        [
+            ("redis", why(redis)),
+            ("rabbitmq", why(rabbitmq)),
+            ("postgres", why(postgres)),
+        ]
     }
 }

@@ -47,6 +47,10 @@ pub struct Config {
     /// (`BROKER_HAND_OVER_LIMIT`, default 10000): past it, a reserve waits for its own
     /// confirm, so a stalled broker cannot make messages pile up in memory.
     pub hand_over_limit: usize,
+    /// How long a stopping local process keeps serving after `/readyz` turned 503, so a
+    /// load balancer drains it before the listener closes (`DRAIN_DELAY_MS`, default
+    /// 2000; 0 stops at once).
+    pub drain_delay: Duration,
     /// Who a caller is: `AUTH_MODE` and the `JWT_*` variables (see [`AuthConfig`]).
     pub auth: AuthConfig,
     /// Rate limits and the bound on in-flight requests (see [`LimitsConfig`]).
@@ -330,6 +334,7 @@ impl Config {
             hand_over_hold_messages: env.get("AWS_LAMBDA_RUNTIME_API").is_none(),
             broker_confirm_timeout: env.millis("BROKER_CONFIRM_TIMEOUT_MS", 3000, 100..=4500)?,
             hand_over_limit: env.number("BROKER_HAND_OVER_LIMIT", 10_000, 0..=1_000_000)? as usize,
+            drain_delay: env.millis("DRAIN_DELAY_MS", 2000, 0..=60_000)?,
             auth: auth_config(env, addr)?,
             limits: limits_config(env)?,
         })

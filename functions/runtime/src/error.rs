@@ -57,6 +57,10 @@ pub enum ApiError {
     /// component: that goes to the log.
     #[error("{0}")]
     Unavailable(String),
+    /// 503 `not_ready`: this process should get no traffic now (a service it needs does
+    /// not answer, or it is stopping); the message says which.
+    #[error("{0}")]
+    NotReady(String),
     /// 500 `internal`: a handler panicked. Whatever it had done is covered as a crash at
     /// that point would be.
     #[error("{0}")]
@@ -84,6 +88,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -101,6 +106,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
+            ApiError::NotReady(_) => "not_ready",
         }
     }
 }
@@ -149,6 +155,7 @@ impl ApiError {
             | ApiError::MethodNotAllowed(m)
             | ApiError::Unavailable(m)
             | ApiError::Internal(m)
+            | ApiError::NotReady(m)
             | ApiError::TooManyRequests { message: m, .. }
             | ApiError::Conflict { message: m, .. } => m,
         }
@@ -173,6 +180,7 @@ pub const ERROR_CODES: &[&str] = &[
     "method_not_allowed",
     "unavailable",
     "overloaded",
+    "not_ready",
     "internal",
 ];
 
@@ -197,7 +205,7 @@ impl From<PortError> for ApiError {
 impl From<ReserveError> for ApiError {
     fn from(e: ReserveError) -> Self {
         match e {
-            ReserveError::SoldOut => ApiError::Conflict {
+            ReserveError::SoldOut { .. } => ApiError::Conflict {
                 code: "sold_out",
                 message: "Tickets sold out".into(),
             },
@@ -292,6 +300,7 @@ mod tests {
             ApiError::MethodNotAllowed(String::new()),
             ApiError::Unavailable(String::new()),
             ApiError::Internal(String::new()),
+            ApiError::NotReady(String::new()),
         ] {
             assert!(ERROR_CODES.contains(&e.code()), "{}", e.code());
         }

@@ -86,6 +86,7 @@ async fn admit(
         {
             Ok(Ok(permit)) => permit,
             _ => {
+                crate::metrics::shed();
                 return ApiError::Overloaded(
                     "too many requests in flight; nothing was done, retry shortly".into(),
                 )
@@ -95,6 +96,7 @@ async fn admit(
     };
     let (parts, body) = request.into_parts();
     if let Err(refused) = inner.limits.check_address(&parts) {
+        crate::metrics::rate_limited("address");
         return refused.into_response();
     }
     let response = next.run(Request::from_parts(parts, body)).await;
@@ -256,9 +258,10 @@ impl RateLimits {
             return Ok(());
         };
         self.tick();
-        limiter
-            .check_key(&user.get())
-            .map_err(|not_until| self.refused(not_until.wait_time_from(self.clock.now()), "user"))
+        limiter.check_key(&user.get()).map_err(|not_until| {
+            crate::metrics::rate_limited("user");
+            self.refused(not_until.wait_time_from(self.clock.now()), "user")
+        })
     }
 
     /// Takes one request from the client address's bucket, or answers 429. Requests

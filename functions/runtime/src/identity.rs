@@ -76,7 +76,7 @@ impl Caller {
             Caller::Trusted => Ok(()),
             Caller::Verified(id) if id.admin => Ok(()),
             Caller::Verified(_) => Err(ApiError::Forbidden(
-                "only an admin may create showtimes".into(),
+                "only an admin may do this (create showtimes, read metrics)".into(),
             )),
         }
     }

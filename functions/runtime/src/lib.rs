@@ -12,6 +12,7 @@
 //!   limits by user and client address, body limit.
 //! - [`identity`]: who is calling (a verified JWT, API Gateway's authorizer claims, or
 //!   the trusted body of a loopback demo) and the owner and admin checks.
+//! - [`metrics`]: the Prometheus recorder and every metric's name and recording.
 //! - [`queue`]: the outcome of a queue handler (retryable or not), how a batch of them
 //!   is settled, and the decoding of Amazon MQ for RabbitMQ events.
 
@@ -21,9 +22,10 @@ pub mod error;
 pub mod extract;
 pub mod guard;
 pub mod identity;
+pub mod metrics;
 pub mod queue;
 
-pub use app::{Adapters, App, LiveSale, Queues};
+pub use app::{Adapters, App, LiveSale, Probes, Queues};
 pub use config::Config;
 
 use chrono::{DateTime, Utc};

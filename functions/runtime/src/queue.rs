@@ -112,6 +112,7 @@ where
             .dead_letter(queue, body, reason)
             .await
             .map_err(QueueError::from)?;
+        crate::metrics::dead_lettered(queue.key());
     }
     Ok(())
 }

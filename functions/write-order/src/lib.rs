@@ -44,7 +44,10 @@ pub async fn write_orders(app: &App, bodies: &[&[u8]]) -> Vec<Result<(), QueueEr
         return results;
     }
     let outcomes = match app.sale.write_orders(&orders).await {
-        Ok(outcomes) => outcomes,
+        Ok(outcomes) => {
+            flash_sale_runtime::metrics::orders(&outcomes);
+            outcomes
+        }
         Err(e) => {
             let transient = e.transient;
             for (slot, _) in decoded {
@@ -85,6 +88,7 @@ pub async fn write_orders(app: &App, bodies: &[&[u8]]) -> Vec<Result<(), QueueEr
                 results[slot] = Err(e.into());
                 break;
             }
+            flash_sale_runtime::metrics::dead_lettered(Queue::Orders.key());
         }
     }
     results

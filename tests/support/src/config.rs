@@ -122,6 +122,8 @@ pub fn env(iso: &Isolation, opts: &Options) -> HashMap<&'static str, String> {
         ("SWEEP_INTERVAL_SECS", opts.sweep_interval_secs.to_string()),
         ("SWEEP_GRACE_SECS", opts.sweep_grace_secs.to_string()),
         ("AUTH_MODE", opts.auth_mode.to_string()),
+        // A test's server stops at once; draining is tested on its own.
+        ("DRAIN_DELAY_MS", "0".to_string()),
         ("JWT_HS256_SECRET", TEST_JWT_SECRET.to_string()),
         ("JWT_ISSUER", TEST_JWT_ISSUER.to_string()),
         ("JWT_AUDIENCE", TEST_JWT_AUDIENCE.to_string()),

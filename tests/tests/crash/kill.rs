@@ -1,14 +1,14 @@
 //! kill -9 of the real server process in the middle of a sale, several times.
 
 use std::collections::{HashMap, HashSet};
-use std::process::Stdio;
 use std::time::Duration;
 
-use flash_sale_tests::{Isolation, Options, definite, eventually, free_port, progressed};
+use flash_sale_tests::{
+    Isolation, Options, ServerProcess, definite, eventually, free_port, progressed,
+};
 use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
 /// Holds of 2 s, a sweep every second that steps in `grace_secs` after a deadline.
@@ -18,42 +18,6 @@ fn server_options(grace_secs: u64) -> Options {
         sweep_interval_secs: 1,
         sweep_grace_secs: grace_secs,
         ..Options::default()
-    }
-}
-
-struct Server {
-    child: Child,
-}
-
-impl Server {
-    async fn start(iso: &Isolation, port: u16, opts: &Options) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_flash-sale-server"))
-            .envs(flash_sale_tests::env(iso, opts))
-            .env("ADDR", format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the server binary starts");
-        let http = reqwest::Client::new();
-        eventually(Duration::from_secs(60), "the server to listen", || {
-            let http = http.clone();
-            async move {
-                http.get(format!("http://127.0.0.1:{port}/showtimes/1"))
-                    .send()
-                    .await
-                    .ok()
-                    .map(|_| ())
-            }
-        })
-        .await;
-        Self { child }
-    }
-
-    async fn kill9(&mut self) {
-        // SIGKILL: no graceful shutdown, no flush, no acks.
-        self.child.kill().await.expect("kill -9");
     }
 }
 
@@ -79,7 +43,8 @@ async fn killed_four_times_mid_sale(opts: Options) {
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();
-    let mut server = Server::start(&iso, port, &opts).await;
+    let mut server =
+        ServerProcess::start(env!("CARGO_BIN_EXE_flash-sale-server"), &iso, port, &opts).await;
     let showtime = http
         .post(format!("{base}/showtimes"))
         .json(&json!({"capacity": CAPACITY}))
@@ -159,7 +124,8 @@ async fn killed_four_times_mid_sale(opts: Options) {
         answered_at_kill.push(*seen.borrow());
         server.kill9().await;
         since = *seen.borrow();
-        server = Server::start(&iso, port, &opts).await;
+        server =
+            ServerProcess::start(env!("CARGO_BIN_EXE_flash-sale-server"), &iso, port, &opts).await;
     }
     let answers = crowd.await.unwrap();
     let reserved: HashMap<i64, (String, bool)> = answers

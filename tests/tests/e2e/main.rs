@@ -5,4 +5,5 @@ mod contract;
 mod failure_windows;
 mod go_reference;
 mod lifecycle;
+mod operations;
 mod recovery;

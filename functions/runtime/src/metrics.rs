@@ -1,0 +1,219 @@
+//! Prometheus metrics: one recorder per process ([`install`]), rendered in the text
+//! format by `GET /metrics` ([`render`]). Names follow Prometheus's conventions: the
+//! one-word prefix `flashsale_`, base units (`_seconds`), `_total` counters. No series
+//! is ever labelled by user or reservation, so their number stays bounded.
+//!
+//! Recording is an atomic add on a series the recorder already holds; where no
+//! recorder is installed (a Lambda function, a unit test) every call is a no-op.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use flash_sale_core::domain::OutsideSaleWindow;
+use flash_sale_core::ports::{ExpireOutcome, OrderOutcome};
+use flash_sale_core::sale::{PayError, ReserveError};
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::error::ApiError;
+
+pub const HTTP_REQUESTS: &str = "flashsale_http_requests_total";
+pub const HTTP_DURATION: &str = "flashsale_http_request_duration_seconds";
+pub const HTTP_IN_FLIGHT: &str = "flashsale_http_requests_in_flight";
+pub const HTTP_SHED: &str = "flashsale_http_requests_shed_total";
+pub const RATE_LIMITED: &str = "flashsale_rate_limited_requests_total";
+pub const RESERVATIONS: &str = "flashsale_reservations_total";
+pub const PAYMENTS: &str = "flashsale_payments_total";
+pub const EXPIRIES: &str = "flashsale_seats_returned_total";
+pub const ORDERS: &str = "flashsale_orders_total";
+pub const DEAD_LETTERS: &str = "flashsale_dead_letters_total";
+pub const REPLAYS: &str = "flashsale_replayed_messages_total";
+pub const SWEEP_RESENT: &str = "flashsale_sweep_orders_resent_total";
+
+/// Histogram buckets for every `_seconds` metric: from half a millisecond, where a
+/// sold-out answer lives, to the 10 s request timeout.
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs this process's recorder (once; later calls return the same handle).
+pub fn install() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
+            .expect("the buckets are not empty")
+            .install_recorder()
+            .expect("no other metrics recorder in this process")
+    })
+}
+
+/// Every series in the Prometheus text format (empty before [`install`]).
+pub fn render() -> String {
+    HANDLE
+        .get()
+        .map(PrometheusHandle::render)
+        .unwrap_or_default()
+}
+
+/// The route a request path belongs to, for labels: the contract's templates only,
+/// so a crowd of ids or junk paths cannot make new series.
+pub fn route_of(path: &str) -> &'static str {
+    let parts: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["", "reserve"] => "/reserve",
+        ["", "showtimes"] => "/showtimes",
+        ["", "showtimes", _] => "/showtimes/{id}",
+        ["", "reservations", _] => "/reservations/{id}",
+        ["", "reservations", _, "pay"] => "/reservations/{id}/pay",
+        ["", "healthz"] => "/healthz",
+        ["", "readyz"] => "/readyz",
+        ["", "metrics"] => "/metrics",
+        _ => "other",
+    }
+}
+
+/// The outermost layer of a router: every answered request by route and status, its
+/// latency, and the requests in flight, whatever answered it (a handler, the guard, the
+/// timeout, the panic layer).
+pub async fn track(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = route_of(request.uri().path());
+    let started = std::time::Instant::now();
+    in_flight(1.0);
+    let response = next.run(request).await;
+    in_flight(-1.0);
+    http_request(route, response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// One answered HTTP request.
+pub fn http_request(route: &'static str, status: u16, took: Duration) {
+    counter!(HTTP_REQUESTS, "route" => route, "status" => status.to_string()).increment(1);
+    histogram!(HTTP_DURATION, "route" => route).record(took.as_secs_f64());
+}
+
+/// A request started (`+1`) or ended (`-1`).
+pub fn in_flight(delta: f64) {
+    gauge!(HTTP_IN_FLIGHT).increment(delta);
+}
+
+/// A request answered 503 `overloaded` without being started.
+pub fn shed() {
+    counter!(HTTP_SHED).increment(1);
+}
+
+/// A request refused by a rate limit, `by` "user" or "address".
+pub fn rate_limited(by: &'static str) {
+    counter!(RATE_LIMITED, "by" => by).increment(1);
+}
+
+/// How a `POST /reserve` ended, and whether a sold-out answer came from this process's
+/// memory (`source="memory"`) or from the seat store.
+pub fn reservation(result: &Result<(), &ReserveError>) {
+    let (outcome, source) = match result {
+        Ok(()) => ("reserved", "store"),
+        Err(ReserveError::SoldOut { remembered: true }) => ("sold_out", "memory"),
+        Err(ReserveError::SoldOut { remembered: false }) => ("sold_out", "store"),
+        Err(ReserveError::AlreadyHolds(_)) => ("already_ordered", "store"),
+        Err(ReserveError::OutsideSaleWindow {
+            why: OutsideSaleWindow::NotOpenYet { .. },
+            ..
+        }) => ("sale_not_open", "catalog"),
+        Err(ReserveError::OutsideSaleWindow {
+            why: OutsideSaleWindow::Closed { .. },
+            ..
+        }) => ("sale_closed", "catalog"),
+        Err(ReserveError::UnknownShowtime(_)) => ("rejected", "catalog"),
+        Err(ReserveError::Unavailable(_)) => ("unavailable", "store"),
+    };
+    counter!(RESERVATIONS, "outcome" => outcome, "source" => source).increment(1);
+}
+
+/// A `POST /reserve` refused before it reached the sale (bad input, identity).
+pub fn reservation_rejected(_: &ApiError) {
+    counter!(RESERVATIONS, "outcome" => "rejected", "source" => "request").increment(1);
+}
+
+/// A payment request the mock payer settled: `paid`, `unpayable` (expired or paid
+/// meanwhile, gone) or `unavailable`.
+pub fn mock_payment(outcome: &'static str) {
+    counter!(PAYMENTS, "outcome" => outcome, "by" => "mock_payer").increment(1);
+}
+
+/// How a payment ended (`by` "buyer").
+pub fn payment(by: &'static str, result: &Result<(), &PayError>) {
+    let outcome = match result {
+        Ok(()) => "paid",
+        Err(PayError::NotFound) => "not_found",
+        Err(PayError::NotOwner) => "not_owner",
+        Err(PayError::AlreadyPaid(_)) => "already_paid",
+        Err(PayError::Expired) => "expired",
+        Err(PayError::Unavailable(_)) => "unavailable",
+    };
+    counter!(PAYMENTS, "outcome" => outcome, "by" => by).increment(1);
+}
+
+/// Seats given back by expiry messages.
+pub fn expiries(outcomes: &[ExpireOutcome]) {
+    let returned = outcomes
+        .iter()
+        .filter(|o| **o == ExpireOutcome::SeatReturned)
+        .count();
+    counter!(EXPIRIES, "by" => "message").increment(returned as u64);
+}
+
+/// What a sweep did: seats it gave back, orders it re-sent.
+pub fn sweep(holds_expired: usize, orders_resent: usize) {
+    counter!(EXPIRIES, "by" => "sweep").increment(holds_expired as u64);
+    counter!(SWEEP_RESENT).increment(orders_resent as u64);
+}
+
+/// Orders written, by outcome.
+pub fn orders(outcomes: &[OrderOutcome]) {
+    for outcome in outcomes {
+        let outcome = match outcome {
+            OrderOutcome::Inserted => "inserted",
+            OrderOutcome::Duplicate => "duplicate",
+            OrderOutcome::Refused(_) => "refused",
+            OrderOutcome::AlreadyRefused => "refused_copy",
+        };
+        counter!(ORDERS, "outcome" => outcome).increment(1);
+    }
+}
+
+/// A message dead-lettered from `queue` (its key: `expiries`, `payments`, `orders`).
+pub fn dead_lettered(queue: &'static str) {
+    counter!(DEAD_LETTERS, "queue" => queue).increment(1);
+}
+
+/// Messages moved back from `queue`'s dead-letter queue.
+pub fn replayed(queue: &'static str, moved: usize) {
+    counter!(REPLAYS, "queue" => queue).increment(moved as u64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_the_contracts_templates_and_nothing_else() {
+        assert_eq!(route_of("/reserve"), "/reserve");
+        assert_eq!(route_of("/showtimes/42"), "/showtimes/{id}");
+        assert_eq!(route_of("/reservations/1-17/pay"), "/reservations/{id}/pay");
+        assert_eq!(route_of("/reservations/1-17"), "/reservations/{id}");
+        assert_eq!(route_of("/metrics"), "/metrics");
+        for junk in [
+            "/",
+            "/x",
+            "/reservations/1/2/3",
+            "/showtimes/1/x",
+            "/../etc",
+        ] {
+            assert_eq!(route_of(junk), "other", "{junk}");
+        }
+    }
+}

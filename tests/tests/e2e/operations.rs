@@ -1,0 +1,247 @@
+//! What operators and load balancers ask the local process: `/healthz`, `/readyz` (with
+//! draining on a graceful stop) and `/metrics`, whose counters must agree with what
+//! happened. Metrics are process-wide, so the tests that read them run the server as a
+//! child process of its own.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use flash_sale_tests::{
+    Cuttable, Isolation, Options, ServerProcess, TestApp, eventually, free_port,
+};
+use futures::StreamExt;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const SERVER: &str = env!("CARGO_BIN_EXE_flash-sale-server");
+
+/// The value of one series in a Prometheus text exposition (`0` when absent).
+fn series(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(key, _)| {
+            key.split('{').next() == Some(name)
+                && labels
+                    .iter()
+                    .all(|(k, v)| key.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|(_, value)| value.parse::<f64>().unwrap())
+        .sum()
+}
+
+#[tokio::test]
+async fn health_and_readiness_answer_and_are_never_rate_limited() {
+    let app = TestApp::spawn(Options {
+        rate_addr: Some((1, 1)),
+        trust_forwarded_for: true,
+        ..Options::default()
+    })
+    .await;
+    let (status, body) = app.get("/healthz").await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("alive"))
+    );
+    let ready = eventually(Duration::from_secs(30), "readiness", || async {
+        let (status, body) = app.get("/readyz").await;
+        (status == StatusCode::OK).then_some(body)
+    })
+    .await;
+    for check in [
+        "redis",
+        "rabbitmq",
+        "postgres",
+        "consumer:expiries",
+        "consumer:orders",
+    ] {
+        assert_eq!(ready["checks"][check], "ok", "{ready}");
+    }
+    // One address, over its limit of one request: probes still pass, routes do not.
+    let from = |path: &str| {
+        app.http
+            .get(app.url(path))
+            .header("x-forwarded-for", "203.0.113.9")
+    };
+    for _ in 0..5 {
+        for path in ["/healthz", "/readyz", "/metrics"] {
+            let res = from(path).send().await.unwrap();
+            assert_eq!(res.status(), StatusCode::OK, "{path}");
+        }
+    }
+    let (status, _, _) = app.send(from("/showtimes/1"), None).await;
+    let (again, _, _) = app.send(from("/showtimes/1"), None).await;
+    assert!(
+        [status, again].contains(&StatusCode::TOO_MANY_REQUESTS),
+        "{status} {again}"
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn readiness_names_a_service_that_stops_answering() {
+    let proxy = Cuttable::start("127.0.0.1:6379").await;
+    let app = TestApp::spawn(Options {
+        redis_url: Some(format!("redis://{}", proxy.addr)),
+        ..Options::default()
+    })
+    .await;
+    eventually(Duration::from_secs(30), "readiness", || async {
+        (app.get("/readyz").await.0 == StatusCode::OK).then_some(())
+    })
+    .await;
+    proxy.cut().await;
+    let (status, body) = eventually(Duration::from_secs(30), "not ready", || async {
+        let answer = app.get("/readyz").await;
+        (answer.0 == StatusCode::SERVICE_UNAVAILABLE).then_some(answer)
+    })
+    .await;
+    assert_eq!(body["error"], "not_ready", "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("redis"), "{message}");
+    assert!(!message.contains("postgres"), "only what failed: {message}");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        app.get("/healthz").await.0,
+        StatusCode::OK,
+        "alive all the same"
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_graceful_stop_turns_readiness_503_and_keeps_serving_through_the_drain_delay() {
+    let iso = Isolation::new();
+    let opts = Options::default();
+    let mut server = ServerProcess::start_with(
+        SERVER,
+        &iso,
+        free_port(),
+        &opts,
+        &[("DRAIN_DELAY_MS", "3000")],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    eventually(Duration::from_secs(30), "readiness", || async {
+        let res = http.get(server.url("/readyz")).send().await.ok()?;
+        (res.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+
+    server.terminate();
+    let answer: Value = eventually(Duration::from_secs(10), "draining", || async {
+        let res = http.get(server.url("/readyz")).send().await.ok()?;
+        if res.status() != StatusCode::SERVICE_UNAVAILABLE {
+            return None;
+        }
+        res.json().await.ok()
+    })
+    .await;
+    assert_eq!(answer["error"], "not_ready", "{answer}");
+    // Still serving while the load balancer drains it.
+    let res = http
+        .post(server.url("/showtimes"))
+        .json(&json!({"capacity": 1}))
+        .send()
+        .await
+        .expect("still listening while draining");
+    assert_eq!(res.status(), StatusCode::CREATED);
+    assert!(
+        server.exited_cleanly().await,
+        "a clean exit after the drain"
+    );
+
+    let (_app, adapters) = flash_sale_tests::wire(flash_sale_tests::config(&iso, &opts)).await;
+    flash_sale_tests::cleanup(&adapters, &iso).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_counters_agree_with_what_the_crowd_was_answered() {
+    const SEATS: i64 = 20;
+    const BUYERS: i64 = 300;
+    let iso = Isolation::new();
+    let opts = Options::default();
+    let server = ServerProcess::start(SERVER, &iso, free_port(), &opts).await;
+    let http = reqwest::Client::new();
+    let created: Value = http
+        .post(server.url("/showtimes"))
+        .json(&json!({"capacity": SEATS}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let showtime = created["id"].as_i64().unwrap();
+
+    let answers: Vec<StatusCode> = futures::stream::iter(1..=BUYERS)
+        .map(|user| {
+            let (http, url) = (http.clone(), server.url("/reserve"));
+            async move {
+                http.post(url)
+                    .json(&json!({"user_id": user, "showtime_id": showtime}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let mut tally: HashMap<StatusCode, f64> = HashMap::new();
+    for status in answers {
+        *tally.entry(status).or_default() += 1.0;
+    }
+    assert_eq!(tally[&StatusCode::OK], SEATS as f64);
+    let sold_out = tally[&StatusCode::CONFLICT];
+    assert_eq!(sold_out, (BUYERS - SEATS) as f64);
+
+    let metrics = http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let reservations = "flashsale_reservations_total";
+    assert_eq!(
+        series(&metrics, reservations, &[("outcome", "reserved")]),
+        SEATS as f64,
+        "{metrics}"
+    );
+    assert_eq!(
+        series(&metrics, reservations, &[("outcome", "sold_out")]),
+        sold_out,
+        "from the store and from memory together"
+    );
+    let requests = "flashsale_http_requests_total";
+    assert_eq!(
+        series(
+            &metrics,
+            requests,
+            &[("route", "/reserve"), ("status", "200")]
+        ),
+        SEATS as f64
+    );
+    assert_eq!(
+        series(
+            &metrics,
+            requests,
+            &[("route", "/reserve"), ("status", "409")]
+        ),
+        sold_out
+    );
+    assert_eq!(
+        series(
+            &metrics,
+            "flashsale_http_request_duration_seconds_count",
+            &[("route", "/reserve")]
+        ),
+        BUYERS as f64
+    );
+    drop(server);
+    let (_app, adapters) = flash_sale_tests::wire(flash_sale_tests::config(&iso, &opts)).await;
+    flash_sale_tests::cleanup(&adapters, &iso).await.unwrap();
+}
