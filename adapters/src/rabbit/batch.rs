@@ -79,6 +79,9 @@ struct State {
 impl State {
     /// `n` handed-over messages were confirmed or given up on.
     fn settle(&self, n: usize) {
+        if n > 0 {
+            metrics::gauge!(super::metrics::HANDED_OVER).decrement(n as f64);
+        }
         if n > 0 && self.outstanding.fetch_sub(n, Ordering::SeqCst) == n {
             self.settled.notify_waiters();
         }
@@ -154,6 +157,7 @@ impl Batcher {
             return self.publish(message, within).await;
         }
         self.state.outstanding.fetch_add(1, Ordering::SeqCst);
+        metrics::gauge!(super::metrics::HANDED_OVER).increment(1.0);
         self.tx
             .send(Pending {
                 message,
@@ -204,10 +208,13 @@ async fn publish_batches(
                 .map(|(message, _)| message.as_slice())
                 .chain(batch.iter().map(|p| p.message.as_slice())),
         );
+        let entries = retrying.len() + batch.len();
+        let started = Instant::now();
         let result = link
             .publish_to(&exchange, &[(key.as_str(), body)], Default::default())
             .await;
         state.confirming.store(result.is_ok(), Ordering::Relaxed);
+        super::metrics::batch_published(&key, entries, started.elapsed(), result.is_ok());
         let Err(e) = &result else {
             backoff = FIRST_BACKOFF;
             let mut settled = retrying.len();

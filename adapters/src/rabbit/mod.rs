@@ -27,6 +27,7 @@
 //! confirming: the sweep returns a hold whose expiry was lost.
 
 mod batch;
+pub mod metrics;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -101,6 +101,7 @@ pub async fn serve(
         background.spawn(consumers::payments(app.clone(), readiness.clone()));
     }
     background.spawn(sweeper::run(app.clone()));
+    background.spawn(sweeper::reconcile_for_metrics(app.clone()));
 
     tracing::info!(addr = %listener.local_addr()?, payment = ?app.config.payment_mode, "flash-sale is serving");
     let queues = app.queues.clone();

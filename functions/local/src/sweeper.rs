@@ -2,7 +2,7 @@
 //! that never arrived (see [`Sale::sweep`](flash_sale_core::Sale::sweep)). Not a
 //! consumer: it reads the seat store's deadlines and unrecorded payments, not a queue.
 
-use flash_sale_runtime::App;
+use flash_sale_runtime::{App, metrics};
 
 /// Runs the sweep every `SWEEP_INTERVAL_SECS`: the backstop for expiry and order
 /// messages that never arrived.
@@ -13,7 +13,7 @@ pub async fn run(app: App) {
         every.tick().await;
         let swept = app.sale.sweep(app.config.sweep_grace).await;
         if let Ok(report) = &swept {
-            flash_sale_runtime::metrics::sweep(report.holds_expired, report.orders_resent);
+            metrics::sweep(report.holds_expired, report.orders_resent);
         }
         match swept {
             Ok(report) if report.holds_expired + report.orders_resent > 0 => {
@@ -21,6 +21,44 @@ pub async fn run(app: App) {
             }
             Ok(_) => {}
             Err(e) => tracing::warn!("sweep failed: {e}"),
+        }
+    }
+}
+
+/// Reconciles every `RECONCILE_INTERVAL_SECS` for the metrics: each showtime on sale's
+/// seats, discrepancies and refunds awaiting, and every queue's depth. Reports only:
+/// repairing stays a person's decision (`flash-sale reconcile --repair`).
+pub async fn reconcile_for_metrics(app: App) {
+    if app.config.reconcile_interval.is_zero() {
+        return;
+    }
+    let mut every = tokio::time::interval(app.config.reconcile_interval);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        match app.sale.reconcile_all(false).await {
+            Ok(showtimes) => {
+                for r in showtimes {
+                    let on_sale = r.seats.is_some_and(|c| c.available + c.held > 0);
+                    if on_sale || !r.discrepancies.is_empty() {
+                        metrics::showtime(
+                            r.showtime.get(),
+                            r.seats.map(|c| (c.available, c.held, c.sold)),
+                            r.discrepancies.len(),
+                            r.refused,
+                        );
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("reconciling for the metrics failed: {e}"),
+        }
+        match app.queues.depths().await {
+            Ok(depths) => {
+                for (queue, ready) in depths {
+                    metrics::queue_ready(&queue, ready);
+                }
+            }
+            Err(e) => tracing::warn!("reading the queue depths failed: {e}"),
         }
     }
 }

@@ -51,6 +51,10 @@ pub struct Config {
     /// load balancer drains it before the listener closes (`DRAIN_DELAY_MS`, default
     /// 2000; 0 stops at once).
     pub drain_delay: Duration,
+    /// How often the local process reconciles Redis with PostgreSQL for its metrics
+    /// (per-showtime seats, discrepancies, refunds awaiting, queue depths), without
+    /// repairing anything (`RECONCILE_INTERVAL_SECS`, default 30; 0 turns it off).
+    pub reconcile_interval: Duration,
     /// Who a caller is: `AUTH_MODE` and the `JWT_*` variables (see [`AuthConfig`]).
     pub auth: AuthConfig,
     /// Rate limits and the bound on in-flight requests (see [`LimitsConfig`]).
@@ -335,6 +339,7 @@ impl Config {
             broker_confirm_timeout: env.millis("BROKER_CONFIRM_TIMEOUT_MS", 3000, 100..=4500)?,
             hand_over_limit: env.number("BROKER_HAND_OVER_LIMIT", 10_000, 0..=1_000_000)? as usize,
             drain_delay: env.millis("DRAIN_DELAY_MS", 2000, 0..=60_000)?,
+            reconcile_interval: env.secs("RECONCILE_INTERVAL_SECS", 30, 0..=WEEK_SECS)?,
             auth: auth_config(env, addr)?,
             limits: limits_config(env)?,
         })

@@ -36,6 +36,18 @@ const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Buckets for batch sizes (`_entries`): up to the 128 entries a batch holds.
+const ENTRY_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+
+/// A per-showtime gauge not set again for this long is dropped: only showtimes still
+/// on sale keep their series.
+const GAUGES_IDLE_FOR: Duration = Duration::from_secs(600);
+
+pub const SEATS: &str = "flashsale_seats";
+pub const DISCREPANCIES: &str = "flashsale_reconcile_discrepancies";
+pub const REFUNDS_WAITING: &str = "flashsale_refused_orders_awaiting_refund";
+pub const QUEUE_READY: &str = "flashsale_queue_messages_ready";
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs this process's recorder (once; later calls return the same handle).
@@ -43,10 +55,33 @@ pub fn install() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Suffix("_entries".into()), ENTRY_BUCKETS)
+            })
             .expect("the buckets are not empty")
+            .idle_timeout(metrics_util::MetricKindMask::GAUGE, Some(GAUGES_IDLE_FOR))
             .install_recorder()
             .expect("no other metrics recorder in this process")
     })
+}
+
+/// One showtime's reconciliation: its seats by state, its discrepancies and its
+/// refused orders awaiting a refund. Set only for showtimes on sale (seats available
+/// or held); the others' series go idle and are dropped.
+pub fn showtime(id: i64, counts: Option<(u32, u32, u32)>, discrepancies: usize, refused: u32) {
+    let showtime = id.to_string();
+    if let Some((available, held, sold)) = counts {
+        for (state, n) in [("available", available), ("held", held), ("sold", sold)] {
+            gauge!(SEATS, "showtime" => showtime.clone(), "state" => state).set(f64::from(n));
+        }
+    }
+    gauge!(DISCREPANCIES, "showtime" => showtime.clone()).set(discrepancies as f64);
+    gauge!(REFUNDS_WAITING, "showtime" => showtime).set(f64::from(refused));
+}
+
+/// Messages ready in a queue (a consumer's lag, or a dead-letter queue's backlog).
+pub fn queue_ready(queue: &str, ready: u32) {
+    gauge!(QUEUE_READY, "queue" => queue.to_string()).set(f64::from(ready));
 }
 
 /// Every series in the Prometheus text format (empty before [`install`]).

@@ -27,6 +27,8 @@ pub struct Options {
     pub rate_addr: Option<(u32, u32)>,
     /// `TRUST_FORWARDED_FOR`: take the client address from `X-Forwarded-For`.
     pub trust_forwarded_for: bool,
+    /// `RECONCILE_INTERVAL_SECS`: 0 (the tests' default) reconciles for no metrics.
+    pub reconcile_interval_secs: u64,
     /// `SOLD_OUT_CACHE_MS`; `None` keeps the server's default.
     pub sold_out_cache_ms: Option<u64>,
     /// `BROKER_CONFIRM_TIMEOUT_MS`; `None` keeps the server's default.
@@ -75,6 +77,7 @@ impl Default for Options {
             rate_addr: None,
             trust_forwarded_for: false,
             sold_out_cache_ms: None,
+            reconcile_interval_secs: 0,
             broker_confirm_timeout_ms: None,
             broker_hand_over_limit: None,
             amqp_url: None,
@@ -124,6 +127,10 @@ pub fn env(iso: &Isolation, opts: &Options) -> HashMap<&'static str, String> {
         ("AUTH_MODE", opts.auth_mode.to_string()),
         // A test's server stops at once; draining is tested on its own.
         ("DRAIN_DELAY_MS", "0".to_string()),
+        (
+            "RECONCILE_INTERVAL_SECS",
+            opts.reconcile_interval_secs.to_string(),
+        ),
         ("JWT_HS256_SECRET", TEST_JWT_SECRET.to_string()),
         ("JWT_ISSUER", TEST_JWT_ISSUER.to_string()),
         ("JWT_AUDIENCE", TEST_JWT_AUDIENCE.to_string()),

@@ -160,7 +160,10 @@ async fn the_counters_agree_with_what_the_crowd_was_answered() {
     const SEATS: i64 = 20;
     const BUYERS: i64 = 300;
     let iso = Isolation::new();
-    let opts = Options::default();
+    let opts = Options {
+        reconcile_interval_secs: 1,
+        ..Options::default()
+    };
     let server = ServerProcess::start(SERVER, &iso, free_port(), &opts).await;
     let http = reqwest::Client::new();
     let created: Value = http
@@ -241,6 +244,42 @@ async fn the_counters_agree_with_what_the_crowd_was_answered() {
         ),
         BUYERS as f64
     );
+    // Every hold's expiry went out in confirmed batches, one entry each.
+    assert!(
+        series(
+            &metrics,
+            "flashsale_publish_batches_total",
+            &[("result", "confirmed")]
+        ) >= 1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        series(&metrics, "flashsale_publish_batch_entries_sum", &[]),
+        SEATS as f64
+    );
+
+    // The periodic reconciliation shows the showtime on sale, seat by seat.
+    let showtime = showtime.to_string();
+    eventually(Duration::from_secs(30), "the seat gauges", || async {
+        let metrics = http
+            .get(server.url("/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let seats = |state| {
+            series(
+                &metrics,
+                "flashsale_seats",
+                &[("showtime", showtime.as_str()), ("state", state)],
+            )
+        };
+        (seats("held") == SEATS as f64 && seats("available") == 0.0 && seats("sold") == 0.0)
+            .then_some(())
+    })
+    .await;
     drop(server);
     let (_app, adapters) = flash_sale_tests::wire(flash_sale_tests::config(&iso, &opts)).await;
     flash_sale_tests::cleanup(&adapters, &iso).await.unwrap();
