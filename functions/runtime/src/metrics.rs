@@ -50,10 +50,26 @@ pub const QUEUE_READY: &str = "flashsale_queue_messages_ready";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// Counters and gauges that exist from the start, at zero, so a dashboard or an alert
+/// on them never reads "no data" before the first event.
+const FROM_THE_START: &[&str] = &[
+    HTTP_REQUESTS,
+    HTTP_SHED,
+    RATE_LIMITED,
+    RESERVATIONS,
+    PAYMENTS,
+    EXPIRIES,
+    ORDERS,
+    DEAD_LETTERS,
+    REPLAYS,
+    SWEEP_RESENT,
+    flash_sale_adapters::rabbit::metrics::BATCHES,
+];
+
 /// Installs this process's recorder (once; later calls return the same handle).
 pub fn install() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
-        PrometheusBuilder::new()
+        let handle = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
             .and_then(|b| {
                 b.set_buckets_for_metric(Matcher::Suffix("_entries".into()), ENTRY_BUCKETS)
@@ -61,7 +77,13 @@ pub fn install() -> &'static PrometheusHandle {
             .expect("the buckets are not empty")
             .idle_timeout(metrics_util::MetricKindMask::GAUGE, Some(GAUGES_IDLE_FOR))
             .install_recorder()
-            .expect("no other metrics recorder in this process")
+            .expect("no other metrics recorder in this process");
+        for name in FROM_THE_START {
+            counter!(*name).increment(0);
+        }
+        gauge!(HTTP_IN_FLIGHT).set(0.0);
+        gauge!(flash_sale_adapters::rabbit::metrics::HANDED_OVER).set(0.0);
+        handle
     })
 }
 

@@ -19,6 +19,7 @@
 //!   when dropped.
 //! - [`redis_server`]: [`RedisServer`], a Redis of the test's own (own port and data
 //!   directory) to snapshot, kill and restart from an older snapshot.
+//! - [`prometheus`]: [`PrometheusServer`], a real Prometheus scraping one process.
 //! - [`rabbit_node`]: [`RabbitNode`], a RabbitMQ node of the test's own, to raise a
 //!   memory alarm on.
 //! - [`watch`]: [`Watch`], one `cargo lambda watch` with a test's data, the bridge beside
@@ -32,6 +33,7 @@ pub mod isolation;
 pub mod net;
 pub mod poll;
 pub mod process;
+pub mod prometheus;
 pub mod rabbit_node;
 pub mod redis_server;
 pub mod watch;
@@ -45,6 +47,8 @@ pub use isolation::{Isolation, cleanup, drop_database};
 pub use net::{Cuttable, free_port};
 pub use poll::eventually;
 pub use process::ProcessTree;
+pub use process::workspace_root;
+pub use prometheus::PrometheusServer;
 pub use rabbit_node::RabbitNode;
 pub use redis_server::RedisServer;
 pub use watch::Watch;

@@ -30,6 +30,76 @@ fn series(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// Every `flashsale_*` series a dashboard's queries read.
+fn dashboard_series(dashboard: &str) -> std::collections::BTreeSet<String> {
+    let json: Value = serde_json::from_str(dashboard).unwrap();
+    let mut names = std::collections::BTreeSet::new();
+    for panel in json["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(at) = rest.find("flashsale_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[at + name.len()..];
+                names.insert(name);
+            }
+        }
+    }
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scrapes_the_process_and_answers_a_query() {
+    let iso = Isolation::new();
+    let opts = Options::default();
+    let server = ServerProcess::start(SERVER, &iso, free_port(), &opts).await;
+    let http = reqwest::Client::new();
+    let showtime: Value = http
+        .post(server.url("/showtimes"))
+        .json(&json!({"capacity": 3}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for user in 1..=5 {
+        http.post(server.url("/reserve"))
+            .json(&json!({"user_id": user, "showtime_id": showtime["id"]}))
+            .send()
+            .await
+            .unwrap();
+    }
+    let prometheus = flash_sale_tests::PrometheusServer::start(server.port);
+    let reserved = eventually(Duration::from_secs(60), "Prometheus to scrape", || async {
+        let answer: Value = http
+            .get(prometheus.url("/api/v1/query"))
+            .query(&[(
+                "query",
+                "sum(flashsale_reservations_total{outcome=\"reserved\"})",
+            )])
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let value = answer["data"]["result"][0]["value"][1]
+            .as_str()?
+            .to_string();
+        Some(value)
+    })
+    .await;
+    assert_eq!(reserved, "3");
+    drop(prometheus);
+    drop(server);
+    let (_app, adapters) = flash_sale_tests::wire(flash_sale_tests::config(&iso, &opts)).await;
+    flash_sale_tests::cleanup(&adapters, &iso).await.unwrap();
+}
+
 #[tokio::test]
 async fn health_and_readiness_answer_and_are_never_rate_limited() {
     let app = TestApp::spawn(Options {
@@ -258,6 +328,14 @@ async fn the_counters_agree_with_what_the_crowd_was_answered() {
         SEATS as f64
     );
 
+    // The dashboard reads nothing the process does not export.
+    let dashboard = std::fs::read_to_string(
+        flash_sale_tests::workspace_root().join("ops/grafana-dashboard.json"),
+    )
+    .unwrap();
+    let queried = dashboard_series(&dashboard);
+    assert!(queried.len() >= 15, "{queried:?}");
+
     // The periodic reconciliation shows the showtime on sale, seat by seat.
     let showtime = showtime.to_string();
     eventually(Duration::from_secs(30), "the seat gauges", || async {
@@ -276,7 +354,15 @@ async fn the_counters_agree_with_what_the_crowd_was_answered() {
                 &[("showtime", showtime.as_str()), ("state", state)],
             )
         };
-        (seats("held") == SEATS as f64 && seats("available") == 0.0 && seats("sold") == 0.0)
+        let every_series_there = queried.iter().all(|name| {
+            metrics
+                .lines()
+                .any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        });
+        (seats("held") == SEATS as f64
+            && seats("available") == 0.0
+            && seats("sold") == 0.0
+            && every_series_there)
             .then_some(())
     })
     .await;
