@@ -57,12 +57,17 @@ pub fn router(app: App, readiness: Arc<Readiness>) -> Router {
         .merge(flash_sale_pay::routes(app.clone(), &guard))
         .fallback(no_such_route)
         .method_not_allowed_fallback(method_not_allowed);
-    Router::new()
+    let measured = app.config.metrics_enabled;
+    let router = Router::new()
         .merge(health::routes(app, &guard, readiness))
         .merge(guard.protect(routes))
         .layer(middleware::from_fn(answer_in_time))
-        .layer(CatchPanicLayer::custom(panicked))
-        .layer(middleware::from_fn(metrics::track))
+        .layer(CatchPanicLayer::custom(panicked));
+    if measured {
+        router.layer(middleware::from_fn(metrics::track))
+    } else {
+        router
+    }
 }
 
 /// 408 in the shared JSON shape for a request over [`REQUEST_TIMEOUT`].
@@ -88,7 +93,9 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    metrics::install();
+    if app.config.metrics_enabled {
+        metrics::install();
+    }
     let mut consumed = vec![Queue::Expiries, Queue::Orders];
     if app.config.payment_mode == PaymentMode::Mock {
         consumed.push(Queue::Payments);

@@ -55,6 +55,9 @@ pub struct Config {
     /// (per-showtime seats, discrepancies, refunds awaiting, queue depths), without
     /// repairing anything (`RECONCILE_INTERVAL_SECS`, default 30; 0 turns it off).
     pub reconcile_interval: Duration,
+    /// Whether the local process records metrics and serves them on `/metrics`
+    /// (`METRICS_ENABLED`, default `true`; `false` for measuring their cost).
+    pub metrics_enabled: bool,
     /// Who a caller is: `AUTH_MODE` and the `JWT_*` variables (see [`AuthConfig`]).
     pub auth: AuthConfig,
     /// Rate limits and the bound on in-flight requests (see [`LimitsConfig`]).
@@ -340,6 +343,16 @@ impl Config {
             hand_over_limit: env.number("BROKER_HAND_OVER_LIMIT", 10_000, 0..=1_000_000)? as usize,
             drain_delay: env.millis("DRAIN_DELAY_MS", 2000, 0..=60_000)?,
             reconcile_interval: env.secs("RECONCILE_INTERVAL_SECS", 30, 0..=WEEK_SECS)?,
+            metrics_enabled: env.parse(
+                "METRICS_ENABLED",
+                "true",
+                "expected true or false",
+                |v| match v.to_ascii_lowercase().as_str() {
+                    "1" | "true" | "yes" | "on" => Some(true),
+                    "0" | "false" | "no" | "off" => Some(false),
+                    _ => None,
+                },
+            )?,
             auth: auth_config(env, addr)?,
             limits: limits_config(env)?,
         })
