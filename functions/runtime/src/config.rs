@@ -235,7 +235,13 @@ impl<L: Fn(&str) -> Option<String>> Env<L> {
 
     /// `true`/`false` (also 1/0, yes/no, on/off); unset is `false`.
     pub fn flag(&self, name: &'static str) -> Result<bool, ConfigError> {
-        self.parse(name, "false", "expected true or false", |v| {
+        self.flag_or(name, false)
+    }
+
+    /// `true`/`false` (also 1/0, yes/no, on/off); unset is `default`.
+    pub fn flag_or(&self, name: &'static str, default: bool) -> Result<bool, ConfigError> {
+        let default = if default { "true" } else { "false" };
+        self.parse(name, default, "expected true or false", |v| {
             match v.to_ascii_lowercase().as_str() {
                 "1" | "true" | "yes" | "on" => Some(true),
                 "0" | "false" | "no" | "off" => Some(false),
@@ -343,16 +349,7 @@ impl Config {
             hand_over_limit: env.number("BROKER_HAND_OVER_LIMIT", 10_000, 0..=1_000_000)? as usize,
             drain_delay: env.millis("DRAIN_DELAY_MS", 2000, 0..=60_000)?,
             reconcile_interval: env.secs("RECONCILE_INTERVAL_SECS", 30, 0..=WEEK_SECS)?,
-            metrics_enabled: env.parse(
-                "METRICS_ENABLED",
-                "true",
-                "expected true or false",
-                |v| match v.to_ascii_lowercase().as_str() {
-                    "1" | "true" | "yes" | "on" => Some(true),
-                    "0" | "false" | "no" | "off" => Some(false),
-                    _ => None,
-                },
-            )?,
+            metrics_enabled: env.flag_or("METRICS_ENABLED", true)?,
             auth: auth_config(env, addr)?,
             limits: limits_config(env)?,
         })
