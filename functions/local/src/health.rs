@@ -131,6 +131,7 @@ async fn metrics(
     if s.app.config.auth.mode == AuthMode::Jwt {
         caller.require_admin()?;
     }
+    flash_sale_runtime::metrics::in_flight(s.guard.in_flight());
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -18,7 +18,7 @@ pub mod process;
 pub mod sweeper;
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::Request;
@@ -58,28 +58,35 @@ pub fn router(app: App, readiness: Arc<Readiness>) -> Router {
         .fallback(no_such_route)
         .method_not_allowed_fallback(method_not_allowed);
     let measured = app.config.metrics_enabled;
-    let router = Router::new()
+    Router::new()
         .merge(health::routes(app, &guard, readiness))
         .merge(guard.protect(routes))
-        .layer(middleware::from_fn(answer_in_time))
-        .layer(CatchPanicLayer::custom(panicked));
-    if measured {
-        router.layer(middleware::from_fn(metrics::track))
-    } else {
-        router
-    }
+        .layer(CatchPanicLayer::custom(panicked))
+        .layer(middleware::from_fn_with_state(measured, answer_in_time))
 }
 
-/// 408 in the shared JSON shape for a request over [`REQUEST_TIMEOUT`].
-async fn answer_in_time(request: Request, next: Next) -> Response {
-    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+/// The outermost layer: 408 in the shared JSON shape for a request over
+/// [`REQUEST_TIMEOUT`], and (when `measured`) every answer counted by route and status
+/// and timed, whatever answered it (a handler, the guard, this timeout, the panic
+/// layer). One layer for both: axum clones every layer for every request.
+async fn answer_in_time(
+    axum::extract::State(measured): axum::extract::State<bool>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let measure = measured.then(|| (metrics::route_of(request.uri().path()), Instant::now()));
+    let response = match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
         Ok(response) => response,
         Err(_) => ApiError::Timeout(format!(
             "the request took longer than {} s",
             REQUEST_TIMEOUT.as_secs()
         ))
         .into_response(),
+    };
+    if let Some((route, started)) = measure {
+        metrics::http_request(route, response.status().as_u16(), started.elapsed());
     }
+    response
 }
 
 /// How long a stopping process waits for the hold messages it handed over to be
@@ -109,6 +116,15 @@ pub async fn serve(
     }
     background.spawn(sweeper::run(app.clone()));
     background.spawn(sweeper::reconcile_for_metrics(app.clone()));
+    if app.config.metrics_enabled {
+        background.spawn(async {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                metrics::upkeep();
+            }
+        });
+    }
 
     tracing::info!(addr = %listener.local_addr()?, payment = ?app.config.payment_mode, "flash-sale is serving");
     let queues = app.queues.clone();

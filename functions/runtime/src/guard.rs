@@ -36,6 +36,7 @@ struct GuardInner {
     auth: Authenticator,
     limits: RateLimits,
     in_flight: Semaphore,
+    max_in_flight: usize,
     in_flight_wait: std::time::Duration,
 }
 
@@ -48,12 +49,19 @@ impl Guard {
             auth,
             limits: RateLimits::new(&config.limits),
             in_flight: Semaphore::new(config.limits.max_in_flight),
+            max_in_flight: config.limits.max_in_flight,
             in_flight_wait: config.limits.in_flight_wait,
         }))
     }
 
     pub fn authenticator(&self) -> &Authenticator {
         &self.0.auth
+    }
+
+    /// Requests handled right now (read when the metrics are scraped, never counted per
+    /// request: the bound's own permits already say it).
+    pub fn in_flight(&self) -> usize {
+        self.0.max_in_flight - self.0.in_flight.available_permits()
     }
 
     pub fn limits(&self) -> &RateLimits {

@@ -82,6 +82,8 @@ pub fn install() -> &'static PrometheusHandle {
             counter!(*name).increment(0);
         }
         gauge!(HTTP_IN_FLIGHT).set(0.0);
+        // Resolved after the recorder exists, so the handles are its series.
+        let _ = HOT.set(Hot::resolve());
         gauge!(flash_sale_adapters::rabbit::metrics::HANDED_OVER).set(0.0);
         handle
     })
@@ -106,6 +108,14 @@ pub fn queue_ready(queue: &str, ready: u32) {
     gauge!(QUEUE_READY, "queue" => queue.to_string()).set(f64::from(ready));
 }
 
+/// Folds the histograms' recent samples into their buckets, so they hold bounded memory
+/// whether or not anything scrapes: call it every few seconds.
+pub fn upkeep() {
+    if let Some(handle) = HANDLE.get() {
+        handle.run_upkeep();
+    }
+}
+
 /// Every series in the Prometheus text format (empty before [`install`]).
 pub fn render() -> String {
     HANDLE
@@ -117,45 +127,137 @@ pub fn render() -> String {
 /// The route a request path belongs to, for labels: the contract's templates only,
 /// so a crowd of ids or junk paths cannot make new series.
 pub fn route_of(path: &str) -> &'static str {
-    let parts: Vec<&str> = path.trim_end_matches('/').split('/').collect();
-    match parts.as_slice() {
-        ["", "reserve"] => "/reserve",
-        ["", "showtimes"] => "/showtimes",
-        ["", "showtimes", _] => "/showtimes/{id}",
-        ["", "reservations", _] => "/reservations/{id}",
-        ["", "reservations", _, "pay"] => "/reservations/{id}/pay",
-        ["", "healthz"] => "/healthz",
-        ["", "readyz"] => "/readyz",
-        ["", "metrics"] => "/metrics",
+    // On every request: no allocation, a few comparisons.
+    let mut parts = path.trim_end_matches('/').split('/');
+    let (Some(""), first) = (parts.next(), parts.next()) else {
+        return "other";
+    };
+    match (first, parts.next(), parts.next(), parts.next()) {
+        (Some("reserve"), None, _, _) => "/reserve",
+        (Some("showtimes"), None, _, _) => "/showtimes",
+        (Some("showtimes"), Some(_), None, _) => "/showtimes/{id}",
+        (Some("reservations"), Some(_), None, _) => "/reservations/{id}",
+        (Some("reservations"), Some(_), Some("pay"), None) => "/reservations/{id}/pay",
+        (Some("healthz"), None, _, _) => "/healthz",
+        (Some("readyz"), None, _, _) => "/readyz",
+        (Some("metrics"), None, _, _) => "/metrics",
         _ => "other",
     }
 }
 
-/// The outermost layer of a router: every answered request by route and status, its
-/// latency, and the requests in flight, whatever answered it (a handler, the guard, the
-/// timeout, the panic layer).
-pub async fn track(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let route = route_of(request.uri().path());
-    let started = std::time::Instant::now();
-    in_flight(1.0);
-    let response = next.run(request).await;
-    in_flight(-1.0);
-    http_request(route, response.status().as_u16(), started.elapsed());
-    response
+/// A status code as a label without allocating, for the codes this service answers.
+fn status_label(status: u16) -> &'static str {
+    match status {
+        200 => "200",
+        201 => "201",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        408 => "408",
+        409 => "409",
+        413 => "413",
+        429 => "429",
+        500 => "500",
+        503 => "503",
+        _ => "other",
+    }
 }
 
 /// One answered HTTP request.
 pub fn http_request(route: &'static str, status: u16, took: Duration) {
-    counter!(HTTP_REQUESTS, "route" => route, "status" => status.to_string()).increment(1);
-    histogram!(HTTP_DURATION, "route" => route).record(took.as_secs_f64());
+    let status = status_label(status);
+    match (
+        HOT.get(),
+        ROUTES.iter().position(|r| *r == route),
+        STATUSES.iter().position(|s| *s == status),
+    ) {
+        (Some(hot), Some(r), Some(s)) => {
+            hot.requests[r * STATUSES.len() + s].increment(1);
+            hot.durations[r].record(took.as_secs_f64());
+        }
+        _ => {
+            counter!(HTTP_REQUESTS, "route" => route, "status" => status).increment(1);
+            histogram!(HTTP_DURATION, "route" => route).record(took.as_secs_f64());
+        }
+    }
 }
 
-/// A request started (`+1`) or ended (`-1`).
-pub fn in_flight(delta: f64) {
-    gauge!(HTTP_IN_FLIGHT).increment(delta);
+/// Every route label ([`route_of`]) and the status labels of the answers on the hot path.
+const ROUTES: [&str; 9] = [
+    "/reserve",
+    "/showtimes",
+    "/showtimes/{id}",
+    "/reservations/{id}",
+    "/reservations/{id}/pay",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "other",
+];
+const STATUSES: [&str; 4] = ["200", "201", "409", "429"];
+
+/// Handles of the series every request or reservation updates, resolved once: an
+/// update is then an atomic add on a handle, with no lookup of its name and labels.
+struct Hot {
+    requests: Vec<metrics::Counter>,
+    durations: Vec<metrics::Histogram>,
+    /// By outcome and source, in the order of [`RESERVATION_LABELS`].
+    reservations: Vec<metrics::Counter>,
+}
+
+const RESERVATION_LABELS: [(&str, &str); 9] = [
+    ("reserved", "store"),
+    ("sold_out", "memory"),
+    ("sold_out", "store"),
+    ("already_ordered", "store"),
+    ("sale_not_open", "catalog"),
+    ("sale_closed", "catalog"),
+    ("rejected", "catalog"),
+    ("unavailable", "store"),
+    ("rejected", "request"),
+];
+
+static HOT: OnceLock<Hot> = OnceLock::new();
+
+impl Hot {
+    fn resolve() -> Self {
+        let mut requests = vec![];
+        for route in ROUTES {
+            for status in STATUSES {
+                requests.push(counter!(HTTP_REQUESTS, "route" => route, "status" => status));
+            }
+        }
+        Hot {
+            requests,
+            durations: ROUTES
+                .iter()
+                .map(|route| histogram!(HTTP_DURATION, "route" => *route))
+                .collect(),
+            reservations: RESERVATION_LABELS
+                .iter()
+                .map(|(outcome, source)| {
+                    counter!(RESERVATIONS, "outcome" => *outcome, "source" => *source)
+                })
+                .collect(),
+        }
+    }
+}
+
+fn count_reservation(outcome: &'static str, source: &'static str) {
+    let index = RESERVATION_LABELS
+        .iter()
+        .position(|l| *l == (outcome, source));
+    match (HOT.get(), index) {
+        (Some(hot), Some(i)) => hot.reservations[i].increment(1),
+        _ => counter!(RESERVATIONS, "outcome" => outcome, "source" => source).increment(1),
+    }
+}
+
+/// Requests being handled now (set when the metrics are read).
+pub fn in_flight(now: usize) {
+    gauge!(HTTP_IN_FLIGHT).set(now as f64);
 }
 
 /// A request answered 503 `overloaded` without being started.
@@ -187,12 +289,12 @@ pub fn reservation(result: &Result<(), &ReserveError>) {
         Err(ReserveError::UnknownShowtime(_)) => ("rejected", "catalog"),
         Err(ReserveError::Unavailable(_)) => ("unavailable", "store"),
     };
-    counter!(RESERVATIONS, "outcome" => outcome, "source" => source).increment(1);
+    count_reservation(outcome, source);
 }
 
 /// A `POST /reserve` refused before it reached the sale (bad input, identity).
 pub fn reservation_rejected(_: &ApiError) {
-    counter!(RESERVATIONS, "outcome" => "rejected", "source" => "request").increment(1);
+    count_reservation("rejected", "request");
 }
 
 /// A payment request the mock payer settled: `paid`, `unpayable` (expired or paid
