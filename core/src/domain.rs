@@ -166,6 +166,18 @@ pub struct NewShowtime {
     pub sale_window: SaleWindow,
 }
 
+impl NewShowtime {
+    /// `capacity` seats, no title or start, on sale at any time.
+    pub fn always_on_sale(capacity: Capacity) -> Self {
+        Self {
+            capacity,
+            title: None,
+            starts_at: None,
+            sale_window: SaleWindow::ALWAYS,
+        }
+    }
+}
+
 /// A showtime as the catalog (the database) knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Showtime {

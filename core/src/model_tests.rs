@@ -11,7 +11,6 @@ use std::time::Duration;
 use futures::executor::block_on;
 use proptest::prelude::*;
 
-use crate::domain::SaleWindow;
 use crate::fakes::{FakeBus, FakeDb, FakeSeats};
 use crate::messages::{Expiry, OrderRequest};
 use crate::ports::SeatStore;
@@ -101,12 +100,9 @@ impl World {
         );
         let mut capacities = HashMap::new();
         for c in capacity {
-            let s = block_on(sale.create_showtime(NewShowtime {
-                capacity: Capacity::new(c.into()).unwrap(),
-                title: None,
-                starts_at: None,
-                sale_window: SaleWindow::ALWAYS,
-            }))
+            let s = block_on(sale.create_showtime(NewShowtime::always_on_sale(
+                Capacity::new(c.into()).unwrap(),
+            )))
             .unwrap();
             capacities.insert(s.id, c);
         }

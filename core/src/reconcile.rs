@@ -142,7 +142,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::SaleWindow;
     use crate::fakes::{FakeBus, FakeDb, FakeSeats};
     use crate::{Capacity, NewShowtime, PaymentMode, SaleSettings, Status, UserId};
     use futures::executor::block_on;
@@ -164,14 +163,10 @@ mod tests {
     #[test]
     fn a_consistent_sale_reconciles_clean_mid_flight() {
         let sale = sale();
-        let st = block_on(sale.create_showtime(NewShowtime {
-            capacity: Capacity::new(4).unwrap(),
-            title: None,
-            starts_at: None,
-            sale_window: SaleWindow::ALWAYS,
-        }))
-        .unwrap()
-        .id;
+        let st =
+            block_on(sale.create_showtime(NewShowtime::always_on_sale(Capacity::new(4).unwrap())))
+                .unwrap()
+                .id;
         let user = |n| UserId::new(n).unwrap();
         block_on(sale.reserve(user(1), st)).unwrap();
         let paid = block_on(sale.reserve(user(2), st)).unwrap();
@@ -189,14 +184,10 @@ mod tests {
     #[test]
     fn lost_stock_is_reported_and_rebuilt_from_the_database() {
         let sale = sale();
-        let st = block_on(sale.create_showtime(NewShowtime {
-            capacity: Capacity::new(3).unwrap(),
-            title: None,
-            starts_at: None,
-            sale_window: SaleWindow::ALWAYS,
-        }))
-        .unwrap()
-        .id;
+        let st =
+            block_on(sale.create_showtime(NewShowtime::always_on_sale(Capacity::new(3).unwrap())))
+                .unwrap()
+                .id;
         let user = UserId::new(1).unwrap();
         let r = block_on(sale.reserve(user, st)).unwrap();
         let order = block_on(sale.pay(r.id, user)).unwrap().order;
@@ -225,14 +216,10 @@ mod tests {
     #[test]
     fn a_showtime_the_sweep_does_not_walk_is_reported_and_registered_again() {
         let sale = sale();
-        let st = block_on(sale.create_showtime(NewShowtime {
-            capacity: Capacity::new(2).unwrap(),
-            title: None,
-            starts_at: None,
-            sale_window: SaleWindow::ALWAYS,
-        }))
-        .unwrap()
-        .id;
+        let st =
+            block_on(sale.create_showtime(NewShowtime::always_on_sale(Capacity::new(2).unwrap())))
+                .unwrap()
+                .id;
         let held = block_on(sale.reserve(UserId::new(1).unwrap(), st)).unwrap();
         sale.seats.forget_registration(st);
         sale.seats.advance(Duration::from_secs(3600));

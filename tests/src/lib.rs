@@ -344,6 +344,21 @@ impl ServerProcess {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// Creates a showtime of `capacity` seats (the server trusts its caller: `AUTH_MODE`
+    /// none) and returns its id.
+    pub async fn create_showtime(&self, http: &reqwest::Client, capacity: i64) -> i64 {
+        let created: Value = http
+            .post(self.url("/showtimes"))
+            .json(&json!({"capacity": capacity}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        created["id"].as_i64().expect("a showtime id")
+    }
+
     /// SIGKILL: no graceful shutdown, no flush, no acks.
     pub async fn kill9(&mut self) {
         self.child.kill().await.expect("kill -9");

@@ -7,8 +7,9 @@
 use aws_lambda_events::event::rabbitmq::RabbitMqEvent;
 use flash_sale_adapters::Queue;
 use flash_sale_runtime::queue::rabbit_event;
-use flash_sale_test_support::{FunctionHarness, Options, RedisServer};
+use flash_sale_test_support::{FunctionHarness, Options, RedisServer, eventually_blocking};
 use lambda_runtime::{Context, LambdaEvent};
+use std::time::Duration;
 
 fn expiry(reservation: &str) -> Vec<u8> {
     format!(r#"{{"reservation_id":"{reservation}"}}"#).into_bytes()
@@ -55,7 +56,7 @@ async fn retried_not_dead_lettered(
 
     over(redis);
     flash_sale_test_support::eventually(
-        std::time::Duration::from_secs(60),
+        Duration::from_secs(60),
         "the redelivered expiry to succeed",
         || async { flash_sale_expire::expire(&h.app, &body).await.ok() },
     )
@@ -85,18 +86,10 @@ async fn a_redis_still_loading_its_data_set_is_retried() {
                 assert_eq!(set.as_deref(), Some("OK"), "{name}");
             }
             redis.in_background(&["DEBUG", "RELOAD"]);
-            let started = std::time::Instant::now();
-            while !redis
-                .cli(&["GET", "x"])
-                .unwrap_or_default()
-                .contains("LOADING")
-            {
-                assert!(
-                    started.elapsed().as_secs() < 20,
-                    "Redis never started loading"
-                );
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
+            eventually_blocking(Duration::from_secs(20), "Redis to be loading", || {
+                let answer = redis.cli(&["GET", "x"]).unwrap_or_default();
+                answer.contains("LOADING").then_some(())
+            });
         },
         |_| {},
     )

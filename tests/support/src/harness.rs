@@ -3,7 +3,6 @@
 //! `adapters` (production code never gets them).
 
 use flash_sale_adapters::Queue;
-use flash_sale_core::domain::SaleWindow;
 use flash_sale_core::{Capacity, NewShowtime, SeatCounts, ShowtimeId, UserId};
 use flash_sale_runtime::{Adapters, App, Config};
 
@@ -59,12 +58,9 @@ impl FunctionHarness {
     pub async fn showtime(&self, capacity: i64) -> ShowtimeId {
         self.app
             .sale
-            .create_showtime(NewShowtime {
-                capacity: Capacity::new(capacity).unwrap(),
-                title: None,
-                starts_at: None,
-                sale_window: SaleWindow::ALWAYS,
-            })
+            .create_showtime(NewShowtime::always_on_sale(
+                Capacity::new(capacity).unwrap(),
+            ))
             .await
             .unwrap()
             .id

@@ -45,7 +45,7 @@ pub use config::{
 pub use harness::{FunctionHarness, wire};
 pub use isolation::{Isolation, cleanup, drop_database};
 pub use net::{Cuttable, free_port};
-pub use poll::eventually;
+pub use poll::{eventually, eventually_blocking};
 pub use process::ProcessTree;
 pub use process::workspace_root;
 pub use prometheus::PrometheusServer;

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use crate::net::free_port;
+use crate::poll::eventually_blocking;
 
 /// One RabbitMQ node, started with `rabbitmq-server -detached`.
 pub struct RabbitNode {
@@ -51,15 +52,15 @@ impl RabbitNode {
         assert!(started.success(), "rabbitmq-server -detached failed");
         let rabbit = Self { port, node, dir };
         // Until the node has registered its name, rabbitmqctl cannot reach it at all.
-        let since = std::time::Instant::now();
-        while !rabbit.try_ctl(&["await_startup", "--timeout", "10"]) {
-            assert!(
-                since.elapsed() < std::time::Duration::from_secs(120),
-                "the test's RabbitMQ node {} did not start",
-                rabbit.node
-            );
-            std::thread::sleep(std::time::Duration::from_millis(500));
-        }
+        eventually_blocking(
+            std::time::Duration::from_secs(120),
+            &format!("the test's RabbitMQ node {} to start", rabbit.node),
+            || {
+                rabbit
+                    .try_ctl(&["await_startup", "--timeout", "10"])
+                    .then_some(())
+            },
+        );
         rabbit
     }
 

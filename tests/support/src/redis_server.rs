@@ -5,9 +5,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::net::free_port;
+use crate::poll::eventually_blocking;
 
 /// One `redis-server` child process.
 pub struct RedisServer {
@@ -66,15 +67,11 @@ impl RedisServer {
             .spawn()
             .expect("redis-server is installed (scripts/services installs it)");
         self.child = Some(child);
-        let started = Instant::now();
-        while self.cli(&["PING"]).is_none() {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "the test's Redis on port {} did not start",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        eventually_blocking(
+            Duration::from_secs(20),
+            &format!("the test's Redis on port {} to start", self.port),
+            || self.cli(&["PING"]),
+        );
     }
 
     /// Runs one command with `redis-cli`; its answer, or `None` when Redis did not answer.

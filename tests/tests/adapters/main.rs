@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use flash_sale_adapters::{Broker, Postgres, Queue, RedisSeats, Topology};
-use flash_sale_core::domain::SaleWindow;
 use flash_sale_core::ports::{
     Catalog, ExpireOutcome, MessageBus, OrderAudit, OrderBook, OrderOutcome, PayOutcome, SeatStore,
     TakeOutcome,
@@ -267,12 +266,9 @@ fn order(st: ShowtimeId, seq: u64, u: i64) -> OrderRequest {
 
 /// A showtime of `capacity` seats, always on sale, in the catalog only.
 async fn showtime_in(db: &Postgres, capacity: i64) -> ShowtimeId {
-    db.create_showtime(NewShowtime {
-        capacity: Capacity::new(capacity).unwrap(),
-        title: None,
-        starts_at: None,
-        sale_window: SaleWindow::ALWAYS,
-    })
+    db.create_showtime(NewShowtime::always_on_sale(
+        Capacity::new(capacity).unwrap(),
+    ))
     .await
     .unwrap()
     .id

@@ -45,17 +45,7 @@ async fn killed_four_times_mid_sale(opts: Options) {
         .unwrap();
     let mut server =
         ServerProcess::start(env!("CARGO_BIN_EXE_flash-sale-server"), &iso, port, &opts).await;
-    let showtime = http
-        .post(format!("{base}/showtimes"))
-        .json(&json!({"capacity": CAPACITY}))
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap()["id"]
-        .as_i64()
-        .unwrap();
+    let showtime = server.create_showtime(&http, CAPACITY).await;
 
     // Every user keeps pressing "buy" until they get a definite answer; even users then
     // pay (again until a definite answer), odd users walk away and their holds expire.

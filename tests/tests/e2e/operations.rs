@@ -57,18 +57,10 @@ async fn a_real_prometheus_scrapes_the_process_and_answers_a_query() {
     let opts = Options::default();
     let server = ServerProcess::start(SERVER, &iso, free_port(), &opts).await;
     let http = reqwest::Client::new();
-    let showtime: Value = http
-        .post(server.url("/showtimes"))
-        .json(&json!({"capacity": 3}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let showtime = server.create_showtime(&http, 3).await;
     for user in 1..=5 {
         http.post(server.url("/reserve"))
-            .json(&json!({"user_id": user, "showtime_id": showtime["id"]}))
+            .json(&json!({"user_id": user, "showtime_id": showtime}))
             .send()
             .await
             .unwrap();
@@ -236,16 +228,7 @@ async fn the_counters_agree_with_what_the_crowd_was_answered() {
     };
     let server = ServerProcess::start(SERVER, &iso, free_port(), &opts).await;
     let http = reqwest::Client::new();
-    let created: Value = http
-        .post(server.url("/showtimes"))
-        .json(&json!({"capacity": SEATS}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let showtime = created["id"].as_i64().unwrap();
+    let showtime = server.create_showtime(&http, SEATS).await;
 
     let answers: Vec<StatusCode> = futures::stream::iter(1..=BUYERS)
         .map(|user| {
