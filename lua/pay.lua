@@ -4,19 +4,20 @@
 -- KEYS[2] users       HASH  user id -> reservation sequence
 -- KEYS[3] deadlines   ZSET  reservation sequence -> hold deadline (ms)
 -- KEYS[4] unrecorded  ZSET  reservation sequence -> paid at (ms), PAID until ORDERED
--- KEYS[5] reservation HASH  user, status, expires_at, paid_at
+-- KEYS[5] reservation HASH  user, status, expires_at, paid_at, trace (optional)
 -- ARGV[1] user id paying
 -- ARGV[2] reservation sequence
 --
 -- Returns, by the first element:
---   {1, paid_at_ms}  paid: held -1, sold +1
+--   {1, paid_at_ms, trace}  paid: held -1, sold +1; trace is the traceparent of the
+--                           request that held, or nil
 --   {0}              no such reservation
 --   {2}              the reservation belongs to another user
 --   {3}              expired: it was EXPIRED already, or its deadline has passed, in
 --                    which case this script expires it now and returns its seat
 --   {4, status}      already PAID or ORDERED
 
-local r = redis.call('HMGET', KEYS[5], 'user', 'status', 'expires_at')
+local r = redis.call('HMGET', KEYS[5], 'user', 'status', 'expires_at', 'trace')
 if not r[1] then
   return {0}
 end
@@ -48,4 +49,4 @@ redis.call('HINCRBY', KEYS[1], 'held', -1)
 redis.call('HINCRBY', KEYS[1], 'sold', 1)
 redis.call('ZREM', KEYS[3], ARGV[2])
 redis.call('ZADD', KEYS[4], now, ARGV[2])
-return {1, now}
+return {1, now, r[4]}

@@ -9,6 +9,8 @@
 -- ARGV[2] hold time in milliseconds
 -- ARGV[3] reservation key prefix, e.g. "fs:{42}:r:" (same hash tag; the key is
 --         derived from the new sequence, so it cannot be passed in KEYS)
+-- ARGV[4] the W3C traceparent of the request, or "" when it is not traced: kept on
+--         the reservation so that its payment can link to the trace that held it
 --
 -- Returns, by the first element:
 --   {1, seq, expires_at_ms}  reserved
@@ -53,5 +55,8 @@ redis.call('HINCRBY', KEYS[1], 'available', -1)
 redis.call('HINCRBY', KEYS[1], 'held', 1)
 redis.call('HSET', KEYS[2], ARGV[1], seq_text)
 redis.call('HSET', ARGV[3] .. seq_text, 'user', ARGV[1], 'status', 'RESERVED', 'expires_at', expires_at)
+if ARGV[4] and ARGV[4] ~= '' then
+  redis.call('HSET', ARGV[3] .. seq_text, 'trace', ARGV[4])
+end
 redis.call('ZADD', KEYS[4], expires_at, seq_text)
 return {1, seq, expires_at}

@@ -8,11 +8,13 @@
 //! - [`postgres`]: the [`Catalog`](flash_sale_core::Catalog) and
 //!   [`OrderBook`](flash_sale_core::OrderBook) on PostgreSQL, schema from `migrations/`.
 //! - [`wire`]: the JSON form of the queue messages, shared by every host.
+//! - [`trace`]: the trace context a message entry carries from publisher to consumer.
 
 pub mod postgres;
 mod postgres_audit;
 pub mod rabbit;
 pub mod redis_seats;
+pub mod trace;
 pub mod wire;
 
 pub use postgres::Postgres;

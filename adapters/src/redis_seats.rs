@@ -28,6 +28,9 @@ use flash_sale_core::{
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script, Value};
+use tracing::{Instrument as _, Span};
+
+use crate::trace;
 
 const COMPONENT: &str = "redis";
 
@@ -70,6 +73,20 @@ const RETRYABLE_CODES: [&str; 7] = [
     "BUSY",
     "NOREPLICAS",
 ];
+
+/// The span of one script call (exported only when tracing is on; a disabled no-op
+/// otherwise).
+fn script_span(script: &'static str, showtime: ShowtimeId) -> Span {
+    tracing::info_span!(
+        target: trace::TARGET,
+        "redis script",
+        otel.name = script,
+        otel.kind = "client",
+        db.system.name = "redis",
+        db.operation.name = "EVALSHA",
+        flash_sale.showtime = showtime.get(),
+    )
+}
 
 fn port_error(e: redis::RedisError) -> PortError {
     let transient = e.is_io_error()
@@ -217,6 +234,8 @@ impl SeatStore for RedisSeats {
         hold: Duration,
     ) -> PortResult<TakeOutcome> {
         let mut conn = self.conn.clone();
+        // The hold remembers the trace that made it, so a later payment can link to it.
+        let traceparent = trace::current_traceparent().unwrap_or_default();
         let v: Value = self
             .scripts
             .reserve
@@ -227,7 +246,9 @@ impl SeatStore for RedisSeats {
             .arg(user.get())
             .arg(hold.as_millis() as u64)
             .arg(self.key(showtime, "r:"))
+            .arg(traceparent)
             .invoke_async(&mut conn)
+            .instrument(script_span("reserve.lua", showtime))
             .await
             .map_err(port_error)?;
         let items = reply(&v).ok_or_else(|| unexpected("reserve.lua", &v))?;
@@ -287,6 +308,7 @@ impl SeatStore for RedisSeats {
             .arg(u8::from(reload))
             .arg(generation)
             .invoke_async(&mut conn)
+            .instrument(script_span("load.lua", showtime))
             .await
             .map_err(port_error)?;
         if loaded == 2 {
@@ -309,9 +331,14 @@ impl SeatStore for RedisSeats {
             .arg(user.get())
             .arg(id.seq())
             .invoke_async(&mut conn)
+            .instrument(script_span("pay.lua", showtime))
             .await
             .map_err(port_error)?;
         let items = reply(&v).ok_or_else(|| unexpected("pay.lua", &v))?;
+        if items.first().and_then(int) == Some(1) {
+            // Paid: this payment's trace links to the trace of the request that held.
+            trace::link_current_to(items.get(2).and_then(text));
+        }
         Ok(match items.first().and_then(int) {
             Some(1) => PayOutcome::Paid {
                 paid_at: UnixMillis(
@@ -343,6 +370,7 @@ impl SeatStore for RedisSeats {
             .key(self.reservation_key(id))
             .arg(id.seq())
             .invoke_async(&mut conn)
+            .instrument(script_span("expire.lua", showtime))
             .await
             .map_err(port_error)?;
         let items = reply(&v).ok_or_else(|| unexpected("expire.lua", &v))?;
@@ -370,7 +398,16 @@ impl SeatStore for RedisSeats {
             // Pipelined EVALSHA; the first call of a process loads the script.
             pipe.invoke_script(&call);
         }
-        let loaded: Result<Vec<i64>, _> = pipe.query_async(&mut conn).await;
+        let span = tracing::info_span!(
+            target: trace::TARGET,
+            "redis script",
+            otel.name = "mark_ordered.lua",
+            otel.kind = "client",
+            db.system.name = "redis",
+            db.operation.name = "EVALSHA",
+            flash_sale.reservations = ids.len(),
+        );
+        let loaded: Result<Vec<i64>, _> = pipe.query_async(&mut conn).instrument(span).await;
         match loaded {
             Ok(_) => Ok(()),
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {

@@ -6,19 +6,29 @@
 //! one array (see [`crate::rabbit`]), and the decoders accept both forms, so a single
 //! object written by hand or by an earlier version is still understood. An empty array
 //! is malformed.
+//!
+//! Each entry may carry the W3C `traceparent` of the span that published it (see
+//! [`crate::trace`]); decoding hands it back beside the entry as a [`Traced`].
 
 use flash_sale_core::{Expiry, InvalidInput, OrderRequest, PaymentRequest, UnixMillis, UserId};
 use serde::{Deserialize, Serialize};
+use tracing::Span;
+
+use crate::trace;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct ExpireWire {
     reservation_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    traceparent: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 struct PaymentWire {
     reservation_id: String,
     user_id: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    traceparent: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -26,6 +36,8 @@ struct OrderWire {
     reservation_id: String,
     user_id: i64,
     paid_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    traceparent: Option<String>,
 }
 
 /// A message body that can never be processed, whatever is retried.
@@ -39,6 +51,20 @@ pub enum MalformedMessage {
     Empty,
 }
 
+/// One entry of a message and the trace it was published in, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Traced<T> {
+    pub message: T,
+    pub traceparent: Option<String>,
+}
+
+impl<T> Traced<T> {
+    /// `span`, continuing the trace this entry was published in.
+    pub fn continue_in(&self, span: Span) -> Span {
+        trace::continuing(span, self.traceparent.as_deref())
+    }
+}
+
 /// One message or several, as a body may carry them.
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -50,8 +76,8 @@ enum OneOrMany<T> {
 /// Decodes a body of one `W` or an array of them, converting each.
 fn decode_all<W, T>(
     body: &[u8],
-    convert: impl Fn(W) -> Result<T, MalformedMessage>,
-) -> Result<Vec<T>, MalformedMessage>
+    convert: impl Fn(W) -> Result<Traced<T>, MalformedMessage>,
+) -> Result<Vec<Traced<T>>, MalformedMessage>
 where
     W: serde::de::DeserializeOwned,
 {
@@ -83,15 +109,19 @@ pub fn encode_batch<'a>(messages: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8>
 pub fn encode_expiry(m: &Expiry) -> Vec<u8> {
     serde_json::to_vec(&ExpireWire {
         reservation_id: m.reservation.to_string(),
+        traceparent: trace::current_traceparent(),
     })
     .expect("plain struct serializes")
 }
 
 /// The holds named in an expiry message.
-pub fn decode_expiries(body: &[u8]) -> Result<Vec<Expiry>, MalformedMessage> {
+pub fn decode_expiries(body: &[u8]) -> Result<Vec<Traced<Expiry>>, MalformedMessage> {
     decode_all(body, |w: ExpireWire| {
-        Ok(Expiry {
-            reservation: w.reservation_id.parse()?,
+        Ok(Traced {
+            message: Expiry {
+                reservation: w.reservation_id.parse()?,
+            },
+            traceparent: w.traceparent,
         })
     })
 }
@@ -100,16 +130,20 @@ pub fn encode_payment(m: &PaymentRequest) -> Vec<u8> {
     serde_json::to_vec(&PaymentWire {
         reservation_id: m.reservation.to_string(),
         user_id: m.user.get(),
+        traceparent: trace::current_traceparent(),
     })
     .expect("plain struct serializes")
 }
 
 /// The payment requests in a payment message.
-pub fn decode_payments(body: &[u8]) -> Result<Vec<PaymentRequest>, MalformedMessage> {
+pub fn decode_payments(body: &[u8]) -> Result<Vec<Traced<PaymentRequest>>, MalformedMessage> {
     decode_all(body, |w: PaymentWire| {
-        Ok(PaymentRequest {
-            reservation: w.reservation_id.parse()?,
-            user: UserId::new(w.user_id)?,
+        Ok(Traced {
+            message: PaymentRequest {
+                reservation: w.reservation_id.parse()?,
+                user: UserId::new(w.user_id)?,
+            },
+            traceparent: w.traceparent,
         })
     })
 }
@@ -119,17 +153,21 @@ pub fn encode_order(m: &OrderRequest) -> Vec<u8> {
         reservation_id: m.reservation.to_string(),
         user_id: m.user.get(),
         paid_at_ms: m.paid_at.0,
+        traceparent: trace::current_traceparent(),
     })
     .expect("plain struct serializes")
 }
 
 /// The orders in an order message.
-pub fn decode_orders(body: &[u8]) -> Result<Vec<OrderRequest>, MalformedMessage> {
+pub fn decode_orders(body: &[u8]) -> Result<Vec<Traced<OrderRequest>>, MalformedMessage> {
     decode_all(body, |w: OrderWire| {
-        Ok(OrderRequest {
-            reservation: w.reservation_id.parse()?,
-            user: UserId::new(w.user_id)?,
-            paid_at: UnixMillis(w.paid_at_ms),
+        Ok(Traced {
+            message: OrderRequest {
+                reservation: w.reservation_id.parse()?,
+                user: UserId::new(w.user_id)?,
+                paid_at: UnixMillis(w.paid_at_ms),
+            },
+            traceparent: w.traceparent,
         })
     })
 }
@@ -144,18 +182,42 @@ mod tests {
         let id = ReservationId::new(ShowtimeId::new(3).unwrap(), 9).unwrap();
         let user = UserId::new(7).unwrap();
         let e = Expiry { reservation: id };
-        assert_eq!(decode_expiries(&encode_expiry(&e)).unwrap(), vec![e]);
+        assert_eq!(
+            decode_expiries(&encode_expiry(&e)).unwrap(),
+            vec![untraced(e)]
+        );
         let p = PaymentRequest {
             reservation: id,
             user,
         };
-        assert_eq!(decode_payments(&encode_payment(&p)).unwrap(), vec![p]);
+        assert_eq!(
+            decode_payments(&encode_payment(&p)).unwrap(),
+            vec![untraced(p)]
+        );
         let o = OrderRequest {
             reservation: id,
             user,
             paid_at: UnixMillis(1),
         };
-        assert_eq!(decode_orders(&encode_order(&o)).unwrap(), vec![o]);
+        assert_eq!(decode_orders(&encode_order(&o)).unwrap(), vec![untraced(o)]);
+    }
+
+    fn untraced<T>(message: T) -> Traced<T> {
+        Traced {
+            message,
+            traceparent: None,
+        }
+    }
+
+    #[test]
+    fn each_entry_keeps_its_own_traceparent() {
+        let a = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let body = format!(
+            r#"[{{"reservation_id":"3-1","traceparent":"{a}"}},{{"reservation_id":"3-2"}}]"#
+        );
+        let entries = decode_expiries(body.as_bytes()).unwrap();
+        assert_eq!(entries[0].traceparent.as_deref(), Some(a));
+        assert_eq!(entries[1].traceparent, None);
     }
 
     #[test]
@@ -167,7 +229,12 @@ mod tests {
             .collect();
         let encoded: Vec<Vec<u8>> = holds.iter().map(encode_expiry).collect();
         let body = encode_batch(encoded.iter().map(Vec::as_slice));
-        assert_eq!(decode_expiries(&body).unwrap(), holds);
+        let decoded: Vec<Expiry> = decode_expiries(&body)
+            .unwrap()
+            .into_iter()
+            .map(|t| t.message)
+            .collect();
+        assert_eq!(decoded, holds);
     }
 
     #[test]

@@ -317,7 +317,7 @@ pub(crate) async fn expiries_confirmed(
         let expiries = flash_sale_adapters::wire::decode_expiries(&message.delivery.data)
             .map_err(|e| anyhow::anyhow!("an unreadable message in {}: {e}", queue.name))?;
         for expiry in expiries {
-            missing.remove(expiry.reservation.to_string().as_str());
+            missing.remove(expiry.message.reservation.to_string().as_str());
         }
     }
     let _ = conn.close(200, "verified".into()).await;

@@ -8,19 +8,29 @@
 //! side (an Amazon MQ for RabbitMQ event).
 
 use aws_lambda_events::event::rabbitmq::RabbitMqEvent;
-use flash_sale_adapters::{Queue, wire};
+use flash_sale_adapters::{Queue, trace, wire};
 use flash_sale_core::ports::ExpireOutcome;
 use flash_sale_runtime::App;
 use flash_sale_runtime::queue::{self, QueueError};
 use lambda_runtime::LambdaEvent;
+use tracing::Instrument as _;
 
 /// Expires the holds named in one message body (one hold, or the holds of a batch),
 /// concurrently; their outcomes in the body's order. A retryable failure of any fails
 /// the message: redoing the others is harmless.
 pub async fn expire(app: &App, body: &[u8]) -> Result<Vec<ExpireOutcome>, QueueError> {
     let holds = wire::decode_expiries(body)?;
-    let outcomes =
-        futures::future::try_join_all(holds.iter().map(|hold| app.sale.expire(*hold))).await?;
+    let outcomes = futures::future::try_join_all(holds.iter().map(|hold| {
+        // The expiry continues the trace of the request that held the seat.
+        let span = hold.continue_in(tracing::info_span!(
+            target: trace::TARGET,
+            "expire",
+            otel.kind = "consumer",
+            flash_sale.reservation = %hold.message.reservation,
+        ));
+        app.sale.expire(hold.message).instrument(span)
+    }))
+    .await?;
     tracing::debug!(holds = holds.len(), ?outcomes, "expiries handled");
     flash_sale_runtime::metrics::expiries(&outcomes);
     Ok(outcomes)

@@ -31,10 +31,11 @@ use flash_sale_core::PaymentMode;
 use flash_sale_runtime::App;
 use flash_sale_runtime::error::{ApiError, method_not_allowed, no_such_route, panicked};
 use flash_sale_runtime::guard::Guard;
-use flash_sale_runtime::metrics;
+use flash_sale_runtime::{metrics, trace};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tower_http::catch_panic::CatchPanicLayer;
+use tracing::Instrument as _;
 
 use crate::health::Readiness;
 
@@ -66,16 +67,19 @@ pub fn router(app: App, readiness: Arc<Readiness>) -> Router {
 }
 
 /// The outermost layer: 408 in the shared JSON shape for a request over
-/// [`REQUEST_TIMEOUT`], and (when `measured`) every answer counted by route and status
-/// and timed, whatever answered it (a handler, the guard, this timeout, the panic
-/// layer). One layer for both: axum clones every layer for every request.
+/// [`REQUEST_TIMEOUT`], (when `measured`) every answer counted by route and status and
+/// timed, whatever answered it (a handler, the guard, this timeout, the panic layer),
+/// and (when traces are exported) the request's span. One layer for all three: axum
+/// clones every layer for every request.
 async fn answer_in_time(
     axum::extract::State(measured): axum::extract::State<bool>,
     request: Request,
     next: Next,
 ) -> Response {
     let measure = measured.then(|| (metrics::route_of(request.uri().path()), Instant::now()));
-    let response = match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+    let span = trace::http_span(&request);
+    let answer = tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).instrument(span.clone());
+    let response = match answer.await {
         Ok(response) => response,
         Err(_) => ApiError::Timeout(format!(
             "the request took longer than {} s",
@@ -86,6 +90,7 @@ async fn answer_in_time(
     if let Some((route, started)) = measure {
         metrics::http_request(route, response.status().as_u16(), started.elapsed());
     }
+    trace::answered(&span, response.status().as_u16());
     response
 }
 
@@ -157,5 +162,6 @@ pub async fn serve(
         );
     }
     background.shutdown().await;
+    trace::shutdown().await;
     Ok(())
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::routing::post;
 use axum::{Json, Router};
-use flash_sale_adapters::{Queue, wire};
+use flash_sale_adapters::{Queue, trace, wire};
 use flash_sale_core::ReservationId;
 use flash_sale_runtime::App;
 use flash_sale_runtime::error::ApiError;
@@ -24,6 +24,7 @@ use flash_sale_runtime::queue::{self, QueueError};
 use flash_sale_runtime::{metrics, rfc3339, to_the_end};
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument as _;
 
 /// The function's routes, protected by their own [`Guard`]: what the Lambda host runs.
 pub fn router(app: App) -> Router {
@@ -100,18 +101,26 @@ pub async fn settle_payment_request(
             .map(|_| rng.random_range(delay_ms.clone()))
             .collect()
     };
-    futures::future::try_join_all(requests.into_iter().zip(delays).map(
-        |(request, delay)| async move {
+    futures::future::try_join_all(requests.into_iter().zip(delays).map(|(request, delay)| {
+        // The payment continues the trace of the request that held the seat.
+        let span = request.continue_in(tracing::info_span!(
+            target: trace::TARGET,
+            "mock payment",
+            otel.kind = "consumer",
+            flash_sale.reservation = %request.message.reservation,
+        ));
+        async move {
             tokio::time::sleep(Duration::from_millis(delay)).await;
-            let settled = app.sale.settle_payment_request(request).await;
+            let settled = app.sale.settle_payment_request(request.message).await;
             metrics::mock_payment(match &settled {
                 Ok(Some(_)) => "paid",
                 Ok(None) => "unpayable",
                 Err(_) => "unavailable",
             });
             settled
-        },
-    ))
+        }
+        .instrument(span)
+    }))
     .await?;
     Ok(())
 }

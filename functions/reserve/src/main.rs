@@ -7,5 +7,6 @@ use flash_sale_runtime::{App, error::no_such_route, init_tracing};
 async fn main() -> Result<(), lambda_http::Error> {
     init_tracing();
     let app = App::from_env().await?;
-    lambda_http::run(flash_sale_reserve::router(app).fallback(no_such_route)).await
+    let router = flash_sale_reserve::router(app).fallback(no_such_route);
+    lambda_http::run(flash_sale_runtime::trace::per_invocation(router)).await
 }

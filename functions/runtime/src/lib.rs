@@ -15,6 +15,7 @@
 //! - [`metrics`]: the Prometheus recorder and every metric's name and recording.
 //! - [`queue`]: the outcome of a queue handler (retryable or not), how a batch of them
 //!   is settled, and the decoding of Amazon MQ for RabbitMQ events.
+//! - [`trace`]: OpenTelemetry traces that follow a reservation through the queues.
 
 pub mod app;
 pub mod config;
@@ -24,6 +25,7 @@ pub mod guard;
 pub mod identity;
 pub mod metrics;
 pub mod queue;
+pub mod trace;
 
 pub use app::{Adapters, App, LiveSale, Probes, Queues};
 pub use config::Config;
@@ -42,7 +44,9 @@ where
     T: Send + 'static,
     E: Into<error::ApiError> + Send + 'static,
 {
-    match tokio::spawn(work).await {
+    use tracing::Instrument as _;
+    // The request's span goes with the work (a disabled span when tracing is off).
+    match tokio::spawn(work.in_current_span()).await {
         Ok(done) => done.map_err(Into::into),
         Err(e) => {
             tracing::error!("a use case panicked: {e}");
@@ -61,20 +65,32 @@ pub fn rfc3339(ms: UnixMillis) -> String {
 }
 
 /// Starts logging: JSON lines on Lambda (CloudWatch), plain text locally. `RUST_LOG`
-/// filters (default `info`).
+/// filters (default `info`). Starts the trace exporter too when one is configured
+/// ([`trace`]).
 pub fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    let on_lambda = config::Env::process()
-        .get("AWS_LAMBDA_FUNCTION_NAME")
-        .is_some();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
-    let _ = if on_lambda {
-        builder.json().without_time().try_init()
+    use tracing_subscriber::prelude::*;
+    let env = config::Env::process();
+    // The spans exported as traces are never logged.
+    let quiet_spans = format!("{}=off", trace::TARGET)
+        .parse()
+        .expect("a valid directive");
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"))
+        .add_directive(quiet_spans);
+    let on_lambda = env.get("AWS_LAMBDA_FUNCTION_NAME").is_some();
+    let log = tracing_subscriber::fmt::layer().with_target(false);
+    let log = if on_lambda {
+        log.json().without_time().boxed()
     } else {
-        builder.try_init()
+        log.boxed()
     };
+    let (traces, said) = trace::layer(&env);
+    let installed = tracing_subscriber::registry()
+        .with(log.with_filter(filter))
+        .with(traces)
+        .try_init();
+    if let (Ok(()), Some(said)) = (installed, said) {
+        tracing::info!("{said}");
+    }
 }

@@ -88,33 +88,39 @@ where
     H: FnOnce(Vec<Vec<u8>>) -> Fut,
     Fut: Future<Output = Vec<Result<(), QueueError>>>,
 {
-    let messages = event_messages(event);
-    let decoded: Vec<Vec<u8>> = messages
-        .iter()
-        .filter_map(|m| m.body.as_ref().ok().cloned())
-        .collect();
-    let mut handled = handler(decoded).await.into_iter();
-    let results: Vec<Result<(), QueueError>> = messages
-        .iter()
-        .map(|m| match &m.body {
-            Ok(_) => handled
-                .next()
-                .unwrap_or_else(|| Err(QueueError::Retryable("the handler gave no result".into()))),
-            Err(undecodable) => Err(QueueError::Rejected(undecodable.to_string())),
-        })
-        .collect();
-    let dead_letters = settle(&results).map_err(|e| e.to_string())?;
-    for (i, reason) in dead_letters {
-        let message = &messages[i];
-        tracing::error!(queue = %message.queue, %reason, "dead-lettering a message that can never succeed");
-        let body = message.body.as_ref().map(Clone::clone).unwrap_or_default();
-        queues
-            .dead_letter(queue, body, reason)
-            .await
-            .map_err(QueueError::from)?;
-        crate::metrics::dead_lettered(queue.key());
+    let settled = async {
+        let messages = event_messages(event);
+        let decoded: Vec<Vec<u8>> = messages
+            .iter()
+            .filter_map(|m| m.body.as_ref().ok().cloned())
+            .collect();
+        let mut handled = handler(decoded).await.into_iter();
+        let results: Vec<Result<(), QueueError>> = messages
+            .iter()
+            .map(|m| match &m.body {
+                Ok(_) => handled
+                    .next()
+                    .unwrap_or_else(|| Err(QueueError::Retryable("the handler gave no result".into()))),
+                Err(undecodable) => Err(QueueError::Rejected(undecodable.to_string())),
+            })
+            .collect();
+        let dead_letters = settle(&results).map_err(|e| e.to_string())?;
+        for (i, reason) in dead_letters {
+            let message = &messages[i];
+            tracing::error!(queue = %message.queue, %reason, "dead-lettering a message that can never succeed");
+            let body = message.body.as_ref().map(Clone::clone).unwrap_or_default();
+            queues
+                .dead_letter(queue, body, reason)
+                .await
+                .map_err(QueueError::from)?;
+            crate::metrics::dead_lettered(queue.key());
+        }
+        Ok(())
     }
-    Ok(())
+    .await;
+    // The environment may be frozen once the invocation returns: spans leave first.
+    crate::trace::flush().await;
+    settled
 }
 
 /// One message of an Amazon MQ for RabbitMQ event, its body decoded from base64.

@@ -8,12 +8,14 @@
 //! host's side (an Amazon MQ for RabbitMQ event).
 
 use aws_lambda_events::event::rabbitmq::RabbitMqEvent;
-use flash_sale_adapters::{Queue, wire};
+use flash_sale_adapters::{Queue, trace, wire};
 use flash_sale_core::OrderRequest;
 use flash_sale_core::ports::OrderOutcome;
 use flash_sale_runtime::App;
 use flash_sale_runtime::queue::{self, QueueError};
 use lambda_runtime::LambdaEvent;
+use tracing::Instrument as _;
+use tracing::field::{Empty, debug, display};
 
 /// Records the orders of a batch of message bodies (each body one order, or the orders
 /// of concurrent payments), all in one transaction. The result has one entry per body,
@@ -28,13 +30,27 @@ use lambda_runtime::LambdaEvent;
 pub async fn write_orders(app: &App, bodies: &[&[u8]]) -> Vec<Result<(), QueueError>> {
     let mut results: Vec<Result<(), QueueError>> = Vec::with_capacity(bodies.len());
     let mut orders = Vec::with_capacity(bodies.len());
+    // One span per order, in the trace of the request that held its seat, open while
+    // the batch is written (disabled, and free, when tracing is off).
+    let mut spans = Vec::with_capacity(bodies.len());
+    let mut traceparents = Vec::with_capacity(bodies.len());
     // The bodies that decoded, each with the range of its orders in `orders`.
     let mut decoded = Vec::with_capacity(bodies.len());
     for (i, body) in bodies.iter().enumerate() {
         match wire::decode_orders(body) {
-            Ok(mut these) => {
+            Ok(these) => {
                 decoded.push((i, orders.len()..orders.len() + these.len()));
-                orders.append(&mut these);
+                for order in these {
+                    spans.push(order.continue_in(tracing::info_span!(
+                        target: trace::TARGET,
+                        "write order",
+                        otel.kind = "consumer",
+                        flash_sale.reservation = %order.message.reservation,
+                        flash_sale.outcome = Empty,
+                    )));
+                    orders.push(order.message);
+                    traceparents.push(order.traceparent);
+                }
                 results.push(Ok(()));
             }
             Err(e) => results.push(Err(e.into())),
@@ -43,7 +59,26 @@ pub async fn write_orders(app: &App, bodies: &[&[u8]]) -> Vec<Result<(), QueueEr
     if orders.is_empty() {
         return results;
     }
-    let outcomes = match app.sale.write_orders(&orders).await {
+    // The batch's own work (the transaction, marking the orders in Redis) in one span
+    // linked to every order's trace.
+    let batch = trace::linking(
+        tracing::info_span!(
+            target: trace::TARGET,
+            "write orders",
+            otel.kind = "consumer",
+            flash_sale.orders = orders.len(),
+        ),
+        traceparents.iter().map(Option::as_deref),
+    );
+    let written = app.sale.write_orders(&orders).instrument(batch).await;
+    for (i, span) in spans.iter().enumerate() {
+        match &written {
+            Ok(outcomes) => span.record("flash_sale.outcome", debug(&outcomes[i])),
+            Err(e) => span.record("flash_sale.outcome", display(e)),
+        };
+    }
+    drop(spans);
+    let outcomes = match written {
         Ok(outcomes) => {
             flash_sale_runtime::metrics::orders(&outcomes);
             outcomes

@@ -45,6 +45,11 @@ pub struct Options {
     /// [`Cuttable`](crate::Cuttable) proxy; the database is the test's own. `None` is the
     /// local server (or `DATABASE_SERVER_URL`).
     pub postgres_server: Option<String>,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`, e.g. an [`OtlpReceiver`](crate::OtlpReceiver)'s:
+    /// traces exported as OTLP/JSON. `None`: no traces.
+    pub traces_to: Option<String>,
+    /// `OTEL_BSP_SCHEDULE_DELAY` (how long finished spans wait to be sent together).
+    pub traces_batch_delay_ms: u64,
 }
 
 /// The HS256 secret test servers verify tokens with.
@@ -83,6 +88,8 @@ impl Default for Options {
             amqp_url: None,
             redis_url: None,
             postgres_server: None,
+            traces_to: None,
+            traces_batch_delay_ms: 100,
         }
     }
 }
@@ -107,6 +114,15 @@ pub fn env(iso: &Isolation, opts: &Options) -> HashMap<&'static str, String> {
         .clone()
         .unwrap_or_else(|| server_url("REDIS_URL", REDIS));
     HashMap::from([
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            opts.traces_to.clone().unwrap_or_default(),
+        ),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json".to_string()),
+        (
+            "OTEL_BSP_SCHEDULE_DELAY",
+            opts.traces_batch_delay_ms.to_string(),
+        ),
         ("DATABASE_URL", database_url),
         ("REDIS_URL", redis_url),
         (

@@ -20,6 +20,7 @@
 //! - [`redis_server`]: [`RedisServer`], a Redis of the test's own (own port and data
 //!   directory) to snapshot, kill and restart from an older snapshot.
 //! - [`prometheus`]: [`PrometheusServer`], a real Prometheus scraping one process.
+//! - [`otlp`]: [`OtlpReceiver`], an OTLP/HTTP trace receiver in the test process.
 //! - [`rabbit_node`]: [`RabbitNode`], a RabbitMQ node of the test's own, to raise a
 //!   memory alarm on.
 //! - [`watch`]: [`Watch`], one `cargo lambda watch` with a test's data, the bridge beside
@@ -31,6 +32,7 @@ pub mod config;
 pub mod harness;
 pub mod isolation;
 pub mod net;
+pub mod otlp;
 pub mod poll;
 pub mod process;
 pub mod prometheus;
@@ -45,6 +47,7 @@ pub use config::{
 pub use harness::{FunctionHarness, wire};
 pub use isolation::{Isolation, cleanup, drop_database};
 pub use net::{Cuttable, free_port};
+pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use poll::{eventually, eventually_blocking};
 pub use process::ProcessTree;
 pub use process::workspace_root;

@@ -452,13 +452,14 @@ async fn concurrent_holds_are_published_in_batches_each_hold_exactly_once() {
     let mut seen: HashMap<ReservationId, usize> = HashMap::new();
     for body in &expiries {
         for hold in flash_sale_adapters::wire::decode_expiries(body).unwrap() {
-            *seen.entry(hold.reservation).or_default() += 1;
+            *seen.entry(hold.message.reservation).or_default() += 1;
         }
     }
     assert_eq!(seen.len(), ids.len());
     let mut paid: Vec<PaymentRequest> = payments
         .iter()
         .flat_map(|body| flash_sale_adapters::wire::decode_payments(body).unwrap())
+        .map(|p| p.message)
         .collect();
     assert!(
         expiries.len() < ids.len() && payments.len() < ids.len(),
@@ -542,7 +543,7 @@ async fn hold_messages_are_handed_over_while_the_broker_confirms_and_awaited_aft
                 flash_sale_adapters::wire::decode_expiries(&m.delivery.data)
                     .unwrap()
                     .iter()
-                    .map(|e| e.reservation.seq()),
+                    .map(|e| e.message.reservation.seq()),
             ),
             None => tokio::time::sleep(Duration::from_millis(20)).await,
         }

@@ -7,3 +7,4 @@ mod go_reference;
 mod lifecycle;
 mod operations;
 mod recovery;
+mod traces;

@@ -1,11 +1,13 @@
 //! The whole flow under `cargo lambda watch` with the bridge feeding the queues to the
-//! queue functions, as the event source mappings would.
+//! queue functions, as the event source mappings would, exporting traces as the
+//! functions would on Lambda: only what each invocation flushes before it returns
+//! arrives (the batch delay is an hour).
 
 use std::time::Duration;
 
 use flash_sale_test_support::process::until;
 use flash_sale_test_support::watch::{bounded, skipped, start_bridge};
-use flash_sale_test_support::{FunctionHarness, Isolation, Options, Watch};
+use flash_sale_test_support::{FunctionHarness, Isolation, Options, OtlpReceiver, Watch};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -17,8 +19,11 @@ async fn the_whole_flow_runs_under_watch_with_the_bridge() {
         return;
     }
     let iso = Isolation::new();
+    let receiver = OtlpReceiver::start().await;
     let opts = Options {
         hold_secs: 3,
+        traces_to: Some(receiver.endpoint()),
+        traces_batch_delay_ms: 3_600_000,
         ..Options::default()
     };
     let h = FunctionHarness::connect(iso.clone(), &opts).await;
@@ -87,6 +92,35 @@ async fn the_whole_flow_runs_under_watch_with_the_bridge() {
         // The user whose hold expired may try again.
         let again = reserve(&w, 2, showtime).await;
         assert_ne!(again, dropped);
+
+        // Each function flushed its spans before its invocation returned: the order is
+        // in the trace of the payment request that made it, the expiry in the trace of
+        // the request that held.
+        let span_of = |name: &str, reservation: &str| {
+            receiver.spans().into_iter().find(|s| {
+                s.name == name
+                    && s.attributes
+                        .get("flash_sale.reservation")
+                        .map(String::as_str)
+                        == Some(reservation)
+            })
+        };
+        let written = span_of("write order", &bought).expect("write-order's span");
+        assert_eq!(written.service, "write-order");
+        let paid = receiver.trace(&written.trace_id);
+        assert!(
+            paid.iter()
+                .any(|s| s.name == "POST /reservations/{id}/pay" && s.service == "pay"),
+            "{paid:?}"
+        );
+        let expired = span_of("expire", &dropped).expect("expire's span");
+        assert_eq!(expired.service, "expire");
+        let held = receiver.trace(&expired.trace_id);
+        assert!(
+            held.iter()
+                .any(|s| s.name == "POST /reserve" && s.service == "reserve"),
+            "{held:?}"
+        );
 
         // Every message was acknowledged: nothing waits in the work queues.
         for q in [
