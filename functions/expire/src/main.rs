@@ -2,14 +2,11 @@
 //! on the expiry queue.
 
 use flash_sale_runtime::{App, init_tracing};
-use lambda_runtime::{run, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     init_tracing();
     let app = App::from_env().await?;
-    run(service_fn(|event| {
-        flash_sale_expire::handle_event(&app, event)
-    }))
-    .await
+    flash_sale_runtime::lambda::serve_events(|event| flash_sale_expire::handle_event(&app, event))
+        .await
 }

@@ -8,5 +8,5 @@ async fn main() -> Result<(), lambda_http::Error> {
     init_tracing();
     let app = App::from_env().await?;
     let router = flash_sale_pay::router(app).fallback(no_such_route);
-    lambda_http::run(flash_sale_runtime::trace::per_invocation(router)).await
+    flash_sale_runtime::lambda::serve_http(router).await
 }

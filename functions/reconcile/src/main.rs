@@ -3,14 +3,14 @@
 
 use flash_sale_runtime::config::Env;
 use flash_sale_runtime::{App, init_tracing};
-use lambda_runtime::{LambdaEvent, run, service_fn};
+use lambda_runtime::LambdaEvent;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     init_tracing();
     let app = App::from_env().await?;
     let repair = Env::process().flag("RECONCILE_REPAIR")?;
-    run(service_fn(|_: LambdaEvent<serde_json::Value>| {
+    flash_sale_runtime::lambda::serve_events(|_: LambdaEvent<serde_json::Value>| {
         let app = app.clone();
         async move {
             let report =
@@ -20,6 +20,6 @@ async fn main() -> Result<(), lambda_runtime::Error> {
             }
             Ok::<_, lambda_runtime::Error>(serde_json::to_value(&report)?)
         }
-    }))
+    })
     .await
 }

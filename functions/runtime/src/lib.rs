@@ -12,7 +12,9 @@
 //!   limits by user and client address, body limit.
 //! - [`identity`]: who is calling (a verified JWT, API Gateway's authorizer claims, or
 //!   the trusted body of a loopback demo) and the owner and admin checks.
-//! - [`metrics`]: the Prometheus recorder and every metric's name and recording.
+//! - [`lambda`]: the Lambda host of every function, with what each invocation ends with.
+//! - [`metrics`]: the Prometheus recorder (CloudWatch EMF on Lambda) and every metric's
+//!   name and recording.
 //! - [`queue`]: the outcome of a queue handler (retryable or not), how a batch of them
 //!   is settled, and the decoding of Amazon MQ for RabbitMQ events.
 //! - [`trace`]: OpenTelemetry traces that follow a reservation through the queues.
@@ -23,6 +25,7 @@ pub mod error;
 pub mod extract;
 pub mod guard;
 pub mod identity;
+pub mod lambda;
 pub mod metrics;
 pub mod queue;
 pub mod trace;

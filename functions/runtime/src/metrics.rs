@@ -4,7 +4,12 @@
 //! is ever labelled by user or reservation, so their number stays bounded.
 //!
 //! Recording is an atomic add on a series the recorder already holds; where no
-//! recorder is installed (a Lambda function, a unit test) every call is a no-op.
+//! recorder is installed (a unit test, `METRICS_ENABLED=false`) every call is a no-op.
+//!
+//! On Lambda the same series are CloudWatch metrics instead ([`embedded`]): each
+//! invocation ends with embedded-metric-format (EMF) log lines, which CloudWatch turns
+//! into metrics in the namespace `METRICS_NAMESPACE` (default `FlashSale`), dimension
+//! `function` plus the series' labels.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -86,6 +91,37 @@ pub fn install() -> &'static PrometheusHandle {
         let _ = HOT.set(Hot::resolve());
         gauge!(flash_sale_adapters::rabbit::metrics::HANDED_OVER).set(0.0);
         handle
+    })
+}
+
+static EMBEDDED: OnceLock<Option<&'static metrics_cloudwatch_embedded::Collector>> =
+    OnceLock::new();
+
+/// The recorder of a Lambda function: CloudWatch embedded metric format, written after
+/// each invocation (see [`crate::lambda`]). `None` when `METRICS_ENABLED=false`, or when
+/// it cannot start (said in the log: metrics never stop a sale).
+pub fn embedded() -> Option<&'static metrics_cloudwatch_embedded::Collector> {
+    *EMBEDDED.get_or_init(|| {
+        let env = crate::config::Env::process();
+        if !env.flag_or("METRICS_ENABLED", true).unwrap_or(true) {
+            return None;
+        }
+        let function = env
+            .get("AWS_LAMBDA_FUNCTION_NAME")
+            .unwrap_or_else(|| "flash-sale".into());
+        let started = metrics_cloudwatch_embedded::Builder::new()
+            .cloudwatch_namespace(env.text("METRICS_NAMESPACE", "FlashSale"))
+            .with_dimension("function", function)
+            .lambda_cold_start_metric("flashsale_cold_starts_total")
+            .with_lambda_request_id("request_id")
+            .init();
+        match started {
+            Ok(collector) => Some(collector),
+            Err(e) => {
+                tracing::error!("metrics are off: the CloudWatch recorder did not start: {e}");
+                None
+            }
+        }
     })
 }
 

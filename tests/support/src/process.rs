@@ -117,6 +117,11 @@ impl ProcessTree {
         self.name
     }
 
+    /// Everything the process (and what it started) wrote so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The last lines of the process's output, for failure messages.
     pub fn tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();

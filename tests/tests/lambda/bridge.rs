@@ -1,7 +1,8 @@
 //! The whole flow under `cargo lambda watch` with the bridge feeding the queues to the
 //! queue functions, as the event source mappings would, exporting traces as the
 //! functions would on Lambda: only what each invocation flushes before it returns
-//! arrives (the batch delay is an hour).
+//! arrives (the batch delay is an hour). Each function also writes its metrics as
+//! CloudWatch embedded-metric-format lines after each invocation.
 
 use std::time::Duration;
 
@@ -122,6 +123,34 @@ async fn the_whole_flow_runs_under_watch_with_the_bridge() {
             "{held:?}"
         );
 
+        // Each function wrote its metrics as EMF lines for CloudWatch.
+        let emf = emf_lines(&w.process.output());
+        for (function, metric, label, value) in [
+            (
+                "reserve",
+                "flashsale_reservations_total",
+                "outcome",
+                "reserved",
+            ),
+            ("pay", "flashsale_payments_total", "outcome", "paid"),
+            (
+                "write-order",
+                "flashsale_orders_total",
+                "outcome",
+                "inserted",
+            ),
+            ("expire", "flashsale_seats_returned_total", "by", "message"),
+        ] {
+            assert!(
+                emf.iter().any(|line| line["function"] == function
+                    && line[label] == value
+                    && line[metric].as_f64().is_some_and(|n| n >= 1.0)
+                    && line["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "FlashSale"),
+                "no EMF line of {function} with {metric}{{{label}={value}}} in {} lines",
+                emf.len()
+            );
+        }
+
         // Every message was acknowledged: nothing waits in the work queues.
         for q in [
             flash_sale_adapters::Queue::Orders,
@@ -147,4 +176,13 @@ async fn the_whole_flow_runs_under_watch_with_the_bridge() {
     drop(bridge);
     drop(w);
     h.cleanup().await;
+}
+
+/// The CloudWatch embedded-metric-format documents in a process's output.
+fn emf_lines(output: &str) -> Vec<serde_json::Value> {
+    output
+        .lines()
+        .filter_map(|line| line.find("{\"_aws\"").map(|at| &line[at..]))
+        .filter_map(|json| serde_json::from_str(json).ok())
+        .collect()
 }
