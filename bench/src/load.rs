@@ -258,6 +258,8 @@ pub(crate) struct Sample {
     pub(crate) end_us: u64,
     pub(crate) latency_us: u32,
     pub(crate) pay: bool,
+    /// A reserve answered with a hold.
+    pub(crate) reserved: bool,
 }
 
 /// A reservation a buyer got: showtime index, user, reservation id, paid by the bench.
@@ -280,7 +282,8 @@ pub(crate) struct PhaseResult {
     pub(crate) won: Vec<Won>,
     /// A few error messages, for the report.
     pub(crate) error_examples: Vec<String>,
-    /// When its last answer came.
+    /// When its first attempt was due and when its last answer came.
+    pub(crate) started: Instant,
     pub(crate) ended: Instant,
     /// When the last hold was granted, µs after the start (0: none was).
     pub(crate) last_win_us: u64,
@@ -406,6 +409,7 @@ pub(crate) async fn run<T: Target>(
         samples,
         won,
         error_examples,
+        started,
         ended,
         last_win_us,
     })
@@ -441,7 +445,8 @@ async fn worker<S: Session>(mut s: S, shared: Arc<Shared>, started: Instant) -> 
         };
         let answer = s.reserve(showtime, user).await;
         let end = Instant::now();
-        record(&mut r, started, begin, end, false);
+        let reserved = matches!(answer, Reserve::Reserved(_));
+        record(&mut r, started, begin, end, false, reserved);
         match answer {
             Reserve::Reserved(id) => {
                 r.outcomes.reserved += 1;
@@ -453,7 +458,7 @@ async fn worker<S: Session>(mut s: S, shared: Arc<Shared>, started: Instant) -> 
                     let b = Instant::now();
                     let p = s.pay(&id, user).await;
                     let e = Instant::now();
-                    record(&mut r, started, b, e, true);
+                    record(&mut r, started, b, e, true, false);
                     match p {
                         Pay::Paid => {
                             r.outcomes.paid += 1;
@@ -498,7 +503,14 @@ async fn worker<S: Session>(mut s: S, shared: Arc<Shared>, started: Instant) -> 
     r
 }
 
-fn record(r: &mut WorkerResult, started: Instant, begin: Instant, end: Instant, pay: bool) {
+fn record(
+    r: &mut WorkerResult,
+    started: Instant,
+    begin: Instant,
+    end: Instant,
+    pay: bool,
+    reserved: bool,
+) {
     let latency = end.saturating_duration_since(begin).as_micros() as u64;
     let h = if pay {
         &mut r.pay_latency
@@ -510,6 +522,7 @@ fn record(r: &mut WorkerResult, started: Instant, begin: Instant, end: Instant, 
         end_us: end.saturating_duration_since(started).as_micros() as u64,
         latency_us: latency.min(u64::from(u32::MAX)) as u32,
         pay,
+        reserved,
     });
 }
 

@@ -35,6 +35,7 @@ mod plan;
 mod procs;
 mod report;
 mod run;
+mod server_view;
 mod stub;
 mod suite;
 mod verify;

@@ -109,6 +109,8 @@ pub(crate) struct PhaseReport {
     pub(crate) error_examples: Vec<String>,
     pub(crate) load_avg_after: f64,
     pub(crate) series: Vec<Point>,
+    /// What the server's own counters say about the phase, where they were read.
+    pub(crate) server_counted: Option<crate::server_view::ServerCounted>,
 }
 
 impl PhaseReport {
@@ -161,7 +163,8 @@ impl PhaseReport {
             verification: None,
             error_examples: r.error_examples.clone(),
             load_avg_after: load_avg(),
-            series: crate::chart::series(&r.samples, secs),
+            series: crate::chart::series(&r.samples, secs, None),
+            server_counted: None,
         }
     }
 }
@@ -332,6 +335,13 @@ impl Report {
                     l.p99_ms,
                     l.max_ms,
                     p.requests_per_s
+                );
+            }
+            if let Some(c) = &p.server_counted {
+                let _ = writeln!(
+                    s,
+                    "- the server's own counters (`/metrics`, read {} times): {} reservation answers, {} holds; the client saw {} and {}",
+                    c.readings, c.answered, c.reserved, p.attempts, p.outcomes.reserved
                 );
             }
             let cpu: Vec<String> = p

@@ -15,6 +15,7 @@ use crate::load::{self, Drive, HttpTarget};
 use crate::plan::{self, Overrides, PayMode, Plan, Scenario};
 use crate::procs::{self, Monitor, Server, Usage};
 use crate::report::{self, Machine, PhaseReport, Report};
+use crate::server_view;
 use crate::verify;
 
 /// A run's arguments with their per-scenario defaults filled in.
@@ -277,7 +278,9 @@ async fn flash_sale_phases(
             _ => None,
         };
         let monitor = Monitor::start(server_pid);
+        let scraper = server_view::Scraper::start(endpoint).await;
         let r = load::run(&target, plan, &ids, &d).await?;
+        let readings = scraper.finish().await;
         let usage: Usage = monitor.finish().await;
         if let Some(perf) = perf {
             let file = args.out.join(format!("{}-perf.txt", report.scenario));
@@ -289,6 +292,14 @@ async fn flash_sale_phases(
             }
         }
         let mut p = PhaseReport::new(&name, mode_text(&d), &r, usage, d.rate);
+        if let Some(counted) = server_view::counted(&readings) {
+            p.series = chart::series(&r.samples, p.duration_s, Some((&readings, r.started)));
+            eprintln!(
+                "   the server counted {} reservation answers and {} holds (the client saw {} and {})",
+                counted.answered, counted.reserved, r.attempts, r.outcomes.reserved
+            );
+            p.server_counted = Some(counted);
+        }
         eprintln!(
             "   {name}: {:.0} attempts/s, p99 {:.2} ms; verifying...",
             p.attempts_per_s, p.reserve_latency.p99_ms

@@ -43,6 +43,9 @@ fn the_smoke_sale_keeps_every_invariant() {
         .output()
         .expect("the bench runs");
     let report = std::fs::read_to_string(out.join("smoke.md")).unwrap_or_default();
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("smoke.json")).unwrap_or_default())
+            .unwrap_or_default();
     let _ = std::fs::remove_dir_all(&out);
     assert!(
         result.status.success(),
@@ -54,5 +57,28 @@ fn the_smoke_sale_keeps_every_invariant() {
     assert!(
         report.contains("invariants"),
         "the report names its invariant checks:\n{report}"
+    );
+    // The server's own counters, read while the sale ran, agree with what the client
+    // was answered, to the unit.
+    let phase = json["phases"]
+        .as_array()
+        .and_then(|phases| phases.iter().find(|p| p["name"] == "flash-sale"))
+        .expect("a flash-sale phase in the report");
+    assert_eq!(
+        (
+            phase["server_counted"]["answered"].as_u64(),
+            phase["server_counted"]["reserved"].as_u64()
+        ),
+        (
+            phase["attempts"].as_u64(),
+            phase["outcomes"]["reserved"].as_u64()
+        ),
+        "{report}"
+    );
+    assert!(
+        phase["series"].as_array().is_some_and(|s| s
+            .iter()
+            .any(|p| p["server_reserved_per_s"].as_f64() > Some(0.0))),
+        "the chart's series carry the server's holds over time"
     );
 }
