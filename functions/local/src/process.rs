@@ -1,19 +1,73 @@
 //! The `flash-sale` process: configuration from the environment, the services, the
 //! listener, and a clean stop on Ctrl-C or SIGTERM.
 
+use std::net::SocketAddr;
+
 use anyhow::Context as _;
+use flash_sale_runtime::config::Env;
 use flash_sale_runtime::{App, Config, init_tracing};
+use tokio::net::{TcpListener, TcpSocket};
 
 /// What `main` does: read the environment, connect, serve until told to stop.
 pub async fn run_from_env() -> anyhow::Result<()> {
     init_tracing();
     let config = Config::from_env().context("bad configuration")?;
-    let addr = config.addr;
+    let listening = Listening::from_env(config.addr).context("bad configuration")?;
     let app = App::connect(config).await?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on ADDR={addr}"))?;
+    let listener = listening.bind()?;
     crate::serve(app, listener, shutdown_signal()).await
+}
+
+/// How the process listens: on `ADDR`, with a listen queue of `LISTEN_BACKLOG`
+/// connections (default: the system's most, `net.core.somaxconn`), so a crowd that
+/// connects in the same instant is queued, not dropped (a dropped SYN costs a buyer a
+/// 1-3 s retransmit). `LISTEN_REUSEPORT=true` lets several processes share `ADDR`, the
+/// kernel spreading connections over them; off by default, since it also lets a stale
+/// process keep a share of the port silently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listening {
+    pub addr: SocketAddr,
+    pub backlog: u32,
+    pub reuse_port: bool,
+}
+
+/// Where Linux keeps the most a listen queue may hold.
+const SOMAXCONN: &str = "/proc/sys/net/core/somaxconn";
+
+impl Listening {
+    pub fn from_env(addr: SocketAddr) -> anyhow::Result<Self> {
+        let env = Env::process();
+        let system_most = std::fs::read_to_string(SOMAXCONN)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(4096);
+        Ok(Self {
+            addr,
+            backlog: env.number("LISTEN_BACKLOG", system_most, 1..=u64::from(u32::MAX))? as u32,
+            reuse_port: env.flag_or("LISTEN_REUSEPORT", false)?,
+        })
+    }
+
+    /// Binds the listener (the kernel caps the queue at `net.core.somaxconn`).
+    pub fn bind(&self) -> anyhow::Result<TcpListener> {
+        let addr = self.addr;
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }?;
+        // As std's and tokio's own listeners do: a restarted process may bind at once.
+        socket.set_reuseaddr(true)?;
+        if self.reuse_port {
+            socket.set_reuseport(true)?;
+        }
+        socket
+            .bind(addr)
+            .with_context(|| format!("cannot listen on ADDR={addr}"))?;
+        socket
+            .listen(self.backlog)
+            .with_context(|| format!("cannot listen on ADDR={addr}"))
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

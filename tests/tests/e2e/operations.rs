@@ -353,3 +353,65 @@ async fn the_counters_agree_with_what_the_crowd_was_answered() {
     let (_app, adapters) = flash_sale_tests::wire(flash_sale_tests::config(&iso, &opts)).await;
     flash_sale_tests::cleanup(&adapters, &iso).await.unwrap();
 }
+
+/// The listen queue of the socket listening on `port`, as the kernel reports it (`ss`'s
+/// Send-Q column for a listener).
+fn listen_queue(port: u16) -> u64 {
+    let out = std::process::Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{port}")])
+        .output()
+        .expect("ss (iproute2) runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .next()
+        .unwrap_or_else(|| panic!("no listener on {port}"));
+    line.split_whitespace()
+        .nth(2)
+        .and_then(|q| q.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected ss line: {line}"))
+}
+
+#[tokio::test]
+async fn the_listener_queues_as_many_connections_as_the_system_allows() {
+    let system_most: u64 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let iso = Isolation::new();
+    let opts = Options::default();
+    let server = ServerProcess::start(SERVER, &iso, free_port(), &opts).await;
+    assert_eq!(
+        listen_queue(server.port),
+        system_most,
+        "the default is somaxconn"
+    );
+    drop(server);
+
+    let server = ServerProcess::start_with(
+        SERVER,
+        &iso,
+        free_port(),
+        &opts,
+        &[("LISTEN_BACKLOG", "333")],
+    )
+    .await;
+    assert_eq!(listen_queue(server.port), 333);
+    drop(server);
+
+    // A bad value stops start-up, naming the variable.
+    let refused = tokio::process::Command::new(SERVER)
+        .envs(flash_sale_tests::env(&iso, &opts))
+        .env("ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("LISTEN_BACKLOG", "lots")
+        .output()
+        .await
+        .unwrap();
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("LISTEN_BACKLOG"), "{said}");
+
+    let (_app, adapters) = flash_sale_tests::wire(flash_sale_tests::config(&iso, &opts)).await;
+    flash_sale_tests::cleanup(&adapters, &iso).await.unwrap();
+}
