@@ -12,9 +12,9 @@ use std::time::Duration;
 use flash_sale_runtime::identity::sign_hs256;
 use flash_sale_runtime::{Adapters, App};
 pub use flash_sale_test_support::{
-    Cuttable, Isolation, Options, OtlpReceiver, PrometheusServer, RabbitNode, ReceivedSpan,
-    RedisServer, TEST_JWT_AUDIENCE, TEST_JWT_ISSUER, TEST_JWT_SECRET, assert_error, cleanup,
-    config, drop_database, env, eventually, free_port, test_claims, wire, workspace_root,
+    Cuttable, Isolation, NginxFront, Options, OtlpReceiver, PrometheusServer, RabbitNode,
+    ReceivedSpan, RedisServer, TEST_JWT_AUDIENCE, TEST_JWT_ISSUER, TEST_JWT_SECRET, assert_error,
+    cleanup, config, drop_database, env, eventually, free_port, test_claims, wire, workspace_root,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};

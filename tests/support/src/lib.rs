@@ -20,6 +20,8 @@
 //! - [`redis_server`]: [`RedisServer`], a Redis of the test's own (own port and data
 //!   directory) to snapshot, kill and restart from an older snapshot.
 //! - [`prometheus`]: [`PrometheusServer`], a real Prometheus scraping one process.
+//! - [`nginx`]: [`NginxFront`], the shipped `ops/nginx.conf` in front of a test's
+//!   processes.
 //! - [`otlp`]: [`OtlpReceiver`], an OTLP/HTTP trace receiver in the test process.
 //! - [`rabbit_node`]: [`RabbitNode`], a RabbitMQ node of the test's own, to raise a
 //!   memory alarm on.
@@ -32,6 +34,7 @@ pub mod config;
 pub mod harness;
 pub mod isolation;
 pub mod net;
+pub mod nginx;
 pub mod otlp;
 pub mod poll;
 pub mod process;
@@ -47,6 +50,7 @@ pub use config::{
 pub use harness::{FunctionHarness, wire};
 pub use isolation::{Isolation, cleanup, drop_database};
 pub use net::{Cuttable, free_port};
+pub use nginx::NginxFront;
 pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use poll::{eventually, eventually_blocking};
 pub use process::ProcessTree;
