@@ -36,6 +36,7 @@ mod procs;
 mod report;
 mod run;
 mod server_view;
+mod storm;
 mod stub;
 mod suite;
 mod verify;
@@ -89,6 +90,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<bool> {
             return Ok(true);
         }
         Cmd::Suite(s) => return suite::suite(s).await,
+        Cmd::ConnectStorm(s) => return storm::storm(s).await,
         Cmd::Clean(c) => {
             run::clean(&c).await?;
             return Ok(true);
