@@ -45,6 +45,9 @@ pub struct Options {
     /// [`Cuttable`](crate::Cuttable) proxy; the database is the test's own. `None` is the
     /// local server (or `DATABASE_SERVER_URL`).
     pub postgres_server: Option<String>,
+    /// More variables, set last (over any above): `DATABASE_URL` with `sslmode`, the
+    /// `*_CA_FILE`s of the TLS tests.
+    pub extra_env: Vec<(&'static str, String)>,
 }
 
 /// The HS256 secret test servers verify tokens with.
@@ -83,6 +86,7 @@ impl Default for Options {
             amqp_url: None,
             redis_url: None,
             postgres_server: None,
+            extra_env: vec![],
         }
     }
 }
@@ -106,7 +110,7 @@ pub fn env(iso: &Isolation, opts: &Options) -> HashMap<&'static str, String> {
         .redis_url
         .clone()
         .unwrap_or_else(|| server_url("REDIS_URL", REDIS));
-    HashMap::from([
+    let mut vars = HashMap::from([
         ("DATABASE_URL", database_url),
         ("REDIS_URL", redis_url),
         (
@@ -169,7 +173,9 @@ pub fn env(iso: &Isolation, opts: &Options) -> HashMap<&'static str, String> {
                 .map(|ms| ms.to_string())
                 .unwrap_or_default(),
         ),
-    ])
+    ]);
+    vars.extend(opts.extra_env.iter().cloned());
+    vars
 }
 
 /// The configuration a test's `App` is wired with: [`env`] and nothing else.
