@@ -141,20 +141,25 @@ impl Trust {
         let Some(ca) = self.ca.as_ref().filter(|_| url.starts_with("rediss://")) else {
             return redis::Client::open(url);
         };
-        let mut roots = rustls_native_certs::load_native_certs().certs;
-        roots.extend(ca.certs().iter().cloned());
-        let pems: Vec<pem::Pem> = roots
-            .iter()
-            .map(|c| pem::Pem::new("CERTIFICATE", c.as_ref().to_vec()))
-            .collect();
         redis::Client::build_with_tls(
             url,
             redis::TlsCertificates {
                 client_tls: None,
-                root_cert: Some(pem::encode_many(&pems).into_bytes()),
+                root_cert: Some(system_roots_and(ca).into_bytes()),
             },
         )
     }
+}
+
+/// The system's roots followed by `ca`'s certificates, PEM.
+fn system_roots_and(ca: &CaFile) -> String {
+    let mut roots = rustls_native_certs::load_native_certs().certs;
+    roots.extend(ca.certs().iter().cloned());
+    let pems: Vec<pem::Pem> = roots
+        .iter()
+        .map(|c| pem::Pem::new("CERTIFICATE", c.as_ref().to_vec()))
+        .collect();
+    pem::encode_many(&pems)
 }
 
 /// rustls's own words when `err`, or any error under it, is a certificate that did not
@@ -200,6 +205,27 @@ mod tests {
     fn other_failures_are_not_certificate_failures() {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
         assert_eq!(Trust::system("AMQP_CA_FILE").explain("RabbitMQ", &io), None);
+    }
+
+    #[test]
+    fn redis_trusts_the_system_roots_and_the_ca_file_not_the_file_alone() {
+        let system = rustls_native_certs::load_native_certs().certs;
+        // The first system root stands in for a private CA's file.
+        let Some(first) = system.first() else {
+            eprintln!("no system roots on this machine: nothing to add to");
+            return;
+        };
+        let path = std::env::temp_dir().join(format!("a-ca-{}.pem", std::process::id()));
+        std::fs::write(
+            &path,
+            pem::encode(&pem::Pem::new("CERTIFICATE", first.to_vec())),
+        )
+        .unwrap();
+        let ca = CaFile::read(path.to_str().unwrap()).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let roots = pem::parse_many(system_roots_and(&ca)).unwrap();
+        assert_eq!(roots.len(), system.len() + 1);
+        assert_eq!(roots.last().unwrap().contents(), first.as_ref());
     }
 
     #[test]

@@ -16,8 +16,8 @@ pub use flash_sale_test_support::{
     TEST_JWT_ISSUER, TEST_JWT_SECRET, TestCa, TlsServices, assert_error, cleanup, config,
     drop_database, env, eventually, free_port, test_claims, wire, workspace_root,
 };
-use reqwest::StatusCode;
 use futures::StreamExt as _;
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::sync::oneshot;

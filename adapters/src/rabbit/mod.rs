@@ -210,7 +210,11 @@ impl Broker {
     /// [`Broker::connect`], an `amqps://` URL trusting the system's roots and `trust`'s
     /// CA file (on every reconnection too); a certificate that does not verify is named
     /// as such.
-    pub async fn connect_trusting(url: &str, topology: Topology, trust: &Trust) -> PortResult<Self> {
+    pub async fn connect_trusting(
+        url: &str,
+        topology: Topology,
+        trust: &Trust,
+    ) -> PortResult<Self> {
         let link = Link::new(url, trust, "flash-sale publisher");
         let reader = Link::new(url, trust, "flash-sale consumer");
         let exchange = topology.exchange();

@@ -583,7 +583,10 @@ mod tests {
             ("AMQP_URL", "127.0.0.1"),
             ("REDIS_KEY_PREFIX", "has{brace}"),
             ("REDIS_CA_FILE", "/nonexistent/ca.pem"),
-            ("AMQP_CA_FILE", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")),
+            (
+                "AMQP_CA_FILE",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
+            ),
             ("DATABASE_CA_FILE", "/nonexistent/rds-global-bundle.pem"),
         ] {
             let err = with(&[(name, value)]).unwrap_err();

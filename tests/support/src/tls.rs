@@ -97,7 +97,11 @@ impl TlsServices {
         let node = format!("flash-sale-tls-{amqp_port}@localhost");
         // One clean-up, in order (each service stopped before its files go), registered
         // before anything starts, so a start that fails half-way leaks nothing either.
-        let as_postgres = if is_root() { "runuser -u postgres -- " } else { "" };
+        let as_postgres = if is_root() {
+            "runuser -u postgres -- "
+        } else {
+            ""
+        };
         let stop = at_exit(&format!(
             "kill -9 $(cat '{dir}/redis/redis.pid'); \
              rabbitmqctl -q -n '{node}' stop; \

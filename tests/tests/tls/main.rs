@@ -148,17 +148,18 @@ async fn plain_text_to_a_tls_only_port_stops_start_up_naming_the_service() {
         (
             "REDIS_URL",
             format!("redis://127.0.0.1:{}", tls.redis_port),
-            "Redis (REDIS_URL)",
+            "Redis (REDIS_URL) is not reachable",
         ),
         (
             "AMQP_URL",
             format!("amqp://guest:guest@127.0.0.1:{}/%2f", tls.amqp_port),
-            "RabbitMQ (AMQP_URL)",
+            "RabbitMQ (AMQP_URL) is not reachable",
         ),
         (
             "DATABASE_URL",
             format!("{}/db?sslmode=disable", tls.postgres_server()),
-            "PostgreSQL (DATABASE_URL)",
+            "PostgreSQL (DATABASE_URL): postgres: error returned from database: pg_hba.conf \
+             rejects connection",
         ),
     ];
     let cases = plain.map(|(variable, url, named)| async move {
