@@ -7,6 +7,8 @@
 //!   queue topology, publisher confirms and the consumers' side.
 //! - [`postgres`]: the [`Catalog`](flash_sale_core::Catalog) and
 //!   [`OrderBook`](flash_sale_core::OrderBook) on PostgreSQL, schema from `migrations/`.
+//! - [`tls`]: what a connection trusts (the system's roots plus a [`CaFile`] per
+//!   service) and the message for a certificate that did not verify.
 //! - [`wire`]: the JSON form of the queue messages, shared by every host.
 //! - [`trace`]: the trace context a message entry carries from publisher to consumer.
 
@@ -14,9 +16,11 @@ pub mod postgres;
 mod postgres_audit;
 pub mod rabbit;
 pub mod redis_seats;
+pub mod tls;
 pub mod trace;
 pub mod wire;
 
 pub use postgres::Postgres;
 pub use rabbit::{Broker, Queue, Topology};
 pub use redis_seats::RedisSeats;
+pub use tls::{CaFile, Trust};

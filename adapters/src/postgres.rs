@@ -5,6 +5,7 @@
 //! orders are inserted in batches with `ON CONFLICT (reservation_id) DO NOTHING`, bumping
 //! `sold` only for the rows really inserted, in the same transaction.
 
+use std::str::FromStr as _;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -14,8 +15,10 @@ use flash_sale_core::{
     Capacity, NewShowtime, OrderRequest, ReservationId, Showtime, ShowtimeId, UnixMillis,
 };
 use sqlx::Row;
-use sqlx::migrate::MigrateDatabase;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions as _, Connection as _};
+
+use crate::tls::Trust;
 
 const COMPONENT: &str = "postgres";
 
@@ -69,6 +72,33 @@ fn port_error(e: sqlx::Error) -> PortError {
     }
 }
 
+/// Creates the database `options` name unless it exists, through the server's
+/// maintenance database (`postgres`) with the same options, TLS included (sqlx's
+/// `MigrateDatabase` takes a URL only, which cannot carry an in-memory CA). Two
+/// processes may race here; the loser's "already exists" is fine.
+async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), sqlx::Error> {
+    let Some(database) = options.get_database().filter(|d| *d != "postgres") else {
+        return Ok(());
+    };
+    let mut admin = options.clone().database("postgres").connect().await?;
+    if !database_exists(&mut admin, database).await? {
+        let create = format!("CREATE DATABASE \"{}\"", database.replace('"', "\"\""));
+        if let Err(e) = sqlx::query(&create).execute(&mut admin).await
+            && !database_exists(&mut admin, database).await?
+        {
+            return Err(e);
+        }
+    }
+    admin.close().await
+}
+
+async fn database_exists(admin: &mut sqlx::PgConnection, name: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(name)
+        .fetch_one(admin)
+        .await
+}
+
 /// A constraint violation that no retry will fix, named as users would read it.
 fn refusal(e: &sqlx::Error) -> Option<String> {
     let db = e.as_database_error()?;
@@ -90,23 +120,33 @@ fn millis_to_time(ms: u64) -> DateTime<Utc> {
 impl Postgres {
     /// Connects, creating the database first when it does not exist.
     pub async fn connect(url: &str) -> PortResult<Self> {
-        let exists = sqlx::Postgres::database_exists(url)
-            .await
-            .map_err(port_error)?;
-        if !exists {
-            // Two processes may race here; the loser's "already exists" is fine.
-            if let Err(e) = sqlx::Postgres::create_database(url).await
-                && !sqlx::Postgres::database_exists(url).await.unwrap_or(false)
-            {
-                return Err(port_error(e));
-            }
+        Self::connect_trusting(url, &Trust::system("DATABASE_CA_FILE")).await
+    }
+
+    /// [`Postgres::connect`], with `sslmode=verify-ca|verify-full` trusting the system's
+    /// roots and `trust`'s CA file (`require` encrypts without verifying); a certificate
+    /// that does not verify is named as such.
+    pub async fn connect_trusting(url: &str, trust: &Trust) -> PortResult<Self> {
+        let mut options = PgConnectOptions::from_str(url).map_err(|e| {
+            PortError::permanent(
+                COMPONENT,
+                format!("DATABASE_URL is not a valid PostgreSQL URL: {e}"),
+            )
+        })?;
+        if let Some(ca) = trust.ca() {
+            options = options.ssl_root_cert_from_pem(ca.pem().as_bytes().to_vec());
         }
+        let named = |e: sqlx::Error| match trust.explain("PostgreSQL", &e) {
+            Some(message) => PortError::permanent(COMPONENT, message),
+            None => port_error(e),
+        };
+        create_database_if_missing(&options).await.map_err(named)?;
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(5))
-            .connect(url)
+            .connect_with(options)
             .await
-            .map_err(port_error)?;
+            .map_err(named)?;
         Ok(Self { pool })
     }
 

@@ -32,6 +32,8 @@ use tracing::{Instrument as _, Span};
 
 use crate::trace;
 
+use crate::tls::Trust;
+
 const COMPONENT: &str = "redis";
 
 struct Scripts {
@@ -143,7 +145,13 @@ impl RedisSeats {
     /// Connects (with bounded timeouts) and loads nothing: scripts are sent by SHA and
     /// loaded on first NOSCRIPT.
     pub async fn connect(url: &str, prefix: &str) -> PortResult<Self> {
-        let client = redis::Client::open(url).map_err(|e| {
+        Self::connect_trusting(url, prefix, &Trust::system("REDIS_CA_FILE")).await
+    }
+
+    /// [`RedisSeats::connect`], a `rediss://` URL trusting the system's roots and
+    /// `trust`'s CA file; a certificate that does not verify is named as such.
+    pub async fn connect_trusting(url: &str, prefix: &str, trust: &Trust) -> PortResult<Self> {
+        let client = trust.redis_client(url).map_err(|e| {
             PortError::permanent(
                 COMPONENT,
                 format!("REDIS_URL is not a valid Redis URL: {e}"),
@@ -156,7 +164,10 @@ impl RedisSeats {
             .set_max_delay(Duration::from_millis(500));
         let conn = ConnectionManager::new_with_config(client, config)
             .await
-            .map_err(port_error)?;
+            .map_err(|e| match trust.explain("Redis", &e) {
+                Some(message) => PortError::permanent(COMPONENT, message),
+                None => port_error(e),
+            })?;
         Ok(Self {
             conn,
             prefix: prefix.into(),

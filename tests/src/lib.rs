@@ -13,9 +13,11 @@ use flash_sale_runtime::identity::sign_hs256;
 use flash_sale_runtime::{Adapters, App};
 pub use flash_sale_test_support::{
     Cuttable, Isolation, NginxFront, Options, OtlpReceiver, PrometheusServer, RabbitNode,
-    ReceivedSpan, RedisServer, TEST_JWT_AUDIENCE, TEST_JWT_ISSUER, TEST_JWT_SECRET, assert_error,
-    cleanup, config, drop_database, env, eventually, free_port, test_claims, wire, workspace_root,
+    ReceivedSpan, RedisServer, TEST_JWT_AUDIENCE, TEST_JWT_ISSUER, TEST_JWT_SECRET, TestCa,
+    TlsServices, assert_error, cleanup, config, drop_database, env, eventually, free_port,
+    test_claims, wire, workspace_root,
 };
+use futures::StreamExt as _;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -378,4 +380,67 @@ impl ServerProcess {
     pub async fn exited_cleanly(&mut self) -> bool {
         self.child.wait().await.is_ok_and(|s| s.success())
     }
+}
+
+/// Requests in flight at once from a test crowd (keep-alive connections).
+pub const IN_FLIGHT: usize = 200;
+
+/// Sends every `(user, showtime)` of `attempts` to `POST /reserve`, [`IN_FLIGHT`] at a
+/// time, and returns every answer.
+pub async fn reserve_all(app: &TestApp, attempts: Vec<(i64, i64)>) -> Vec<(StatusCode, Value)> {
+    futures::stream::iter(attempts)
+        .map(|(user, showtime)| app.reserve(user, showtime))
+        .buffer_unordered(IN_FLIGHT)
+        .collect()
+        .await
+}
+
+/// Waits until `expected` orders of `showtime` are in PostgreSQL, then checks that no
+/// seat is left or held and that the database's `sold` says the same.
+pub async fn wait_for_orders(app: &TestApp, showtime: i64, expected: i64) {
+    eventually(
+        Duration::from_secs(60),
+        "every paid seat to become an order",
+        || async { (app.orders(showtime).await == expected).then_some(()) },
+    )
+    .await;
+    let (available, held, sold) = app.seats(showtime).await;
+    assert_eq!((available, held, sold), (0, 0, expected));
+    let recorded: i32 = sqlx::query_scalar("SELECT sold FROM showtimes WHERE id = $1")
+        .bind(showtime)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(i64::from(recorded), expected);
+}
+
+/// The Go reference's seed scenario on `app` (which must pay in `mock` mode): 7,000
+/// users press "buy" for a showtime of 100 seats; exactly 100 are reserved, 6,900 told
+/// "Tickets sold out", and 100 orders of 100 different users land in PostgreSQL.
+pub async fn seven_thousand_buyers_for_a_hundred_seats(app: &TestApp) {
+    let showtime = app.create_showtime(100).await;
+
+    let answers = reserve_all(app, (1..=7000).map(|user| (user, showtime)).collect()).await;
+
+    let counts = tally(&answers);
+    assert_eq!(counts.get(&(200, "ok".into())), Some(&100), "{counts:?}");
+    assert_eq!(
+        counts.get(&(409, "sold_out".into())),
+        Some(&6900),
+        "{counts:?}"
+    );
+    assert!(
+        answers
+            .iter()
+            .filter(|(s, _)| *s == StatusCode::CONFLICT)
+            .all(|(_, b)| b["message"].as_str().unwrap().contains("Tickets sold out"))
+    );
+    wait_for_orders(app, showtime, 100).await;
+    let buyers: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT user_id) FROM orders WHERE showtime_id = $1")
+            .bind(showtime)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(buyers, 100);
 }

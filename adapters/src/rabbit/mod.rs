@@ -47,6 +47,7 @@ use lapin::{
 };
 use tokio::sync::Mutex;
 
+use crate::tls::Trust;
 use crate::wire;
 
 const COMPONENT: &str = "rabbitmq";
@@ -150,6 +151,8 @@ pub struct Broker {
 /// batch publishers.
 struct Link {
     url: String,
+    /// What the connection trusts over `amqps://`.
+    trust: Trust,
     /// The connection's name in the broker's management view.
     name: &'static str,
     conn: Mutex<Option<Connection>>,
@@ -162,9 +165,10 @@ struct Link {
 pub const DEFAULT_CONFIRM_WITHIN: Duration = Duration::from_secs(3);
 
 impl Link {
-    fn new(url: &str, name: &'static str) -> Arc<Self> {
+    fn new(url: &str, trust: &Trust, name: &'static str) -> Arc<Self> {
         Arc::new(Link {
             url: url.to_string(),
+            trust: trust.clone(),
             name,
             conn: Mutex::new(None),
             publisher: Mutex::new(None),
@@ -200,8 +204,19 @@ fn text(s: &str) -> AMQPValue {
 impl Broker {
     /// Connects and declares the whole topology.
     pub async fn connect(url: &str, topology: Topology) -> PortResult<Self> {
-        let link = Link::new(url, "flash-sale publisher");
-        let reader = Link::new(url, "flash-sale consumer");
+        Self::connect_trusting(url, topology, &Trust::system("AMQP_CA_FILE")).await
+    }
+
+    /// [`Broker::connect`], an `amqps://` URL trusting the system's roots and `trust`'s
+    /// CA file (on every reconnection too); a certificate that does not verify is named
+    /// as such.
+    pub async fn connect_trusting(
+        url: &str,
+        topology: Topology,
+        trust: &Trust,
+    ) -> PortResult<Self> {
+        let link = Link::new(url, trust, "flash-sale publisher");
+        let reader = Link::new(url, trust, "flash-sale consumer");
         let exchange = topology.exchange();
         let batcher = |key: String| Batcher::start(link.clone(), exchange.clone(), key);
         let broker = Self {
@@ -495,9 +510,16 @@ impl Link {
         let mut conn = self.conn.lock().await;
         if !conn.as_ref().is_some_and(|c| c.status().connected()) {
             let props = ConnectionProperties::default().with_connection_name(self.name.into());
+            let runtime = lapin::runtime::default_runtime()
+                .map_err(|e| port_error("starting the AMQP runtime", e))?;
             let fresh = tokio::time::timeout(
                 Duration::from_secs(5),
-                Connection::connect(&self.url, props),
+                Connection::connect_with_config(
+                    &self.url,
+                    props,
+                    self.trust.lapin_config(),
+                    runtime,
+                ),
             )
             .await
             .map_err(|_| {
@@ -506,7 +528,12 @@ impl Link {
                     format!("connecting to {} timed out", redact(&self.url)),
                 )
             })?
-            .map_err(|e| port_error(&format!("connecting to {}", redact(&self.url)), e))?;
+            // Transient even so: on a reconnection mid-sale, a message is retried, never
+            // dead-lettered, while a person fixes the trust.
+            .map_err(|e| match self.trust.explain("RabbitMQ", &e) {
+                Some(message) => PortError::transient(COMPONENT, message),
+                None => port_error(&format!("connecting to {}", redact(&self.url)), e),
+            })?;
             *conn = Some(fresh);
         }
         let conn = conn.as_ref().expect("connected above");

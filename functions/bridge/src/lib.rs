@@ -236,7 +236,8 @@ pub async fn run(
     // Like an event source mapping, wait for the broker rather than give up on it.
     let mut pause = Duration::from_millis(100);
     let broker = loop {
-        match Broker::connect(&config.amqp_url, topology.clone()).await {
+        match Broker::connect_trusting(&config.amqp_url, topology.clone(), &config.amqp_trust).await
+        {
             Ok(broker) => break Arc::new(broker),
             Err(e) => {
                 tracing::warn!("RabbitMQ (AMQP_URL) is not reachable: {e}; retrying in {pause:?}")

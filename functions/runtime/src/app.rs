@@ -55,9 +55,13 @@ impl App {
             delivery_limit: config.delivery_limit,
         };
         let (seats, bus, db) = tokio::join!(
-            RedisSeats::connect(&config.redis_url, &config.redis_key_prefix),
-            Broker::connect(&config.amqp_url, topology),
-            Postgres::connect(&config.database_url),
+            RedisSeats::connect_trusting(
+                &config.redis_url,
+                &config.redis_key_prefix,
+                &config.redis_trust
+            ),
+            Broker::connect_trusting(&config.amqp_url, topology, &config.amqp_trust),
+            Postgres::connect_trusting(&config.database_url, &config.database_trust),
         );
         let seats = seats.context("Redis (REDIS_URL) is not reachable")?;
         let bus = bus

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
+use flash_sale_adapters::{CaFile, Trust};
 use flash_sale_core::PaymentMode;
 
 #[derive(Debug, Clone)]
@@ -12,6 +13,13 @@ pub struct Config {
     pub database_url: String,
     pub redis_url: String,
     pub amqp_url: String,
+    /// What `rediss://` connections trust: the system's roots plus `REDIS_CA_FILE`.
+    pub redis_trust: Trust,
+    /// What `amqps://` connections trust: the system's roots plus `AMQP_CA_FILE`.
+    pub amqp_trust: Trust,
+    /// What PostgreSQL connections with `sslmode=verify-ca|verify-full` trust: the
+    /// system's roots plus `DATABASE_CA_FILE`.
+    pub database_trust: Trust,
     /// How long an unpaid hold keeps its seat (`HOLD_TTL_SECS`, default 900).
     pub hold: Duration,
     pub payment_mode: PaymentMode,
@@ -250,6 +258,21 @@ impl<L: Fn(&str) -> Option<String>> Env<L> {
         })
     }
 
+    /// The CA file (PEM) named by `name`, added to the system's roots for one service's
+    /// TLS connections; unset trusts the system's roots only. A file that cannot be read
+    /// or holds no usable certificate is a [`ConfigError`].
+    pub fn ca_file(&self, name: &'static str) -> Result<Trust, ConfigError> {
+        let ca = match self.get(name) {
+            None => None,
+            Some(path) => Some(CaFile::read(path.trim()).map_err(|problem| ConfigError {
+                name,
+                value: path.clone(),
+                problem,
+            })?),
+        };
+        Ok(Trust::new(name, ca))
+    }
+
     /// A URL with one of `schemes`.
     pub fn url(
         &self,
@@ -334,6 +357,9 @@ impl Config {
                 "amqp://guest:guest@127.0.0.1:5672/%2f",
                 &["amqp", "amqps"],
             )?,
+            redis_trust: env.ca_file("REDIS_CA_FILE")?,
+            amqp_trust: env.ca_file("AMQP_CA_FILE")?,
+            database_trust: env.ca_file("DATABASE_CA_FILE")?,
             hold: env.secs("HOLD_TTL_SECS", 900, 1..=WEEK_SECS)?,
             payment_mode,
             mock_pay_delay_ms,
@@ -556,6 +582,12 @@ mod tests {
             ("DATABASE_URL", "mysql://x"),
             ("AMQP_URL", "127.0.0.1"),
             ("REDIS_KEY_PREFIX", "has{brace}"),
+            ("REDIS_CA_FILE", "/nonexistent/ca.pem"),
+            (
+                "AMQP_CA_FILE",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
+            ),
+            ("DATABASE_CA_FILE", "/nonexistent/rds-global-bundle.pem"),
         ] {
             let err = with(&[(name, value)]).unwrap_err();
             assert_eq!(err.name, name);

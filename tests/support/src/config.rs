@@ -50,6 +50,9 @@ pub struct Options {
     pub traces_to: Option<String>,
     /// `OTEL_BSP_SCHEDULE_DELAY` (how long finished spans wait to be sent together).
     pub traces_batch_delay_ms: u64,
+    /// More variables, set last (over any above): `DATABASE_URL` with `sslmode`, the
+    /// `*_CA_FILE`s of the TLS tests.
+    pub extra_env: Vec<(&'static str, String)>,
 }
 
 /// The HS256 secret test servers verify tokens with.
@@ -90,6 +93,7 @@ impl Default for Options {
             postgres_server: None,
             traces_to: None,
             traces_batch_delay_ms: 100,
+            extra_env: vec![],
         }
     }
 }
@@ -113,7 +117,7 @@ pub fn env(iso: &Isolation, opts: &Options) -> HashMap<&'static str, String> {
         .redis_url
         .clone()
         .unwrap_or_else(|| server_url("REDIS_URL", REDIS));
-    HashMap::from([
+    let mut vars = HashMap::from([
         (
             "OTEL_EXPORTER_OTLP_ENDPOINT",
             opts.traces_to.clone().unwrap_or_default(),
@@ -185,7 +189,9 @@ pub fn env(iso: &Isolation, opts: &Options) -> HashMap<&'static str, String> {
                 .map(|ms| ms.to_string())
                 .unwrap_or_default(),
         ),
-    ])
+    ]);
+    vars.extend(opts.extra_env.iter().cloned());
+    vars
 }
 
 /// The configuration a test's `App` is wired with: [`env`] and nothing else.

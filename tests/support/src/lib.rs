@@ -25,6 +25,8 @@
 //! - [`otlp`]: [`OtlpReceiver`], an OTLP/HTTP trace receiver in the test process.
 //! - [`rabbit_node`]: [`RabbitNode`], a RabbitMQ node of the test's own, to raise a
 //!   memory alarm on.
+//! - [`tls`]: [`TlsServices`], Redis, RabbitMQ and PostgreSQL reached only over TLS with
+//!   certificates from a throwaway [`TestCa`], started once per test binary.
 //! - [`watch`]: [`Watch`], one `cargo lambda watch` with a test's data, the bridge beside
 //!   it, and the bounds and skip switch (`WATCH_TESTS=skip`) of those tests.
 
@@ -41,6 +43,7 @@ pub mod process;
 pub mod prometheus;
 pub mod rabbit_node;
 pub mod redis_server;
+pub mod tls;
 pub mod watch;
 
 pub use answers::assert_error;
@@ -53,9 +56,10 @@ pub use net::{Cuttable, free_port};
 pub use nginx::NginxFront;
 pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use poll::{eventually, eventually_blocking};
-pub use process::ProcessTree;
 pub use process::workspace_root;
+pub use process::{AtExit, ProcessTree, at_exit};
 pub use prometheus::PrometheusServer;
 pub use rabbit_node::RabbitNode;
 pub use redis_server::RedisServer;
+pub use tls::{TestCa, TlsServices};
 pub use watch::Watch;

@@ -188,3 +188,33 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A shell command run once this test binary has exited, however it exits (its last
+/// test done, a panic, Ctrl-C, SIGKILL): for what a binary starts once for all its tests
+/// and keeps in a `static`, whose `Drop` never runs. A shell ignoring signals waits for
+/// the end of a pipe that only this process holds open (the kernel closes it when the
+/// process ends), then runs the command.
+pub struct AtExit {
+    _pipe: std::process::ChildStdin,
+    _shell: Child,
+}
+
+/// Runs `cleanup` (`sh -c`) when this test binary exits; keep the [`AtExit`] alive as
+/// long as the binary (in a `static`).
+pub fn at_exit(cleanup: &str) -> AtExit {
+    let mut shell = Command::new("sh")
+        .args([
+            "-c",
+            &format!("trap '' INT TERM HUP; cat >/dev/null; {cleanup}"),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sh starts");
+    let pipe = shell.stdin.take().expect("a piped stdin");
+    AtExit {
+        _pipe: pipe,
+        _shell: shell,
+    }
+}

@@ -3,69 +3,16 @@
 
 use std::time::Duration;
 
-use flash_sale_tests::{Options, TestApp, eventually, tally};
-use futures::StreamExt;
+use flash_sale_tests::{
+    Options, TestApp, eventually, reserve_all, seven_thousand_buyers_for_a_hundred_seats, tally,
+    wait_for_orders,
+};
 use reqwest::StatusCode;
-
-/// Requests in flight at once from the test client (keep-alive connections).
-const IN_FLIGHT: usize = 200;
-
-async fn reserve_all(
-    app: &TestApp,
-    attempts: Vec<(i64, i64)>,
-) -> Vec<(StatusCode, serde_json::Value)> {
-    futures::stream::iter(attempts)
-        .map(|(user, showtime)| app.reserve(user, showtime))
-        .buffer_unordered(IN_FLIGHT)
-        .collect()
-        .await
-}
-
-async fn wait_for_orders(app: &TestApp, showtime: i64, expected: i64) {
-    eventually(
-        Duration::from_secs(60),
-        "every paid seat to become an order",
-        || async { (app.orders(showtime).await == expected).then_some(()) },
-    )
-    .await;
-    let (available, held, sold) = app.seats(showtime).await;
-    assert_eq!((available, held, sold), (0, 0, expected));
-    let recorded: i32 = sqlx::query_scalar("SELECT sold FROM showtimes WHERE id = $1")
-        .bind(showtime)
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
-    assert_eq!(i64::from(recorded), expected);
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seven_thousand_users_for_a_hundred_seats_buy_exactly_a_hundred() {
     let app = TestApp::spawn(Options::mock_payments()).await;
-    let showtime = app.create_showtime(100).await;
-
-    let answers = reserve_all(&app, (1..=7000).map(|user| (user, showtime)).collect()).await;
-
-    let counts = tally(&answers);
-    assert_eq!(counts.get(&(200, "ok".into())), Some(&100), "{counts:?}");
-    assert_eq!(
-        counts.get(&(409, "sold_out".into())),
-        Some(&6900),
-        "{counts:?}"
-    );
-    assert!(
-        answers
-            .iter()
-            .filter(|(s, _)| *s == StatusCode::CONFLICT)
-            .all(|(_, b)| b["message"].as_str().unwrap().contains("Tickets sold out"))
-    );
-    wait_for_orders(&app, showtime, 100).await;
-    let buyers: i64 =
-        sqlx::query_scalar("SELECT count(DISTINCT user_id) FROM orders WHERE showtime_id = $1")
-            .bind(showtime)
-            .fetch_one(&app.db)
-            .await
-            .unwrap();
-    assert_eq!(buyers, 100);
+    seven_thousand_buyers_for_a_hundred_seats(&app).await;
     app.finish().await;
 }
 
