@@ -43,11 +43,16 @@ where
         id: ShowtimeId,
         repair: bool,
     ) -> Result<Option<Reconciliation>, PortError> {
+        // Redis first, the database second: an order is committed before Redis marks it
+        // ORDERED (and drops it from the unrecorded payments), so whatever happens in
+        // between, a paid seat is either still unrecorded in the audit or already in
+        // the database's count. Read the other way round, an order written between the
+        // two reads is in neither, and a consistent sale shows a discrepancy.
+        let audit = self.seats.audit(id).await?;
         let Some(showtime) = self.db.showtime(id).await? else {
             return Ok(None);
         };
         let capacity = showtime.capacity.get();
-        let audit = self.seats.audit(id).await?;
         let recorded = match &audit {
             Some(a) if !a.unrecorded.is_empty() => self.db.recorded(&a.unrecorded).await?,
             _ => vec![],
