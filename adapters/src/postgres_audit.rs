@@ -1,7 +1,7 @@
 //! The database's side of reconciliation: which showtimes exist, which reservations have
 //! an order.
 
-use flash_sale_core::ports::{OrderAudit, PortError, PortResult};
+use flash_sale_core::ports::{OrderAudit, PortError, PortResult, RecordedOrders};
 use flash_sale_core::{ReservationId, ShowtimeId};
 
 use crate::Postgres;
@@ -22,16 +22,26 @@ impl OrderAudit for Postgres {
             .collect())
     }
 
-    async fn recorded(&self, reservations: &[ReservationId]) -> PortResult<Vec<ReservationId>> {
+    async fn recorded(
+        &self,
+        showtime: ShowtimeId,
+        reservations: &[ReservationId],
+    ) -> PortResult<RecordedOrders> {
         let ids: Vec<String> = reservations.iter().map(ToString::to_string).collect();
-        let found: Vec<String> = sqlx::query_scalar(
-            "SELECT reservation_id FROM orders WHERE reservation_id = ANY($1::text[])",
+        // One statement, one snapshot: the count and the ids agree on every order.
+        let (sold, found): (Option<i32>, Vec<String>) = sqlx::query_as(
+            "SELECT (SELECT sold FROM showtimes WHERE id = $1),
+                    ARRAY(SELECT reservation_id FROM orders WHERE reservation_id = ANY($2::text[]))",
         )
+        .bind(showtime.get())
         .bind(&ids)
-        .fetch_all(self.pool())
+        .fetch_one(self.pool())
         .await
         .map_err(port_error)?;
-        Ok(found.into_iter().filter_map(|id| id.parse().ok()).collect())
+        Ok(RecordedOrders {
+            ordered: sold.unwrap_or(0).max(0) as u32,
+            recorded: found.into_iter().filter_map(|id| id.parse().ok()).collect(),
+        })
     }
 
     async fn unresolved_refusals(&self, showtime: ShowtimeId) -> PortResult<Vec<ReservationId>> {

@@ -44,7 +44,7 @@ pub(crate) enum Cmd {
     /// Several scenarios one after the other, and a summary table.
     Suite(SuiteArgs),
     /// Every buyer on a new connection, all at once: connect latency and the kernel's
-    /// SYN drops, with a listen queue of 1,024 and with flash-sale's default.
+    /// SYN drops, with the old listen queue (128) and with flash-sale's default.
     ConnectStorm(crate::storm::StormArgs),
     /// Removes what an interrupted run left: its database, Redis keys and queues.
     Clean(CleanArgs),

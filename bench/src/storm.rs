@@ -1,7 +1,8 @@
 //! `connect-storm`: the Go reference's own client shape, one new connection per buyer,
 //! all at the same moment, against flash-sale started twice in the same run: with a
-//! listen queue of 1,024 (tokio's default, what flash-sale bound with before
-//! `LISTEN_BACKLOG`) and with its default (the system's `net.core.somaxconn`). Each
+//! listen queue of 128 (what the listener bound with tokio's `TcpListener::bind` showed
+//! in `ss -ltn` before `LISTEN_BACKLOG`) and with its default (the system's
+//! `net.core.somaxconn`). Each
 //! buyer connects, reserves one seat of 100 and reads its answer on a connection of its
 //! own. Reported: connect latency, answer latency, the outcomes, and the kernel's own
 //! count of SYNs dropped at a full listen queue during each round
@@ -94,7 +95,7 @@ pub(crate) async fn storm(args: StormArgs) -> anyhow::Result<bool> {
         .to_string();
     let mut rounds = vec![];
     for (name, backlog) in [
-        ("listen queue 1024 (before)".to_string(), Some("1024")),
+        ("listen queue 128 (before)".to_string(), Some("128")),
         (format!("listen queue {somaxconn} (default)"), None),
     ] {
         rounds.push(round(&args, &bin, &name, backlog).await?);

@@ -495,14 +495,24 @@ impl OrderAudit for FakeDb {
 
     fn recorded(
         &self,
+        showtime: ShowtimeId,
         ids: &[ReservationId],
-    ) -> impl Future<Output = PortResult<Vec<ReservationId>>> + Send {
+    ) -> impl Future<Output = PortResult<RecordedOrders>> + Send {
         let book = self.orders.lock().unwrap();
-        ready(Ok(ids
-            .iter()
-            .filter(|id| book.contains_key(id))
-            .copied()
-            .collect()))
+        let ordered = self
+            .showtimes
+            .lock()
+            .unwrap()
+            .get(&showtime)
+            .map_or(0, |s| s.ordered);
+        ready(Ok(RecordedOrders {
+            ordered,
+            recorded: ids
+                .iter()
+                .filter(|id| book.contains_key(id))
+                .copied()
+                .collect(),
+        }))
     }
 
     fn unresolved_refusals(

@@ -256,15 +256,27 @@ pub trait SeatAuditor: Send + Sync + 'static {
 }
 
 /// What reconciliation needs from the database beyond the sale's own steps.
+/// What the database holds of a showtime's orders at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordedOrders {
+    /// Orders of the showtime.
+    pub ordered: u32,
+    /// Those of the reservations asked about that have an order.
+    pub recorded: Vec<ReservationId>,
+}
+
 pub trait OrderAudit: Send + Sync + 'static {
     /// Every showtime the database knows.
     fn showtime_ids(&self) -> impl Future<Output = PortResult<Vec<ShowtimeId>>> + Send;
 
-    /// Which of these reservations have an order.
+    /// How many orders `showtime` has and which of `reservations` have one, read at one
+    /// moment (one snapshot), so that an order committed meanwhile is in both or in
+    /// neither.
     fn recorded(
         &self,
+        showtime: ShowtimeId,
         reservations: &[ReservationId],
-    ) -> impl Future<Output = PortResult<Vec<ReservationId>>> + Send;
+    ) -> impl Future<Output = PortResult<RecordedOrders>> + Send;
 
     /// Refused orders of a showtime nobody has settled yet (refunded and marked resolved).
     fn unresolved_refusals(

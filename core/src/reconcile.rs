@@ -3,7 +3,9 @@
 //! at any time during a sale: the rebuild is one atomic script and never counts fewer
 //! paid seats than the store already does.
 
-use crate::ports::{Catalog, MessageBus, OrderAudit, OrderBook, PortError, SeatAuditor, SeatStore};
+use crate::ports::{
+    Catalog, MessageBus, OrderAudit, OrderBook, PortError, RecordedOrders, SeatAuditor, SeatStore,
+};
 use crate::{Sale, SeatCounts, ShowtimeId};
 
 /// One showtime's reconciliation.
@@ -43,20 +45,20 @@ where
         id: ShowtimeId,
         repair: bool,
     ) -> Result<Option<Reconciliation>, PortError> {
-        // Redis first, the database second: an order is committed before Redis marks it
-        // ORDERED (and drops it from the unrecorded payments), so whatever happens in
-        // between, a paid seat is either still unrecorded in the audit or already in
-        // the database's count. Read the other way round, an order written between the
-        // two reads is in neither, and a consistent sale shows a discrepancy.
-        let audit = self.seats.audit(id).await?;
+        // Redis first, the database second, and the database in one snapshot: an order
+        // is committed before Redis marks it ORDERED (dropping it from the unrecorded
+        // payments), so whenever that happens, a paid seat is either still unrecorded in
+        // the audit, or in the database's count; and the count and the recorded ids,
+        // read together, agree on every order committed meanwhile. (Read at different
+        // moments, an order written in between is counted twice or not at all, and a
+        // consistent sale shows a discrepancy.)
         let Some(showtime) = self.db.showtime(id).await? else {
             return Ok(None);
         };
         let capacity = showtime.capacity.get();
-        let recorded = match &audit {
-            Some(a) if !a.unrecorded.is_empty() => self.db.recorded(&a.unrecorded).await?,
-            _ => vec![],
-        };
+        let audit = self.seats.audit(id).await?;
+        let unrecorded = audit.as_ref().map_or(&[][..], |a| a.unrecorded.as_slice());
+        let RecordedOrders { ordered, recorded } = self.db.recorded(id, unrecorded).await?;
         let paid_unrecorded = audit.as_ref().map_or(0, |a| {
             a.unrecorded
                 .iter()
@@ -92,20 +94,16 @@ where
                             .to_string(),
                     );
                 }
-                if c.sold != showtime.ordered + paid_unrecorded {
+                if c.sold != ordered + paid_unrecorded {
                     discrepancies.push(format!(
                         "Redis counts {} sold seats but the database has {} orders and {} paid orders are in flight",
-                        c.sold, showtime.ordered, paid_unrecorded
+                        c.sold, ordered, paid_unrecorded
                     ));
                 }
             }
         }
         let repaired = if repair && !discrepancies.is_empty() {
-            Some(
-                self.seats
-                    .rebuild(id, capacity, showtime.ordered, &recorded)
-                    .await?,
-            )
+            Some(self.seats.rebuild(id, capacity, ordered, &recorded).await?)
         } else {
             None
         };
@@ -124,7 +122,7 @@ where
         Ok(Some(Reconciliation {
             showtime: id,
             capacity,
-            ordered: showtime.ordered,
+            ordered,
             seats: audit.as_ref().map(|a| a.counts),
             live_holds: audit.as_ref().map_or(0, |a| a.live_holds),
             paid_unrecorded,
