@@ -82,18 +82,37 @@ pub fn init_tracing() {
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"))
         .add_directive(quiet_spans);
     let on_lambda = env.get("AWS_LAMBDA_FUNCTION_NAME").is_some();
-    let log = tracing_subscriber::fmt::layer().with_target(false);
-    let log = if on_lambda {
-        log.json().without_time().boxed()
-    } else {
-        log.boxed()
-    };
     let (traces, said) = trace::layer(&env);
-    let installed = tracing_subscriber::registry()
-        .with(log.with_filter(filter))
-        .with(traces)
-        .try_init();
-    if let (Ok(()), Some(said)) = (installed, said) {
+    let installed = match traces {
+        // Traces exported: the log keeps its filter to itself, the trace layer takes
+        // only the exported spans.
+        Some(traces) => {
+            let log = tracing_subscriber::fmt::layer().with_target(false);
+            let log = if on_lambda {
+                log.json().without_time().boxed()
+            } else {
+                log.boxed()
+            };
+            tracing_subscriber::registry()
+                .with(log.with_filter(filter))
+                .with(traces)
+                .try_init()
+                .is_ok()
+        }
+        // No traces: one global filter, as before traces existed, the cheapest check
+        // per call site (BENCHMARKS.md, "The cost of traces when they are off").
+        None => {
+            let log = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_target(false);
+            if on_lambda {
+                log.json().without_time().try_init().is_ok()
+            } else {
+                log.try_init().is_ok()
+            }
+        }
+    };
+    if let (true, Some(said)) = (installed, said) {
         tracing::info!("{said}");
     }
 }
