@@ -67,7 +67,11 @@ async fn a_redis_back_from_an_older_snapshot_never_hands_a_reservation_id_out_ag
         (orders_of(&app, showtime, 3).await == 1).then_some(())
     })
     .await;
-    assert_eq!(app.status_of(&again).await, "ORDERED");
+    // Redis marks the hold ORDERED just after the order's commit.
+    eventually(Duration::from_secs(30), "user 3's hold ORDERED", || async {
+        (app.status_of(&again).await == "ORDERED").then_some(())
+    })
+    .await;
     assert_eq!(orders_of(&app, showtime, 2).await, 1, "user 2 keeps theirs");
     app.finish().await;
 }
