@@ -26,6 +26,17 @@ pub(crate) struct Server {
     pub(crate) log: Option<PathBuf>,
 }
 
+/// The flash-sale binary to start: `given`, or `flash-sale` next to this binary.
+pub(crate) fn server_bin(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    Ok(match given {
+        Some(b) => b.to_path_buf(),
+        None => std::env::current_exe()?
+            .parent()
+            .map(|d| d.join("flash-sale"))
+            .unwrap_or_else(|| PathBuf::from("flash-sale")),
+    })
+}
+
 /// A free local port (bound, then released for the child to take).
 pub(crate) fn free_port() -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;

@@ -2,7 +2,7 @@
 //! at `--url`), the verification of every phase, the report, and the clean-up of what the
 //! run created (also the `clean` command, for what an interrupted run left).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -143,13 +143,7 @@ pub(crate) async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Re
             args.services.database_url.clone(),
         ),
         None => {
-            let bin = match &args.server_bin {
-                Some(b) => b.clone(),
-                None => std::env::current_exe()?
-                    .parent()
-                    .map(|d| d.join("flash-sale"))
-                    .unwrap_or_else(|| PathBuf::from("flash-sale")),
-            };
+            let bin = procs::server_bin(args.server_bin.as_deref())?;
             let db_url = procs::with_database(&args.services.database_url, &db_name);
             let payment = if plan.pay == PayMode::Mock {
                 "mock"

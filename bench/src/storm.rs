@@ -82,13 +82,7 @@ struct Round {
 
 pub(crate) async fn storm(args: StormArgs) -> anyhow::Result<bool> {
     std::fs::create_dir_all(&args.out)?;
-    let bin = match &args.server_bin {
-        Some(b) => b.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .map(|d| d.join("flash-sale"))
-            .unwrap_or_else(|| PathBuf::from("flash-sale")),
-    };
+    let bin = procs::server_bin(args.server_bin.as_deref())?;
     let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
         .unwrap_or_default()
         .trim()
