@@ -8,7 +8,7 @@
 -- KEYS[1] seats       HASH  capacity, available, held, sold
 -- KEYS[2] users       HASH  user id -> reservation sequence
 -- KEYS[3] deadlines   ZSET  reservation sequence -> hold deadline (ms)
--- KEYS[4] reservation HASH  user, status, expires_at
+-- KEYS[4] reservations HASH "<seq>:user", "<seq>:status", ... (see reserve.lua)
 -- ARGV[1] reservation sequence
 --
 -- Returns, by the first element:
@@ -16,7 +16,7 @@
 --   {0}          no such reservation
 --   {2, status}  nothing done: it is PAID, ORDERED or EXPIRED already
 
-local r = redis.call('HMGET', KEYS[4], 'user', 'status')
+local r = redis.call('HMGET', KEYS[4], ARGV[1] .. ':user', ARGV[1] .. ':status')
 if not r[1] then
   return {0}
 end
@@ -24,7 +24,7 @@ if r[2] ~= 'RESERVED' then
   return {2, r[2]}
 end
 
-redis.call('HSET', KEYS[4], 'status', 'EXPIRED')
+redis.call('HSET', KEYS[4], ARGV[1] .. ':status', 'EXPIRED')
 redis.call('HINCRBY', KEYS[1], 'held', -1)
 redis.call('HINCRBY', KEYS[1], 'available', 1)
 if redis.call('HGET', KEYS[2], r[1]) == ARGV[1] then

@@ -8,6 +8,7 @@
 -- KEYS[3] users       HASH   user id -> reservation sequence
 -- KEYS[4] deadlines   ZSET   live holds by deadline
 -- KEYS[5] unrecorded  ZSET   paid reservations not yet recorded
+-- KEYS[6] reservations HASH the showtime's reservations (see reserve.lua)
 -- ARGV[1] capacity
 -- ARGV[2] seats already sold according to PostgreSQL (orders recorded)
 -- ARGV[3] 1 when the stock is reloaded after Redis lost it, else 0. Then the sequence
@@ -31,9 +32,11 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   if generation == ARGV[4] then
     return 0
   end
-  -- Another row's sale: its holds, buyers and unrecorded payments are not this one's.
-  -- Its reservation records stay behind, unreachable: the sequence jumps past them.
-  redis.call('DEL', KEYS[1], KEYS[3], KEYS[4], KEYS[5])
+  -- Another row's sale: its holds, buyers, unrecorded payments and reservations are
+  -- not this one's. Its reservations go too, so a message still naming one of them (an
+  -- expiry, a payment) finds nothing, instead of returning that sale's seat to this
+  -- one's stock; the sequence jumps past them, so their ids are never handed out again.
+  redis.call('DEL', KEYS[1], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
   ARGV[3] = '1'
   result = 2
 end

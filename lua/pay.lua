@@ -4,7 +4,8 @@
 -- KEYS[2] users       HASH  user id -> reservation sequence
 -- KEYS[3] deadlines   ZSET  reservation sequence -> hold deadline (ms)
 -- KEYS[4] unrecorded  ZSET  reservation sequence -> paid at (ms), PAID until ORDERED
--- KEYS[5] reservation HASH  user, status, expires_at, paid_at, trace (optional)
+-- KEYS[5] reservations HASH "<seq>:user", "<seq>:status", "<seq>:expires_at",
+--                      "<seq>:paid_at", "<seq>:trace" (optional)
 -- ARGV[1] user id paying
 -- ARGV[2] reservation sequence
 --
@@ -17,7 +18,8 @@
 --                    which case this script expires it now and returns its seat
 --   {4, status}      already PAID or ORDERED
 
-local r = redis.call('HMGET', KEYS[5], 'user', 'status', 'expires_at', 'trace')
+local id = ARGV[2] .. ':'
+local r = redis.call('HMGET', KEYS[5], id .. 'user', id .. 'status', id .. 'expires_at', id .. 'trace')
 if not r[1] then
   return {0}
 end
@@ -34,7 +36,7 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if now >= tonumber(r[3]) then
-  redis.call('HSET', KEYS[5], 'status', 'EXPIRED')
+  redis.call('HSET', KEYS[5], id .. 'status', 'EXPIRED')
   redis.call('HINCRBY', KEYS[1], 'held', -1)
   redis.call('HINCRBY', KEYS[1], 'available', 1)
   if redis.call('HGET', KEYS[2], r[1]) == ARGV[2] then
@@ -44,7 +46,7 @@ if now >= tonumber(r[3]) then
   return {3}
 end
 
-redis.call('HSET', KEYS[5], 'status', 'PAID', 'paid_at', now)
+redis.call('HSET', KEYS[5], id .. 'status', 'PAID', id .. 'paid_at', now)
 redis.call('HINCRBY', KEYS[1], 'held', -1)
 redis.call('HINCRBY', KEYS[1], 'sold', 1)
 redis.call('ZREM', KEYS[3], ARGV[2])

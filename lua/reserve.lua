@@ -1,15 +1,17 @@
 -- reserve.lua: take one seat of a showtime for a user, atomically.
 --
--- Every key carries the showtime's hash tag ({42}), so the script runs on Redis Cluster.
--- KEYS[1] seats      HASH  capacity, available, held, sold
--- KEYS[2] users      HASH  user id -> reservation sequence (held or bought)
--- KEYS[3] seq        STRING per-showtime reservation sequence, floored by the clock (µs)
--- KEYS[4] deadlines  ZSET  reservation sequence -> hold deadline (ms), RESERVED only
+-- Every key carries the showtime's hash tag ({42}) and is declared in KEYS, so the
+-- script runs on Redis Cluster (and ElastiCache, which enforces declared keys).
+-- KEYS[1] seats        HASH  capacity, available, held, sold
+-- KEYS[2] users        HASH  user id -> reservation sequence (held or bought)
+-- KEYS[3] seq          STRING per-showtime reservation sequence, floored by the clock (µs)
+-- KEYS[4] deadlines    ZSET  reservation sequence -> hold deadline (ms), RESERVED only
+-- KEYS[5] reservations HASH  the showtime's reservations, as fields "<seq>:user",
+--                            "<seq>:status", "<seq>:expires_at" (and later "<seq>:paid_at",
+--                            "<seq>:trace"): one key, whatever sequence this call creates
 -- ARGV[1] user id
 -- ARGV[2] hold time in milliseconds
--- ARGV[3] reservation key prefix, e.g. "fs:{42}:r:" (same hash tag; the key is
---         derived from the new sequence, so it cannot be passed in KEYS)
--- ARGV[4] the W3C traceparent of the request, or "" when it is not traced: kept on
+-- ARGV[3] the W3C traceparent of the request, or "" when it is not traced: kept on
 --         the reservation so that its payment can link to the trace that held it
 --
 -- Returns, by the first element:
@@ -54,9 +56,10 @@ local seq_text = string.format('%.0f', seq)
 redis.call('HINCRBY', KEYS[1], 'available', -1)
 redis.call('HINCRBY', KEYS[1], 'held', 1)
 redis.call('HSET', KEYS[2], ARGV[1], seq_text)
-redis.call('HSET', ARGV[3] .. seq_text, 'user', ARGV[1], 'status', 'RESERVED', 'expires_at', expires_at)
-if ARGV[4] and ARGV[4] ~= '' then
-  redis.call('HSET', ARGV[3] .. seq_text, 'trace', ARGV[4])
+redis.call('HSET', KEYS[5], seq_text .. ':user', ARGV[1], seq_text .. ':status', 'RESERVED',
+  seq_text .. ':expires_at', expires_at)
+if ARGV[3] and ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[5], seq_text .. ':trace', ARGV[3])
 end
 redis.call('ZADD', KEYS[4], expires_at, seq_text)
 return {1, seq, expires_at}

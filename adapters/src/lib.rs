@@ -3,6 +3,8 @@
 //! The core's ports on real infrastructure:
 //! - [`redis_seats`]: the [`SeatStore`](flash_sale_core::SeatStore) on Redis, one Lua
 //!   script per transition (from `lua/`), run by SHA with a NOSCRIPT fallback.
+//! - [`redis_connection`]: one connection to a single Redis or a Redis Cluster, chosen
+//!   by what `REDIS_URL` names.
 //! - [`rabbit`]: the [`MessageBus`](flash_sale_core::MessageBus) on RabbitMQ, with the
 //!   queue topology, publisher confirms and the consumers' side.
 //! - [`postgres`]: the [`Catalog`](flash_sale_core::Catalog) and
@@ -15,6 +17,7 @@
 pub mod postgres;
 mod postgres_audit;
 pub mod rabbit;
+pub mod redis_connection;
 pub mod redis_seats;
 pub mod tls;
 pub mod trace;
@@ -22,5 +25,6 @@ pub mod wire;
 
 pub use postgres::Postgres;
 pub use rabbit::{Broker, Queue, Topology};
+pub use redis_connection::RedisConnection;
 pub use redis_seats::RedisSeats;
 pub use tls::{CaFile, Trust};

@@ -8,13 +8,24 @@
 //! | `fs:{42}:seats`  | HASH   | capacity, available, held, sold                   |
 //! | `fs:{42}:users`  | HASH   | user id -> reservation sequence (held or bought)  |
 //! | `fs:{42}:seq`    | STRING | the showtime's reservation sequence               |
-//! | `fs:{42}:r:1007` | HASH   | reservation 42-1007: user, status, deadlines      |
+//! | `fs:{42}:reservations` | HASH | reservation 42-1007 as fields `1007:user`, `1007:status`, `1007:expires_at`, `1007:paid_at`, `1007:trace` |
 //! | `fs:{42}:deadlines` | ZSET | RESERVED holds by deadline (the sweep's outbox)  |
 //! | `fs:{42}:unrecorded` | ZSET | PAID reservations not yet ORDERED, by paid time |
 //! | `fs:showtimes`   | SET    | showtimes on sale (walked by the sweep)           |
+//! | `fs:layout`      | STRING | the key layout the data was written in ([`KEY_LAYOUT`]) |
 //!
-//! One multiplexed connection ([`ConnectionManager`]) carries every concurrent script,
-//! pipelined, and reconnects on its own.
+//! Every key a script touches is declared in its `KEYS`, and every pipeline stays in one
+//! showtime, so the store runs on Redis Cluster (see [`crate::redis_connection`]). One
+//! multiplexed connection (or the cluster client's, one per node) carries every
+//! concurrent script, pipelined, and reconnects on its own.
+//!
+//! ## Key layouts
+//! Layout 1 (before Redis Cluster support) kept each reservation in a HASH of its own,
+//! `fs:{42}:r:1007`, whose key `reserve.lua` built itself; layout 2 keeps them as fields
+//! of `fs:{42}:reservations`. A process refuses to start on Redis data of another
+//! layout while it matters: a layout-1 showtime with live holds or unrecorded payments
+//! (an upgrade in the middle of a sale is not supported: those holds would be orphaned),
+//! or a `fs:layout` naming a layout this build does not know (a newer one).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,15 +37,17 @@ use flash_sale_core::ports::{
 use flash_sale_core::{
     OrderRequest, Reservation, ReservationId, SeatCounts, ShowtimeId, Status, UnixMillis, UserId,
 };
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script, Value};
 use tracing::{Instrument as _, Span};
 
+use crate::redis_connection::{self, RedisConnection};
+use crate::tls::Trust;
 use crate::trace;
 
-use crate::tls::Trust;
+pub(crate) const COMPONENT: &str = "redis";
 
-const COMPONENT: &str = "redis";
+/// The key layout this build reads and writes (see the module's documentation).
+pub const KEY_LAYOUT: &str = "2";
 
 struct Scripts {
     reserve: Script,
@@ -49,7 +62,7 @@ struct Scripts {
 /// The [`SeatStore`] on Redis. Cheap to clone: clones share one connection.
 #[derive(Clone)]
 pub struct RedisSeats {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     prefix: Arc<str>,
     scripts: Arc<Scripts>,
 }
@@ -58,6 +71,7 @@ impl std::fmt::Debug for RedisSeats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisSeats")
             .field("prefix", &self.prefix)
+            .field("cluster", &self.conn.is_cluster())
             .finish()
     }
 }
@@ -142,8 +156,9 @@ fn status_of(v: Option<&Value>) -> Option<Status> {
 }
 
 impl RedisSeats {
-    /// Connects (with bounded timeouts) and loads nothing: scripts are sent by SHA and
-    /// loaded on first NOSCRIPT.
+    /// Connects (with bounded timeouts) to a single node or a cluster (see
+    /// [`crate::redis_connection`]), checks the key layout, and loads nothing: scripts are
+    /// sent by SHA and loaded on first NOSCRIPT.
     pub async fn connect(url: &str, prefix: &str) -> PortResult<Self> {
         Self::connect_trusting(url, prefix, &Trust::system("REDIS_CA_FILE")).await
     }
@@ -151,24 +166,19 @@ impl RedisSeats {
     /// [`RedisSeats::connect`], a `rediss://` URL trusting the system's roots and
     /// `trust`'s CA file; a certificate that does not verify is named as such.
     pub async fn connect_trusting(url: &str, prefix: &str, trust: &Trust) -> PortResult<Self> {
-        let client = trust.redis_client(url).map_err(|e| {
-            PortError::permanent(
-                COMPONENT,
-                format!("REDIS_URL is not a valid Redis URL: {e}"),
-            )
-        })?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(3)))
-            .set_response_timeout(Some(Duration::from_secs(3)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(|e| match trust.explain("Redis", &e) {
-                Some(message) => PortError::permanent(COMPONENT, message),
-                None => port_error(e),
-            })?;
-        Ok(Self {
+        let conn = redis_connection::open(
+            url,
+            trust,
+            |e| {
+                PortError::permanent(
+                    COMPONENT,
+                    format!("REDIS_URL is not a valid Redis URL (or list of node URLs): {e}"),
+                )
+            },
+            port_error,
+        )
+        .await?;
+        let seats = Self {
             conn,
             prefix: prefix.into(),
             scripts: Arc::new(Scripts {
@@ -180,7 +190,73 @@ impl RedisSeats {
                 load: Script::new(include_str!("../../lua/load.lua")),
                 rebuild: Script::new(include_str!("../../lua/rebuild.lua")),
             }),
-        })
+        };
+        seats.check_layout().await?;
+        Ok(seats)
+    }
+
+    /// Refuses Redis data this build would misread (see "Key layouts" above), and records
+    /// [`KEY_LAYOUT`] where nothing was recorded yet.
+    async fn check_layout(&self) -> PortResult<()> {
+        let mut conn = self.conn.clone();
+        let key = format!("{}:layout", self.prefix);
+        let recorded: Option<String> = conn.get(&key).await.map_err(port_error)?;
+        match recorded.as_deref() {
+            Some(KEY_LAYOUT) => return Ok(()),
+            Some(other) => {
+                return Err(PortError::permanent(
+                    COMPONENT,
+                    format!(
+                        "Redis holds flash-sale's keys under prefix `{}` in key layout \
+                         {other}, which this build (layout {KEY_LAYOUT}) cannot read: run \
+                         the version that wrote them, or another REDIS_KEY_PREFIX",
+                        self.prefix
+                    ),
+                ));
+            }
+            None => {}
+        }
+        // Nothing recorded: an empty Redis, or one an earlier flash-sale (layout 1)
+        // wrote. Its sales matter only while they have live holds or payments not yet
+        // recorded in the database.
+        let mut live = vec![];
+        for showtime in self.showtimes().await? {
+            let (seq, reservations, holds, unrecorded): (bool, bool, u64, u64) = redis::pipe()
+                .exists(self.key(showtime, "seq"))
+                .exists(self.key(showtime, "reservations"))
+                .zcard(self.key(showtime, "deadlines"))
+                .zcard(self.key(showtime, "unrecorded"))
+                .query_async(&mut conn)
+                .await
+                .map_err(port_error)?;
+            if seq && !reservations && holds + unrecorded > 0 {
+                live.push(showtime.to_string());
+            }
+        }
+        if !live.is_empty() {
+            return Err(PortError::permanent(
+                COMPONENT,
+                format!(
+                    "Redis (prefix `{}`) holds sales of an earlier flash-sale in its key \
+                     layout (one hash per reservation, `{}:{{<showtime>}}:r:<seq>`) with \
+                     live holds or unrecorded payments, for showtime(s) {}. Upgrading in \
+                     the middle of a sale is not supported: let those sales end on the \
+                     earlier version (holds paid and recorded, or expired), then start \
+                     this one",
+                    self.prefix,
+                    self.prefix,
+                    live.join(", ")
+                ),
+            ));
+        }
+        let _: bool = redis::cmd("SET")
+            .arg(&key)
+            .arg(KEY_LAYOUT)
+            .arg("NX")
+            .query_async(&mut conn)
+            .await
+            .map_err(port_error)?;
+        Ok(())
     }
 
     /// The key prefix every key of this store starts with.
@@ -188,8 +264,8 @@ impl RedisSeats {
         &self.prefix
     }
 
-    /// A clone of the multiplexed connection, for tests and tools.
-    pub fn connection(&self) -> ConnectionManager {
+    /// A clone of the connection, for tests and tools.
+    pub fn connection(&self) -> RedisConnection {
         self.conn.clone()
     }
 
@@ -207,8 +283,9 @@ impl RedisSeats {
         format!("{}:{{{}}}:{}", self.prefix, showtime, what)
     }
 
-    fn reservation_key(&self, id: ReservationId) -> String {
-        format!("{}:{{{}}}:r:{}", self.prefix, id.showtime(), id.seq())
+    /// The hash that holds `showtime`'s reservations, one field per attribute.
+    fn reservations_key(&self, showtime: ShowtimeId) -> String {
+        self.key(showtime, "reservations")
     }
 
     fn showtimes_key(&self) -> String {
@@ -225,6 +302,38 @@ impl RedisSeats {
             .into_iter()
             .filter_map(|s| ShowtimeId::new(s).ok())
             .collect())
+    }
+
+    /// [`SeatStore::mark_ordered`] for reservations of one showtime: one pipeline.
+    async fn mark_ordered_in(&self, showtime: ShowtimeId, seqs: &[u64]) -> PortResult<()> {
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        for seq in seqs {
+            let mut call = self
+                .scripts
+                .mark_ordered
+                .key(self.key(showtime, "unrecorded"));
+            call.key(self.reservations_key(showtime))
+                .key(self.key(showtime, "seats"))
+                .arg(seq);
+            // Pipelined EVALSHA; the first call of a process loads the script.
+            pipe.invoke_script(&call);
+        }
+        match pipe.query_async::<Vec<i64>>(&mut conn).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                // SCRIPT LOAD goes to every primary of a cluster.
+                self.scripts
+                    .mark_ordered
+                    .prepare_invoke()
+                    .load_async(&mut conn)
+                    .await
+                    .map_err(port_error)?;
+                let _: Vec<i64> = pipe.query_async(&mut conn).await.map_err(port_error)?;
+                Ok(())
+            }
+            Err(e) => Err(port_error(e)),
+        }
     }
 
     async fn now_ms(&self) -> PortResult<u64> {
@@ -254,9 +363,9 @@ impl SeatStore for RedisSeats {
             .key(self.key(showtime, "users"))
             .key(self.key(showtime, "seq"))
             .key(self.key(showtime, "deadlines"))
+            .key(self.reservations_key(showtime))
             .arg(user.get())
             .arg(hold.as_millis() as u64)
-            .arg(self.key(showtime, "r:"))
             .arg(traceparent)
             .invoke_async(&mut conn)
             .instrument(script_span("reserve.lua", showtime))
@@ -314,6 +423,7 @@ impl SeatStore for RedisSeats {
             .key(self.key(showtime, "users"))
             .key(self.key(showtime, "deadlines"))
             .key(self.key(showtime, "unrecorded"))
+            .key(self.reservations_key(showtime))
             .arg(capacity)
             .arg(sold)
             .arg(u8::from(reload))
@@ -338,7 +448,7 @@ impl SeatStore for RedisSeats {
             .key(self.key(showtime, "users"))
             .key(self.key(showtime, "deadlines"))
             .key(self.key(showtime, "unrecorded"))
-            .key(self.reservation_key(id))
+            .key(self.reservations_key(showtime))
             .arg(user.get())
             .arg(id.seq())
             .invoke_async(&mut conn)
@@ -378,7 +488,7 @@ impl SeatStore for RedisSeats {
             .key(self.key(showtime, "seats"))
             .key(self.key(showtime, "users"))
             .key(self.key(showtime, "deadlines"))
-            .key(self.reservation_key(id))
+            .key(self.reservations_key(showtime))
             .arg(id.seq())
             .invoke_async(&mut conn)
             .instrument(script_span("expire.lua", showtime))
@@ -396,18 +506,14 @@ impl SeatStore for RedisSeats {
     }
 
     async fn mark_ordered(&self, ids: &[ReservationId]) -> PortResult<()> {
-        let mut conn = self.conn.clone();
-        let mut pipe = redis::pipe();
+        // One pipeline per showtime: a pipeline stays inside one slot (Redis Cluster
+        // refuses one across slots with CROSSSLOT); the showtimes' pipelines run at once.
+        let mut by_showtime: Vec<(ShowtimeId, Vec<u64>)> = vec![];
         for id in ids {
-            let mut call = self
-                .scripts
-                .mark_ordered
-                .key(self.key(id.showtime(), "unrecorded"));
-            call.key(self.reservation_key(*id))
-                .key(self.key(id.showtime(), "seats"))
-                .arg(id.seq());
-            // Pipelined EVALSHA; the first call of a process loads the script.
-            pipe.invoke_script(&call);
+            match by_showtime.iter_mut().find(|(s, _)| *s == id.showtime()) {
+                Some((_, seqs)) => seqs.push(id.seq()),
+                None => by_showtime.push((id.showtime(), vec![id.seq()])),
+            }
         }
         let span = tracing::info_span!(
             target: trace::TARGET,
@@ -417,22 +523,16 @@ impl SeatStore for RedisSeats {
             db.system.name = "redis",
             db.operation.name = "EVALSHA",
             flash_sale.reservations = ids.len(),
+            flash_sale.showtimes = by_showtime.len(),
         );
-        let loaded: Result<Vec<i64>, _> = pipe.query_async(&mut conn).instrument(span).await;
-        match loaded {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                self.scripts
-                    .mark_ordered
-                    .prepare_invoke()
-                    .load_async(&mut conn)
-                    .await
-                    .map_err(port_error)?;
-                let _: Vec<i64> = pipe.query_async(&mut conn).await.map_err(port_error)?;
-                Ok(())
-            }
-            Err(e) => Err(port_error(e)),
-        }
+        futures::future::try_join_all(
+            by_showtime
+                .iter()
+                .map(|(showtime, seqs)| self.mark_ordered_in(*showtime, seqs)),
+        )
+        .instrument(span)
+        .await?;
+        Ok(())
     }
 
     async fn mark_refused(&self, ids: &[ReservationId]) -> PortResult<Vec<ReservationId>> {
@@ -445,7 +545,7 @@ impl SeatStore for RedisSeats {
                 .mark_refused
                 .key(self.key(id.showtime(), "seats"))
                 .key(self.key(id.showtime(), "unrecorded"))
-                .key(self.reservation_key(*id))
+                .key(self.reservations_key(id.showtime()))
                 .arg(id.seq())
                 .invoke_async(&mut conn)
                 .await
@@ -459,12 +559,13 @@ impl SeatStore for RedisSeats {
 
     async fn reservation(&self, id: ReservationId) -> PortResult<Option<Reservation>> {
         let mut conn = self.conn.clone();
+        let seq = id.seq();
         let (user, status, expires_at): (Option<i64>, Option<String>, Option<u64>) =
             redis::cmd("HMGET")
-                .arg(self.reservation_key(id))
-                .arg("user")
-                .arg("status")
-                .arg("expires_at")
+                .arg(self.reservations_key(id.showtime()))
+                .arg(format!("{seq}:user"))
+                .arg(format!("{seq}:status"))
+                .arg(format!("{seq}:expires_at"))
                 .query_async(&mut conn)
                 .await
                 .map_err(port_error)?;

@@ -151,6 +151,31 @@ impl Trust {
     }
 }
 
+impl Trust {
+    /// A Redis Cluster client for `nodes` (`redis://` or `rediss://` URLs), trusting the
+    /// system's roots and the CA file as [`Trust::redis_client`] does.
+    pub(crate) fn redis_cluster_client(
+        &self,
+        nodes: &[&str],
+        configure: impl FnOnce(
+            redis::cluster::ClusterClientBuilder,
+        ) -> redis::cluster::ClusterClientBuilder,
+    ) -> redis::RedisResult<redis::cluster::ClusterClient> {
+        let mut builder = redis::cluster::ClusterClientBuilder::new(nodes.iter().copied());
+        if let Some(ca) = self
+            .ca
+            .as_ref()
+            .filter(|_| nodes.iter().any(|n| n.starts_with("rediss://")))
+        {
+            builder = builder.certs(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(system_roots_and(ca).into_bytes()),
+            });
+        }
+        configure(builder).build()
+    }
+}
+
 /// The system's roots followed by `ca`'s certificates, PEM.
 fn system_roots_and(ca: &CaFile) -> String {
     let mut roots = rustls_native_certs::load_native_certs().certs;

@@ -132,12 +132,18 @@ pub(crate) async fn redis_benchmark(
         .args(["-n", &plan.total().to_string()])
         .args(["-c", &concurrency.to_string()])
         .args(["-r", &plan.users.to_string()])
-        .args(["EVALSHA", &sha, "4"])
-        .args([key("seats"), key("users"), key("seq"), key("deadlines")])
+        .args(["EVALSHA", &sha, "5"])
+        .args([
+            key("seats"),
+            key("users"),
+            key("seq"),
+            key("deadlines"),
+            key("reservations"),
+        ])
         .args([
             "__rand_int__".to_string(),
             (hold_secs * 1000).to_string(),
-            key("r:"),
+            String::new(),
         ])
         .output()
         .await

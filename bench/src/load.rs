@@ -175,9 +175,10 @@ impl Session for RedisSession {
             .key(format!("{p}:{{{showtime}}}:users"))
             .key(format!("{p}:{{{showtime}}}:seq"))
             .key(format!("{p}:{{{showtime}}}:deadlines"))
+            .key(format!("{p}:{{{showtime}}}:reservations"))
             .arg(user)
             .arg(self.hold_ms)
-            .arg(format!("{p}:{{{showtime}}}:r:"))
+            .arg("")
             .invoke_async(&mut self.conn)
             .await;
         let v = match r {
@@ -212,7 +213,7 @@ impl Session for RedisSession {
             .key(format!("{p}:{{{showtime}}}:users"))
             .key(format!("{p}:{{{showtime}}}:deadlines"))
             .key(format!("{p}:{{{showtime}}}:unrecorded"))
-            .key(format!("{p}:{{{showtime}}}:r:{seq}"))
+            .key(format!("{p}:{{{showtime}}}:reservations"))
             .arg(user)
             .arg(seq)
             .invoke_async(&mut self.conn)

@@ -2,7 +2,9 @@
 //!
 //! Consumes the expiry queue: when a hold's time is over, `RESERVED -> EXPIRED` returns
 //! its seat exactly once and lets that user try again. Any other state (paid, ordered,
-//! already expired) is acknowledged and left alone, so a redelivery is harmless.
+//! already expired) is acknowledged and left alone, so a redelivery is harmless. An
+//! expiry that finds no reservation at all names a hold Redis lost (logged with its id
+//! and counted in `flashsale_holds_lost_total`).
 //!
 //! [`expire`] is the handler every host calls; [`handle_event`] is the Lambda host's
 //! side (an Amazon MQ for RabbitMQ event).
@@ -31,6 +33,18 @@ pub async fn expire(app: &App, body: &[u8]) -> Result<Vec<ExpireOutcome>, QueueE
         app.sale.expire(hold.message).instrument(span)
     }))
     .await?;
+    for (hold, outcome) in holds.iter().zip(&outcomes) {
+        if *outcome == ExpireOutcome::NotFound {
+            // Every hold has a reservation until it is settled, so only a Redis that
+            // lost writes after answering them (a failover to a lagging replica, a
+            // restart from an older snapshot) leaves an expiry with none: the hold was
+            // answered and is gone. Named, never dropped silently.
+            tracing::warn!(
+                reservation = %hold.message.reservation,
+                "hold lost: its expiry found no reservation in Redis (Redis lost the write that made it)"
+            );
+        }
+    }
     tracing::debug!(holds = holds.len(), ?outcomes, "expiries handled");
     flash_sale_runtime::metrics::expiries(&outcomes);
     Ok(outcomes)

@@ -34,6 +34,9 @@ pub const ORDERS: &str = "flashsale_orders_total";
 pub const DEAD_LETTERS: &str = "flashsale_dead_letters_total";
 pub const REPLAYS: &str = "flashsale_replayed_messages_total";
 pub const SWEEP_RESENT: &str = "flashsale_sweep_orders_resent_total";
+/// Expiries that found no reservation at all: a hold Redis lost after answering it (a
+/// failover to a replica that had not received it, a restart from an older snapshot).
+pub const HOLDS_LOST: &str = "flashsale_holds_lost_total";
 
 /// Histogram buckets for every `_seconds` metric: from half a millisecond, where a
 /// sold-out answer lives, to the 10 s request timeout.
@@ -68,6 +71,7 @@ const FROM_THE_START: &[&str] = &[
     DEAD_LETTERS,
     REPLAYS,
     SWEEP_RESENT,
+    HOLDS_LOST,
     flash_sale_adapters::rabbit::metrics::BATCHES,
 ];
 
@@ -354,11 +358,9 @@ pub fn payment(by: &'static str, result: &Result<(), &PayError>) {
 
 /// Seats given back by expiry messages.
 pub fn expiries(outcomes: &[ExpireOutcome]) {
-    let returned = outcomes
-        .iter()
-        .filter(|o| **o == ExpireOutcome::SeatReturned)
-        .count();
-    counter!(EXPIRIES, "by" => "message").increment(returned as u64);
+    let count = |outcome: ExpireOutcome| outcomes.iter().filter(|o| **o == outcome).count();
+    counter!(EXPIRIES, "by" => "message").increment(count(ExpireOutcome::SeatReturned) as u64);
+    counter!(HOLDS_LOST).increment(count(ExpireOutcome::NotFound) as u64);
 }
 
 /// What a sweep did: seats it gave back, orders it re-sent.

@@ -251,7 +251,7 @@ async fn killed_four_times_mid_sale(opts: Options, processes: usize) {
 }
 
 /// Every reservation of `showtime` ever made, answered or not, as its id: the
-/// reservation hashes in Redis (their sequence numbers are floored by Redis's clock, so
+/// reservations in Redis (their sequence numbers are floored by Redis's clock, so
 /// they cannot be counted up from 1).
 async fn reservations_made(iso: &Isolation, opts: &Options, showtime: i64) -> Vec<String> {
     let url = flash_sale_tests::env(iso, opts)["REDIS_URL"].clone();
@@ -260,14 +260,14 @@ async fn reservations_made(iso: &Isolation, opts: &Options, showtime: i64) -> Ve
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let pattern = format!("{}:{{{showtime}}}:r:*", iso.prefix);
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(&pattern)
+    let fields: Vec<String> = redis::cmd("HKEYS")
+        .arg(format!("{}:{{{showtime}}}:reservations", iso.prefix))
         .query_async(&mut redis)
         .await
         .unwrap();
-    keys.iter()
-        .filter_map(|k| k.rsplit_once(":r:"))
-        .map(|(_, seq)| format!("{showtime}-{seq}"))
+    fields
+        .iter()
+        .filter_map(|f| f.strip_suffix(":user"))
+        .map(|seq| format!("{showtime}-{seq}"))
         .collect()
 }
