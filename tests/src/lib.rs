@@ -12,10 +12,10 @@ use std::time::Duration;
 use flash_sale_runtime::identity::sign_hs256;
 use flash_sale_runtime::{Adapters, App};
 pub use flash_sale_test_support::{
-    Cuttable, Isolation, NginxFront, Options, OtlpReceiver, PrometheusServer, RabbitNode,
-    ReceivedSpan, RedisServer, TEST_JWT_AUDIENCE, TEST_JWT_ISSUER, TEST_JWT_SECRET, TestCa,
-    TlsServices, assert_error, cleanup, config, drop_database, env, eventually, free_port,
-    test_claims, wire, workspace_root,
+    ClusterOptions, Cuttable, Isolation, NginxFront, Options, OtlpReceiver, PrometheusServer,
+    RabbitNode, ReceivedSpan, RedisCluster, RedisServer, TEST_JWT_AUDIENCE, TEST_JWT_ISSUER,
+    TEST_JWT_SECRET, TestCa, TlsServices, assert_error, cleanup, config, drop_database, env,
+    eventually, free_port, test_claims, wire, workspace_root,
 };
 use futures::StreamExt as _;
 use reqwest::StatusCode;
@@ -443,4 +443,58 @@ pub async fn seven_thousand_buyers_for_a_hundred_seats(app: &TestApp) {
             .await
             .unwrap();
     assert_eq!(buyers, 100);
+}
+
+/// The Go reference's second scenario on `app` (paying in `mock` mode), on a showtime of
+/// 10 seats: one user presses "buy" 20 times at once; one hold, 19 "Already ordered", one
+/// order, and the seats read `(9, 0, 1)`.
+pub async fn one_user_pressing_buy_twenty_times(app: &TestApp, showtime: i64) {
+    let answers = reserve_all(app, vec![(42, showtime); 20]).await;
+
+    let counts = tally(&answers);
+    assert_eq!(counts.get(&(200, "ok".into())), Some(&1), "{counts:?}");
+    assert_eq!(
+        counts.get(&(409, "already_ordered".into())),
+        Some(&19),
+        "{counts:?}"
+    );
+    assert!(
+        answers
+            .iter()
+            .filter(|(s, _)| *s == StatusCode::CONFLICT)
+            .all(|(_, b)| b["message"].as_str().unwrap().contains("Already ordered"))
+    );
+    eventually(Duration::from_secs(30), "the one order", || async {
+        (app.orders(showtime).await == 1).then_some(())
+    })
+    .await;
+    let (available, held, sold) = app.seats(showtime).await;
+    assert_eq!((available, held, sold), (9, 0, 1));
+}
+
+/// The Go reference's third scenario on `app` (paying in `mock` mode), on three
+/// showtimes of 50 seats: 1,000 users per showtime, interleaved so every showtime is hit
+/// at once; each sells exactly 50, the other 2,850 are told sold out, 150 orders land.
+pub async fn three_showtimes_sell_out_independently(app: &TestApp, showtimes: &[i64]) {
+    assert_eq!(showtimes.len(), 3);
+    let attempts: Vec<(i64, i64)> = (1..=1000)
+        .flat_map(|user| showtimes.iter().map(move |s| (user, *s)))
+        .collect();
+
+    let answers = reserve_all(app, attempts).await;
+
+    for showtime in showtimes {
+        let won = answers
+            .iter()
+            .filter(|(s, b)| *s == StatusCode::OK && b["showtime_id"].as_i64() == Some(*showtime))
+            .count();
+        assert_eq!(won, 50, "showtime {showtime}");
+    }
+    assert_eq!(
+        tally(&answers).get(&(409, "sold_out".into())),
+        Some(&(3 * 950))
+    );
+    for showtime in showtimes {
+        wait_for_orders(app, *showtime, 50).await;
+    }
 }

@@ -19,6 +19,9 @@
 //!   when dropped.
 //! - [`redis_server`]: [`RedisServer`], a Redis of the test's own (own port and data
 //!   directory) to snapshot, kill and restart from an older snapshot.
+//! - [`redis_cluster`]: [`RedisCluster`], a Redis Cluster (three masters, three replicas)
+//!   started with `scripts/redis-cluster`, of the test's own or shared by a test binary,
+//!   to ask who serves which key and to fail a master over.
 //! - [`prometheus`]: [`PrometheusServer`], a real Prometheus scraping one process.
 //! - [`nginx`]: [`NginxFront`], the shipped `ops/nginx.conf` in front of a test's
 //!   processes.
@@ -42,6 +45,7 @@ pub mod poll;
 pub mod process;
 pub mod prometheus;
 pub mod rabbit_node;
+pub mod redis_cluster;
 pub mod redis_server;
 pub mod tls;
 pub mod watch;
@@ -60,6 +64,7 @@ pub use process::workspace_root;
 pub use process::{AtExit, ProcessTree, at_exit};
 pub use prometheus::PrometheusServer;
 pub use rabbit_node::RabbitNode;
+pub use redis_cluster::{ClusterOptions, RedisCluster};
 pub use redis_server::RedisServer;
 pub use tls::{TestCa, TlsServices};
 pub use watch::Watch;
