@@ -63,7 +63,7 @@ impl App {
             Broker::connect_trusting(&config.amqp_url, topology, &config.amqp_trust),
             Postgres::connect_trusting(&config.database_url, &config.database_trust),
         );
-        let seats = seats.context("Redis (REDIS_URL) is not reachable")?;
+        let seats = seats.context("Redis (REDIS_URL) is not reachable or not usable")?;
         let bus = bus
             .context("RabbitMQ (AMQP_URL) is not reachable")?
             .hand_over_hold_messages(config.hand_over_hold_messages)

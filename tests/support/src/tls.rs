@@ -49,8 +49,8 @@ impl TestCa {
         Self { file, cert, key }
     }
 
-    /// A server certificate for 127.0.0.1 and localhost, and its key, written to
-    /// `<dir>/server.pem` and `<dir>/server.key`.
+    /// A server certificate for 127.0.0.1 and localhost (good for client use as well),
+    /// and its key, written to `<dir>/server.pem` and `<dir>/server.key`.
     pub fn issue_server_cert(&self, dir: &Path) -> (PathBuf, PathBuf) {
         let key = KeyPair::generate().expect("a server key");
         let mut params = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
@@ -58,7 +58,11 @@ impl TestCa {
         params
             .distinguished_name
             .push(DnType::CommonName, "localhost");
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        // Client use too: the nodes of a Redis Cluster present it to each other.
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         let cert = params
             .signed_by(&key, &self.cert, &self.key)
             .expect("a server certificate");

@@ -551,3 +551,79 @@ async fn hold_messages_are_handed_over_while_the_broker_confirms_and_awaited_aft
     assert!(!queued.contains(&200), "{queued:?}");
     broker.delete_topology().await.unwrap();
 }
+
+/// Layout 1 (one hash per reservation, `<prefix>:{7}:r:<seq>`, before Redis Cluster
+/// support) with a live hold: a process of this build refuses to start rather than
+/// orphan it. Once that sale is over the store starts and records layout 2; a layout it
+/// does not know is refused too.
+#[tokio::test]
+async fn redis_data_in_an_earlier_key_layout_with_a_live_sale_is_refused() {
+    let iso = Isolation::new();
+    let p = &iso.prefix;
+    let mut raw = redis::Client::open("redis://127.0.0.1:6379")
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::pipe()
+        .cmd("SADD")
+        .arg(format!("{p}:showtimes"))
+        .arg(7)
+        .cmd("HSET")
+        .arg(format!("{p}:{{7}}:seats"))
+        .arg(&[("capacity", 2), ("available", 1), ("held", 1), ("sold", 0)])
+        .cmd("SET")
+        .arg(format!("{p}:{{7}}:seq"))
+        .arg(3)
+        .cmd("HSET")
+        .arg(format!("{p}:{{7}}:r:3"))
+        .arg(&[("user", "1"), ("status", "RESERVED"), ("expires_at", "1")])
+        .cmd("ZADD")
+        .arg(format!("{p}:{{7}}:deadlines"))
+        .arg(1)
+        .arg(3)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+
+    let refused = RedisSeats::connect("redis://127.0.0.1:6379", p)
+        .await
+        .expect_err("a live layout-1 sale");
+    assert!(
+        refused.message.contains("not supported") && refused.message.contains("showtime(s) 7"),
+        "{refused:?}"
+    );
+    assert!(!refused.transient);
+
+    // The sale ends on the earlier version: its hold expires.
+    let _: () = redis::pipe()
+        .cmd("ZREM")
+        .arg(format!("{p}:{{7}}:deadlines"))
+        .arg(3)
+        .cmd("HSET")
+        .arg(format!("{p}:{{7}}:r:3"))
+        .arg("status")
+        .arg("EXPIRED")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let store = seats(&iso).await;
+    let layout: String = redis::cmd("GET")
+        .arg(format!("{p}:layout"))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(layout, flash_sale_adapters::redis_seats::KEY_LAYOUT);
+
+    let _: () = redis::cmd("SET")
+        .arg(format!("{p}:layout"))
+        .arg("3")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let refused = RedisSeats::connect("redis://127.0.0.1:6379", p)
+        .await
+        .expect_err("an unknown layout");
+    assert!(refused.message.contains("key layout 3"), "{refused:?}");
+    drop_keys(&store).await;
+}

@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use flash_sale_tests::{
-    Isolation, Options, ServerProcess, TestApp, TlsServices, env, free_port,
-    seven_thousand_buyers_for_a_hundred_seats,
+    ClusterOptions, Isolation, Options, RedisCluster, ServerProcess, TestApp, TestCa, TlsServices,
+    env, free_port, seven_thousand_buyers_for_a_hundred_seats,
 };
 
 const SERVER: &str = env!("CARGO_BIN_EXE_flash-sale-server");
@@ -66,6 +66,49 @@ async fn seven_thousand_buyers_over_tls_to_every_service_buy_exactly_a_hundred()
         .unwrap();
     assert!(ssl, "the orders were read over a TLS connection");
     app.stop().await;
+}
+
+/// The shape the template deploys: ElastiCache in cluster mode with TLS (here a local
+/// Redis Cluster of 3 masters and 3 replicas speaking TLS only, with a CA of its own in
+/// `REDIS_CA_FILE`), RabbitMQ over `amqps` and PostgreSQL with `verify-full`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seven_thousand_buyers_over_tls_with_a_redis_cluster_buy_exactly_a_hundred() {
+    let tls = services().await;
+    let dir = std::env::temp_dir().join(format!(
+        "flash-sale-cluster-tls-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = TestCa::new(&dir, "cluster-ca");
+    let (cert, key) = ca.issue_server_cert(&dir);
+    let ca_file = ca.file.clone();
+    let cluster = tokio::task::spawn_blocking(move || {
+        RedisCluster::start(ClusterOptions {
+            tls: Some((ca_file, cert, key)),
+            ..ClusterOptions::default()
+        })
+    })
+    .await
+    .unwrap();
+    assert!(cluster.url().starts_with("rediss://"), "{}", cluster.url());
+
+    let iso = Isolation::new();
+    let mut opts = over_tls(tls, &iso, &tls.ca, Options::mock_payments());
+    opts.redis_url = Some(cluster.url());
+    opts.extra_env
+        .retain(|(name, _)| !matches!(*name, "REDIS_URL" | "REDIS_CA_FILE"));
+    opts.extra_env.push(("REDIS_URL", cluster.url()));
+    opts.extra_env
+        .push(("REDIS_CA_FILE", ca.file.display().to_string()));
+    let mut app = TestApp::spawn_on(iso, opts).await;
+    assert!(app.adapters.seats.connection().is_cluster());
+
+    seven_thousand_buyers_for_a_hundred_seats(&app).await;
+
+    app.stop().await;
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,7 +191,7 @@ async fn plain_text_to_a_tls_only_port_stops_start_up_naming_the_service() {
         (
             "REDIS_URL",
             format!("redis://127.0.0.1:{}", tls.redis_port),
-            "Redis (REDIS_URL) is not reachable",
+            "Redis (REDIS_URL) is not reachable or not usable",
             "redis: ",
         ),
         (
