@@ -14,7 +14,8 @@
 -- Returns, by the first element:
 --   {1}          expired now: held -1, available +1, the user may try again
 --   {0}          no such reservation
---   {2, status}  nothing done: it is PAID, ORDERED or EXPIRED already
+--   {2, status}  nothing done: it is PAID, ORDERED, REFUSED, CANCELLED or EXPIRED
+--                already
 
 local r = redis.call('HMGET', KEYS[4], ARGV[1] .. ':user', ARGV[1] .. ':status')
 if not r[1] then

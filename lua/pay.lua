@@ -16,7 +16,8 @@
 --   {2}              the reservation belongs to another user
 --   {3}              expired: it was EXPIRED already, or its deadline has passed, in
 --                    which case this script expires it now and returns its seat
---   {4, status}      already PAID or ORDERED
+--   {4, status}      already PAID or ORDERED (or REFUSED)
+--   {5}              cancelled by its owner
 
 local id = ARGV[2] .. ':'
 local r = redis.call('HMGET', KEYS[5], id .. 'user', id .. 'status', id .. 'expires_at', id .. 'trace')
@@ -28,6 +29,9 @@ if r[1] ~= ARGV[1] then
 end
 if r[2] == 'EXPIRED' then
   return {3}
+end
+if r[2] == 'CANCELLED' then
+  return {5}
 end
 if r[2] ~= 'RESERVED' then
   return {4, r[2]}

@@ -16,7 +16,8 @@
 --
 -- Returns, by the first element:
 --   {1, seq, expires_at_ms}  reserved
---   {2, seq}                 this user already holds or bought reservation seq
+--   {2, seq, status}         this user already holds or bought reservation seq, which
+--                            is in that status now (nil if its record is gone)
 --   {3}                      sold out
 --   {4}                      unknown showtime (stock not loaded)
 -- The clock is Redis's own (TIME), so every deadline is decided on one clock.
@@ -27,7 +28,7 @@ if not available then
 end
 local existing = redis.call('HGET', KEYS[2], ARGV[1])
 if existing then
-  return {2, tonumber(existing)}
+  return {2, tonumber(existing), redis.call('HGET', KEYS[5], existing .. ':status')}
 end
 if tonumber(available) <= 0 then
   return {3}

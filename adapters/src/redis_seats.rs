@@ -31,8 +31,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flash_sale_core::ports::{
-    ExpireOutcome, PayOutcome, PortError, PortResult, SeatAudit, SeatAuditor, SeatStore,
-    TakeOutcome,
+    CancelOutcome, ExpireOutcome, PayOutcome, PortError, PortResult, SeatAudit, SeatAuditor,
+    SeatStore, TakeOutcome,
 };
 use flash_sale_core::{
     OrderRequest, Reservation, ReservationId, SeatCounts, ShowtimeId, Status, UnixMillis, UserId,
@@ -53,6 +53,7 @@ struct Scripts {
     reserve: Script,
     pay: Script,
     expire: Script,
+    cancel: Script,
     mark_ordered: Script,
     mark_refused: Script,
     load: Script,
@@ -185,6 +186,7 @@ impl RedisSeats {
                 reserve: Script::new(include_str!("../../lua/reserve.lua")),
                 pay: Script::new(include_str!("../../lua/pay.lua")),
                 expire: Script::new(include_str!("../../lua/expire.lua")),
+                cancel: Script::new(include_str!("../../lua/cancel.lua")),
                 mark_ordered: Script::new(include_str!("../../lua/mark_ordered.lua")),
                 mark_refused: Script::new(include_str!("../../lua/mark_refused.lua")),
                 load: Script::new(include_str!("../../lua/load.lua")),
@@ -391,7 +393,7 @@ impl SeatStore for RedisSeats {
                         .ok_or_else(|| unexpected("reserve.lua", &v))? as u64,
                 ),
             }),
-            Some(2) => TakeOutcome::AlreadyHolds(seq(1)?),
+            Some(2) => TakeOutcome::AlreadyHolds(seq(1)?, status_of(items.get(2))),
             Some(3) => TakeOutcome::SoldOut,
             Some(4) => TakeOutcome::UnknownShowtime,
             _ => return Err(unexpected("reserve.lua", &v)),
@@ -475,7 +477,38 @@ impl SeatStore for RedisSeats {
             Some(4) => PayOutcome::AlreadyPaid(
                 status_of(items.get(1)).ok_or_else(|| unexpected("pay.lua", &v))?,
             ),
+            Some(5) => PayOutcome::Cancelled,
             _ => return Err(unexpected("pay.lua", &v)),
+        })
+    }
+
+    async fn cancel(&self, id: ReservationId, user: UserId) -> PortResult<CancelOutcome> {
+        let showtime = id.showtime();
+        let mut conn = self.conn.clone();
+        let v: Value = self
+            .scripts
+            .cancel
+            .key(self.key(showtime, "seats"))
+            .key(self.key(showtime, "users"))
+            .key(self.key(showtime, "deadlines"))
+            .key(self.reservations_key(showtime))
+            .arg(user.get())
+            .arg(id.seq())
+            .invoke_async(&mut conn)
+            .instrument(script_span("cancel.lua", showtime))
+            .await
+            .map_err(port_error)?;
+        let items = reply(&v).ok_or_else(|| unexpected("cancel.lua", &v))?;
+        Ok(match items.first().and_then(int) {
+            Some(1) => CancelOutcome::Cancelled,
+            Some(5) => CancelOutcome::AlreadyCancelled,
+            Some(0) => CancelOutcome::NotFound,
+            Some(2) => CancelOutcome::NotOwner,
+            Some(3) => CancelOutcome::Expired,
+            Some(4) => CancelOutcome::AlreadyPaid(
+                status_of(items.get(1)).ok_or_else(|| unexpected("cancel.lua", &v))?,
+            ),
+            _ => return Err(unexpected("cancel.lua", &v)),
         })
     }
 

@@ -50,8 +50,14 @@ impl FakeSeats {
     }
 
     fn return_seat(st: &mut SeatsState, id: ReservationId) {
+        Self::release(st, id, Status::Expired);
+    }
+
+    /// A `RESERVED` hold ends as `status`: its seat back on sale, its user free to hold
+    /// again.
+    fn release(st: &mut SeatsState, id: ReservationId, status: Status) {
         let r = st.reservations.get_mut(&id).unwrap();
-        r.status = Status::Expired;
+        r.status = status;
         let user = r.user;
         st.users.remove(&(id.showtime(), user));
         let c = st.counts.get_mut(&id.showtime()).unwrap();
@@ -72,7 +78,7 @@ impl SeatStore for FakeSeats {
         let outcome = if !st.counts.contains_key(&showtime) {
             TakeOutcome::UnknownShowtime
         } else if let Some(id) = st.users.get(&(showtime, user)) {
-            TakeOutcome::AlreadyHolds(*id)
+            TakeOutcome::AlreadyHolds(*id, st.reservations.get(id).map(|r| r.status))
         } else if st.counts[&showtime].available == 0 {
             TakeOutcome::SoldOut
         } else {
@@ -149,6 +155,7 @@ impl SeatStore for FakeSeats {
             None => PayOutcome::NotFound,
             Some(r) if r.user != user => PayOutcome::NotOwner,
             Some(r) if r.status == Status::Expired => PayOutcome::Expired,
+            Some(r) if r.status == Status::Cancelled => PayOutcome::Cancelled,
             Some(r) if r.status != Status::Reserved => PayOutcome::AlreadyPaid(r.status),
             Some(r) if now >= r.expires_at => {
                 Self::return_seat(&mut st, id);
@@ -161,6 +168,31 @@ impl SeatStore for FakeSeats {
                 c.held -= 1;
                 c.sold += 1;
                 PayOutcome::Paid { paid_at: now }
+            }
+        };
+        ready(Ok(outcome))
+    }
+
+    fn cancel(
+        &self,
+        id: ReservationId,
+        user: UserId,
+    ) -> impl Future<Output = PortResult<CancelOutcome>> + Send {
+        let now = self.now();
+        let mut st = self.state.lock().unwrap();
+        let outcome = match st.reservations.get(&id).cloned() {
+            None => CancelOutcome::NotFound,
+            Some(r) if r.user != user => CancelOutcome::NotOwner,
+            Some(r) if r.status == Status::Expired => CancelOutcome::Expired,
+            Some(r) if r.status == Status::Cancelled => CancelOutcome::AlreadyCancelled,
+            Some(r) if r.status != Status::Reserved => CancelOutcome::AlreadyPaid(r.status),
+            Some(r) if now >= r.expires_at => {
+                Self::return_seat(&mut st, id);
+                CancelOutcome::Expired
+            }
+            Some(_) => {
+                Self::release(&mut st, id, Status::Cancelled);
+                CancelOutcome::Cancelled
             }
         };
         ready(Ok(outcome))

@@ -1,4 +1,4 @@
-//! Property tests: any interleaving of reserve / pay / expire / write-order / redelivery
+//! Property tests: any interleaving of reserve / pay / cancel / expire / write-order / redelivery
 //! / lost messages / broker outages / sweeps keeps the sale's invariants, checked after
 //! every step against the fakes' whole state; and once the queues are drained and the
 //! sweep has run, every paid reservation is exactly one order and every other hold has
@@ -33,6 +33,11 @@ enum Step {
         nth: usize,
         user: i64,
     },
+    /// Cancel the n-th reservation ever made, as `user` (maybe not its owner).
+    Cancel {
+        nth: usize,
+        user: i64,
+    },
     /// Deliver the oldest pending expiry message (redelivering it when `twice`).
     DeliverExpiry {
         twice: bool,
@@ -64,6 +69,7 @@ fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         4 => (1..=USERS, 1..=SHOWTIMES).prop_map(|(user, showtime)| Step::Reserve { user, showtime }),
         3 => (0..12usize, 1..=USERS).prop_map(|(nth, user)| Step::Pay { nth, user }),
+        2 => (0..12usize, 1..=USERS).prop_map(|(nth, user)| Step::Cancel { nth, user }),
         2 => any::<bool>().prop_map(|twice| Step::DeliverExpiry { twice }),
         2 => (1..4usize, any::<bool>()).prop_map(|(n, twice)| Step::DeliverOrders { n, twice }),
         1 => Just(Step::LoseExpiry),
@@ -136,6 +142,11 @@ impl World {
             Step::Pay { nth, user } => {
                 if let Some(id) = self.made.get(nth) {
                     let _ = block_on(sale.pay(*id, UserId::new(user).unwrap()));
+                }
+            }
+            Step::Cancel { nth, user } => {
+                if let Some(id) = self.made.get(nth) {
+                    let _ = block_on(sale.cancel(*id, UserId::new(user).unwrap()));
                 }
             }
             Step::DeliverExpiry { twice } => {
@@ -296,7 +307,9 @@ proptest! {
         for r in world.reservations() {
             match r.status {
                 Status::Ordered => prop_assert!(orders.contains_key(&r.id)),
-                Status::Expired | Status::Refused => prop_assert!(!orders.contains_key(&r.id)),
+                Status::Expired | Status::Refused | Status::Cancelled => {
+                    prop_assert!(!orders.contains_key(&r.id))
+                }
                 other => prop_assert!(false, "{} is still {other} after settling", r.id),
             }
         }

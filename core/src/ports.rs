@@ -48,8 +48,9 @@ pub enum TakeOutcome {
     Reserved(Reservation),
     /// No seat is left.
     SoldOut,
-    /// The user already holds, or bought, a seat of this showtime.
-    AlreadyHolds(ReservationId),
+    /// The user already holds, or bought, a seat of this showtime: that reservation, and
+    /// its status (`None` if its record is gone).
+    AlreadyHolds(ReservationId, Option<Status>),
     /// The store has no stock for this showtime (never loaded, or lost).
     UnknownShowtime,
 }
@@ -67,6 +68,25 @@ pub enum PayOutcome {
     /// The deadline had passed. If the hold was still `RESERVED`, the store expired it
     /// on the spot and returned its seat.
     Expired,
+    /// Its owner cancelled it.
+    Cancelled,
+}
+
+/// What an owner's cancellation found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// It was `RESERVED` before its deadline: it is `CANCELLED` now, its seat back on
+    /// sale.
+    Cancelled,
+    /// It was `CANCELLED` already (a repeated cancel): nothing changed.
+    AlreadyCancelled,
+    NotFound,
+    NotOwner,
+    /// The deadline had passed. If the hold was still `RESERVED`, the store expired it
+    /// on the spot and returned its seat.
+    Expired,
+    /// `PAID`, `ORDERED` or `REFUSED`: too late to cancel.
+    AlreadyPaid(Status),
 }
 
 /// What an expiry found.
@@ -126,6 +146,14 @@ pub trait SeatStore: Send + Sync + 'static {
         reservation: ReservationId,
         user: UserId,
     ) -> impl Future<Output = PortResult<PayOutcome>> + Send;
+
+    /// `RESERVED -> CANCELLED` for its owner, before the deadline only, returning the
+    /// seat and letting the user hold again.
+    fn cancel(
+        &self,
+        reservation: ReservationId,
+        user: UserId,
+    ) -> impl Future<Output = PortResult<CancelOutcome>> + Send;
 
     /// `RESERVED -> EXPIRED`, returning the seat; anything else is left alone.
     fn expire(

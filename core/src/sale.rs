@@ -9,8 +9,8 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::domain::{OutsideSaleWindow, SaleWindow};
 use crate::messages::{Expiry, OrderRequest, PaymentRequest};
 use crate::ports::{
-    Catalog, ExpireOutcome, MessageBus, OrderBook, OrderOutcome, PayOutcome, PortError, SeatStore,
-    TakeOutcome,
+    CancelOutcome, Catalog, ExpireOutcome, MessageBus, OrderBook, OrderOutcome, PayOutcome,
+    PortError, SeatStore, TakeOutcome,
 };
 use crate::{
     NewShowtime, Reservation, ReservationId, SeatCounts, Showtime, ShowtimeId, Status, UnixMillis,
@@ -177,8 +177,10 @@ pub enum ReserveError {
     /// (`remembered`, answered without asking the store).
     #[error("Tickets sold out")]
     SoldOut { remembered: bool },
+    /// The user already holds or bought a seat of this showtime: the reservation that did,
+    /// and its status, so a client whose first answer was lost can go on with it.
     #[error("Already ordered: this user already holds or bought reservation {0}")]
-    AlreadyHolds(ReservationId),
+    AlreadyHolds(ReservationId, Option<Status>),
     #[error("showtime {0} does not exist")]
     UnknownShowtime(ShowtimeId),
     /// Before the showtime's sale opens, or from its close on; no seat was touched.
@@ -203,6 +205,23 @@ pub enum PayError {
     #[error("reservation is already {0}")]
     AlreadyPaid(Status),
     #[error("the hold expired before it was paid")]
+    Expired,
+    #[error("the hold was cancelled by its owner")]
+    Cancelled,
+    #[error(transparent)]
+    Unavailable(#[from] PortError),
+}
+
+/// Why a hold was not cancelled.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("reservation not found")]
+    NotFound,
+    #[error("this reservation belongs to another user")]
+    NotOwner,
+    #[error("reservation is already {0}: too late to cancel")]
+    AlreadyPaid(Status),
+    #[error("the hold had already expired")]
     Expired,
     #[error(transparent)]
     Unavailable(#[from] PortError),
@@ -404,7 +423,7 @@ where
                     .sold_out(showtime, seen, self.settings.sold_out_cache);
                 Err(ReserveError::SoldOut { remembered: false })
             }
-            TakeOutcome::AlreadyHolds(id) => Err(ReserveError::AlreadyHolds(id)),
+            TakeOutcome::AlreadyHolds(id, status) => Err(ReserveError::AlreadyHolds(id, status)),
             TakeOutcome::UnknownShowtime => unreachable!("handled by the caller"),
         }
     }
@@ -433,6 +452,7 @@ where
                 self.sold_out.seat_returned(id.showtime());
                 return Err(PayError::Expired);
             }
+            PayOutcome::Cancelled => return Err(PayError::Cancelled),
         };
         crash_point!("pay.after_pay");
         let order = OrderRequest {
@@ -445,6 +465,28 @@ where
             order,
             order_queued,
         })
+    }
+
+    /// `RESERVED -> CANCELLED` for the owner before the deadline: the seat is on sale
+    /// again at once (this process's sold-out memory forgets the showtime; another
+    /// process's within `sold_out_cache`), and the user may hold again. Cancelling a
+    /// cancelled hold again answers the same and changes nothing. The hold's expiry,
+    /// arriving later, finds it settled.
+    pub async fn cancel(&self, id: ReservationId, user: UserId) -> Result<(), CancelError> {
+        match self.seats.cancel(id, user).await? {
+            CancelOutcome::Cancelled => {
+                self.sold_out.seat_returned(id.showtime());
+                Ok(())
+            }
+            CancelOutcome::AlreadyCancelled => Ok(()),
+            CancelOutcome::NotFound => Err(CancelError::NotFound),
+            CancelOutcome::NotOwner => Err(CancelError::NotOwner),
+            CancelOutcome::AlreadyPaid(status) => Err(CancelError::AlreadyPaid(status)),
+            CancelOutcome::Expired => {
+                self.sold_out.seat_returned(id.showtime());
+                Err(CancelError::Expired)
+            }
+        }
     }
 
     /// The mock payment provider's side of a payment request. A request that can no
@@ -766,7 +808,9 @@ mod tests {
         let st = showtime(&sale, 5);
         let first = block_on(sale.reserve(user(1), st)).unwrap();
         match block_on(sale.reserve(user(1), st)) {
-            Err(ReserveError::AlreadyHolds(id)) => assert_eq!(id, first.id),
+            Err(ReserveError::AlreadyHolds(id, status)) => {
+                assert_eq!((id, status), (first.id, Some(Status::Reserved)));
+            }
             other => panic!("expected AlreadyHolds, got {other:?}"),
         }
         assert_eq!(counts(&sale, st).held, 1);
@@ -843,6 +887,57 @@ mod tests {
             ExpireOutcome::AlreadySettled(Status::Expired)
         );
         assert_eq!(counts(&sale, st).available, 1);
+    }
+
+    #[test]
+    fn a_cancel_returns_the_seat_once_and_nothing_can_follow_it() {
+        let sale = sale(PaymentMode::Manual);
+        let st = showtime(&sale, 1);
+        let r = block_on(sale.reserve(user(1), st)).unwrap();
+        assert!(matches!(
+            block_on(sale.cancel(r.id, user(2))),
+            Err(CancelError::NotOwner)
+        ));
+        block_on(sale.cancel(r.id, user(1))).unwrap();
+        assert_eq!(counts(&sale, st).available, 1);
+        // Again: the same answer, no second seat.
+        block_on(sale.cancel(r.id, user(1))).unwrap();
+        assert_eq!(counts(&sale, st).available, 1);
+        assert!(matches!(
+            block_on(sale.pay(r.id, user(1))),
+            Err(PayError::Cancelled)
+        ));
+        assert_eq!(
+            block_on(sale.expire(Expiry { reservation: r.id })).unwrap(),
+            ExpireOutcome::AlreadySettled(Status::Cancelled)
+        );
+        assert_eq!(counts(&sale, st).available, 1);
+        // The seat, and the user, are free: the same user holds again, then pays, and a
+        // paid hold cannot be cancelled.
+        let again = block_on(sale.reserve(user(1), st)).unwrap();
+        block_on(sale.pay(again.id, user(1))).unwrap();
+        assert!(matches!(
+            block_on(sale.cancel(again.id, user(1))),
+            Err(CancelError::AlreadyPaid(Status::Paid))
+        ));
+        assert_eq!(counts(&sale, st).sold, 1);
+    }
+
+    #[test]
+    fn a_cancel_after_the_deadline_expires_the_hold_instead() {
+        let sale = sale(PaymentMode::Manual);
+        let st = showtime(&sale, 1);
+        let r = block_on(sale.reserve(user(1), st)).unwrap();
+        sale.seats.advance(Duration::from_secs(3600));
+        assert!(matches!(
+            block_on(sale.cancel(r.id, user(1))),
+            Err(CancelError::Expired)
+        ));
+        assert_eq!(counts(&sale, st).available, 1);
+        assert!(matches!(
+            block_on(sale.cancel(r.id, user(1))),
+            Err(CancelError::Expired)
+        ));
     }
 
     #[test]

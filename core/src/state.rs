@@ -4,10 +4,11 @@
 //!
 //! ```text
 //!   RESERVED --pay (before the deadline)--> PAID --order recorded--> ORDERED
-//!       \                                     \                        ^
-//!        \                                     `--order refused--> REFUSED
-//!         \                                                   (replayed by a person)
-//!          `--expire (deadline passed, or payment refused)--> EXPIRED
+//!     |   \                                   \                        ^
+//!     |    \                                   `--order refused--> REFUSED
+//!     |     \                                                (replayed by a person)
+//!     |      `--expire (deadline passed, or payment refused)--> EXPIRED
+//!     `--cancel (by its owner, before the deadline)--> CANCELLED
 //! ```
 //!
 //! `REFUSED` is a paid reservation the database refused to record (over its capacity, a
@@ -31,6 +32,8 @@ pub enum Status {
     /// Paid, but the database refused the order for good: a person refunds it. Its seat
     /// no longer counts as sold.
     Refused,
+    /// Its owner released the hold before its deadline; its seat went back on sale.
+    Cancelled,
 }
 
 /// What can happen to a reservation.
@@ -40,6 +43,7 @@ pub enum Event {
     Expire,
     RecordOrder,
     RefuseOrder,
+    Cancel,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -54,6 +58,7 @@ impl Status {
         match (self, event) {
             (Status::Reserved, Event::Pay) => Ok(Status::Paid),
             (Status::Reserved, Event::Expire) => Ok(Status::Expired),
+            (Status::Reserved, Event::Cancel) => Ok(Status::Cancelled),
             (Status::Paid, Event::RecordOrder) => Ok(Status::Ordered),
             (Status::Paid, Event::RefuseOrder) => Ok(Status::Refused),
             (Status::Refused, Event::RecordOrder) => Ok(Status::Ordered),
@@ -63,7 +68,7 @@ impl Status {
 
     /// Whether the seat still counts against the showtime (held or sold).
     pub fn occupies_seat(self) -> bool {
-        !matches!(self, Status::Expired | Status::Refused)
+        !matches!(self, Status::Expired | Status::Refused | Status::Cancelled)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -73,6 +78,7 @@ impl Status {
             Status::Ordered => "ORDERED",
             Status::Expired => "EXPIRED",
             Status::Refused => "REFUSED",
+            Status::Cancelled => "CANCELLED",
         }
     }
 }
@@ -92,6 +98,7 @@ impl FromStr for Status {
             "ORDERED" => Ok(Status::Ordered),
             "EXPIRED" => Ok(Status::Expired),
             "REFUSED" => Ok(Status::Refused),
+            "CANCELLED" => Ok(Status::Cancelled),
             other => Err(crate::InvalidInput(format!("unknown status {other:?}"))),
         }
     }
@@ -101,18 +108,20 @@ impl FromStr for Status {
 mod tests {
     use super::*;
 
-    const ALL: [Status; 5] = [
+    const ALL: [Status; 6] = [
         Status::Reserved,
         Status::Paid,
         Status::Ordered,
         Status::Expired,
         Status::Refused,
+        Status::Cancelled,
     ];
-    const EVENTS: [Event; 4] = [
+    const EVENTS: [Event; 5] = [
         Event::Pay,
         Event::Expire,
         Event::RecordOrder,
         Event::RefuseOrder,
+        Event::Cancel,
     ];
 
     #[test]
@@ -130,6 +139,7 @@ mod tests {
             vec![
                 (Status::Reserved, Event::Pay, Status::Paid),
                 (Status::Reserved, Event::Expire, Status::Expired),
+                (Status::Reserved, Event::Cancel, Status::Cancelled),
                 (Status::Paid, Event::RecordOrder, Status::Ordered),
                 (Status::Paid, Event::RefuseOrder, Status::Refused),
                 (Status::Refused, Event::RecordOrder, Status::Ordered),
@@ -142,8 +152,9 @@ mod tests {
         for event in EVENTS {
             assert!(Status::Ordered.apply(event).is_err());
             assert!(Status::Expired.apply(event).is_err());
+            assert!(Status::Cancelled.apply(event).is_err());
         }
-        for event in [Event::Pay, Event::Expire, Event::RefuseOrder] {
+        for event in [Event::Pay, Event::Expire, Event::RefuseOrder, Event::Cancel] {
             assert!(Status::Refused.apply(event).is_err(), "{event:?}");
         }
     }

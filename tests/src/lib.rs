@@ -133,6 +133,19 @@ impl TestApp {
         .await
     }
 
+    /// `DELETE /reservations/{reservation}` as `user` (in the body, `AUTH_MODE=none`).
+    pub async fn cancel(&self, reservation: &str, user: i64) -> (StatusCode, Value) {
+        let (status, _, body) = self
+            .send(
+                self.http
+                    .delete(self.url(&format!("/reservations/{reservation}")))
+                    .json(&json!({"user_id": user})),
+                None,
+            )
+            .await;
+        (status, body)
+    }
+
     /// A bearer token for `user`, valid for an hour, signed with [`TEST_JWT_SECRET`].
     pub fn token(&self, user: i64) -> String {
         sign_hs256(TEST_JWT_SECRET.as_bytes(), &test_claims(user, 3600))

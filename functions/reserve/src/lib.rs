@@ -2,7 +2,8 @@
 //!
 //! `POST /reserve` takes a seat for a user (the Go reference's route and answers, kept
 //! so its clients work unchanged); `GET /reservations/{id}` shows a reservation to its
-//! owner (or an admin).
+//! owner (or an admin); `DELETE /reservations/{id}` lets its owner release a hold before
+//! its deadline (`CANCELLED`), its seat on sale again at once.
 //! The same [`router`] runs on AWS Lambda (`main.rs`) and in the local process.
 //!
 //! Before any seat is touched, a reservation must pass, in order: the caller's identity
@@ -32,7 +33,7 @@ pub fn router(app: App) -> Router {
 pub fn routes(app: App, guard: &Guard) -> Router {
     Router::new()
         .route("/reserve", post(reserve))
-        .route("/reservations/{id}", get(reservation))
+        .route("/reservations/{id}", get(reservation).delete(cancel))
         .with_state(AppState::new(app, guard.clone()))
 }
 
@@ -126,6 +127,37 @@ async fn reservation(
         }
         None => Err(ApiError::NotFound(format!("reservation {id} not found"))),
     }
+}
+
+/// The body of `DELETE /reservations/{id}`: as `POST /reservations/{id}/pay`'s, `user_id`
+/// is required when `AUTH_MODE=none`, optional (but must match) with a bearer token.
+#[derive(Debug, Deserialize)]
+pub struct CancelRequest {
+    pub user_id: Option<i64>,
+}
+
+/// `RESERVED -> CANCELLED` for the owner: 200 with the reservation as it is now (a
+/// repeated cancel answers the same), 409 `already_paid` / `expired` when it is too late.
+async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<CancelRequest>,
+) -> Result<Json<ReservationView>, ApiError> {
+    let user = caller.acting_as(req.user_id)?;
+    let id: ReservationId = id.parse()?;
+    state.guard().limits().check_user(user)?;
+    let sale = state.app().sale.clone();
+    to_the_end(async move {
+        let cancelled = sale.cancel(id, user).await;
+        metrics::cancellation(&cancelled.as_ref().map(|_| ()));
+        cancelled?;
+        match sale.reservation(id).await? {
+            Some(r) => Ok(Json(ReservationView::from(&r))),
+            None => Err(ApiError::NotFound(format!("reservation {id} not found"))),
+        }
+    })
+    .await
 }
 
 #[cfg(test)]

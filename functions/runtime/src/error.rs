@@ -2,15 +2,18 @@
 //! shape, `{"error": "<code>", "message": "<human text>"}`; every error body any host
 //! answers with (a handler's refusal, an unknown route, a wrong method, a timeout, a
 //! panic) comes from here, and [`ERROR_CODES`] lists every code (`openapi.yaml`
-//! documents each). Failures behind us are logged with their component and answered
-//! without naming it.
+//! documents each). A 409 `already_ordered` also names the caller's reservation and its
+//! status (`reservation_id`, `status`), so a client whose first answer was lost goes on
+//! with it. Failures behind us are logged with their component and answered without
+//! naming it.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use flash_sale_core::InvalidInput;
 use flash_sale_core::domain::OutsideSaleWindow;
 use flash_sale_core::ports::PortError;
-use flash_sale_core::sale::{PayError, ReserveError};
+use flash_sale_core::sale::{CancelError, PayError, ReserveError};
+use flash_sale_core::{ReservationId, Status};
 use serde::Serialize;
 
 use crate::rfc3339;
@@ -45,10 +48,19 @@ pub enum ApiError {
     /// 404 `not_found`.
     #[error("{0}")]
     NotFound(String),
-    /// 409 with a specific code (`sold_out`, `already_ordered`, `expired`,
-    /// `already_paid`): the request is valid but the sale's state refuses it.
+    /// 409 with a specific code (`sold_out`, `expired`, `cancelled`, `already_paid`, ...):
+    /// the request is valid but the sale's state refuses it.
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
+    /// 409 `already_ordered`: the caller already holds or bought a seat of this
+    /// showtime; the body names that reservation and its status (`None`: its record is
+    /// gone).
+    #[error("{message}")]
+    AlreadyOrdered {
+        message: String,
+        reservation: ReservationId,
+        status: Option<Status>,
+    },
     /// 405 `method_not_allowed`: the route exists, but not with this method.
     #[error("{0}")]
     MethodNotAllowed(String),
@@ -71,6 +83,11 @@ pub enum ApiError {
 struct ErrorBody<'a> {
     error: &'a str,
     message: String,
+    /// `already_ordered` only: the caller's reservation and its status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reservation_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<&'static str>,
 }
 
 impl ApiError {
@@ -84,7 +101,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::Conflict { .. } | ApiError::AlreadyOrdered { .. } => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -103,6 +120,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict { code, .. } => code,
+            ApiError::AlreadyOrdered { .. } => "already_ordered",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
@@ -128,9 +146,19 @@ impl IntoResponse for ApiError {
             ApiError::Overloaded(_) => Some((header::RETRY_AFTER, HeaderValue::from_static("1"))),
             _ => None,
         };
+        let (reservation_id, reservation_status) = match &self {
+            ApiError::AlreadyOrdered {
+                reservation,
+                status,
+                ..
+            } => (Some(reservation.to_string()), status.map(Status::as_str)),
+            _ => (None, None),
+        };
         let body = ErrorBody {
             error: self.code(),
             message: self.into_message(),
+            reservation_id,
+            status: reservation_status,
         };
         let mut response = (status, axum::Json(body)).into_response();
         if let Some((name, value)) = extra {
@@ -157,7 +185,8 @@ impl ApiError {
             | ApiError::Internal(m)
             | ApiError::NotReady(m)
             | ApiError::TooManyRequests { message: m, .. }
-            | ApiError::Conflict { message: m, .. } => m,
+            | ApiError::Conflict { message: m, .. }
+            | ApiError::AlreadyOrdered { message: m, .. } => m,
         }
     }
 }
@@ -174,6 +203,7 @@ pub const ERROR_CODES: &[&str] = &[
     "already_ordered",
     "already_paid",
     "expired",
+    "cancelled",
     "sale_not_open",
     "sale_closed",
     "rate_limited",
@@ -209,11 +239,12 @@ impl From<ReserveError> for ApiError {
                 code: "sold_out",
                 message: "Tickets sold out".into(),
             },
-            ReserveError::AlreadyHolds(id) => ApiError::Conflict {
-                code: "already_ordered",
+            ReserveError::AlreadyHolds(id, status) => ApiError::AlreadyOrdered {
                 message: format!(
                     "Already ordered: this user already holds or bought reservation {id}"
                 ),
+                reservation: id,
+                status,
             },
             ReserveError::UnknownShowtime(id) => {
                 ApiError::NotFound(format!("showtime {id} does not exist"))
@@ -254,7 +285,31 @@ impl From<PayError> for ApiError {
                 code: "expired",
                 message: "the hold expired before it was paid; its seat went back on sale".into(),
             },
+            PayError::Cancelled => ApiError::Conflict {
+                code: "cancelled",
+                message: "the hold was cancelled by its owner; its seat went back on sale".into(),
+            },
             PayError::Unavailable(e) => e.into(),
+        }
+    }
+}
+
+impl From<CancelError> for ApiError {
+    fn from(e: CancelError) -> Self {
+        match e {
+            CancelError::NotFound => ApiError::NotFound("reservation not found".into()),
+            CancelError::NotOwner => {
+                ApiError::Forbidden("this reservation belongs to another user".into())
+            }
+            CancelError::AlreadyPaid(status) => ApiError::Conflict {
+                code: "already_paid",
+                message: format!("reservation is already {status}: too late to cancel"),
+            },
+            CancelError::Expired => ApiError::Conflict {
+                code: "expired",
+                message: "the hold had already expired; its seat went back on sale".into(),
+            },
+            CancelError::Unavailable(e) => e.into(),
         }
     }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use flash_sale_core::domain::OutsideSaleWindow;
 use flash_sale_core::ports::{ExpireOutcome, OrderOutcome};
-use flash_sale_core::sale::{PayError, ReserveError};
+use flash_sale_core::sale::{CancelError, PayError, ReserveError};
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -29,6 +29,7 @@ pub const HTTP_SHED: &str = "flashsale_http_requests_shed_total";
 pub const RATE_LIMITED: &str = "flashsale_rate_limited_requests_total";
 pub const RESERVATIONS: &str = "flashsale_reservations_total";
 pub const PAYMENTS: &str = "flashsale_payments_total";
+pub const CANCELLATIONS: &str = "flashsale_cancellations_total";
 pub const EXPIRIES: &str = "flashsale_seats_returned_total";
 pub const ORDERS: &str = "flashsale_orders_total";
 pub const DEAD_LETTERS: &str = "flashsale_dead_letters_total";
@@ -66,6 +67,7 @@ const FROM_THE_START: &[&str] = &[
     RATE_LIMITED,
     RESERVATIONS,
     PAYMENTS,
+    CANCELLATIONS,
     EXPIRIES,
     ORDERS,
     DEAD_LETTERS,
@@ -317,7 +319,7 @@ pub fn reservation(result: &Result<(), &ReserveError>) {
         Ok(()) => ("reserved", "store"),
         Err(ReserveError::SoldOut { remembered: true }) => ("sold_out", "memory"),
         Err(ReserveError::SoldOut { remembered: false }) => ("sold_out", "store"),
-        Err(ReserveError::AlreadyHolds(_)) => ("already_ordered", "store"),
+        Err(ReserveError::AlreadyHolds(..)) => ("already_ordered", "store"),
         Err(ReserveError::OutsideSaleWindow {
             why: OutsideSaleWindow::NotOpenYet { .. },
             ..
@@ -351,9 +353,24 @@ pub fn payment(by: &'static str, result: &Result<(), &PayError>) {
         Err(PayError::NotOwner) => "not_owner",
         Err(PayError::AlreadyPaid(_)) => "already_paid",
         Err(PayError::Expired) => "expired",
+        Err(PayError::Cancelled) => "cancelled",
         Err(PayError::Unavailable(_)) => "unavailable",
     };
     counter!(PAYMENTS, "outcome" => outcome, "by" => by).increment(1);
+}
+
+/// An owner's cancellation, by outcome: `cancelled` (the seat went back on sale, or had
+/// already, for a repeated cancel), or why not.
+pub fn cancellation(result: &Result<(), &CancelError>) {
+    let outcome = match result {
+        Ok(()) => "cancelled",
+        Err(CancelError::NotFound) => "not_found",
+        Err(CancelError::NotOwner) => "not_owner",
+        Err(CancelError::AlreadyPaid(_)) => "already_paid",
+        Err(CancelError::Expired) => "expired",
+        Err(CancelError::Unavailable(_)) => "unavailable",
+    };
+    counter!(CANCELLATIONS, "outcome" => outcome).increment(1);
 }
 
 /// Seats given back by expiry messages.

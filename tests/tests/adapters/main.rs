@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use flash_sale_adapters::{Broker, Postgres, Queue, RedisSeats, Topology};
 use flash_sale_core::ports::{
-    Catalog, ExpireOutcome, MessageBus, OrderAudit, OrderBook, OrderOutcome, PayOutcome, SeatStore,
-    TakeOutcome,
+    CancelOutcome, Catalog, ExpireOutcome, MessageBus, OrderAudit, OrderBook, OrderOutcome,
+    PayOutcome, SeatStore, TakeOutcome,
 };
 use flash_sale_core::{
     Capacity, Expiry, NewShowtime, OrderRequest, PaymentRequest, ReservationId, SeatCounts,
@@ -102,7 +102,7 @@ async fn the_reserve_script_refuses_a_second_hold_and_an_empty_showtime() {
     assert_eq!(r.status, Status::Reserved);
     assert_eq!(
         s.take(st, user(1), HOLD).await.unwrap(),
-        TakeOutcome::AlreadyHolds(r.id)
+        TakeOutcome::AlreadyHolds(r.id, Some(Status::Reserved))
     );
     assert_eq!(
         s.take(st, user(2), HOLD).await.unwrap(),
@@ -626,4 +626,55 @@ async fn redis_data_in_an_earlier_key_layout_with_a_live_sale_is_refused() {
         .expect_err("an unknown layout");
     assert!(refused.message.contains("key layout 3"), "{refused:?}");
     drop_keys(&store).await;
+}
+
+/// cancel.lua: the owner's cancel before the deadline returns the seat once; past the
+/// deadline it expires the hold instead (returning the seat once, too).
+#[tokio::test]
+async fn the_cancel_script_returns_the_seat_once_and_expires_a_hold_past_its_deadline() {
+    let iso = Isolation::new();
+    let s = seats(&iso).await;
+    let st = ShowtimeId::new(1).unwrap();
+    assert!(s.load(st, 2, 0, 1, false).await.unwrap());
+    let TakeOutcome::Reserved(r) = s.take(st, user(1), HOLD).await.unwrap() else {
+        panic!("a hold");
+    };
+    assert_eq!(
+        s.cancel(r.id, user(2)).await.unwrap(),
+        CancelOutcome::NotOwner
+    );
+    assert_eq!(
+        s.cancel(r.id, user(1)).await.unwrap(),
+        CancelOutcome::Cancelled
+    );
+    assert_eq!(
+        s.cancel(r.id, user(1)).await.unwrap(),
+        CancelOutcome::AlreadyCancelled
+    );
+    assert_eq!(s.pay(r.id, user(1)).await.unwrap(), PayOutcome::Cancelled);
+    assert_eq!(
+        s.expire(r.id).await.unwrap(),
+        ExpireOutcome::AlreadySettled(Status::Cancelled)
+    );
+    let counts = s.counts(st).await.unwrap().unwrap();
+    assert_eq!((counts.available, counts.held), (2, 0));
+
+    let TakeOutcome::Reserved(late) = s.take(st, user(1), Duration::ZERO).await.unwrap() else {
+        panic!("a hold again, after the cancel");
+    };
+    assert_eq!(
+        s.cancel(late.id, user(1)).await.unwrap(),
+        CancelOutcome::Expired
+    );
+    assert_eq!(
+        s.cancel(late.id, user(1)).await.unwrap(),
+        CancelOutcome::Expired
+    );
+    assert_eq!(
+        s.reservation(late.id).await.unwrap().unwrap().status,
+        Status::Expired
+    );
+    let counts = s.counts(st).await.unwrap().unwrap();
+    assert_eq!((counts.available, counts.held), (2, 0));
+    drop_keys(&s).await;
 }

@@ -324,3 +324,34 @@ async fn the_lambda_mock_payer_pays_a_batch_and_dead_letters_what_it_cannot_read
     until_status(&app, &id, "ORDERED").await;
     app.finish().await;
 }
+
+/// A client whose first answer was lost presses again: the 409 `already_ordered` names
+/// the reservation it made and its status, and the client goes on with it (pays it).
+#[tokio::test]
+async fn already_ordered_names_the_callers_reservation_and_its_status() {
+    let app = TestApp::spawn(Options::default()).await;
+    let showtime = app.create_showtime(3).await;
+    let id = reserved_id(&app, 7, showtime).await;
+
+    let (status, again) = app.reserve(7, showtime).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{again}");
+    assert_eq!(again["error"], "already_ordered");
+    assert_eq!(again["reservation_id"], id.as_str());
+    assert_eq!(again["status"], "RESERVED");
+
+    let (status, paid) = app.pay(again["reservation_id"].as_str().unwrap(), 7).await;
+    assert_eq!(status, StatusCode::OK, "{paid}");
+    let (_, after) = app.reserve(7, showtime).await;
+    assert_eq!(after["reservation_id"], id.as_str());
+    assert!(
+        matches!(after["status"].as_str(), Some("PAID" | "ORDERED")),
+        "{after}"
+    );
+    // Other refusals carry no such fields.
+    let one = app.create_showtime(1).await;
+    reserved_id(&app, 9, one).await;
+    let (_, sold_out) = app.reserve(8, one).await;
+    assert_eq!(sold_out["error"], "sold_out");
+    assert!(sold_out.get("reservation_id").is_none(), "{sold_out}");
+    app.finish().await;
+}

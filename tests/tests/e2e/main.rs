@@ -1,6 +1,7 @@
 //! End-to-end tests over HTTP against the real one-process server, real PostgreSQL,
 //! Redis and RabbitMQ. One binary, a module per area.
 
+mod cancel;
 mod contract;
 mod failure_windows;
 mod go_reference;
