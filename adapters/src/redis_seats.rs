@@ -12,6 +12,7 @@
 //! | `fs:{42}:deadlines` | ZSET | RESERVED holds by deadline (the sweep's outbox)  |
 //! | `fs:{42}:unrecorded` | ZSET | PAID reservations not yet ORDERED, by paid time |
 //! | `fs:showtimes`   | SET    | showtimes on sale (walked by the sweep)           |
+//! | `fs:u:{7}:reservations` | ZSET | user 7's reservation ids by number (the newest [`USER_LIST_LIMIT`]) |
 //! | `fs:layout`      | STRING | the key layout the data was written in ([`KEY_LAYOUT`]) |
 //!
 //! Every key a script touches is declared in its `KEYS`, and every pipeline stays in one
@@ -31,8 +32,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flash_sale_core::ports::{
-    CancelOutcome, ExpireOutcome, PayOutcome, PortError, PortResult, SeatAudit, SeatAuditor,
-    SeatStore, TakeOutcome,
+    CancelOutcome, ExpireOutcome, PayOutcome, PortError, PortResult, ReservationPage, SeatAudit,
+    SeatAuditor, SeatStore, TakeOutcome,
 };
 use flash_sale_core::{
     OrderRequest, Reservation, ReservationId, SeatCounts, ShowtimeId, Status, UnixMillis, UserId,
@@ -45,6 +46,12 @@ use crate::tls::Trust;
 use crate::trace;
 
 pub(crate) const COMPONENT: &str = "redis";
+
+/// The most reservations a user's list keeps (the newest).
+pub const USER_LIST_LIMIT: isize = 1000;
+
+/// How long a user's list lives after its last new reservation.
+const USER_LIST_TTL_SECS: i64 = 90 * 24 * 3600;
 
 /// The key layout this build reads and writes (see the module's documentation).
 pub const KEY_LAYOUT: &str = "2";
@@ -288,6 +295,12 @@ impl RedisSeats {
     /// The hash that holds `showtime`'s reservations, one field per attribute.
     fn reservations_key(&self, showtime: ShowtimeId) -> String {
         self.key(showtime, "reservations")
+    }
+
+    /// User `user`'s list of reservations (its own hash tag: every user's list may live
+    /// on another node).
+    fn user_key(&self, user: UserId) -> String {
+        format!("{}:u:{{{}}}:reservations", self.prefix, user)
     }
 
     fn showtimes_key(&self) -> String {
@@ -615,6 +628,63 @@ impl SeatStore for RedisSeats {
                 .map_err(|e: flash_sale_core::InvalidInput| corrupt(e.0))?,
             expires_at: UnixMillis(expires_at),
         }))
+    }
+
+    async fn list_for_user(&self, r: &Reservation) -> PortResult<()> {
+        let key = self.user_key(r.user);
+        let mut conn = self.conn.clone();
+        // One key, one slot: a pipeline.
+        let listed: Result<(), _> = redis::pipe()
+            .zadd(&key, r.id.to_string(), r.id.seq())
+            .ignore()
+            .zremrangebyrank(&key, 0, -(USER_LIST_LIMIT + 1))
+            .ignore()
+            .expire(&key, USER_LIST_TTL_SECS)
+            .ignore()
+            .query_async(&mut conn)
+            .await;
+        listed.map_err(|e| {
+            tracing::warn!(reservation = %r.id, user = %r.user, error = %e, "the hold is not in its user's list of reservations");
+            port_error(e)
+        })
+    }
+
+    async fn user_reservations(
+        &self,
+        user: UserId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> PortResult<ReservationPage> {
+        let mut conn = self.conn.clone();
+        let max = before.map_or("+inf".to_string(), |b| format!("({b}"));
+        // One more than asked: whether there is a next page.
+        let listed: Vec<(String, u64)> = redis::cmd("ZRANGE")
+            .arg(self.user_key(user))
+            .arg(max)
+            .arg("-inf")
+            .arg("BYSCORE")
+            .arg("REV")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit + 1)
+            .arg("WITHSCORES")
+            .query_async(&mut conn)
+            .await
+            .map_err(port_error)?;
+        let next = (listed.len() > limit).then(|| listed[limit - 1].1);
+        let ids: Vec<ReservationId> = listed
+            .iter()
+            .take(limit)
+            .filter_map(|(id, _)| id.parse().ok())
+            .collect();
+        // Each reservation where its showtime lives (one slot each), all at once.
+        let found =
+            futures::future::try_join_all(ids.iter().map(|id| self.reservation(*id))).await?;
+        Ok(ReservationPage {
+            // A reservation Redis lost is left out.
+            reservations: found.into_iter().flatten().collect(),
+            next,
+        })
     }
 
     async fn counts(&self, showtime: ShowtimeId) -> PortResult<Option<SeatCounts>> {

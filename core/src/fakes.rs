@@ -16,6 +16,7 @@ struct SeatsState {
     counts: HashMap<ShowtimeId, SeatCounts>,
     users: HashMap<(ShowtimeId, UserId), ReservationId>,
     reservations: BTreeMap<ReservationId, Reservation>,
+    by_user: HashMap<UserId, Vec<ReservationId>>,
     paid_at: HashMap<ReservationId, UnixMillis>,
     seq: HashMap<ShowtimeId, u64>,
     /// Showtimes with stock that the sweep does not walk (a lost registration).
@@ -249,6 +250,43 @@ impl SeatStore for FakeSeats {
             }
         }
         ready(Ok(moved))
+    }
+
+    fn list_for_user(
+        &self,
+        reservation: &Reservation,
+    ) -> impl Future<Output = PortResult<()>> + Send {
+        let mut st = self.state.lock().unwrap();
+        st.by_user
+            .entry(reservation.user)
+            .or_default()
+            .push(reservation.id);
+        ready(Ok(()))
+    }
+
+    fn user_reservations(
+        &self,
+        user: UserId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> impl Future<Output = PortResult<ReservationPage>> + Send {
+        let st = self.state.lock().unwrap();
+        let mut ids: Vec<ReservationId> = st.by_user.get(&user).cloned().unwrap_or_default();
+        ids.sort_by_key(|id| std::cmp::Reverse(id.seq()));
+        let older: Vec<ReservationId> = ids
+            .into_iter()
+            .filter(|id| before.is_none_or(|b| id.seq() < b))
+            .collect();
+        let page: Vec<Reservation> = older
+            .iter()
+            .take(limit)
+            .filter_map(|id| st.reservations.get(id).cloned())
+            .collect();
+        let next = (older.len() > limit).then(|| older[limit - 1].seq());
+        ready(Ok(ReservationPage {
+            reservations: page,
+            next,
+        }))
     }
 
     fn reservation(

@@ -89,6 +89,14 @@ pub enum CancelOutcome {
     AlreadyPaid(Status),
 }
 
+/// One page of a user's reservations, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReservationPage {
+    pub reservations: Vec<Reservation>,
+    /// Where the next page starts (`before` of the next call), when there may be more.
+    pub next: Option<u64>,
+}
+
 /// What an expiry found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExpireOutcome {
@@ -179,6 +187,25 @@ pub trait SeatStore: Send + Sync + 'static {
         &self,
         reservation: ReservationId,
     ) -> impl Future<Output = PortResult<Option<Reservation>>> + Send;
+
+    /// Adds a new hold to its user's list of reservations, which
+    /// [`SeatStore::user_reservations`] reads. Written after the take, not inside it (the
+    /// list is another key, in another cluster slot): a hold whose process stops in
+    /// between is missing from the list, never from the sale.
+    fn list_for_user(
+        &self,
+        reservation: &Reservation,
+    ) -> impl Future<Output = PortResult<()>> + Send;
+
+    /// A user's reservations across showtimes, newest first (by reservation number),
+    /// those older than `before` (a [`ReservationPage::next`] cursor) when given, at most
+    /// `limit`, each as it is now.
+    fn user_reservations(
+        &self,
+        user: UserId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> impl Future<Output = PortResult<ReservationPage>> + Send;
 
     fn counts(
         &self,

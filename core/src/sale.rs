@@ -10,7 +10,7 @@ use crate::domain::{OutsideSaleWindow, SaleWindow};
 use crate::messages::{Expiry, OrderRequest, PaymentRequest};
 use crate::ports::{
     CancelOutcome, Catalog, ExpireOutcome, MessageBus, OrderBook, OrderOutcome, PayOutcome,
-    PortError, SeatStore, TakeOutcome,
+    PortError, ReservationPage, SeatStore, TakeOutcome,
 };
 use crate::{
     NewShowtime, Reservation, ReservationId, SeatCounts, Showtime, ShowtimeId, Status, UnixMillis,
@@ -402,7 +402,23 @@ where
             return Err(publish.into());
         }
         crash_point!("reserve.after_publish");
+        // The user's list is best effort (the adapter reports a failure): the hold stands,
+        // and the user's next press finds it as `already_ordered`.
+        let _ = self.seats.list_for_user(&reservation).await;
         Ok(reservation)
+    }
+
+    /// The user's reservations across showtimes, newest first, in pages of at most
+    /// `limit` (from `before`, a previous page's `next`).
+    pub async fn user_reservations(
+        &self,
+        user: UserId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<ReservationPage, PortError> {
+        self.seats
+            .user_reservations(user, before, limit.max(1))
+            .await
     }
 
     async fn take(&self, user: UserId, showtime: ShowtimeId) -> Result<TakeOutcome, PortError> {
@@ -921,6 +937,25 @@ mod tests {
             Err(CancelError::AlreadyPaid(Status::Paid))
         ));
         assert_eq!(counts(&sale, st).sold, 1);
+    }
+
+    #[test]
+    fn a_users_reservations_are_listed_newest_first_in_pages() {
+        let sale = sale(PaymentMode::Manual);
+        let mut made = vec![];
+        for capacity in 1..=5 {
+            let st = showtime(&sale, capacity);
+            sale.seats.advance(Duration::from_millis(1));
+            made.push(block_on(sale.reserve(user(1), st)).unwrap().id);
+        }
+        block_on(sale.reserve(user(2), ShowtimeId::new(5).unwrap())).unwrap();
+        let first = block_on(sale.user_reservations(user(1), None, 2)).unwrap();
+        let ids = |p: &ReservationPage| p.reservations.iter().map(|r| r.id).collect::<Vec<_>>();
+        assert_eq!(ids(&first), vec![made[4], made[3]]);
+        let second = block_on(sale.user_reservations(user(1), first.next, 2)).unwrap();
+        assert_eq!(ids(&second), vec![made[2], made[1]]);
+        let last = block_on(sale.user_reservations(user(1), second.next, 2)).unwrap();
+        assert_eq!((ids(&last), last.next), (vec![made[0]], None));
     }
 
     #[test]

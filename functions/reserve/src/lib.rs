@@ -3,7 +3,8 @@
 //! `POST /reserve` takes a seat for a user (the Go reference's route and answers, kept
 //! so its clients work unchanged); `GET /reservations/{id}` shows a reservation to its
 //! owner (or an admin); `DELETE /reservations/{id}` lets its owner release a hold before
-//! its deadline (`CANCELLED`), its seat on sale again at once.
+//! its deadline (`CANCELLED`), its seat on sale again at once; `GET /me/reservations`
+//! lists the caller's reservations across showtimes, newest first, a page at a time.
 //! The same [`router`] runs on AWS Lambda (`main.rs`) and in the local process.
 //!
 //! Before any seat is touched, a reservation must pass, in order: the caller's identity
@@ -11,7 +12,8 @@
 //! sale's own rules in [`Sale::reserve`](flash_sale_core::Sale::reserve): the showtime
 //! exists (404) and its sale window is open (409 `sale_not_open` / `sale_closed`).
 
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use flash_sale_core::{Reservation, ReservationId, ShowtimeId, UserId};
@@ -34,6 +36,7 @@ pub fn routes(app: App, guard: &Guard) -> Router {
     Router::new()
         .route("/reserve", post(reserve))
         .route("/reservations/{id}", get(reservation).delete(cancel))
+        .route("/me/reservations", get(my_reservations))
         .with_state(AppState::new(app, guard.clone()))
 }
 
@@ -127,6 +130,62 @@ async fn reservation(
         }
         None => Err(ApiError::NotFound(format!("reservation {id} not found"))),
     }
+}
+
+/// The query of `GET /me/reservations`: `user_id` as for the other routes (required
+/// without a token), `limit` 1..=100 (20), `cursor` a previous page's `next_cursor`.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    pub user_id: Option<i64>,
+    pub limit: Option<usize>,
+    pub cursor: Option<u64>,
+}
+
+/// The most reservations one page holds.
+pub const MAX_PAGE: usize = 100;
+
+#[derive(Debug, Serialize)]
+struct ReservationList {
+    reservations: Vec<ReservationView>,
+    /// The `cursor` of the next page; `null` on the last one.
+    next_cursor: Option<String>,
+}
+
+/// The caller's reservations (holds, paid, ordered, expired, cancelled) across
+/// showtimes, newest first. The list is written just after each hold is made: a hold
+/// whose process stopped in between is missing from it.
+async fn my_reservations(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<ReservationList>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(format!("bad query: {e}")))?;
+    if query.user_id.is_none() && caller == Caller::Trusted {
+        return Err(ApiError::BadRequest(
+            "without a bearer token, say whose reservations: ?user_id=...".into(),
+        ));
+    }
+    let user = caller.acting_as(query.user_id)?;
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be 1 to {MAX_PAGE}, not {limit}"
+        )));
+    }
+    state.guard().limits().check_user(user)?;
+    let page = state
+        .app()
+        .sale
+        .user_reservations(user, query.cursor, limit)
+        .await?;
+    Ok(Json(ReservationList {
+        reservations: page
+            .reservations
+            .iter()
+            .map(ReservationView::from)
+            .collect(),
+        next_cursor: page.next.map(|n| n.to_string()),
+    }))
 }
 
 /// The body of `DELETE /reservations/{id}`: as `POST /reservations/{id}/pay`'s, `user_id`

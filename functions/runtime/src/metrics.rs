@@ -180,6 +180,7 @@ pub fn route_of(path: &str) -> &'static str {
         (Some("showtimes"), Some(_), None, _) => "/showtimes/{id}",
         (Some("reservations"), Some(_), None, _) => "/reservations/{id}",
         (Some("reservations"), Some(_), Some("pay"), None) => "/reservations/{id}/pay",
+        (Some("me"), Some("reservations"), None, _) => "/me/reservations",
         (Some("healthz"), None, _, _) => "/healthz",
         (Some("readyz"), None, _, _) => "/readyz",
         (Some("metrics"), None, _, _) => "/metrics",
@@ -227,12 +228,13 @@ pub fn http_request(route: &'static str, status: u16, took: Duration) {
 }
 
 /// Every route label ([`route_of`]) and the status labels of the answers on the hot path.
-const ROUTES: [&str; 9] = [
+const ROUTES: [&str; 10] = [
     "/reserve",
     "/showtimes",
     "/showtimes/{id}",
     "/reservations/{id}",
     "/reservations/{id}/pay",
+    "/me/reservations",
     "/healthz",
     "/readyz",
     "/metrics",

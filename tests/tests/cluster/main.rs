@@ -464,3 +464,29 @@ async fn the_store_answers_again_soon_after_a_master_dies_under_load() {
         task.await.unwrap();
     }
 }
+
+/// A buyer's list of reservations spans showtimes on every master (the list is a key
+/// of its own, read where it lives; each reservation is read where its showtime lives).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buyers_reservations_on_every_master_are_listed() {
+    let cluster = shared().await;
+    let app = TestApp::spawn(on(cluster, Options::default())).await;
+    let showtimes = one_showtime_per_master(&app, cluster, 5).await;
+    let mut made = vec![];
+    for (showtime, _) in &showtimes {
+        let (status, body) = app.reserve(7, *showtime).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        made.push(body["reservation_id"].as_str().unwrap().to_string());
+    }
+    let (status, page) = app.get("/me/reservations?user_id=7").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let listed: Vec<&str> = page["reservations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    made.reverse();
+    assert_eq!(listed, made);
+    app.finish().await;
+}

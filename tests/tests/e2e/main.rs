@@ -6,6 +6,7 @@ mod contract;
 mod failure_windows;
 mod go_reference;
 mod lifecycle;
+mod me;
 mod operations;
 mod recovery;
 mod traces;
