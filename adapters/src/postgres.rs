@@ -9,7 +9,7 @@ use std::str::FromStr as _;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use flash_sale_core::domain::SaleWindow;
+use flash_sale_core::domain::{SaleState, SaleWindow};
 use flash_sale_core::ports::{Catalog, OrderBook, OrderOutcome, PortError, PortResult};
 use flash_sale_core::{
     Capacity, NewShowtime, OrderRequest, ReservationId, Showtime, ShowtimeId, UnixMillis,
@@ -24,6 +24,18 @@ const COMPONENT: &str = "postgres";
 
 /// title, starts_at, capacity, sold, sale_opens_at, sale_closes_at, generation
 type ShowtimeRow = (
+    Option<String>,
+    Option<DateTime<Utc>>,
+    i32,
+    i32,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+    i64,
+);
+
+/// id, then a [`ShowtimeRow`]'s columns.
+type ListedShowtimeRow = (
+    i64,
     Option<String>,
     Option<DateTime<Utc>>,
     i32,
@@ -319,24 +331,68 @@ impl Catalog for Postgres {
         .fetch_optional(&self.pool)
         .await
         .map_err(port_error)?;
-        let invalid = |e: flash_sale_core::InvalidInput| PortError::permanent(COMPONENT, e.0);
-        let millis = |t: DateTime<Utc>| UnixMillis(t.timestamp_millis().max(0) as u64);
-        row.map(
-            |(title, starts_at, capacity, sold, opens, closes, generation)| {
-                Ok(Showtime {
-                    id,
-                    capacity: Capacity::new(capacity.into()).map_err(invalid)?,
-                    title,
-                    starts_at: starts_at.map(|t| t.to_rfc3339()),
-                    sale_window: SaleWindow::new(opens.map(millis), closes.map(millis))
-                        .map_err(invalid)?,
-                    ordered: sold.max(0) as u32,
-                    generation: generation as u64,
-                })
-            },
-        )
-        .transpose()
+        row.map(|row| showtime_of(id, row)).transpose()
     }
+
+    async fn showtimes(
+        &self,
+        state: Option<SaleState>,
+        now: UnixMillis,
+        after: Option<ShowtimeId>,
+        limit: usize,
+    ) -> PortResult<Vec<Showtime>> {
+        let now = DateTime::<Utc>::from_timestamp_millis(now.0 as i64).unwrap_or_default();
+        let rows: Vec<ListedShowtimeRow> =
+            sqlx::query_as(&format!(
+                "SELECT id, title, starts_at, capacity, sold, sale_opens_at, sale_closes_at, {GENERATION}
+                 FROM showtimes
+                 WHERE ($1::bigint IS NULL OR id > $1)
+                   AND CASE $2::text
+                       WHEN 'upcoming' THEN sale_opens_at IS NOT NULL AND sale_opens_at > $3
+                       WHEN 'on_sale' THEN (sale_opens_at IS NULL OR sale_opens_at <= $3)
+                                       AND (sale_closes_at IS NULL OR sale_closes_at > $3)
+                       WHEN 'ended' THEN sale_closes_at IS NOT NULL AND sale_closes_at <= $3
+                       ELSE true
+                   END
+                 ORDER BY id
+                 LIMIT $4"
+            ))
+            .bind(after.map(ShowtimeId::get))
+            .bind(state.map(SaleState::as_str))
+            .bind(now)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(port_error)?;
+        rows.into_iter()
+            .map(
+                |(id, title, starts_at, capacity, sold, opens, closes, generation)| {
+                    let id =
+                        ShowtimeId::new(id).map_err(|e| PortError::permanent(COMPONENT, e.0))?;
+                    showtime_of(
+                        id,
+                        (title, starts_at, capacity, sold, opens, closes, generation),
+                    )
+                },
+            )
+            .collect()
+    }
+}
+
+/// The [`Showtime`] of row `row` of id `id`.
+fn showtime_of(id: ShowtimeId, row: ShowtimeRow) -> PortResult<Showtime> {
+    let (title, starts_at, capacity, sold, opens, closes, generation) = row;
+    let invalid = |e: flash_sale_core::InvalidInput| PortError::permanent(COMPONENT, e.0);
+    let millis = |t: DateTime<Utc>| UnixMillis(t.timestamp_millis().max(0) as u64);
+    Ok(Showtime {
+        id,
+        capacity: Capacity::new(capacity.into()).map_err(invalid)?,
+        title,
+        starts_at: starts_at.map(|t| t.to_rfc3339()),
+        sale_window: SaleWindow::new(opens.map(millis), closes.map(millis)).map_err(invalid)?,
+        ordered: sold.max(0) as u32,
+        generation: generation as u64,
+    })
 }
 
 impl OrderBook for Postgres {

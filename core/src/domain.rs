@@ -202,6 +202,27 @@ pub struct SaleWindow {
     closes_at: Option<UnixMillis>,
 }
 
+/// Where a showtime's sale stands at a moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SaleState {
+    /// Its window has not opened yet.
+    Upcoming,
+    /// Inside its window (or it has none).
+    OnSale,
+    /// Its window has closed.
+    Ended,
+}
+
+impl SaleState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SaleState::Upcoming => "upcoming",
+            SaleState::OnSale => "on_sale",
+            SaleState::Ended => "ended",
+        }
+    }
+}
+
 /// Why the sale window refuses a reservation now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum OutsideSaleWindow {
@@ -242,6 +263,15 @@ impl SaleWindow {
 
     pub fn closes_at(&self) -> Option<UnixMillis> {
         self.closes_at
+    }
+
+    /// Where the sale stands at `now`.
+    pub fn state_at(&self, now: UnixMillis) -> SaleState {
+        match self.admits(now) {
+            Ok(()) => SaleState::OnSale,
+            Err(OutsideSaleWindow::NotOpenYet { .. }) => SaleState::Upcoming,
+            Err(OutsideSaleWindow::Closed { .. }) => SaleState::Ended,
+        }
     }
 
     /// Whether a reservation at `now` is inside the window.

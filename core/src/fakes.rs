@@ -442,6 +442,25 @@ impl Catalog for FakeDb {
     ) -> impl Future<Output = PortResult<Option<Showtime>>> + Send {
         ready(Ok(self.showtimes.lock().unwrap().get(&id).cloned()))
     }
+
+    fn showtimes(
+        &self,
+        state: Option<crate::domain::SaleState>,
+        now: UnixMillis,
+        after: Option<ShowtimeId>,
+        limit: usize,
+    ) -> impl Future<Output = PortResult<Vec<Showtime>>> + Send {
+        ready(Ok(self
+            .showtimes
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|s| after.is_none_or(|a| s.id > a))
+            .filter(|s| state.is_none_or(|st| s.sale_window.state_at(now) == st))
+            .take(limit)
+            .cloned()
+            .collect()))
+    }
 }
 
 impl OrderBook for FakeDb {

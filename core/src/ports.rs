@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use crate::domain::SaleState;
 use crate::messages::{Expiry, OrderRequest, PaymentRequest};
 use crate::{
     NewShowtime, Reservation, ReservationId, SeatCounts, Showtime, ShowtimeId, Status, UnixMillis,
@@ -256,6 +257,16 @@ pub trait Catalog: Send + Sync + 'static {
 
     fn showtime(&self, id: ShowtimeId)
     -> impl Future<Output = PortResult<Option<Showtime>>> + Send;
+
+    /// Showtimes by id, those after `after` when given, at most `limit`, only those
+    /// whose sale is in `state` at `now` when a state is given.
+    fn showtimes(
+        &self,
+        state: Option<SaleState>,
+        now: UnixMillis,
+        after: Option<ShowtimeId>,
+        limit: usize,
+    ) -> impl Future<Output = PortResult<Vec<Showtime>>> + Send;
 }
 
 /// Orders, in the database: the last word on what was sold.

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::domain::{OutsideSaleWindow, SaleWindow};
+use crate::domain::{OutsideSaleWindow, SaleState, SaleWindow};
 use crate::messages::{Expiry, OrderRequest, PaymentRequest};
 use crate::ports::{
     CancelOutcome, Catalog, ExpireOutcome, MessageBus, OrderBook, OrderOutcome, PayOutcome,
@@ -322,6 +322,37 @@ where
 
     /// A showtime and where its seats are. Reloads the stock from the database when the
     /// seat store does not have it.
+    /// Showtimes by id with their seats and sale state now, a page at a time (after `after`, at most
+    /// `limit`), those whose sale is in `state` now when one is given. A showtime no
+    /// process has put on sale yet shows its database counts (nothing held).
+    pub async fn showtimes(
+        &self,
+        state: Option<SaleState>,
+        after: Option<ShowtimeId>,
+        limit: usize,
+    ) -> Result<Vec<(Showtime, SeatCounts, SaleState)>, PortError> {
+        let now = self.clock.now();
+        let listed = self.db.showtimes(state, now, after, limit.max(1)).await?;
+        let mut out = Vec::with_capacity(listed.len());
+        for showtime in listed {
+            let counts = match self.seats.counts(showtime.id).await? {
+                Some(counts) => counts,
+                None => {
+                    let capacity = showtime.capacity.get();
+                    SeatCounts {
+                        capacity,
+                        available: capacity.saturating_sub(showtime.ordered),
+                        held: 0,
+                        sold: showtime.ordered.min(capacity),
+                    }
+                }
+            };
+            let sale_state = showtime.sale_window.state_at(now);
+            out.push((showtime, counts, sale_state));
+        }
+        Ok(out)
+    }
+
     pub async fn showtime(
         &self,
         id: ShowtimeId,

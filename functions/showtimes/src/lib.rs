@@ -3,14 +3,17 @@
 //! `POST /showtimes` (admins only, with `AUTH_MODE=jwt`) stores a showtime and its sale
 //! window in PostgreSQL and puts its seats on sale in Redis; `GET /showtimes/{id}`
 //! (public: the seat map of a sale is no secret) shows where every seat is:
-//! `available + held + sold == capacity` at every moment.
+//! `available + held + sold == capacity` at every moment. `GET /showtimes` lists them
+//! with their seats now, a page at a time: the ones on sale for anyone, upcoming and
+//! ended ones (or all) for admins.
 
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::DateTime;
-use flash_sale_core::domain::SaleWindow;
+use flash_sale_core::domain::{SaleState, SaleWindow};
 use flash_sale_core::{Capacity, NewShowtime, SeatCounts, Showtime, ShowtimeId, UnixMillis};
 use flash_sale_runtime::App;
 use flash_sale_runtime::error::ApiError;
@@ -30,7 +33,7 @@ pub fn router(app: App) -> Router {
 /// the local process merges these and protects them once.
 pub fn routes(app: App, guard: &Guard) -> Router {
     Router::new()
-        .route("/showtimes", post(create))
+        .route("/showtimes", post(create).get(list))
         .route("/showtimes/{id}", get(show))
         .with_state(AppState::new(app, guard.clone()))
 }
@@ -101,6 +104,79 @@ fn time(field: &str, raw: Option<&str>) -> Result<Option<UnixMillis>, ApiError> 
             .map_err(|_| ApiError::BadRequest(format!("{field} must be after 1970")))
     })
     .transpose()
+}
+
+/// The query of `GET /showtimes`: `state` one of `on_sale` (the default), `upcoming`,
+/// `ended`, `all`; `limit` 1..=100 (20); `cursor` a previous page's `next_cursor`.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    pub state: Option<String>,
+    pub limit: Option<usize>,
+    pub cursor: Option<i64>,
+}
+
+/// The most showtimes one page holds.
+pub const MAX_PAGE: usize = 100;
+
+#[derive(Debug, Serialize)]
+struct ListedShowtime {
+    #[serde(flatten)]
+    showtime: ShowtimeView,
+    /// `upcoming`, `on_sale` or `ended`, now.
+    sale_state: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct ShowtimeList {
+    showtimes: Vec<ListedShowtime>,
+    /// The `cursor` of the next page; `null` on the last one.
+    next_cursor: Option<String>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<ShowtimeList>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(format!("bad query: {e}")))?;
+    let wanted = match query.state.as_deref().unwrap_or("on_sale") {
+        "on_sale" => Some(SaleState::OnSale),
+        "upcoming" => Some(SaleState::Upcoming),
+        "ended" => Some(SaleState::Ended),
+        "all" => None,
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "state must be on_sale, upcoming, ended or all, not {other:?}"
+            )));
+        }
+    };
+    if wanted != Some(SaleState::OnSale) {
+        caller.require_admin()?;
+    }
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be 1 to {MAX_PAGE}, not {limit}"
+        )));
+    }
+    let after = query.cursor.map(ShowtimeId::new).transpose()?;
+    let sale = &state.app().sale;
+    // One more than asked: whether there is a next page.
+    let mut listed = sale.showtimes(wanted, after, limit + 1).await?;
+    let more = listed.len() > limit;
+    listed.truncate(limit);
+    Ok(Json(ShowtimeList {
+        next_cursor: more
+            .then(|| listed.last().map(|(s, _, _)| s.id.get().to_string()))
+            .flatten(),
+        showtimes: listed
+            .iter()
+            .map(|(s, c, sale_state)| ListedShowtime {
+                showtime: ShowtimeView::new(s, *c),
+                sale_state: sale_state.as_str(),
+            })
+            .collect(),
+    }))
 }
 
 #[derive(Debug, Serialize)]

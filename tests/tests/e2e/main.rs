@@ -9,4 +9,5 @@ mod lifecycle;
 mod me;
 mod operations;
 mod recovery;
+mod showtimes;
 mod traces;
