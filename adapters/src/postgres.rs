@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use flash_sale_core::domain::{SaleState, SaleWindow};
-use flash_sale_core::ports::{Catalog, OrderBook, OrderOutcome, PortError, PortResult};
+use flash_sale_core::ports::{
+    Catalog, OrderBook, OrderOutcome, PortError, PortResult, RecordedOrder,
+};
 use flash_sale_core::{
-    Capacity, NewShowtime, OrderRequest, ReservationId, Showtime, ShowtimeId, UnixMillis,
+    Capacity, NewShowtime, OrderRequest, ReservationId, Showtime, ShowtimeId, UnixMillis, UserId,
 };
 use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -32,6 +34,9 @@ type ShowtimeRow = (
     Option<DateTime<Utc>>,
     i64,
 );
+
+/// id, reservation_id, user_id, paid_at, created_at of an order.
+type OrderRow = (i64, String, i64, DateTime<Utc>, DateTime<Utc>);
 
 /// id, then a [`ShowtimeRow`]'s columns.
 type ListedShowtimeRow = (
@@ -396,6 +401,41 @@ fn showtime_of(id: ShowtimeId, row: ShowtimeRow) -> PortResult<Showtime> {
 }
 
 impl OrderBook for Postgres {
+    async fn orders_of(
+        &self,
+        showtime: ShowtimeId,
+        after: Option<u64>,
+        limit: usize,
+    ) -> PortResult<Vec<RecordedOrder>> {
+        let rows: Vec<OrderRow> = sqlx::query_as(
+            "SELECT id, reservation_id, user_id, paid_at, created_at FROM orders
+             WHERE showtime_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+        )
+        .bind(showtime.get())
+        .bind(after.map_or(0, |a| a as i64))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(port_error)?;
+        let corrupt = |what: String| PortError::permanent(COMPONENT, what);
+        let millis = |t: DateTime<Utc>| UnixMillis(t.timestamp_millis().max(0) as u64);
+        rows.into_iter()
+            .map(|(id, reservation, user, paid_at, created_at)| {
+                Ok(RecordedOrder {
+                    number: id as u64,
+                    order: OrderRequest {
+                        reservation: reservation
+                            .parse()
+                            .map_err(|e: flash_sale_core::InvalidInput| corrupt(e.0))?,
+                        user: UserId::new(user).map_err(|e| corrupt(e.0))?,
+                        paid_at: millis(paid_at),
+                    },
+                    recorded_at: millis(created_at),
+                })
+            })
+            .collect()
+    }
+
     async fn record_orders(&self, orders: &[OrderRequest]) -> PortResult<Vec<OrderOutcome>> {
         // A redelivery can bring the same reservation twice in one batch: each id is
         // inserted once, and every copy is then judged against the row its id has.

@@ -464,6 +464,28 @@ impl Catalog for FakeDb {
 }
 
 impl OrderBook for FakeDb {
+    fn orders_of(
+        &self,
+        showtime: ShowtimeId,
+        after: Option<u64>,
+        limit: usize,
+    ) -> impl Future<Output = PortResult<Vec<RecordedOrder>>> + Send {
+        // Numbered by reservation id: the fake keeps no insertion order.
+        let book = self.orders.lock().unwrap();
+        ready(Ok(book
+            .values()
+            .enumerate()
+            .map(|(i, o)| RecordedOrder {
+                number: i as u64 + 1,
+                order: *o,
+                recorded_at: o.paid_at,
+            })
+            .filter(|r| r.order.reservation.showtime() == showtime)
+            .filter(|r| after.is_none_or(|a| r.number > a))
+            .take(limit)
+            .collect()))
+    }
+
     fn record_orders(
         &self,
         orders: &[OrderRequest],

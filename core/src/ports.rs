@@ -286,6 +286,24 @@ pub trait OrderBook: Send + Sync + 'static {
         &self,
         refusals: &[(OrderRequest, String)],
     ) -> impl Future<Output = PortResult<Vec<ReservationId>>> + Send;
+
+    /// A showtime's orders in the order they were recorded, those after `after` (a
+    /// [`RecordedOrder::number`]) when given, at most `limit`.
+    fn orders_of(
+        &self,
+        showtime: ShowtimeId,
+        after: Option<u64>,
+        limit: usize,
+    ) -> impl Future<Output = PortResult<Vec<RecordedOrder>>> + Send;
+}
+
+/// An order as the database holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedOrder {
+    /// Its place in the database's record (increasing with time).
+    pub number: u64,
+    pub order: OrderRequest,
+    pub recorded_at: UnixMillis,
 }
 
 /// What the seat store knows of one showtime, for reconciliation.

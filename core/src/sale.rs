@@ -10,7 +10,7 @@ use crate::domain::{OutsideSaleWindow, SaleState, SaleWindow};
 use crate::messages::{Expiry, OrderRequest, PaymentRequest};
 use crate::ports::{
     CancelOutcome, Catalog, ExpireOutcome, MessageBus, OrderBook, OrderOutcome, PayOutcome,
-    PortError, ReservationPage, SeatStore, TakeOutcome,
+    PortError, RecordedOrder, ReservationPage, SeatStore, TakeOutcome,
 };
 use crate::{
     NewShowtime, Reservation, ReservationId, SeatCounts, Showtime, ShowtimeId, Status, UnixMillis,
@@ -322,6 +322,23 @@ where
 
     /// A showtime and where its seats are. Reloads the stock from the database when the
     /// seat store does not have it.
+    /// A showtime's orders as the database recorded them, a page at a time (after
+    /// `after`, a previous order's number; at most `limit`); `None` for an unknown
+    /// showtime.
+    pub async fn orders(
+        &self,
+        showtime: ShowtimeId,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Option<Vec<RecordedOrder>>, PortError> {
+        if self.db.showtime(showtime).await?.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(
+            self.db.orders_of(showtime, after, limit.max(1)).await?,
+        ))
+    }
+
     /// Showtimes by id with their seats and sale state now, a page at a time (after `after`, at most
     /// `limit`), those whose sale is in `state` now when one is given. A showtime no
     /// process has put on sale yet shows its database counts (nothing held).

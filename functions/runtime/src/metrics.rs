@@ -178,6 +178,7 @@ pub fn route_of(path: &str) -> &'static str {
         (Some("reserve"), None, _, _) => "/reserve",
         (Some("showtimes"), None, _, _) => "/showtimes",
         (Some("showtimes"), Some(_), None, _) => "/showtimes/{id}",
+        (Some("showtimes"), Some(_), Some("orders"), None) => "/showtimes/{id}/orders",
         (Some("reservations"), Some(_), None, _) => "/reservations/{id}",
         (Some("reservations"), Some(_), Some("pay"), None) => "/reservations/{id}/pay",
         (Some("me"), Some("reservations"), None, _) => "/me/reservations",
@@ -228,10 +229,11 @@ pub fn http_request(route: &'static str, status: u16, took: Duration) {
 }
 
 /// Every route label ([`route_of`]) and the status labels of the answers on the hot path.
-const ROUTES: [&str; 10] = [
+const ROUTES: [&str; 11] = [
     "/reserve",
     "/showtimes",
     "/showtimes/{id}",
+    "/showtimes/{id}/orders",
     "/reservations/{id}",
     "/reservations/{id}/pay",
     "/me/reservations",

@@ -5,7 +5,9 @@
 //! (public: the seat map of a sale is no secret) shows where every seat is:
 //! `available + held + sold == capacity` at every moment. `GET /showtimes` lists them
 //! with their seats now, a page at a time: the ones on sale for anyone, upcoming and
-//! ended ones (or all) for admins.
+//! ended ones (or all) for admins. `GET /showtimes/{id}/orders` (admins) pages through
+//! a showtime's orders as the database recorded them, as JSON or, with
+//! `Accept: text/csv`, as CSV for export.
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -35,6 +37,7 @@ pub fn routes(app: App, guard: &Guard) -> Router {
     Router::new()
         .route("/showtimes", post(create).get(list))
         .route("/showtimes/{id}", get(show))
+        .route("/showtimes/{id}/orders", get(orders))
         .with_state(AppState::new(app, guard.clone()))
 }
 
@@ -177,6 +180,119 @@ async fn list(
             })
             .collect(),
     }))
+}
+
+/// The query of `GET /showtimes/{id}/orders`: `limit` 1..=1000 (100), `cursor` a
+/// previous page's `next_cursor`.
+#[derive(Debug, Deserialize)]
+pub struct OrdersQuery {
+    pub limit: Option<usize>,
+    pub cursor: Option<u64>,
+}
+
+/// The most orders one page holds.
+pub const MAX_ORDERS_PAGE: usize = 1000;
+
+#[derive(Debug, Serialize)]
+struct OrderView {
+    number: u64,
+    reservation_id: String,
+    showtime_id: i64,
+    user_id: i64,
+    paid_at: String,
+    recorded_at: String,
+}
+
+#[derive(Debug, Serialize)]
+struct OrderList {
+    orders: Vec<OrderView>,
+    /// The `cursor` of the next page; `null` on the last one.
+    next_cursor: Option<String>,
+}
+
+/// A showtime's orders, a page at a time: JSON, or CSV when the client accepts
+/// `text/csv` (then the next page, if any, is in a `Link: <...>; rel="next"` header).
+async fn orders(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+    query: Result<Query<OrdersQuery>, QueryRejection>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse as _;
+    caller.require_admin()?;
+    let id: ShowtimeId = id.parse()?;
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(format!("bad query: {e}")))?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=MAX_ORDERS_PAGE).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be 1 to {MAX_ORDERS_PAGE}, not {limit}"
+        )));
+    }
+    // One more than asked: whether there is a next page.
+    let Some(mut page) = state.app().sale.orders(id, query.cursor, limit + 1).await? else {
+        return Err(ApiError::NotFound(format!("showtime {id} does not exist")));
+    };
+    let more = page.len() > limit;
+    page.truncate(limit);
+    let next = more.then(|| page.last().map(|o| o.number)).flatten();
+    let views: Vec<OrderView> = page
+        .iter()
+        .map(|o| OrderView {
+            number: o.number,
+            reservation_id: o.order.reservation.to_string(),
+            showtime_id: id.get(),
+            user_id: o.order.user.get(),
+            paid_at: rfc3339(o.order.paid_at),
+            recorded_at: rfc3339(o.recorded_at),
+        })
+        .collect();
+    let wants_csv = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/csv"));
+    if !wants_csv {
+        return Ok(Json(OrderList {
+            orders: views,
+            next_cursor: next.map(|n| n.to_string()),
+        })
+        .into_response());
+    }
+    let mut csv = csv::Writer::from_writer(vec![]);
+    if views.is_empty() {
+        // The header alone (it is written with the first row otherwise).
+        csv.write_record([
+            "number",
+            "reservation_id",
+            "showtime_id",
+            "user_id",
+            "paid_at",
+            "recorded_at",
+        ])
+        .map_err(|e| ApiError::Internal(format!("writing CSV: {e}")))?;
+    }
+    for o in &views {
+        csv.serialize(o)
+            .map_err(|e| ApiError::Internal(format!("writing CSV: {e}")))?;
+    }
+    let csv = csv
+        .into_inner()
+        .map_err(|e| ApiError::Internal(format!("writing CSV: {e}")))?;
+    let mut response = (
+        [(axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+        csv,
+    )
+        .into_response();
+    if let Some(n) = next
+        && let Ok(link) = axum::http::HeaderValue::from_str(&format!(
+            "</showtimes/{id}/orders?limit={limit}&cursor={n}>; rel=\"next\""
+        ))
+    {
+        response
+            .headers_mut()
+            .insert(axum::http::header::LINK, link);
+    }
+    Ok(response)
 }
 
 #[derive(Debug, Serialize)]

@@ -142,3 +142,104 @@ async fn buyers_list_the_showtimes_on_sale_and_only_admins_the_others() {
     );
     app.finish().await;
 }
+
+#[tokio::test]
+async fn an_operator_pages_through_a_showtimes_orders_as_json_and_as_csv() {
+    let app = TestApp::spawn(Options::mock_payments()).await;
+    let showtime = app.create_showtime(5).await;
+    for user in 1..=3 {
+        app.reserve(user, showtime).await;
+    }
+    flash_sale_tests::eventually(
+        std::time::Duration::from_secs(30),
+        "three orders",
+        || async { (app.orders(showtime).await == 3).then_some(()) },
+    )
+    .await;
+
+    let (status, page) = app
+        .get(&format!("/showtimes/{showtime}/orders?limit=2"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let orders = page["orders"].as_array().unwrap();
+    assert_eq!(orders.len(), 2);
+    assert_eq!(orders[0]["showtime_id"], showtime);
+    let cursor = page["next_cursor"].as_str().expect("a second page");
+    let (_, rest) = app
+        .get(&format!(
+            "/showtimes/{showtime}/orders?limit=2&cursor={cursor}"
+        ))
+        .await;
+    assert_eq!(rest["orders"].as_array().unwrap().len(), 1);
+    assert_eq!(rest["next_cursor"], Value::Null);
+    let mut users: Vec<i64> = orders
+        .iter()
+        .chain(rest["orders"].as_array().unwrap())
+        .map(|o| o["user_id"].as_i64().unwrap())
+        .collect();
+    users.sort();
+    assert_eq!(users, vec![1, 2, 3]);
+
+    let res = app
+        .http
+        .get(app.url(&format!("/showtimes/{showtime}/orders?limit=2")))
+        .header("accept", "text/csv")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
+    let link = res.headers()["link"].to_str().unwrap().to_string();
+    assert!(
+        link.contains(&format!("cursor={cursor}")) && link.ends_with("rel=\"next\""),
+        "{link}"
+    );
+    let csv = res.text().await.unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "number,reservation_id,showtime_id,user_id,paid_at,recorded_at"
+    );
+    assert_eq!(lines.len(), 3, "{csv}");
+    assert!(lines[1].contains(orders[0]["reservation_id"].as_str().unwrap()));
+
+    assert_error(
+        &app.get("/showtimes/999999/orders").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_error(
+        &app.get(&format!("/showtimes/{showtime}/orders?limit=0"))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn only_admins_read_a_showtimes_orders() {
+    let app = TestApp::spawn(Options {
+        auth_mode: "jwt",
+        ..Options::default()
+    })
+    .await;
+    let showtime = created(&app, Some(&app.admin_token()), json!({"capacity": 2})).await;
+    let path = format!("/showtimes/{showtime}/orders");
+    assert_error(
+        &app.get_as(&app.token(7), &path).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    let (status, page) = app.get_as(&app.admin_token(), &path).await;
+    assert_eq!(
+        (status, page),
+        (StatusCode::OK, json!({"orders": [], "next_cursor": null}))
+    );
+    app.finish().await;
+}
