@@ -678,3 +678,24 @@ async fn the_cancel_script_returns_the_seat_once_and_expires_a_hold_past_its_dea
     assert_eq!((counts.available, counts.held), (2, 0));
     drop_keys(&s).await;
 }
+
+/// A showtime's state replaced by another database's row of the same id (load.lua with
+/// another generation) takes the replaced sale's reservations with it: an expiry still
+/// travelling for one of them finds nothing, instead of returning that sale's seat to
+/// this one's stock (which would put more seats on sale than the showtime has).
+#[tokio::test]
+async fn an_expiry_of_a_replaced_sales_hold_returns_no_seat_to_the_new_sale() {
+    let iso = Isolation::new();
+    let s = seats(&iso).await;
+    let st = ShowtimeId::new(1).unwrap();
+    assert!(s.load(st, 2, 0, 1, false).await.unwrap());
+    let TakeOutcome::Reserved(old) = s.take(st, user(1), HOLD).await.unwrap() else {
+        panic!("a hold of the first sale");
+    };
+    // Another database's showtime 1 (generation 2) replaces it.
+    assert!(s.load(st, 2, 0, 2, false).await.unwrap());
+    assert_eq!(s.expire(old.id).await.unwrap(), ExpireOutcome::NotFound);
+    let counts = s.counts(st).await.unwrap().unwrap();
+    assert_eq!((counts.available, counts.held, counts.sold), (2, 0, 0));
+    drop_keys(&s).await;
+}
