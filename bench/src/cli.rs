@@ -43,6 +43,12 @@ pub(crate) enum Cmd {
     Smoke(RunArgs),
     /// Several scenarios one after the other, and a summary table.
     Suite(SuiteArgs),
+    /// One scenario (default `mixed`) on three shapes in one run: one process on one
+    /// Redis node; nginx + 3 processes on that node; nginx + 3 processes on a local
+    /// 6-node Redis Cluster (3 masters), started here and stopped after. Throughput and
+    /// latency of each as a ratio to the first, and the script calls per master. No
+    /// ceilings (`--no-*-ceiling` and `--no-redis-benchmark` change nothing).
+    Shapes(ShapesArgs),
     /// Every buyer on a new connection, all at once: connect latency and the kernel's
     /// SYN drops, with the old listen queue (128) and with flash-sale's default.
     ConnectStorm(crate::storm::StormArgs),
@@ -185,6 +191,30 @@ pub(crate) struct SuiteArgs {
         default_value = "seed-7000,seed-idempotent,seed-multi,repeat,mixed,all-win,million"
     )]
     pub(crate) scenarios: Vec<Scenario>,
+    #[command(flatten)]
+    pub(crate) run: RunArgs,
+}
+
+#[derive(Args, Clone, Debug)]
+pub(crate) struct ShapesArgs {
+    /// The scenario each shape runs.
+    #[arg(long, default_value = "mixed")]
+    pub(crate) scenario: Scenario,
+    /// flash-sale processes behind nginx in the second and third shapes.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) processes: usize,
+    /// Rounds: each runs every shape once on fresh showtimes (in turn, the order rotated
+    /// from one round to the next); the tables give the median of the rounds.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) rounds: usize,
+    /// The cluster's first port (its nodes take it and the next five, their cluster bus
+    /// ports 10000 above). Default: the first free range of 7200, 7210, ...
+    #[arg(long)]
+    pub(crate) cluster_port: Option<u16>,
+    /// The nginx binary (default: `nginx` on PATH or in /usr/sbin, /sbin). Without
+    /// nginx only the first shape runs.
+    #[arg(long)]
+    pub(crate) nginx: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) run: RunArgs,
 }

@@ -16,12 +16,16 @@
 //! - `cli`: the command line (subcommands, a run's arguments, the service URLs);
 //! - `run`: one scenario from start to report, its clean-up, and the `clean` command;
 //! - `suite`: several scenarios in a row and their summary table;
+//! - `shapes`: one scenario on one process, on nginx + N processes, and on nginx + N
+//!   processes over a local Redis Cluster, with ratios to the first and the script calls
+//!   per master;
 //! - `ceilings`: the HTTP ceiling, the Redis ceiling and `redis-benchmark`;
 //! - `plan`: the scenarios, as a pure function from attempt index to buyer;
 //! - `load`: the load driver (closed or open loop) and the targets it drives;
 //! - `client`: one keep-alive HTTP/1.1 connection per worker;
 //! - `stub`: the stub server behind the HTTP ceiling;
-//! - `procs`: child processes, their CPU and memory, and removing a run's leftovers;
+//! - `procs`: child processes (flash-sale, the stub, nginx, a local Redis Cluster), their
+//!   CPU and memory, and removing a run's leftovers;
 //! - `verify`: the invariants, checked after each flash-sale phase;
 //! - `report`: the report, as JSON and Markdown;
 //! - `chart`: throughput and latency over time, as SVG.
@@ -36,6 +40,7 @@ mod procs;
 mod report;
 mod run;
 mod server_view;
+mod shapes;
 mod storm;
 mod stub;
 mod suite;
@@ -62,11 +67,16 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        tokio::select! {
-            r = dispatch(cli.cmd) => r,
-            _ = tokio::signal::ctrl_c() => bail!(
-                "interrupted; remove what the run left with `flash-sale-bench clean --run-id <the run id printed above>`"
-            ),
+        match cli.cmd {
+            // Handles Ctrl-C itself: it stops the cluster and nginx it started and removes
+            // what every shape created.
+            Cmd::Shapes(s) => shapes::shapes(s).await,
+            cmd => tokio::select! {
+                r = dispatch(cmd) => r,
+                _ = tokio::signal::ctrl_c() => bail!(
+                    "interrupted; remove what the run left with `flash-sale-bench clean --run-id <the run id printed above>`"
+                ),
+            },
         }
     });
     match result {
@@ -90,6 +100,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<bool> {
             return Ok(true);
         }
         Cmd::Suite(s) => return suite::suite(s).await,
+        Cmd::Shapes(s) => return shapes::shapes(s).await,
         Cmd::ConnectStorm(s) => return storm::storm(s).await,
         Cmd::Clean(c) => {
             run::clean(&c).await?;

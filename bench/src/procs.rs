@@ -1,5 +1,6 @@
-//! Child processes (flash-sale, the stub server), what they cost (resident memory, CPU),
-//! and the clean-up of a run's database, Redis keys and queues.
+//! Child processes (flash-sale, the stub server, nginx in front of several flash-sale
+//! processes, a local Redis Cluster), what they cost (resident memory, CPU), and the
+//! clean-up of a run's database, Redis keys and queues.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -137,13 +138,7 @@ impl Server {
     }
 
     pub(crate) fn log_tail(&self) -> String {
-        let Some(log) = &self.log else {
-            return String::new();
-        };
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let tail = lines[lines.len().saturating_sub(15)..].join("\n  ");
-        format!("; last lines of {}:\n  {tail}", log.display())
+        self.log.as_deref().map(log_tail).unwrap_or_default()
     }
 
     /// SIGTERM (graceful shutdown), then SIGKILL after 10 s.
@@ -157,6 +152,309 @@ impl Server {
             .is_err()
         {
             let _ = self.child.kill().await;
+        }
+    }
+}
+
+/// The last lines of a log file, to quote in an error.
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(15)..].join("\n  ");
+    format!("; last lines of {}:\n  {tail}", log.display())
+}
+
+/// A program on `PATH`, or in the sbin directories a non-login shell may leave off it
+/// (where nginx lives).
+pub(crate) fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// A file of this repository (`ops/nginx.conf`, `scripts/redis-cluster`): under the
+/// current directory, or else where this binary was built from.
+pub(crate) fn repo_file(relative: &str) -> anyhow::Result<PathBuf> {
+    let built_from = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    [PathBuf::from(relative), built_from.join(relative)]
+        .into_iter()
+        .find(|p| p.exists())
+        .ok_or_else(|| {
+            anyhow!(
+                "{relative} not found under the current directory nor under {}",
+                built_from.display()
+            )
+        })
+}
+
+/// Sends `signal` to `pid` with kill(1), without waiting (for `Drop`).
+fn signal_now(pid: u32, signal: &str) {
+    let _ = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+// ---------------------------------------------------------------------------------------
+// nginx in front of several processes
+
+/// nginx in front of flash-sale processes, configured from the shipped `ops/nginx.conf`
+/// as `scripts/run --processes N` does. Stopped on drop if nobody stopped it (SIGTERM:
+/// its workers outlive a SIGKILLed master).
+pub(crate) struct Nginx {
+    child: Child,
+    pub(crate) pid: u32,
+    pub(crate) endpoint: Endpoint,
+    stopped: bool,
+}
+
+/// `template` (ops/nginx.conf) with `upstreams` as its servers, listening on `listen`,
+/// its pid and temporary files in `dir`: the rewrite `scripts/run` makes with awk.
+pub(crate) fn nginx_config(
+    template: &str,
+    upstreams: &[std::net::SocketAddr],
+    listen: std::net::SocketAddr,
+    dir: &Path,
+) -> anyhow::Result<String> {
+    let dir = dir.display();
+    let mut out = String::new();
+    let (mut servers, mut listens) = (false, false);
+    for line in template.lines() {
+        let indented = line.trim_start_matches(' ');
+        if indented.starts_with("server 127.0.0.1:") {
+            if !servers {
+                for u in upstreams {
+                    out.push_str(&format!(
+                        "        server {u} max_fails=1 fail_timeout=2s;\n"
+                    ));
+                }
+                servers = true;
+            }
+            continue;
+        }
+        if indented.starts_with("listen ") {
+            out.push_str(&format!("        listen {listen} backlog=65535;\n"));
+            listens = true;
+            continue;
+        }
+        if line.starts_with("pid ") {
+            out.push_str(&format!("pid {dir}/nginx.pid;\n"));
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+        if line.starts_with("http {") {
+            out.push_str(&format!("    client_body_temp_path {dir}/body;\n"));
+            out.push_str(&format!("    proxy_temp_path {dir}/proxy;\n"));
+        }
+    }
+    if !servers || !listens {
+        bail!(
+            "the nginx configuration has no `server 127.0.0.1:...` upstream or no `listen` line to replace"
+        );
+    }
+    Ok(out)
+}
+
+impl Nginx {
+    /// Starts `bin` in front of `upstreams` with `template` rewritten into `dir`, its
+    /// output going to `log`, and waits until it answers.
+    pub(crate) async fn start(
+        bin: &Path,
+        template: &Path,
+        upstreams: &[std::net::SocketAddr],
+        dir: &Path,
+        log: PathBuf,
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let listen: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let template_text = std::fs::read_to_string(template)
+            .with_context(|| format!("cannot read {}", template.display()))?;
+        let conf = dir.join("nginx.conf");
+        std::fs::write(&conf, nginx_config(&template_text, upstreams, listen, dir)?)?;
+        let out = std::fs::File::create(&log)
+            .with_context(|| format!("cannot create {}", log.display()))?;
+        let err = out.try_clone()?;
+        let child = Command::new(bin)
+            .arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(&conf)
+            .args(["-e", "stderr", "-g", "daemon off;"])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let pid = child.id().ok_or_else(|| anyhow!("nginx exited at once"))?;
+        let mut n = Self {
+            child,
+            pid,
+            endpoint: Endpoint::from_addr(listen),
+            stopped: false,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = n.child.try_wait()? {
+                n.stopped = true;
+                bail!("nginx exited with {status}{}", log_tail(&log));
+            }
+            let mut c = Conn::new(n.endpoint.clone(), Duration::from_secs(2));
+            if c.get("/showtimes/1").await.is_ok() {
+                return Ok(n);
+            }
+            if Instant::now() > deadline {
+                bail!("nginx did not answer within 10 s{}", log_tail(&log));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM (nginx's fast shutdown), then SIGKILL after 10 s.
+    pub(crate) async fn stop(mut self) {
+        self.stopped = true;
+        signal_now(self.pid, "-TERM");
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        if !self.stopped {
+            signal_now(self.pid, "-TERM");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A local Redis Cluster
+
+/// A local Redis Cluster of six nodes (three masters, a replica each), started and
+/// stopped by `scripts/redis-cluster`; stopped on drop if nobody stopped it (its nodes
+/// are daemons: nothing else would).
+pub(crate) struct RedisCluster {
+    script: PathBuf,
+    dir: PathBuf,
+    /// The node URLs, comma-separated: `REDIS_URL` for the processes.
+    pub(crate) urls: String,
+    stopped: bool,
+}
+
+/// Whether 127.0.0.1's ports `base..base+5` and their cluster bus ports (+10000) are free.
+fn cluster_ports_free(base: u16) -> bool {
+    (base..base + 6)
+        .chain(base + 10_000..base + 10_006)
+        .all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+}
+
+impl RedisCluster {
+    /// Starts a cluster in `dir` on ports `base..base+5`, or, without `base`, on the
+    /// first free range of 7200, 7210, ... (the script refuses ports in use: exit 3).
+    pub(crate) async fn start(
+        script: &Path,
+        dir: &Path,
+        base: Option<u16>,
+    ) -> anyhow::Result<Self> {
+        // The guard exists before the first node does: whatever happens, they are stopped.
+        let mut cluster = Self {
+            script: script.to_path_buf(),
+            dir: dir.to_path_buf(),
+            urls: String::new(),
+            stopped: false,
+        };
+        let candidates: Vec<u16> = match base {
+            Some(b) => vec![b],
+            None => (0..30)
+                .map(|i| 7200 + 10 * i)
+                .filter(|&b| cluster_ports_free(b))
+                .take(5)
+                .collect(),
+        };
+        let mut refused = Vec::new();
+        for b in candidates {
+            let out = Command::new(script)
+                .arg("start")
+                .arg(dir)
+                .args(["--base-port", &b.to_string()])
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .output()
+                .await
+                .with_context(|| format!("cannot run {}", script.display()))?;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            match out.status.code() {
+                Some(0) => {
+                    cluster.urls = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                    if cluster.urls.is_empty() {
+                        bail!("{} start printed no node URLs", script.display());
+                    }
+                    return Ok(cluster);
+                }
+                Some(3) => refused.push(format!("{b}: {}", stderr.trim())),
+                _ => bail!(
+                    "{} start {} --base-port {b} failed ({}):\n{}",
+                    script.display(),
+                    dir.display(),
+                    out.status,
+                    stderr.trim_end()
+                ),
+            }
+        }
+        bail!(
+            "no free ports for a local Redis Cluster (pass --cluster-port): {}",
+            if refused.is_empty() {
+                "none of 7200, 7210, ... 7490 was free".to_string()
+            } else {
+                refused.join("; ")
+            }
+        )
+    }
+
+    /// The pid of the node on `port` (`<dir>/<port>/redis.pid`).
+    pub(crate) fn pid(&self, port: u16) -> Option<u32> {
+        std::fs::read_to_string(self.dir.join(port.to_string()).join("redis.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// `scripts/redis-cluster stop`: every node, then its directory.
+    pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
+        self.stopped = true;
+        let status = Command::new(&self.script)
+            .arg("stop")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .status()
+            .await?;
+        if !status.success() {
+            bail!(
+                "{} stop {} failed ({status})",
+                self.script.display(),
+                self.dir.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        if !self.stopped {
+            let _ = std::process::Command::new(&self.script)
+                .arg("stop")
+                .arg(&self.dir)
+                .stdin(Stdio::null())
+                .status();
         }
     }
 }
@@ -284,10 +582,14 @@ fn all_pids() -> Vec<u32> {
         .unwrap_or_default()
 }
 
-/// Groups the processes we account CPU to.
-fn group_of(pid: u32, server: Option<u32>) -> Option<&'static str> {
-    if Some(pid) == server {
+/// Groups the processes we account CPU to: flash-sale's processes, processes the caller
+/// named, then the others by their name.
+fn group_of(pid: u32, servers: &[u32], named: &[(u32, &'static str)]) -> Option<&'static str> {
+    if servers.contains(&pid) {
         return Some("server");
+    }
+    if let Some((_, group)) = named.iter().find(|(p, _)| *p == pid) {
+        return Some(group);
     }
     if pid == std::process::id() {
         return Some("load generator");
@@ -297,14 +599,15 @@ fn group_of(pid: u32, server: Option<u32>) -> Option<&'static str> {
         "postgres" => Some("postgresql"),
         "beam.smp" | "erl_child_setup" | "inet_gethost" | "epmd" => Some("rabbitmq"),
         "flash-sale-ben" => Some("stub server"),
+        "nginx" => Some("nginx"),
         _ => None,
     }
 }
 
-fn snapshot(server: Option<u32>) -> HashMap<u32, (&'static str, u64)> {
+fn snapshot(servers: &[u32], named: &[(u32, &'static str)]) -> HashMap<u32, (&'static str, u64)> {
     all_pids()
         .into_iter()
-        .filter_map(|pid| Some((pid, (group_of(pid, server)?, cpu_ticks(pid)?))))
+        .filter_map(|pid| Some((pid, (group_of(pid, servers, named)?, cpu_ticks(pid)?))))
         .collect()
 }
 
@@ -313,16 +616,19 @@ fn snapshot(server: Option<u32>) -> HashMap<u32, (&'static str, u64)> {
 pub(crate) struct Usage {
     /// Busy share of the whole machine, in percent (100% = every core busy).
     pub(crate) machine_busy_pct: f64,
-    /// CPU used by each component in percent of one core (200% = two cores).
+    /// CPU used by each component in percent of one core (200% = two cores); `server`
+    /// is every flash-sale process of the phase together.
     pub(crate) cpu_pct: Vec<(String, f64)>,
-    /// flash-sale's resident memory: peak and at the end, MiB.
+    /// flash-sale's resident memory: peak and at the end, MiB (of the largest process,
+    /// when there are several).
     pub(crate) server_rss_peak_mib: Option<f64>,
     pub(crate) server_rss_end_mib: Option<f64>,
 }
 
 /// Samples CPU and memory while a phase runs.
 pub(crate) struct Monitor {
-    server: Option<u32>,
+    servers: Vec<u32>,
+    named: Vec<(u32, &'static str)>,
     start: Instant,
     sys: Option<(u64, u64)>,
     procs: HashMap<u32, (&'static str, u64)>,
@@ -333,14 +639,21 @@ pub(crate) struct Monitor {
 
 impl Monitor {
     pub(crate) fn start(server: Option<u32>) -> Self {
+        Self::start_many(server.into_iter().collect(), Vec::new())
+    }
+
+    /// With several flash-sale processes (`servers`), all counted as `server`, and
+    /// processes accounted to groups of the caller's (`named`: pid, group).
+    pub(crate) fn start_many(servers: Vec<u32>, named: Vec<(u32, &'static str)>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let peak = Arc::new(AtomicU64::new(0));
-        let sampler = server.map(|pid| {
+        let sampler = (!servers.is_empty()).then(|| {
             let stop = stop.clone();
             let peak = peak.clone();
+            let pids = servers.clone();
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    if let Some(kib) = rss_kib(pid) {
+                    for kib in pids.iter().filter_map(|&pid| rss_kib(pid)) {
                         peak.fetch_max(kib, Ordering::Relaxed);
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -348,10 +661,11 @@ impl Monitor {
             })
         });
         Self {
-            server,
+            procs: snapshot(&servers, &named),
+            servers,
+            named,
             start: Instant::now(),
             sys: system_ticks(),
-            procs: snapshot(server),
             stop,
             peak,
             sampler,
@@ -361,7 +675,7 @@ impl Monitor {
     pub(crate) async fn finish(mut self) -> Usage {
         let elapsed = self.start.elapsed().as_secs_f64().max(1e-3);
         let hz = clock_ticks() as f64;
-        let end = snapshot(self.server);
+        let end = snapshot(&self.servers, &self.named);
         let mut by_group: HashMap<&'static str, u64> = HashMap::new();
         for (pid, (group, ticks)) in &end {
             let before = self.procs.get(pid).map(|p| p.1).unwrap_or(0);
@@ -391,16 +705,15 @@ impl Monitor {
         if let Some(s) = self.sampler.take() {
             let _ = s.await;
         }
-        let end_rss = self.server.and_then(rss_kib);
+        let end_rss = self.servers.iter().filter_map(|&pid| rss_kib(pid)).max();
         if let Some(e) = end_rss {
             self.peak.fetch_max(e, Ordering::Relaxed);
         }
         Usage {
             machine_busy_pct,
             cpu_pct,
-            server_rss_peak_mib: self
-                .server
-                .map(|_| self.peak.load(Ordering::Relaxed) as f64 / 1024.0),
+            server_rss_peak_mib: (!self.servers.is_empty())
+                .then(|| self.peak.load(Ordering::Relaxed) as f64 / 1024.0),
             server_rss_end_mib: end_rss.map(|k| k as f64 / 1024.0),
         }
     }
@@ -548,6 +861,42 @@ mod tests {
             "postgres://h:1/b?sslmode=disable"
         );
         assert_eq!(with_database("postgres://h:1", "b"), "postgres://h:1/b");
+    }
+
+    #[test]
+    fn the_shipped_nginx_configuration_is_rewritten_for_the_run() {
+        let template = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../ops/nginx.conf"));
+        let ups: Vec<std::net::SocketAddr> = vec![
+            "127.0.0.1:5001".parse().unwrap(),
+            "127.0.0.1:5002".parse().unwrap(),
+        ];
+        let conf = nginx_config(
+            template,
+            &ups,
+            "127.0.0.1:5000".parse().unwrap(),
+            Path::new("/tmp/x"),
+        )
+        .unwrap();
+        assert!(conf.contains("server 127.0.0.1:5001 max_fails=1"), "{conf}");
+        assert!(conf.contains("server 127.0.0.1:5002 max_fails=1"), "{conf}");
+        assert!(!conf.contains(":4001") && !conf.contains(":4000"), "{conf}");
+        assert!(
+            conf.contains("listen 127.0.0.1:5000 backlog=65535;"),
+            "{conf}"
+        );
+        assert!(conf.contains("pid /tmp/x/nginx.pid;"), "{conf}");
+        assert!(conf.contains("proxy_temp_path /tmp/x/proxy;"), "{conf}");
+        // Everything else is kept: keep-alive to the processes, the body limit.
+        assert!(conf.contains("keepalive 256;") && conf.contains("client_max_body_size 16k;"));
+        assert!(
+            nginx_config(
+                "http {\n}\n",
+                &ups,
+                "127.0.0.1:1".parse().unwrap(),
+                Path::new("/")
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -301,101 +301,7 @@ impl Report {
         }
         for p in &self.phases {
             let _ = writeln!(s, "## {}\n", p.name);
-            let lat = |l: &Latency| {
-                format!(
-                    "{} answers, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
-                    l.count, l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms
-                )
-            };
-            if let Some(l) = &p.latency_while_selling {
-                let _ = writeln!(
-                    s,
-                    "- while seats lasted (first {:.2} s): {}",
-                    p.selling_s,
-                    lat(l)
-                );
-            }
-            if let Some(l) = &p.latency_after_sold_out {
-                let _ = writeln!(s, "- after the last hold: {}", lat(l));
-            }
-            if let Some(l) = &p.latency_second_half {
-                let _ = writeln!(
-                    s,
-                    "- attempts due in the second half of the run: {}",
-                    lat(l)
-                );
-            }
-            if let Some(l) = &p.pay_latency {
-                let _ = writeln!(
-                    s,
-                    "- pay: {} paid, {} failed; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {:.0} requests/s in all",
-                    p.outcomes.paid,
-                    p.outcomes.pay_failed,
-                    l.p50_ms,
-                    l.p99_ms,
-                    l.max_ms,
-                    p.requests_per_s
-                );
-            }
-            if let Some(c) = &p.server_counted {
-                let _ = writeln!(
-                    s,
-                    "- the server's own counters (`/metrics`, read {} times): {} reservation answers, {} holds; the client saw {} and {}",
-                    c.readings, c.answered, c.reserved, p.attempts, p.outcomes.reserved
-                );
-            }
-            let cpu: Vec<String> = p
-                .usage
-                .cpu_pct
-                .iter()
-                .filter(|(_, v)| *v >= 0.5)
-                .map(|(g, v)| format!("{g} {v:.0}%"))
-                .collect();
-            let _ = writeln!(
-                s,
-                "- CPU (100% = one core): {}; machine busy {:.0}%; load average after {:.2}",
-                cpu.join(", "),
-                p.usage.machine_busy_pct,
-                p.load_avg_after
-            );
-            if let Some(peak) = p.usage.server_rss_peak_mib {
-                let _ = writeln!(
-                    s,
-                    "- server resident memory: peak {peak:.1} MiB, at the end {:.1} MiB",
-                    p.usage.server_rss_end_mib.unwrap_or(0.0)
-                );
-            }
-            if let Some(v) = &p.verification {
-                match v.orders_landed_after_ms {
-                    Some(ms) => {
-                        let _ = writeln!(
-                            s,
-                            "- every order ({}) in PostgreSQL {ms:.0} ms after the last answer",
-                            v.expected_orders
-                        );
-                    }
-                    None => {
-                        let _ = writeln!(
-                            s,
-                            "- orders: only {} of {} in PostgreSQL by the deadline",
-                            v.orders_found, v.expected_orders
-                        );
-                    }
-                }
-                for c in &v.checks {
-                    let _ = writeln!(
-                        s,
-                        "- {} {}: {}",
-                        if c.ok { "ok" } else { "**BREACH**" },
-                        c.name,
-                        c.detail
-                    );
-                }
-            }
-            for e in &p.error_examples {
-                let _ = writeln!(s, "- example: `{e}`");
-            }
-            let _ = writeln!(s);
+            s.push_str(&phase_details(p));
         }
         for n in &self.notes {
             let _ = writeln!(s, "- note: {n}");
@@ -405,4 +311,101 @@ impl Report {
         }
         s
     }
+}
+
+/// A phase's details as Markdown lines: latency while seats lasted and after, payments,
+/// the server's own counts, CPU and memory, the orders and every invariant checked.
+pub(crate) fn phase_details(p: &PhaseReport) -> String {
+    let mut s = String::new();
+    let lat = |l: &Latency| {
+        format!(
+            "{} answers, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+            l.count, l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms
+        )
+    };
+    if let Some(l) = &p.latency_while_selling {
+        let _ = writeln!(
+            s,
+            "- while seats lasted (first {:.2} s): {}",
+            p.selling_s,
+            lat(l)
+        );
+    }
+    if let Some(l) = &p.latency_after_sold_out {
+        let _ = writeln!(s, "- after the last hold: {}", lat(l));
+    }
+    if let Some(l) = &p.latency_second_half {
+        let _ = writeln!(
+            s,
+            "- attempts due in the second half of the run: {}",
+            lat(l)
+        );
+    }
+    if let Some(l) = &p.pay_latency {
+        let _ = writeln!(
+            s,
+            "- pay: {} paid, {} failed; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {:.0} requests/s in all",
+            p.outcomes.paid, p.outcomes.pay_failed, l.p50_ms, l.p99_ms, l.max_ms, p.requests_per_s
+        );
+    }
+    if let Some(c) = &p.server_counted {
+        let _ = writeln!(
+            s,
+            "- the server's own counters (`/metrics`, read {} times): {} reservation answers, {} holds; the client saw {} and {}",
+            c.readings, c.answered, c.reserved, p.attempts, p.outcomes.reserved
+        );
+    }
+    let cpu: Vec<String> = p
+        .usage
+        .cpu_pct
+        .iter()
+        .filter(|(_, v)| *v >= 0.5)
+        .map(|(g, v)| format!("{g} {v:.0}%"))
+        .collect();
+    let _ = writeln!(
+        s,
+        "- CPU (100% = one core): {}; machine busy {:.0}%; load average after {:.2}",
+        cpu.join(", "),
+        p.usage.machine_busy_pct,
+        p.load_avg_after
+    );
+    if let Some(peak) = p.usage.server_rss_peak_mib {
+        let _ = writeln!(
+            s,
+            "- server resident memory: peak {peak:.1} MiB, at the end {:.1} MiB",
+            p.usage.server_rss_end_mib.unwrap_or(0.0)
+        );
+    }
+    if let Some(v) = &p.verification {
+        match v.orders_landed_after_ms {
+            Some(ms) => {
+                let _ = writeln!(
+                    s,
+                    "- every order ({}) in PostgreSQL {ms:.0} ms after the last answer",
+                    v.expected_orders
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "- orders: only {} of {} in PostgreSQL by the deadline",
+                    v.orders_found, v.expected_orders
+                );
+            }
+        }
+        for c in &v.checks {
+            let _ = writeln!(
+                s,
+                "- {} {}: {}",
+                if c.ok { "ok" } else { "**BREACH**" },
+                c.name,
+                c.detail
+            );
+        }
+    }
+    for e in &p.error_examples {
+        let _ = writeln!(s, "- example: `{e}`");
+    }
+    let _ = writeln!(s);
+    s
 }

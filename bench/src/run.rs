@@ -27,7 +27,7 @@ pub(crate) struct RunSettings {
 }
 
 impl RunSettings {
-    fn new(scenario: Scenario, args: &RunArgs) -> Self {
+    pub(crate) fn new(scenario: Scenario, args: &RunArgs) -> Self {
         let mut args = args.clone();
         if scenario == Scenario::Smoke {
             // Cheap: no warm-up, no redis-benchmark (the smoke run checks invariants).
@@ -45,16 +45,7 @@ impl RunSettings {
 pub(crate) async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Report> {
     let settings = &RunSettings::new(scenario, args);
     let args = &settings.args;
-    let overrides = Overrides {
-        users: args.users,
-        attempts: args.attempts,
-        capacity: args.capacity,
-        showtimes: args.showtimes,
-        hot: args.hot,
-        hot_capacity: args.hot_capacity,
-        pay: Some(args.pay),
-    };
-    let plan = Plan::new(scenario, &overrides);
+    let plan = plan_of(scenario, args);
     let name = scenario_name(scenario);
     let concurrency = args
         .concurrency
@@ -145,25 +136,7 @@ pub(crate) async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Re
         None => {
             let bin = procs::server_bin(args.server_bin.as_deref())?;
             let db_url = procs::with_database(&args.services.database_url, &db_name);
-            let payment = if plan.pay == PayMode::Mock {
-                "mock"
-            } else {
-                "manual"
-            };
-            let env = vec![
-                ("DATABASE_URL".to_string(), db_url.clone()),
-                ("REDIS_URL".to_string(), args.services.redis_url.clone()),
-                ("AMQP_URL".to_string(), args.services.amqp_url.clone()),
-                ("HOLD_TTL_SECS".to_string(), args.hold_secs.to_string()),
-                ("PAYMENT_MODE".to_string(), payment.to_string()),
-                (
-                    "MOCK_PAY_DELAY_MS".to_string(),
-                    args.mock_pay_delay_ms.clone(),
-                ),
-                ("REDIS_KEY_PREFIX".to_string(), prefix.clone()),
-                ("QUEUE_PREFIX".to_string(), prefix.clone()),
-                ("RUST_LOG".to_string(), args.server_log.clone()),
-            ];
+            let env = server_env(args, &plan, &db_url, &args.services.redis_url, &prefix);
             let log = args.out.join(format!("{name}-server.log"));
             let s = Server::start_flash_sale(&bin, &env, log).await?;
             let e = s.endpoint.clone();
@@ -209,6 +182,50 @@ pub(crate) async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Re
     report.compute_ratios();
     write_report(&report, &args.out, &name)?;
     Ok(report)
+}
+
+/// The plan of `scenario` with the command line's sizes and payment.
+pub(crate) fn plan_of(scenario: Scenario, args: &RunArgs) -> Plan {
+    let overrides = Overrides {
+        users: args.users,
+        attempts: args.attempts,
+        capacity: args.capacity,
+        showtimes: args.showtimes,
+        hot: args.hot,
+        hot_capacity: args.hot_capacity,
+        pay: Some(args.pay),
+    };
+    Plan::new(scenario, &overrides)
+}
+
+/// The environment of a flash-sale process the bench starts: the run's own database
+/// (`db_url`), Redis key prefix and queue prefix (`prefix`), on `redis_url`.
+pub(crate) fn server_env(
+    args: &RunArgs,
+    plan: &Plan,
+    db_url: &str,
+    redis_url: &str,
+    prefix: &str,
+) -> Vec<(String, String)> {
+    let payment = if plan.pay == PayMode::Mock {
+        "mock"
+    } else {
+        "manual"
+    };
+    [
+        ("DATABASE_URL", db_url),
+        ("REDIS_URL", redis_url),
+        ("AMQP_URL", &args.services.amqp_url),
+        ("HOLD_TTL_SECS", &args.hold_secs.to_string()),
+        ("PAYMENT_MODE", payment),
+        ("MOCK_PAY_DELAY_MS", &args.mock_pay_delay_ms),
+        ("REDIS_KEY_PREFIX", prefix),
+        ("QUEUE_PREFIX", prefix),
+        ("RUST_LOG", &args.server_log),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
 }
 
 /// What the bench can see of the flash-sale server besides its answers.
@@ -316,7 +333,7 @@ async fn flash_sale_phases(
     Ok(())
 }
 
-fn scenario_name(s: Scenario) -> String {
+pub(crate) fn scenario_name(s: Scenario) -> String {
     clap::ValueEnum::to_possible_value(&s)
         .map(|v| v.get_name().to_string())
         .unwrap_or_else(|| format!("{s:?}"))
@@ -397,7 +414,7 @@ pub(crate) async fn create_showtimes(
 }
 
 /// Removes the run's database, Redis keys and queues.
-async fn cleanup(args: &RunArgs, db_name: &str, prefix: &str) -> anyhow::Result<()> {
+pub(crate) async fn cleanup(args: &RunArgs, db_name: &str, prefix: &str) -> anyhow::Result<()> {
     procs::drop_database(&args.services.database_url, db_name)
         .await
         .context("dropping the database")?;
