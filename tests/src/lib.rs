@@ -146,6 +146,19 @@ impl TestApp {
         (status, body)
     }
 
+    /// Creates a showtime of `capacity` seats as an admin (`AUTH_MODE=jwt`).
+    pub async fn create_showtime_as_admin(&self, capacity: u32) -> i64 {
+        let (status, body) = self
+            .post_as(
+                &self.admin_token(),
+                "/showtimes",
+                json!({"capacity": capacity}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["id"].as_i64().unwrap()
+    }
+
     /// A bearer token for `user`, valid for an hour, signed with [`TEST_JWT_SECRET`].
     pub fn token(&self, user: i64) -> String {
         sign_hs256(TEST_JWT_SECRET.as_bytes(), &test_claims(user, 3600))

@@ -29,6 +29,18 @@ async fn shared() -> &'static RedisCluster {
         .expect("starting the Redis Cluster")
 }
 
+/// A cluster of the test's own, to kill a master of: a node is failed after 1 s.
+async fn own_cluster() -> RedisCluster {
+    tokio::task::spawn_blocking(|| {
+        RedisCluster::start(ClusterOptions {
+            node_timeout_ms: 1000,
+            ..ClusterOptions::default()
+        })
+    })
+    .await
+    .expect("starting a Redis Cluster")
+}
+
 fn on(cluster: &RedisCluster, base: Options) -> Options {
     Options {
         redis_url: Some(cluster.url()),
@@ -192,14 +204,7 @@ enum Fate {
 /// expiry that found nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_killed_mid_sale_fails_over_and_the_sale_goes_on_without_oversell() {
-    let cluster = tokio::task::spawn_blocking(|| {
-        RedisCluster::start(ClusterOptions {
-            node_timeout_ms: 1000,
-            ..ClusterOptions::default()
-        })
-    })
-    .await
-    .unwrap();
+    let cluster = own_cluster().await;
     flash_sale_runtime::metrics::install();
     let lost_before = holds_lost();
     let app = TestApp::spawn(on(
@@ -401,14 +406,7 @@ async fn fate(app: &TestApp, id: &str) -> Option<Fate> {
 /// is replaced and every showtime answers again within seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_answers_again_soon_after_a_master_dies_under_load() {
-    let cluster = tokio::task::spawn_blocking(|| {
-        RedisCluster::start(ClusterOptions {
-            node_timeout_ms: 1000,
-            ..ClusterOptions::default()
-        })
-    })
-    .await
-    .unwrap();
+    let cluster = own_cluster().await;
     let iso = Isolation::new();
     let seats = RedisSeats::connect(&cluster.url(), &iso.prefix)
         .await

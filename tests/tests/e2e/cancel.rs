@@ -123,11 +123,7 @@ async fn with_tokens_only_the_owner_cancels() {
         ..Options::default()
     })
     .await;
-    let (status, body) = app
-        .post_as(&app.admin_token(), "/showtimes", json!({"capacity": 2}))
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let showtime = body["id"].as_i64().unwrap();
+    let showtime = app.create_showtime_as_admin(2).await;
     let (status, body) = app
         .post_as(&app.token(7), "/reserve", json!({"showtime_id": showtime}))
         .await;

@@ -229,7 +229,7 @@ async fn only_admins_read_a_showtimes_orders() {
         ..Options::default()
     })
     .await;
-    let showtime = created(&app, Some(&app.admin_token()), json!({"capacity": 2})).await;
+    let showtime = app.create_showtime_as_admin(2).await;
     let path = format!("/showtimes/{showtime}/orders");
     assert_error(
         &app.get_as(&app.token(7), &path).await,
