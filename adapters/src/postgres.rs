@@ -11,7 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use flash_sale_core::domain::{SaleState, SaleWindow};
 use flash_sale_core::ports::{
-    Catalog, OrderBook, OrderOutcome, PortError, PortResult, RecordedOrder,
+    Catalog, OrderBook, OrderOutcome, PortError, PortResult, RecordedOrder, ShowtimeLock,
 };
 use flash_sale_core::{
     Capacity, NewShowtime, OrderRequest, ReservationId, Showtime, ShowtimeId, UnixMillis, UserId,
@@ -24,7 +24,8 @@ use crate::tls::Trust;
 
 const COMPONENT: &str = "postgres";
 
-/// title, starts_at, capacity, sold, sale_opens_at, sale_closes_at, generation
+/// title, starts_at, capacity, sold, sale_opens_at, sale_closes_at, sale_paused,
+/// generation: [`SHOWTIME_COLUMNS`].
 type ShowtimeRow = (
     Option<String>,
     Option<DateTime<Utc>>,
@@ -32,6 +33,7 @@ type ShowtimeRow = (
     i32,
     Option<DateTime<Utc>>,
     Option<DateTime<Utc>>,
+    bool,
     i64,
 );
 
@@ -47,12 +49,17 @@ type ListedShowtimeRow = (
     i32,
     Option<DateTime<Utc>>,
     Option<DateTime<Utc>>,
+    bool,
     i64,
 );
 
 /// A showtime row's generation: its creation time in microseconds, which tells it from
 /// another database's row of the same id.
 const GENERATION: &str = "(extract(epoch FROM created_at) * 1000000)::bigint";
+
+/// The columns of a [`ShowtimeRow`].
+const SHOWTIME_COLUMNS: &str = "title, starts_at, capacity, sold, sale_opens_at, sale_closes_at, \
+     sale_paused, (extract(epoch FROM created_at) * 1000000)::bigint";
 
 /// The [`Catalog`] and [`OrderBook`] on PostgreSQL. Cheap to clone (a pool).
 #[derive(Debug, Clone)]
@@ -291,7 +298,60 @@ impl Inserted {
     }
 }
 
+/// A showtime's row locked `FOR UPDATE` in an open transaction: dropped, the transaction
+/// rolls back and the row is free again, unchanged.
+#[derive(Debug)]
+pub struct LockedShowtime {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    row: Showtime,
+}
+
+impl ShowtimeLock for LockedShowtime {
+    fn showtime(&self) -> &Showtime {
+        &self.row
+    }
+
+    async fn commit(mut self, capacity: Capacity, window: SaleWindow) -> PortResult<Showtime> {
+        let row: ShowtimeRow = sqlx::query_as(&format!(
+            "UPDATE showtimes
+             SET capacity = $2, sale_opens_at = $3, sale_closes_at = $4, sale_paused = $5
+             WHERE id = $1
+             RETURNING {SHOWTIME_COLUMNS}"
+        ))
+        .bind(self.row.id.get())
+        .bind(capacity.get() as i32)
+        .bind(window.opens_at().map(|t| millis_to_time(t.0)))
+        .bind(window.closes_at().map(|t| millis_to_time(t.0)))
+        .bind(window.is_paused())
+        .fetch_one(&mut *self.tx)
+        .await
+        .map_err(port_error)?;
+        self.tx.commit().await.map_err(port_error)?;
+        showtime_of(self.row.id, row)
+    }
+}
+
 impl Catalog for Postgres {
+    type Lock<'a> = LockedShowtime;
+
+    async fn lock_showtime(&self, id: ShowtimeId) -> PortResult<Option<LockedShowtime>> {
+        let mut tx = self.pool.begin().await.map_err(port_error)?;
+        let row: Option<ShowtimeRow> = sqlx::query_as(&format!(
+            "SELECT {SHOWTIME_COLUMNS} FROM showtimes WHERE id = $1 FOR UPDATE"
+        ))
+        .bind(id.get())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(port_error)?;
+        match row {
+            None => Ok(None),
+            Some(row) => Ok(Some(LockedShowtime {
+                tx,
+                row: showtime_of(id, row)?,
+            })),
+        }
+    }
+
     /// Stores a showtime and its sale window in one `INSERT`, so no instant exists at
     /// which the showtime is on record without its window.
     async fn create_showtime(&self, new: NewShowtime) -> PortResult<Showtime> {
@@ -303,14 +363,15 @@ impl Catalog for Postgres {
             .map_err(|e| PortError::permanent(COMPONENT, format!("starts_at: {e}")))?;
         let window = new.sale_window;
         let row = sqlx::query(&format!(
-            "INSERT INTO showtimes (title, starts_at, capacity, sale_opens_at, sale_closes_at)
-             VALUES ($1, $2, $3, $4, $5) RETURNING id, {GENERATION}"
+            "INSERT INTO showtimes (title, starts_at, capacity, sale_opens_at, sale_closes_at, sale_paused)
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id, {GENERATION}"
         ))
         .bind(&new.title)
         .bind(starts_at)
         .bind(new.capacity.get() as i32)
         .bind(window.opens_at().map(|t| millis_to_time(t.0)))
         .bind(window.closes_at().map(|t| millis_to_time(t.0)))
+        .bind(window.is_paused())
         .fetch_one(&self.pool)
         .await
         .map_err(port_error)?;
@@ -329,8 +390,7 @@ impl Catalog for Postgres {
 
     async fn showtime(&self, id: ShowtimeId) -> PortResult<Option<Showtime>> {
         let row: Option<ShowtimeRow> = sqlx::query_as(&format!(
-            "SELECT title, starts_at, capacity, sold, sale_opens_at, sale_closes_at, {GENERATION}
-             FROM showtimes WHERE id = $1"
+            "SELECT {SHOWTIME_COLUMNS} FROM showtimes WHERE id = $1"
         ))
         .bind(id.get())
         .fetch_optional(&self.pool)
@@ -347,36 +407,41 @@ impl Catalog for Postgres {
         limit: usize,
     ) -> PortResult<Vec<Showtime>> {
         let now = DateTime::<Utc>::from_timestamp_millis(now.0 as i64).unwrap_or_default();
-        let rows: Vec<ListedShowtimeRow> =
-            sqlx::query_as(&format!(
-                "SELECT id, title, starts_at, capacity, sold, sale_opens_at, sale_closes_at, {GENERATION}
+        let rows: Vec<ListedShowtimeRow> = sqlx::query_as(&format!(
+            "SELECT id, {SHOWTIME_COLUMNS}
                  FROM showtimes
                  WHERE ($1::bigint IS NULL OR id > $1)
                    AND CASE $2::text
                        WHEN 'upcoming' THEN sale_opens_at IS NOT NULL AND sale_opens_at > $3
                        WHEN 'on_sale' THEN (sale_opens_at IS NULL OR sale_opens_at <= $3)
                                        AND (sale_closes_at IS NULL OR sale_closes_at > $3)
+                                       AND NOT sale_paused
+                       WHEN 'paused' THEN (sale_opens_at IS NULL OR sale_opens_at <= $3)
+                                       AND (sale_closes_at IS NULL OR sale_closes_at > $3)
+                                       AND sale_paused
                        WHEN 'ended' THEN sale_closes_at IS NOT NULL AND sale_closes_at <= $3
                        ELSE true
                    END
                  ORDER BY id
                  LIMIT $4"
-            ))
-            .bind(after.map(ShowtimeId::get))
-            .bind(state.map(SaleState::as_str))
-            .bind(now)
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(port_error)?;
+        ))
+        .bind(after.map(ShowtimeId::get))
+        .bind(state.map(SaleState::as_str))
+        .bind(now)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(port_error)?;
         rows.into_iter()
             .map(
-                |(id, title, starts_at, capacity, sold, opens, closes, generation)| {
+                |(id, title, starts_at, capacity, sold, opens, closes, paused, generation)| {
                     let id =
                         ShowtimeId::new(id).map_err(|e| PortError::permanent(COMPONENT, e.0))?;
                     showtime_of(
                         id,
-                        (title, starts_at, capacity, sold, opens, closes, generation),
+                        (
+                            title, starts_at, capacity, sold, opens, closes, paused, generation,
+                        ),
                     )
                 },
             )
@@ -386,7 +451,7 @@ impl Catalog for Postgres {
 
 /// The [`Showtime`] of row `row` of id `id`.
 fn showtime_of(id: ShowtimeId, row: ShowtimeRow) -> PortResult<Showtime> {
-    let (title, starts_at, capacity, sold, opens, closes, generation) = row;
+    let (title, starts_at, capacity, sold, opens, closes, paused, generation) = row;
     let invalid = |e: flash_sale_core::InvalidInput| PortError::permanent(COMPONENT, e.0);
     let millis = |t: DateTime<Utc>| UnixMillis(t.timestamp_millis().max(0) as u64);
     Ok(Showtime {
@@ -394,7 +459,9 @@ fn showtime_of(id: ShowtimeId, row: ShowtimeRow) -> PortResult<Showtime> {
         capacity: Capacity::new(capacity.into()).map_err(invalid)?,
         title,
         starts_at: starts_at.map(|t| t.to_rfc3339()),
-        sale_window: SaleWindow::new(opens.map(millis), closes.map(millis)).map_err(invalid)?,
+        sale_window: SaleWindow::new(opens.map(millis), closes.map(millis))
+            .map_err(invalid)?
+            .paused(paused),
         ordered: sold.max(0) as u32,
         generation: generation as u64,
     })

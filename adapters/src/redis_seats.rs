@@ -32,8 +32,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flash_sale_core::ports::{
-    CancelOutcome, ExpireOutcome, PayOutcome, PortError, PortResult, ReservationPage, SeatAudit,
-    SeatAuditor, SeatStore, TakeOutcome,
+    CancelOutcome, ExpireOutcome, PayOutcome, PortError, PortResult, ReservationPage,
+    ResizeOutcome, SeatAudit, SeatAuditor, SeatStore, TakeOutcome,
 };
 use flash_sale_core::{
     OrderRequest, Reservation, ReservationId, SeatCounts, ShowtimeId, Status, UnixMillis, UserId,
@@ -65,6 +65,7 @@ struct Scripts {
     mark_refused: Script,
     load: Script,
     rebuild: Script,
+    resize: Script,
 }
 
 /// The [`SeatStore`] on Redis. Cheap to clone: clones share one connection.
@@ -198,6 +199,7 @@ impl RedisSeats {
                 mark_refused: Script::new(include_str!("../../lua/mark_refused.lua")),
                 load: Script::new(include_str!("../../lua/load.lua")),
                 rebuild: Script::new(include_str!("../../lua/rebuild.lua")),
+                resize: Script::new(include_str!("../../lua/resize.lua")),
             }),
         };
         seats.check_layout().await?;
@@ -712,6 +714,33 @@ impl SeatStore for RedisSeats {
             }),
             _ => None,
         })
+    }
+
+    async fn resize(&self, showtime: ShowtimeId, capacity: u32) -> PortResult<ResizeOutcome> {
+        let mut conn = self.conn.clone();
+        let answer: Vec<u32> = self
+            .scripts
+            .resize
+            .key(self.key(showtime, "seats"))
+            .arg(capacity)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(port_error)?;
+        let counts = |a: &[u32]| SeatCounts {
+            capacity: a[1],
+            available: a[2],
+            held: a[3],
+            sold: a[4],
+        };
+        match answer.as_slice() {
+            [0] => Ok(ResizeOutcome::UnknownShowtime),
+            [1, ..] if answer.len() == 5 => Ok(ResizeOutcome::Resized(counts(&answer))),
+            [2, ..] if answer.len() == 5 => Ok(ResizeOutcome::InUse(counts(&answer))),
+            other => Err(PortError::permanent(
+                COMPONENT,
+                format!("resize.lua answered {other:?}"),
+            )),
+        }
     }
 
     async fn overdue_holds(&self, grace: Duration) -> PortResult<Vec<ReservationId>> {

@@ -178,6 +178,68 @@ impl NewShowtime {
     }
 }
 
+/// An operator's change to a showtime on sale: each field, when set, replaces the
+/// showtime's own. Seats are added or removed as a new capacity, decided while the
+/// showtime's row is locked (so two changes never lose each other's seats).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ShowtimeChange {
+    /// `Some(None)` removes the bound.
+    pub sale_opens_at: Option<Option<UnixMillis>>,
+    pub sale_closes_at: Option<Option<UnixMillis>>,
+    pub paused: Option<bool>,
+    /// Close the sale now (early): the window's close becomes the moment of the change.
+    pub close_now: bool,
+    pub seats: Option<SeatChange>,
+}
+
+/// How an operator changes a showtime's seats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeatChange {
+    Add(u32),
+    /// Unsold seats only: refused when fewer than that many are neither held nor sold.
+    Remove(u32),
+    /// A new capacity, never below the seats held and sold.
+    Set(Capacity),
+}
+
+impl ShowtimeChange {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The window after this change made at `at`, refused when it would close before
+    /// it opens.
+    pub fn window(&self, was: SaleWindow, at: UnixMillis) -> Result<SaleWindow, InvalidInput> {
+        let opens_at = self.sale_opens_at.unwrap_or(was.opens_at);
+        let closes_at = if self.close_now {
+            Some(at)
+        } else {
+            self.sale_closes_at.unwrap_or(was.closes_at)
+        };
+        if self.close_now && opens_at.is_some_and(|open| open >= at) {
+            return Err(InvalidInput(
+                "the sale has not opened yet: move its window (sale_opens_at, sale_closes_at) instead of closing it".into(),
+            ));
+        }
+        Ok(SaleWindow::new(opens_at, closes_at)?.paused(self.paused.unwrap_or(was.paused)))
+    }
+
+    /// The capacity after this change; refused when out of bounds.
+    pub fn capacity(&self, now: Capacity) -> Result<Capacity, InvalidInput> {
+        let current = i64::from(now.get());
+        match self.seats {
+            None => Ok(now),
+            Some(SeatChange::Set(capacity)) => Ok(capacity),
+            Some(SeatChange::Add(n)) => Capacity::new(current + i64::from(n)),
+            Some(SeatChange::Remove(n)) => Capacity::new(current - i64::from(n)).map_err(|_| {
+                InvalidInput(format!(
+                    "cannot remove {n} seats: the showtime has {current} (at least one stays)"
+                ))
+            }),
+        }
+    }
+}
+
 /// A showtime as the catalog (the database) knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Showtime {
@@ -194,12 +256,13 @@ pub struct Showtime {
 }
 
 /// When a showtime's seats may be reserved: from `opens_at` (if set) until `closes_at`
-/// (if set, exclusive). A reservation outside the window is refused before any seat is
-/// touched.
+/// (if set, exclusive), unless an operator paused the sale. A reservation outside the
+/// window, or while paused, is refused before any seat is touched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct SaleWindow {
     opens_at: Option<UnixMillis>,
     closes_at: Option<UnixMillis>,
+    paused: bool,
 }
 
 /// Where a showtime's sale stands at a moment.
@@ -209,6 +272,8 @@ pub enum SaleState {
     Upcoming,
     /// Inside its window (or it has none).
     OnSale,
+    /// Inside its window, but an operator paused it.
+    Paused,
     /// Its window has closed.
     Ended,
 }
@@ -218,6 +283,7 @@ impl SaleState {
         match self {
             SaleState::Upcoming => "upcoming",
             SaleState::OnSale => "on_sale",
+            SaleState::Paused => "paused",
             SaleState::Ended => "ended",
         }
     }
@@ -230,6 +296,8 @@ pub enum OutsideSaleWindow {
     NotOpenYet { opens_at: UnixMillis },
     #[error("the sale is closed")]
     Closed { closed_at: UnixMillis },
+    #[error("the sale is paused")]
+    Paused,
 }
 
 impl SaleWindow {
@@ -237,6 +305,7 @@ impl SaleWindow {
     pub const ALWAYS: Self = Self {
         opens_at: None,
         closes_at: None,
+        paused: false,
     };
 
     /// Refuses a window that closes before (or when) it opens.
@@ -254,7 +323,17 @@ impl SaleWindow {
         Ok(Self {
             opens_at,
             closes_at,
+            paused: false,
         })
+    }
+
+    /// The same window, paused or resumed.
+    pub fn paused(self, paused: bool) -> Self {
+        Self { paused, ..self }
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused
     }
 
     pub fn opens_at(&self) -> Option<UnixMillis> {
@@ -271,6 +350,7 @@ impl SaleWindow {
             Ok(()) => SaleState::OnSale,
             Err(OutsideSaleWindow::NotOpenYet { .. }) => SaleState::Upcoming,
             Err(OutsideSaleWindow::Closed { .. }) => SaleState::Ended,
+            Err(OutsideSaleWindow::Paused) => SaleState::Paused,
         }
     }
 
@@ -285,6 +365,9 @@ impl SaleWindow {
             && now >= closed_at
         {
             return Err(OutsideSaleWindow::Closed { closed_at });
+        }
+        if self.paused {
+            return Err(OutsideSaleWindow::Paused);
         }
         Ok(())
     }

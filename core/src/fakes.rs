@@ -315,6 +315,29 @@ impl SeatStore for FakeSeats {
             .copied()))
     }
 
+    fn resize(
+        &self,
+        showtime: ShowtimeId,
+        capacity: u32,
+    ) -> impl Future<Output = PortResult<ResizeOutcome>> + Send {
+        let mut st = self.state.lock().unwrap();
+        let outcome = match st.counts.get_mut(&showtime) {
+            None => ResizeOutcome::UnknownShowtime,
+            Some(c) => {
+                let available =
+                    i64::from(c.available) + i64::from(capacity) - i64::from(c.capacity);
+                if available < 0 {
+                    ResizeOutcome::InUse(*c)
+                } else {
+                    c.capacity = capacity;
+                    c.available = available as u32;
+                    ResizeOutcome::Resized(*c)
+                }
+            }
+        };
+        ready(Ok(outcome))
+    }
+
     fn overdue_holds(
         &self,
         grace: Duration,
@@ -416,7 +439,43 @@ impl FakeDb {
     }
 }
 
+/// A showtime row of the fake catalog held for a change (no real locking: the unit
+/// tests drive one step at a time).
+#[derive(Debug)]
+pub struct FakeLock<'a> {
+    db: &'a FakeDb,
+    row: Showtime,
+}
+
+impl ShowtimeLock for FakeLock<'_> {
+    fn showtime(&self) -> &Showtime {
+        &self.row
+    }
+
+    fn commit(
+        self,
+        capacity: Capacity,
+        window: domain::SaleWindow,
+    ) -> impl Future<Output = PortResult<Showtime>> + Send {
+        let mut all = self.db.showtimes.lock().unwrap();
+        let row = all.get_mut(&self.row.id).unwrap();
+        row.capacity = capacity;
+        row.sale_window = window;
+        ready(Ok(row.clone()))
+    }
+}
+
 impl Catalog for FakeDb {
+    type Lock<'a> = FakeLock<'a>;
+
+    fn lock_showtime(
+        &self,
+        id: ShowtimeId,
+    ) -> impl Future<Output = PortResult<Option<FakeLock<'_>>>> + Send {
+        let row = self.showtimes.lock().unwrap().get(&id).cloned();
+        ready(Ok(row.map(|row| FakeLock { db: self, row })))
+    }
+
     fn create_showtime(
         &self,
         new: NewShowtime,

@@ -28,8 +28,8 @@ mod fakes;
 mod model_tests;
 
 pub use domain::{
-    Capacity, InvalidInput, NewShowtime, Reservation, ReservationId, SeatCounts, Showtime,
-    ShowtimeId, UnixMillis, UserId,
+    Capacity, InvalidInput, NewShowtime, Reservation, ReservationId, SeatChange, SeatCounts,
+    Showtime, ShowtimeChange, ShowtimeId, UnixMillis, UserId,
 };
 pub use messages::{Expiry, OrderRequest, PaymentRequest};
 pub use ports::{Catalog, MessageBus, OrderBook, PortError, SeatStore};

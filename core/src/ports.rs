@@ -6,11 +6,11 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::domain::SaleState;
+use crate::domain::{SaleState, SaleWindow};
 use crate::messages::{Expiry, OrderRequest, PaymentRequest};
 use crate::{
-    NewShowtime, Reservation, ReservationId, SeatCounts, Showtime, ShowtimeId, Status, UnixMillis,
-    UserId,
+    Capacity, NewShowtime, Reservation, ReservationId, SeatCounts, Showtime, ShowtimeId, Status,
+    UnixMillis, UserId,
 };
 
 /// A failure of a component behind a port. `transient` failures (a connection refused, a
@@ -96,6 +96,17 @@ pub struct ReservationPage {
     pub reservations: Vec<Reservation>,
     /// Where the next page starts (`before` of the next call), when there may be more.
     pub next: Option<u64>,
+}
+
+/// What a change of a showtime's capacity found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResizeOutcome {
+    /// The capacity is the new one; the seats added or removed are `available`.
+    Resized(SeatCounts),
+    /// Fewer unsold seats than the change removes: nothing changed (the counts now).
+    InUse(SeatCounts),
+    /// The store has no stock for this showtime.
+    UnknownShowtime,
 }
 
 /// What an expiry found.
@@ -213,6 +224,15 @@ pub trait SeatStore: Send + Sync + 'static {
         showtime: ShowtimeId,
     ) -> impl Future<Output = PortResult<Option<SeatCounts>>> + Send;
 
+    /// Sets a showtime's capacity, moving the difference in or out of `available`
+    /// atomically; refused (nothing changed) when that would leave `available` below
+    /// zero, that is the capacity below the seats held and sold.
+    fn resize(
+        &self,
+        showtime: ShowtimeId,
+        capacity: u32,
+    ) -> impl Future<Output = PortResult<ResizeOutcome>> + Send;
+
     /// Holds still `RESERVED` whose deadline passed more than `grace` ago.
     fn overdue_holds(
         &self,
@@ -248,8 +268,35 @@ pub trait MessageBus: Send + Sync + 'static {
     ) -> impl Future<Output = PortResult<()>> + Send;
 }
 
+/// A showtime's row, locked for a change: no other change, nor a repair that rebuilds
+/// the seat store from the row, proceeds until [`ShowtimeLock::commit`] writes it or the
+/// lock is dropped (which changes nothing). Orders of the showtime wait too, so a
+/// capacity the seat store already has is never refused by the database for lack of the
+/// row's.
+pub trait ShowtimeLock: Send {
+    /// The row as it is while locked.
+    fn showtime(&self) -> &Showtime;
+
+    /// Writes the new capacity and sale window and releases the row.
+    fn commit(
+        self,
+        capacity: Capacity,
+        window: SaleWindow,
+    ) -> impl Future<Output = PortResult<Showtime>> + Send;
+}
+
 /// Showtimes, in the database.
 pub trait Catalog: Send + Sync + 'static {
+    type Lock<'a>: ShowtimeLock + 'a
+    where
+        Self: 'a;
+
+    /// Locks a showtime's row (waiting for another holder); `None` for an unknown one.
+    fn lock_showtime(
+        &self,
+        id: ShowtimeId,
+    ) -> impl Future<Output = PortResult<Option<Self::Lock<'_>>>> + Send;
+
     fn create_showtime(
         &self,
         showtime: NewShowtime,

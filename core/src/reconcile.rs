@@ -5,6 +5,7 @@
 
 use crate::ports::{
     Catalog, MessageBus, OrderAudit, OrderBook, PortError, RecordedOrders, SeatAuditor, SeatStore,
+    ShowtimeLock as _,
 };
 use crate::{Sale, SeatCounts, ShowtimeId};
 
@@ -103,7 +104,16 @@ where
             }
         }
         let repaired = if repair && !discrepancies.is_empty() {
-            Some(self.seats.rebuild(id, capacity, ordered, &recorded).await?)
+            // The capacity it rebuilds from is read with the row locked: an operator's
+            // change in flight (its seats changed in the store, its row not yet
+            // written) finishes first, and its capacity is the one rebuilt, never undone.
+            let Some(lock) = self.db.lock_showtime(id).await? else {
+                return Ok(None);
+            };
+            let capacity = lock.showtime().capacity.get();
+            let rebuilt = self.seats.rebuild(id, capacity, ordered, &recorded).await?;
+            drop(lock);
+            Some(rebuilt)
         } else {
             None
         };

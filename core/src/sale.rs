@@ -10,11 +10,12 @@ use crate::domain::{OutsideSaleWindow, SaleState, SaleWindow};
 use crate::messages::{Expiry, OrderRequest, PaymentRequest};
 use crate::ports::{
     CancelOutcome, Catalog, ExpireOutcome, MessageBus, OrderBook, OrderOutcome, PayOutcome,
-    PortError, RecordedOrder, ReservationPage, SeatStore, TakeOutcome,
+    PortError, RecordedOrder, ReservationPage, ResizeOutcome, SeatStore, ShowtimeLock as _,
+    TakeOutcome,
 };
 use crate::{
-    NewShowtime, Reservation, ReservationId, SeatCounts, Showtime, ShowtimeId, Status, UnixMillis,
-    UserId,
+    InvalidInput, NewShowtime, Reservation, ReservationId, SeatCounts, Showtime, ShowtimeChange,
+    ShowtimeId, Status, UnixMillis, UserId,
 };
 
 /// A named point between two steps where the crash tests inject a failure (the `fail`
@@ -147,18 +148,33 @@ impl Clock {
     }
 }
 
-/// Showtimes' sale windows as the catalog gave them, kept for the life of the process
-/// (a window never changes once its showtime exists), so the hot path stays one seat
-/// store call. Bounded: when full it starts over.
+/// Showtimes' sale windows as the catalog gave them, with when they were read, so the
+/// hot path stays one seat store call: a window read less than [`SALE_WINDOW_REFRESH`]
+/// ago is used as is, an older one is read again (an operator may have paused the sale
+/// or moved its window in any process). Bounded: when full it starts over.
 #[derive(Debug, Default)]
-struct SaleWindows(RwLock<HashMap<ShowtimeId, SaleWindow>>);
+struct SaleWindows(RwLock<HashMap<ShowtimeId, (SaleWindow, Instant)>>);
 
 const SALE_WINDOWS_KEPT: usize = 65_536;
 
+/// How old a sale window this process uses may be: a change an operator makes in any
+/// process is obeyed by every process within this time and one catalog read.
+pub const SALE_WINDOW_REFRESH: Duration = Duration::from_millis(500);
+
 impl SaleWindows {
-    fn get(&self, showtime: ShowtimeId) -> Option<SaleWindow> {
+    /// The window, if read less than `fresh` ago.
+    fn get(&self, showtime: ShowtimeId, fresh: Duration) -> Option<SaleWindow> {
         let windows = self.0.read().unwrap_or_else(|e| e.into_inner());
-        windows.get(&showtime).copied()
+        windows
+            .get(&showtime)
+            .filter(|(_, read)| read.elapsed() < fresh)
+            .map(|(window, _)| *window)
+    }
+
+    /// Whether this process has met the showtime (its stock checked) before.
+    fn known(&self, showtime: ShowtimeId) -> bool {
+        let windows = self.0.read().unwrap_or_else(|e| e.into_inner());
+        windows.contains_key(&showtime)
     }
 
     fn keep(&self, showtime: ShowtimeId, window: SaleWindow) {
@@ -166,7 +182,7 @@ impl SaleWindows {
         if windows.len() >= SALE_WINDOWS_KEPT {
             windows.clear();
         }
-        windows.insert(showtime, window);
+        windows.insert(showtime, (window, Instant::now()));
     }
 }
 
@@ -227,6 +243,23 @@ pub enum CancelError {
     Unavailable(#[from] PortError),
 }
 
+/// Why an operator's change of a showtime was not made. Nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error("showtime {0} does not exist")]
+    UnknownShowtime(ShowtimeId),
+    #[error("{0}")]
+    Invalid(#[from] InvalidInput),
+    /// Removing that many seats would take held or sold ones.
+    #[error(
+        "only {} of the {} seats are neither held nor sold; the capacity cannot go below {}",
+        .counts.available, .counts.capacity, .counts.held + .counts.sold
+    )]
+    SeatsInUse { counts: SeatCounts },
+    #[error(transparent)]
+    Unavailable(#[from] PortError),
+}
+
 /// A payment that was taken.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PayReceipt {
@@ -253,6 +286,7 @@ pub struct Sale<S, B, D> {
     clock: Clock,
     sold_out: Arc<SoldOutFlags>,
     windows: Arc<SaleWindows>,
+    window_refresh: Duration,
 }
 
 impl<S, B, D> Sale<S, B, D>
@@ -270,12 +304,22 @@ where
             clock: Clock::System,
             sold_out: Arc::default(),
             windows: Arc::default(),
+            window_refresh: SALE_WINDOW_REFRESH,
         }
     }
 
     /// The same sale judging its sale windows by `clock`.
     pub fn with_clock(self, clock: Clock) -> Self {
         Self { clock, ..self }
+    }
+
+    /// The same sale re-reading a showtime's window once it is `refresh` old (the
+    /// default is [`SALE_WINDOW_REFRESH`]).
+    pub fn with_window_refresh(self, refresh: Duration) -> Self {
+        Self {
+            window_refresh: refresh,
+            ..self
+        }
     }
 
     pub fn settings(&self) -> SaleSettings {
@@ -298,17 +342,80 @@ where
         Ok(showtime)
     }
 
-    /// The showtime's sale window, from this process's memory or the catalog; `None`
-    /// when there is no such showtime.
+    /// The showtime's sale window, from this process's memory while fresh, else from
+    /// the catalog; `None` when there is no such showtime.
     async fn sale_window(&self, showtime: ShowtimeId) -> Result<Option<SaleWindow>, PortError> {
-        if let Some(window) = self.windows.get(showtime) {
+        if let Some(window) = self.windows.get(showtime, self.window_refresh) {
             return Ok(Some(window));
         }
         let Some(known) = self.db.showtime(showtime).await? else {
             return Ok(None);
         };
-        self.first_use(&known).await?;
+        if self.windows.known(showtime) {
+            self.windows.keep(showtime, known.sale_window);
+        } else {
+            self.first_use(&known).await?;
+        }
         Ok(Some(known.sale_window))
+    }
+
+    /// An operator's change of a live showtime: pause or resume its sale, move or close
+    /// its window, add seats or remove unsold ones. The showtime's row stays locked
+    /// while its seats are changed in the seat store, so two changes (or a change and
+    /// a `reconcile --repair`) never undo each other. Seats removed must be available
+    /// (never held or sold); seats added go on sale at once. This process obeys the new
+    /// window at once, every other within [`SALE_WINDOW_REFRESH`]. Holds made before a
+    /// pause or close can still be paid until their deadline.
+    pub async fn change_showtime(
+        &self,
+        id: ShowtimeId,
+        change: ShowtimeChange,
+    ) -> Result<(Showtime, SeatCounts, SaleState), ChangeError> {
+        let Some(lock) = self.db.lock_showtime(id).await? else {
+            return Err(ChangeError::UnknownShowtime(id));
+        };
+        let before = lock.showtime().clone();
+        let window = change.window(before.sale_window, self.clock.now())?;
+        let capacity = change.capacity(before.capacity)?;
+        if capacity != before.capacity {
+            self.load_from_catalog(&before).await?;
+            match self.seats.resize(id, capacity.get()).await? {
+                ResizeOutcome::Resized(_) => {}
+                ResizeOutcome::InUse(counts) => return Err(ChangeError::SeatsInUse { counts }),
+                ResizeOutcome::UnknownShowtime => {
+                    return Err(PortError::transient(
+                        "seat store",
+                        format!("showtime {id} vanished while its seats were changed"),
+                    )
+                    .into());
+                }
+            }
+        }
+        crash_point!("change.before_commit");
+        let after = match lock.commit(capacity, window).await {
+            Ok(after) => after,
+            Err(e) => {
+                // The row keeps its capacity: so does the stock (should this fail too,
+                // `reconcile` reports the difference and `--repair` rebuilds from the row).
+                if capacity != before.capacity {
+                    let _ = self.seats.resize(id, before.capacity.get()).await;
+                }
+                return Err(e.into());
+            }
+        };
+        self.windows.keep(id, after.sale_window);
+        if capacity.get() > before.capacity.get() {
+            self.sold_out.seat_returned(id);
+        }
+        let counts = match self.seats.counts(id).await? {
+            Some(counts) => counts,
+            None => {
+                self.load_from_catalog(&after).await?;
+                self.seats.counts(id).await?.unwrap_or_default()
+            }
+        };
+        let state = after.sale_window.state_at(self.clock.now());
+        Ok((after, counts, state))
     }
 
     /// The first time this process meets a showtime: its seat store state is checked to
@@ -377,7 +484,7 @@ where
         let Some(showtime) = self.db.showtime(id).await? else {
             return Ok(None);
         };
-        if self.windows.get(id).is_none() {
+        if !self.windows.known(id) {
             self.first_use(&showtime).await?;
         }
         if let Some(counts) = self.seats.counts(id).await? {
@@ -774,6 +881,88 @@ mod tests {
     }
 
     #[test]
+    fn a_paused_sale_refuses_holds_without_touching_a_seat_and_resumes() {
+        let sale = sale(PaymentMode::Manual);
+        let st = showtime(&sale, 3);
+        let held = block_on(sale.reserve(user(1), st)).unwrap();
+        let pause = ShowtimeChange {
+            paused: Some(true),
+            ..ShowtimeChange::default()
+        };
+        let (_, _, state) = block_on(sale.change_showtime(st, pause)).unwrap();
+        assert_eq!(state, SaleState::Paused);
+        assert!(matches!(
+            block_on(sale.reserve(user(2), st)),
+            Err(ReserveError::OutsideSaleWindow {
+                why: OutsideSaleWindow::Paused,
+                ..
+            })
+        ));
+        let c = counts(&sale, st);
+        assert_eq!((c.available, c.held), (2, 1));
+        block_on(sale.pay(held.id, user(1))).expect("a hold made before the pause is paid");
+        let resume = ShowtimeChange {
+            paused: Some(false),
+            ..ShowtimeChange::default()
+        };
+        block_on(sale.change_showtime(st, resume)).unwrap();
+        block_on(sale.reserve(user(2), st)).expect("on sale again");
+    }
+
+    #[test]
+    fn seats_are_added_to_a_sold_out_sale_and_only_unsold_ones_removed() {
+        let mut sale = sale(PaymentMode::Manual);
+        sale.settings.sold_out_cache = Duration::from_secs(3600);
+        let st = showtime(&sale, 2);
+        block_on(sale.reserve(user(1), st)).unwrap();
+        block_on(sale.reserve(user(2), st)).unwrap();
+        assert!(matches!(
+            block_on(sale.reserve(user(3), st)),
+            Err(ReserveError::SoldOut { .. })
+        ));
+        let add = |n| ShowtimeChange {
+            seats: Some(crate::SeatChange::Add(n)),
+            ..ShowtimeChange::default()
+        };
+        let (row, c, _) = block_on(sale.change_showtime(st, add(1))).unwrap();
+        assert_eq!((row.capacity.get(), c.capacity, c.available), (3, 3, 1));
+        block_on(sale.reserve(user(3), st)).expect("the seat added is on sale");
+        let remove = ShowtimeChange {
+            seats: Some(crate::SeatChange::Remove(1)),
+            ..ShowtimeChange::default()
+        };
+        match block_on(sale.change_showtime(st, remove)) {
+            Err(ChangeError::SeatsInUse { counts }) => assert_eq!(counts.available, 0),
+            other => panic!("expected the seats to be in use, got {other:?}"),
+        }
+        let row = block_on(sale.db.showtime(st)).unwrap().unwrap();
+        assert_eq!(row.capacity.get(), 3, "the row is unchanged");
+        assert_eq!(counts(&sale, st).capacity, 3);
+    }
+
+    #[test]
+    fn closing_a_sale_early_closes_it_now_and_a_window_that_closes_before_it_opens_is_refused() {
+        let clock = Clock::manual(UnixMillis(1_000_000));
+        let sale = sale(PaymentMode::Manual).with_clock(clock.clone());
+        let st = showtime(&sale, 2);
+        let close = ShowtimeChange {
+            close_now: true,
+            ..ShowtimeChange::default()
+        };
+        let (row, _, state) = block_on(sale.change_showtime(st, close)).unwrap();
+        assert_eq!(row.sale_window.closes_at(), Some(UnixMillis(1_000_000)));
+        assert_eq!(state, SaleState::Ended);
+        let backwards = ShowtimeChange {
+            sale_opens_at: Some(Some(UnixMillis(2_000_000))),
+            ..ShowtimeChange::default()
+        };
+        assert!(matches!(
+            block_on(sale.change_showtime(st, backwards)),
+            Err(ChangeError::Invalid(_))
+        ));
+    }
+
+    #[test]
     fn a_showtime_another_process_created_is_held_to_its_window_from_the_catalog() {
         let clock = Clock::manual(UnixMillis(0));
         let sale = sale(PaymentMode::Manual).with_clock(clock.clone());
@@ -791,7 +980,11 @@ mod tests {
             block_on(sale.reserve(user(1), st)),
             Err(ReserveError::OutsideSaleWindow { .. })
         ));
-        assert_eq!(sale.windows.get(st), Some(window), "kept once read");
+        assert_eq!(
+            sale.windows.get(st, Duration::MAX),
+            Some(window),
+            "kept once read"
+        );
         clock.advance(Duration::from_millis(10));
         block_on(sale.reserve(user(1), st)).expect("its stock is loaded on first use");
     }

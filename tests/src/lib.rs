@@ -146,6 +146,24 @@ impl TestApp {
         (status, body)
     }
 
+    /// `PATCH /showtimes/{showtime}` with `body`, as the holder of `token` if given.
+    pub async fn change_showtime(
+        &self,
+        showtime: i64,
+        body: Value,
+        token: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let (status, _, body) = self
+            .send(
+                self.http
+                    .patch(self.url(&format!("/showtimes/{showtime}")))
+                    .json(&body),
+                token,
+            )
+            .await;
+        (status, body)
+    }
+
     /// Creates a showtime of `capacity` seats as an admin (`AUTH_MODE=jwt`).
     pub async fn create_showtime_as_admin(&self, capacity: u32) -> i64 {
         let (status, body) = self

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use flash_sale_core::InvalidInput;
 use flash_sale_core::domain::OutsideSaleWindow;
 use flash_sale_core::ports::PortError;
-use flash_sale_core::sale::{CancelError, PayError, ReserveError};
+use flash_sale_core::sale::{CancelError, ChangeError, PayError, ReserveError};
 use flash_sale_core::{ReservationId, Status};
 use serde::Serialize;
 
@@ -206,6 +206,8 @@ pub const ERROR_CODES: &[&str] = &[
     "cancelled",
     "sale_not_open",
     "sale_closed",
+    "sale_paused",
+    "seats_in_use",
     "rate_limited",
     "method_not_allowed",
     "unavailable",
@@ -264,6 +266,12 @@ impl From<ReserveError> for ApiError {
                         rfc3339(closed_at)
                     ),
                 },
+                OutsideSaleWindow::Paused => ApiError::Conflict {
+                    code: "sale_paused",
+                    message: format!(
+                        "the sale of showtime {showtime} is paused; try again when it resumes"
+                    ),
+                },
             },
             ReserveError::Unavailable(e) => e.into(),
         }
@@ -310,6 +318,22 @@ impl From<CancelError> for ApiError {
                 message: "the hold had already expired; its seat went back on sale".into(),
             },
             CancelError::Unavailable(e) => e.into(),
+        }
+    }
+}
+
+impl From<ChangeError> for ApiError {
+    fn from(e: ChangeError) -> Self {
+        match e {
+            ChangeError::UnknownShowtime(id) => {
+                ApiError::NotFound(format!("showtime {id} does not exist"))
+            }
+            ChangeError::Invalid(e) => e.into(),
+            e @ ChangeError::SeatsInUse { .. } => ApiError::Conflict {
+                code: "seats_in_use",
+                message: e.to_string(),
+            },
+            ChangeError::Unavailable(e) => e.into(),
         }
     }
 }

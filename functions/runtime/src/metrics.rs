@@ -253,13 +253,14 @@ struct Hot {
     reservations: Vec<metrics::Counter>,
 }
 
-const RESERVATION_LABELS: [(&str, &str); 9] = [
+const RESERVATION_LABELS: [(&str, &str); 10] = [
     ("reserved", "store"),
     ("sold_out", "memory"),
     ("sold_out", "store"),
     ("already_ordered", "store"),
     ("sale_not_open", "catalog"),
     ("sale_closed", "catalog"),
+    ("sale_paused", "catalog"),
     ("rejected", "catalog"),
     ("unavailable", "store"),
     ("rejected", "request"),
@@ -332,6 +333,10 @@ pub fn reservation(result: &Result<(), &ReserveError>) {
             why: OutsideSaleWindow::Closed { .. },
             ..
         }) => ("sale_closed", "catalog"),
+        Err(ReserveError::OutsideSaleWindow {
+            why: OutsideSaleWindow::Paused,
+            ..
+        }) => ("sale_paused", "catalog"),
         Err(ReserveError::UnknownShowtime(_)) => ("rejected", "catalog"),
         Err(ReserveError::Unavailable(_)) => ("unavailable", "store"),
     };

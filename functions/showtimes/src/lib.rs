@@ -7,7 +7,9 @@
 //! with their seats now, a page at a time: the ones on sale for anyone, upcoming and
 //! ended ones (or all) for admins. `GET /showtimes/{id}/orders` (admins) pages through
 //! a showtime's orders as the database recorded them, as JSON or, with
-//! `Accept: text/csv`, as CSV for export.
+//! `Accept: text/csv`, as CSV for export. `PATCH /showtimes/{id}` (admins) steers a live
+//! sale: pause and resume it, close it early, move its window, add seats or remove
+//! unsold ones.
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -16,7 +18,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::DateTime;
 use flash_sale_core::domain::{SaleState, SaleWindow};
-use flash_sale_core::{Capacity, NewShowtime, SeatCounts, Showtime, ShowtimeId, UnixMillis};
+use flash_sale_core::{
+    Capacity, NewShowtime, SeatChange, SeatCounts, Showtime, ShowtimeChange, ShowtimeId, UnixMillis,
+};
 use flash_sale_runtime::App;
 use flash_sale_runtime::error::ApiError;
 use flash_sale_runtime::extract::JsonBody;
@@ -36,7 +40,7 @@ pub fn router(app: App) -> Router {
 pub fn routes(app: App, guard: &Guard) -> Router {
     Router::new()
         .route("/showtimes", post(create).get(list))
-        .route("/showtimes/{id}", get(show))
+        .route("/showtimes/{id}", get(show).patch(change))
         .route("/showtimes/{id}/orders", get(orders))
         .with_state(AppState::new(app, guard.clone()))
 }
@@ -109,6 +113,85 @@ fn time(field: &str, raw: Option<&str>) -> Result<Option<UnixMillis>, ApiError> 
     .transpose()
 }
 
+/// The body of `PATCH /showtimes/{id}`, as sent: every field optional, at least one
+/// given, unknown ones refused (a misspelt field must not pass for a change). Public for
+/// the fuzz targets.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeShowtime {
+    /// `true` pauses the sale (new holds refused, `sale_paused`), `false` resumes it.
+    pub paused: Option<bool>,
+    /// `true` closes the sale now.
+    pub close_now: Option<bool>,
+    /// RFC 3339, or `null` to remove the bound.
+    #[serde(default, deserialize_with = "given")]
+    pub sale_opens_at: Option<Option<String>>,
+    #[serde(default, deserialize_with = "given")]
+    pub sale_closes_at: Option<Option<String>>,
+    /// Seats to put on sale.
+    pub add_seats: Option<i64>,
+    /// Unsold seats to take off sale (never held or sold ones).
+    pub remove_seats: Option<i64>,
+    /// A new capacity, never below the seats held and sold.
+    pub capacity: Option<i64>,
+}
+
+/// A field that is present, even as `null` (`Some(None)`), told from an absent one
+/// (`None`, by `#[serde(default)]`).
+fn given<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+impl ChangeShowtime {
+    /// Parses the body into a change: every rule of the route but the admin check and
+    /// the seats held and sold.
+    pub fn validate(self) -> Result<ShowtimeChange, ApiError> {
+        let count = |field: &str, n: i64| {
+            if (1..=i64::from(Capacity::MAX)).contains(&n) {
+                Ok(n as u32)
+            } else {
+                Err(ApiError::BadRequest(format!(
+                    "{field} must be 1 to {}, got {n}",
+                    Capacity::MAX
+                )))
+            }
+        };
+        let seats = match (self.add_seats, self.remove_seats, self.capacity) {
+            (None, None, None) => None,
+            (Some(n), None, None) => Some(SeatChange::Add(count("add_seats", n)?)),
+            (None, Some(n), None) => Some(SeatChange::Remove(count("remove_seats", n)?)),
+            (None, None, Some(c)) => Some(SeatChange::Set(Capacity::new(c)?)),
+            _ => {
+                return Err(ApiError::BadRequest(
+                    "give one of add_seats, remove_seats and capacity".into(),
+                ));
+            }
+        };
+        let close_now = self.close_now.unwrap_or(false);
+        if close_now && self.sale_closes_at.is_some() {
+            return Err(ApiError::BadRequest(
+                "give close_now or sale_closes_at, not both".into(),
+            ));
+        }
+        let bound = |field: &str, raw: Option<Option<String>>| {
+            raw.map(|at| time(field, at.as_deref())).transpose()
+        };
+        let change = ShowtimeChange {
+            sale_opens_at: bound("sale_opens_at", self.sale_opens_at)?,
+            sale_closes_at: bound("sale_closes_at", self.sale_closes_at)?,
+            paused: self.paused,
+            close_now,
+            seats,
+        };
+        if change.is_empty() {
+            return Err(ApiError::BadRequest(
+                "nothing to change: give paused, close_now, sale_opens_at, sale_closes_at, add_seats, remove_seats or capacity".into(),
+            ));
+        }
+        Ok(change)
+    }
+}
+
 /// The query of `GET /showtimes`: `state` one of `on_sale` (the default), `upcoming`,
 /// `ended`, `all`; `limit` 1..=100 (20); `cursor` a previous page's `next_cursor`.
 #[derive(Debug, Deserialize)]
@@ -125,7 +208,7 @@ pub const MAX_PAGE: usize = 100;
 struct ListedShowtime {
     #[serde(flatten)]
     showtime: ShowtimeView,
-    /// `upcoming`, `on_sale` or `ended`, now.
+    /// `upcoming`, `on_sale`, `paused` or `ended`, now.
     sale_state: &'static str,
 }
 
@@ -145,11 +228,12 @@ async fn list(
     let wanted = match query.state.as_deref().unwrap_or("on_sale") {
         "on_sale" => Some(SaleState::OnSale),
         "upcoming" => Some(SaleState::Upcoming),
+        "paused" => Some(SaleState::Paused),
         "ended" => Some(SaleState::Ended),
         "all" => None,
         other => {
             return Err(ApiError::BadRequest(format!(
-                "state must be on_sale, upcoming, ended or all, not {other:?}"
+                "state must be on_sale, upcoming, paused, ended or all, not {other:?}"
             )));
         }
     };
@@ -306,6 +390,8 @@ struct ShowtimeView {
     sold: u32,
     sale_opens_at: Option<String>,
     sale_closes_at: Option<String>,
+    /// An operator paused the sale: holds are refused until it is resumed.
+    sale_paused: bool,
 }
 
 impl ShowtimeView {
@@ -317,6 +403,7 @@ impl ShowtimeView {
             starts_at: s.starts_at.clone(),
             sale_opens_at: w.opens_at().map(rfc3339),
             sale_closes_at: w.closes_at().map(rfc3339),
+            sale_paused: w.is_paused(),
             capacity: c.capacity,
             available: c.available,
             held: c.held,
@@ -343,6 +430,33 @@ async fn create(
         StatusCode::CREATED,
         Json(ShowtimeView::new(&showtime, counts)),
     ))
+}
+
+/// An operator's change of a live sale (admins): 200 with the showtime as it is now and
+/// its sale state; 409 `seats_in_use` when fewer seats are unsold than removed (nothing
+/// changed). Every process obeys a new window or pause within a second; holds made
+/// before a pause or close can still be paid until their deadline.
+async fn change(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<ChangeShowtime>,
+) -> Result<Json<ListedShowtime>, ApiError> {
+    caller.require_admin()?;
+    let id: ShowtimeId = id.parse()?;
+    let change = req.validate()?;
+    let (showtime, counts, sale_state) = state.app().sale.change_showtime(id, change).await?;
+    tracing::info!(
+        showtime = id.get(),
+        change = ?change,
+        capacity = counts.capacity,
+        sale_state = sale_state.as_str(),
+        "an operator changed a showtime"
+    );
+    Ok(Json(ListedShowtime {
+        showtime: ShowtimeView::new(&showtime, counts),
+        sale_state: sale_state.as_str(),
+    }))
 }
 
 async fn show(

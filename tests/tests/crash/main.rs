@@ -249,3 +249,45 @@ async fn a_sold_out_answer_read_before_a_seat_came_back_is_not_remembered() {
     app.finish().await;
     scenario.teardown();
 }
+
+/// `reconcile --repair` racing an operator's change: the change has put 50 more seats
+/// on sale in Redis and has not written its row yet (held there by a crash point), so
+/// the repair finds Redis's capacity and the database's apart. It rebuilds from the
+/// row, which it reads under the row's lock, only once the change has written it: the
+/// seats added are never undone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repair_racing_an_operators_change_never_undoes_it() {
+    let scenario = FailScenario::setup();
+    let app = TestApp::spawn(Options::default()).await;
+    let showtime = app.create_showtime(100).await;
+    let id = flash_sale_core::ShowtimeId::new(showtime).unwrap();
+    fail::cfg("change.before_commit", "1*sleep(1500)").unwrap();
+    let change = app.change_showtime(showtime, serde_json::json!({"add_seats": 50}), None);
+    let repair = async {
+        eventually(
+            Duration::from_secs(10),
+            "the change to put its seats on sale in Redis",
+            || async { (app.seats(showtime).await.0 == 150).then_some(()) },
+        )
+        .await;
+        flash_sale_reconcile::run(&app.app, Some(id), true, Duration::from_secs(3600))
+            .await
+            .unwrap()
+    };
+    let ((status, body), report) = tokio::join!(change, repair);
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["capacity"], 150, "{body}");
+    let capacity: i32 = sqlx::query_scalar("SELECT capacity FROM showtimes WHERE id = $1")
+        .bind(showtime)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(capacity, 150);
+    assert_eq!(app.seats(showtime).await, (150, 0, 0), "{report:?}");
+    let after = flash_sale_reconcile::run(&app.app, Some(id), false, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert!(after.is_clean(), "{after:?}");
+    app.finish().await;
+    scenario.teardown();
+}

@@ -10,4 +10,5 @@ mod me;
 mod operations;
 mod recovery;
 mod showtimes;
+mod steer;
 mod traces;
