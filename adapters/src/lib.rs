@@ -3,6 +3,8 @@
 //! The core's ports on real infrastructure:
 //! - [`redis_seats`]: the [`SeatStore`](flash_sale_core::SeatStore) on Redis, one Lua
 //!   script per transition (from `lua/`), run by SHA with a NOSCRIPT fallback.
+//! - [`redis_idempotency`]: the [`IdempotencyStore`](flash_sale_core::IdempotencyStore)
+//!   on Redis, each key's record in its showtime's slot.
 //! - [`redis_connection`]: one connection to a single Redis or a Redis Cluster, chosen
 //!   by what `REDIS_URL` names.
 //! - [`rabbit`]: the [`MessageBus`](flash_sale_core::MessageBus) on RabbitMQ, with the
@@ -18,6 +20,7 @@ pub mod postgres;
 mod postgres_audit;
 pub mod rabbit;
 pub mod redis_connection;
+pub mod redis_idempotency;
 pub mod redis_seats;
 pub mod tls;
 pub mod trace;
@@ -26,5 +29,6 @@ pub mod wire;
 pub use postgres::Postgres;
 pub use rabbit::{Broker, Queue, Topology};
 pub use redis_connection::RedisConnection;
+pub use redis_idempotency::RedisIdempotency;
 pub use redis_seats::RedisSeats;
 pub use tls::{CaFile, Trust};

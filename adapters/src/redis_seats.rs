@@ -113,7 +113,7 @@ fn script_span(script: &'static str, showtime: ShowtimeId) -> Span {
     )
 }
 
-fn port_error(e: redis::RedisError) -> PortError {
+pub(crate) fn port_error(e: redis::RedisError) -> PortError {
     let transient = e.is_io_error()
         || e.is_timeout()
         || e.is_connection_dropped()

@@ -11,11 +11,14 @@
 //! - [`sale`]: the use cases (reserve, pay, expire, write orders, sweep), generic over
 //!   the ports.
 //! - [`messages`]: the follow-up work that travels between functions through the queues.
+//! - [`idempotency`]: idempotency keys, the first answer under a key replayed, and the
+//!   port that keeps them.
 //!
 //! Unit tests run the use cases against in-memory fakes ([`sale`]'s tests); the adapters
 //! and the functions are tested against real Redis, RabbitMQ and PostgreSQL elsewhere.
 
 pub mod domain;
+pub mod idempotency;
 pub mod messages;
 pub mod ports;
 pub mod reconcile;
@@ -31,6 +34,7 @@ pub use domain::{
     Capacity, InvalidInput, NewShowtime, Reservation, ReservationId, SeatChange, SeatCounts,
     Showtime, ShowtimeChange, ShowtimeId, UnixMillis, UserId,
 };
+pub use idempotency::{IdempotencyKey, IdempotencyStore, KeyScope, KeyedRoute};
 pub use messages::{Expiry, OrderRequest, PaymentRequest};
 pub use ports::{Catalog, MessageBus, OrderBook, PortError, SeatStore};
 pub use sale::{PaymentMode, Sale, SaleSettings};

@@ -11,17 +11,18 @@ use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
+use axum::response::Response;
 use axum::routing::post;
 use axum::{Json, Router};
 use flash_sale_adapters::{Queue, trace, wire};
-use flash_sale_core::ReservationId;
+use flash_sale_core::{KeyedRoute, ReservationId};
 use flash_sale_runtime::App;
 use flash_sale_runtime::error::ApiError;
-use flash_sale_runtime::extract::JsonBody;
 use flash_sale_runtime::guard::{AppState, Guard, HasGuard as _};
+use flash_sale_runtime::idempotency::{self, KeyedJson};
 use flash_sale_runtime::identity::Caller;
 use flash_sale_runtime::queue::{self, QueueError};
-use flash_sale_runtime::{metrics, rfc3339, to_the_end};
+use flash_sale_runtime::{metrics, rfc3339};
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 use tracing::Instrument as _;
@@ -56,32 +57,36 @@ struct Paid {
     paid_at: String,
 }
 
+/// `POST /reservations/{id}/pay`. With an `Idempotency-Key`, the key (in the
+/// reservation's showtime) is answered from before the hold is touched: see
+/// [`idempotency`].
 async fn pay(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    JsonBody(req): JsonBody<PayRequest>,
-) -> Result<Json<Paid>, ApiError> {
+    KeyedJson { body: req, key }: KeyedJson<PayRequest>,
+) -> Result<Response, ApiError> {
     let user = caller.acting_as(req.user_id)?;
     let id: ReservationId = id.parse()?;
     state.guard().limits().check_user(user)?;
+    let keyed = key.map(|key| key.scoped(KeyedRoute::Pay, id.showtime(), user, &id.to_string()));
     let sale = state.app().sale.clone();
-    let receipt = to_the_end(async move {
+    Ok(idempotency::answer(state.app(), keyed, async move {
         let paid = sale.pay(id, user).await;
         metrics::payment("buyer", &paid.as_ref().map(|_| ()));
-        paid
+        let receipt = paid?;
+        if !receipt.order_queued {
+            tracing::warn!(reservation = %id, "paid, but the order message could not be queued yet; the sweep will re-send it");
+        }
+        Ok(Json(Paid {
+            id: id.to_string(),
+            showtime_id: id.showtime().get(),
+            user_id: user.get(),
+            status: "PAID",
+            paid_at: rfc3339(receipt.order.paid_at),
+        }))
     })
-    .await?;
-    if !receipt.order_queued {
-        tracing::warn!(reservation = %id, "paid, but the order message could not be queued yet; the sweep will re-send it");
-    }
-    Ok(Json(Paid {
-        id: id.to_string(),
-        showtime_id: id.showtime().get(),
-        user_id: user.get(),
-        status: "PAID",
-        paid_at: rfc3339(receipt.order.paid_at),
-    }))
+    .await)
 }
 
 /// The mock payment provider: pays every hold requested in one message body (one, or a

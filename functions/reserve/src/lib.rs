@@ -10,16 +10,21 @@
 //! Before any seat is touched, a reservation must pass, in order: the caller's identity
 //! (401), the body's `user_id` against it (403), the user's rate limit (429), then the
 //! sale's own rules in [`Sale::reserve`](flash_sale_core::Sale::reserve): the showtime
-//! exists (404) and its sale window is open (409 `sale_not_open` / `sale_closed`).
+//! exists (404) and its sale window is open (409 `sale_not_open` / `sale_closed`). A
+//! request sent with an `Idempotency-Key` is answered from its key, once the caller,
+//! the body and the rate limit have passed, before the sale is asked at all
+//! ([`flash_sale_runtime::idempotency`]).
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use flash_sale_core::{Reservation, ReservationId, ShowtimeId, UserId};
+use flash_sale_core::{KeyedRoute, Reservation, ReservationId, ShowtimeId, UserId};
 use flash_sale_runtime::error::ApiError;
 use flash_sale_runtime::extract::JsonBody;
 use flash_sale_runtime::guard::{AppState, Guard, HasGuard as _};
+use flash_sale_runtime::idempotency::{self, KeyedJson};
 use flash_sale_runtime::identity::Caller;
 use flash_sale_runtime::{App, metrics, rfc3339, to_the_end};
 use serde::{Deserialize, Serialize};
@@ -66,30 +71,33 @@ struct Reserved {
     expires_at: String,
 }
 
+/// `POST /reserve`. With an `Idempotency-Key`, the key is answered from before the sale
+/// is asked (and so before its sold-out memory): see [`idempotency`].
 async fn reserve(
     State(state): State<AppState>,
     caller: Caller,
-    JsonBody(req): JsonBody<ReserveRequest>,
-) -> Result<Json<Reserved>, ApiError> {
+    KeyedJson { body: req, key }: KeyedJson<ReserveRequest>,
+) -> Result<Response, ApiError> {
     let (user, showtime) = req
         .parse(&caller)
         .inspect_err(metrics::reservation_rejected)?;
     state.guard().limits().check_user(user)?;
+    let keyed = key.map(|key| key.scoped(KeyedRoute::Reserve, showtime, user, ""));
     let sale = state.app().sale.clone();
-    let r = to_the_end(async move {
+    Ok(idempotency::answer(state.app(), keyed, async move {
         let reserved = sale.reserve(user, showtime).await;
         metrics::reservation(&reserved.as_ref().map(|_| ()));
-        reserved
+        let r = reserved?;
+        Ok(Json(Reserved {
+            message: "Ticket reserved successfully",
+            status: r.status.as_str(),
+            reservation_id: r.id.to_string(),
+            showtime_id: showtime.get(),
+            user_id: user.get(),
+            expires_at: rfc3339(r.expires_at),
+        }))
     })
-    .await?;
-    Ok(Json(Reserved {
-        message: "Ticket reserved successfully",
-        status: r.status.as_str(),
-        reservation_id: r.id.to_string(),
-        showtime_id: showtime.get(),
-        user_id: user.get(),
-        expires_at: rfc3339(r.expires_at),
-    }))
+    .await)
 }
 
 /// A reservation as `GET /reservations/{id}` shows it.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use flash_sale_adapters::{Broker, Postgres, Queue, RedisSeats, Topology};
+use flash_sale_adapters::{Broker, Postgres, Queue, RedisIdempotency, RedisSeats, Topology};
 use flash_sale_core::ports::PortResult;
 use flash_sale_core::{Sale, SaleSettings};
 
@@ -24,6 +24,9 @@ pub type LiveSale = Sale<RedisSeats, Broker, Postgres>;
 #[derive(Clone, Debug)]
 pub struct App {
     pub sale: Arc<LiveSale>,
+    /// Where the answers of requests sent with an `Idempotency-Key` are kept (Redis,
+    /// beside the showtime's own keys): see [`crate::idempotency`].
+    pub idempotency: RedisIdempotency,
     pub queues: Queues,
     /// Whether each service answers, for a readiness route.
     pub probes: Probes,
@@ -81,7 +84,9 @@ impl App {
             bus: bus.clone(),
             db: db.clone(),
         };
+        let idempotency = RedisIdempotency::new(seats.connection(), &config.redis_key_prefix);
         let app = Self {
+            idempotency,
             probes: Probes {
                 seats: seats.clone(),
                 bus: bus.clone(),

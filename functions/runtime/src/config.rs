@@ -40,6 +40,9 @@ pub struct Config {
     /// How long a process answers "sold out" from memory after Redis said so
     /// (`SOLD_OUT_CACHE_MS`, default 100; 0 turns it off).
     pub sold_out_cache: Duration,
+    /// How long the answer of a request sent with an `Idempotency-Key` is replayed for
+    /// that key (`IDEMPOTENCY_KEY_TTL_SECS`, default 86400: a day).
+    pub idempotency_key_ttl: Duration,
     /// Whether reserve may answer once a hold's messages are on their way rather than
     /// confirmed (see `MessageBus::publish_hold`): yes in a long-lived process, no under
     /// a Lambda runtime (`AWS_LAMBDA_RUNTIME_API` is set), where the environment is
@@ -370,6 +373,7 @@ impl Config {
             sweep_interval: env.secs("SWEEP_INTERVAL_SECS", 5, 1..=WEEK_SECS)?,
             sweep_grace: env.secs("SWEEP_GRACE_SECS", 30, 0..=WEEK_SECS)?,
             sold_out_cache: env.millis("SOLD_OUT_CACHE_MS", 100, 0..=60_000)?,
+            idempotency_key_ttl: env.secs("IDEMPOTENCY_KEY_TTL_SECS", 86_400, 1..=WEEK_SECS)?,
             hand_over_hold_messages: env.get("AWS_LAMBDA_RUNTIME_API").is_none(),
             broker_confirm_timeout: env.millis("BROKER_CONFIRM_TIMEOUT_MS", 3000, 100..=4500)?,
             hand_over_limit: env.number("BROKER_HAND_OVER_LIMIT", 10_000, 0..=1_000_000)? as usize,

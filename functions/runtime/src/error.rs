@@ -61,6 +61,11 @@ pub enum ApiError {
         reservation: ReservationId,
         status: Option<Status>,
     },
+    /// 422 `idempotency_key_reused`: the request's `Idempotency-Key` was used before
+    /// with another request (another body, or another reservation to pay); nothing was
+    /// done.
+    #[error("{0}")]
+    IdempotencyKeyReused(String),
     /// 405 `method_not_allowed`: the route exists, but not with this method.
     #[error("{0}")]
     MethodNotAllowed(String),
@@ -103,6 +108,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } | ApiError::AlreadyOrdered { .. } => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::IdempotencyKeyReused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -122,6 +128,7 @@ impl ApiError {
             ApiError::Conflict { code, .. } => code,
             ApiError::AlreadyOrdered { .. } => "already_ordered",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::IdempotencyKeyReused(_) => "idempotency_key_reused",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
             ApiError::NotReady(_) => "not_ready",
@@ -181,6 +188,7 @@ impl ApiError {
             | ApiError::Forbidden(m)
             | ApiError::NotFound(m)
             | ApiError::MethodNotAllowed(m)
+            | ApiError::IdempotencyKeyReused(m)
             | ApiError::Unavailable(m)
             | ApiError::Internal(m)
             | ApiError::NotReady(m)
@@ -208,6 +216,8 @@ pub const ERROR_CODES: &[&str] = &[
     "sale_closed",
     "sale_paused",
     "seats_in_use",
+    "idempotency_key_reused",
+    "idempotency_key_in_progress",
     "rate_limited",
     "method_not_allowed",
     "unavailable",
@@ -377,6 +387,7 @@ mod tests {
             ApiError::Forbidden(String::new()),
             ApiError::NotFound(String::new()),
             ApiError::MethodNotAllowed(String::new()),
+            ApiError::IdempotencyKeyReused(String::new()),
             ApiError::Unavailable(String::new()),
             ApiError::Internal(String::new()),
             ApiError::NotReady(String::new()),

@@ -10,6 +10,8 @@
 //! - [`extract`]: the JSON request body.
 //! - [`guard`]: the abuse controls in front of every router: in-flight bound, rate
 //!   limits by user and client address, body limit.
+//! - [`idempotency`]: the `Idempotency-Key` header: the first answer under a key
+//!   replayed, a key reused for another request refused.
 //! - [`identity`]: who is calling (a verified JWT, API Gateway's authorizer claims, or
 //!   the trusted body of a loopback demo) and the owner and admin checks.
 //! - [`lambda`]: the Lambda host of every function, with what each invocation ends with.
@@ -24,6 +26,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod guard;
+pub mod idempotency;
 pub mod identity;
 pub mod lambda;
 pub mod metrics;

@@ -30,6 +30,7 @@ pub const RATE_LIMITED: &str = "flashsale_rate_limited_requests_total";
 pub const RESERVATIONS: &str = "flashsale_reservations_total";
 pub const PAYMENTS: &str = "flashsale_payments_total";
 pub const CANCELLATIONS: &str = "flashsale_cancellations_total";
+pub const IDEMPOTENCY_KEYS: &str = "flashsale_idempotency_keys_total";
 pub const EXPIRIES: &str = "flashsale_seats_returned_total";
 pub const ORDERS: &str = "flashsale_orders_total";
 pub const DEAD_LETTERS: &str = "flashsale_dead_letters_total";
@@ -68,6 +69,7 @@ const FROM_THE_START: &[&str] = &[
     RESERVATIONS,
     PAYMENTS,
     CANCELLATIONS,
+    IDEMPOTENCY_KEYS,
     EXPIRIES,
     ORDERS,
     DEAD_LETTERS,
@@ -366,6 +368,13 @@ pub fn payment(by: &'static str, result: &Result<(), &PayError>) {
         Err(PayError::Unavailable(_)) => "unavailable",
     };
     counter!(PAYMENTS, "outcome" => outcome, "by" => by).increment(1);
+}
+
+/// A request sent with an `Idempotency-Key`, by `route` (`reserve`, `pay`) and what its
+/// key found: `claimed` (a first request), `replayed`, `reused` (422), `in_progress`
+/// (409) or `unavailable` (the store failed: 503).
+pub fn idempotency_key(route: &'static str, outcome: &'static str) {
+    counter!(IDEMPOTENCY_KEYS, "route" => route, "outcome" => outcome).increment(1);
 }
 
 /// An owner's cancellation, by outcome: `cancelled` (the seat went back on sale, or had

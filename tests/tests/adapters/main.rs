@@ -1,6 +1,8 @@
 //! The adapters on their own, against real Redis, PostgreSQL and RabbitMQ: the Lua
 //! scripts' rules, the database's last word, the broker's topology and its publishing.
 
+mod idempotency;
+
 use std::collections::HashMap;
 use std::time::Duration;
 

@@ -5,6 +5,7 @@ mod cancel;
 mod contract;
 mod failure_windows;
 mod go_reference;
+mod idempotency;
 mod lifecycle;
 mod me;
 mod operations;
