@@ -167,6 +167,11 @@ impl ChangeShowtime {
                 ));
             }
         };
+        let given = self.paused.is_some()
+            || self.close_now.is_some()
+            || self.sale_opens_at.is_some()
+            || self.sale_closes_at.is_some()
+            || seats.is_some();
         let close_now = self.close_now.unwrap_or(false);
         if close_now && self.sale_closes_at.is_some() {
             return Err(ApiError::BadRequest(
@@ -183,7 +188,7 @@ impl ChangeShowtime {
             close_now,
             seats,
         };
-        if change.is_empty() {
+        if !given {
             return Err(ApiError::BadRequest(
                 "nothing to change: give paused, close_now, sale_opens_at, sale_closes_at, add_seats, remove_seats or capacity".into(),
             ));
