@@ -13,6 +13,8 @@
 //! - [`messages`]: the follow-up work that travels between functions through the queues.
 //! - [`idempotency`]: idempotency keys, the first answer under a key replayed, and the
 //!   port that keeps them.
+//! - [`waiting_room`]: a fair line in front of a sale (a lottery for early joiners,
+//!   admission as the stock allows), and the port that keeps it.
 //!
 //! Unit tests run the use cases against in-memory fakes ([`sale`]'s tests); the adapters
 //! and the functions are tested against real Redis, RabbitMQ and PostgreSQL elsewhere.
@@ -24,6 +26,7 @@ pub mod ports;
 pub mod reconcile;
 pub mod sale;
 pub mod state;
+pub mod waiting_room;
 
 #[cfg(test)]
 mod fakes;

@@ -2,6 +2,7 @@
 //! scripts' rules, the database's last word, the broker's topology and its publishing.
 
 mod idempotency;
+mod room;
 
 use std::collections::HashMap;
 use std::time::Duration;

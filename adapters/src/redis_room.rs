@@ -1,0 +1,219 @@
+//! The [`WaitingRoomStore`] on Redis: each showtime's room in its own slot, beside its
+//! seats (`<prefix>:{42}:room`, `:room:places`, `:room:admitted`, and `:seats` read by
+//! admission). Every step is one script: `lua/room.lua`, the shared part, followed by the
+//! step's own file.
+
+use std::sync::Arc;
+
+use flash_sale_core::ports::{PortError, PortResult};
+use flash_sale_core::waiting_room::{
+    Joined, LOTTERY_RANGE, RoomSettings, RoomSnapshot, Standing, WaitingRoomStore,
+};
+use flash_sale_core::{ShowtimeId, UnixMillis, UserId};
+use redis::{Script, Value};
+
+use crate::redis_connection::RedisConnection;
+use crate::redis_seats::{COMPONENT, port_error};
+
+struct Scripts {
+    configure: Script,
+    join: Script,
+    advance: Script,
+    standing: Script,
+    consume: Script,
+}
+
+/// Waiting rooms on Redis. Cheap to clone: clones share one connection.
+#[derive(Clone)]
+pub struct RedisRoom {
+    conn: RedisConnection,
+    prefix: Arc<str>,
+    scripts: Arc<Scripts>,
+}
+
+impl std::fmt::Debug for RedisRoom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisRoom")
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+/// The shared part of every room script, then the step's own.
+macro_rules! room_script {
+    ($file:literal) => {
+        Script::new(concat!(
+            include_str!("../../lua/room.lua"),
+            "\n",
+            include_str!(concat!("../../lua/", $file))
+        ))
+    };
+}
+
+impl RedisRoom {
+    /// Rooms under `prefix` (the seat store's, whose `seats` they read) on `conn`.
+    pub fn new(conn: RedisConnection, prefix: &str) -> Self {
+        Self {
+            conn,
+            prefix: prefix.into(),
+            scripts: Arc::new(Scripts {
+                configure: room_script!("room_configure.lua"),
+                join: room_script!("room_join.lua"),
+                advance: room_script!("room_advance.lua"),
+                standing: room_script!("room_standing.lua"),
+                consume: room_script!("room_consume.lua"),
+            }),
+        }
+    }
+
+    /// The room's keys, in the scripts' order.
+    pub fn keys(&self, showtime: ShowtimeId) -> [String; 4] {
+        let key = |what: &str| format!("{}:{{{showtime}}}:{what}", self.prefix);
+        [
+            key("room"),
+            key("room:places"),
+            key("room:admitted"),
+            key("seats"),
+        ]
+    }
+
+    fn invoke<'a>(&self, script: &'a Script, showtime: ShowtimeId) -> redis::ScriptInvocation<'a> {
+        let mut call = script.prepare_invoke();
+        for key in self.keys(showtime) {
+            call.key(key);
+        }
+        call
+    }
+}
+
+fn unexpected(what: &str, v: &Value) -> PortError {
+    PortError::permanent(COMPONENT, format!("unexpected reply from {what}: {v:?}"))
+}
+
+fn int(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(i) => u64::try_from(*i).ok(),
+        Value::BulkString(b) => std::str::from_utf8(b)
+            .ok()?
+            .parse::<f64>()
+            .ok()
+            .map(|f| f as u64),
+        _ => None,
+    }
+}
+
+/// A `standing` reply of the scripts (see `lua/room.lua`).
+fn standing_of(what: &str, v: &Value) -> PortResult<Option<Standing>> {
+    let Value::Array(items) = v else {
+        return Err(unexpected(what, v));
+    };
+    let kind = match items.first() {
+        Some(Value::BulkString(b)) => b.as_slice(),
+        _ => return Err(unexpected(what, v)),
+    };
+    let at = |i: usize| {
+        items
+            .get(i)
+            .and_then(int)
+            .ok_or_else(|| unexpected(what, v))
+    };
+    Ok(Some(match kind {
+        b"none" => return Ok(None),
+        b"waiting" => Standing::Waiting,
+        b"sold_out" => Standing::SoldOut,
+        b"line" => {
+            let place = at(1)?;
+            Standing::InLine {
+                place,
+                ahead: place - at(2)?.min(place),
+            }
+        }
+        b"admitted" => Standing::Admitted {
+            place: at(1)?,
+            until: UnixMillis(at(2)?),
+        },
+        b"passed" => Standing::Passed { place: at(1)? },
+        _ => return Err(unexpected(what, v)),
+    }))
+}
+
+impl WaitingRoomStore for RedisRoom {
+    async fn configure(&self, showtime: ShowtimeId, settings: RoomSettings) -> PortResult<()> {
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .invoke(&self.scripts.configure, showtime)
+            .arg(settings.opens_at.0)
+            .arg(settings.admit_per_sec.unwrap_or(0))
+            .arg(settings.overbook_pct)
+            .arg(settings.admission.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(port_error)?;
+        Ok(())
+    }
+
+    async fn join(&self, showtime: ShowtimeId, user: UserId, draw: u64) -> PortResult<Joined> {
+        let mut conn = self.conn.clone();
+        let v: Value = self
+            .invoke(&self.scripts.join, showtime)
+            .arg(user.get())
+            .arg(draw % LOTTERY_RANGE)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(port_error)?;
+        Ok(match standing_of("room_join.lua", &v)? {
+            Some(standing) => Joined::Standing(standing),
+            None => Joined::NoRoom,
+        })
+    }
+
+    async fn advance(&self, showtime: ShowtimeId) -> PortResult<Option<RoomSnapshot>> {
+        let mut conn = self.conn.clone();
+        let v: Value = self
+            .invoke(&self.scripts.advance, showtime)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(port_error)?;
+        let what = "room_advance.lua";
+        let Value::Array(items) = &v else {
+            return Err(unexpected(what, &v));
+        };
+        if items.is_empty() {
+            return Ok(None);
+        }
+        let at = |i: usize| {
+            items
+                .get(i)
+                .and_then(int)
+                .ok_or_else(|| unexpected(what, &v))
+        };
+        Ok(Some(RoomSnapshot {
+            served: at(0)?,
+            joined: at(1)?,
+            closed: at(2)? == 1,
+            open: at(3)? == 1,
+        }))
+    }
+
+    async fn standing(&self, showtime: ShowtimeId, user: UserId) -> PortResult<Standing> {
+        let mut conn = self.conn.clone();
+        let v: Value = self
+            .invoke(&self.scripts.standing, showtime)
+            .arg(user.get())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(port_error)?;
+        Ok(standing_of("room_standing.lua", &v)?.unwrap_or(Standing::NotInLine))
+    }
+
+    async fn consume(&self, showtime: ShowtimeId, user: UserId) -> PortResult<bool> {
+        let mut conn = self.conn.clone();
+        let used: i64 = self
+            .invoke(&self.scripts.consume, showtime)
+            .arg(user.get())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(port_error)?;
+        Ok(used == 1)
+    }
+}

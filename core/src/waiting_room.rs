@@ -1,0 +1,202 @@
+//! A waiting room in front of a sale: arrivals get a place in line, the line is admitted
+//! at the rate the seats allow, and the line learns at once when nothing is left.
+//!
+//! - **The lottery.** Everyone who joins before the room opens gets a random place among
+//!   the early joiners, decided when they join by a number the server draws (never the
+//!   client), so being first to the page, or a bot's speed, gives nothing. Everyone who
+//!   joins later queues behind every early joiner, in arrival order.
+//! - **Admission.** From the opening on, the line is admitted in order: at most as many
+//!   admitted buyers may be undecided (admitted, not yet held or refused) as there are
+//!   seats available, plus an overbooking margin for those who never come
+//!   ([`RoomSettings::overbook_pct`]); at most `admit_per_sec` a second when set. An
+//!   admission lasts [`RoomSettings::admission`]; one unused by then is dropped, and its
+//!   room goes to the next in line, as do seats that come back (an expiry, a cancel).
+//! - **Sold out.** When no seat is available or held, the room closes: everyone still
+//!   waiting learns `sold_out`.
+//!
+//! Admission advances lazily, whenever anyone joins or asks (and on the sweep's tick):
+//! from the time elapsed and the stock, in one atomic step in the seat store.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::ports::PortResult;
+use crate::{InvalidInput, ShowtimeId, UnixMillis, UserId};
+
+/// How a showtime's waiting room admits its line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomSettings {
+    /// From when the line is admitted; joiners before it are drawn by lot.
+    pub opens_at: UnixMillis,
+    /// At most this many admissions a second (`None`: as many as the stock allows).
+    pub admit_per_sec: Option<u32>,
+    /// Admitted buyers who have not decided yet may exceed the available seats by this
+    /// many percent (some never come back to buy).
+    pub overbook_pct: u32,
+    /// How long an admission may be used.
+    pub admission: Duration,
+}
+
+impl RoomSettings {
+    pub const MAX_OVERBOOK_PCT: u32 = 500;
+    pub const MAX_ADMIT_PER_SEC: u32 = 1_000_000;
+    pub const DEFAULT_OVERBOOK_PCT: u32 = 10;
+    pub const DEFAULT_ADMISSION: Duration = Duration::from_secs(120);
+
+    /// Checks the bounds: a rate of 1 to a million a second, an overbooking of 0 to
+    /// 500%, an admission of 10 s to 1 h.
+    pub fn new(
+        opens_at: UnixMillis,
+        admit_per_sec: Option<u32>,
+        overbook_pct: u32,
+        admission: Duration,
+    ) -> Result<Self, InvalidInput> {
+        if let Some(rate) = admit_per_sec
+            && !(1..=Self::MAX_ADMIT_PER_SEC).contains(&rate)
+        {
+            return Err(InvalidInput(format!(
+                "admit_per_sec must be 1 to {}, got {rate}",
+                Self::MAX_ADMIT_PER_SEC
+            )));
+        }
+        if overbook_pct > Self::MAX_OVERBOOK_PCT {
+            return Err(InvalidInput(format!(
+                "overbook_pct must be 0 to {}, got {overbook_pct}",
+                Self::MAX_OVERBOOK_PCT
+            )));
+        }
+        if !(Duration::from_secs(10)..=Duration::from_secs(3600)).contains(&admission) {
+            return Err(InvalidInput(format!(
+                "admission_secs must be 10 to 3600, got {}",
+                admission.as_secs()
+            )));
+        }
+        Ok(Self {
+            opens_at,
+            admit_per_sec,
+            overbook_pct,
+            admission,
+        })
+    }
+
+    /// Undecided admissions the stock allows with `available` seats on sale.
+    pub fn admissions_allowed(&self, available: u32) -> u64 {
+        (u64::from(available) * u64::from(100 + self.overbook_pct)).div_ceil(100)
+    }
+}
+
+/// Where the room stands, as one process last read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RoomSnapshot {
+    /// Places admitted so far: places `0..served` have had their turn.
+    pub served: u64,
+    /// Places in the line in all.
+    pub joined: u64,
+    /// Nothing is left to sell: everyone still waiting is told `sold_out`.
+    pub closed: bool,
+    /// The room is open (its `opens_at` has passed): places exist.
+    pub open: bool,
+}
+
+/// One caller's standing in a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// The room has not opened: no places yet (the lottery runs at the opening).
+    Waiting,
+    /// In line at `place` (0 is the first), `ahead` places before it not yet admitted.
+    InLine { place: u64, ahead: u64 },
+    /// Admitted: may reserve until `until`.
+    Admitted { place: u64, until: UnixMillis },
+    /// Had its turn: the admission was used or ran out.
+    Passed { place: u64 },
+    /// Nothing is left to sell.
+    SoldOut,
+    /// Not in this room's line.
+    NotInLine,
+}
+
+/// What joining found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Joined {
+    /// A new place, or the caller's own from an earlier join.
+    Standing(Standing),
+    /// This showtime has no waiting room.
+    NoRoom,
+}
+
+/// Waiting rooms, in the seat store beside each showtime's seats (one Redis Cluster
+/// slot), so admission can read the stock in the same atomic step.
+pub trait WaitingRoomStore: Send + Sync + 'static {
+    /// Opens (or changes) a showtime's room; places and admissions stay.
+    fn configure(
+        &self,
+        showtime: ShowtimeId,
+        settings: RoomSettings,
+    ) -> impl Future<Output = PortResult<()>> + Send;
+
+    /// Puts `user` in line (once: a second join finds the first place). `draw` is the
+    /// lottery number for a join before the opening: uniformly random, drawn by the
+    /// server.
+    fn join(
+        &self,
+        showtime: ShowtimeId,
+        user: UserId,
+        draw: u64,
+    ) -> impl Future<Output = PortResult<Joined>> + Send;
+
+    /// Advances admission from the time elapsed and the stock, and returns where the
+    /// room stands; `None` when the showtime has no room.
+    fn advance(
+        &self,
+        showtime: ShowtimeId,
+    ) -> impl Future<Output = PortResult<Option<RoomSnapshot>>> + Send;
+
+    /// Advances admission, then `user`'s standing.
+    fn standing(
+        &self,
+        showtime: ShowtimeId,
+        user: UserId,
+    ) -> impl Future<Output = PortResult<Standing>> + Send;
+
+    /// Uses `user`'s admission, once: `false` when the user was not admitted, or the
+    /// admission ran out or was used already.
+    fn consume(
+        &self,
+        showtime: ShowtimeId,
+        user: UserId,
+    ) -> impl Future<Output = PortResult<bool>> + Send;
+}
+
+/// The lottery's range: an early joiner's draw is below it, every later arrival's place
+/// above it (exact in a Redis score, a double, up to 2^53).
+pub const LOTTERY_RANGE: u64 = 1 << 50;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_bounded() {
+        let at = UnixMillis(1);
+        let two_min = RoomSettings::DEFAULT_ADMISSION;
+        assert!(RoomSettings::new(at, Some(0), 10, two_min).is_err());
+        assert!(RoomSettings::new(at, Some(1_000_001), 10, two_min).is_err());
+        assert!(RoomSettings::new(at, None, 501, two_min).is_err());
+        assert!(RoomSettings::new(at, None, 10, Duration::from_secs(9)).is_err());
+        assert!(RoomSettings::new(at, None, 10, Duration::from_secs(3601)).is_err());
+        assert!(RoomSettings::new(at, Some(100), 0, two_min).is_ok());
+    }
+
+    #[test]
+    fn the_stock_bounds_undecided_admissions_rounding_up() {
+        let room = RoomSettings::new(UnixMillis(0), None, 10, Duration::from_secs(60)).unwrap();
+        assert_eq!(room.admissions_allowed(0), 0);
+        assert_eq!(room.admissions_allowed(1), 2);
+        assert_eq!(room.admissions_allowed(100), 110);
+        let exact = RoomSettings {
+            overbook_pct: 0,
+            ..room
+        };
+        assert_eq!(exact.admissions_allowed(100), 100);
+    }
+}

@@ -1,0 +1,103 @@
+-- room.lua: what every waiting-room script shares; each script is this file followed by
+-- its own (the adapter joins them), so one script runs one atomic step.
+--
+-- KEYS[1] room      HASH  opens_at (ms), admit_per_sec (0: no rate cap), overbook_pct,
+--                         admission_ms, served (places admitted so far), last_at (ms:
+--                         admissions are paid for up to here), arrivals, closed (1: sold out)
+-- KEYS[2] places    ZSET  user -> place score: a lottery draw below 2^50 for a join before
+--                         the opening, 2^50 + arrival number after it
+-- KEYS[3] admitted  ZSET  user -> admission deadline (ms), admitted and not yet decided
+-- KEYS[4] seats     HASH  the showtime's seats (reserve.lua): available, held
+--
+-- The clock is Redis's own (TIME), like the holds'.
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Admits the line as far as time and stock allow; returns served, closed, opens_at
+-- (nil when the showtime has no room).
+local function advance(now)
+  local r = redis.call('HMGET', KEYS[1], 'opens_at', 'admit_per_sec', 'overbook_pct',
+    'admission_ms', 'served', 'last_at', 'closed')
+  if not r[1] then
+    return nil
+  end
+  local opens_at = tonumber(r[1])
+  local served = tonumber(r[5] or '0')
+  if r[7] == '1' or now < opens_at then
+    return served, r[7] == '1', opens_at
+  end
+  -- Admissions not used in time make room for the next in line.
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. now)
+  local s = redis.call('HMGET', KEYS[4], 'available', 'held')
+  local available = tonumber(s[1] or '0')
+  local held = tonumber(s[2] or '0')
+  if s[1] and available <= 0 and held <= 0 then
+    redis.call('HSET', KEYS[1], 'closed', 1)
+    return served, true, opens_at
+  end
+  local waiting = redis.call('ZCARD', KEYS[2]) - served
+  local allowed = math.ceil(available * (100 + tonumber(r[3])) / 100)
+    - redis.call('ZCARD', KEYS[3])
+  local k = math.min(waiting, allowed)
+  local rate = tonumber(r[2])
+  local last = tonumber(r[6] or r[1])
+  if rate > 0 then
+    -- At most a second's worth of admissions saved up while nobody waited.
+    if last < now - 1000 then
+      last = now - 1000
+    end
+    local budget = math.floor((now - last) * rate / 1000)
+    if budget < k then
+      k = budget
+    end
+  end
+  if k > 0 then
+    local turn = redis.call('ZRANGE', KEYS[2], served, served + k - 1)
+    local deadline = now + tonumber(r[4])
+    for _, user in ipairs(turn) do
+      redis.call('ZADD', KEYS[3], deadline, user)
+    end
+    served = served + #turn
+    if rate > 0 then
+      last = last + #turn * 1000 / rate
+    end
+    redis.call('HSET', KEYS[1], 'served', served)
+  end
+  if rate > 0 then
+    redis.call('HSET', KEYS[1], 'last_at', string.format('%.3f', last))
+  end
+  return served, false, opens_at
+end
+
+-- A user's standing after advancing: {kind, place, deadline}, kind one of
+-- 'waiting' (before the opening), 'line', 'admitted', 'passed', 'sold_out', 'none'.
+local function standing(now, user)
+  local served, closed, opens_at = advance(now)
+  if not opens_at then
+    return {'none'}
+  end
+  local place = redis.call('ZRANK', KEYS[2], user)
+  if not place then
+    if closed then
+      return {'sold_out'}
+    end
+    return {'none'}
+  end
+  if now < opens_at then
+    return {'waiting'}
+  end
+  if place >= served then
+    if closed then
+      return {'sold_out'}
+    end
+    return {'line', place, served}
+  end
+  local deadline = redis.call('ZSCORE', KEYS[3], user)
+  if deadline then
+    return {'admitted', place, deadline}
+  end
+  return {'passed', place}
+end

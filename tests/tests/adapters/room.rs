@@ -1,0 +1,232 @@
+//! Waiting rooms on Redis: the lottery of early joiners, arrival order after the
+//! opening, admission bounded by the stock and by a rate, admissions used once or run
+//! out, and the room closing when nothing is left to sell.
+
+use std::time::Duration;
+
+use flash_sale_adapters::{RedisRoom, RedisSeats};
+use flash_sale_core::ports::{SeatStore, TakeOutcome};
+use flash_sale_core::waiting_room::{
+    Joined, RoomSettings, RoomSnapshot, Standing, WaitingRoomStore,
+};
+use flash_sale_core::{ShowtimeId, UnixMillis, UserId};
+use flash_sale_tests::{Isolation, eventually};
+
+const HOLD: Duration = Duration::from_secs(600);
+/// A room that opens long after the test.
+const LATER: UnixMillis = UnixMillis(4_102_444_800_000);
+const OPEN: UnixMillis = UnixMillis(1);
+
+fn user(n: i64) -> UserId {
+    UserId::new(n).unwrap()
+}
+
+fn settings(opens_at: UnixMillis, admit_per_sec: Option<u32>, overbook_pct: u32) -> RoomSettings {
+    RoomSettings {
+        opens_at,
+        admit_per_sec,
+        overbook_pct,
+        admission: Duration::from_secs(60),
+    }
+}
+
+/// A showtime of `capacity` seats with a room of `room`, on a prefix of its own.
+async fn room_with_seats(
+    iso: &Isolation,
+    capacity: u32,
+    room: RoomSettings,
+) -> (RedisSeats, RedisRoom, ShowtimeId) {
+    let seats = super::seats(iso).await;
+    let rooms = RedisRoom::new(seats.connection(), &iso.prefix);
+    let st = ShowtimeId::new(1).unwrap();
+    assert!(seats.load(st, capacity, 0, 1, false).await.unwrap());
+    rooms.configure(st, room).await.unwrap();
+    (seats, rooms, st)
+}
+
+async fn joined(rooms: &RedisRoom, st: ShowtimeId, u: i64, draw: u64) -> Standing {
+    match rooms.join(st, user(u), draw).await.unwrap() {
+        Joined::Standing(s) => s,
+        Joined::NoRoom => panic!("showtime {st} has no room"),
+    }
+}
+
+async fn snapshot(rooms: &RedisRoom, st: ShowtimeId) -> RoomSnapshot {
+    rooms.advance(st).await.unwrap().expect("a room")
+}
+
+/// The users admitted so far, in the order of their places.
+async fn admitted(rooms: &RedisRoom, st: ShowtimeId, users: impl Iterator<Item = i64>) -> Vec<i64> {
+    let mut out = vec![];
+    for u in users {
+        if let Standing::Admitted { place, .. } = rooms.standing(st, user(u)).await.unwrap() {
+            out.push((place, u));
+        }
+    }
+    out.sort();
+    out.into_iter().map(|(_, u)| u).collect()
+}
+
+#[tokio::test]
+async fn early_joiners_wait_without_a_place_and_are_admitted_in_the_order_of_their_draws() {
+    let iso = Isolation::new();
+    let (seats, rooms, st) = room_with_seats(&iso, 3, settings(LATER, None, 0)).await;
+    // Users 1..=6 join in this order with draws in the opposite order.
+    for u in 1..=6 {
+        assert_eq!(
+            joined(&rooms, st, u, 1_000 - u as u64).await,
+            Standing::Waiting
+        );
+    }
+    // A second join keeps the first place (and its draw).
+    assert_eq!(joined(&rooms, st, 1, 0).await, Standing::Waiting);
+    let before = snapshot(&rooms, st).await;
+    assert_eq!((before.open, before.served, before.joined), (false, 0, 6));
+
+    // The room opens: three seats, no overbooking, so the three lowest draws.
+    rooms.configure(st, settings(OPEN, None, 0)).await.unwrap();
+    let after = snapshot(&rooms, st).await;
+    assert_eq!((after.open, after.served, after.closed), (true, 3, false));
+    assert_eq!(admitted(&rooms, st, 1..=6).await, vec![6, 5, 4]);
+    assert_eq!(
+        rooms.standing(st, user(3)).await.unwrap(),
+        Standing::InLine { place: 3, ahead: 0 }
+    );
+    assert_eq!(
+        rooms.standing(st, user(1)).await.unwrap(),
+        Standing::InLine { place: 5, ahead: 2 }
+    );
+    // Later arrivals queue behind every early joiner, in arrival order.
+    assert_eq!(
+        joined(&rooms, st, 8, 0).await,
+        Standing::InLine { place: 6, ahead: 3 }
+    );
+    assert_eq!(
+        joined(&rooms, st, 7, 0).await,
+        Standing::InLine { place: 7, ahead: 4 }
+    );
+    assert_eq!(
+        rooms.standing(st, user(99)).await.unwrap(),
+        Standing::NotInLine
+    );
+    super::drop_keys(&seats).await;
+}
+
+#[tokio::test]
+async fn admission_follows_the_stock_and_the_room_closes_when_nothing_is_left() {
+    let iso = Isolation::new();
+    let (seats, rooms, st) = room_with_seats(&iso, 2, settings(OPEN, None, 50)).await;
+    for u in 1..=8 {
+        joined(&rooms, st, u, 0).await;
+    }
+    // Two seats and 50% overbooking: three undecided admissions at most.
+    assert_eq!(snapshot(&rooms, st).await.served, 3);
+    assert_eq!(admitted(&rooms, st, 1..=8).await, vec![1, 2, 3]);
+
+    // User 1 holds a seat with its admission, which is used up.
+    assert!(rooms.consume(st, user(1)).await.unwrap());
+    assert!(!rooms.consume(st, user(1)).await.unwrap(), "used once");
+    assert!(!rooms.consume(st, user(5)).await.unwrap(), "not admitted");
+    let TakeOutcome::Reserved(first) = seats.take(st, user(1), HOLD).await.unwrap() else {
+        panic!("a seat")
+    };
+    assert_eq!(
+        rooms.standing(st, user(1)).await.unwrap(),
+        Standing::Passed { place: 0 }
+    );
+    // One seat left, two admissions undecided: ceil(1 * 1.5) = 2, nobody new.
+    assert_eq!(snapshot(&rooms, st).await.served, 3);
+
+    // The hold expires: two seats, ceil(2 * 1.5) = 3 undecided allowed, one more in.
+    seats.expire(first.id).await.unwrap();
+    assert_eq!(snapshot(&rooms, st).await.served, 4);
+    assert_eq!(admitted(&rooms, st, 1..=8).await, vec![2, 3, 4]);
+
+    // Users 2 and 3 buy the two seats; the undecided admission of 4 holds the line
+    // until the seats are sold, then the room closes for everyone still waiting.
+    for u in [2, 3] {
+        assert!(rooms.consume(st, user(u)).await.unwrap());
+        let TakeOutcome::Reserved(r) = seats.take(st, user(u), HOLD).await.unwrap() else {
+            panic!("a seat for {u}")
+        };
+        seats.pay(r.id, user(u)).await.unwrap();
+    }
+    let closed = snapshot(&rooms, st).await;
+    assert!(closed.closed, "{closed:?}");
+    assert_eq!(
+        rooms.standing(st, user(6)).await.unwrap(),
+        Standing::SoldOut
+    );
+    assert_eq!(joined(&rooms, st, 20, 0).await, Standing::SoldOut);
+
+    // An operator adds a seat: reopened, the line moves again.
+    seats.resize(st, 3).await.unwrap();
+    rooms.configure(st, settings(OPEN, None, 50)).await.unwrap();
+    assert!(!snapshot(&rooms, st).await.closed);
+    super::drop_keys(&seats).await;
+}
+
+#[tokio::test]
+async fn admissions_run_out_and_the_next_in_line_takes_their_turn() {
+    let iso = Isolation::new();
+    let mut room = settings(OPEN, None, 0);
+    room.admission = Duration::from_millis(300);
+    let (seats, rooms, st) = room_with_seats(&iso, 1, room).await;
+    for u in 1..=3 {
+        joined(&rooms, st, u, 0).await;
+    }
+    assert_eq!(admitted(&rooms, st, 1..=3).await, vec![1]);
+    eventually(
+        Duration::from_secs(10),
+        "user 1's admission to run out and user 2's turn to come",
+        || async { (admitted(&rooms, st, 1..=3).await == vec![2]).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        rooms.standing(st, user(1)).await.unwrap(),
+        Standing::Passed { place: 0 }
+    );
+    assert!(!rooms.consume(st, user(1)).await.unwrap(), "run out");
+    super::drop_keys(&seats).await;
+}
+
+#[tokio::test]
+async fn a_rate_caps_admissions_a_second() {
+    let iso = Isolation::new();
+    let (seats, rooms, st) = room_with_seats(&iso, 1000, settings(OPEN, Some(5), 0)).await;
+    for u in 1..=50 {
+        joined(&rooms, st, u, 0).await;
+    }
+    // At most a second's worth saved up: 5.
+    let first = snapshot(&rooms, st).await.served;
+    assert!((1..=5).contains(&first), "{first}");
+    // Then 5 a second: after about a second, 5 more at most, and some.
+    let started = std::time::Instant::now();
+    let next = eventually(Duration::from_secs(10), "the next admissions", || async {
+        let served = snapshot(&rooms, st).await.served;
+        (served > first).then_some(served)
+    })
+    .await;
+    let elapsed = started.elapsed().as_millis() as u64;
+    // No more than the rate allows over the time that passed (and the saved second).
+    assert!(
+        next - first <= 5 * (elapsed + 1000).div_ceil(1000),
+        "{first} then {next} after {elapsed} ms"
+    );
+    super::drop_keys(&seats).await;
+}
+
+#[tokio::test]
+async fn a_showtime_without_a_room_says_so() {
+    let iso = Isolation::new();
+    let seats = super::seats(&iso).await;
+    let rooms = RedisRoom::new(seats.connection(), &iso.prefix);
+    let st = ShowtimeId::new(5).unwrap();
+    assert_eq!(rooms.join(st, user(1), 7).await.unwrap(), Joined::NoRoom);
+    assert_eq!(rooms.advance(st).await.unwrap(), None);
+    assert_eq!(
+        rooms.standing(st, user(1)).await.unwrap(),
+        Standing::NotInLine
+    );
+    super::drop_keys(&seats).await;
+}
