@@ -31,6 +31,7 @@ pub mod identity;
 pub mod lambda;
 pub mod metrics;
 pub mod queue;
+pub mod room_passes;
 pub mod trace;
 
 pub use app::{Adapters, App, LiveSale, Probes, Queues};

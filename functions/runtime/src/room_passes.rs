@@ -1,0 +1,343 @@
+//! The waiting room's signed passes: a **ticket** says where its holder stands in a
+//! showtime's line (so a crowd polling its place is answered without Redis), an
+//! **admission** lets its holder reserve until it runs out (used once: the seat store
+//! drops the admission when a reservation uses it).
+//!
+//! Both are JWTs signed with HS256 under a secret every process shares
+//! (`WAITING_ROOM_SECRET`). A rotation signs with the new secret while passes of the
+//! previous one (`WAITING_ROOM_PREVIOUS_SECRET`) are still accepted; each pass names its
+//! secret by a key id derived from it, never the secret itself.
+
+use flash_sale_core::{ShowtimeId, UnixMillis, UserId};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+/// The shortest secret accepted, in bytes.
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// What a pass carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct PassClaims {
+    /// The holder.
+    sub: String,
+    /// The showtime.
+    st: i64,
+    /// `ticket` or `admission`.
+    typ: String,
+    /// The holder's place in line, once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    place: Option<u64>,
+    /// Seconds since the epoch.
+    exp: u64,
+}
+
+const TICKET: &str = "ticket";
+const ADMISSION: &str = "admission";
+
+/// Why a pass was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PassError {
+    #[error("the pass is malformed or not signed by this service")]
+    Forged,
+    #[error("the pass has run out")]
+    Expired,
+    #[error("the pass belongs to another user")]
+    NotYours,
+    #[error("the pass is for another showtime")]
+    OtherShowtime,
+    #[error("the pass is not an admission")]
+    NotAnAdmission,
+    #[error("the pass is not a ticket")]
+    NotATicket,
+}
+
+/// A secret that signs and checks passes.
+struct Secret {
+    kid: String,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+}
+
+impl Secret {
+    fn new(secret: &[u8]) -> Result<Self, String> {
+        if secret.len() < MIN_SECRET_LEN {
+            return Err(format!(
+                "a waiting room secret must be at least {MIN_SECRET_LEN} bytes, got {}",
+                secret.len()
+            ));
+        }
+        let digest = Sha256::digest(secret);
+        let kid = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        Ok(Self {
+            kid,
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+        })
+    }
+}
+
+/// Signs passes with the current secret; checks them against it and the previous one.
+pub struct RoomPasses {
+    current: Secret,
+    previous: Option<Secret>,
+}
+
+impl std::fmt::Debug for RoomPasses {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoomPasses")
+            .field("kid", &self.current.kid)
+            .field("previous_kid", &self.previous.as_ref().map(|p| &p.kid))
+            .finish()
+    }
+}
+
+/// A ticket as checked: whose, for which showtime, and the place it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    pub user: UserId,
+    pub showtime: ShowtimeId,
+    pub place: Option<u64>,
+}
+
+impl RoomPasses {
+    /// Passes under `current`, accepting those of `previous` too during a rotation.
+    pub fn new(current: &[u8], previous: Option<&[u8]>) -> Result<Self, String> {
+        Ok(Self {
+            current: Secret::new(current)?,
+            previous: previous.map(Secret::new).transpose()?,
+        })
+    }
+
+    fn sign(&self, claims: &PassClaims) -> String {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(self.current.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.current.encoding)
+            .expect("HS256 signing cannot fail")
+    }
+
+    /// A ticket for `user` in `showtime`'s line, at `place` once known, valid until
+    /// `until`.
+    pub fn ticket(
+        &self,
+        user: UserId,
+        showtime: ShowtimeId,
+        place: Option<u64>,
+        until: UnixMillis,
+    ) -> String {
+        self.sign(&PassClaims {
+            sub: user.to_string(),
+            st: showtime.get(),
+            typ: TICKET.into(),
+            place,
+            exp: until.0.div_ceil(1000),
+        })
+    }
+
+    /// An admission for `user` to reserve in `showtime` until `until` (the seat store's
+    /// deadline for it).
+    pub fn admission(
+        &self,
+        user: UserId,
+        showtime: ShowtimeId,
+        place: u64,
+        until: UnixMillis,
+    ) -> String {
+        self.sign(&PassClaims {
+            sub: user.to_string(),
+            st: showtime.get(),
+            typ: ADMISSION.into(),
+            place: Some(place),
+            exp: until.0 / 1000,
+        })
+    }
+
+    /// The claims of a pass signed by one of the secrets, unexpired at `now`, held by
+    /// `user` for `showtime`.
+    fn check(
+        &self,
+        pass: &str,
+        user: UserId,
+        showtime: ShowtimeId,
+        now: UnixMillis,
+    ) -> Result<PassClaims, PassError> {
+        let header = jsonwebtoken::decode_header(pass).map_err(|_| PassError::Forged)?;
+        if header.alg != Algorithm::HS256 {
+            return Err(PassError::Forged);
+        }
+        let secret = [Some(&self.current), self.previous.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|s| header.kid.as_deref() == Some(s.kid.as_str()))
+            .ok_or(PassError::Forged)?;
+        let mut validation = Validation::new(Algorithm::HS256);
+        // Expiry is judged below, by the caller's clock, to the second.
+        validation.validate_exp = false;
+        validation.required_spec_claims = ["exp".to_string()].into();
+        let claims = jsonwebtoken::decode::<PassClaims>(pass, &secret.decoding, &validation)
+            .map_err(|_| PassError::Forged)?
+            .claims;
+        if claims.exp * 1000 <= now.0 {
+            return Err(PassError::Expired);
+        }
+        if claims.sub != user.to_string() {
+            return Err(PassError::NotYours);
+        }
+        if claims.st != showtime.get() {
+            return Err(PassError::OtherShowtime);
+        }
+        Ok(claims)
+    }
+
+    /// Checks an admission: `user`'s, for `showtime`, unexpired at `now`. Its single use
+    /// is the seat store's to enforce.
+    pub fn check_admission(
+        &self,
+        pass: &str,
+        user: UserId,
+        showtime: ShowtimeId,
+        now: UnixMillis,
+    ) -> Result<u64, PassError> {
+        let claims = self.check(pass, user, showtime, now)?;
+        match (claims.typ.as_str(), claims.place) {
+            (ADMISSION, Some(place)) => Ok(place),
+            _ => Err(PassError::NotAnAdmission),
+        }
+    }
+
+    /// Checks a ticket: `user`'s, for `showtime`, unexpired at `now`.
+    pub fn check_ticket(
+        &self,
+        pass: &str,
+        user: UserId,
+        showtime: ShowtimeId,
+        now: UnixMillis,
+    ) -> Result<Ticket, PassError> {
+        let claims = self.check(pass, user, showtime, now)?;
+        if claims.typ != TICKET {
+            return Err(PassError::NotATicket);
+        }
+        Ok(Ticket {
+            user,
+            showtime,
+            place: claims.place,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OLD: &[u8] = b"the secret before the rotation, 32+ bytes";
+    const NEW: &[u8] = b"the secret after the rotation, also 32+ bytes";
+    const NOW: UnixMillis = UnixMillis(1_800_000_000_000);
+    const LATER: UnixMillis = UnixMillis(1_800_000_060_000);
+
+    fn user(n: i64) -> UserId {
+        UserId::new(n).unwrap()
+    }
+
+    fn showtime(n: i64) -> ShowtimeId {
+        ShowtimeId::new(n).unwrap()
+    }
+
+    #[test]
+    fn an_admission_is_accepted_for_its_holder_showtime_and_time_only() {
+        let passes = RoomPasses::new(NEW, None).unwrap();
+        let pass = passes.admission(user(7), showtime(42), 3, LATER);
+        assert_eq!(
+            passes.check_admission(&pass, user(7), showtime(42), NOW),
+            Ok(3)
+        );
+        assert_eq!(
+            passes.check_admission(&pass, user(8), showtime(42), NOW),
+            Err(PassError::NotYours)
+        );
+        assert_eq!(
+            passes.check_admission(&pass, user(7), showtime(43), NOW),
+            Err(PassError::OtherShowtime)
+        );
+        assert_eq!(
+            passes.check_admission(&pass, user(7), showtime(42), LATER),
+            Err(PassError::Expired)
+        );
+        let ticket = passes.ticket(user(7), showtime(42), Some(3), LATER);
+        assert_eq!(
+            passes.check_admission(&ticket, user(7), showtime(42), NOW),
+            Err(PassError::NotAnAdmission),
+            "a ticket is no admission"
+        );
+        assert_eq!(
+            passes.check_ticket(&pass, user(7), showtime(42), NOW),
+            Err(PassError::NotATicket)
+        );
+        assert_eq!(
+            passes.check_ticket(&ticket, user(7), showtime(42), NOW),
+            Ok(Ticket {
+                user: user(7),
+                showtime: showtime(42),
+                place: Some(3)
+            })
+        );
+    }
+
+    #[test]
+    fn forged_and_foreign_passes_are_refused() {
+        let passes = RoomPasses::new(NEW, None).unwrap();
+        let other = RoomPasses::new(b"someone else's secret of 32 bytes!!", None).unwrap();
+        let foreign = other.admission(user(7), showtime(42), 0, LATER);
+        assert_eq!(
+            passes.check_admission(&foreign, user(7), showtime(42), NOW),
+            Err(PassError::Forged)
+        );
+        let pass = passes.admission(user(7), showtime(42), 0, LATER);
+        // The payload changed (another place), the signature kept.
+        let mut parts: Vec<&str> = pass.split('.').collect();
+        let other_payload = other.admission(user(7), showtime(42), 9, LATER);
+        parts[1] = other_payload.split('.').nth(1).unwrap();
+        let tampered = parts.join(".");
+        assert_eq!(
+            passes.check_admission(&tampered, user(7), showtime(42), NOW),
+            Err(PassError::Forged)
+        );
+        for junk in ["", "a.b.c", "not a token", &pass[..pass.len() - 2]] {
+            assert_eq!(
+                passes.check_admission(junk, user(7), showtime(42), NOW),
+                Err(PassError::Forged),
+                "{junk:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_rotation_accepts_the_previous_secrets_passes_until_it_is_dropped() {
+        let before = RoomPasses::new(OLD, None).unwrap();
+        let pass = before.admission(user(7), showtime(42), 0, LATER);
+        let during = RoomPasses::new(NEW, Some(OLD)).unwrap();
+        assert_eq!(
+            during.check_admission(&pass, user(7), showtime(42), NOW),
+            Ok(0)
+        );
+        let signed_during = during.admission(user(7), showtime(42), 0, LATER);
+        assert_eq!(
+            before.check_admission(&signed_during, user(7), showtime(42), NOW),
+            Err(PassError::Forged)
+        );
+        let after = RoomPasses::new(NEW, None).unwrap();
+        assert_eq!(
+            after.check_admission(&pass, user(7), showtime(42), NOW),
+            Err(PassError::Forged)
+        );
+        assert_eq!(
+            after.check_admission(&signed_during, user(7), showtime(42), NOW),
+            Ok(0)
+        );
+    }
+
+    #[test]
+    fn a_short_secret_is_refused() {
+        assert!(RoomPasses::new(b"short", None).is_err());
+        assert!(RoomPasses::new(NEW, Some(b"short")).is_err());
+    }
+}
