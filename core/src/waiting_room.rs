@@ -17,8 +17,10 @@
 //! Admission advances lazily, whenever anyone joins or asks (and on the sweep's tick):
 //! from the time elapsed and the stock, in one atomic step in the seat store.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::time::Duration;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
 
 use crate::ports::PortResult;
 use crate::{InvalidInput, ShowtimeId, UnixMillis, UserId};
@@ -167,6 +169,131 @@ pub trait WaitingRoomStore: Send + Sync + 'static {
     ) -> impl Future<Output = PortResult<bool>> + Send;
 }
 
+/// A process's view of its showtimes' rooms, so that a crowd polling its place costs
+/// the seat store nothing between refreshes: each room's [`RoomSnapshot`] is read (and
+/// admission advanced) at most once per `refresh`, and a caller whose place is known (it
+/// is in the caller's ticket) and not reached yet is answered from it. A caller whose
+/// turn may have come, or whose place is not known yet, costs one call.
+#[derive(Debug)]
+pub struct Rooms<R> {
+    store: R,
+    refresh: Duration,
+    seen: RwLock<HashMap<ShowtimeId, Seen>>,
+}
+
+/// The last snapshot of a room, when it was read, and how fast its line moved.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    snapshot: RoomSnapshot,
+    at: Instant,
+    /// Admissions a second, smoothed over the recent reads.
+    rate: f64,
+}
+
+/// The most rooms a process keeps snapshots of; when full it starts over.
+const ROOMS_KEPT: usize = 4_096;
+
+/// A caller's standing with what a waiting page shows beside it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Status {
+    pub standing: Standing,
+    /// Seconds until the caller's turn at the pace the line moves now, when it moves.
+    pub estimated_wait_secs: Option<f64>,
+}
+
+impl<R: WaitingRoomStore> Rooms<R> {
+    pub fn new(store: R, refresh: Duration) -> Self {
+        Self {
+            store,
+            refresh,
+            seen: RwLock::default(),
+        }
+    }
+
+    pub fn store(&self) -> &R {
+        &self.store
+    }
+
+    /// The room's snapshot, read again (admission advanced) when older than `refresh`;
+    /// `None` when the showtime has no room.
+    pub async fn snapshot(&self, showtime: ShowtimeId) -> PortResult<Option<RoomSnapshot>> {
+        if let Some(seen) = self.fresh(showtime) {
+            return Ok(Some(seen.snapshot));
+        }
+        let Some(snapshot) = self.store.advance(showtime).await? else {
+            return Ok(None);
+        };
+        self.keep(showtime, snapshot);
+        Ok(Some(snapshot))
+    }
+
+    fn fresh(&self, showtime: ShowtimeId) -> Option<Seen> {
+        let seen = self.seen.read().unwrap_or_else(|e| e.into_inner());
+        seen.get(&showtime)
+            .filter(|s| s.at.elapsed() < self.refresh)
+            .copied()
+    }
+
+    fn keep(&self, showtime: ShowtimeId, snapshot: RoomSnapshot) {
+        let mut seen = self.seen.write().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let rate = match seen.get(&showtime) {
+            Some(before) if snapshot.served >= before.snapshot.served => {
+                let secs = now.duration_since(before.at).as_secs_f64();
+                if secs > 0.0 {
+                    let recent = (snapshot.served - before.snapshot.served) as f64 / secs;
+                    0.7 * before.rate + 0.3 * recent
+                } else {
+                    before.rate
+                }
+            }
+            _ => 0.0,
+        };
+        if seen.len() >= ROOMS_KEPT && !seen.contains_key(&showtime) {
+            seen.clear();
+        }
+        seen.insert(
+            showtime,
+            Seen {
+                snapshot,
+                at: now,
+                rate,
+            },
+        );
+    }
+
+    /// `user`'s standing, from the snapshot when `place` (from the caller's ticket) is
+    /// known and not reached; else one call to the store.
+    pub async fn status(
+        &self,
+        showtime: ShowtimeId,
+        user: UserId,
+        place: Option<u64>,
+    ) -> PortResult<Option<Status>> {
+        let Some(snapshot) = self.snapshot(showtime).await? else {
+            return Ok(None);
+        };
+        let standing = match place {
+            _ if !snapshot.open => Standing::Waiting,
+            Some(place) if place >= snapshot.served && snapshot.closed => Standing::SoldOut,
+            Some(place) if place >= snapshot.served => Standing::InLine {
+                place,
+                ahead: place - snapshot.served,
+            },
+            _ => self.store.standing(showtime, user).await?,
+        };
+        let rate = self.fresh(showtime).map_or(0.0, |s| s.rate);
+        let estimated_wait_secs = match standing {
+            Standing::InLine { ahead, .. } if rate > 0.0 => Some(ahead as f64 / rate),
+            _ => None,
+        };
+        Ok(Some(Status {
+            standing,
+            estimated_wait_secs,
+        }))
+    }
+}
+
 /// The lottery's range: an early joiner's draw is below it, every later arrival's place
 /// above it (exact in a Redis score, a double, up to 2^53).
 pub const LOTTERY_RANGE: u64 = 1 << 50;
@@ -185,6 +312,124 @@ mod tests {
         assert!(RoomSettings::new(at, None, 10, Duration::from_secs(9)).is_err());
         assert!(RoomSettings::new(at, None, 10, Duration::from_secs(3601)).is_err());
         assert!(RoomSettings::new(at, Some(100), 0, two_min).is_ok());
+    }
+
+    /// A room store that answers from fixed values and counts its calls.
+    #[derive(Debug, Default)]
+    struct Counting {
+        snapshot: std::sync::Mutex<RoomSnapshot>,
+        advances: std::sync::atomic::AtomicUsize,
+        standings: std::sync::atomic::AtomicUsize,
+    }
+
+    impl WaitingRoomStore for Counting {
+        fn configure(
+            &self,
+            _: ShowtimeId,
+            _: RoomSettings,
+        ) -> impl Future<Output = PortResult<()>> + Send {
+            std::future::ready(Ok(()))
+        }
+
+        fn join(
+            &self,
+            _: ShowtimeId,
+            _: UserId,
+            _: u64,
+        ) -> impl Future<Output = PortResult<Joined>> + Send {
+            std::future::ready(Ok(Joined::Standing(Standing::Waiting)))
+        }
+
+        fn advance(
+            &self,
+            _: ShowtimeId,
+        ) -> impl Future<Output = PortResult<Option<RoomSnapshot>>> + Send {
+            self.advances
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::future::ready(Ok(Some(*self.snapshot.lock().unwrap())))
+        }
+
+        fn standing(
+            &self,
+            _: ShowtimeId,
+            _: UserId,
+        ) -> impl Future<Output = PortResult<Standing>> + Send {
+            self.standings
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::future::ready(Ok(Standing::Admitted {
+                place: 1,
+                until: UnixMillis(9),
+            }))
+        }
+
+        fn consume(
+            &self,
+            _: ShowtimeId,
+            _: UserId,
+        ) -> impl Future<Output = PortResult<bool>> + Send {
+            std::future::ready(Ok(true))
+        }
+    }
+
+    fn calls(store: &Counting) -> (usize, usize) {
+        use std::sync::atomic::Ordering::SeqCst;
+        (store.advances.load(SeqCst), store.standings.load(SeqCst))
+    }
+
+    #[test]
+    fn a_polling_crowd_is_answered_from_the_snapshot_until_its_turn_may_have_come() {
+        use futures::executor::block_on;
+        let store = Counting::default();
+        *store.snapshot.lock().unwrap() = RoomSnapshot {
+            served: 10,
+            joined: 1_000,
+            closed: false,
+            open: true,
+        };
+        let rooms = Rooms::new(store, Duration::from_secs(3600));
+        let st = ShowtimeId::new(1).unwrap();
+        for n in 1..=500 {
+            let user = UserId::new(n).unwrap();
+            let status = block_on(rooms.status(st, user, Some(n as u64 + 10)))
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                status.standing,
+                Standing::InLine {
+                    place: n as u64 + 10,
+                    ahead: n as u64
+                }
+            );
+        }
+        assert_eq!(calls(rooms.store()), (1, 0), "one read for 500 polls");
+        // A place already reached, or unknown: one call to find out.
+        let me = UserId::new(9).unwrap();
+        let status = block_on(rooms.status(st, me, Some(3))).unwrap().unwrap();
+        assert!(matches!(status.standing, Standing::Admitted { .. }));
+        block_on(rooms.status(st, me, None)).unwrap();
+        assert_eq!(calls(rooms.store()), (1, 2));
+    }
+
+    #[test]
+    fn a_closed_room_tells_those_still_waiting_sold_out_and_before_the_opening_nobody_has_a_place()
+    {
+        use futures::executor::block_on;
+        let store = Counting::default();
+        *store.snapshot.lock().unwrap() = RoomSnapshot {
+            served: 10,
+            joined: 50,
+            closed: true,
+            open: true,
+        };
+        let rooms = Rooms::new(store, Duration::ZERO);
+        let st = ShowtimeId::new(1).unwrap();
+        let me = UserId::new(1).unwrap();
+        let status = block_on(rooms.status(st, me, Some(20))).unwrap().unwrap();
+        assert_eq!(status.standing, Standing::SoldOut);
+        *rooms.store().snapshot.lock().unwrap() = RoomSnapshot::default();
+        let status = block_on(rooms.status(st, me, None)).unwrap().unwrap();
+        assert_eq!(status.standing, Standing::Waiting);
+        assert_eq!(calls(rooms.store()).1, 0);
     }
 
     #[test]
