@@ -28,6 +28,15 @@ fuzz_target!(|data: &[u8]| {
     {
         assert!(e.status().is_client_error());
     }
+    if let Ok(c) = parse_json::<flash_sale_showtimes::ChangeShowtime>(data)
+        && let Err(e) = c.validate()
+    {
+        assert!(e.status().is_client_error());
+    }
+    if let Ok(key) = flash_sale_core::IdempotencyKey::parse(data) {
+        assert!(!key.as_str().is_empty() && key.as_str().len() <= 255);
+        assert!(key.as_str().bytes().all(|b| b.is_ascii_graphic()));
+    }
     if let Ok(s) = std::str::from_utf8(data) {
         if let Ok(id) = s.parse::<ReservationId>() {
             assert_eq!(id.to_string().parse::<ReservationId>().unwrap(), id);

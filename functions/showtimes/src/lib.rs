@@ -508,5 +508,44 @@ mod tests {
                 Err(e) => prop_assert_eq!(e.code(), "bad_request"),
             }
         }
+
+        /// An operator's change body gives a change with at most one seat change, or a
+        /// 400, never a panic.
+        #[test]
+        fn arbitrary_change_bodies_give_a_change_or_400(
+            raw in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..300),
+                (
+                    proptest::option::of(any::<bool>()),
+                    proptest::option::of(any::<bool>()),
+                    proptest::option::of(-5i64..2_000_000),
+                    proptest::option::of(-5i64..2_000_000),
+                    proptest::option::of(-5i64..2_000_000),
+                    proptest::option::of(prop_oneof![Just("null".to_string()), "\"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z\"", "\"[ -~]{0,12}\""]),
+                )
+                    .prop_map(|(paused, close, add, remove, capacity, closes)| {
+                        let mut fields = vec![];
+                        if let Some(p) = paused { fields.push(format!(r#""paused": {p}"#)); }
+                        if let Some(c) = close { fields.push(format!(r#""close_now": {c}"#)); }
+                        if let Some(n) = add { fields.push(format!(r#""add_seats": {n}"#)); }
+                        if let Some(n) = remove { fields.push(format!(r#""remove_seats": {n}"#)); }
+                        if let Some(n) = capacity { fields.push(format!(r#""capacity": {n}"#)); }
+                        if let Some(t) = closes { fields.push(format!(r#""sale_closes_at": {t}"#)); }
+                        format!("{{{}}}", fields.join(", ")).into_bytes()
+                    }),
+            ],
+        ) {
+            match parse_json::<ChangeShowtime>(&raw).and_then(ChangeShowtime::validate) {
+                Ok(change) => {
+                    prop_assert!(!(change.close_now && change.sale_closes_at.is_some()));
+                    match change.seats {
+                        Some(SeatChange::Add(n) | SeatChange::Remove(n)) => prop_assert!((1..=Capacity::MAX).contains(&n)),
+                        Some(SeatChange::Set(c)) => prop_assert!(c.get() >= 1),
+                        None => {}
+                    }
+                }
+                Err(e) => prop_assert_eq!(e.code(), "bad_request"),
+            }
+        }
     }
 }
