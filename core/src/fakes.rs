@@ -420,6 +420,8 @@ impl MessageBus for FakeBus {
 #[derive(Debug, Default)]
 pub struct FakeDb {
     showtimes: Mutex<BTreeMap<ShowtimeId, Showtime>>,
+    /// The catalog does not answer (`showtime` fails).
+    pub catalog_down: AtomicBool,
     pub orders: Mutex<BTreeMap<ReservationId, OrderRequest>>,
     pub refusals: Mutex<BTreeMap<ReservationId, (OrderRequest, String)>>,
 }
@@ -499,6 +501,9 @@ impl Catalog for FakeDb {
         &self,
         id: ShowtimeId,
     ) -> impl Future<Output = PortResult<Option<Showtime>>> + Send {
+        if self.catalog_down.load(Ordering::SeqCst) {
+            return ready(Err(PortError::transient("database", "down")));
+        }
         ready(Ok(self.showtimes.lock().unwrap().get(&id).cloned()))
     }
 

@@ -151,7 +151,10 @@ impl Clock {
 /// Showtimes' sale windows as the catalog gave them, with when they were read, so the
 /// hot path stays one seat store call: a window read less than [`SALE_WINDOW_REFRESH`]
 /// ago is used as is, an older one is read again (an operator may have paused the sale
-/// or moved its window in any process). Bounded: when full it starts over.
+/// or moved its window in any process). One request reads it again while the others go
+/// on with the window they have, so a crowd never queues on the catalog, and a catalog
+/// that does not answer leaves the sale on its last known window. Bounded: when full it
+/// starts over.
 #[derive(Debug, Default)]
 struct SaleWindows(RwLock<HashMap<ShowtimeId, (SaleWindow, Instant)>>);
 
@@ -161,14 +164,38 @@ const SALE_WINDOWS_KEPT: usize = 65_536;
 /// process is obeyed by every process within this time and one catalog read.
 pub const SALE_WINDOW_REFRESH: Duration = Duration::from_millis(500);
 
+/// What this process knows of a showtime's window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Known {
+    /// Read less than the refresh period ago (or being read again by another request).
+    Fresh(SaleWindow),
+    /// Older: the caller reads it again (it alone; the others see it as fresh meanwhile).
+    Stale(SaleWindow),
+    /// Never met.
+    Unknown,
+}
+
 impl SaleWindows {
-    /// The window, if read less than `fresh` ago.
-    fn get(&self, showtime: ShowtimeId, fresh: Duration) -> Option<SaleWindow> {
-        let windows = self.0.read().unwrap_or_else(|e| e.into_inner());
-        windows
-            .get(&showtime)
-            .filter(|(_, read)| read.elapsed() < fresh)
-            .map(|(window, _)| *window)
+    /// The window, and whether the caller is the one to read it again.
+    fn get(&self, showtime: ShowtimeId, fresh: Duration) -> Known {
+        {
+            let windows = self.0.read().unwrap_or_else(|e| e.into_inner());
+            match windows.get(&showtime) {
+                None => return Known::Unknown,
+                Some((window, read)) if read.elapsed() < fresh => return Known::Fresh(*window),
+                Some(_) => {}
+            }
+        }
+        let mut windows = self.0.write().unwrap_or_else(|e| e.into_inner());
+        match windows.get_mut(&showtime) {
+            None => Known::Unknown,
+            Some((window, read)) if read.elapsed() >= fresh => {
+                // Claimed: the others use this window until the new one is read.
+                *read = Instant::now();
+                Known::Stale(*window)
+            }
+            Some((window, _)) => Known::Fresh(*window),
+        }
     }
 
     /// Whether this process has met the showtime (its stock checked) before.
@@ -345,18 +372,26 @@ where
     /// The showtime's sale window, from this process's memory while fresh, else from
     /// the catalog; `None` when there is no such showtime.
     async fn sale_window(&self, showtime: ShowtimeId) -> Result<Option<SaleWindow>, PortError> {
-        if let Some(window) = self.windows.get(showtime, self.window_refresh) {
-            return Ok(Some(window));
+        match self.windows.get(showtime, self.window_refresh) {
+            Known::Fresh(window) => Ok(Some(window)),
+            Known::Stale(window) => match self.db.showtime(showtime).await {
+                Ok(Some(known)) => {
+                    self.windows.keep(showtime, known.sale_window);
+                    Ok(Some(known.sale_window))
+                }
+                Ok(None) => Ok(None),
+                // The catalog does not answer: the sale goes on with the window it had
+                // (read again after another refresh period).
+                Err(_) => Ok(Some(window)),
+            },
+            Known::Unknown => {
+                let Some(known) = self.db.showtime(showtime).await? else {
+                    return Ok(None);
+                };
+                self.first_use(&known).await?;
+                Ok(Some(known.sale_window))
+            }
         }
-        let Some(known) = self.db.showtime(showtime).await? else {
-            return Ok(None);
-        };
-        if self.windows.known(showtime) {
-            self.windows.keep(showtime, known.sale_window);
-        } else {
-            self.first_use(&known).await?;
-        }
-        Ok(Some(known.sale_window))
     }
 
     /// An operator's change of a live showtime: pause or resume its sale, move or close
@@ -881,6 +916,41 @@ mod tests {
     }
 
     #[test]
+    fn one_request_reads_a_stale_window_again_while_the_others_use_the_one_they_have() {
+        let windows = SaleWindows::default();
+        let st = ShowtimeId::new(1).unwrap();
+        assert_eq!(windows.get(st, Duration::MAX), Known::Unknown);
+        windows.keep(st, SaleWindow::ALWAYS);
+        let refresh = Duration::from_millis(20);
+        assert_eq!(windows.get(st, refresh), Known::Fresh(SaleWindow::ALWAYS));
+        std::thread::sleep(refresh);
+        assert_eq!(windows.get(st, refresh), Known::Stale(SaleWindow::ALWAYS));
+        for _ in 0..100 {
+            assert_eq!(
+                windows.get(st, refresh),
+                Known::Fresh(SaleWindow::ALWAYS),
+                "claimed by the first"
+            );
+        }
+    }
+
+    #[test]
+    fn a_catalog_that_does_not_answer_leaves_the_sale_on_its_last_window() {
+        let sale = sale(PaymentMode::Manual).with_window_refresh(Duration::ZERO);
+        let st = showtime(&sale, 3);
+        block_on(sale.reserve(user(1), st)).unwrap();
+        sale.db.catalog_down.store(true, Ordering::SeqCst);
+        block_on(sale.reserve(user(2), st)).expect("the sale goes on without the catalog");
+        sale.db.catalog_down.store(false, Ordering::SeqCst);
+        let pause = ShowtimeChange {
+            paused: Some(true),
+            ..ShowtimeChange::default()
+        };
+        block_on(sale.change_showtime(st, pause)).unwrap();
+        assert!(block_on(sale.reserve(user(3), st)).is_err());
+    }
+
+    #[test]
     fn a_paused_sale_refuses_holds_without_touching_a_seat_and_resumes() {
         let sale = sale(PaymentMode::Manual);
         let st = showtime(&sale, 3);
@@ -982,7 +1052,7 @@ mod tests {
         ));
         assert_eq!(
             sale.windows.get(st, Duration::MAX),
-            Some(window),
+            Known::Fresh(window),
             "kept once read"
         );
         clock.advance(Duration::from_millis(10));
