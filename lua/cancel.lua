@@ -1,5 +1,5 @@
 -- cancel.lua: RESERVED -> CANCELLED for the reservation's owner, before its deadline,
--- returning the seat exactly once and letting the user hold again.
+-- returning its seats (all of a group's) exactly once and letting the user hold again.
 --
 -- KEYS[1] seats        HASH  capacity, available, held, sold
 -- KEYS[2] users        HASH  user id -> reservation sequence
@@ -9,7 +9,7 @@
 -- ARGV[2] reservation sequence
 --
 -- Returns, by the first element:
---   {1}          cancelled now: held -1, available +1
+--   {1}          cancelled now: held -q, available +q (q its quantity)
 --   {5}          it was CANCELLED already (a repeated cancel): nothing done
 --   {0}          no such reservation
 --   {2}          the reservation belongs to another user
@@ -18,7 +18,8 @@
 --   {4, status}  too late: PAID, ORDERED or REFUSED
 
 local id = ARGV[2] .. ':'
-local r = redis.call('HMGET', KEYS[4], id .. 'user', id .. 'status', id .. 'expires_at')
+local r = redis.call('HMGET', KEYS[4], id .. 'user', id .. 'status', id .. 'expires_at',
+  id .. 'quantity')
 if not r[1] then
   return {0}
 end
@@ -42,8 +43,9 @@ if now >= tonumber(r[3]) then
   status = 'EXPIRED'
 end
 redis.call('HSET', KEYS[4], id .. 'status', status)
-redis.call('HINCRBY', KEYS[1], 'held', -1)
-redis.call('HINCRBY', KEYS[1], 'available', 1)
+local quantity = tonumber(r[4] or '1')
+redis.call('HINCRBY', KEYS[1], 'held', -quantity)
+redis.call('HINCRBY', KEYS[1], 'available', quantity)
 if redis.call('HGET', KEYS[2], r[1]) == ARGV[2] then
   redis.call('HDEL', KEYS[2], r[1])
 end

@@ -1,4 +1,4 @@
--- expire.lua: RESERVED -> EXPIRED, returning the seat exactly once.
+-- expire.lua: RESERVED -> EXPIRED, returning its seats (all of a group's) exactly once.
 --
 -- Called by the expiry consumer when a hold's delayed message arrives, by the sweep for
 -- holds whose message never came, and by reserve to give a seat back when its follow-up
@@ -12,12 +12,14 @@
 -- ARGV[1] reservation sequence
 --
 -- Returns, by the first element:
---   {1}          expired now: held -1, available +1, the user may try again
+--   {1}          expired now: held -q, available +q (q its quantity), the user may
+--                try again
 --   {0}          no such reservation
 --   {2, status}  nothing done: it is PAID, ORDERED, REFUSED, CANCELLED or EXPIRED
 --                already
 
-local r = redis.call('HMGET', KEYS[4], ARGV[1] .. ':user', ARGV[1] .. ':status')
+local r = redis.call('HMGET', KEYS[4], ARGV[1] .. ':user', ARGV[1] .. ':status',
+  ARGV[1] .. ':quantity')
 if not r[1] then
   return {0}
 end
@@ -26,8 +28,9 @@ if r[2] ~= 'RESERVED' then
 end
 
 redis.call('HSET', KEYS[4], ARGV[1] .. ':status', 'EXPIRED')
-redis.call('HINCRBY', KEYS[1], 'held', -1)
-redis.call('HINCRBY', KEYS[1], 'available', 1)
+local quantity = tonumber(r[3] or '1')
+redis.call('HINCRBY', KEYS[1], 'held', -quantity)
+redis.call('HINCRBY', KEYS[1], 'available', quantity)
 if redis.call('HGET', KEYS[2], r[1]) == ARGV[1] then
   redis.call('HDEL', KEYS[2], r[1])
 end

@@ -3,7 +3,7 @@
 -- time in microseconds), so state another database left under the same showtime id (a
 -- database restored, recreated, or pointed at an old Redis) is replaced, not adopted.
 --
--- KEYS[1] seats       HASH   capacity, available, held, sold, generation
+-- KEYS[1] seats       HASH   capacity, available, held, sold, generation, max_per_user
 -- KEYS[2] seq         STRING the showtime's reservation sequence
 -- KEYS[3] users       HASH   user id -> reservation sequence
 -- KEYS[4] deadlines   ZSET   live holds by deadline
@@ -16,6 +16,7 @@
 --         have handed out, so a reservation id still travelling in a queue (an expiry,
 --         a payment request, an order) can never name a new hold.
 -- ARGV[4] the database row's generation
+-- ARGV[5] seats one reservation may take (max_per_user; absent: 1)
 --
 -- Returns 1 when it loaded the stock, 2 when it replaced another row's state, 0 when
 -- this showtime was already there (a restart or a second caller never resets live
@@ -43,7 +44,7 @@ end
 local capacity = tonumber(ARGV[1])
 local sold = tonumber(ARGV[2])
 redis.call('HSET', KEYS[1], 'capacity', capacity, 'available', capacity - sold, 'held', 0,
-  'sold', sold, 'generation', ARGV[4])
+  'sold', sold, 'generation', ARGV[4], 'max_per_user', tonumber(ARGV[5] or '1') or 1)
 if ARGV[3] == '1' then
   local t = redis.call('TIME')
   local floor = tonumber(t[1]) * 1000000 + tonumber(t[2])

@@ -1,5 +1,5 @@
 -- mark_refused.lua: PAID -> REFUSED once the database's refusal of the order is on
--- record. The seat stops counting as sold and goes back on sale (the database has no row
+-- record. Its seats (all of a group's) stop counting as sold and go back on sale (the database has no row
 -- for it); the order leaves the unrecorded set, so the sweep never re-sends it. The
 -- user's entry in the showtime's index stays: a person refunds the payment.
 --
@@ -13,10 +13,12 @@
 
 redis.call('ZREM', KEYS[2], ARGV[1])
 local field = ARGV[1] .. ':status'
-if redis.call('HGET', KEYS[3], field) == 'PAID' then
+local r = redis.call('HMGET', KEYS[3], field, ARGV[1] .. ':quantity')
+if r[1] == 'PAID' then
+  local quantity = tonumber(r[2] or '1')
   redis.call('HSET', KEYS[3], field, 'REFUSED')
-  redis.call('HINCRBY', KEYS[1], 'sold', -1)
-  redis.call('HINCRBY', KEYS[1], 'available', 1)
+  redis.call('HINCRBY', KEYS[1], 'sold', -quantity)
+  redis.call('HINCRBY', KEYS[1], 'available', quantity)
   return 1
 end
 return 0

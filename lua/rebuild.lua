@@ -6,12 +6,14 @@
 -- KEYS[4] seq         STRING the reservation sequence: when the seats were missing
 --                     (Redis lost them), it jumps to the time in microseconds, as in
 --                     load.lua, so no old reservation id is ever handed out again
+-- KEYS[5] reservations HASH "<seq>:quantity" of each reservation (absent: 1)
 -- ARGV[1] capacity (from PostgreSQL)
--- ARGV[2] orders recorded in PostgreSQL
+-- ARGV[2] seats ordered in PostgreSQL (the sum of its orders' quantities)
 -- ARGV[3..] sequences in `unrecorded` whose order PostgreSQL already has (not counted
 --           twice)
 --
--- held = live holds; sold = max(sold counted now, orders + paid not yet recorded), so a
+-- held = the seats of the live holds (a group's quantity each); sold = max(sold counted
+-- now, seats ordered + seats paid not yet recorded), so a
 -- payment racing the rebuild can only make it under-sell, never oversell;
 -- available = capacity - held - sold, floored at 0.
 -- Returns {available, held, sold, missing}: missing > 0 means held + sold exceed the
@@ -25,11 +27,21 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
     redis.call('SET', KEYS[4], string.format('%.0f', floor))
   end
 end
-local held = redis.call('ZCARD', KEYS[2])
-local pending = redis.call('ZCARD', KEYS[3])
+local function seats(seq)
+  return tonumber(redis.call('HGET', KEYS[5], seq .. ':quantity') or '1')
+end
+local held = 0
+for _, seq in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  held = held + seats(seq)
+end
+local recorded = {}
 for i = 3, #ARGV do
-  if redis.call('ZSCORE', KEYS[3], ARGV[i]) then
-    pending = pending - 1
+  recorded[ARGV[i]] = true
+end
+local pending = 0
+for _, seq in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+  if not recorded[seq] then
+    pending = pending + seats(seq)
   end
 end
 local capacity = tonumber(ARGV[1])

@@ -1,37 +1,53 @@
--- reserve.lua: take one seat of a showtime for a user, atomically.
+-- reserve.lua: take a user's seats of a showtime (one, or a group), all or none, as one
+-- reservation, atomically.
 --
 -- Every key carries the showtime's hash tag ({42}) and is declared in KEYS, so the
 -- script runs on Redis Cluster (and ElastiCache, which enforces declared keys).
--- KEYS[1] seats        HASH  capacity, available, held, sold
+-- KEYS[1] seats        HASH  capacity, available, held, sold, max_per_user (absent: 1)
 -- KEYS[2] users        HASH  user id -> reservation sequence (held or bought)
 -- KEYS[3] seq          STRING per-showtime reservation sequence, floored by the clock (µs)
 -- KEYS[4] deadlines    ZSET  reservation sequence -> hold deadline (ms), RESERVED only
 -- KEYS[5] reservations HASH  the showtime's reservations, as fields "<seq>:user",
---                            "<seq>:status", "<seq>:expires_at" (and later "<seq>:paid_at",
---                            "<seq>:trace"): one key, whatever sequence this call creates
+--                            "<seq>:status", "<seq>:expires_at", "<seq>:quantity" (and
+--                            later "<seq>:paid_at", "<seq>:trace"): one key, whatever
+--                            sequence this call creates. A reservation without
+--                            "<seq>:quantity" (made before groups existed) is one seat.
 -- ARGV[1] user id
 -- ARGV[2] hold time in milliseconds
 -- ARGV[3] the W3C traceparent of the request, or "" when it is not traced: kept on
 --         the reservation so that its payment can link to the trace that held it
+-- ARGV[4] seats to take, 1..=max_per_user (absent: 1)
 --
 -- Returns, by the first element:
 --   {1, seq, expires_at_ms}  reserved
 --   {2, seq, status}         this user already holds or bought reservation seq, which
 --                            is in that status now (nil if its record is gone)
---   {3}                      sold out
+--   {3}                      sold out: no seat is left
 --   {4}                      unknown showtime (stock not loaded)
+--   {5, max_per_user}        more seats asked than the showtime allows one user
+--   {6, available}           fewer seats left than asked (at least one): nothing taken
 -- The clock is Redis's own (TIME), so every deadline is decided on one clock.
 
-local available = redis.call('HGET', KEYS[1], 'available')
+local stock = redis.call('HMGET', KEYS[1], 'available', 'max_per_user')
+local available = stock[1]
 if not available then
   return {4}
 end
+local quantity = tonumber(ARGV[4] or '1') or 1
+local max_per_user = tonumber(stock[2] or '1')
 local existing = redis.call('HGET', KEYS[2], ARGV[1])
 if existing then
   return {2, tonumber(existing), redis.call('HGET', KEYS[5], existing .. ':status')}
 end
-if tonumber(available) <= 0 then
+if quantity > max_per_user then
+  return {5, max_per_user}
+end
+available = tonumber(available)
+if available <= 0 then
   return {3}
+end
+if available < quantity then
+  return {6, available}
 end
 
 local t = redis.call('TIME')
@@ -54,11 +70,14 @@ end
 -- Lua's default number formatting prints exactly.
 local seq_text = string.format('%.0f', seq)
 
-redis.call('HINCRBY', KEYS[1], 'available', -1)
-redis.call('HINCRBY', KEYS[1], 'held', 1)
+redis.call('HINCRBY', KEYS[1], 'available', -quantity)
+redis.call('HINCRBY', KEYS[1], 'held', quantity)
 redis.call('HSET', KEYS[2], ARGV[1], seq_text)
 redis.call('HSET', KEYS[5], seq_text .. ':user', ARGV[1], seq_text .. ':status', 'RESERVED',
   seq_text .. ':expires_at', expires_at)
+if quantity ~= 1 then
+  redis.call('HSET', KEYS[5], seq_text .. ':quantity', quantity)
+end
 if ARGV[3] and ARGV[3] ~= '' then
   redis.call('HSET', KEYS[5], seq_text .. ':trace', ARGV[3])
 end

@@ -2,8 +2,10 @@
 //!
 //! The database has the last word on what was sold: `showtimes.sold` can never pass
 //! `capacity` (a CHECK), an order is unique per reservation and per (showtime, user), and
-//! orders are inserted in batches with `ON CONFLICT (reservation_id) DO NOTHING`, bumping
-//! `sold` only for the rows really inserted, in the same transaction.
+//! orders are inserted in batches with `ON CONFLICT (reservation_id) DO NOTHING`. An
+//! order carries its `quantity` (a group's seats); the database's own triggers keep
+//! `sold` the sum of the rows really inserted, in the same statement, and refuse a
+//! quantity above the showtime's `max_per_user` (migration `group_reservations`).
 
 use std::str::FromStr as _;
 use std::time::Duration;
@@ -14,7 +16,8 @@ use flash_sale_core::ports::{
     Catalog, OrderBook, OrderOutcome, PortError, PortResult, RecordedOrder, ShowtimeLock,
 };
 use flash_sale_core::{
-    Capacity, NewShowtime, OrderRequest, ReservationId, Showtime, ShowtimeId, UnixMillis, UserId,
+    Capacity, MaxPerUser, NewShowtime, OrderRequest, ReservationId, Showtime, ShowtimeId,
+    UnixMillis, UserId,
 };
 use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -25,7 +28,7 @@ use crate::tls::Trust;
 const COMPONENT: &str = "postgres";
 
 /// title, starts_at, capacity, sold, sale_opens_at, sale_closes_at, sale_paused,
-/// generation: [`SHOWTIME_COLUMNS`].
+/// generation, max_per_user: [`SHOWTIME_COLUMNS`].
 type ShowtimeRow = (
     Option<String>,
     Option<DateTime<Utc>>,
@@ -35,10 +38,11 @@ type ShowtimeRow = (
     Option<DateTime<Utc>>,
     bool,
     i64,
+    i32,
 );
 
-/// id, reservation_id, user_id, paid_at, created_at of an order.
-type OrderRow = (i64, String, i64, DateTime<Utc>, DateTime<Utc>);
+/// id, reservation_id, user_id, paid_at, created_at, quantity of an order.
+type OrderRow = (i64, String, i64, DateTime<Utc>, DateTime<Utc>, i32);
 
 /// id, then a [`ShowtimeRow`]'s columns.
 type ListedShowtimeRow = (
@@ -51,6 +55,7 @@ type ListedShowtimeRow = (
     Option<DateTime<Utc>>,
     bool,
     i64,
+    i32,
 );
 
 /// A showtime row's generation: its creation time in microseconds, which tells it from
@@ -59,7 +64,7 @@ const GENERATION: &str = "(extract(epoch FROM created_at) * 1000000)::bigint";
 
 /// The columns of a [`ShowtimeRow`].
 const SHOWTIME_COLUMNS: &str = "title, starts_at, capacity, sold, sale_opens_at, sale_closes_at, \
-     sale_paused, (extract(epoch FROM created_at) * 1000000)::bigint";
+     sale_paused, (extract(epoch FROM created_at) * 1000000)::bigint, max_per_user";
 
 /// The [`Catalog`] and [`OrderBook`] on PostgreSQL. Cheap to clone (a pool).
 #[derive(Debug, Clone)]
@@ -132,6 +137,10 @@ fn refusal(e: &sqlx::Error) -> Option<String> {
             "the user already has an order for this showtime under another reservation"
         }
         "orders_showtime_id_fkey" => "the showtime does not exist in the database",
+        "orders_quantity_within_max_per_user" => {
+            "the order takes more seats than the showtime allows one user (max_per_user)"
+        }
+        "orders_quantity_positive" => "the order takes no seat (quantity below 1)",
         other => return Some(format!("refused by constraint {other}")),
     };
     Some(why.to_string())
@@ -195,7 +204,8 @@ impl Postgres {
         Ok(())
     }
 
-    /// Inserts the orders not recorded yet, bumps `sold` by what was inserted, and says
+    /// Inserts the orders not recorded yet (the database's trigger bumps `sold` by the
+    /// quantities inserted, refusing the whole statement past the capacity), and says
     /// whose row each reservation id now has: the reservations inserted now, and the
     /// (user, showtime) of every row of these ids, new or old.
     async fn insert_batch(
@@ -210,10 +220,17 @@ impl Postgres {
             .collect();
         let users: Vec<i64> = orders.iter().map(|o| o.user.get()).collect();
         let paid: Vec<DateTime<Utc>> = orders.iter().map(|o| millis_to_time(o.paid_at.0)).collect();
+        let quantities: Vec<i32> = orders
+            .iter()
+            .map(|o| i32::try_from(o.quantity).unwrap_or(i32::MAX))
+            .collect();
         let mut tx = self.pool.begin().await?;
+        // `sold` moves with the rows really inserted: the database's statement trigger
+        // adds their quantities per showtime (one UPDATE per batch), checked against the
+        // capacity, and refuses a quantity above the showtime's max_per_user.
         let inserted: Vec<(String, i64)> = sqlx::query_as(
-            "INSERT INTO orders (reservation_id, showtime_id, user_id, paid_at)
-             SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::timestamptz[])
+            "INSERT INTO orders (reservation_id, showtime_id, user_id, paid_at, quantity)
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::timestamptz[], $5::int[])
              ON CONFLICT (reservation_id) DO NOTHING
              RETURNING reservation_id, showtime_id",
         )
@@ -221,20 +238,9 @@ impl Postgres {
         .bind(&showtimes)
         .bind(&users)
         .bind(&paid)
+        .bind(&quantities)
         .fetch_all(&mut *tx)
         .await?;
-        if !inserted.is_empty() {
-            let bumped: Vec<i64> = inserted.iter().map(|(_, s)| *s).collect();
-            // One UPDATE per batch: `sold = sold + n` per showtime, checked against capacity.
-            sqlx::query(
-                "UPDATE showtimes s SET sold = s.sold + c.n
-                 FROM (SELECT id, count(*)::int AS n FROM unnest($1::bigint[]) AS id GROUP BY id) c
-                 WHERE s.id = c.id",
-            )
-            .bind(&bumped)
-            .execute(&mut *tx)
-            .await?;
-        }
         if !inserted.is_empty() {
             // An order a person replayed after fixing its refusal's cause: settled.
             let now: Vec<&str> = inserted.iter().map(|(id, _)| id.as_str()).collect();
@@ -363,8 +369,8 @@ impl Catalog for Postgres {
             .map_err(|e| PortError::permanent(COMPONENT, format!("starts_at: {e}")))?;
         let window = new.sale_window;
         let row = sqlx::query(&format!(
-            "INSERT INTO showtimes (title, starts_at, capacity, sale_opens_at, sale_closes_at, sale_paused)
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id, {GENERATION}"
+            "INSERT INTO showtimes (title, starts_at, capacity, sale_opens_at, sale_closes_at, sale_paused, max_per_user)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id, {GENERATION}"
         ))
         .bind(&new.title)
         .bind(starts_at)
@@ -372,6 +378,7 @@ impl Catalog for Postgres {
         .bind(window.opens_at().map(|t| millis_to_time(t.0)))
         .bind(window.closes_at().map(|t| millis_to_time(t.0)))
         .bind(window.is_paused())
+        .bind(new.max_per_user.get() as i32)
         .fetch_one(&self.pool)
         .await
         .map_err(port_error)?;
@@ -383,6 +390,7 @@ impl Catalog for Postgres {
             title: new.title,
             starts_at: starts_at.map(|t| t.with_timezone(&Utc).to_rfc3339()),
             sale_window: window,
+            max_per_user: new.max_per_user,
             ordered: 0,
             generation: generation as u64,
         })
@@ -434,13 +442,14 @@ impl Catalog for Postgres {
         .map_err(port_error)?;
         rows.into_iter()
             .map(
-                |(id, title, starts_at, capacity, sold, opens, closes, paused, generation)| {
+                |(id, title, starts_at, capacity, sold, opens, closes, paused, generation, max)| {
                     let id =
                         ShowtimeId::new(id).map_err(|e| PortError::permanent(COMPONENT, e.0))?;
                     showtime_of(
                         id,
                         (
                             title, starts_at, capacity, sold, opens, closes, paused, generation,
+                            max,
                         ),
                     )
                 },
@@ -451,7 +460,7 @@ impl Catalog for Postgres {
 
 /// The [`Showtime`] of row `row` of id `id`.
 fn showtime_of(id: ShowtimeId, row: ShowtimeRow) -> PortResult<Showtime> {
-    let (title, starts_at, capacity, sold, opens, closes, paused, generation) = row;
+    let (title, starts_at, capacity, sold, opens, closes, paused, generation, max_per_user) = row;
     let invalid = |e: flash_sale_core::InvalidInput| PortError::permanent(COMPONENT, e.0);
     let millis = |t: DateTime<Utc>| UnixMillis(t.timestamp_millis().max(0) as u64);
     Ok(Showtime {
@@ -462,6 +471,7 @@ fn showtime_of(id: ShowtimeId, row: ShowtimeRow) -> PortResult<Showtime> {
         sale_window: SaleWindow::new(opens.map(millis), closes.map(millis))
             .map_err(invalid)?
             .paused(paused),
+        max_per_user: MaxPerUser::new(max_per_user.into()).map_err(invalid)?,
         ordered: sold.max(0) as u32,
         generation: generation as u64,
     })
@@ -475,7 +485,7 @@ impl OrderBook for Postgres {
         limit: usize,
     ) -> PortResult<Vec<RecordedOrder>> {
         let rows: Vec<OrderRow> = sqlx::query_as(
-            "SELECT id, reservation_id, user_id, paid_at, created_at FROM orders
+            "SELECT id, reservation_id, user_id, paid_at, created_at, quantity FROM orders
              WHERE showtime_id = $1 AND id > $2 ORDER BY id LIMIT $3",
         )
         .bind(showtime.get())
@@ -487,7 +497,7 @@ impl OrderBook for Postgres {
         let corrupt = |what: String| PortError::permanent(COMPONENT, what);
         let millis = |t: DateTime<Utc>| UnixMillis(t.timestamp_millis().max(0) as u64);
         rows.into_iter()
-            .map(|(id, reservation, user, paid_at, created_at)| {
+            .map(|(id, reservation, user, paid_at, created_at, quantity)| {
                 Ok(RecordedOrder {
                     number: id as u64,
                     order: OrderRequest {
@@ -496,6 +506,7 @@ impl OrderBook for Postgres {
                             .map_err(|e: flash_sale_core::InvalidInput| corrupt(e.0))?,
                         user: UserId::new(user).map_err(|e| corrupt(e.0))?,
                         paid_at: millis(paid_at),
+                        quantity: quantity.max(1) as u32,
                     },
                     recorded_at: millis(created_at),
                 })
@@ -566,9 +577,13 @@ impl OrderBook for Postgres {
             .map(|(o, _)| millis_to_time(o.paid_at.0))
             .collect();
         let reasons: Vec<&str> = refusals.iter().map(|(_, why)| why.as_str()).collect();
+        let quantities: Vec<i32> = refusals
+            .iter()
+            .map(|(o, _)| i32::try_from(o.quantity.max(1)).unwrap_or(i32::MAX))
+            .collect();
         let new: Vec<String> = sqlx::query_scalar(
-            "INSERT INTO refused_orders (reservation_id, showtime_id, user_id, paid_at, reason)
-             SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::timestamptz[], $5::text[])
+            "INSERT INTO refused_orders (reservation_id, showtime_id, user_id, paid_at, reason, quantity)
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::timestamptz[], $5::text[], $6::int[])
              ON CONFLICT (reservation_id) DO NOTHING
              RETURNING reservation_id",
         )
@@ -577,6 +592,7 @@ impl OrderBook for Postgres {
         .bind(&users)
         .bind(&paid)
         .bind(&reasons)
+        .bind(&quantities)
         .fetch_all(&self.pool)
         .await
         .map_err(port_error)?;

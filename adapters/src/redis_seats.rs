@@ -5,10 +5,10 @@
 //!
 //! | key              | type   | holds                                             |
 //! |------------------|--------|---------------------------------------------------|
-//! | `fs:{42}:seats`  | HASH   | capacity, available, held, sold                   |
+//! | `fs:{42}:seats`  | HASH   | capacity, available, held, sold, generation, max_per_user |
 //! | `fs:{42}:users`  | HASH   | user id -> reservation sequence (held or bought)  |
 //! | `fs:{42}:seq`    | STRING | the showtime's reservation sequence               |
-//! | `fs:{42}:reservations` | HASH | reservation 42-1007 as fields `1007:user`, `1007:status`, `1007:expires_at`, `1007:paid_at`, `1007:trace` |
+//! | `fs:{42}:reservations` | HASH | reservation 42-1007 as fields `1007:user`, `1007:status`, `1007:expires_at`, `1007:quantity` (a group's seats; absent: 1), `1007:paid_at`, `1007:trace` |
 //! | `fs:{42}:deadlines` | ZSET | RESERVED holds by deadline (the sweep's outbox)  |
 //! | `fs:{42}:unrecorded` | ZSET | PAID reservations not yet ORDERED, by paid time |
 //! | `fs:showtimes`   | SET    | showtimes on sale (walked by the sweep)           |
@@ -364,10 +364,11 @@ impl RedisSeats {
 }
 
 impl SeatStore for RedisSeats {
-    async fn take(
+    async fn take_seats(
         &self,
         showtime: ShowtimeId,
         user: UserId,
+        quantity: u32,
         hold: Duration,
     ) -> PortResult<TakeOutcome> {
         let mut conn = self.conn.clone();
@@ -384,6 +385,7 @@ impl SeatStore for RedisSeats {
             .arg(user.get())
             .arg(hold.as_millis() as u64)
             .arg(traceparent)
+            .arg(quantity)
             .invoke_async(&mut conn)
             .instrument(script_span("reserve.lua", showtime))
             .await
@@ -394,6 +396,13 @@ impl SeatStore for RedisSeats {
                 .get(i)
                 .and_then(int)
                 .and_then(|s| ReservationId::new(showtime, s as u64).ok())
+                .ok_or_else(|| unexpected("reserve.lua", &v))
+        };
+        let count = |i: usize| {
+            items
+                .get(i)
+                .and_then(int)
+                .and_then(|n| u32::try_from(n).ok())
                 .ok_or_else(|| unexpected("reserve.lua", &v))
         };
         Ok(match items.first().and_then(int) {
@@ -407,10 +416,17 @@ impl SeatStore for RedisSeats {
                         .and_then(int)
                         .ok_or_else(|| unexpected("reserve.lua", &v))? as u64,
                 ),
+                quantity,
             }),
             Some(2) => TakeOutcome::AlreadyHolds(seq(1)?, status_of(items.get(2))),
             Some(3) => TakeOutcome::SoldOut,
             Some(4) => TakeOutcome::UnknownShowtime,
+            Some(5) => TakeOutcome::TooManySeats {
+                max_per_user: count(1)?,
+            },
+            Some(6) => TakeOutcome::NotEnoughSeats {
+                available: count(1)?,
+            },
             _ => return Err(unexpected("reserve.lua", &v)),
         })
     }
@@ -422,6 +438,7 @@ impl SeatStore for RedisSeats {
         sold: u32,
         generation: u64,
         reload: bool,
+        max_per_user: u32,
     ) -> PortResult<bool> {
         let mut conn = self.conn.clone();
         // Registered for the sweep before it has stock, never after: a crash in between
@@ -445,6 +462,7 @@ impl SeatStore for RedisSeats {
             .arg(sold)
             .arg(u8::from(reload))
             .arg(generation)
+            .arg(max_per_user)
             .invoke_async(&mut conn)
             .instrument(script_span("load.lua", showtime))
             .await
@@ -485,6 +503,11 @@ impl SeatStore for RedisSeats {
                         .and_then(int)
                         .ok_or_else(|| unexpected("pay.lua", &v))? as u64,
                 ),
+                quantity: items
+                    .get(3)
+                    .and_then(int)
+                    .and_then(|q| u32::try_from(q).ok())
+                    .ok_or_else(|| unexpected("pay.lua", &v))?,
             },
             Some(0) => PayOutcome::NotFound,
             Some(2) => PayOutcome::NotOwner,
@@ -608,15 +631,20 @@ impl SeatStore for RedisSeats {
     async fn reservation(&self, id: ReservationId) -> PortResult<Option<Reservation>> {
         let mut conn = self.conn.clone();
         let seq = id.seq();
-        let (user, status, expires_at): (Option<i64>, Option<String>, Option<u64>) =
-            redis::cmd("HMGET")
-                .arg(self.reservations_key(id.showtime()))
-                .arg(format!("{seq}:user"))
-                .arg(format!("{seq}:status"))
-                .arg(format!("{seq}:expires_at"))
-                .query_async(&mut conn)
-                .await
-                .map_err(port_error)?;
+        let (user, status, expires_at, quantity): (
+            Option<i64>,
+            Option<String>,
+            Option<u64>,
+            Option<u32>,
+        ) = redis::cmd("HMGET")
+            .arg(self.reservations_key(id.showtime()))
+            .arg(format!("{seq}:user"))
+            .arg(format!("{seq}:status"))
+            .arg(format!("{seq}:expires_at"))
+            .arg(format!("{seq}:quantity"))
+            .query_async(&mut conn)
+            .await
+            .map_err(port_error)?;
         let (Some(user), Some(status), Some(expires_at)) = (user, status, expires_at) else {
             return Ok(None);
         };
@@ -629,6 +657,8 @@ impl SeatStore for RedisSeats {
                 .parse()
                 .map_err(|e: flash_sale_core::InvalidInput| corrupt(e.0))?,
             expires_at: UnixMillis(expires_at),
+            // Absent for a single seat (and for every hold made before groups existed).
+            quantity: quantity.unwrap_or(1),
         }))
     }
 
@@ -790,6 +820,7 @@ impl SeatStore for RedisSeats {
                         reservation: id,
                         user: r.user,
                         paid_at: UnixMillis(paid_at),
+                        quantity: r.quantity,
                     });
                 }
             }
@@ -804,12 +835,45 @@ impl SeatAuditor for RedisSeats {
             return Ok(None);
         };
         let mut conn = self.conn.clone();
-        let (live_holds, unrecorded): (u32, Vec<u64>) = redis::pipe()
-            .zcard(self.key(showtime, "deadlines"))
+        let (holds, unrecorded): (Vec<u64>, Vec<u64>) = redis::pipe()
+            .zrange(self.key(showtime, "deadlines"), 0, -1)
             .zrange(self.key(showtime, "unrecorded"), 0, -1)
             .query_async(&mut conn)
             .await
             .map_err(port_error)?;
+        // Seats, not reservations: a group's hold counts its quantity (absent: 1).
+        let seats_of = |seqs: &[u64]| {
+            let mut cmd = redis::cmd("HMGET");
+            cmd.arg(self.reservations_key(showtime));
+            for seq in seqs {
+                cmd.arg(format!("{seq}:quantity"));
+            }
+            cmd
+        };
+        let quantities = |seqs: Vec<u64>| {
+            let cmd = seats_of(&seqs);
+            let mut conn = conn.clone();
+            async move {
+                if seqs.is_empty() {
+                    return Ok(vec![]);
+                }
+                let found: Vec<Option<u32>> =
+                    cmd.query_async(&mut conn).await.map_err(port_error)?;
+                Ok::<_, PortError>(
+                    found
+                        .into_iter()
+                        .map(|q| q.unwrap_or(1))
+                        .collect::<Vec<u32>>(),
+                )
+            }
+        };
+        let live_holds = quantities(holds).await?.into_iter().sum();
+        let seats = quantities(unrecorded.clone()).await?;
+        let (unrecorded, unrecorded_seats): (Vec<ReservationId>, Vec<u32>) = unrecorded
+            .into_iter()
+            .zip(seats)
+            .filter_map(|(seq, q)| Some((ReservationId::new(showtime, seq).ok()?, q)))
+            .unzip();
         let swept: bool = conn
             .sismember(self.showtimes_key(), showtime.get())
             .await
@@ -817,10 +881,8 @@ impl SeatAuditor for RedisSeats {
         Ok(Some(SeatAudit {
             counts,
             live_holds,
-            unrecorded: unrecorded
-                .into_iter()
-                .filter_map(|seq| ReservationId::new(showtime, seq).ok())
-                .collect(),
+            unrecorded,
+            unrecorded_seats,
             swept,
         }))
     }
@@ -837,6 +899,7 @@ impl SeatAuditor for RedisSeats {
         call.key(self.key(showtime, "deadlines"))
             .key(self.key(showtime, "unrecorded"))
             .key(self.key(showtime, "seq"))
+            .key(self.reservations_key(showtime))
             .arg(capacity)
             .arg(ordered);
         for id in recorded {

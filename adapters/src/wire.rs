@@ -36,8 +36,16 @@ struct OrderWire {
     reservation_id: String,
     user_id: i64,
     paid_at_ms: u64,
+    /// The seats the reservation holds. Absent in orders published before groups
+    /// existed: those were one seat each.
+    #[serde(default = "one_seat")]
+    quantity: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     traceparent: Option<String>,
+}
+
+fn one_seat() -> u32 {
+    1
 }
 
 /// A message body that can never be processed, whatever is retried.
@@ -153,6 +161,7 @@ pub fn encode_order(m: &OrderRequest) -> Vec<u8> {
         reservation_id: m.reservation.to_string(),
         user_id: m.user.get(),
         paid_at_ms: m.paid_at.0,
+        quantity: m.quantity,
         traceparent: trace::current_traceparent(),
     })
     .expect("plain struct serializes")
@@ -161,11 +170,15 @@ pub fn encode_order(m: &OrderRequest) -> Vec<u8> {
 /// The orders in an order message.
 pub fn decode_orders(body: &[u8]) -> Result<Vec<Traced<OrderRequest>>, MalformedMessage> {
     decode_all(body, |w: OrderWire| {
+        if w.quantity == 0 {
+            return Err(InvalidInput("an order's quantity must be at least 1".into()).into());
+        }
         Ok(Traced {
             message: OrderRequest {
                 reservation: w.reservation_id.parse()?,
                 user: UserId::new(w.user_id)?,
                 paid_at: UnixMillis(w.paid_at_ms),
+                quantity: w.quantity,
             },
             traceparent: w.traceparent,
         })
@@ -198,8 +211,19 @@ mod tests {
             reservation: id,
             user,
             paid_at: UnixMillis(1),
+            quantity: 4,
         };
         assert_eq!(decode_orders(&encode_order(&o)).unwrap(), vec![untraced(o)]);
+    }
+
+    #[test]
+    fn an_order_from_before_groups_is_one_seat() {
+        let old = decode_orders(br#"{"reservation_id":"1-1","user_id":1,"paid_at_ms":5}"#).unwrap();
+        assert_eq!(old[0].message.quantity, 1);
+        assert!(
+            decode_orders(br#"{"reservation_id":"1-1","user_id":1,"paid_at_ms":5,"quantity":0}"#)
+                .is_err()
+        );
     }
 
     fn untraced<T>(message: T) -> Traced<T> {

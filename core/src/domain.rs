@@ -131,6 +131,39 @@ impl Capacity {
     }
 }
 
+/// How many seats one buyer may take of a showtime, as one reservation (a group):
+/// between 1 (the default: one seat per user) and [`MaxPerUser::LIMIT`]. PostgreSQL
+/// enforces the same bounds on `showtimes.max_per_user`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MaxPerUser(u32);
+
+impl MaxPerUser {
+    pub const LIMIT: u32 = 20;
+    /// One seat per user: today's behaviour, and every showtime's unless set.
+    pub const ONE: Self = Self(1);
+
+    pub fn new(raw: i64) -> Result<Self, InvalidInput> {
+        if (1..=i64::from(Self::LIMIT)).contains(&raw) {
+            Ok(Self(raw as u32))
+        } else {
+            Err(InvalidInput(format!(
+                "max_per_user must be between 1 and {}, got {raw}",
+                Self::LIMIT
+            )))
+        }
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl Default for MaxPerUser {
+    fn default() -> Self {
+        Self::ONE
+    }
+}
+
 /// Milliseconds since the Unix epoch, on the seat store's clock (the one clock every
 /// decision about a hold's deadline is taken on).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -164,6 +197,8 @@ pub struct NewShowtime {
     pub starts_at: Option<String>,
     /// When its seats may be reserved.
     pub sale_window: SaleWindow,
+    /// Seats one buyer may take (as one reservation).
+    pub max_per_user: MaxPerUser,
 }
 
 impl NewShowtime {
@@ -174,6 +209,7 @@ impl NewShowtime {
             title: None,
             starts_at: None,
             sale_window: SaleWindow::ALWAYS,
+            max_per_user: MaxPerUser::ONE,
         }
     }
 }
@@ -248,7 +284,9 @@ pub struct Showtime {
     pub title: Option<String>,
     pub starts_at: Option<String>,
     pub sale_window: SaleWindow,
-    /// Orders the database holds for it.
+    /// Seats one buyer may take (as one reservation).
+    pub max_per_user: MaxPerUser,
+    /// Seats the database's orders hold (the sum of their quantities).
     pub ordered: u32,
     /// Tells this row from another database's row of the same id (its creation time in
     /// microseconds): the seat store's state carries it.
@@ -380,6 +418,8 @@ pub struct Reservation {
     pub user: UserId,
     pub status: crate::Status,
     pub expires_at: UnixMillis,
+    /// Seats it holds (a group takes them all or none): 1..=the showtime's max_per_user.
+    pub quantity: u32,
 }
 
 impl Reservation {

@@ -23,6 +23,8 @@ struct SeatsState {
     unswept: std::collections::HashSet<ShowtimeId>,
     /// The catalog generation each showtime's state belongs to.
     generations: HashMap<ShowtimeId, u64>,
+    /// Seats one reservation may take, per showtime (as load.lua stores it).
+    max_per_user: HashMap<ShowtimeId, u32>,
 }
 
 #[derive(Debug, Default)]
@@ -59,33 +61,41 @@ impl FakeSeats {
     fn release(st: &mut SeatsState, id: ReservationId, status: Status) {
         let r = st.reservations.get_mut(&id).unwrap();
         r.status = status;
-        let user = r.user;
+        let (user, quantity) = (r.user, r.quantity);
         st.users.remove(&(id.showtime(), user));
         let c = st.counts.get_mut(&id.showtime()).unwrap();
-        c.held -= 1;
-        c.available += 1;
+        c.held -= quantity;
+        c.available += quantity;
     }
 }
 
 impl SeatStore for FakeSeats {
-    fn take(
+    fn take_seats(
         &self,
         showtime: ShowtimeId,
         user: UserId,
+        quantity: u32,
         hold: Duration,
     ) -> impl Future<Output = PortResult<TakeOutcome>> + Send {
         let now = self.now();
         let mut st = self.state.lock().unwrap();
+        let max_per_user = st.max_per_user.get(&showtime).copied().unwrap_or(1);
         let outcome = if !st.counts.contains_key(&showtime) {
             TakeOutcome::UnknownShowtime
         } else if let Some(id) = st.users.get(&(showtime, user)) {
             TakeOutcome::AlreadyHolds(*id, st.reservations.get(id).map(|r| r.status))
+        } else if quantity > max_per_user {
+            TakeOutcome::TooManySeats { max_per_user }
         } else if st.counts[&showtime].available == 0 {
             TakeOutcome::SoldOut
+        } else if st.counts[&showtime].available < quantity {
+            TakeOutcome::NotEnoughSeats {
+                available: st.counts[&showtime].available,
+            }
         } else {
             let c = st.counts.get_mut(&showtime).unwrap();
-            c.available -= 1;
-            c.held += 1;
+            c.available -= quantity;
+            c.held += quantity;
             // As reserve.lua: the sequence never falls behind the clock in microseconds.
             let seq = st.seq.entry(showtime).or_default();
             *seq = (*seq + 1).max(now.0 * 1000);
@@ -95,6 +105,7 @@ impl SeatStore for FakeSeats {
                 user,
                 status: Status::Reserved,
                 expires_at: UnixMillis(now.0 + hold.as_millis() as u64),
+                quantity,
             };
             st.users.insert((showtime, user), id);
             st.reservations.insert(id, r.clone());
@@ -110,6 +121,7 @@ impl SeatStore for FakeSeats {
         sold: u32,
         generation: u64,
         reload: bool,
+        max_per_user: u32,
     ) -> impl Future<Output = PortResult<bool>> + Send {
         let mut st = self.state.lock().unwrap();
         let mut reload = reload;
@@ -132,6 +144,7 @@ impl SeatStore for FakeSeats {
             *seq = (*seq).max(self.now.load(Ordering::SeqCst) * 1000 + 1_000_000);
         }
         if loaded {
+            st.max_per_user.insert(showtime, max_per_user);
             st.counts.insert(
                 showtime,
                 SeatCounts {
@@ -162,13 +175,16 @@ impl SeatStore for FakeSeats {
                 Self::return_seat(&mut st, id);
                 PayOutcome::Expired
             }
-            Some(_) => {
+            Some(r) => {
                 st.reservations.get_mut(&id).unwrap().status = Status::Paid;
                 st.paid_at.insert(id, now);
                 let c = st.counts.get_mut(&id.showtime()).unwrap();
-                c.held -= 1;
-                c.sold += 1;
-                PayOutcome::Paid { paid_at: now }
+                c.held -= r.quantity;
+                c.sold += r.quantity;
+                PayOutcome::Paid {
+                    paid_at: now,
+                    quantity: r.quantity,
+                }
             }
         };
         ready(Ok(outcome))
@@ -222,9 +238,10 @@ impl SeatStore for FakeSeats {
                 Status::Paid => r.status = Status::Ordered,
                 Status::Refused => {
                     r.status = Status::Ordered;
+                    let quantity = r.quantity;
                     let c = st.counts.get_mut(&id.showtime()).unwrap();
-                    c.sold += 1;
-                    c.available -= 1;
+                    c.sold += quantity;
+                    c.available -= quantity;
                 }
                 _ => {}
             }
@@ -243,9 +260,10 @@ impl SeatStore for FakeSeats {
                 && r.status == Status::Paid
             {
                 r.status = Status::Refused;
+                let quantity = r.quantity;
                 let c = st.counts.get_mut(&id.showtime()).unwrap();
-                c.sold -= 1;
-                c.available += 1;
+                c.sold -= quantity;
+                c.available += quantity;
                 moved.push(*id);
             }
         }
@@ -371,6 +389,7 @@ impl SeatStore for FakeSeats {
                 reservation: r.id,
                 user: r.user,
                 paid_at: st.paid_at[&r.id],
+                quantity: r.quantity,
             })
             .collect();
         ready(Ok(orders))
@@ -490,6 +509,7 @@ impl Catalog for FakeDb {
             title: new.title,
             starts_at: new.starts_at,
             sale_window: new.sale_window,
+            max_per_user: new.max_per_user,
             ordered: 0,
             generation: id.get() as u64,
         };
@@ -573,10 +593,14 @@ impl OrderBook for FakeDb {
                     .any(|o| o.user == order.user && o.reservation.showtime() == showtime.id)
                 {
                     OrderOutcome::Refused("user already has an order for this showtime".into())
-                } else if showtime.ordered >= showtime.capacity.get() {
+                } else if order.quantity == 0 || order.quantity > showtime.max_per_user.get() {
+                    OrderOutcome::Refused(
+                        "the order's quantity is above the showtime's max_per_user".into(),
+                    )
+                } else if showtime.ordered + order.quantity > showtime.capacity.get() {
                     OrderOutcome::Refused("showtime is sold out in the database".into())
                 } else {
-                    showtime.ordered += 1;
+                    showtime.ordered += order.quantity;
                     book.insert(order.reservation, *order);
                     OrderOutcome::Inserted
                 }
@@ -619,10 +643,16 @@ impl SeatAuditor for FakeSeats {
                 live_holds: mine
                     .clone()
                     .filter(|r| r.status == Status::Reserved)
-                    .count() as u32,
+                    .map(|r| r.quantity)
+                    .sum(),
                 unrecorded: mine
+                    .clone()
                     .filter(|r| r.status == Status::Paid)
                     .map(|r| r.id)
+                    .collect(),
+                unrecorded_seats: mine
+                    .filter(|r| r.status == Status::Paid)
+                    .map(|r| r.quantity)
                     .collect(),
                 swept: !st.unswept.contains(&showtime),
             }
@@ -644,11 +674,16 @@ impl SeatAuditor for FakeSeats {
             .filter(|r| r.showtime() == showtime)
             .cloned()
             .collect();
-        let held = mine.iter().filter(|r| r.status == Status::Reserved).count() as u32;
+        let held = mine
+            .iter()
+            .filter(|r| r.status == Status::Reserved)
+            .map(|r| r.quantity)
+            .sum::<u32>();
         let pending = mine
             .iter()
             .filter(|r| r.status == Status::Paid && !recorded.contains(&r.id))
-            .count() as u32;
+            .map(|r| r.quantity)
+            .sum::<u32>();
         st.unswept.remove(&showtime);
         let current = st.counts.get(&showtime).map_or(0, |c| c.sold);
         let sold = (ordered + pending).max(current);

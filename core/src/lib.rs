@@ -34,8 +34,8 @@ mod fakes;
 mod model_tests;
 
 pub use domain::{
-    Capacity, InvalidInput, NewShowtime, Reservation, ReservationId, SeatChange, SeatCounts,
-    Showtime, ShowtimeChange, ShowtimeId, UnixMillis, UserId,
+    Capacity, InvalidInput, MaxPerUser, NewShowtime, Reservation, ReservationId, SeatChange,
+    SeatCounts, Showtime, ShowtimeChange, ShowtimeId, UnixMillis, UserId,
 };
 pub use idempotency::{IdempotencyKey, IdempotencyStore, KeyScope, KeyedRoute};
 pub use messages::{Expiry, OrderRequest, PaymentRequest};

@@ -23,4 +23,6 @@ pub struct OrderRequest {
     pub reservation: ReservationId,
     pub user: UserId,
     pub paid_at: UnixMillis,
+    /// Seats the reservation holds (1 for a single seat).
+    pub quantity: u32,
 }

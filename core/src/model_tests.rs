@@ -14,19 +14,25 @@ use proptest::prelude::*;
 use crate::fakes::{FakeBus, FakeDb, FakeSeats};
 use crate::messages::{Expiry, OrderRequest};
 use crate::ports::SeatStore;
-use crate::sale::{PaymentMode, Sale, SaleSettings};
-use crate::{Capacity, NewShowtime, Reservation, ReservationId, ShowtimeId, Status, UserId};
+use crate::sale::{PaymentMode, ReserveError, Sale, SaleSettings};
+use crate::{
+    Capacity, MaxPerUser, NewShowtime, Reservation, ReservationId, ShowtimeId, Status, UserId,
+};
 
 const HOLD: Duration = Duration::from_secs(60);
 const GRACE: Duration = Duration::from_secs(5);
 const SHOWTIMES: i64 = 2;
 const USERS: i64 = 6;
+/// The most seats one reservation of showtime 1 may take.
+const MAX_GROUP: u32 = 3;
 
 #[derive(Debug, Clone)]
 enum Step {
+    /// Reserve `quantity` seats at once (showtime 1 allows 3 per user, showtime 2 one).
     Reserve {
         user: i64,
         showtime: i64,
+        quantity: u32,
     },
     /// Pay the n-th reservation ever made, as `user` (maybe not its owner).
     Pay {
@@ -67,7 +73,8 @@ enum Step {
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        4 => (1..=USERS, 1..=SHOWTIMES).prop_map(|(user, showtime)| Step::Reserve { user, showtime }),
+        4 => (1..=USERS, 1..=SHOWTIMES, 1..=4u32)
+            .prop_map(|(user, showtime, quantity)| Step::Reserve { user, showtime, quantity }),
         3 => (0..12usize, 1..=USERS).prop_map(|(nth, user)| Step::Pay { nth, user }),
         2 => (0..12usize, 1..=USERS).prop_map(|(nth, user)| Step::Cancel { nth, user }),
         2 => any::<bool>().prop_map(|twice| Step::DeliverExpiry { twice }),
@@ -105,11 +112,11 @@ impl World {
             },
         );
         let mut capacities = HashMap::new();
-        for c in capacity {
-            let s = block_on(sale.create_showtime(NewShowtime::always_on_sale(
-                Capacity::new(c.into()).unwrap(),
-            )))
-            .unwrap();
+        for (i, c) in capacity.into_iter().enumerate() {
+            let mut new = NewShowtime::always_on_sale(Capacity::new(c.into()).unwrap());
+            // Groups of up to 3 on the first showtime; the second keeps one seat per user.
+            new.max_per_user = MaxPerUser::new(if i == 0 { MAX_GROUP.into() } else { 1 }).unwrap();
+            let s = block_on(sale.create_showtime(new)).unwrap();
             capacities.insert(s.id, c);
         }
         Self {
@@ -133,10 +140,46 @@ impl World {
     fn run(&mut self, step: &Step) {
         let sale = &self.sale;
         match *step {
-            Step::Reserve { user, showtime } => {
+            Step::Reserve {
+                user,
+                showtime,
+                quantity,
+            } => {
                 let user = UserId::new(user).unwrap();
-                if let Ok(r) = block_on(sale.reserve(user, ShowtimeId::new(showtime).unwrap())) {
-                    self.made.push(r.id);
+                let showtime = ShowtimeId::new(showtime).unwrap();
+                let before = block_on(sale.seats.counts(showtime)).unwrap().unwrap();
+                let max = if showtime.get() == 1 { MAX_GROUP } else { 1 };
+                let taken = match block_on(sale.reserve_seats(user, showtime, quantity)) {
+                    Ok(r) => {
+                        assert_eq!(r.quantity, quantity);
+                        assert!(quantity <= max && quantity <= before.available);
+                        self.made.push(r.id);
+                        true
+                    }
+                    // Sold out (remembered or not) only when no seat at all is left.
+                    Err(ReserveError::SoldOut { .. }) => {
+                        assert_eq!(before.available, 0);
+                        false
+                    }
+                    Err(ReserveError::NotEnoughSeats { available, .. }) => {
+                        assert!(available > 0 && available < quantity);
+                        assert_eq!(available, before.available);
+                        false
+                    }
+                    Err(ReserveError::TooManySeats { max_per_user, .. }) => {
+                        assert!(quantity > max_per_user);
+                        assert_eq!(max_per_user, max);
+                        false
+                    }
+                    Err(_) => false,
+                };
+                let after = block_on(sale.seats.counts(showtime)).unwrap().unwrap();
+                if taken {
+                    // All or none: exactly `quantity` seats moved to held.
+                    assert_eq!(after.held, before.held + quantity);
+                    assert_eq!(after.available + quantity, before.available);
+                } else {
+                    assert_eq!(after, before, "a refused reservation changes nothing");
                 }
             }
             Step::Pay { nth, user } => {
@@ -207,11 +250,16 @@ impl World {
                 .unwrap()
                 .unwrap();
             let mine: Vec<_> = all.iter().filter(|r| r.showtime() == *showtime).collect();
-            let held = mine.iter().filter(|r| r.status == Status::Reserved).count() as u32;
+            let held = mine
+                .iter()
+                .filter(|r| r.status == Status::Reserved)
+                .map(|r| r.quantity)
+                .sum::<u32>();
             let sold = mine
                 .iter()
                 .filter(|r| matches!(r.status, Status::Paid | Status::Ordered))
-                .count() as u32;
+                .map(|r| r.quantity)
+                .sum::<u32>();
             prop_assert!(counts.balanced(), "{counts:?}");
             prop_assert_eq!(counts.capacity, *capacity);
             prop_assert_eq!(counts.held, held, "held seats are the RESERVED holds");
@@ -228,11 +276,15 @@ impl World {
                     r.user
                 );
             }
-            let ordered = orders
+            let ordered: u32 = orders
                 .values()
                 .filter(|o| o.reservation.showtime() == *showtime)
-                .count();
-            prop_assert!(ordered as u32 <= *capacity, "more orders than seats");
+                .map(|o| o.quantity)
+                .sum();
+            prop_assert!(
+                ordered <= *capacity,
+                "more seats ordered than the showtime has"
+            );
             let report = block_on(self.sale.reconcile(*showtime, false))
                 .unwrap()
                 .unwrap();
@@ -270,6 +322,11 @@ impl World {
                 r.status
             );
             prop_assert_eq!(order.user, r.user);
+            prop_assert_eq!(
+                order.quantity,
+                r.quantity,
+                "an order carries its hold's seats"
+            );
         }
         Ok(())
     }
@@ -293,7 +350,7 @@ proptest! {
 
     #[test]
     fn every_interleaving_keeps_the_invariants_and_settles_exactly_once(
-        capacity in [1u32..4, 1u32..4],
+        capacity in [1u32..7, 1u32..4],
         steps in prop::collection::vec(step(), 1..60),
     ) {
         let mut world = World::new(capacity);
@@ -315,7 +372,11 @@ proptest! {
         }
         for (showtime, capacity) in &world.capacities {
             let c = block_on(world.sale.seats.counts(*showtime)).unwrap().unwrap();
-            let ordered = orders.values().filter(|o| o.reservation.showtime() == *showtime).count() as u32;
+            let ordered: u32 = orders
+                .values()
+                .filter(|o| o.reservation.showtime() == *showtime)
+                .map(|o| o.quantity)
+                .sum();
             prop_assert_eq!((c.held, c.sold, c.available), (0, ordered, capacity - ordered));
         }
     }

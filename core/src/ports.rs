@@ -49,6 +49,14 @@ pub enum TakeOutcome {
     Reserved(Reservation),
     /// No seat is left.
     SoldOut,
+    /// Some seats are left, fewer than asked (`available` of them): nothing was taken.
+    NotEnoughSeats {
+        available: u32,
+    },
+    /// More seats asked than the showtime allows one buyer: nothing was taken.
+    TooManySeats {
+        max_per_user: u32,
+    },
     /// The user already holds, or bought, a seat of this showtime: that reservation, and
     /// its status (`None` if its record is gone).
     AlreadyHolds(ReservationId, Option<Status>),
@@ -61,6 +69,8 @@ pub enum TakeOutcome {
 pub enum PayOutcome {
     Paid {
         paid_at: UnixMillis,
+        /// Seats the reservation holds, now sold.
+        quantity: u32,
     },
     NotFound,
     NotOwner,
@@ -135,22 +145,36 @@ pub enum OrderOutcome {
 
 /// The live state of the sale: stock, holds, reservations. Every method is atomic.
 pub trait SeatStore: Send + Sync + 'static {
-    /// Refuse a user who already holds or bought this showtime, refuse when sold out,
-    /// else take a seat and create a `RESERVED` reservation due at now + `hold`.
+    /// Refuse a user who already holds or bought this showtime, refuse a `quantity`
+    /// above the showtime's max_per_user, refuse when fewer than `quantity` seats are
+    /// available (sold out when none is), else take `quantity` seats at once and create
+    /// one `RESERVED` reservation of them due at now + `hold`.
+    fn take_seats(
+        &self,
+        showtime: ShowtimeId,
+        user: UserId,
+        quantity: u32,
+        hold: Duration,
+    ) -> impl Future<Output = PortResult<TakeOutcome>> + Send;
+
+    /// [`SeatStore::take_seats`] of one seat.
     fn take(
         &self,
         showtime: ShowtimeId,
         user: UserId,
         hold: Duration,
-    ) -> impl Future<Output = PortResult<TakeOutcome>> + Send;
+    ) -> impl Future<Output = PortResult<TakeOutcome>> + Send {
+        self.take_seats(showtime, user, 1, hold)
+    }
 
     /// Load a showtime's stock unless it is already there: `capacity` seats of which
     /// `sold` are already sold. `reload` says the store lost the showtime: its
     /// reservation numbers then jump past any a lost copy may have handed out, so an id
     /// still travelling in a queue can never name a new hold. The stock is tagged with
     /// the catalog row's `generation`: stock of another generation (left by another
-    /// database under the same id) is replaced, never adopted. Returns whether it loaded
-    /// (or replaced).
+    /// database under the same id) is replaced, never adopted. `max_per_user` is the
+    /// most seats one reservation may take (stored with the stock). Returns whether it
+    /// loaded (or replaced).
     fn load(
         &self,
         showtime: ShowtimeId,
@@ -158,6 +182,7 @@ pub trait SeatStore: Send + Sync + 'static {
         sold: u32,
         generation: u64,
         reload: bool,
+        max_per_user: u32,
     ) -> impl Future<Output = PortResult<bool>> + Send;
 
     /// `RESERVED -> PAID` for its owner, before the deadline only.
@@ -357,10 +382,13 @@ pub struct RecordedOrder {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeatAudit {
     pub counts: SeatCounts,
-    /// Holds still `RESERVED` (the deadline set).
+    /// Seats of the holds still `RESERVED` (the deadline set), a group counting its
+    /// quantity.
     pub live_holds: u32,
     /// Reservations `PAID` whose order is not marked recorded yet.
     pub unrecorded: Vec<ReservationId>,
+    /// The seats of each of `unrecorded`, in the same order (1 for a single seat).
+    pub unrecorded_seats: Vec<u32>,
     /// Whether the sweep walks this showtime (it is in the store's registry).
     pub swept: bool,
 }
@@ -390,7 +418,7 @@ pub trait SeatAuditor: Send + Sync + 'static {
 /// What the database holds of a showtime's orders at one moment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecordedOrders {
-    /// Orders of the showtime.
+    /// Seats the showtime's orders hold (the sum of their quantities).
     pub ordered: u32,
     /// Those of the reservations asked about that have an order.
     pub recorded: Vec<ReservationId>,

@@ -14,12 +14,13 @@ use crate::{Sale, SeatCounts, ShowtimeId};
 pub struct Reconciliation {
     pub showtime: ShowtimeId,
     pub capacity: u32,
-    /// Orders in the database.
+    /// Seats the database's orders hold (a group's order counts its quantity).
     pub ordered: u32,
     /// What the seat store said, if it had the showtime at all.
     pub seats: Option<SeatCounts>,
     pub live_holds: u32,
-    /// Paid reservations whose order is not in the database yet (in flight).
+    /// Seats of the paid reservations whose order is not in the database yet (in
+    /// flight).
     pub paid_unrecorded: u32,
     /// Paid orders the database refused that nobody has settled yet.
     pub refused: u32,
@@ -60,11 +61,14 @@ where
         let audit = self.seats.audit(id).await?;
         let unrecorded = audit.as_ref().map_or(&[][..], |a| a.unrecorded.as_slice());
         let RecordedOrders { ordered, recorded } = self.db.recorded(id, unrecorded).await?;
+        // Seats, not reservations: a group's payment counts its quantity.
         let paid_unrecorded = audit.as_ref().map_or(0, |a| {
             a.unrecorded
                 .iter()
-                .filter(|r| !recorded.contains(r))
-                .count() as u32
+                .zip(a.unrecorded_seats.iter().chain(std::iter::repeat(&1)))
+                .filter(|(r, _)| !recorded.contains(r))
+                .map(|(_, seats)| *seats)
+                .sum::<u32>()
         });
         let mut discrepancies = vec![];
         match &audit {
@@ -97,7 +101,7 @@ where
                 }
                 if c.sold != ordered + paid_unrecorded {
                     discrepancies.push(format!(
-                        "Redis counts {} sold seats but the database has {} orders and {} paid orders are in flight",
+                        "Redis counts {} sold seats but the database has {} seats ordered and {} paid seats are in flight",
                         c.sold, ordered, paid_unrecorded
                     ));
                 }

@@ -220,6 +220,16 @@ pub enum ReserveError {
     /// (`remembered`, answered without asking the store).
     #[error("Tickets sold out")]
     SoldOut { remembered: bool },
+    /// A group asked for more seats than are left (`available`, at least one): nothing
+    /// was taken. Never remembered as sold out.
+    #[error("Not enough seats: {available} left, {asked} asked")]
+    NotEnoughSeats { asked: u32, available: u32 },
+    /// More seats asked than the showtime allows one buyer (`max_per_user`).
+    #[error("Too many seats: this showtime allows at most {max_per_user} per buyer, {asked} asked")]
+    TooManySeats { asked: u32, max_per_user: u32 },
+    /// A quantity below 1.
+    #[error("quantity must be at least 1")]
+    InvalidQuantity,
     /// The user already holds or bought a seat of this showtime: the reservation that did,
     /// and its status, so a client whose first answer was lost can go on with it.
     #[error("Already ordered: this user already holds or bought reservation {0}")]
@@ -363,6 +373,7 @@ where
                 0,
                 showtime.generation,
                 false,
+                showtime.max_per_user.get(),
             )
             .await?;
         self.windows.keep(showtime.id, showtime.sale_window);
@@ -546,6 +557,22 @@ where
         user: UserId,
         showtime: ShowtimeId,
     ) -> Result<Reservation, ReserveError> {
+        self.reserve_seats(user, showtime, 1).await
+    }
+
+    /// [`Sale::reserve`] of `quantity` seats at once, as one reservation (a group): all
+    /// or none, refused above the showtime's `max_per_user` (`TooManySeats`) and when
+    /// fewer are left (`NotEnoughSeats`, or `SoldOut` when none is: only then does this
+    /// process remember the showtime as sold out).
+    pub async fn reserve_seats(
+        &self,
+        user: UserId,
+        showtime: ShowtimeId,
+        quantity: u32,
+    ) -> Result<Reservation, ReserveError> {
+        if quantity == 0 {
+            return Err(ReserveError::InvalidQuantity);
+        }
         let Some(window) = self.sale_window(showtime).await? else {
             return Err(ReserveError::UnknownShowtime(showtime));
         };
@@ -555,13 +582,13 @@ where
         let Some(seen) = self.sold_out.observe(showtime) else {
             return Err(ReserveError::SoldOut { remembered: true });
         };
-        let reservation = match self.take(user, showtime).await? {
+        let reservation = match self.take(user, showtime, quantity).await? {
             TakeOutcome::UnknownShowtime => {
                 let Some(known) = self.db.showtime(showtime).await? else {
                     return Err(ReserveError::UnknownShowtime(showtime));
                 };
                 self.load_from_catalog(&known).await?;
-                match self.take(user, showtime).await? {
+                match self.take(user, showtime, quantity).await? {
                     TakeOutcome::UnknownShowtime => {
                         return Err(PortError::transient(
                             "seat store",
@@ -569,10 +596,10 @@ where
                         )
                         .into());
                     }
-                    other => self.reserved(showtime, seen, other)?,
+                    other => self.reserved(showtime, quantity, seen, other)?,
                 }
             }
-            other => self.reserved(showtime, seen, other)?,
+            other => self.reserved(showtime, quantity, seen, other)?,
         };
         crash_point!("reserve.after_take");
 
@@ -611,13 +638,21 @@ where
             .await
     }
 
-    async fn take(&self, user: UserId, showtime: ShowtimeId) -> Result<TakeOutcome, PortError> {
-        self.seats.take(showtime, user, self.settings.hold).await
+    async fn take(
+        &self,
+        user: UserId,
+        showtime: ShowtimeId,
+        quantity: u32,
+    ) -> Result<TakeOutcome, PortError> {
+        self.seats
+            .take_seats(showtime, user, quantity, self.settings.hold)
+            .await
     }
 
     fn reserved(
         &self,
         showtime: ShowtimeId,
+        asked: u32,
         seen: ReturnsSeen,
         outcome: TakeOutcome,
     ) -> Result<Reservation, ReserveError> {
@@ -629,6 +664,14 @@ where
                     .sold_out(showtime, seen, self.settings.sold_out_cache);
                 Err(ReserveError::SoldOut { remembered: false })
             }
+            // Seats are left: nothing to remember.
+            TakeOutcome::NotEnoughSeats { available } => {
+                Err(ReserveError::NotEnoughSeats { asked, available })
+            }
+            TakeOutcome::TooManySeats { max_per_user } => Err(ReserveError::TooManySeats {
+                asked,
+                max_per_user,
+            }),
             TakeOutcome::AlreadyHolds(id, status) => Err(ReserveError::AlreadyHolds(id, status)),
             TakeOutcome::UnknownShowtime => unreachable!("handled by the caller"),
         }
@@ -642,6 +685,7 @@ where
                 showtime.ordered,
                 showtime.generation,
                 true,
+                showtime.max_per_user.get(),
             )
             .await?;
         Ok(())
@@ -649,8 +693,8 @@ where
 
     /// `RESERVED -> PAID` for the owner before the deadline, then publishes the order.
     pub async fn pay(&self, id: ReservationId, user: UserId) -> Result<PayReceipt, PayError> {
-        let paid_at = match self.seats.pay(id, user).await? {
-            PayOutcome::Paid { paid_at } => paid_at,
+        let (paid_at, quantity) = match self.seats.pay(id, user).await? {
+            PayOutcome::Paid { paid_at, quantity } => (paid_at, quantity),
             PayOutcome::NotFound => return Err(PayError::NotFound),
             PayOutcome::NotOwner => return Err(PayError::NotOwner),
             PayOutcome::AlreadyPaid(status) => return Err(PayError::AlreadyPaid(status)),
@@ -665,6 +709,7 @@ where
             reservation: id,
             user,
             paid_at,
+            quantity,
         };
         let order_queued = self.bus.publish_orders(&[order]).await.is_ok();
         Ok(PayReceipt {
@@ -835,6 +880,7 @@ mod tests {
             title: None,
             starts_at: None,
             sale_window,
+            max_per_user: crate::MaxPerUser::ONE,
         }))
         .unwrap()
         .id
@@ -1043,6 +1089,7 @@ mod tests {
             title: None,
             starts_at: None,
             sale_window: window,
+            max_per_user: crate::MaxPerUser::ONE,
         }))
         .unwrap()
         .id;
@@ -1057,6 +1104,114 @@ mod tests {
         );
         clock.advance(Duration::from_millis(10));
         block_on(sale.reserve(user(1), st)).expect("its stock is loaded on first use");
+    }
+
+    fn group_showtime(
+        sale: &Sale<FakeSeats, FakeBus, FakeDb>,
+        capacity: i64,
+        max: i64,
+    ) -> ShowtimeId {
+        let mut new = NewShowtime::always_on_sale(Capacity::new(capacity).unwrap());
+        new.max_per_user = crate::MaxPerUser::new(max).unwrap();
+        block_on(sale.create_showtime(new)).unwrap().id
+    }
+
+    #[test]
+    fn a_group_is_one_reservation_paid_and_ordered_once_with_its_quantity() {
+        let sale = sale(PaymentMode::Manual);
+        let st = group_showtime(&sale, 10, 4);
+        let r = block_on(sale.reserve_seats(user(1), st, 4)).unwrap();
+        assert_eq!(r.quantity, 4);
+        let c = counts(&sale, st);
+        assert_eq!((c.available, c.held, c.sold), (6, 4, 0));
+        let receipt = block_on(sale.pay(r.id, user(1))).unwrap();
+        assert_eq!(receipt.order.quantity, 4);
+        let c = counts(&sale, st);
+        assert_eq!((c.available, c.held, c.sold), (6, 0, 4));
+        block_on(sale.write_orders(&[receipt.order, receipt.order])).unwrap();
+        let orders = sale.db.orders.lock().unwrap().clone();
+        assert_eq!(orders.len(), 1);
+        assert_eq!(orders[&r.id].quantity, 4);
+        let showtime = block_on(sale.db.showtime(st)).unwrap().unwrap();
+        assert_eq!(showtime.ordered, 4, "the database counts seats, not orders");
+        // One reservation per user: a second group of the same user is refused.
+        assert!(matches!(
+            block_on(sale.reserve_seats(user(1), st, 1)),
+            Err(ReserveError::AlreadyHolds(..))
+        ));
+    }
+
+    #[test]
+    fn a_group_that_does_not_fit_changes_nothing_and_is_not_remembered_as_sold_out() {
+        let mut sale = sale(PaymentMode::Manual);
+        sale.settings.sold_out_cache = Duration::from_secs(3600);
+        let st = group_showtime(&sale, 3, 4);
+        block_on(sale.reserve_seats(user(1), st, 2)).unwrap();
+        let before = counts(&sale, st);
+        assert!(matches!(
+            block_on(sale.reserve_seats(user(2), st, 2)),
+            Err(ReserveError::NotEnoughSeats {
+                asked: 2,
+                available: 1
+            })
+        ));
+        assert_eq!(counts(&sale, st), before, "all or none");
+        assert!(matches!(
+            block_on(sale.reserve_seats(user(2), st, 5)),
+            Err(ReserveError::TooManySeats {
+                asked: 5,
+                max_per_user: 4
+            })
+        ));
+        assert!(matches!(
+            block_on(sale.reserve_seats(user(2), st, 0)),
+            Err(ReserveError::InvalidQuantity)
+        ));
+        assert_eq!(counts(&sale, st), before);
+        // The last seat still goes: the failed group left no sold-out memory.
+        let last = block_on(sale.reserve_seats(user(2), st, 1)).unwrap();
+        assert_eq!(last.quantity, 1);
+        assert!(matches!(
+            block_on(sale.reserve_seats(user(3), st, 1)),
+            Err(ReserveError::SoldOut { remembered: false })
+        ));
+    }
+
+    #[test]
+    fn a_group_expired_or_cancelled_returns_all_its_seats_once() {
+        let sale = sale(PaymentMode::Manual);
+        let st = group_showtime(&sale, 5, 3);
+        let a = block_on(sale.reserve_seats(user(1), st, 3)).unwrap();
+        let b = block_on(sale.reserve_seats(user(2), st, 2)).unwrap();
+        block_on(sale.cancel(a.id, user(1))).unwrap();
+        block_on(sale.cancel(a.id, user(1))).unwrap();
+        let c = counts(&sale, st);
+        assert_eq!((c.available, c.held, c.sold), (3, 2, 0));
+        let msg = Expiry { reservation: b.id };
+        assert_eq!(
+            block_on(sale.expire(msg)).unwrap(),
+            ExpireOutcome::SeatReturned
+        );
+        assert!(matches!(
+            block_on(sale.expire(msg)).unwrap(),
+            ExpireOutcome::AlreadySettled(_)
+        ));
+        let c = counts(&sale, st);
+        assert_eq!((c.available, c.held, c.sold), (5, 0, 0));
+    }
+
+    #[test]
+    fn a_default_showtime_refuses_groups() {
+        let sale = sale(PaymentMode::Manual);
+        let st = showtime(&sale, 5);
+        assert!(matches!(
+            block_on(sale.reserve_seats(user(1), st, 2)),
+            Err(ReserveError::TooManySeats {
+                asked: 2,
+                max_per_user: 1
+            })
+        ));
+        assert_eq!(block_on(sale.reserve(user(1), st)).unwrap().quantity, 1);
     }
 
     #[test]

@@ -18,6 +18,9 @@ fuzz_target!(|data: &[u8]| {
                 assert!(e.status().is_client_error());
             }
         }
+        if let Err(e) = r.quantity() {
+            assert!(e.status().is_client_error());
+        }
     }
     if let Ok(p) = parse_json::<flash_sale_pay::PayRequest>(data) {
         let _ = me.acting_as(p.user_id);

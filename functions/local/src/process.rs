@@ -124,7 +124,7 @@ pub async fn reconcile_from_env(
                 "DISCREPANCY"
             };
             println!(
-                "showtime {}: {verdict}: capacity {}, {seats}; {} orders in PostgreSQL, {} paid in flight, {} live holds, {} refused awaiting a refund",
+                "showtime {}: {verdict}: capacity {}, {seats}; {} seats ordered in PostgreSQL, {} paid seats in flight, {} seats in live holds, {} refused awaiting a refund",
                 s.showtime_id,
                 s.capacity,
                 s.orders_in_database,

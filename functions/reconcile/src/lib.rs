@@ -27,6 +27,7 @@ pub struct SeatsView {
 pub struct ShowtimeReport {
     pub showtime_id: i64,
     pub capacity: u32,
+    /// Seats, not rows: a group's order counts its quantity (so do the next two).
     pub orders_in_database: u32,
     pub paid_in_flight: u32,
     pub live_holds: u32,

@@ -51,6 +51,9 @@ pub fn routes(app: App, guard: &Guard) -> Router {
 pub struct ReserveRequest {
     pub user_id: Option<i64>,
     pub showtime_id: i64,
+    /// Seats to take at once, as one reservation (a group): 1 when absent.
+    #[serde(default)]
+    pub quantity: Option<i64>,
 }
 
 impl ReserveRequest {
@@ -58,6 +61,18 @@ impl ReserveRequest {
     pub fn parse(&self, caller: &Caller) -> Result<(UserId, ShowtimeId), ApiError> {
         let user = caller.acting_as(self.user_id)?;
         Ok((user, ShowtimeId::new(self.showtime_id)?))
+    }
+
+    /// The seats asked: 1 when absent; 400 below 1. Above the showtime's max_per_user
+    /// it is the sale that refuses (409 `too_many_seats`).
+    pub fn quantity(&self) -> Result<u32, ApiError> {
+        match self.quantity {
+            None => Ok(1),
+            Some(q) if q < 1 => Err(ApiError::BadRequest(format!(
+                "quantity must be at least 1, got {q}"
+            ))),
+            Some(q) => Ok(u32::try_from(q).unwrap_or(u32::MAX)),
+        }
     }
 }
 
@@ -69,6 +84,7 @@ struct Reserved {
     showtime_id: i64,
     user_id: i64,
     expires_at: String,
+    quantity: u32,
 }
 
 /// `POST /reserve`. With an `Idempotency-Key`, the key is answered from before the sale
@@ -81,11 +97,12 @@ async fn reserve(
     let (user, showtime) = req
         .parse(&caller)
         .inspect_err(metrics::reservation_rejected)?;
+    let quantity = req.quantity().inspect_err(metrics::reservation_rejected)?;
     state.guard().limits().check_user(user)?;
     let keyed = key.map(|key| key.scoped(KeyedRoute::Reserve, showtime, user, ""));
     let sale = state.app().sale.clone();
     Ok(idempotency::answer(state.app(), keyed, async move {
-        let reserved = sale.reserve(user, showtime).await;
+        let reserved = sale.reserve_seats(user, showtime, quantity).await;
         metrics::reservation(&reserved.as_ref().map(|_| ()));
         let r = reserved?;
         Ok(Json(Reserved {
@@ -95,6 +112,7 @@ async fn reserve(
             showtime_id: showtime.get(),
             user_id: user.get(),
             expires_at: rfc3339(r.expires_at),
+            quantity: r.quantity,
         }))
     })
     .await)
@@ -108,6 +126,7 @@ struct ReservationView {
     user_id: i64,
     status: &'static str,
     expires_at: String,
+    quantity: u32,
 }
 
 impl From<&Reservation> for ReservationView {
@@ -118,6 +137,7 @@ impl From<&Reservation> for ReservationView {
             user_id: r.user.get(),
             status: r.status.as_str(),
             expires_at: rfc3339(r.expires_at),
+            quantity: r.quantity,
         }
     }
 }

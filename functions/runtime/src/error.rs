@@ -61,6 +61,16 @@ pub enum ApiError {
         reservation: ReservationId,
         status: Option<Status>,
     },
+    /// 409 `not_enough_seats` (fewer seats left than a group asked, `available` of them)
+    /// or `too_many_seats` (more than the showtime's `max_per_user`): nothing was taken;
+    /// the body carries the number that refused it.
+    #[error("{message}")]
+    Seats {
+        code: &'static str,
+        message: String,
+        available: Option<u32>,
+        max_per_user: Option<u32>,
+    },
     /// 422 `idempotency_key_reused`: the request's `Idempotency-Key` was used before
     /// with another request (another body, or another reservation to pay); nothing was
     /// done.
@@ -93,6 +103,12 @@ struct ErrorBody<'a> {
     reservation_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<&'static str>,
+    /// `not_enough_seats` only: the seats left.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    available: Option<u32>,
+    /// `too_many_seats` only: the most seats one buyer may take.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_per_user: Option<u32>,
 }
 
 impl ApiError {
@@ -106,7 +122,9 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict { .. } | ApiError::AlreadyOrdered { .. } => StatusCode::CONFLICT,
+            ApiError::Conflict { .. }
+            | ApiError::AlreadyOrdered { .. }
+            | ApiError::Seats { .. } => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::IdempotencyKeyReused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -125,7 +143,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
-            ApiError::Conflict { code, .. } => code,
+            ApiError::Conflict { code, .. } | ApiError::Seats { code, .. } => code,
             ApiError::AlreadyOrdered { .. } => "already_ordered",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::IdempotencyKeyReused(_) => "idempotency_key_reused",
@@ -161,11 +179,21 @@ impl IntoResponse for ApiError {
             } => (Some(reservation.to_string()), status.map(Status::as_str)),
             _ => (None, None),
         };
+        let (available, max_per_user) = match &self {
+            ApiError::Seats {
+                available,
+                max_per_user,
+                ..
+            } => (*available, *max_per_user),
+            _ => (None, None),
+        };
         let body = ErrorBody {
             error: self.code(),
             message: self.into_message(),
             reservation_id,
             status: reservation_status,
+            available,
+            max_per_user,
         };
         let mut response = (status, axum::Json(body)).into_response();
         if let Some((name, value)) = extra {
@@ -194,6 +222,7 @@ impl ApiError {
             | ApiError::NotReady(m)
             | ApiError::TooManyRequests { message: m, .. }
             | ApiError::Conflict { message: m, .. }
+            | ApiError::Seats { message: m, .. }
             | ApiError::AlreadyOrdered { message: m, .. } => m,
         }
     }
@@ -208,6 +237,8 @@ pub const ERROR_CODES: &[&str] = &[
     "timeout",
     "payload_too_large",
     "sold_out",
+    "not_enough_seats",
+    "too_many_seats",
     "already_ordered",
     "already_paid",
     "expired",
@@ -251,6 +282,28 @@ impl From<ReserveError> for ApiError {
                 code: "sold_out",
                 message: "Tickets sold out".into(),
             },
+            ReserveError::NotEnoughSeats { asked, available } => ApiError::Seats {
+                code: "not_enough_seats",
+                message: format!(
+                    "Not enough seats: {available} left, {asked} asked; nothing was reserved"
+                ),
+                available: Some(available),
+                max_per_user: None,
+            },
+            ReserveError::TooManySeats {
+                asked,
+                max_per_user,
+            } => ApiError::Seats {
+                code: "too_many_seats",
+                message: format!(
+                    "Too many seats: this showtime allows at most {max_per_user} per buyer, {asked} asked"
+                ),
+                available: None,
+                max_per_user: Some(max_per_user),
+            },
+            ReserveError::InvalidQuantity => {
+                ApiError::BadRequest("quantity must be at least 1".into())
+            }
             ReserveError::AlreadyHolds(id, status) => ApiError::AlreadyOrdered {
                 message: format!(
                     "Already ordered: this user already holds or bought reservation {id}"
@@ -391,9 +444,52 @@ mod tests {
             ApiError::Unavailable(String::new()),
             ApiError::Internal(String::new()),
             ApiError::NotReady(String::new()),
+            ApiError::from(ReserveError::NotEnoughSeats {
+                asked: 3,
+                available: 2,
+            }),
+            ApiError::from(ReserveError::TooManySeats {
+                asked: 3,
+                max_per_user: 2,
+            }),
         ] {
             assert!(ERROR_CODES.contains(&e.code()), "{}", e.code());
         }
+    }
+
+    #[tokio::test]
+    async fn a_group_refusal_names_the_number_that_refused_it() {
+        let body = |e: ReserveError| async {
+            let response = ApiError::from(e).into_response();
+            assert_eq!(response.status(), StatusCode::CONFLICT);
+            let bytes = axum::body::to_bytes(response.into_body(), 4096)
+                .await
+                .unwrap();
+            serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()
+        };
+        let short = body(ReserveError::NotEnoughSeats {
+            asked: 3,
+            available: 2,
+        })
+        .await;
+        assert_eq!(
+            (&short["error"], &short["available"]),
+            (
+                &serde_json::json!("not_enough_seats"),
+                &serde_json::json!(2)
+            )
+        );
+        assert!(short.get("max_per_user").is_none(), "{short}");
+        let big = body(ReserveError::TooManySeats {
+            asked: 5,
+            max_per_user: 4,
+        })
+        .await;
+        assert_eq!(
+            (&big["error"], &big["max_per_user"]),
+            (&serde_json::json!("too_many_seats"), &serde_json::json!(4))
+        );
+        assert!(big.get("available").is_none(), "{big}");
     }
 
     #[test]

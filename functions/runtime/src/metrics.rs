@@ -327,6 +327,9 @@ pub fn reservation(result: &Result<(), &ReserveError>) {
         Err(ReserveError::SoldOut { remembered: true }) => ("sold_out", "memory"),
         Err(ReserveError::SoldOut { remembered: false }) => ("sold_out", "store"),
         Err(ReserveError::AlreadyHolds(..)) => ("already_ordered", "store"),
+        Err(ReserveError::NotEnoughSeats { .. }) => ("not_enough_seats", "store"),
+        Err(ReserveError::TooManySeats { .. }) => ("too_many_seats", "store"),
+        Err(ReserveError::InvalidQuantity) => ("rejected", "request"),
         Err(ReserveError::OutsideSaleWindow {
             why: OutsideSaleWindow::NotOpenYet { .. },
             ..

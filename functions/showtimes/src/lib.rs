@@ -19,7 +19,8 @@ use axum::{Json, Router};
 use chrono::DateTime;
 use flash_sale_core::domain::{SaleState, SaleWindow};
 use flash_sale_core::{
-    Capacity, NewShowtime, SeatChange, SeatCounts, Showtime, ShowtimeChange, ShowtimeId, UnixMillis,
+    Capacity, MaxPerUser, NewShowtime, SeatChange, SeatCounts, Showtime, ShowtimeChange,
+    ShowtimeId, UnixMillis,
 };
 use flash_sale_runtime::App;
 use flash_sale_runtime::error::ApiError;
@@ -55,6 +56,9 @@ pub struct CreateShowtime {
     pub sale_opens_at: Option<String>,
     /// RFC 3339; reservations from it on are refused (`sale_closed`).
     pub sale_closes_at: Option<String>,
+    /// Seats one buyer may take as one reservation: 1 (the default) to 20.
+    #[serde(default)]
+    pub max_per_user: Option<i64>,
 }
 
 impl CreateShowtime {
@@ -89,11 +93,17 @@ impl CreateShowtime {
             time("sale_opens_at", self.sale_opens_at.as_deref())?,
             time("sale_closes_at", self.sale_closes_at.as_deref())?,
         )?;
+        let max_per_user = self
+            .max_per_user
+            .map(MaxPerUser::new)
+            .transpose()?
+            .unwrap_or_default();
         Ok(NewShowtime {
             capacity,
             title,
             starts_at: self.starts_at,
             sale_window,
+            max_per_user,
         })
     }
 }
@@ -290,6 +300,8 @@ struct OrderView {
     user_id: i64,
     paid_at: String,
     recorded_at: String,
+    /// Seats the order holds (a group's; 1 for a single seat).
+    quantity: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -334,6 +346,7 @@ async fn orders(
             user_id: o.order.user.get(),
             paid_at: rfc3339(o.order.paid_at),
             recorded_at: rfc3339(o.recorded_at),
+            quantity: o.order.quantity,
         })
         .collect();
     let wants_csv = headers
@@ -357,6 +370,7 @@ async fn orders(
             "user_id",
             "paid_at",
             "recorded_at",
+            "quantity",
         ])
         .map_err(|e| ApiError::Internal(format!("writing CSV: {e}")))?;
     }
@@ -397,6 +411,8 @@ struct ShowtimeView {
     sale_closes_at: Option<String>,
     /// An operator paused the sale: holds are refused until it is resumed.
     sale_paused: bool,
+    /// Seats one buyer may take as one reservation.
+    max_per_user: u32,
 }
 
 impl ShowtimeView {
@@ -409,6 +425,7 @@ impl ShowtimeView {
             sale_opens_at: w.opens_at().map(rfc3339),
             sale_closes_at: w.closes_at().map(rfc3339),
             sale_paused: w.is_paused(),
+            max_per_user: s.max_per_user.get(),
             capacity: c.capacity,
             available: c.available,
             held: c.held,

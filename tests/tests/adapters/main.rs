@@ -10,11 +10,11 @@ use std::time::Duration;
 use flash_sale_adapters::{Broker, Postgres, Queue, RedisSeats, Topology};
 use flash_sale_core::ports::{
     CancelOutcome, Catalog, ExpireOutcome, MessageBus, OrderAudit, OrderBook, OrderOutcome,
-    PayOutcome, SeatStore, TakeOutcome,
+    PayOutcome, SeatAuditor, SeatStore, TakeOutcome,
 };
 use flash_sale_core::{
-    Capacity, Expiry, NewShowtime, OrderRequest, PaymentRequest, ReservationId, SeatCounts,
-    ShowtimeId, Status, UnixMillis, UserId,
+    Capacity, Expiry, MaxPerUser, NewShowtime, OrderRequest, PaymentRequest, ReservationId,
+    SeatCounts, ShowtimeId, Status, UnixMillis, UserId,
 };
 use flash_sale_tests::{Isolation, eventually};
 
@@ -91,7 +91,7 @@ async fn the_reserve_script_refuses_a_second_hold_and_an_empty_showtime() {
         s.take(st, user(1), HOLD).await.unwrap(),
         TakeOutcome::UnknownShowtime
     );
-    assert!(s.load(st, 1, 0, 1, false).await.unwrap());
+    assert!(s.load(st, 1, 0, 1, false, 1).await.unwrap());
     let TakeOutcome::Reserved(r) = s.take(st, user(1), HOLD).await.unwrap() else {
         panic!("expected a reservation")
     };
@@ -128,9 +128,9 @@ async fn loading_a_showtime_again_never_resets_live_stock() {
     let iso = Isolation::new();
     let s = seats(&iso).await;
     let st = showtime(3);
-    assert!(s.load(st, 5, 0, 1, false).await.unwrap());
+    assert!(s.load(st, 5, 0, 1, false, 1).await.unwrap());
     s.take(st, user(1), HOLD).await.unwrap();
-    assert!(!s.load(st, 5, 0, 1, false).await.unwrap());
+    assert!(!s.load(st, 5, 0, 1, false, 1).await.unwrap());
     assert_eq!(s.counts(st).await.unwrap().unwrap().available, 4);
     drop_keys(&s).await;
 }
@@ -140,7 +140,7 @@ async fn the_pay_script_expires_a_hold_whose_deadline_passed_and_returns_its_sea
     let iso = Isolation::new();
     let s = seats(&iso).await;
     let st = showtime(1);
-    s.load(st, 1, 0, 1, false).await.unwrap();
+    s.load(st, 1, 0, 1, false, 1).await.unwrap();
     let TakeOutcome::Reserved(r) = s.take(st, user(1), Duration::from_millis(1)).await.unwrap()
     else {
         panic!("expected a reservation")
@@ -182,11 +182,11 @@ async fn paid_reservations_wait_in_the_unrecorded_set_until_marked_ordered() {
     let iso = Isolation::new();
     let s = seats(&iso).await;
     let st = showtime(2);
-    s.load(st, 2, 0, 1, false).await.unwrap();
+    s.load(st, 2, 0, 1, false, 1).await.unwrap();
     let TakeOutcome::Reserved(r) = s.take(st, user(1), HOLD).await.unwrap() else {
         panic!()
     };
-    let PayOutcome::Paid { paid_at } = s.pay(r.id, user(1)).await.unwrap() else {
+    let PayOutcome::Paid { paid_at, .. } = s.pay(r.id, user(1)).await.unwrap() else {
         panic!()
     };
     assert_eq!(
@@ -199,7 +199,8 @@ async fn paid_reservations_wait_in_the_unrecorded_set_until_marked_ordered() {
         vec![OrderRequest {
             reservation: r.id,
             user: user(1),
-            paid_at
+            paid_at,
+            quantity: 1,
         }]
     );
     s.mark_ordered(&[r.id]).await.unwrap();
@@ -223,7 +224,7 @@ async fn scripts_are_reloaded_after_redis_forgets_them() {
     let iso = Isolation::new();
     let s = seats(&iso).await;
     let st = showtime(1);
-    s.load(st, 3, 0, 1, false).await.unwrap();
+    s.load(st, 3, 0, 1, false, 1).await.unwrap();
     let TakeOutcome::Reserved(first) = s.take(st, user(1), HOLD).await.unwrap() else {
         panic!("expected a reservation")
     };
@@ -264,6 +265,7 @@ fn order(st: ShowtimeId, seq: u64, u: i64) -> OrderRequest {
         reservation: ReservationId::new(st, seq).unwrap(),
         user: user(u),
         paid_at: UnixMillis(1_764_000_000_000),
+        quantity: 1,
     }
 }
 
@@ -638,7 +640,7 @@ async fn the_cancel_script_returns_the_seat_once_and_expires_a_hold_past_its_dea
     let iso = Isolation::new();
     let s = seats(&iso).await;
     let st = ShowtimeId::new(1).unwrap();
-    assert!(s.load(st, 2, 0, 1, false).await.unwrap());
+    assert!(s.load(st, 2, 0, 1, false, 1).await.unwrap());
     let TakeOutcome::Reserved(r) = s.take(st, user(1), HOLD).await.unwrap() else {
         panic!("a hold");
     };
@@ -691,14 +693,254 @@ async fn an_expiry_of_a_replaced_sales_hold_returns_no_seat_to_the_new_sale() {
     let iso = Isolation::new();
     let s = seats(&iso).await;
     let st = ShowtimeId::new(1).unwrap();
-    assert!(s.load(st, 2, 0, 1, false).await.unwrap());
+    assert!(s.load(st, 2, 0, 1, false, 1).await.unwrap());
     let TakeOutcome::Reserved(old) = s.take(st, user(1), HOLD).await.unwrap() else {
         panic!("a hold of the first sale");
     };
     // Another database's showtime 1 (generation 2) replaces it.
-    assert!(s.load(st, 2, 0, 2, false).await.unwrap());
+    assert!(s.load(st, 2, 0, 2, false, 1).await.unwrap());
     assert_eq!(s.expire(old.id).await.unwrap(), ExpireOutcome::NotFound);
     let counts = s.counts(st).await.unwrap().unwrap();
     assert_eq!((counts.available, counts.held, counts.sold), (2, 0, 0));
     drop_keys(&s).await;
+}
+
+/// A showtime of `capacity` seats allowing `max` per user, in the catalog only.
+async fn group_showtime_in(db: &Postgres, capacity: i64, max: i64) -> ShowtimeId {
+    let mut new = NewShowtime::always_on_sale(Capacity::new(capacity).unwrap());
+    new.max_per_user = MaxPerUser::new(max).unwrap();
+    db.create_showtime(new).await.unwrap().id
+}
+
+/// PostgreSQL itself, not the code in front of it, refuses an order above the
+/// showtime's max_per_user and orders whose quantities would pass the capacity; `sold`
+/// is the sum of the quantities, whoever inserts the rows.
+#[tokio::test]
+async fn the_database_itself_enforces_max_per_user_and_capacity_by_quantity() {
+    let iso = Isolation::new();
+    let db = database(&iso).await;
+    let st = group_showtime_in(&db, 6, 4).await;
+    assert_eq!(
+        db.showtime(st).await.unwrap().unwrap().max_per_user.get(),
+        4
+    );
+    let group = |seq, u, quantity| OrderRequest {
+        quantity,
+        ..order(st, seq, u)
+    };
+    // Above max_per_user: refused through the adapter, and by plain SQL too.
+    let outcomes = db.record_orders(&[group(1, 1, 5)]).await.unwrap();
+    assert!(
+        matches!(&outcomes[0], OrderOutcome::Refused(why) if why.contains("max_per_user")),
+        "{outcomes:?}"
+    );
+    let raw = sqlx::query(
+        "INSERT INTO orders (reservation_id, showtime_id, user_id, paid_at, quantity)
+         VALUES ($1, $2, 9, now(), 5)",
+    )
+    .bind(format!("{st}-99"))
+    .bind(st.get())
+    .execute(db.pool())
+    .await
+    .unwrap_err();
+    assert_eq!(
+        raw.as_database_error().and_then(|e| e.constraint()),
+        Some("orders_quantity_within_max_per_user"),
+        "{raw}"
+    );
+    // A quantity below 1 never gets in either.
+    let zero = sqlx::query(
+        "INSERT INTO orders (reservation_id, showtime_id, user_id, paid_at, quantity)
+         VALUES ($1, $2, 9, now(), 0)",
+    )
+    .bind(format!("{st}-98"))
+    .bind(st.get())
+    .execute(db.pool())
+    .await;
+    assert!(zero.is_err());
+
+    // 4 + 2 fill the 6 seats; one more seat (a third user's) passes the capacity.
+    assert_eq!(
+        db.record_orders(&[group(2, 2, 4), group(3, 3, 2)])
+            .await
+            .unwrap(),
+        [OrderOutcome::Inserted, OrderOutcome::Inserted]
+    );
+    assert_eq!(db.showtime(st).await.unwrap().unwrap().ordered, 6);
+    let outcomes = db.record_orders(&[group(4, 4, 1)]).await.unwrap();
+    assert!(
+        matches!(&outcomes[0], OrderOutcome::Refused(why) if why.contains("sold out")),
+        "{outcomes:?}"
+    );
+    let raw = sqlx::query(
+        "INSERT INTO orders (reservation_id, showtime_id, user_id, paid_at, quantity)
+         VALUES ($1, $2, 10, now(), 1)",
+    )
+    .bind(format!("{st}-97"))
+    .bind(st.get())
+    .execute(db.pool())
+    .await
+    .unwrap_err();
+    assert_eq!(
+        raw.as_database_error().and_then(|e| e.constraint()),
+        Some("showtimes_sold_within_capacity"),
+        "{raw}"
+    );
+    // A redelivered group is a duplicate, counted once.
+    assert_eq!(
+        db.record_orders(&[group(2, 2, 4)]).await.unwrap(),
+        [OrderOutcome::Duplicate]
+    );
+    let (rows, seats, sold): (i64, i64, i32) = sqlx::query_as(
+        "SELECT count(*), sum(quantity), (SELECT sold FROM showtimes WHERE id = $1)
+         FROM orders WHERE showtime_id = $1",
+    )
+    .bind(st.get())
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    assert_eq!((rows, seats, sold), (2, 6, 6));
+    assert_eq!(db.recorded(st, &[]).await.unwrap().ordered, 6);
+
+    // A default showtime keeps one seat per user, exactly.
+    let single = showtime_in(&db, 5).await;
+    assert_eq!(
+        db.showtime(single)
+            .await
+            .unwrap()
+            .unwrap()
+            .max_per_user
+            .get(),
+        1
+    );
+    let outcomes = db
+        .record_orders(&[OrderRequest {
+            quantity: 2,
+            ..order(single, 1, 1)
+        }])
+        .await
+        .unwrap();
+    assert!(
+        matches!(&outcomes[0], OrderOutcome::Refused(_)),
+        "{outcomes:?}"
+    );
+    assert_eq!(db.showtime(single).await.unwrap().unwrap().ordered, 0);
+    drop_database(db, &iso).await;
+}
+
+/// The scripts move a group's seats together: taken all or none, paid, refused,
+/// replayed, expired; the audit and a rebuild count seats, not reservations.
+#[tokio::test]
+async fn redis_moves_a_groups_seats_together_in_every_script() {
+    let iso = Isolation::new();
+    let s = seats(&iso).await;
+    let st = showtime(1);
+    assert!(s.load(st, 6, 0, 1, false, 4).await.unwrap());
+    let counts = |a, h, so| SeatCounts {
+        capacity: 6,
+        available: a,
+        held: h,
+        sold: so,
+    };
+    assert_eq!(
+        s.take_seats(st, user(1), 5, HOLD).await.unwrap(),
+        TakeOutcome::TooManySeats { max_per_user: 4 }
+    );
+    let TakeOutcome::Reserved(a) = s.take_seats(st, user(1), 4, HOLD).await.unwrap() else {
+        panic!("a group of 4 fits")
+    };
+    assert_eq!(a.quantity, 4);
+    assert_eq!(s.reservation(a.id).await.unwrap().unwrap().quantity, 4);
+    assert_eq!(s.counts(st).await.unwrap(), Some(counts(2, 4, 0)));
+    assert_eq!(
+        s.take_seats(st, user(2), 3, HOLD).await.unwrap(),
+        TakeOutcome::NotEnoughSeats { available: 2 }
+    );
+    assert_eq!(s.counts(st).await.unwrap(), Some(counts(2, 4, 0)));
+    let audit = s.audit(st).await.unwrap().unwrap();
+    assert_eq!(audit.live_holds, 4);
+
+    let PayOutcome::Paid { quantity, .. } = s.pay(a.id, user(1)).await.unwrap() else {
+        panic!("paid")
+    };
+    assert_eq!(quantity, 4);
+    assert_eq!(s.counts(st).await.unwrap(), Some(counts(2, 0, 4)));
+    assert_eq!(
+        s.unrecorded_payments(Duration::ZERO).await.unwrap()[0].quantity,
+        4
+    );
+    let audit = s.audit(st).await.unwrap().unwrap();
+    assert_eq!(
+        (audit.unrecorded.clone(), audit.unrecorded_seats.clone()),
+        (vec![a.id], vec![4])
+    );
+    // A rebuild counts the unrecorded payment's 4 seats.
+    assert_eq!(s.rebuild(st, 6, 0, &[]).await.unwrap(), counts(2, 0, 4));
+
+    // Refused: all 4 back on sale; replayed: all 4 sold again.
+    assert_eq!(s.mark_refused(&[a.id]).await.unwrap(), vec![a.id]);
+    assert_eq!(s.counts(st).await.unwrap(), Some(counts(6, 0, 0)));
+    s.mark_ordered(&[a.id]).await.unwrap();
+    assert_eq!(s.counts(st).await.unwrap(), Some(counts(2, 0, 4)));
+
+    // Expired, twice: both seats back once.
+    let TakeOutcome::Reserved(b) = s.take_seats(st, user(2), 2, HOLD).await.unwrap() else {
+        panic!("a group of 2 fits")
+    };
+    assert_eq!(s.counts(st).await.unwrap(), Some(counts(0, 2, 4)));
+    assert_eq!(s.rebuild(st, 6, 4, &[a.id]).await.unwrap(), counts(0, 2, 4));
+    assert_eq!(s.expire(b.id).await.unwrap(), ExpireOutcome::SeatReturned);
+    assert!(matches!(
+        s.expire(b.id).await.unwrap(),
+        ExpireOutcome::AlreadySettled(Status::Expired)
+    ));
+    assert_eq!(s.counts(st).await.unwrap(), Some(counts(2, 0, 4)));
+    // Cancelled: the same, once.
+    let TakeOutcome::Reserved(c) = s.take_seats(st, user(2), 2, HOLD).await.unwrap() else {
+        panic!("the user may hold again")
+    };
+    assert_eq!(
+        s.cancel(c.id, user(2)).await.unwrap(),
+        CancelOutcome::Cancelled
+    );
+    assert_eq!(
+        s.cancel(c.id, user(2)).await.unwrap(),
+        CancelOutcome::AlreadyCancelled
+    );
+    assert_eq!(s.counts(st).await.unwrap(), Some(counts(2, 0, 4)));
+    drop_keys(&s).await;
+}
+
+/// Batches of group orders of one showtime recorded at once (several write-order
+/// consumers) all commit: the database's triggers serialize them on the showtime's row
+/// without deadlocking, and `sold` is the sum of every quantity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_batches_of_group_orders_of_one_showtime_all_commit() {
+    let iso = Isolation::new();
+    let db = database(&iso).await;
+    let st = group_showtime_in(&db, 1000, 4).await;
+    let batches: Vec<Vec<OrderRequest>> = (0..16u64)
+        .map(|b| {
+            (0..10u64)
+                .map(|i| {
+                    let n = b * 10 + i + 1;
+                    OrderRequest {
+                        quantity: 1 + (n % 4) as u32,
+                        ..order(st, n, n as i64)
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let outcomes = futures::future::join_all(batches.iter().map(|b| db.record_orders(b))).await;
+    for outcome in outcomes {
+        let outcome = outcome.expect("no batch fails (no deadlock)");
+        assert!(
+            outcome.iter().all(|o| *o == OrderOutcome::Inserted),
+            "{outcome:?}"
+        );
+    }
+    let expected: u32 = batches.iter().flatten().map(|o| o.quantity).sum();
+    assert_eq!(db.showtime(st).await.unwrap().unwrap().ordered, expected);
+    drop_database(db, &iso).await;
 }

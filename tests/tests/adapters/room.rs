@@ -39,7 +39,7 @@ async fn room_with_seats(
     let seats = super::seats(iso).await;
     let rooms = RedisRoom::new(seats.connection(), &iso.prefix);
     let st = ShowtimeId::new(1).unwrap();
-    assert!(seats.load(st, capacity, 0, 1, false).await.unwrap());
+    assert!(seats.load(st, capacity, 0, 1, false, 1).await.unwrap());
     rooms.configure(st, room).await.unwrap();
     (seats, rooms, st)
 }

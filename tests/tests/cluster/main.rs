@@ -139,7 +139,7 @@ async fn calls_across_showtimes_on_different_masters_work() {
     let mut paid = vec![];
     let mut held = vec![];
     for (i, showtime) in showtimes.iter().enumerate() {
-        assert!(seats.load(*showtime, 5, 0, 1, false).await.unwrap());
+        assert!(seats.load(*showtime, 5, 0, 1, false, 3).await.unwrap());
         let buyer = UserId::new(1 + i as i64).unwrap();
         let TakeOutcome::Reserved(r) = seats
             .take(*showtime, buyer, Duration::from_secs(600))
@@ -153,9 +153,12 @@ async fn calls_across_showtimes_on_different_masters_work() {
             PayOutcome::Paid { .. }
         ));
         paid.push(r.id);
-        // A hold whose deadline is already past, for the sweep to find.
+        // A group's hold (2 seats) whose deadline is already past, for the sweep to find.
         let late = UserId::new(100 + i as i64).unwrap();
-        let TakeOutcome::Reserved(r) = seats.take(*showtime, late, Duration::ZERO).await.unwrap()
+        let TakeOutcome::Reserved(r) = seats
+            .take_seats(*showtime, late, 2, Duration::ZERO)
+            .await
+            .unwrap()
         else {
             panic!("a second hold on showtime {showtime}");
         };
@@ -178,9 +181,13 @@ async fn calls_across_showtimes_on_different_masters_work() {
         let audit = seats.audit(*showtime).await.unwrap().unwrap();
         assert_eq!(
             (audit.counts.sold, audit.live_holds, audit.swept),
-            (1, 1, true)
+            (1, 2, true),
+            "the group's hold counts its 2 seats"
         );
         assert!(audit.unrecorded.is_empty());
+        // A rebuild declares every key it reads (the reservations' quantities too).
+        let rebuilt = seats.rebuild(*showtime, 5, 1, &[]).await.unwrap();
+        assert_eq!((rebuilt.available, rebuilt.held, rebuilt.sold), (2, 2, 1));
     }
 }
 
@@ -417,7 +424,7 @@ async fn the_store_answers_again_soon_after_a_master_dies_under_load() {
             .map(|s| ShowtimeId::new(s).unwrap())
             .collect();
     for s in &showtimes {
-        assert!(seats.load(*s, 5, 0, 1, false).await.unwrap());
+        assert!(seats.load(*s, 5, 0, 1, false, 1).await.unwrap());
     }
     let victim =
         tokio::task::block_in_place(|| cluster.master_of(&format!("{{{}}}", showtimes[0])));

@@ -125,6 +125,7 @@ async fn a_redelivered_order_message_makes_no_second_row() {
         reservation: first.parse().unwrap(),
         user: UserId::new(1).unwrap(),
         paid_at: UnixMillis(paid_at.timestamp_millis() as u64),
+        quantity: 1,
     };
     let body = wire::encode_order(&again);
     app.adapters

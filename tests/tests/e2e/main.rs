@@ -5,6 +5,7 @@ mod cancel;
 mod contract;
 mod failure_windows;
 mod go_reference;
+mod groups;
 mod idempotency;
 mod lifecycle;
 mod me;

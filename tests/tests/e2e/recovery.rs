@@ -149,6 +149,7 @@ async fn a_dead_lettered_order_is_replayed_once_its_cause_is_fixed() {
         reservation: format!("{}-1", first + 1).parse().unwrap(),
         user: flash_sale_core::UserId::new(5).unwrap(),
         paid_at: flash_sale_core::UnixMillis(1_764_000_000_000),
+        quantity: 1,
     };
     let bus = &app.adapters.bus;
     bus.publish_orders(&[order]).await.unwrap();

@@ -203,7 +203,7 @@ async fn an_operator_pages_through_a_showtimes_orders_as_json_and_as_csv() {
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(
         lines[0],
-        "number,reservation_id,showtime_id,user_id,paid_at,recorded_at"
+        "number,reservation_id,showtime_id,user_id,paid_at,recorded_at,quantity"
     );
     assert_eq!(lines.len(), 3, "{csv}");
     assert!(lines[1].contains(orders[0]["reservation_id"].as_str().unwrap()));
