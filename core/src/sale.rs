@@ -967,9 +967,17 @@ mod tests {
         let st = ShowtimeId::new(1).unwrap();
         assert_eq!(windows.get(st, Duration::MAX), Known::Unknown);
         windows.keep(st, SaleWindow::ALWAYS);
-        let refresh = Duration::from_millis(20);
+        let refresh = Duration::from_secs(1);
         assert_eq!(windows.get(st, refresh), Known::Fresh(SaleWindow::ALWAYS));
-        std::thread::sleep(refresh);
+        // Read two seconds ago: stale.
+        let long_ago = Instant::now()
+            .checked_sub(2 * refresh)
+            .expect("the machine has been up two seconds");
+        windows
+            .0
+            .write()
+            .unwrap()
+            .insert(st, (SaleWindow::ALWAYS, long_ago));
         assert_eq!(windows.get(st, refresh), Known::Stale(SaleWindow::ALWAYS));
         for _ in 0..100 {
             assert_eq!(

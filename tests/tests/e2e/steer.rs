@@ -1,6 +1,7 @@
 //! `PATCH /showtimes/{id}`: an operator steers a live sale (pause and resume, close
 //! early, move the window, add seats, remove unsold ones) and every process obeys.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use flash_sale_tests::{Options, TestApp, assert_error, eventually, reserve_all, tally};
@@ -25,6 +26,35 @@ async fn shown(app: &TestApp, showtime: i64) -> Value {
     let (status, body) = app.get(&format!("/showtimes/{showtime}")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     body
+}
+
+/// `POST /reserve` for each user of `users`, as `reserve_all` does, counting the answers
+/// in `answered` as they come.
+async fn counted_reserves(
+    app: &TestApp,
+    users: std::ops::RangeInclusive<i64>,
+    showtime: i64,
+    answered: &AtomicUsize,
+) -> Vec<(StatusCode, Value)> {
+    futures::stream::iter(users)
+        .map(|user| async move {
+            let answer = app.reserve(user, showtime).await;
+            answered.fetch_add(1, Ordering::SeqCst);
+            answer
+        })
+        .buffer_unordered(flash_sale_tests::IN_FLIGHT)
+        .collect()
+        .await
+}
+
+/// Waits until `answered` reaches `n`.
+async fn until_answered(answered: &AtomicUsize, n: usize) {
+    eventually(
+        Duration::from_secs(60),
+        &format!("{n} answers of the crowd"),
+        || async { (answered.load(Ordering::SeqCst) >= n).then_some(()) },
+    )
+    .await;
 }
 
 async fn capacity_in_db(app: &TestApp, showtime: i64) -> i64 {
@@ -183,10 +213,12 @@ async fn an_operator_adding_fifty_seats_in_the_middle_of_a_sale_sells_exactly_fi
         "sold_out",
     );
 
-    // The addition lands while a second crowd presses buy.
-    let crowd = reserve_all(&app, (201..=600).map(|u| (u, showtime)).collect());
+    // The addition lands while a second crowd presses buy: once 100 of its 400 have
+    // been answered (sold out, from memory).
+    let answered = AtomicUsize::new(0);
+    let crowd = counted_reserves(&app, 201..=600, showtime, &answered);
     let add = async {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        until_answered(&answered, 100).await;
         changed(&app, showtime, json!({"add_seats": 50})).await
     };
     let (second, answer) = tokio::join!(crowd, add);
@@ -233,10 +265,13 @@ async fn an_operator_adding_fifty_seats_in_the_middle_of_a_sale_sells_exactly_fi
 async fn removing_seats_during_a_sale_never_oversells() {
     let app = TestApp::spawn(Options::default()).await;
     let showtime = app.create_showtime(100).await;
-    let crowd = reserve_all(&app, (1..=300).map(|u| (u, showtime)).collect());
+    let answered = AtomicUsize::new(0);
+    let crowd = counted_reserves(&app, 1..=300, showtime, &answered);
     let removals = async {
         let mut accepted = 0;
-        for _ in 0..10 {
+        // One removal after every 20 answers, spread over the sale.
+        for n in 1..=10 {
+            until_answered(&answered, 20 * n).await;
             let (status, body) = app
                 .change_showtime(showtime, json!({"remove_seats": 5}), None)
                 .await;
@@ -245,7 +280,6 @@ async fn removing_seats_during_a_sale_never_oversells() {
                 StatusCode::CONFLICT => assert_eq!(body["error"], "seats_in_use", "{body}"),
                 other => panic!("a removal answered {other}: {body}"),
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         accepted
     };
