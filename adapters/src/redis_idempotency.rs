@@ -15,11 +15,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use flash_sale_core::idempotency::{
     Claim, ClaimToken, Fingerprint, IdempotencyStore, KeyScope, RecordedAnswer,
 };
-use flash_sale_core::ports::{PortError, PortResult};
+use flash_sale_core::ports::PortResult;
 use redis::{Script, Value};
 
 use crate::redis_connection::RedisConnection;
-use crate::redis_seats::{COMPONENT, port_error};
+use crate::redis_seats::{int_reply, port_error, unexpected_reply};
 
 struct Scripts {
     claim: Script,
@@ -85,18 +85,6 @@ impl RedisIdempotency {
     }
 }
 
-fn unexpected(what: &str, v: &Value) -> PortError {
-    PortError::permanent(COMPONENT, format!("unexpected reply from {what}: {v:?}"))
-}
-
-fn int(v: &Value) -> Option<i64> {
-    match v {
-        Value::Int(i) => Some(*i),
-        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
-        _ => None,
-    }
-}
-
 fn millis(d: Duration) -> u64 {
     d.as_millis().clamp(1, u64::MAX as u128) as u64
 }
@@ -122,25 +110,25 @@ impl IdempotencyStore for RedisIdempotency {
             .map_err(port_error)?;
         let what = "idempotency_claim.lua";
         let Value::Array(items) = &v else {
-            return Err(unexpected(what, &v));
+            return Err(unexpected_reply(what, &v));
         };
-        Ok(match items.first().and_then(int) {
+        Ok(match items.first().and_then(int_reply) {
             Some(1) => Claim::Claimed(token),
             Some(2) => {
                 let status = items
                     .get(1)
-                    .and_then(int)
+                    .and_then(int_reply)
                     .and_then(|s| u16::try_from(s).ok())
-                    .ok_or_else(|| unexpected(what, &v))?;
+                    .ok_or_else(|| unexpected_reply(what, &v))?;
                 let body = match items.get(2) {
                     Some(Value::BulkString(b)) => b.clone(),
-                    _ => return Err(unexpected(what, &v)),
+                    _ => return Err(unexpected_reply(what, &v)),
                 };
                 Claim::Answered(RecordedAnswer { status, body })
             }
             Some(3) => Claim::InProgress,
             Some(4) => Claim::Reused,
-            _ => return Err(unexpected(what, &v)),
+            _ => return Err(unexpected_reply(what, &v)),
         })
     }
 

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use flash_sale_core::ports::{PortError, PortResult};
+use flash_sale_core::ports::PortResult;
 use flash_sale_core::waiting_room::{
     Joined, LOTTERY_RANGE, RoomSettings, RoomSnapshot, Standing, WaitingRoomStore,
 };
@@ -13,7 +13,7 @@ use flash_sale_core::{ShowtimeId, UnixMillis, UserId};
 use redis::{Script, Value};
 
 use crate::redis_connection::RedisConnection;
-use crate::redis_seats::{COMPONENT, port_error};
+use crate::redis_seats::{int_reply, port_error, unexpected_reply};
 
 struct Scripts {
     configure: Script,
@@ -86,36 +86,24 @@ impl RedisRoom {
     }
 }
 
-fn unexpected(what: &str, v: &Value) -> PortError {
-    PortError::permanent(COMPONENT, format!("unexpected reply from {what}: {v:?}"))
-}
-
 fn int(v: &Value) -> Option<u64> {
-    match v {
-        Value::Int(i) => u64::try_from(*i).ok(),
-        Value::BulkString(b) => std::str::from_utf8(b)
-            .ok()?
-            .parse::<f64>()
-            .ok()
-            .map(|f| f as u64),
-        _ => None,
-    }
+    int_reply(v).and_then(|i| u64::try_from(i).ok())
 }
 
 /// A `standing` reply of the scripts (see `lua/room.lua`).
 fn standing_of(what: &str, v: &Value) -> PortResult<Option<Standing>> {
     let Value::Array(items) = v else {
-        return Err(unexpected(what, v));
+        return Err(unexpected_reply(what, v));
     };
     let kind = match items.first() {
         Some(Value::BulkString(b)) => b.as_slice(),
-        _ => return Err(unexpected(what, v)),
+        _ => return Err(unexpected_reply(what, v)),
     };
     let at = |i: usize| {
         items
             .get(i)
             .and_then(int)
-            .ok_or_else(|| unexpected(what, v))
+            .ok_or_else(|| unexpected_reply(what, v))
     };
     Ok(Some(match kind {
         b"none" => return Ok(None),
@@ -133,7 +121,7 @@ fn standing_of(what: &str, v: &Value) -> PortResult<Option<Standing>> {
             until: UnixMillis(at(2)?),
         },
         b"passed" => Standing::Passed { place: at(1)? },
-        _ => return Err(unexpected(what, v)),
+        _ => return Err(unexpected_reply(what, v)),
     }))
 }
 
@@ -176,7 +164,7 @@ impl WaitingRoomStore for RedisRoom {
             .map_err(port_error)?;
         let what = "room_advance.lua";
         let Value::Array(items) = &v else {
-            return Err(unexpected(what, &v));
+            return Err(unexpected_reply(what, &v));
         };
         if items.is_empty() {
             return Ok(None);
@@ -185,7 +173,7 @@ impl WaitingRoomStore for RedisRoom {
             items
                 .get(i)
                 .and_then(int)
-                .ok_or_else(|| unexpected(what, &v))
+                .ok_or_else(|| unexpected_reply(what, &v))
         };
         Ok(Some(RoomSnapshot {
             served: at(0)?,

@@ -113,6 +113,25 @@ fn script_span(script: &'static str, showtime: ShowtimeId) -> Span {
     )
 }
 
+/// A script's reply this adapter cannot read: a permanent failure naming the script.
+pub(crate) fn unexpected_reply(what: &str, v: &Value) -> PortError {
+    PortError::permanent(COMPONENT, format!("unexpected reply from {what}: {v:?}"))
+}
+
+/// An integer of a script's reply: an integer, or the text of a number (a ZSET score).
+pub(crate) fn int_reply(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        Value::BulkString(b) => {
+            let text = std::str::from_utf8(b).ok()?;
+            text.parse()
+                .ok()
+                .or_else(|| text.parse::<f64>().ok().map(|f| f as i64))
+        }
+        _ => None,
+    }
+}
+
 pub(crate) fn port_error(e: redis::RedisError) -> PortError {
     let transient = e.is_io_error()
         || e.is_timeout()

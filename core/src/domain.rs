@@ -239,10 +239,6 @@ pub enum SeatChange {
 }
 
 impl ShowtimeChange {
-    pub fn is_empty(&self) -> bool {
-        *self == Self::default()
-    }
-
     /// The window after this change made at `at`, refused when it would close before
     /// it opens.
     pub fn window(&self, was: SaleWindow, at: UnixMillis) -> Result<SaleWindow, InvalidInput> {

@@ -44,6 +44,27 @@ async fn drop_keys(seats: &RedisSeats) {
     }
 }
 
+/// An order row inserted by plain SQL, past the adapter: what the database itself
+/// accepts or refuses.
+async fn insert_by_sql(
+    db: &Postgres,
+    st: ShowtimeId,
+    seq: u64,
+    user: i64,
+    quantity: i32,
+) -> Result<sqlx::postgres::PgQueryResult, sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO orders (reservation_id, showtime_id, user_id, paid_at, quantity)
+         VALUES ($1, $2, $3, now(), $4)",
+    )
+    .bind(format!("{st}-{seq}"))
+    .bind(st.get())
+    .bind(user)
+    .bind(quantity)
+    .execute(db.pool())
+    .await
+}
+
 async fn database(iso: &Isolation) -> Postgres {
     let db = Postgres::connect(&iso.database_url()).await.unwrap();
     db.migrate().await.unwrap();
@@ -734,29 +755,14 @@ async fn the_database_itself_enforces_max_per_user_and_capacity_by_quantity() {
         matches!(&outcomes[0], OrderOutcome::Refused(why) if why.contains("max_per_user")),
         "{outcomes:?}"
     );
-    let raw = sqlx::query(
-        "INSERT INTO orders (reservation_id, showtime_id, user_id, paid_at, quantity)
-         VALUES ($1, $2, 9, now(), 5)",
-    )
-    .bind(format!("{st}-99"))
-    .bind(st.get())
-    .execute(db.pool())
-    .await
-    .unwrap_err();
+    let raw = insert_by_sql(&db, st, 99, 9, 5).await.unwrap_err();
     assert_eq!(
         raw.as_database_error().and_then(|e| e.constraint()),
         Some("orders_quantity_within_max_per_user"),
         "{raw}"
     );
     // A quantity below 1 never gets in either.
-    let zero = sqlx::query(
-        "INSERT INTO orders (reservation_id, showtime_id, user_id, paid_at, quantity)
-         VALUES ($1, $2, 9, now(), 0)",
-    )
-    .bind(format!("{st}-98"))
-    .bind(st.get())
-    .execute(db.pool())
-    .await;
+    let zero = insert_by_sql(&db, st, 98, 9, 0).await;
     assert!(zero.is_err());
 
     // 4 + 2 fill the 6 seats; one more seat (a third user's) passes the capacity.
@@ -772,15 +778,7 @@ async fn the_database_itself_enforces_max_per_user_and_capacity_by_quantity() {
         matches!(&outcomes[0], OrderOutcome::Refused(why) if why.contains("sold out")),
         "{outcomes:?}"
     );
-    let raw = sqlx::query(
-        "INSERT INTO orders (reservation_id, showtime_id, user_id, paid_at, quantity)
-         VALUES ($1, $2, 10, now(), 1)",
-    )
-    .bind(format!("{st}-97"))
-    .bind(st.get())
-    .execute(db.pool())
-    .await
-    .unwrap_err();
+    let raw = insert_by_sql(&db, st, 97, 10, 1).await.unwrap_err();
     assert_eq!(
         raw.as_database_error().and_then(|e| e.constraint()),
         Some("showtimes_sold_within_capacity"),
