@@ -12,6 +12,8 @@
 --                            later "<seq>:paid_at", "<seq>:trace"): one key, whatever
 --                            sequence this call creates. A reservation without
 --                            "<seq>:quantity" (made before groups existed) is one seat.
+-- KEYS[6] room         HASH  the showtime's waiting room (room.lua), when it has one
+-- KEYS[7] admitted     ZSET  user -> admission deadline (ms), admitted and unused
 -- ARGV[1] user id
 -- ARGV[2] hold time in milliseconds
 -- ARGV[3] the W3C traceparent of the request, or "" when it is not traced: kept on
@@ -26,6 +28,10 @@
 --   {4}                      unknown showtime (stock not loaded)
 --   {5, max_per_user}        more seats asked than the showtime allows one user
 --   {6, available}           fewer seats left than asked (at least one): nothing taken
+--   {7}                      the showtime has a waiting room and this user holds no
+--                            unused, unexpired admission to it: nothing taken
+-- Behind a waiting room, a hold ({1}) or sold out ({3}) uses the admission up; {5} and
+-- {6} leave it (the buyer may ask again for fewer seats).
 -- The clock is Redis's own (TIME), so every deadline is decided on one clock.
 
 local stock = redis.call('HMGET', KEYS[1], 'available', 'max_per_user')
@@ -39,19 +45,32 @@ local existing = redis.call('HGET', KEYS[2], ARGV[1])
 if existing then
   return {2, tonumber(existing), redis.call('HGET', KEYS[5], existing .. ':status')}
 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local queued = KEYS[6] and redis.call('HEXISTS', KEYS[6], 'opens_at') == 1
+if queued then
+  local admitted_until = redis.call('ZSCORE', KEYS[7], ARGV[1])
+  if not admitted_until or tonumber(admitted_until) < now then
+    return {7}
+  end
+end
 if quantity > max_per_user then
   return {5, max_per_user}
 end
 available = tonumber(available)
 if available <= 0 then
+  if queued then
+    redis.call('ZREM', KEYS[7], ARGV[1])
+  end
   return {3}
 end
 if available < quantity then
   return {6, available}
 end
+if queued then
+  redis.call('ZREM', KEYS[7], ARGV[1])
+end
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local expires_at = now + tonumber(ARGV[2])
 -- The sequence never falls behind Redis's clock in microseconds: should Redis lose its
 -- last writes (appendfsync everysec, a restart from an older snapshot, a failover to a

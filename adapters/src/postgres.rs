@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use flash_sale_core::domain::{SaleState, SaleWindow};
+use flash_sale_core::waiting_room::RoomSettings;
 use flash_sale_core::ports::{
     Catalog, OrderBook, OrderOutcome, PortError, PortResult, RecordedOrder, ShowtimeLock,
 };
@@ -27,36 +28,34 @@ use crate::tls::Trust;
 
 const COMPONENT: &str = "postgres";
 
-/// title, starts_at, capacity, sold, sale_opens_at, sale_closes_at, sale_paused,
-/// generation, max_per_user: [`SHOWTIME_COLUMNS`].
-type ShowtimeRow = (
-    Option<String>,
-    Option<DateTime<Utc>>,
-    i32,
-    i32,
-    Option<DateTime<Utc>>,
-    Option<DateTime<Utc>>,
-    bool,
-    i64,
-    i32,
-);
+/// A showtime's row: [`SHOWTIME_COLUMNS`].
+#[derive(Debug, sqlx::FromRow)]
+struct ShowtimeRow {
+    title: Option<String>,
+    starts_at: Option<DateTime<Utc>>,
+    capacity: i32,
+    sold: i32,
+    sale_opens_at: Option<DateTime<Utc>>,
+    sale_closes_at: Option<DateTime<Utc>>,
+    sale_paused: bool,
+    generation: i64,
+    max_per_user: i32,
+    room_opens_at: Option<DateTime<Utc>>,
+    room_admit_per_sec: Option<i32>,
+    room_overbook_pct: Option<i32>,
+    room_admission_secs: Option<i32>,
+}
 
 /// id, reservation_id, user_id, paid_at, created_at, quantity of an order.
 type OrderRow = (i64, String, i64, DateTime<Utc>, DateTime<Utc>, i32);
 
-/// id, then a [`ShowtimeRow`]'s columns.
-type ListedShowtimeRow = (
-    i64,
-    Option<String>,
-    Option<DateTime<Utc>>,
-    i32,
-    i32,
-    Option<DateTime<Utc>>,
-    Option<DateTime<Utc>>,
-    bool,
-    i64,
-    i32,
-);
+/// A listed showtime: its id and row.
+#[derive(Debug, sqlx::FromRow)]
+struct ListedShowtimeRow {
+    id: i64,
+    #[sqlx(flatten)]
+    row: ShowtimeRow,
+}
 
 /// A showtime row's generation: its creation time in microseconds, which tells it from
 /// another database's row of the same id.
@@ -64,7 +63,8 @@ const GENERATION: &str = "(extract(epoch FROM created_at) * 1000000)::bigint";
 
 /// The columns of a [`ShowtimeRow`].
 const SHOWTIME_COLUMNS: &str = "title, starts_at, capacity, sold, sale_opens_at, sale_closes_at, \
-     sale_paused, (extract(epoch FROM created_at) * 1000000)::bigint, max_per_user";
+     sale_paused, (extract(epoch FROM created_at) * 1000000)::bigint AS generation, max_per_user, \
+     room_opens_at, room_admit_per_sec, room_overbook_pct, room_admission_secs";
 
 /// The [`Catalog`] and [`OrderBook`] on PostgreSQL. Cheap to clone (a pool).
 #[derive(Debug, Clone)]
@@ -317,10 +317,18 @@ impl ShowtimeLock for LockedShowtime {
         &self.row
     }
 
-    async fn commit(mut self, capacity: Capacity, window: SaleWindow) -> PortResult<Showtime> {
+    async fn commit(
+        mut self,
+        capacity: Capacity,
+        window: SaleWindow,
+        room: Option<RoomSettings>,
+    ) -> PortResult<Showtime> {
+        let room = RoomColumns::of(room);
         let row: ShowtimeRow = sqlx::query_as(&format!(
             "UPDATE showtimes
-             SET capacity = $2, sale_opens_at = $3, sale_closes_at = $4, sale_paused = $5
+             SET capacity = $2, sale_opens_at = $3, sale_closes_at = $4, sale_paused = $5,
+                 room_opens_at = $6, room_admit_per_sec = $7, room_overbook_pct = $8,
+                 room_admission_secs = $9
              WHERE id = $1
              RETURNING {SHOWTIME_COLUMNS}"
         ))
@@ -329,6 +337,10 @@ impl ShowtimeLock for LockedShowtime {
         .bind(window.opens_at().map(|t| millis_to_time(t.0)))
         .bind(window.closes_at().map(|t| millis_to_time(t.0)))
         .bind(window.is_paused())
+        .bind(room.opens_at)
+        .bind(room.admit_per_sec)
+        .bind(room.overbook_pct)
+        .bind(room.admission_secs)
         .fetch_one(&mut *self.tx)
         .await
         .map_err(port_error)?;
@@ -367,10 +379,12 @@ impl Catalog for Postgres {
             .map(DateTime::parse_from_rfc3339)
             .transpose()
             .map_err(|e| PortError::permanent(COMPONENT, format!("starts_at: {e}")))?;
-        let window = new.sale_window;
+        let window = new.sale_window.queued(new.waiting_room.is_some());
+        let room = RoomColumns::of(new.waiting_room);
         let row = sqlx::query(&format!(
-            "INSERT INTO showtimes (title, starts_at, capacity, sale_opens_at, sale_closes_at, sale_paused, max_per_user)
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id, {GENERATION}"
+            "INSERT INTO showtimes (title, starts_at, capacity, sale_opens_at, sale_closes_at, sale_paused, max_per_user,
+                                    room_opens_at, room_admit_per_sec, room_overbook_pct, room_admission_secs)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id, {GENERATION}"
         ))
         .bind(&new.title)
         .bind(starts_at)
@@ -379,6 +393,10 @@ impl Catalog for Postgres {
         .bind(window.closes_at().map(|t| millis_to_time(t.0)))
         .bind(window.is_paused())
         .bind(new.max_per_user.get() as i32)
+        .bind(room.opens_at)
+        .bind(room.admit_per_sec)
+        .bind(room.overbook_pct)
+        .bind(room.admission_secs)
         .fetch_one(&self.pool)
         .await
         .map_err(port_error)?;
@@ -393,6 +411,7 @@ impl Catalog for Postgres {
             max_per_user: new.max_per_user,
             ordered: 0,
             generation: generation as u64,
+            waiting_room: new.waiting_room,
         })
     }
 
@@ -441,40 +460,64 @@ impl Catalog for Postgres {
         .await
         .map_err(port_error)?;
         rows.into_iter()
-            .map(
-                |(id, title, starts_at, capacity, sold, opens, closes, paused, generation, max)| {
-                    let id =
-                        ShowtimeId::new(id).map_err(|e| PortError::permanent(COMPONENT, e.0))?;
-                    showtime_of(
-                        id,
-                        (
-                            title, starts_at, capacity, sold, opens, closes, paused, generation,
-                            max,
-                        ),
-                    )
-                },
-            )
+            .map(|listed| {
+                let id = ShowtimeId::new(listed.id)
+                    .map_err(|e| PortError::permanent(COMPONENT, e.0))?;
+                showtime_of(id, listed.row)
+            })
             .collect()
     }
 }
 
 /// The [`Showtime`] of row `row` of id `id`.
 fn showtime_of(id: ShowtimeId, row: ShowtimeRow) -> PortResult<Showtime> {
-    let (title, starts_at, capacity, sold, opens, closes, paused, generation, max_per_user) = row;
     let invalid = |e: flash_sale_core::InvalidInput| PortError::permanent(COMPONENT, e.0);
     let millis = |t: DateTime<Utc>| UnixMillis(t.timestamp_millis().max(0) as u64);
+    let waiting_room = match (row.room_opens_at, row.room_overbook_pct, row.room_admission_secs) {
+        (Some(opens_at), Some(overbook), Some(admission)) => Some(
+            RoomSettings::new(
+                millis(opens_at),
+                row.room_admit_per_sec.map(|r| r.max(0) as u32),
+                overbook.max(0) as u32,
+                std::time::Duration::from_secs(admission.max(0) as u64),
+            )
+            .map_err(invalid)?,
+        ),
+        _ => None,
+    };
     Ok(Showtime {
         id,
-        capacity: Capacity::new(capacity.into()).map_err(invalid)?,
-        title,
-        starts_at: starts_at.map(|t| t.to_rfc3339()),
-        sale_window: SaleWindow::new(opens.map(millis), closes.map(millis))
+        capacity: Capacity::new(row.capacity.into()).map_err(invalid)?,
+        title: row.title,
+        starts_at: row.starts_at.map(|t| t.to_rfc3339()),
+        sale_window: SaleWindow::new(row.sale_opens_at.map(millis), row.sale_closes_at.map(millis))
             .map_err(invalid)?
-            .paused(paused),
-        max_per_user: MaxPerUser::new(max_per_user.into()).map_err(invalid)?,
-        ordered: sold.max(0) as u32,
-        generation: generation as u64,
+            .paused(row.sale_paused)
+            .queued(waiting_room.is_some()),
+        max_per_user: MaxPerUser::new(row.max_per_user.into()).map_err(invalid)?,
+        ordered: row.sold.max(0) as u32,
+        generation: row.generation as u64,
+        waiting_room,
     })
+}
+
+/// A waiting room's settings as the columns keep them (all `NULL`: no room).
+struct RoomColumns {
+    opens_at: Option<DateTime<Utc>>,
+    admit_per_sec: Option<i32>,
+    overbook_pct: Option<i32>,
+    admission_secs: Option<i32>,
+}
+
+impl RoomColumns {
+    fn of(room: Option<RoomSettings>) -> Self {
+        Self {
+            opens_at: room.map(|r| millis_to_time(r.opens_at.0)),
+            admit_per_sec: room.and_then(|r| r.admit_per_sec).map(|r| r as i32),
+            overbook_pct: room.map(|r| r.overbook_pct as i32),
+            admission_secs: room.map(|r| r.admission.as_secs() as i32),
+        }
+    }
 }
 
 impl OrderBook for Postgres {

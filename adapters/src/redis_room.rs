@@ -20,7 +20,6 @@ struct Scripts {
     join: Script,
     advance: Script,
     standing: Script,
-    consume: Script,
 }
 
 /// Waiting rooms on Redis. Cheap to clone: clones share one connection.
@@ -61,7 +60,6 @@ impl RedisRoom {
                 join: room_script!("room_join.lua"),
                 advance: room_script!("room_advance.lua"),
                 standing: room_script!("room_standing.lua"),
-                consume: room_script!("room_consume.lua"),
             }),
         }
     }
@@ -194,14 +192,17 @@ impl WaitingRoomStore for RedisRoom {
         Ok(standing_of("room_standing.lua", &v)?.unwrap_or(Standing::NotInLine))
     }
 
-    async fn consume(&self, showtime: ShowtimeId, user: UserId) -> PortResult<bool> {
+    async fn remove(&self, showtime: ShowtimeId) -> PortResult<()> {
         let mut conn = self.conn.clone();
-        let used: i64 = self
-            .invoke(&self.scripts.consume, showtime)
-            .arg(user.get())
-            .invoke_async(&mut conn)
+        let [room, places, admitted, _seats] = self.keys(showtime);
+        // One command over keys of one slot: the room goes at once.
+        let _: i64 = redis::cmd("DEL")
+            .arg(&room)
+            .arg(&places)
+            .arg(&admitted)
+            .query_async(&mut conn)
             .await
             .map_err(port_error)?;
-        Ok(used == 1)
+        Ok(())
     }
 }

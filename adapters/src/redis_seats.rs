@@ -11,6 +11,7 @@
 //! | `fs:{42}:reservations` | HASH | reservation 42-1007 as fields `1007:user`, `1007:status`, `1007:expires_at`, `1007:quantity` (a group's seats; absent: 1), `1007:paid_at`, `1007:trace` |
 //! | `fs:{42}:deadlines` | ZSET | RESERVED holds by deadline (the sweep's outbox)  |
 //! | `fs:{42}:unrecorded` | ZSET | PAID reservations not yet ORDERED, by paid time |
+//! | `fs:{42}:room`, `fs:{42}:room:places`, `fs:{42}:room:admitted` | HASH, ZSETs | the showtime's waiting room, when it has one ([`crate::RedisRoom`]): `reserve.lua` takes seats only for an admitted user there |
 //! | `fs:showtimes`   | SET    | showtimes on sale (walked by the sweep)           |
 //! | `fs:u:{7}:reservations` | ZSET | user 7's reservation ids by number (the newest [`USER_LIST_LIMIT`]) |
 //! | `fs:layout`      | STRING | the key layout the data was written in ([`KEY_LAYOUT`]) |
@@ -401,6 +402,8 @@ impl SeatStore for RedisSeats {
             .key(self.key(showtime, "seq"))
             .key(self.key(showtime, "deadlines"))
             .key(self.reservations_key(showtime))
+            .key(self.key(showtime, "room"))
+            .key(self.key(showtime, "room:admitted"))
             .arg(user.get())
             .arg(hold.as_millis() as u64)
             .arg(traceparent)
@@ -446,6 +449,7 @@ impl SeatStore for RedisSeats {
             Some(6) => TakeOutcome::NotEnoughSeats {
                 available: count(1)?,
             },
+            Some(7) => TakeOutcome::NotAdmitted,
             _ => return Err(unexpected("reserve.lua", &v)),
         })
     }

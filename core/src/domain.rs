@@ -3,6 +3,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::waiting_room::RoomSettings;
+
 /// Input that is not a valid domain value. Carries a human message naming the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -199,6 +201,8 @@ pub struct NewShowtime {
     pub sale_window: SaleWindow,
     /// Seats one buyer may take (as one reservation).
     pub max_per_user: MaxPerUser,
+    /// A waiting room in front of the sale, when it has one.
+    pub waiting_room: Option<RoomSettings>,
 }
 
 impl NewShowtime {
@@ -210,6 +214,7 @@ impl NewShowtime {
             starts_at: None,
             sale_window: SaleWindow::ALWAYS,
             max_per_user: MaxPerUser::ONE,
+            waiting_room: None,
         }
     }
 }
@@ -226,6 +231,8 @@ pub struct ShowtimeChange {
     /// Close the sale now (early): the window's close becomes the moment of the change.
     pub close_now: bool,
     pub seats: Option<SeatChange>,
+    /// `Some(None)` removes the waiting room; `Some(Some(..))` opens or changes it.
+    pub waiting_room: Option<Option<RoomSettings>>,
 }
 
 /// How an operator changes a showtime's seats.
@@ -253,7 +260,13 @@ impl ShowtimeChange {
                 "the sale has not opened yet: move its window (sale_opens_at, sale_closes_at) instead of closing it".into(),
             ));
         }
-        Ok(SaleWindow::new(opens_at, closes_at)?.paused(self.paused.unwrap_or(was.paused)))
+        let queued = match self.waiting_room {
+            Some(room) => room.is_some(),
+            None => was.queued,
+        };
+        Ok(SaleWindow::new(opens_at, closes_at)?
+            .paused(self.paused.unwrap_or(was.paused))
+            .queued(queued))
     }
 
     /// The capacity after this change; refused when out of bounds.
@@ -284,6 +297,8 @@ pub struct Showtime {
     pub max_per_user: MaxPerUser,
     /// Seats the database's orders hold (the sum of their quantities).
     pub ordered: u32,
+    /// The waiting room in front of the sale, when it has one.
+    pub waiting_room: Option<RoomSettings>,
     /// Tells this row from another database's row of the same id (its creation time in
     /// microseconds): the seat store's state carries it.
     pub generation: u64,
@@ -297,6 +312,8 @@ pub struct SaleWindow {
     opens_at: Option<UnixMillis>,
     closes_at: Option<UnixMillis>,
     paused: bool,
+    /// Buyers reserve through a waiting room (with an admission).
+    queued: bool,
 }
 
 /// Where a showtime's sale stands at a moment.
@@ -340,6 +357,7 @@ impl SaleWindow {
         opens_at: None,
         closes_at: None,
         paused: false,
+        queued: false,
     };
 
     /// Refuses a window that closes before (or when) it opens.
@@ -358,6 +376,7 @@ impl SaleWindow {
             opens_at,
             closes_at,
             paused: false,
+            queued: false,
         })
     }
 
@@ -368,6 +387,16 @@ impl SaleWindow {
 
     pub fn is_paused(&self) -> bool {
         self.paused
+    }
+
+    /// The same window, with buyers reserving through a waiting room or not.
+    pub fn queued(self, queued: bool) -> Self {
+        Self { queued, ..self }
+    }
+
+    /// Whether buyers need an admission from the waiting room to reserve.
+    pub fn is_queued(&self) -> bool {
+        self.queued
     }
 
     pub fn opens_at(&self) -> Option<UnixMillis> {

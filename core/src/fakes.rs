@@ -477,11 +477,13 @@ impl ShowtimeLock for FakeLock<'_> {
         self,
         capacity: Capacity,
         window: domain::SaleWindow,
+        waiting_room: Option<crate::waiting_room::RoomSettings>,
     ) -> impl Future<Output = PortResult<Showtime>> + Send {
         let mut all = self.db.showtimes.lock().unwrap();
         let row = all.get_mut(&self.row.id).unwrap();
         row.capacity = capacity;
         row.sale_window = window;
+        row.waiting_room = waiting_room;
         ready(Ok(row.clone()))
     }
 }
@@ -508,10 +510,11 @@ impl Catalog for FakeDb {
             capacity: new.capacity,
             title: new.title,
             starts_at: new.starts_at,
-            sale_window: new.sale_window,
+            sale_window: new.sale_window.queued(new.waiting_room.is_some()),
             max_per_user: new.max_per_user,
             ordered: 0,
             generation: id.get() as u64,
+            waiting_room: new.waiting_room,
         };
         all.insert(id, showtime.clone());
         ready(Ok(showtime))

@@ -40,5 +40,5 @@ pub use domain::{
 pub use idempotency::{IdempotencyKey, IdempotencyStore, KeyScope, KeyedRoute};
 pub use messages::{Expiry, OrderRequest, PaymentRequest};
 pub use ports::{Catalog, MessageBus, OrderBook, PortError, SeatStore};
-pub use sale::{PaymentMode, Sale, SaleSettings};
+pub use sale::{Admission, PaymentMode, Sale, SaleSettings};
 pub use state::{Event, IllegalTransition, Status};

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::domain::{SaleState, SaleWindow};
+use crate::waiting_room::RoomSettings;
 use crate::messages::{Expiry, OrderRequest, PaymentRequest};
 use crate::{
     Capacity, NewShowtime, Reservation, ReservationId, SeatCounts, Showtime, ShowtimeId, Status,
@@ -62,6 +63,9 @@ pub enum TakeOutcome {
     AlreadyHolds(ReservationId, Option<Status>),
     /// The store has no stock for this showtime (never loaded, or lost).
     UnknownShowtime,
+    /// The showtime sells through a waiting room and the user holds no unused,
+    /// unexpired admission to it: nothing was taken.
+    NotAdmitted,
 }
 
 /// What an attempt to pay found.
@@ -302,11 +306,12 @@ pub trait ShowtimeLock: Send {
     /// The row as it is while locked.
     fn showtime(&self) -> &Showtime;
 
-    /// Writes the new capacity and sale window and releases the row.
+    /// Writes the new capacity, sale window and waiting room and releases the row.
     fn commit(
         self,
         capacity: Capacity,
         window: SaleWindow,
+        waiting_room: Option<RoomSettings>,
     ) -> impl Future<Output = PortResult<Showtime>> + Send;
 }
 

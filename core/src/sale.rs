@@ -213,6 +213,16 @@ impl SaleWindows {
     }
 }
 
+/// What a buyer showed of a waiting room's admission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Nothing: enough where the showtime has no waiting room.
+    None,
+    /// An admission to this showtime, checked by the caller (its signature, holder,
+    /// showtime and time); whether it is still unused is the seat store's to say.
+    Shown,
+}
+
 /// Why a reservation was not made.
 #[derive(Debug, thiserror::Error)]
 pub enum ReserveError {
@@ -242,6 +252,10 @@ pub enum ReserveError {
         showtime: ShowtimeId,
         why: OutsideSaleWindow,
     },
+    /// The showtime sells through a waiting room and the caller showed no admission, or
+    /// the seat store holds none unused and unexpired for them; nothing was taken.
+    #[error("not admitted: this sale goes through its waiting room; join the line and reserve with the admission it gives")]
+    NotAdmitted,
     /// A component failed; nothing is held (a seat taken before the failure was given
     /// back).
     #[error(transparent)]
@@ -438,7 +452,8 @@ where
             }
         }
         crash_point!("change.before_commit");
-        let after = match lock.commit(capacity, window).await {
+        let waiting_room = change.waiting_room.unwrap_or(before.waiting_room);
+        let after = match lock.commit(capacity, window, waiting_room).await {
             Ok(after) => after,
             Err(e) => {
                 // The row keeps its capacity: so does the stock (should this fail too,
@@ -570,6 +585,23 @@ where
         showtime: ShowtimeId,
         quantity: u32,
     ) -> Result<Reservation, ReserveError> {
+        self.reserve_through(user, showtime, quantity, Admission::None)
+            .await
+    }
+
+    /// [`Sale::reserve_seats`] for a showtime that may sell through a waiting room:
+    /// there, a buyer without an [`Admission::Shown`] is refused (`NotAdmitted`) before
+    /// the store is asked, and the store takes seats only for a user whose admission is
+    /// unused and unexpired, using it up with a hold or a sold-out answer (never with
+    /// a failure, nor with `NotEnoughSeats` / `TooManySeats`, which the buyer may retry
+    /// with fewer seats).
+    pub async fn reserve_through(
+        &self,
+        user: UserId,
+        showtime: ShowtimeId,
+        quantity: u32,
+        admission: Admission,
+    ) -> Result<Reservation, ReserveError> {
         if quantity == 0 {
             return Err(ReserveError::InvalidQuantity);
         }
@@ -579,6 +611,9 @@ where
         window
             .admits(self.clock.now())
             .map_err(|why| ReserveError::OutsideSaleWindow { showtime, why })?;
+        if window.is_queued() && admission == Admission::None {
+            return Err(ReserveError::NotAdmitted);
+        }
         let Some(seen) = self.sold_out.observe(showtime) else {
             return Err(ReserveError::SoldOut { remembered: true });
         };
@@ -673,6 +708,7 @@ where
                 max_per_user,
             }),
             TakeOutcome::AlreadyHolds(id, status) => Err(ReserveError::AlreadyHolds(id, status)),
+            TakeOutcome::NotAdmitted => Err(ReserveError::NotAdmitted),
             TakeOutcome::UnknownShowtime => unreachable!("handled by the caller"),
         }
     }
@@ -881,6 +917,7 @@ mod tests {
             starts_at: None,
             sale_window,
             max_per_user: crate::MaxPerUser::ONE,
+            waiting_room: None,
         }))
         .unwrap()
         .id
@@ -1034,6 +1071,47 @@ mod tests {
     }
 
     #[test]
+    fn a_sale_behind_a_waiting_room_refuses_buyers_who_show_no_admission() {
+        let sale = sale(PaymentMode::Manual);
+        let st = showtime(&sale, 3);
+        let room = crate::waiting_room::RoomSettings::new(
+            UnixMillis(0),
+            None,
+            0,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        let queue = ShowtimeChange {
+            waiting_room: Some(Some(room)),
+            ..ShowtimeChange::default()
+        };
+        let (after, _, _) = block_on(sale.change_showtime(st, queue)).unwrap();
+        assert_eq!(after.waiting_room, Some(room));
+        assert!(after.sale_window.is_queued());
+        assert!(matches!(
+            block_on(sale.reserve(user(1), st)),
+            Err(ReserveError::NotAdmitted)
+        ));
+        assert_eq!(counts(&sale, st).available, 3, "nothing taken");
+        block_on(sale.reserve_through(user(1), st, 1, Admission::Shown))
+            .expect("an admission shown is taken to the store");
+        // A change that leaves the room alone keeps it; removing it opens the sale.
+        let pause = ShowtimeChange {
+            paused: Some(false),
+            ..ShowtimeChange::default()
+        };
+        let (after, _, _) = block_on(sale.change_showtime(st, pause)).unwrap();
+        assert!(after.sale_window.is_queued());
+        let open = ShowtimeChange {
+            waiting_room: Some(None),
+            ..ShowtimeChange::default()
+        };
+        let (after, _, _) = block_on(sale.change_showtime(st, open)).unwrap();
+        assert_eq!(after.waiting_room, None);
+        block_on(sale.reserve(user(2), st)).expect("no room: no admission needed");
+    }
+
+    #[test]
     fn seats_are_added_to_a_sold_out_sale_and_only_unsold_ones_removed() {
         let mut sale = sale(PaymentMode::Manual);
         sale.settings.sold_out_cache = Duration::from_secs(3600);
@@ -1098,6 +1176,7 @@ mod tests {
             starts_at: None,
             sale_window: window,
             max_per_user: crate::MaxPerUser::ONE,
+            waiting_room: None,
         }))
         .unwrap()
         .id;

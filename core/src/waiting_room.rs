@@ -160,13 +160,10 @@ pub trait WaitingRoomStore: Send + Sync + 'static {
         user: UserId,
     ) -> impl Future<Output = PortResult<Standing>> + Send;
 
-    /// Uses `user`'s admission, once: `false` when the user was not admitted, or the
-    /// admission ran out or was used already.
-    fn consume(
-        &self,
-        showtime: ShowtimeId,
-        user: UserId,
-    ) -> impl Future<Output = PortResult<bool>> + Send;
+    /// Closes a showtime's room: its places and admissions are gone, and its seats are
+    /// sold to anyone again. (Admissions are used by the seat store's take, which
+    /// refuses a user without one in a showtime that has a room.)
+    fn remove(&self, showtime: ShowtimeId) -> impl Future<Output = PortResult<()>> + Send;
 }
 
 /// A process's view of its showtimes' rooms, so that a crowd polling its place costs
@@ -362,12 +359,8 @@ mod tests {
             }))
         }
 
-        fn consume(
-            &self,
-            _: ShowtimeId,
-            _: UserId,
-        ) -> impl Future<Output = PortResult<bool>> + Send {
-            std::future::ready(Ok(true))
+        fn remove(&self, _: ShowtimeId) -> impl Future<Output = PortResult<()>> + Send {
+            std::future::ready(Ok(()))
         }
     }
 

@@ -32,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(e.status().is_client_error());
     }
     if let Ok(c) = parse_json::<flash_sale_showtimes::ChangeShowtime>(data)
-        && let Err(e) = c.validate()
+        && let Err(e) = c.validate(None)
     {
         assert!(e.status().is_client_error());
     }

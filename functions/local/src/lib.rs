@@ -55,6 +55,7 @@ pub fn router(app: App, readiness: Arc<Readiness>) -> Router {
     let routes = Router::new()
         .merge(flash_sale_showtimes::routes(app.clone(), &guard))
         .merge(flash_sale_reserve::routes(app.clone(), &guard))
+        .merge(flash_sale_queue::routes(app.clone(), &guard))
         .merge(flash_sale_pay::routes(app.clone(), &guard))
         .fallback(no_such_route)
         .method_not_allowed_fallback(method_not_allowed);

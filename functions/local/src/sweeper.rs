@@ -5,7 +5,7 @@
 use flash_sale_runtime::{App, metrics};
 
 /// Runs the sweep every `SWEEP_INTERVAL_SECS`: the backstop for expiry and order
-/// messages that never arrived.
+/// messages that never arrived; then advances the waiting rooms on sale.
 pub async fn run(app: App) {
     let mut every = tokio::time::interval(app.config.sweep_interval);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -21,6 +21,9 @@ pub async fn run(app: App) {
             }
             Ok(_) => {}
             Err(e) => tracing::warn!("sweep failed: {e}"),
+        }
+        if let Err(e) = app.advance_rooms().await {
+            tracing::warn!("advancing the waiting rooms failed: {e}");
         }
     }
 }

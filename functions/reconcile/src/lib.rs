@@ -50,6 +50,8 @@ pub struct QueueDepth {
 pub struct Report {
     pub holds_expired_by_sweep: usize,
     pub orders_resent_by_sweep: usize,
+    /// Waiting rooms of showtimes on sale whose line was advanced.
+    pub waiting_rooms_advanced: usize,
     pub showtimes: Vec<ShowtimeReport>,
     pub queues: Vec<QueueDepth>,
 }
@@ -98,6 +100,9 @@ pub async fn run(
         holds_expired,
         orders_resent,
     } = app.sale.sweep(sweep_grace).await?;
+    // The waiting rooms' timer on Lambda (this function's schedule): joins, polls and
+    // reserves advance them too, lazily.
+    let waiting_rooms_advanced = app.advance_rooms().await?;
     let reconciled = match only {
         Some(id) => app.sale.reconcile(id, repair).await?.into_iter().collect(),
         None => app.sale.reconcile_all(repair).await?,
@@ -112,6 +117,7 @@ pub async fn run(
     Ok(Report {
         holds_expired_by_sweep: holds_expired,
         orders_resent_by_sweep: orders_resent,
+        waiting_rooms_advanced,
         showtimes: reconciled.into_iter().map(showtime_report).collect(),
         queues,
     })

@@ -17,16 +17,17 @@
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use flash_sale_core::{KeyedRoute, Reservation, ReservationId, ShowtimeId, UserId};
+use flash_sale_core::{Admission, KeyedRoute, Reservation, ReservationId, ShowtimeId, UserId};
 use flash_sale_runtime::error::ApiError;
 use flash_sale_runtime::extract::JsonBody;
 use flash_sale_runtime::guard::{AppState, Guard, HasGuard as _};
 use flash_sale_runtime::idempotency::{self, KeyedJson};
 use flash_sale_runtime::identity::Caller;
-use flash_sale_runtime::{App, metrics, rfc3339, to_the_end};
+use flash_sale_runtime::{App, metrics, now, rfc3339, to_the_end};
 use serde::{Deserialize, Serialize};
 
 /// The function's routes, protected by their own [`Guard`]: what the Lambda host runs.
@@ -87,11 +88,18 @@ struct Reserved {
     quantity: u32,
 }
 
+/// The header that carries a waiting room's admission to `POST /reserve`.
+pub const ADMISSION_TOKEN: &str = "admission-token";
+
 /// `POST /reserve`. With an `Idempotency-Key`, the key is answered from before the sale
-/// is asked (and so before its sold-out memory): see [`idempotency`].
+/// is asked (and so before its sold-out memory): see [`idempotency`]. A showtime behind
+/// a waiting room takes only a buyer with an `Admission-Token` (theirs, for it, not run
+/// out: 403 `not_admitted` otherwise, nothing changed), which its hold or a sold-out
+/// answer uses up; a replay under an `Idempotency-Key` is answered without it.
 async fn reserve(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     KeyedJson { body: req, key }: KeyedJson<ReserveRequest>,
 ) -> Result<Response, ApiError> {
     let (user, showtime) = req
@@ -100,10 +108,32 @@ async fn reserve(
     let quantity = req.quantity().inspect_err(metrics::reservation_rejected)?;
     state.guard().limits().check_user(user)?;
     let keyed = key.map(|key| key.scoped(KeyedRoute::Reserve, showtime, user, ""));
-    let sale = state.app().sale.clone();
+    let pass = headers
+        .get(ADMISSION_TOKEN)
+        .map(|v| v.to_str().unwrap_or_default().to_owned());
+    let app = state.app().clone();
     Ok(idempotency::answer(state.app(), keyed, async move {
-        let reserved = sale.reserve_seats(user, showtime, quantity).await;
+        let admission = match pass {
+            None => Admission::None,
+            Some(pass) => {
+                app.passes
+                    .check_admission(&pass, user, showtime, now())
+                    .map_err(|e| {
+                        ApiError::NotAdmitted(format!("the Admission-Token is refused: {e}"))
+                    })?;
+                Admission::Shown
+            }
+        };
+        let reserved = app
+            .sale
+            .reserve_through(user, showtime, quantity, admission)
+            .await;
         metrics::reservation(&reserved.as_ref().map(|_| ()));
+        if admission == Admission::Shown && reserved.is_ok() {
+            // An admission used: the next in line may be let in (read at most once per
+            // refresh by this process).
+            let _ = app.rooms.snapshot(showtime).await;
+        }
         let r = reserved?;
         Ok(Json(Reserved {
             message: "Ticket reserved successfully",

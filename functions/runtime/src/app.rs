@@ -10,11 +10,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use flash_sale_adapters::{Broker, Postgres, Queue, RedisIdempotency, RedisSeats, Topology};
+use flash_sale_adapters::{
+    Broker, Postgres, Queue, RedisIdempotency, RedisRoom, RedisSeats, Topology,
+};
 use flash_sale_core::ports::PortResult;
+use flash_sale_core::waiting_room::Rooms;
 use flash_sale_core::{Sale, SaleSettings};
 
 use crate::Config;
+use crate::room_passes::RoomPasses;
 
 /// The sale over Redis, RabbitMQ and PostgreSQL.
 pub type LiveSale = Sale<RedisSeats, Broker, Postgres>;
@@ -27,6 +31,11 @@ pub struct App {
     /// Where the answers of requests sent with an `Idempotency-Key` are kept (Redis,
     /// beside the showtime's own keys): see [`crate::idempotency`].
     pub idempotency: RedisIdempotency,
+    /// The showtimes' waiting rooms (Redis, beside their seats), read through this
+    /// process's snapshots.
+    pub rooms: Arc<Rooms<RedisRoom>>,
+    /// Signs and checks the waiting rooms' tickets and admissions.
+    pub passes: Arc<RoomPasses>,
     pub queues: Queues,
     /// Whether each service answers, for a readiness route.
     pub probes: Probes,
@@ -85,8 +94,29 @@ impl App {
             db: db.clone(),
         };
         let idempotency = RedisIdempotency::new(seats.connection(), &config.redis_key_prefix);
+        let rooms = Rooms::new(
+            RedisRoom::new(seats.connection(), &config.redis_key_prefix),
+            config.waiting_room.refresh,
+        );
+        let passes = match &config.waiting_room.secret {
+            Some(secret) => RoomPasses::new(
+                secret,
+                config.waiting_room.previous_secret.as_deref(),
+            ),
+            None => {
+                tracing::warn!(
+                    "WAITING_ROOM_SECRET is not set: this process signs waiting room passes with a secret of its own, which no other process accepts"
+                );
+                let own: [u8; 32] = rand::random();
+                RoomPasses::new(&own, None)
+            }
+        }
+        .map_err(anyhow::Error::msg)
+        .context("WAITING_ROOM_SECRET")?;
         let app = Self {
             idempotency,
+            rooms: Arc::new(rooms),
+            passes: Arc::new(passes),
             probes: Probes {
                 seats: seats.clone(),
                 bus: bus.clone(),
@@ -97,6 +127,32 @@ impl App {
             config: Arc::new(config),
         };
         Ok((app, adapters))
+    }
+
+    /// Advances the waiting room of every showtime on sale that has one (the timer
+    /// beside the lazy advances of joins, polls and reserves: the local process's sweep,
+    /// the scheduled reconcile function on Lambda). Returns how many rooms it advanced.
+    pub async fn advance_rooms(&self) -> PortResult<usize> {
+        use flash_sale_core::domain::SaleState;
+        use flash_sale_core::waiting_room::WaitingRoomStore as _;
+        let mut after = None;
+        let mut advanced = 0;
+        loop {
+            let page = self
+                .sale
+                .showtimes(Some(SaleState::OnSale), after, 100)
+                .await?;
+            for (showtime, _, _) in &page {
+                if showtime.waiting_room.is_some() {
+                    self.rooms.store().advance(showtime.id).await?;
+                    advanced += 1;
+                }
+            }
+            match page.last() {
+                Some((last, _, _)) if page.len() == 100 => after = Some(last.id),
+                _ => return Ok(advanced),
+            }
+        }
     }
 
     /// Reads the environment and connects: what every function's `main` does first.

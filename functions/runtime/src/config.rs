@@ -73,6 +73,37 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Rate limits and the bound on in-flight requests (see [`LimitsConfig`]).
     pub limits: LimitsConfig,
+    /// How waiting rooms sign their passes and how fresh their snapshots are (see
+    /// [`WaitingRoomConfig`]).
+    pub waiting_room: WaitingRoomConfig,
+}
+
+/// The waiting rooms' settings. The secrets are never printed (`Debug` redacts them).
+#[derive(Clone)]
+pub struct WaitingRoomConfig {
+    /// Signs the queue tickets and admissions (`WAITING_ROOM_SECRET`, at least 32 bytes,
+    /// the same in every process). Unset: a random secret of this process's own, which
+    /// only one process can use (refused on AWS Lambda).
+    pub secret: Option<Vec<u8>>,
+    /// The secret before a rotation, still accepted (`WAITING_ROOM_PREVIOUS_SECRET`).
+    pub previous_secret: Option<Vec<u8>>,
+    /// How old a room's snapshot a status answer may come from
+    /// (`WAITING_ROOM_REFRESH_MS`, default 200): a polling crowd costs Redis one call
+    /// per room per this period and process.
+    pub refresh: Duration,
+}
+
+impl std::fmt::Debug for WaitingRoomConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WaitingRoomConfig")
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field(
+                "previous_secret",
+                &self.previous_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("refresh", &self.refresh)
+            .finish()
+    }
 }
 
 /// How the caller's identity is established (`AUTH_MODE`).
@@ -382,8 +413,43 @@ impl Config {
             metrics_enabled: env.flag_or("METRICS_ENABLED", true)?,
             auth: auth_config(env, addr)?,
             limits: limits_config(env)?,
+            waiting_room: waiting_room_config(env)?,
         })
     }
+}
+
+/// `WAITING_ROOM_SECRET`, `WAITING_ROOM_PREVIOUS_SECRET`, `WAITING_ROOM_REFRESH_MS`.
+fn waiting_room_config(
+    env: &Env<impl Fn(&str) -> Option<String>>,
+) -> Result<WaitingRoomConfig, ConfigError> {
+    let secret = |name: &'static str| -> Result<Option<Vec<u8>>, ConfigError> {
+        match env.get(name).filter(|v| !v.is_empty()) {
+            None => Ok(None),
+            Some(v) if v.len() < crate::room_passes::MIN_SECRET_LEN => Err(ConfigError {
+                name,
+                value: "<redacted>".into(),
+                problem: format!(
+                    "a waiting room secret must be at least {} bytes, got {}",
+                    crate::room_passes::MIN_SECRET_LEN,
+                    v.len()
+                ),
+            }),
+            Some(v) => Ok(Some(v.into_bytes())),
+        }
+    };
+    let current = secret("WAITING_ROOM_SECRET")?;
+    if current.is_none() && env.get("AWS_LAMBDA_LOG_GROUP_NAME").is_some() {
+        return Err(ConfigError {
+            name: "WAITING_ROOM_SECRET",
+            value: String::new(),
+            problem: "must be set on AWS Lambda: every instance signs and checks the waiting room's passes with it".into(),
+        });
+    }
+    Ok(WaitingRoomConfig {
+        secret: current,
+        previous_secret: secret("WAITING_ROOM_PREVIOUS_SECRET")?,
+        refresh: env.millis("WAITING_ROOM_REFRESH_MS", 200, 10..=10_000)?,
+    })
 }
 
 /// The longest hold, sweep interval or grace: a week.

@@ -45,6 +45,10 @@ pub enum ApiError {
     /// 403 `forbidden`: the caller may not touch this resource.
     #[error("{0}")]
     Forbidden(String),
+    /// 403 `not_admitted`: the sale goes through a waiting room and the caller showed
+    /// no admission that is valid, theirs, for this showtime and unused; nothing changed.
+    #[error("{0}")]
+    NotAdmitted(String),
     /// 404 `not_found`.
     #[error("{0}")]
     NotFound(String),
@@ -120,7 +124,7 @@ impl ApiError {
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) | ApiError::NotAdmitted(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. }
             | ApiError::AlreadyOrdered { .. }
@@ -142,6 +146,7 @@ impl ApiError {
             ApiError::Overloaded(_) => "overloaded",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotAdmitted(_) => "not_admitted",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict { code, .. } | ApiError::Seats { code, .. } => code,
             ApiError::AlreadyOrdered { .. } => "already_ordered",
@@ -214,6 +219,7 @@ impl ApiError {
             | ApiError::Overloaded(m)
             | ApiError::PayloadTooLarge(m)
             | ApiError::Forbidden(m)
+            | ApiError::NotAdmitted(m)
             | ApiError::NotFound(m)
             | ApiError::MethodNotAllowed(m)
             | ApiError::IdempotencyKeyReused(m)
@@ -233,6 +239,7 @@ pub const ERROR_CODES: &[&str] = &[
     "bad_request",
     "unauthorized",
     "forbidden",
+    "not_admitted",
     "not_found",
     "timeout",
     "payload_too_large",
@@ -304,6 +311,7 @@ impl From<ReserveError> for ApiError {
             ReserveError::InvalidQuantity => {
                 ApiError::BadRequest("quantity must be at least 1".into())
             }
+            e @ ReserveError::NotAdmitted => ApiError::NotAdmitted(e.to_string()),
             ReserveError::AlreadyHolds(id, status) => ApiError::AlreadyOrdered {
                 message: format!(
                     "Already ordered: this user already holds or bought reservation {id}"
@@ -438,6 +446,7 @@ mod tests {
             ApiError::Overloaded(String::new()),
             ApiError::PayloadTooLarge(String::new()),
             ApiError::Forbidden(String::new()),
+            ApiError::NotAdmitted(String::new()),
             ApiError::NotFound(String::new()),
             ApiError::MethodNotAllowed(String::new()),
             ApiError::IdempotencyKeyReused(String::new()),

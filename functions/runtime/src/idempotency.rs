@@ -6,10 +6,11 @@
 //! - the first request under the key claims it (atomically, for [`LEASE`]), recording a
 //!   fingerprint of what it asks (the route, the reservation paid, the JSON body, key
 //!   order and spacing aside), does the work, and records its answer for
-//!   `IDEMPOTENCY_KEY_TTL_SECS`. Every answer below 500 is final and recorded (a
+//!   `IDEMPOTENCY_KEY_TTL_SECS`. Every answer below 500 but 403 is final and recorded (a
 //!   reservation, `sold_out`, `already_ordered`, `sale_not_open`, `expired`, ...); a 5xx
-//!   (a service behind us failed, nothing was changed) releases the claim, so a retry
-//!   runs again;
+//!   (a service behind us failed, nothing was changed) or a 403 (a credential refused,
+//!   such as a waiting room's admission: nothing was changed) releases the claim, so a
+//!   retry runs again;
 //! - a later request with the same fingerprint gets the recorded status and body again,
 //!   with `Idempotent-Replayed: true`; while the first is still at work it gets 409
 //!   `idempotency_key_in_progress` (retry shortly);
@@ -270,8 +271,10 @@ where
     }
 }
 
-/// Records a final answer under the key, or releases the key after a 5xx; hands the
-/// answer on.
+/// Records a final answer under the key, or releases the key after a 5xx or a 403 (a
+/// refused credential, such as a waiting room's admission, changed nothing and is not
+/// the body's answer: the same request with a good one must be able to go through);
+/// hands the answer on.
 async fn settle<S: IdempotencyStore>(
     store: &S,
     ttl: Duration,
@@ -288,7 +291,7 @@ async fn settle<S: IdempotencyStore>(
             return ApiError::Internal("internal error, please retry".into()).into_response();
         }
     };
-    if parts.status.is_server_error() {
+    if parts.status.is_server_error() || parts.status == StatusCode::FORBIDDEN {
         release(store, scope, token).await;
     } else {
         let answer = RecordedAnswer {

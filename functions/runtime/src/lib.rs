@@ -71,6 +71,15 @@ pub fn rfc3339(ms: UnixMillis) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// Now, by this process's clock.
+pub fn now() -> UnixMillis {
+    UnixMillis(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    )
+}
+
 /// Starts logging: JSON lines on Lambda (CloudWatch), plain text locally. `RUST_LOG`
 /// filters (default `info`). Starts the trace exporter too when one is configured
 /// ([`trace`]).

@@ -330,6 +330,7 @@ pub fn reservation(result: &Result<(), &ReserveError>) {
         Err(ReserveError::NotEnoughSeats { .. }) => ("not_enough_seats", "store"),
         Err(ReserveError::TooManySeats { .. }) => ("too_many_seats", "store"),
         Err(ReserveError::InvalidQuantity) => ("rejected", "request"),
+        Err(ReserveError::NotAdmitted) => ("not_admitted", "store"),
         Err(ReserveError::OutsideSaleWindow {
             why: OutsideSaleWindow::NotOpenYet { .. },
             ..

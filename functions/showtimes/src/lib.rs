@@ -17,17 +17,19 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::DateTime;
+use std::time::Duration;
 use flash_sale_core::domain::{SaleState, SaleWindow};
 use flash_sale_core::{
     Capacity, MaxPerUser, NewShowtime, SeatChange, SeatCounts, Showtime, ShowtimeChange,
     ShowtimeId, UnixMillis,
 };
+use flash_sale_core::waiting_room::{RoomSettings, WaitingRoomStore as _};
 use flash_sale_runtime::App;
 use flash_sale_runtime::error::ApiError;
 use flash_sale_runtime::extract::JsonBody;
 use flash_sale_runtime::guard::{AppState, Guard};
 use flash_sale_runtime::identity::Caller;
-use flash_sale_runtime::rfc3339;
+use flash_sale_runtime::{now, rfc3339};
 use serde::{Deserialize, Serialize};
 
 /// The function's routes, protected by their own [`Guard`]: what the Lambda host runs.
@@ -59,6 +61,71 @@ pub struct CreateShowtime {
     /// Seats one buyer may take as one reservation: 1 (the default) to 20.
     #[serde(default)]
     pub max_per_user: Option<i64>,
+    /// A waiting room in front of the sale: buyers join its line and reserve only once
+    /// admitted.
+    #[serde(default)]
+    pub waiting_room: Option<WaitingRoom>,
+}
+
+/// A waiting room's settings as sent (`POST /showtimes`, `PATCH /showtimes/{id}`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitingRoom {
+    /// RFC 3339: joiners before it are drawn by lot at it; later ones queue in arrival
+    /// order. Absent: the sale's opening (`sale_opens_at`) if later than now, else now.
+    pub opens_at: Option<String>,
+    /// At most this many admissions a second (1..=1,000,000); absent: as many as the
+    /// seats allow.
+    pub admit_per_sec: Option<i64>,
+    /// How far admitted buyers who have not decided may outnumber the seats left, in
+    /// percent (0..=500, default 10).
+    pub overbook_pct: Option<i64>,
+    /// How long an admission may be used, in seconds (10..=3600, default 120).
+    pub admission_secs: Option<i64>,
+}
+
+impl WaitingRoom {
+    /// The settings, `opens_at` defaulting to `sale_opens` when later than `now`, else
+    /// to `now`.
+    pub fn settings(
+        &self,
+        sale_opens: Option<UnixMillis>,
+        now: UnixMillis,
+    ) -> Result<RoomSettings, ApiError> {
+        let opens_at = match time("waiting_room.opens_at", self.opens_at.as_deref())? {
+            Some(at) => at,
+            None => sale_opens.filter(|&at| at > now).unwrap_or(now),
+        };
+        let bounded = |field: &str, n: Option<i64>, default: u32| -> Result<u32, ApiError> {
+            match n {
+                None => Ok(default),
+                Some(n) => u32::try_from(n).map_err(|_| {
+                    ApiError::BadRequest(format!("waiting_room.{field} is out of range: {n}"))
+                }),
+            }
+        };
+        let admit_per_sec = self
+            .admit_per_sec
+            .map(|n| bounded("admit_per_sec", Some(n), 0))
+            .transpose()?;
+        let overbook_pct = bounded(
+            "overbook_pct",
+            self.overbook_pct,
+            RoomSettings::DEFAULT_OVERBOOK_PCT,
+        )?;
+        let admission_secs = bounded(
+            "admission_secs",
+            self.admission_secs,
+            RoomSettings::DEFAULT_ADMISSION.as_secs() as u32,
+        )?;
+        RoomSettings::new(
+            opens_at,
+            admit_per_sec,
+            overbook_pct,
+            Duration::from_secs(admission_secs.into()),
+        )
+        .map_err(|e| ApiError::BadRequest(format!("waiting_room: {}", e.0)))
+    }
 }
 
 impl CreateShowtime {
@@ -98,12 +165,17 @@ impl CreateShowtime {
             .map(MaxPerUser::new)
             .transpose()?
             .unwrap_or_default();
+        let waiting_room = self
+            .waiting_room
+            .map(|room| room.settings(sale_window.opens_at(), now()))
+            .transpose()?;
         Ok(NewShowtime {
             capacity,
             title,
             starts_at: self.starts_at,
             sale_window,
             max_per_user,
+            waiting_room,
         })
     }
 }
@@ -144,18 +216,27 @@ pub struct ChangeShowtime {
     pub remove_seats: Option<i64>,
     /// A new capacity, never below the seats held and sold.
     pub capacity: Option<i64>,
+    /// Opens or changes the sale's waiting room (its settings as a whole), or `null`
+    /// to remove it.
+    #[serde(default, deserialize_with = "given")]
+    pub waiting_room: Option<Option<WaitingRoom>>,
 }
 
 /// A field that is present, even as `null` (`Some(None)`), told from an absent one
 /// (`None`, by `#[serde(default)]`).
-fn given<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
-    Option::<String>::deserialize(d).map(Some)
+fn given<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
+
 
 impl ChangeShowtime {
     /// Parses the body into a change: every rule of the route but the admin check and
-    /// the seats held and sold.
-    pub fn validate(self) -> Result<ShowtimeChange, ApiError> {
+    /// the seats held and sold. A waiting room without `opens_at` opens at `was`'s
+    /// (the showtime before the change) when it has one, else at the sale's opening
+    /// when later than now, else now.
+    pub fn validate(self, was: Option<&Showtime>) -> Result<ShowtimeChange, ApiError> {
         let count = |field: &str, n: i64| {
             if (1..=i64::from(Capacity::MAX)).contains(&n) {
                 Ok(n as u32)
@@ -181,6 +262,7 @@ impl ChangeShowtime {
             || self.close_now.is_some()
             || self.sale_opens_at.is_some()
             || self.sale_closes_at.is_some()
+            || self.waiting_room.is_some()
             || seats.is_some();
         let close_now = self.close_now.unwrap_or(false);
         if close_now && self.sale_closes_at.is_some() {
@@ -191,16 +273,34 @@ impl ChangeShowtime {
         let bound = |field: &str, raw: Option<Option<String>>| {
             raw.map(|at| time(field, at.as_deref())).transpose()
         };
+        let sale_opens_at = bound("sale_opens_at", self.sale_opens_at)?;
+        let waiting_room = match self.waiting_room {
+            None => None,
+            Some(None) => Some(None),
+            Some(Some(room)) => {
+                let kept = was.and_then(|s| s.waiting_room).map(|r| r.opens_at);
+                let sale_opens = sale_opens_at
+                    .unwrap_or_else(|| was.and_then(|s| s.sale_window.opens_at()));
+                let mut settings = room.settings(sale_opens, now())?;
+                if room.opens_at.is_none()
+                    && let Some(kept) = kept
+                {
+                    settings.opens_at = kept;
+                }
+                Some(Some(settings))
+            }
+        };
         let change = ShowtimeChange {
-            sale_opens_at: bound("sale_opens_at", self.sale_opens_at)?,
+            sale_opens_at,
             sale_closes_at: bound("sale_closes_at", self.sale_closes_at)?,
             paused: self.paused,
             close_now,
             seats,
+            waiting_room,
         };
         if !given {
             return Err(ApiError::BadRequest(
-                "nothing to change: give paused, close_now, sale_opens_at, sale_closes_at, add_seats, remove_seats or capacity".into(),
+                "nothing to change: give paused, close_now, sale_opens_at, sale_closes_at, add_seats, remove_seats, capacity or waiting_room".into(),
             ));
         }
         Ok(change)
@@ -413,6 +513,27 @@ struct ShowtimeView {
     sale_paused: bool,
     /// Seats one buyer may take as one reservation.
     max_per_user: u32,
+    /// The waiting room in front of the sale, if any.
+    waiting_room: Option<RoomView>,
+}
+
+#[derive(Debug, Serialize)]
+struct RoomView {
+    opens_at: String,
+    admit_per_sec: Option<u32>,
+    overbook_pct: u32,
+    admission_secs: u64,
+}
+
+impl From<RoomSettings> for RoomView {
+    fn from(r: RoomSettings) -> Self {
+        Self {
+            opens_at: rfc3339(r.opens_at),
+            admit_per_sec: r.admit_per_sec,
+            overbook_pct: r.overbook_pct,
+            admission_secs: r.admission.as_secs(),
+        }
+    }
 }
 
 impl ShowtimeView {
@@ -426,6 +547,7 @@ impl ShowtimeView {
             sale_closes_at: w.closes_at().map(rfc3339),
             sale_paused: w.is_paused(),
             max_per_user: s.max_per_user.get(),
+            waiting_room: s.waiting_room.map(RoomView::from),
             capacity: c.capacity,
             available: c.available,
             held: c.held,
@@ -441,6 +563,13 @@ async fn create(
 ) -> Result<(StatusCode, Json<ShowtimeView>), ApiError> {
     caller.require_admin()?;
     let showtime = state.app().sale.create_showtime(req.validate()?).await?;
+    if let Some(room) = showtime.waiting_room {
+        // Should this fail, the showtime still refuses buyers without an admission,
+        // and the room is set up by the first join.
+        if let Err(e) = state.app().rooms.store().configure(showtime.id, room).await {
+            tracing::warn!(showtime = showtime.id.get(), "opening the waiting room failed: {e}");
+        }
+    }
     let capacity = showtime.capacity.get();
     let counts = SeatCounts {
         capacity,
@@ -466,8 +595,19 @@ async fn change(
 ) -> Result<Json<ListedShowtime>, ApiError> {
     caller.require_admin()?;
     let id: ShowtimeId = id.parse()?;
-    let change = req.validate()?;
+    let was = match &req.waiting_room {
+        Some(Some(room)) if room.opens_at.is_none() => state.app().sale.showtime(id).await?,
+        _ => None,
+    };
+    let change = req.validate(was.as_ref().map(|(s, _)| s))?;
     let (showtime, counts, sale_state) = state.app().sale.change_showtime(id, change).await?;
+    if let Some(room) = change.waiting_room {
+        let rooms = state.app().rooms.store();
+        match room {
+            Some(settings) => rooms.configure(id, settings).await?,
+            None => rooms.remove(id).await?,
+        }
+    }
     tracing::info!(
         showtime = id.get(),
         change = ?change,
@@ -552,7 +692,7 @@ mod tests {
                     }),
             ],
         ) {
-            match parse_json::<ChangeShowtime>(&raw).and_then(ChangeShowtime::validate) {
+            match parse_json::<ChangeShowtime>(&raw).and_then(|c| c.validate(None)) {
                 Ok(change) => {
                     prop_assert!(!(change.close_now && change.sale_closes_at.is_some()));
                     match change.seats {

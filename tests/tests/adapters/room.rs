@@ -123,10 +123,12 @@ async fn admission_follows_the_stock_and_the_room_closes_when_nothing_is_left() 
     assert_eq!(snapshot(&rooms, st).await.served, 3);
     assert_eq!(admitted(&rooms, st, 1..=8).await, vec![1, 2, 3]);
 
-    // User 1 holds a seat with its admission, which is used up.
-    assert!(rooms.consume(st, user(1)).await.unwrap());
-    assert!(!rooms.consume(st, user(1)).await.unwrap(), "used once");
-    assert!(!rooms.consume(st, user(5)).await.unwrap(), "not admitted");
+    // Nobody takes a seat without an admission; user 1 holds one with its admission,
+    // which is used up by the hold.
+    assert_eq!(
+        seats.take(st, user(5), HOLD).await.unwrap(),
+        TakeOutcome::NotAdmitted
+    );
     let TakeOutcome::Reserved(first) = seats.take(st, user(1), HOLD).await.unwrap() else {
         panic!("a seat")
     };
@@ -139,13 +141,17 @@ async fn admission_follows_the_stock_and_the_room_closes_when_nothing_is_left() 
 
     // The hold expires: two seats, ceil(2 * 1.5) = 3 undecided allowed, one more in.
     seats.expire(first.id).await.unwrap();
+    assert_eq!(
+        seats.take(st, user(1), HOLD).await.unwrap(),
+        TakeOutcome::NotAdmitted,
+        "an admission is used once"
+    );
     assert_eq!(snapshot(&rooms, st).await.served, 4);
     assert_eq!(admitted(&rooms, st, 1..=8).await, vec![2, 3, 4]);
 
     // Users 2 and 3 buy the two seats; the undecided admission of 4 holds the line
     // until the seats are sold, then the room closes for everyone still waiting.
     for u in [2, 3] {
-        assert!(rooms.consume(st, user(u)).await.unwrap());
         let TakeOutcome::Reserved(r) = seats.take(st, user(u), HOLD).await.unwrap() else {
             panic!("a seat for {u}")
         };
@@ -158,6 +164,15 @@ async fn admission_follows_the_stock_and_the_room_closes_when_nothing_is_left() 
         Standing::SoldOut
     );
     assert_eq!(joined(&rooms, st, 20, 0).await, Standing::SoldOut);
+    // User 4's sold-out answer uses its admission up too.
+    assert_eq!(
+        seats.take(st, user(4), HOLD).await.unwrap(),
+        TakeOutcome::SoldOut
+    );
+    assert_eq!(
+        rooms.standing(st, user(4)).await.unwrap(),
+        Standing::Passed { place: 3 }
+    );
 
     // An operator adds a seat: reopened, the line moves again.
     seats.resize(st, 3).await.unwrap();
@@ -186,7 +201,11 @@ async fn admissions_run_out_and_the_next_in_line_takes_their_turn() {
         rooms.standing(st, user(1)).await.unwrap(),
         Standing::Passed { place: 0 }
     );
-    assert!(!rooms.consume(st, user(1)).await.unwrap(), "run out");
+    assert_eq!(
+        seats.take(st, user(1), HOLD).await.unwrap(),
+        TakeOutcome::NotAdmitted,
+        "run out"
+    );
     super::drop_keys(&seats).await;
 }
 
@@ -228,5 +247,23 @@ async fn a_showtime_without_a_room_says_so() {
         rooms.standing(st, user(1)).await.unwrap(),
         Standing::NotInLine
     );
+    super::drop_keys(&seats).await;
+}
+
+#[tokio::test]
+async fn a_room_removed_sells_to_anyone_again() {
+    let iso = Isolation::new();
+    let (seats, rooms, st) = room_with_seats(&iso, 5, settings(LATER, None, 0)).await;
+    joined(&rooms, st, 1, 3).await;
+    assert_eq!(
+        seats.take(st, user(2), HOLD).await.unwrap(),
+        TakeOutcome::NotAdmitted
+    );
+    rooms.remove(st).await.unwrap();
+    assert_eq!(rooms.advance(st).await.unwrap(), None);
+    assert!(matches!(
+        seats.take(st, user(2), HOLD).await.unwrap(),
+        TakeOutcome::Reserved(_)
+    ));
     super::drop_keys(&seats).await;
 }
