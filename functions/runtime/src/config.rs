@@ -711,6 +711,7 @@ mod tests {
                 ("AUTH_MODE", "jwt"),
                 ("AWS_LAMBDA_FUNCTION_NAME", "reserve"),
                 ("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/reserve"),
+                ROOM_SECRET,
             ])
             .is_ok()
         );
@@ -747,9 +748,36 @@ mod tests {
                 jwt,
                 ("AWS_LAMBDA_FUNCTION_NAME", "reserve"),
                 ("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/reserve"),
+                ROOM_SECRET,
             ])
             .is_ok()
         );
+    }
+
+    const ROOM_SECRET: (&str, &str) = (
+        "WAITING_ROOM_SECRET",
+        "a waiting room secret of at least 32 bytes",
+    );
+
+    #[test]
+    fn waiting_room_secrets_are_long_enough_and_required_on_lambda() {
+        let c = with(&[]).unwrap();
+        assert_eq!(c.waiting_room.secret, None, "one process: a secret of its own");
+        assert_eq!(c.waiting_room.refresh, Duration::from_millis(200));
+        let err = with(&[("WAITING_ROOM_SECRET", "short")]).unwrap_err();
+        assert_eq!(err.name, "WAITING_ROOM_SECRET");
+        assert!(!err.to_string().contains("short"), "never printed: {err}");
+        let err = with(&[ROOM_SECRET, ("WAITING_ROOM_PREVIOUS_SECRET", "short")]).unwrap_err();
+        assert_eq!(err.name, "WAITING_ROOM_PREVIOUS_SECRET");
+        let on_lambda = [
+            ("AUTH_MODE", "jwt"),
+            ("AWS_LAMBDA_FUNCTION_NAME", "queue"),
+            ("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/queue"),
+        ];
+        assert_eq!(with(&on_lambda).unwrap_err().name, "WAITING_ROOM_SECRET");
+        let c = with(&[on_lambda[0], on_lambda[1], on_lambda[2], ROOM_SECRET]).unwrap();
+        assert!(c.waiting_room.secret.is_some());
+        assert!(!format!("{:?}", c.waiting_room).contains("32 bytes"));
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub struct Options {
 
 /// The HS256 secret test servers verify tokens with.
 pub const TEST_JWT_SECRET: &str = "flash-sale-test-secret-0123456789abcdef";
+
+/// The waiting room secret of every test process (`WAITING_ROOM_SECRET`).
+pub const TEST_ROOM_SECRET: &str = "flash-sale-test-waiting-room-secret-0123456789";
 /// The issuer and audience test servers require of every token.
 pub const TEST_JWT_ISSUER: &str = "https://id.flash-sale.test";
 pub const TEST_JWT_AUDIENCE: &str = "flash-sale-tests";
@@ -152,6 +155,9 @@ pub fn env(iso: &Isolation, opts: &Options) -> HashMap<&'static str, String> {
             opts.reconcile_interval_secs.to_string(),
         ),
         ("JWT_HS256_SECRET", TEST_JWT_SECRET.to_string()),
+        // Every process of a test (functions under watch, a restarted server) signs and
+        // checks the waiting room's passes with the same secret.
+        ("WAITING_ROOM_SECRET", TEST_ROOM_SECRET.to_string()),
         ("JWT_ISSUER", TEST_JWT_ISSUER.to_string()),
         ("JWT_AUDIENCE", TEST_JWT_AUDIENCE.to_string()),
         (

@@ -134,7 +134,21 @@ impl Watch {
         path: &str,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
+        self.send_with(method, path, body, &[]).await
+    }
+
+    /// [`Watch::send`] with request headers.
+    pub async fn send_with(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Value) {
         let mut request = self.http.request(method.clone(), self.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
         if let Some(body) = body {
             request = request.json(&body);
         }

@@ -84,6 +84,57 @@ async fn every_http_function_answers_the_contract_routes_under_watch() {
             (StatusCode::OK, Some(2)),
             "{s}"
         );
+        // queue: a showtime behind a waiting room, joined and polled through the router
+        // metadata, then reserved with the admission the queue function signed.
+        let (status, room) = w
+            .post(
+                "/showtimes",
+                json!({"capacity": 1, "waiting_room": {"overbook_pct": 0}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{room}");
+        let room = room["id"].as_i64().unwrap();
+        let (status, joined) = w
+            .post(&format!("/showtimes/{room}/queue"), json!({"user_id": 8}))
+            .await;
+        assert_eq!(
+            (status, joined["status"].as_str()),
+            (StatusCode::OK, Some("admitted")),
+            "{joined}"
+        );
+        let (status, me) = w
+            .get(&format!("/showtimes/{room}/queue/me?user_id=8"))
+            .await;
+        assert_eq!(
+            (status, me["status"].as_str()),
+            (StatusCode::OK, Some("admitted")),
+            "{me}"
+        );
+        let (status, refused) = w
+            .post("/reserve", json!({"user_id": 8, "showtime_id": room}))
+            .await;
+        assert_eq!(
+            (status, refused["error"].as_str()),
+            (StatusCode::FORBIDDEN, Some("not_admitted")),
+            "{refused}"
+        );
+        // The admission is checked by the reserve function, another process: both sign
+        // and check with WAITING_ROOM_SECRET.
+        let admission = me["admission"].as_str().unwrap();
+        let (status, held) = w
+            .send_with(
+                reqwest::Method::POST,
+                "/reserve",
+                Some(json!({"user_id": 8, "showtime_id": room})),
+                &[("Admission-Token", admission)],
+            )
+            .await;
+        assert_eq!(
+            (status, held["status"].as_str()),
+            (StatusCode::OK, Some("RESERVED")),
+            "{held}"
+        );
+
         // An unknown route inside a function answers the shared JSON shape.
         let (status, e) = w.get("/lambda-url/reserve/no/such/route").await;
         assert_eq!(
