@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use flash_sale_core::domain::{SaleState, SaleWindow};
-use flash_sale_core::waiting_room::RoomSettings;
 use flash_sale_core::ports::{
     Catalog, OrderBook, OrderOutcome, PortError, PortResult, RecordedOrder, ShowtimeLock,
 };
+use flash_sale_core::waiting_room::RoomSettings;
 use flash_sale_core::{
     Capacity, MaxPerUser, NewShowtime, OrderRequest, ReservationId, Showtime, ShowtimeId,
     UnixMillis, UserId,
@@ -461,8 +461,8 @@ impl Catalog for Postgres {
         .map_err(port_error)?;
         rows.into_iter()
             .map(|listed| {
-                let id = ShowtimeId::new(listed.id)
-                    .map_err(|e| PortError::permanent(COMPONENT, e.0))?;
+                let id =
+                    ShowtimeId::new(listed.id).map_err(|e| PortError::permanent(COMPONENT, e.0))?;
                 showtime_of(id, listed.row)
             })
             .collect()
@@ -473,7 +473,11 @@ impl Catalog for Postgres {
 fn showtime_of(id: ShowtimeId, row: ShowtimeRow) -> PortResult<Showtime> {
     let invalid = |e: flash_sale_core::InvalidInput| PortError::permanent(COMPONENT, e.0);
     let millis = |t: DateTime<Utc>| UnixMillis(t.timestamp_millis().max(0) as u64);
-    let waiting_room = match (row.room_opens_at, row.room_overbook_pct, row.room_admission_secs) {
+    let waiting_room = match (
+        row.room_opens_at,
+        row.room_overbook_pct,
+        row.room_admission_secs,
+    ) {
         (Some(opens_at), Some(overbook), Some(admission)) => Some(
             RoomSettings::new(
                 millis(opens_at),
@@ -490,10 +494,13 @@ fn showtime_of(id: ShowtimeId, row: ShowtimeRow) -> PortResult<Showtime> {
         capacity: Capacity::new(row.capacity.into()).map_err(invalid)?,
         title: row.title,
         starts_at: row.starts_at.map(|t| t.to_rfc3339()),
-        sale_window: SaleWindow::new(row.sale_opens_at.map(millis), row.sale_closes_at.map(millis))
-            .map_err(invalid)?
-            .paused(row.sale_paused)
-            .queued(waiting_room.is_some()),
+        sale_window: SaleWindow::new(
+            row.sale_opens_at.map(millis),
+            row.sale_closes_at.map(millis),
+        )
+        .map_err(invalid)?
+        .paused(row.sale_paused)
+        .queued(waiting_room.is_some()),
         max_per_user: MaxPerUser::new(row.max_per_user.into()).map_err(invalid)?,
         ordered: row.sold.max(0) as u32,
         generation: row.generation as u64,

@@ -7,8 +7,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::domain::{SaleState, SaleWindow};
-use crate::waiting_room::RoomSettings;
 use crate::messages::{Expiry, OrderRequest, PaymentRequest};
+use crate::waiting_room::RoomSettings;
 use crate::{
     Capacity, NewShowtime, Reservation, ReservationId, SeatCounts, Showtime, ShowtimeId, Status,
     UnixMillis, UserId,

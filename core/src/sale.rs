@@ -254,7 +254,9 @@ pub enum ReserveError {
     },
     /// The showtime sells through a waiting room and the caller showed no admission, or
     /// the seat store holds none unused and unexpired for them; nothing was taken.
-    #[error("not admitted: this sale goes through its waiting room; join the line and reserve with the admission it gives")]
+    #[error(
+        "not admitted: this sale goes through its waiting room; join the line and reserve with the admission it gives"
+    )]
     NotAdmitted,
     /// A component failed; nothing is held (a seat taken before the failure was given
     /// back).
@@ -1074,13 +1076,9 @@ mod tests {
     fn a_sale_behind_a_waiting_room_refuses_buyers_who_show_no_admission() {
         let sale = sale(PaymentMode::Manual);
         let st = showtime(&sale, 3);
-        let room = crate::waiting_room::RoomSettings::new(
-            UnixMillis(0),
-            None,
-            0,
-            Duration::from_secs(60),
-        )
-        .unwrap();
+        let room =
+            crate::waiting_room::RoomSettings::new(UnixMillis(0), None, 0, Duration::from_secs(60))
+                .unwrap();
         let queue = ShowtimeChange {
             waiting_room: Some(Some(room)),
             ..ShowtimeChange::default()

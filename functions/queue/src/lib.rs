@@ -199,8 +199,8 @@ fn answer(app: &App, showtime: ShowtimeId, user: UserId, status: Status) -> Queu
     let standing = status.standing;
     let place = place_of(standing);
     let until = UnixMillis(now().0 + TICKET_LIFETIME.as_millis() as u64);
-    let ticket = (standing != Standing::NotInLine)
-        .then(|| app.passes.ticket(user, showtime, place, until));
+    let ticket =
+        (standing != Standing::NotInLine).then(|| app.passes.ticket(user, showtime, place, until));
     let (kind, ahead, admission, admitted_until) = match standing {
         Standing::Waiting => ("waiting", None, None, None),
         Standing::InLine { ahead, .. } => ("in_line", Some(ahead), None, None),

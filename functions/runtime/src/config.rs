@@ -762,7 +762,10 @@ mod tests {
     #[test]
     fn waiting_room_secrets_are_long_enough_and_required_on_lambda() {
         let c = with(&[]).unwrap();
-        assert_eq!(c.waiting_room.secret, None, "one process: a secret of its own");
+        assert_eq!(
+            c.waiting_room.secret, None,
+            "one process: a secret of its own"
+        );
         assert_eq!(c.waiting_room.refresh, Duration::from_millis(200));
         let err = with(&[("WAITING_ROOM_SECRET", "short")]).unwrap_err();
         assert_eq!(err.name, "WAITING_ROOM_SECRET");

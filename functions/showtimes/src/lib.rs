@@ -17,13 +17,12 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::DateTime;
-use std::time::Duration;
 use flash_sale_core::domain::{SaleState, SaleWindow};
+use flash_sale_core::waiting_room::{RoomSettings, WaitingRoomStore as _};
 use flash_sale_core::{
     Capacity, MaxPerUser, NewShowtime, SeatChange, SeatCounts, Showtime, ShowtimeChange,
     ShowtimeId, UnixMillis,
 };
-use flash_sale_core::waiting_room::{RoomSettings, WaitingRoomStore as _};
 use flash_sale_runtime::App;
 use flash_sale_runtime::error::ApiError;
 use flash_sale_runtime::extract::JsonBody;
@@ -31,6 +30,7 @@ use flash_sale_runtime::guard::{AppState, Guard};
 use flash_sale_runtime::identity::Caller;
 use flash_sale_runtime::{now, rfc3339};
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 
 /// The function's routes, protected by their own [`Guard`]: what the Lambda host runs.
 pub fn router(app: App) -> Router {
@@ -230,7 +230,6 @@ fn given<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
     Option::<T>::deserialize(d).map(Some)
 }
 
-
 impl ChangeShowtime {
     /// Parses the body into a change: every rule of the route but the admin check and
     /// the seats held and sold. A waiting room without `opens_at` opens at `was`'s
@@ -279,8 +278,8 @@ impl ChangeShowtime {
             Some(None) => Some(None),
             Some(Some(room)) => {
                 let kept = was.and_then(|s| s.waiting_room).map(|r| r.opens_at);
-                let sale_opens = sale_opens_at
-                    .unwrap_or_else(|| was.and_then(|s| s.sale_window.opens_at()));
+                let sale_opens =
+                    sale_opens_at.unwrap_or_else(|| was.and_then(|s| s.sale_window.opens_at()));
                 let mut settings = room.settings(sale_opens, now())?;
                 if room.opens_at.is_none()
                     && let Some(kept) = kept
@@ -567,7 +566,10 @@ async fn create(
         // Should this fail, the showtime still refuses buyers without an admission,
         // and the room is set up by the first join.
         if let Err(e) = state.app().rooms.store().configure(showtime.id, room).await {
-            tracing::warn!(showtime = showtime.id.get(), "opening the waiting room failed: {e}");
+            tracing::warn!(
+                showtime = showtime.id.get(),
+                "opening the waiting room failed: {e}"
+            );
         }
     }
     let capacity = showtime.capacity.get();
@@ -601,12 +603,15 @@ async fn change(
     };
     let change = req.validate(was.as_ref().map(|(s, _)| s))?;
     let (showtime, counts, sale_state) = state.app().sale.change_showtime(id, change).await?;
-    if let Some(room) = change.waiting_room {
-        let rooms = state.app().rooms.store();
-        match room {
-            Some(settings) => rooms.configure(id, settings).await?,
-            None => rooms.remove(id).await?,
+    let rooms = state.app().rooms.store();
+    match (change.waiting_room, showtime.waiting_room) {
+        (Some(None), _) => rooms.remove(id).await?,
+        (Some(Some(settings)), _) => rooms.configure(id, settings).await?,
+        // Seats added to a sold-out sale: its room, closed, admits again.
+        (None, Some(settings)) if change.seats.is_some() => {
+            rooms.configure(id, settings).await?;
         }
+        (None, _) => {}
     }
     tracing::info!(
         showtime = id.get(),
