@@ -27,7 +27,7 @@ use flash_sale_runtime::error::ApiError;
 use flash_sale_runtime::extract::JsonBody;
 use flash_sale_runtime::guard::{AppState, Guard, HasGuard as _};
 use flash_sale_runtime::identity::Caller;
-use flash_sale_runtime::{App, now, rfc3339};
+use flash_sale_runtime::{App, metrics, now, rfc3339};
 use serde::{Deserialize, Serialize};
 
 /// The header a poll sends its ticket back in.
@@ -116,7 +116,7 @@ async fn join(
             standing,
             estimated_wait_secs: None,
         });
-    Ok(Json(answer(app, showtime, user, status)))
+    Ok(Json(answer(app, "join", showtime, user, status).await))
 }
 
 /// `GET /showtimes/{id}/queue/me`: the caller's standing, from this process's snapshot
@@ -158,7 +158,7 @@ async fn me(
                 .ok_or_else(|| no_room(showtime))?
         }
     };
-    Ok(Json(answer(app, showtime, user, status)))
+    Ok(Json(answer(app, "status", showtime, user, status).await))
 }
 
 /// Sets up a showtime's room in Redis from the catalog, where Redis has none (its
@@ -195,8 +195,18 @@ fn place_of(standing: Standing) -> Option<u64> {
     }
 }
 
-fn answer(app: &App, showtime: ShowtimeId, user: UserId, status: Status) -> QueueStatus {
+async fn answer(
+    app: &App,
+    route: &'static str,
+    showtime: ShowtimeId,
+    user: UserId,
+    status: Status,
+) -> QueueStatus {
     let standing = status.standing;
+    // The snapshot the status came from (this process's, no Redis call while fresh).
+    if let Ok(Some(line)) = app.rooms.snapshot(showtime).await {
+        metrics::room_line(showtime.get(), line.joined, line.served);
+    }
     let place = place_of(standing);
     let until = UnixMillis(now().0 + TICKET_LIFETIME.as_millis() as u64);
     let ticket =
@@ -214,6 +224,7 @@ fn answer(app: &App, showtime: ShowtimeId, user: UserId, status: Status) -> Queu
         Standing::SoldOut => ("sold_out", None, None, None),
         Standing::NotInLine => ("not_in_line", None, None, None),
     };
+    metrics::room_answer(route, kind);
     QueueStatus {
         showtime_id: showtime.get(),
         user_id: user.get(),

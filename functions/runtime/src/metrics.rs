@@ -38,6 +38,7 @@ pub const REPLAYS: &str = "flashsale_replayed_messages_total";
 pub const SWEEP_RESENT: &str = "flashsale_sweep_orders_resent_total";
 /// Expiries that found no reservation at all: a hold Redis lost after answering it (a
 /// failover to a replica that had not received it, a restart from an older snapshot).
+pub const ROOM_ANSWERS: &str = "flashsale_waiting_room_answers_total";
 pub const HOLDS_LOST: &str = "flashsale_holds_lost_total";
 
 /// Histogram buckets for every `_seconds` metric: from half a millisecond, where a
@@ -57,6 +58,7 @@ pub const SEATS: &str = "flashsale_seats";
 pub const DISCREPANCIES: &str = "flashsale_reconcile_discrepancies";
 pub const REFUNDS_WAITING: &str = "flashsale_refused_orders_awaiting_refund";
 pub const QUEUE_READY: &str = "flashsale_queue_messages_ready";
+pub const ROOM_LINE: &str = "flashsale_waiting_room_places";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -76,6 +78,7 @@ const FROM_THE_START: &[&str] = &[
     REPLAYS,
     SWEEP_RESENT,
     HOLDS_LOST,
+    ROOM_ANSWERS,
     flash_sale_adapters::rabbit::metrics::BATCHES,
 ];
 
@@ -145,6 +148,21 @@ pub fn showtime(id: i64, counts: Option<(u32, u32, u32)>, discrepancies: usize, 
     }
     gauge!(DISCREPANCIES, "showtime" => showtime.clone()).set(discrepancies as f64);
     gauge!(REFUNDS_WAITING, "showtime" => showtime).set(f64::from(refused));
+}
+
+/// A waiting room's answer to a join or a poll (`route` `join` or `status`), by the
+/// standing it gave (`waiting`, `in_line`, `admitted`, `passed`, `sold_out`,
+/// `not_in_line`).
+pub fn room_answer(route: &'static str, status: &'static str) {
+    counter!(ROOM_ANSWERS, "route" => route, "status" => status).increment(1);
+}
+
+/// A waiting room's line as this process last read it: places `joined` in all and
+/// `served` (admitted so far).
+pub fn room_line(showtime: i64, joined: u64, served: u64) {
+    let showtime = showtime.to_string();
+    gauge!(ROOM_LINE, "showtime" => showtime.clone(), "state" => "joined").set(joined as f64);
+    gauge!(ROOM_LINE, "showtime" => showtime, "state" => "served").set(served as f64);
 }
 
 /// Messages ready in a queue (a consumer's lag, or a dead-letter queue's backlog).
