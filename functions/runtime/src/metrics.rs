@@ -38,8 +38,9 @@ pub const REPLAYS: &str = "flashsale_replayed_messages_total";
 pub const SWEEP_RESENT: &str = "flashsale_sweep_orders_resent_total";
 /// Expiries that found no reservation at all: a hold Redis lost after answering it (a
 /// failover to a replica that had not received it, a restart from an older snapshot).
-pub const ROOM_ANSWERS: &str = "flashsale_waiting_room_answers_total";
 pub const HOLDS_LOST: &str = "flashsale_holds_lost_total";
+/// A waiting room's answers to joins and polls, by route and standing.
+pub const ROOM_ANSWERS: &str = "flashsale_waiting_room_answers_total";
 
 /// Histogram buckets for every `_seconds` metric: from half a millisecond, where a
 /// sold-out answer lives, to the 10 s request timeout.
@@ -58,6 +59,7 @@ pub const SEATS: &str = "flashsale_seats";
 pub const DISCREPANCIES: &str = "flashsale_reconcile_discrepancies";
 pub const REFUNDS_WAITING: &str = "flashsale_refused_orders_awaiting_refund";
 pub const QUEUE_READY: &str = "flashsale_queue_messages_ready";
+/// A waiting room's line as this process last read it (`joined`, `served`).
 pub const ROOM_LINE: &str = "flashsale_waiting_room_places";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
