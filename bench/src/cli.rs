@@ -35,6 +35,11 @@ pub(crate) enum Cmd {
     Repeat(RunArgs),
     /// 1,000,000 attempts by 200,000 users for 10,000 seats.
     Million(RunArgs),
+    /// `million`'s crowd through a waiting room (issue 16), beside `million` on the same
+    /// server: million closed loop, million open loop at half that rate, then the room with
+    /// the buyers arriving at that rate before it opens, each polling its place until
+    /// admitted (then reserving) or told sold out. Not in the default suite.
+    MillionQueued(RunArgs),
     /// 20,000 seats for 20,000 buyers; the bench pays every hold.
     AllWin(RunArgs),
     /// 8 showtimes, 2 hot.
@@ -150,6 +155,65 @@ pub(crate) struct RunArgs {
     /// Keep the run's database, Redis keys and queues.
     #[arg(long)]
     pub(crate) keep: bool,
+    #[command(flatten)]
+    pub(crate) room: RoomArgs,
+}
+
+/// How the crowd goes through the waiting room (`million-queued`).
+#[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "Waiting room (million-queued)")]
+pub(crate) struct RoomArgs {
+    /// How long a waiting buyer waits between polls of its place, ms: its estimated wait
+    /// (+-20%) kept within this range, or uniformly in it while there is no estimate.
+    #[arg(long, default_value = "250..1000", value_parser = parse_ms_range)]
+    pub(crate) poll_ms: (u64, u64),
+    /// How long a buyer with a head start (a bot) waits between polls, ms, whatever its
+    /// estimated wait.
+    #[arg(long, default_value_t = 50)]
+    pub(crate) bot_poll_ms: u64,
+    /// Percent of the buyers with a head start: they press first in `million`, and join
+    /// first and poll fastest through the room.
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) head_start_pct: f64,
+    /// The room opens this long after the last buyer's join is due, ms (every buyer
+    /// joins before the opening, so the line is drawn by lot).
+    #[arg(long, default_value_t = 1_000)]
+    pub(crate) open_margin_ms: u64,
+    /// The room's `admit_per_sec` (default: none, as many as the stock allows).
+    #[arg(long)]
+    pub(crate) admit_per_sec: Option<u32>,
+    /// The room's `overbook_pct` (default: the server's, 10).
+    #[arg(long)]
+    pub(crate) overbook_pct: Option<u32>,
+    /// The room's `admission_secs` (default: the server's, 120).
+    #[arg(long)]
+    pub(crate) admission_secs: Option<u32>,
+}
+
+/// `250..1000` (or `500`): a range of milliseconds.
+fn parse_ms_range(s: &str) -> Result<(u64, u64), String> {
+    let bad = || format!("expected MIN..MAX or MS in milliseconds, got {s:?}");
+    let (lo, hi) = s.split_once("..").unwrap_or((s, s));
+    let lo: u64 = lo.trim().parse().map_err(|_| bad())?;
+    let hi: u64 = hi.trim().parse().map_err(|_| bad())?;
+    if lo == 0 || lo > hi {
+        return Err(bad());
+    }
+    Ok((lo, hi))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_poll_range_is_read_as_min_and_max_milliseconds() {
+        assert_eq!(parse_ms_range("250..1000"), Ok((250, 1000)));
+        assert_eq!(parse_ms_range("500"), Ok((500, 500)));
+        assert!(parse_ms_range("1000..250").is_err());
+        assert!(parse_ms_range("0..10").is_err());
+        assert!(parse_ms_range("fast").is_err());
+    }
 }
 
 #[derive(Args, Clone, Debug)]

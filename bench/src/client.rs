@@ -124,8 +124,19 @@ impl Conn {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> anyhow::Result<Answer> {
+        self.request_with(method, path, body, &[]).await
+    }
+
+    /// [`Conn::request`] with extra headers (a queue ticket, an admission token).
+    pub(crate) async fn request_with(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&'static str, &str)],
+    ) -> anyhow::Result<Answer> {
         let timeout = self.timeout;
-        match tokio::time::timeout(timeout, self.request_inner(method, path, body)).await {
+        match tokio::time::timeout(timeout, self.request_inner(method, path, body, headers)).await {
             Ok(Ok(a)) => Ok(a),
             Ok(Err(e)) => {
                 self.sender = None;
@@ -143,6 +154,7 @@ impl Conn {
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
+        headers: &[(&'static str, &str)],
     ) -> anyhow::Result<Answer> {
         self.connect().await?;
         let sender = self.sender.as_mut().expect("connected above");
@@ -153,6 +165,9 @@ impl Conn {
             .header(hyper::header::HOST, self.endpoint.host.as_str());
         if body.is_some() {
             req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        for &(name, value) in headers {
+            req = req.header(name, value);
         }
         let req = req.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
         let resp = sender.send_request(req).await?;

@@ -17,7 +17,7 @@ use redis::{Script, Value};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::client::{Conn, Endpoint};
+use crate::client::{Answer, Conn, Endpoint};
 use crate::plan::Plan;
 
 /// The answer to one reserve attempt.
@@ -71,35 +71,40 @@ impl Target for HttpTarget {
     }
 }
 
-fn brief(body: &[u8]) -> String {
+pub(crate) fn brief(body: &[u8]) -> String {
     let s = String::from_utf8_lossy(body);
     s.chars().take(160).collect()
+}
+
+/// What an answer to `POST /reserve` means.
+pub(crate) fn reserve_answer(answer: anyhow::Result<Answer>) -> Reserve {
+    let a = match answer {
+        Ok(a) => a,
+        Err(e) => return Reserve::Error(format!("{e:#}")),
+    };
+    let fields = a.fields();
+    match a.status {
+        StatusCode::OK => match fields.and_then(|f| f.reservation_id.map(str::to_string)) {
+            Some(id) => Reserve::Reserved(id),
+            None => Reserve::Error(format!("200 without reservation_id: {}", brief(&a.body))),
+        },
+        StatusCode::CONFLICT => match fields.and_then(|f| f.error) {
+            Some("sold_out") => Reserve::SoldOut,
+            Some("already_ordered") => Reserve::AlreadyOrdered,
+            _ => Reserve::Rejected(409),
+        },
+        s if s.is_client_error() => Reserve::Rejected(s.as_u16()),
+        s => Reserve::Error(format!("{s}: {}", brief(&a.body))),
+    }
 }
 
 impl Session for Conn {
     async fn reserve(&mut self, showtime: i64, user: u64) -> Reserve {
         let body = format!(r#"{{"user_id":{user},"showtime_id":{showtime}}}"#).into_bytes();
-        let a = match self
-            .request(hyper::Method::POST, "/reserve", Some(body))
-            .await
-        {
-            Ok(a) => a,
-            Err(e) => return Reserve::Error(format!("{e:#}")),
-        };
-        let fields = a.fields();
-        match a.status {
-            StatusCode::OK => match fields.and_then(|f| f.reservation_id.map(str::to_string)) {
-                Some(id) => Reserve::Reserved(id),
-                None => Reserve::Error(format!("200 without reservation_id: {}", brief(&a.body))),
-            },
-            StatusCode::CONFLICT => match fields.and_then(|f| f.error) {
-                Some("sold_out") => Reserve::SoldOut,
-                Some("already_ordered") => Reserve::AlreadyOrdered,
-                _ => Reserve::Rejected(409),
-            },
-            s if s.is_client_error() => Reserve::Rejected(s.as_u16()),
-            s => Reserve::Error(format!("{s}: {}", brief(&a.body))),
-        }
+        reserve_answer(
+            self.request(hyper::Method::POST, "/reserve", Some(body))
+                .await,
+        )
     }
 
     async fn pay(&mut self, reservation: &str, user: u64) -> Pay {

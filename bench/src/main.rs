@@ -26,6 +26,8 @@
 //! - `stub`: the stub server behind the HTTP ceiling;
 //! - `procs`: child processes (flash-sale, the stub, nginx, a local Redis Cluster), their
 //!   CPU and memory, and removing a run's leftovers;
+//! - `room`: the crowd through a waiting room (`million-queued`): joins, paced polls,
+//!   reserves with admissions, through the same bounded pool of connections;
 //! - `verify`: the invariants, checked after each flash-sale phase;
 //! - `report`: the report, as JSON and Markdown;
 //! - `chart`: throughput and latency over time, as SVG.
@@ -38,6 +40,7 @@ mod load;
 mod plan;
 mod procs;
 mod report;
+mod room;
 mod run;
 mod server_view;
 mod shapes;
@@ -111,6 +114,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<bool> {
         Cmd::SeedMulti(a) => (Scenario::SeedMulti, a),
         Cmd::Repeat(a) => (Scenario::Repeat, a),
         Cmd::Million(a) => (Scenario::Million, a),
+        Cmd::MillionQueued(a) => (Scenario::MillionQueued, a),
         Cmd::AllWin(a) => (Scenario::AllWin, a),
         Cmd::Mixed(a) => (Scenario::Mixed, a),
         Cmd::Smoke(a) => (Scenario::Smoke, a),

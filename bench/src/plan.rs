@@ -22,6 +22,11 @@ pub(crate) enum Scenario {
     Repeat,
     /// 1,000,000 attempts by 200,000 users for 10,000 seats.
     Million,
+    /// `million`'s crowd (200,000 buyers for 10,000 seats) through a waiting room, run
+    /// beside `million` itself on the same server: each buyer joins the line, polls its
+    /// place until it is admitted (then reserves) or told sold out. Long: not in the
+    /// default suite.
+    MillionQueued,
     /// As many seats as buyers (20,000): every request takes the slow path, and the
     /// bench pays every hold itself.
     AllWin,
@@ -100,7 +105,7 @@ impl Plan {
             Scenario::SeedIdempotent => (1, 10, 1, 20),
             Scenario::SeedMulti => (3, 50, 3_000, 1),
             Scenario::Repeat => (1, 1_000, 20_000, 5),
-            Scenario::Million => (1, 10_000, 200_000, 5),
+            Scenario::Million | Scenario::MillionQueued => (1, 10_000, 200_000, 5),
             Scenario::AllWin => (1, 20_000, 20_000, 1),
             Scenario::Mixed => (8, 2_000, 50_000, 2),
             Scenario::Smoke => (2, 20, 500, 2),
@@ -193,6 +198,13 @@ impl Plan {
         per
     }
 
+    /// The buyers with a head start, as bots have: the first `pct`% of the users (at
+    /// least one). In the plan's order they press first (attempt i is user i mod users);
+    /// through a waiting room they join first and poll fastest.
+    pub(crate) fn head_start(&self, pct: f64) -> u64 {
+        ((self.users as f64 * pct / 100.0).round() as u64).clamp(1, self.users)
+    }
+
     /// What every showtime must end with: min(capacity, distinct users).
     pub(crate) fn expected_reserved(&self) -> Vec<u64> {
         self.users_per_showtime()
@@ -264,6 +276,24 @@ mod tests {
         assert_eq!(p.expected_reserved(), vec![10_000]);
         // A user's attempts are spread: attempt i and i + users are the same buyer.
         assert_eq!(p.job(5), p.job(5 + 200_000));
+    }
+
+    #[test]
+    fn million_queued_is_the_million_crowd_and_its_head_start_is_the_first_percent() {
+        let p = Plan::new(Scenario::MillionQueued, &Overrides::default());
+        let m = Plan::new(Scenario::Million, &Overrides::default());
+        assert_eq!(
+            (p.users, p.capacities.clone(), p.attempts),
+            (m.users, m.capacities.clone(), m.attempts)
+        );
+        assert_eq!(p.head_start(1.0), 2_000);
+        // The head start presses first: the first 2,000 attempts are theirs.
+        assert!((0..2_000).all(|i| p.job(i).1 <= 2_000));
+        assert_eq!(p.job(2_000).1, 2_001);
+        assert_eq!(
+            Plan::new(Scenario::Smoke, &Overrides::default()).head_start(0.1),
+            1
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ use crate::chart::Point;
 use crate::load::{Latency, Outcomes, PhaseResult};
 use crate::plan::Plan;
 use crate::procs::Usage;
+use crate::room::{HeadStart, RoomSummary};
 use crate::verify::Verification;
 
 /// The machine the run happened on.
@@ -111,6 +112,8 @@ pub(crate) struct PhaseReport {
     pub(crate) series: Vec<Point>,
     /// What the server's own counters say about the phase, where they were read.
     pub(crate) server_counted: Option<crate::server_view::ServerCounted>,
+    /// The seats of the buyers with a head start (`million-queued`).
+    pub(crate) head_start: Option<HeadStart>,
 }
 
 impl PhaseReport {
@@ -165,6 +168,7 @@ impl PhaseReport {
             load_avg_after: load_avg(),
             series: crate::chart::series(&r.samples, secs, None),
             server_counted: None,
+            head_start: None,
         }
     }
 }
@@ -203,6 +207,8 @@ pub(crate) struct Report {
     pub(crate) phases: Vec<PhaseReport>,
     pub(crate) ratios: Ratios,
     pub(crate) redis_benchmark: Option<RedisBenchmark>,
+    /// The waiting room phase (`million-queued`).
+    pub(crate) room: Option<RoomSummary>,
     pub(crate) ok: bool,
     pub(crate) notes: Vec<String>,
 }
@@ -222,7 +228,11 @@ impl Report {
         self.ok = self
             .phases
             .iter()
-            .all(|p| p.verification.as_ref().is_none_or(|v| v.ok()));
+            .all(|p| p.verification.as_ref().is_none_or(|v| v.ok()))
+            && self
+                .room
+                .as_ref()
+                .is_none_or(|r| r.probes.iter().all(|c| c.ok));
     }
 
     pub(crate) fn markdown(&self, chart_file: Option<&str>) -> String {
@@ -298,6 +308,9 @@ impl Report {
                 "redis-benchmark (C client) running reserve.lua by EVALSHA, {} requests, {} connections: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms.\n",
                 rb.requests, rb.concurrency, rb.rps, rb.p50_ms, rb.p99_ms
             );
+        }
+        if let Some(room) = &self.room {
+            s.push_str(&room_against_million(self, room));
         }
         for p in &self.phases {
             let _ = writeln!(s, "## {}\n", p.name);
@@ -405,6 +418,164 @@ pub(crate) fn phase_details(p: &PhaseReport) -> String {
     }
     for e in &p.error_examples {
         let _ = writeln!(s, "- example: `{e}`");
+    }
+    let _ = writeln!(s);
+    s
+}
+
+/// The waiting room phase beside `million`'s open loop at the same rate: the figures of
+/// issue 16 as ratios, then the room's own.
+fn room_against_million(report: &Report, room: &RoomSummary) -> String {
+    let mut s = String::new();
+    let base = report.phase(crate::run::HALF_RATE_PHASE);
+    let queued = report.phase(crate::run::ROOM_PHASE);
+    let _ = writeln!(s, "## The waiting room against `million`\n");
+    let _ = writeln!(s, "- {}", room.drive);
+    let _ = writeln!(s, "- room settings: `{}`\n", room.settings);
+    let _ = writeln!(
+        s,
+        "| | `million` @ 50% | through the room | room / million |\n|---|--:|--:|--:|"
+    );
+    let row = |s: &mut String, what: &str, b: Option<f64>, q: Option<f64>, unit: &str| {
+        let f = |x: Option<f64>| x.map_or_else(|| "-".into(), |x| format!("{x:.2}{unit}"));
+        let ratio = match (b, q) {
+            (Some(b), Some(q)) if b > 0.0 => format!("{:.2}", q / b),
+            _ => "-".into(),
+        };
+        let _ = writeln!(s, "| {what} | {} | {} | {ratio} |", f(b), f(q));
+    };
+    row(
+        &mut s,
+        "p99 of every answer, whole run (ms)",
+        base.map(|b| b.reserve_latency.p99_ms),
+        Some(room.latency_all.p99_ms),
+        "",
+    );
+    row(
+        &mut s,
+        "p99 while selling (ms)",
+        base.and_then(|b| b.latency_while_selling.as_ref().map(|l| l.p99_ms)),
+        room.latency_selling.as_ref().map(|l| l.p99_ms),
+        "",
+    );
+    row(
+        &mut s,
+        "max of every answer (ms)",
+        base.map(|b| b.reserve_latency.max_ms),
+        Some(room.latency_all.max_ms),
+        "",
+    );
+    row(
+        &mut s,
+        "opening to sold out (s)",
+        base.map(|b| b.selling_s),
+        room.sold_out_after_opening_s,
+        "",
+    );
+    row(
+        &mut s,
+        "requests answered",
+        base.map(|b| b.attempts as f64),
+        queued.map(|q| q.attempts as f64),
+        "",
+    );
+    let share = |h: Option<&HeadStart>| h.map(|h| h.share * 100.0);
+    row(
+        &mut s,
+        "head start's share of the seats (%)",
+        share(base.and_then(|b| b.head_start.as_ref())),
+        Some(room.head_start.share * 100.0),
+        "",
+    );
+    let h = &room.head_start;
+    let _ = writeln!(
+        s,
+        "\nThe head start is users 1-{} ({:.1}% of {} buyers): in `million` they press first; through the room they join first and poll fastest. Through the room they held {} of {} seats.",
+        h.buyers,
+        h.buyers as f64 * 100.0 / room.buyers.max(1) as f64,
+        room.buyers,
+        h.seats,
+        h.of_seats
+    );
+    for p in report
+        .phases
+        .iter()
+        .filter(|p| p.name != crate::run::ROOM_PHASE)
+    {
+        if let Some(h) = &p.head_start {
+            let _ = writeln!(
+                s,
+                "In `{}` ({}) they held {} of {} seats ({:.1}%).",
+                p.name,
+                p.mode,
+                h.seats,
+                h.of_seats,
+                h.share * 100.0
+            );
+        }
+    }
+    let lat = |l: &Option<Latency>| {
+        l.as_ref().map_or_else(
+            || "-".into(),
+            |l| {
+                format!(
+                    "p50 {:.2} / p99 {:.2} / max {:.2} ms",
+                    l.p50_ms, l.p99_ms, l.max_ms
+                )
+            },
+        )
+    };
+    let _ = writeln!(s, "\nThrough the room:\n");
+    let _ = writeln!(
+        s,
+        "- requests: {} joins ({}), {} polls ({}), {} reserves ({}), {} pays ({})",
+        room.joins,
+        lat(&room.latency_join),
+        room.polls,
+        lat(&room.latency_poll),
+        room.reserves,
+        lat(&room.latency_reserve),
+        room.pays,
+        lat(&room.latency_pay)
+    );
+    let _ = writeln!(
+        s,
+        "- the room opened {:.2} s after the first join was due; the first admission was seen {}, the last hold {} after the opening",
+        room.opens_after_s,
+        room.first_admitted_after_opening_s
+            .map_or_else(|| "never".into(), |t| format!("{t:.2} s")),
+        room.sold_out_after_opening_s
+            .map_or_else(|| "never".into(), |t| format!("{t:.2} s"))
+    );
+    let _ = writeln!(
+        s,
+        "- {} admitted (at most {}), {} held, {} told sold_out at /reserve, {} told sold_out by the room, {} other ends; {} answers 429 (rate limited)",
+        room.admitted,
+        room.admitted_bound,
+        room.held,
+        room.sold_out_at_reserve,
+        room.told_sold_out,
+        room.other_ends,
+        room.rate_limited
+    );
+    if let Some(t) = &room.told_sold_out_after_last_hold {
+        let _ = writeln!(
+            s,
+            "- the room told {} buyers sold_out after the last hold: p50 {:.2} s, p99 {:.2} s, last {:.2} s after it",
+            t.count, t.p50_s, t.p99_s, t.max_s
+        );
+    }
+    for e in &room.other_examples {
+        let _ = writeln!(s, "- other end, e.g. `{e}`");
+    }
+    for c in &room.probes {
+        let _ = writeln!(
+            s,
+            "- {} {}: {}",
+            if c.ok { "ok" } else { "**BREACH**" },
+            c.name,
+            c.detail
+        );
     }
     let _ = writeln!(s);
     s

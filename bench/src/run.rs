@@ -15,8 +15,14 @@ use crate::load::{self, Drive, HttpTarget};
 use crate::plan::{self, Overrides, PayMode, Plan, Scenario};
 use crate::procs::{self, Monitor, Server, Usage};
 use crate::report::{self, Machine, PhaseReport, Report};
+use crate::room::{self, HeadStart, RoomDrive, RoomRun};
 use crate::server_view;
 use crate::verify;
+
+/// The open-loop phase at half of the closed loop's peak (`--half-rate`).
+pub(crate) const HALF_RATE_PHASE: &str = "flash-sale @ 50%";
+/// The crowd through the waiting room (`million-queued`), at the half-rate phase's rate.
+pub(crate) const ROOM_PHASE: &str = "flash-sale through the room";
 
 /// A run's arguments with their per-scenario defaults filled in.
 pub(crate) struct RunSettings {
@@ -33,6 +39,10 @@ impl RunSettings {
             // Cheap: no warm-up, no redis-benchmark (the smoke run checks invariants).
             args.warmup.get_or_insert(0);
             args.no_redis_benchmark = true;
+        }
+        if scenario == Scenario::MillionQueued {
+            // The room is compared with million at half its peak: that phase always runs.
+            args.half_rate = true;
         }
         Self {
             warmup: args.warmup.unwrap_or(1000),
@@ -80,6 +90,7 @@ pub(crate) async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Re
         phases: Vec::new(),
         ratios: Default::default(),
         redis_benchmark: None,
+        room: None,
         ok: true,
         notes: Vec::new(),
     };
@@ -269,8 +280,11 @@ async fn flash_sale_phases(
     }
     let mut passes = vec![("flash-sale".to_string(), drive.clone())];
     if args.half_rate {
-        passes.push(("flash-sale @ 50%".to_string(), drive.clone()));
+        passes.push((HALF_RATE_PHASE.to_string(), drive.clone()));
     }
+    let queued = plan.scenario == Scenario::MillionQueued;
+    let head_start = plan.head_start(args.room.head_start_pct);
+    let mut half_rate = None;
     for (i, (name, mut d)) in passes.into_iter().enumerate() {
         if i == 1 {
             let peak = report
@@ -278,6 +292,7 @@ async fn flash_sale_phases(
                 .map(|p| p.attempts_per_s)
                 .unwrap_or(1.0);
             d.rate = Some((peak / 2.0).max(1.0));
+            half_rate = d.rate;
         }
         d.label = name.clone();
         let ids = create_showtimes(endpoint, plan, &name).await?;
@@ -303,6 +318,9 @@ async fn flash_sale_phases(
             }
         }
         let mut p = PhaseReport::new(&name, mode_text(&d), &r, usage, d.rate);
+        if queued {
+            p.head_start = Some(HeadStart::of(&r.won, head_start));
+        }
         if let Some(counted) = server_view::counted(&readings) {
             p.series = chart::series(&r.samples, p.duration_s, Some((&readings, r.started)));
             eprintln!(
@@ -329,7 +347,97 @@ async fn flash_sale_phases(
         p.verification = Some(v);
         report.phases.push(p);
     }
+    if queued {
+        let rate = half_rate.context("the half-rate phase runs before the room")?;
+        let drive = RoomDrive {
+            rate,
+            concurrency: drive.concurrency,
+            timeout: target.timeout,
+            pay: drive.pay,
+            head_start,
+            room: args.room.clone(),
+        };
+        room_phase(
+            plan,
+            &drive,
+            endpoint,
+            &db,
+            Observed {
+                pid: server_pid,
+                delay_queue,
+            },
+            deadline,
+            report,
+        )
+        .await?;
+    }
     db.close().await;
+    Ok(())
+}
+
+/// The crowd through the waiting room, verified like every flash-sale phase, and the
+/// room's own checks.
+async fn room_phase(
+    plan: &Plan,
+    drive: &RoomDrive,
+    endpoint: &Endpoint,
+    db: &sqlx::PgPool,
+    server: Observed<'_>,
+    deadline: Duration,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    eprintln!("   {}", drive.describe());
+    let monitor = Monitor::start(server.pid);
+    let scraper = server_view::Scraper::start(endpoint).await;
+    let run = room::run(endpoint, plan, drive).await?;
+    let readings = scraper.finish().await;
+    let usage: Usage = monitor.finish().await;
+    let RoomRun {
+        phase: r,
+        ids,
+        mut summary,
+        used_admission,
+    } = run;
+    if let Some(used) = &used_admission {
+        summary
+            .probes
+            .push(room::probe_used_admission(endpoint, used).await?);
+    }
+    let mut p = PhaseReport::new(ROOM_PHASE, drive.describe(), &r, usage, None);
+    p.head_start = Some(summary.head_start.clone());
+    if let Some(counted) = server_view::counted(&readings) {
+        p.series = chart::series(&r.samples, p.duration_s, Some((&readings, r.started)));
+        eprintln!(
+            "   the server counted {} reservation answers and {} holds (the client sent {} reserves and got {} holds)",
+            counted.answered, counted.reserved, summary.reserves, r.outcomes.reserved
+        );
+        p.server_counted = Some(counted);
+    }
+    eprintln!(
+        "   {ROOM_PHASE}: {} requests ({} joins, {} polls, {} reserves) in {:.2} s, p99 of every answer {:.2} ms; sold out {} after the opening; head start {} of {} seats; verifying...",
+        r.attempts,
+        summary.joins,
+        summary.polls,
+        summary.reserves,
+        p.duration_s,
+        summary.latency_all.p99_ms,
+        summary
+            .sold_out_after_opening_s
+            .map_or_else(|| "never".into(), |t| format!("{t:.2} s")),
+        summary.head_start.seats,
+        summary.head_start.of_seats
+    );
+    let mut v = verify::verify(plan, &ids, &r, endpoint, db, deadline).await?;
+    if let Some(queue) = server.delay_queue {
+        v.checks
+            .push(verify::expiries_confirmed(queue, &r, deadline).await?);
+    }
+    for c in v.checks.iter().chain(&summary.probes).filter(|c| !c.ok) {
+        eprintln!("   BREACH: {}: {}", c.name, c.detail);
+    }
+    p.verification = Some(v);
+    report.phases.push(p);
+    report.room = Some(summary);
     Ok(())
 }
 

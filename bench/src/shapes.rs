@@ -33,7 +33,7 @@ use crate::chart;
 use crate::cli::{RunArgs, ShapesArgs};
 use crate::client::Endpoint;
 use crate::load::{self, Drive, HttpTarget};
-use crate::plan::{self, PayMode, Plan};
+use crate::plan::{self, PayMode, Plan, Scenario};
 use crate::procs::{self, Monitor, Nginx, RedisCluster, Server};
 use crate::report::{self, Machine, PhaseReport};
 use crate::run::{self, RunSettings};
@@ -202,6 +202,11 @@ pub(crate) async fn shapes(a: ShapesArgs) -> anyhow::Result<bool> {
     if r.url.is_some() || r.server_pid.is_some() || r.half_rate || r.perf {
         bail!(
             "shapes starts every process itself and measures each shape once a round: --url, --server-pid, --half-rate and --perf do not apply"
+        );
+    }
+    if a.scenario == Scenario::MillionQueued {
+        bail!(
+            "million-queued runs on one process only: run it as `flash-sale-bench million-queued`"
         );
     }
     if a.processes == 0 || a.rounds == 0 {
