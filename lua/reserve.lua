@@ -9,7 +9,10 @@
 -- KEYS[4] deadlines    ZSET  reservation sequence -> hold deadline (ms), RESERVED only
 -- KEYS[5] reservations HASH  the showtime's reservations, as fields "<seq>:user",
 --                            "<seq>:status", "<seq>:expires_at", "<seq>:quantity" (and
---                            later "<seq>:paid_at", "<seq>:trace"): one key, whatever
+--                            later "<seq>:paid_at", "<seq>:trace", and behind a waiting
+--                            room "<seq>:admitted_until", the deadline of the admission
+--                            the hold used, for expire.lua to give it back should the
+--                            hold be undone): one key, whatever
 --                            sequence this call creates. A reservation without
 --                            "<seq>:quantity" (made before groups existed) is one seat.
 -- KEYS[6] room         HASH  the showtime's waiting room (room.lua), when it has one
@@ -48,8 +51,9 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local queued = KEYS[6] and redis.call('HEXISTS', KEYS[6], 'opens_at') == 1
+local admitted_until
 if queued then
-  local admitted_until = redis.call('ZSCORE', KEYS[7], ARGV[1])
+  admitted_until = redis.call('ZSCORE', KEYS[7], ARGV[1])
   if not admitted_until or tonumber(admitted_until) < now then
     return {7}
   end
@@ -99,6 +103,9 @@ if quantity ~= 1 then
 end
 if ARGV[3] and ARGV[3] ~= '' then
   redis.call('HSET', KEYS[5], seq_text .. ':trace', ARGV[3])
+end
+if queued then
+  redis.call('HSET', KEYS[5], seq_text .. ':admitted_until', admitted_until)
 end
 redis.call('ZADD', KEYS[4], expires_at, seq_text)
 return {1, seq, expires_at}

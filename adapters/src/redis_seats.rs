@@ -8,7 +8,7 @@
 //! | `fs:{42}:seats`  | HASH   | capacity, available, held, sold, generation, max_per_user |
 //! | `fs:{42}:users`  | HASH   | user id -> reservation sequence (held or bought)  |
 //! | `fs:{42}:seq`    | STRING | the showtime's reservation sequence               |
-//! | `fs:{42}:reservations` | HASH | reservation 42-1007 as fields `1007:user`, `1007:status`, `1007:expires_at`, `1007:quantity` (a group's seats; absent: 1), `1007:paid_at`, `1007:trace` |
+//! | `fs:{42}:reservations` | HASH | reservation 42-1007 as fields `1007:user`, `1007:status`, `1007:expires_at`, `1007:quantity` (a group's seats; absent: 1), `1007:paid_at`, `1007:trace`, `1007:admitted_until` (behind a waiting room: the deadline of the admission the hold used) |
 //! | `fs:{42}:deadlines` | ZSET | RESERVED holds by deadline (the sweep's outbox)  |
 //! | `fs:{42}:unrecorded` | ZSET | PAID reservations not yet ORDERED, by paid time |
 //! | `fs:{42}:room`, `fs:{42}:room:places`, `fs:{42}:room:admitted` | HASH, ZSETs | the showtime's waiting room, when it has one ([`crate::RedisRoom`]): `reserve.lua` takes seats only for an admitted user there |
@@ -185,6 +185,35 @@ fn status_of(v: Option<&Value>) -> Option<Status> {
 }
 
 impl RedisSeats {
+    /// expire.lua: an expiry, or (`undo`) reserve's undo of a hold it could not follow
+    /// up, which also gives back the admission the hold used.
+    async fn run_expire(&self, id: ReservationId, undo: bool) -> PortResult<ExpireOutcome> {
+        let showtime = id.showtime();
+        let mut conn = self.conn.clone();
+        let mut call = self.scripts.expire.key(self.key(showtime, "seats"));
+        call.key(self.key(showtime, "users"))
+            .key(self.key(showtime, "deadlines"))
+            .key(self.reservations_key(showtime))
+            .arg(id.seq());
+        if undo {
+            call.key(self.key(showtime, "room:admitted")).arg("undo");
+        }
+        let v: Value = call
+            .invoke_async(&mut conn)
+            .instrument(script_span("expire.lua", showtime))
+            .await
+            .map_err(port_error)?;
+        let items = reply(&v).ok_or_else(|| unexpected("expire.lua", &v))?;
+        Ok(match items.first().and_then(int) {
+            Some(1) => ExpireOutcome::SeatReturned,
+            Some(0) => ExpireOutcome::NotFound,
+            Some(2) => ExpireOutcome::AlreadySettled(
+                status_of(items.get(1)).ok_or_else(|| unexpected("expire.lua", &v))?,
+            ),
+            _ => return Err(unexpected("expire.lua", &v)),
+        })
+    }
+
     /// Connects (with bounded timeouts) to a single node or a cluster (see
     /// [`crate::redis_connection`]), checks the key layout, and loads nothing: scripts are
     /// sent by SHA and loaded on first NOSCRIPT.
@@ -574,29 +603,11 @@ impl SeatStore for RedisSeats {
     }
 
     async fn expire(&self, id: ReservationId) -> PortResult<ExpireOutcome> {
-        let showtime = id.showtime();
-        let mut conn = self.conn.clone();
-        let v: Value = self
-            .scripts
-            .expire
-            .key(self.key(showtime, "seats"))
-            .key(self.key(showtime, "users"))
-            .key(self.key(showtime, "deadlines"))
-            .key(self.reservations_key(showtime))
-            .arg(id.seq())
-            .invoke_async(&mut conn)
-            .instrument(script_span("expire.lua", showtime))
-            .await
-            .map_err(port_error)?;
-        let items = reply(&v).ok_or_else(|| unexpected("expire.lua", &v))?;
-        Ok(match items.first().and_then(int) {
-            Some(1) => ExpireOutcome::SeatReturned,
-            Some(0) => ExpireOutcome::NotFound,
-            Some(2) => ExpireOutcome::AlreadySettled(
-                status_of(items.get(1)).ok_or_else(|| unexpected("expire.lua", &v))?,
-            ),
-            _ => return Err(unexpected("expire.lua", &v)),
-        })
+        self.run_expire(id, false).await
+    }
+
+    async fn give_back(&self, id: ReservationId) -> PortResult<ExpireOutcome> {
+        self.run_expire(id, true).await
     }
 
     async fn mark_ordered(&self, ids: &[ReservationId]) -> PortResult<()> {

@@ -436,8 +436,8 @@ fn room_against_million(report: &Report, room: &RoomSummary) -> String {
         s,
         "| | `million` @ 50% | through the room | room / million |\n|---|--:|--:|--:|"
     );
-    let row = |s: &mut String, what: &str, b: Option<f64>, q: Option<f64>, unit: &str| {
-        let f = |x: Option<f64>| x.map_or_else(|| "-".into(), |x| format!("{x:.2}{unit}"));
+    let row = |s: &mut String, what: &str, b: Option<f64>, q: Option<f64>, digits: usize| {
+        let f = |x: Option<f64>| x.map_or_else(|| "-".into(), |x| format!("{x:.digits$}"));
         let ratio = match (b, q) {
             (Some(b), Some(q)) if b > 0.0 => format!("{:.2}", q / b),
             _ => "-".into(),
@@ -449,35 +449,35 @@ fn room_against_million(report: &Report, room: &RoomSummary) -> String {
         "p99 of every answer, whole run (ms)",
         base.map(|b| b.reserve_latency.p99_ms),
         Some(room.latency_all.p99_ms),
-        "",
+        2,
     );
     row(
         &mut s,
         "p99 while selling (ms)",
         base.and_then(|b| b.latency_while_selling.as_ref().map(|l| l.p99_ms)),
         room.latency_selling.as_ref().map(|l| l.p99_ms),
-        "",
+        2,
     );
     row(
         &mut s,
         "max of every answer (ms)",
         base.map(|b| b.reserve_latency.max_ms),
         Some(room.latency_all.max_ms),
-        "",
+        2,
     );
     row(
         &mut s,
         "opening to sold out (s)",
         base.map(|b| b.selling_s),
         room.sold_out_after_opening_s,
-        "",
+        3,
     );
     row(
         &mut s,
         "requests answered",
         base.map(|b| b.attempts as f64),
         queued.map(|q| q.attempts as f64),
-        "",
+        0,
     );
     let share = |h: Option<&HeadStart>| h.map(|h| h.share * 100.0);
     row(
@@ -485,7 +485,7 @@ fn room_against_million(report: &Report, room: &RoomSummary) -> String {
         "head start's share of the seats (%)",
         share(base.and_then(|b| b.head_start.as_ref())),
         Some(room.head_start.share * 100.0),
-        "",
+        1,
     );
     let h = &room.head_start;
     let _ = writeln!(

@@ -396,9 +396,9 @@ async fn room_phase(
         phase: r,
         ids,
         mut summary,
-        used_admission,
+        used_admissions,
     } = run;
-    if let Some(used) = &used_admission {
+    for used in &used_admissions {
         summary
             .probes
             .push(room::probe_used_admission(endpoint, used).await?);

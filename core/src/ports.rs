@@ -210,6 +210,17 @@ pub trait SeatStore: Send + Sync + 'static {
         reservation: ReservationId,
     ) -> impl Future<Output = PortResult<ExpireOutcome>> + Send;
 
+    /// Undoes a hold whose follow-up messages could not be published: as
+    /// [`SeatStore::expire`], and behind a waiting room the admission the hold used is
+    /// the buyer's again until its own deadline (a failure never uses an admission up).
+    /// A store without waiting rooms has nothing more to give back.
+    fn give_back(
+        &self,
+        reservation: ReservationId,
+    ) -> impl Future<Output = PortResult<ExpireOutcome>> + Send {
+        self.expire(reservation)
+    }
+
     /// `PAID -> ORDERED` once the order is in the database.
     fn mark_ordered(
         &self,

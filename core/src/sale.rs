@@ -648,9 +648,9 @@ where
             user,
         });
         if let Err(publish) = self.bus.publish_hold(expiry, payment).await {
-            // Give the seat back now. Should this fail too, the hold's deadline is in the
-            // seat store and the sweep will return it.
-            if self.seats.expire(reservation.id).await.is_ok() {
+            // Give the seat (and an admission it used) back now. Should this fail too,
+            // the hold's deadline is in the seat store and the sweep will return it.
+            if self.seats.give_back(reservation.id).await.is_ok() {
                 self.sold_out.seat_returned(showtime);
             }
             return Err(publish.into());

@@ -14,3 +14,4 @@ mod recovery;
 mod showtimes;
 mod steer;
 mod traces;
+mod waiting_room;

@@ -1,0 +1,1438 @@
+//! The waiting room (issue 16) over real HTTP: a crowd of 10,000 for 100 seats is
+//! admitted no faster than the seats allow, buys every seat through its admissions and
+//! learns `sold_out` within a second of the last one going; the pre-opening lottery is
+//! uniform (statistical tests, no fixed seed) and later arrivals queue in order; forged,
+//! expired, reused and foreign admissions are refused and change nothing; places and
+//! admissions survive a restart; a showtime without a room sells as before.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use flash_sale_core::{ShowtimeId, UnixMillis, UserId};
+use flash_sale_runtime::room_passes::RoomPasses;
+use flash_sale_tests::{Options, TestApp, assert_error, eventually, wait_for_orders};
+use futures::StreamExt as _;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::sync::{Semaphore, watch};
+
+/// One answer: status, whether it was an idempotent replay, and the JSON body.
+#[derive(Debug, Clone)]
+struct Answer {
+    status: StatusCode,
+    replayed: bool,
+    body: Value,
+}
+
+impl Answer {
+    fn pair(&self) -> (StatusCode, Value) {
+        (self.status, self.body.clone())
+    }
+
+    fn str(&self, field: &str) -> Option<String> {
+        self.body[field].as_str().map(str::to_string)
+    }
+
+    /// The queue status of a `200` answer of the room's routes.
+    fn queue_status(&self) -> String {
+        assert_eq!(self.status, StatusCode::OK, "{}", self.body);
+        self.str("status").expect("a queue status")
+    }
+}
+
+/// An HTTP client of the test's server that 'static tasks can own, with at most
+/// `in_flight` requests at once (a crowd's bounded concurrency).
+#[derive(Clone)]
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    gate: Arc<Semaphore>,
+}
+
+impl Client {
+    fn of(app: &TestApp, in_flight: usize) -> Self {
+        Self {
+            http: app.http.clone(),
+            base: format!("http://{}", app.addr),
+            gate: Arc::new(Semaphore::new(in_flight)),
+        }
+    }
+
+    async fn call(&self, request: reqwest::RequestBuilder) -> Answer {
+        let _permit = self.gate.acquire().await.expect("the gate stays open");
+        let res = request.send().await.expect("request sent");
+        let status = res.status();
+        let replayed = match res.headers().get("idempotent-replayed") {
+            None => false,
+            Some(v) => {
+                assert_eq!(v, "true");
+                true
+            }
+        };
+        let text = res.text().await.expect("body read");
+        let body = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("answer is not JSON: {status} {text:?}"));
+        Answer {
+            status,
+            replayed,
+            body,
+        }
+    }
+
+    /// `POST /showtimes/{showtime}/queue` as `user`.
+    async fn join(&self, showtime: i64, user: i64) -> Answer {
+        self.call(
+            self.http
+                .post(format!("{}/showtimes/{showtime}/queue", self.base))
+                .json(&json!({"user_id": user})),
+        )
+        .await
+    }
+
+    /// `GET /showtimes/{showtime}/queue/me` as `user`, with a `Queue-Ticket` if given.
+    async fn me(&self, showtime: i64, user: i64, ticket: Option<&str>) -> Answer {
+        let mut request = self.http.get(format!(
+            "{}/showtimes/{showtime}/queue/me?user_id={user}",
+            self.base
+        ));
+        if let Some(ticket) = ticket {
+            request = request.header("Queue-Ticket", ticket);
+        }
+        self.call(request).await
+    }
+
+    /// `POST /reserve` as `user`, with an `Admission-Token`, a `quantity` and an
+    /// `Idempotency-Key` when given.
+    async fn reserve(
+        &self,
+        showtime: i64,
+        user: i64,
+        admission: Option<&str>,
+        quantity: Option<u32>,
+        key: Option<&str>,
+    ) -> Answer {
+        let mut body = json!({"user_id": user, "showtime_id": showtime});
+        if let Some(q) = quantity {
+            body["quantity"] = json!(q);
+        }
+        let mut request = self.http.post(format!("{}/reserve", self.base)).json(&body);
+        if let Some(admission) = admission {
+            request = request.header("Admission-Token", admission);
+        }
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        self.call(request).await
+    }
+
+    async fn pay(&self, reservation: &str, user: i64) -> Answer {
+        self.call(
+            self.http
+                .post(format!("{}/reservations/{reservation}/pay", self.base))
+                .json(&json!({"user_id": user})),
+        )
+        .await
+    }
+
+    async fn cancel(&self, reservation: &str, user: i64) -> Answer {
+        self.call(
+            self.http
+                .delete(format!("{}/reservations/{reservation}", self.base))
+                .json(&json!({"user_id": user})),
+        )
+        .await
+    }
+}
+
+/// The tests' options: a buyer here polls far faster than the default per-user rate
+/// limit (20 a second) allows, as a client polling for an outcome every 20 ms does.
+fn options() -> Options {
+    Options {
+        rate_user: Some((1_000, 1_000)),
+        ..Options::default()
+    }
+}
+
+/// RFC 3339 for `offset` from now (negative: in the past).
+fn at(offset: chrono::Duration) -> String {
+    (chrono::Utc::now() + offset).to_rfc3339()
+}
+
+/// Creates a showtime from `body` (capacity, max_per_user, waiting_room, ...) and
+/// returns its id, checking that the room is shown as sent.
+async fn create(app: &TestApp, body: Value) -> i64 {
+    let (status, created) = app.post("/showtimes", body.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{body} -> {created}");
+    if let Some(room) = body.get("waiting_room") {
+        let shown = &created["waiting_room"];
+        assert!(shown.is_object(), "{created}");
+        for field in ["overbook_pct", "admission_secs", "admit_per_sec"] {
+            if let Some(v) = room.get(field) {
+                assert_eq!(&shown[field], v, "{created}");
+            }
+        }
+    }
+    created["id"].as_i64().unwrap()
+}
+
+/// Opens a room now (`PATCH /showtimes/{id}` with the whole room, `opens_at` now),
+/// as an operator (`AUTH_MODE=none` trusts the caller).
+async fn open_now(app: &TestApp, showtime: i64, overbook_pct: u32, admission_secs: u32) {
+    let room = json!({"waiting_room": {
+        "opens_at": at(chrono::Duration::zero()),
+        "overbook_pct": overbook_pct,
+        "admission_secs": admission_secs,
+    }});
+    let (status, answer) = app.change_showtime(showtime, room.clone(), None).await;
+    assert_eq!(status, StatusCode::OK, "{room} -> {answer}");
+    assert_eq!(
+        answer["waiting_room"]["overbook_pct"], overbook_pct,
+        "{answer}"
+    );
+}
+
+/// Where the room stands in Redis, read in one atomic step: admissions not run out,
+/// the seats, and the places served so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RoomCounts {
+    admitted_live: i64,
+    available: i64,
+    held: i64,
+    sold: i64,
+    served: i64,
+    in_line: i64,
+}
+
+const ROOM_COUNTS: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local s = redis.call('HMGET', KEYS[2], 'available', 'held', 'sold')
+return {redis.call('ZCOUNT', KEYS[1], now, '+inf'), tonumber(s[1] or '0'),
+  tonumber(s[2] or '0'), tonumber(s[3] or '0'),
+  tonumber(redis.call('HGET', KEYS[3], 'served') or '0'), redis.call('ZCARD', KEYS[4])}
+";
+
+async fn room_counts(app: &TestApp, showtime: i64) -> RoomCounts {
+    let key = |what: &str| format!("{}:{{{showtime}}}:{what}", app.iso.prefix);
+    let mut conn = app.adapters.seats.connection();
+    let v: Vec<i64> = redis::Script::new(ROOM_COUNTS)
+        .key(key("room:admitted"))
+        .key(key("seats"))
+        .key(key("room"))
+        .key(key("room:places"))
+        .invoke_async(&mut conn)
+        .await
+        .expect("the room's counts");
+    RoomCounts {
+        admitted_live: v[0],
+        available: v[1],
+        held: v[2],
+        sold: v[3],
+        served: v[4],
+        in_line: v[5],
+    }
+}
+
+/// `ceil(available * (100 + overbook) / 100)`: undecided admissions the stock allows.
+fn allowed(available: i64, overbook_pct: i64) -> i64 {
+    (available * (100 + overbook_pct) + 99) / 100
+}
+
+// ---------------------------------------------------------------------------------
+// 1. A crowd of 10,000 for 100 seats.
+// ---------------------------------------------------------------------------------
+
+const CROWD: i64 = 10_000;
+const SEATS: i64 = 100;
+const OVERBOOK: i64 = 10;
+const IN_FLIGHT: usize = 96;
+
+/// How one buyer of the crowd ended.
+#[derive(Debug, Clone)]
+enum Ending {
+    /// Admitted, held and paid: the payment sent and answered at these instants.
+    Bought {
+        reservation: String,
+        pay_sent: Instant,
+        pay_returned: Instant,
+    },
+    /// Admitted, and the reserve answered `sold_out` (the admission used up).
+    SoldOutWhenReserving,
+    /// Told `sold_out` while in line, at this instant.
+    SoldOutInLine { at: Instant },
+    /// Anything else: a failure of the contract.
+    Unexpected(String),
+}
+
+#[derive(Debug, Clone)]
+struct Buyer {
+    user: i64,
+    place: Option<u64>,
+    admitted: bool,
+    ending: Ending,
+}
+
+/// What the crowd shares: the last seat's payment, and counts.
+struct Sale {
+    showtime: i64,
+    paid: AtomicUsize,
+    last_paid: watch::Sender<Option<Instant>>,
+    polls: AtomicUsize,
+}
+
+/// Pacing between a waiting buyer's polls: sparse far back in line, denser near the
+/// front, spread by user so the crowd does not poll in lockstep. (A poll's pace, not a
+/// wait for an outcome: every outcome is read from an answer.)
+fn poll_interval(user: i64, ahead: u64) -> Duration {
+    let base = (ahead * 2).clamp(100, 4_000);
+    let spread = (user as u64 * 7_919) % 100;
+    Duration::from_millis(base * (75 + spread / 2) / 100)
+}
+
+/// One buyer after the room opened: polls with their ticket until admitted (then
+/// reserves with the admission and pays) or told `sold_out`.
+async fn buyer(client: Client, sale: Arc<Sale>, user: i64, mut ticket: String) -> Buyer {
+    let st = sale.showtime;
+    let mut me = Buyer {
+        user,
+        place: None,
+        admitted: false,
+        ending: Ending::Unexpected("never answered".into()),
+    };
+    // The crowd's first polls, spread over a second.
+    tokio::time::sleep(Duration::from_millis((user as u64 * 7_919) % 1_000)).await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if Instant::now() > deadline {
+            me.ending = Ending::Unexpected("still waiting after 90 s".into());
+            return me;
+        }
+        let answer = client.me(st, user, Some(&ticket)).await;
+        sale.polls.fetch_add(1, Ordering::Relaxed);
+        if answer.status != StatusCode::OK {
+            me.ending = Ending::Unexpected(format!("poll: {} {}", answer.status, answer.body));
+            return me;
+        }
+        if let Some(t) = answer.str("ticket") {
+            ticket = t;
+        }
+        if let Some(place) = answer.body["place"].as_u64() {
+            if me.place.is_some_and(|p| p != place) {
+                me.ending = Ending::Unexpected(format!("place moved: {}", answer.body));
+                return me;
+            }
+            me.place = Some(place);
+        }
+        match answer.str("status").as_deref() {
+            Some("in_line") => {
+                let ahead = answer.body["ahead"].as_u64().unwrap_or(0);
+                tokio::time::sleep(poll_interval(user, ahead)).await;
+            }
+            Some("waiting") => tokio::time::sleep(Duration::from_millis(100)).await,
+            Some("admitted") => {
+                me.admitted = true;
+                let admission = answer.str("admission").expect("an admission");
+                let held = client.reserve(st, user, Some(&admission), None, None).await;
+                me.ending = match (held.status, held.body["error"].as_str()) {
+                    (StatusCode::OK, _) => {
+                        let id = held.str("reservation_id").unwrap();
+                        let pay_sent = Instant::now();
+                        let paid = client.pay(&id, user).await;
+                        let pay_returned = Instant::now();
+                        if paid.status == StatusCode::OK && paid.body["status"] == "PAID" {
+                            if sale.paid.fetch_add(1, Ordering::SeqCst) + 1 == SEATS as usize {
+                                sale.last_paid.send_replace(Some(pay_returned));
+                            }
+                            Ending::Bought {
+                                reservation: id,
+                                pay_sent,
+                                pay_returned,
+                            }
+                        } else {
+                            Ending::Unexpected(format!("pay: {} {}", paid.status, paid.body))
+                        }
+                    }
+                    (StatusCode::CONFLICT, Some("sold_out")) => Ending::SoldOutWhenReserving,
+                    _ => Ending::Unexpected(format!("reserve: {} {}", held.status, held.body)),
+                };
+                return me;
+            }
+            Some("sold_out") => {
+                me.ending = Ending::SoldOutInLine { at: Instant::now() };
+                return me;
+            }
+            _ => {
+                me.ending = Ending::Unexpected(format!("poll: {}", answer.body));
+                return me;
+            }
+        }
+    }
+}
+
+/// Watches the room in Redis while the crowd buys: admitted-and-undecided buyers never
+/// outnumber the available seats by more than the overbooking margin of the capacity
+/// (`ceil(100 * 10%)` = 10). Returns the samples taken and the largest excess seen over
+/// `ceil(available * 110%)`, the bound admission applies at each admission.
+async fn watch_room(app: &TestApp, showtime: i64, stop: &AtomicBool) -> (usize, i64) {
+    let margin = allowed(SEATS, OVERBOOK) - SEATS;
+    let mut samples = 0;
+    let mut worst_over_bound = i64::MIN;
+    while !stop.load(Ordering::SeqCst) {
+        let c = room_counts(app, showtime).await;
+        samples += 1;
+        assert!(
+            c.admitted_live <= c.available + margin,
+            "more undecided admissions than available seats plus the margin: {c:?}"
+        );
+        assert!(
+            c.served <= SEATS + margin,
+            "more admitted than the seats plus the margin: {c:?}"
+        );
+        assert_eq!(c.available + c.held + c.sold, SEATS, "{c:?}");
+        worst_over_bound = worst_over_bound.max(c.admitted_live - allowed(c.available, OVERBOOK));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (samples, worst_over_bound)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_joiners_for_a_hundred_seats_buy_only_through_admissions_and_learn_sold_out_at_once()
+ {
+    let started = Instant::now();
+    let app = TestApp::spawn(options()).await;
+    let client = Client::of(&app, IN_FLIGHT);
+    let showtime = create(
+        &app,
+        json!({"capacity": SEATS, "title": "Premiere", "waiting_room": {
+            "opens_at": at(chrono::Duration::hours(1)),
+            "overbook_pct": OVERBOOK,
+            "admission_secs": 60,
+        }}),
+    )
+    .await;
+
+    // Everyone joins before the opening: told `waiting`, no place yet, a ticket.
+    let joined: Vec<(i64, Answer)> = futures::stream::iter(1..=CROWD)
+        .map(|user| {
+            let client = client.clone();
+            async move { (user, client.join(showtime, user).await) }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .collect()
+        .await;
+    let mut tickets: HashMap<i64, String> = HashMap::new();
+    for (user, answer) in &joined {
+        assert_eq!(answer.queue_status(), "waiting", "{}", answer.body);
+        assert!(answer.body["place"].is_null(), "{}", answer.body);
+        assert!(answer.body["admission"].is_null(), "{}", answer.body);
+        tickets.insert(*user, answer.str("ticket").expect("a ticket"));
+    }
+    let joined_in = started.elapsed();
+    let quiet = room_counts(&app, showtime).await;
+    assert_eq!(quiet.in_line, CROWD, "{quiet:?}");
+    assert_eq!((quiet.served, quiet.admitted_live), (0, 0), "{quiet:?}");
+
+    // Before the opening nobody may reserve: without an admission, or with a ticket
+    // offered as one. Nothing changes.
+    let refusals = (1..=100)
+        .map(|user| (user, None))
+        .chain((101..=200).map(|user| (user, Some(tickets[&user].clone()))));
+    let refused: Vec<Answer> = futures::stream::iter(refusals)
+        .map(|(user, pass)| {
+            let client = client.clone();
+            async move {
+                client
+                    .reserve(showtime, user, pass.as_deref(), None, None)
+                    .await
+            }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .collect()
+        .await;
+    for answer in &refused {
+        assert_error(&answer.pair(), StatusCode::FORBIDDEN, "not_admitted");
+    }
+    assert_eq!(
+        room_counts(&app, showtime).await,
+        quiet,
+        "a refusal changed the room"
+    );
+    assert_eq!(app.seats(showtime).await, (SEATS, 0, 0));
+
+    // The opening: the lottery's places come into force, the line is admitted.
+    let (last_paid, last_paid_rx) = watch::channel(None);
+    let sale = Arc::new(Sale {
+        showtime,
+        paid: AtomicUsize::new(0),
+        last_paid,
+        polls: AtomicUsize::new(0),
+    });
+    let stop_watching = AtomicBool::new(false);
+    open_now(&app, showtime, OVERBOOK as u32, 60).await;
+    let opened = Instant::now();
+
+    let crowd: Vec<tokio::task::JoinHandle<Buyer>> = (1..=CROWD)
+        .map(|user| {
+            tokio::spawn(buyer(
+                client.clone(),
+                sale.clone(),
+                user,
+                tickets[&user].clone(),
+            ))
+        })
+        .collect();
+
+    // A waiting buyer at the back of the line: after the last seat is paid, their poll
+    // must say `sold_out` within a second.
+    let watcher = async {
+        let watcher_client = Client::of(&app, 4);
+        let (user, mut ticket) = eventually(
+            Duration::from_secs(30),
+            "a buyer far back in the line",
+            || {
+                let client = watcher_client.clone();
+                let tickets = &tickets;
+                async move {
+                    for user in (CROWD - 20..=CROWD).rev() {
+                        let a = client.me(showtime, user, Some(&tickets[&user])).await;
+                        if a.queue_status() == "in_line"
+                            && a.body["ahead"].as_u64().is_some_and(|n| n > 500)
+                        {
+                            return Some((user, a.str("ticket").unwrap()));
+                        }
+                    }
+                    None
+                }
+            },
+        )
+        .await;
+        let mut rx = last_paid_rx.clone();
+        let paid_at = tokio::time::timeout(Duration::from_secs(60), rx.wait_for(|v| v.is_some()))
+            .await
+            .expect("the last seat paid within 60 s of the opening")
+            .expect("the crowd keeps the sender")
+            .expect("a time");
+        let deadline = Duration::from_secs(1).saturating_sub(paid_at.elapsed());
+        let told = eventually(
+            deadline,
+            "a waiting buyer told sold_out within 1 s of the last payment",
+            || {
+                let client = watcher_client.clone();
+                let ticket = ticket.clone();
+                async move {
+                    let a = client.me(showtime, user, Some(&ticket)).await;
+                    let status = a.queue_status();
+                    assert!(
+                        status == "in_line" || status == "sold_out",
+                        "the watcher was {status}: {}",
+                        a.body
+                    );
+                    (status == "sold_out").then_some(a)
+                }
+            },
+        )
+        .await;
+        let took = paid_at.elapsed();
+        assert!(
+            took <= Duration::from_secs(1),
+            "sold_out came {took:?} after the last payment"
+        );
+        ticket = told.str("ticket").unwrap_or(ticket);
+        assert!(told.body["admission"].is_null(), "{}", told.body);
+        (user, ticket, took)
+    };
+
+    // Buyers far back never get to reserve while the sale runs: without an admission
+    // they are refused once the first seat is sold.
+    let prowlers = async {
+        eventually(Duration::from_secs(60), "the first seat paid", || async {
+            (sale.paid.load(Ordering::SeqCst) > 0).then_some(())
+        })
+        .await;
+        let answers: Vec<Answer> = futures::stream::iter(CROWD - 300..CROWD - 100)
+            .map(|user| {
+                let client = client.clone();
+                async move { client.reserve(showtime, user, None, None, None).await }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        for answer in &answers {
+            assert_error(&answer.pair(), StatusCode::FORBIDDEN, "not_admitted");
+        }
+        answers.len()
+    };
+
+    let ((watcher_user, watcher_ticket, told_after), prowled, (samples, worst_over_bound), ()) = tokio::join!(
+        watcher,
+        prowlers,
+        watch_room(&app, showtime, &stop_watching),
+        async {
+            // Stops the room's watch once every buyer has ended.
+            while !crowd.iter().all(|h| h.is_finished()) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            stop_watching.store(true, Ordering::SeqCst);
+        }
+    );
+    let mut buyers = Vec::with_capacity(CROWD as usize);
+    for handle in crowd {
+        buyers.push(handle.await.expect("a buyer's task"));
+    }
+    let crowd_done = opened.elapsed();
+
+    // Every buyer's ending.
+    let unexpected: Vec<(i64, &str)> = buyers
+        .iter()
+        .filter_map(|b| match &b.ending {
+            Ending::Unexpected(what) => Some((b.user, what.as_str())),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "{} buyers ended unexpectedly, e.g. {:?}",
+        unexpected.len(),
+        &unexpected[..unexpected.len().min(5)]
+    );
+    let bought: Vec<&Buyer> = buyers
+        .iter()
+        .filter(|b| matches!(b.ending, Ending::Bought { .. }))
+        .collect();
+    let sold_out_reserving = buyers
+        .iter()
+        .filter(|b| matches!(b.ending, Ending::SoldOutWhenReserving))
+        .count() as i64;
+    let sold_out_in_line: Vec<Instant> = buyers
+        .iter()
+        .filter_map(|b| match b.ending {
+            Ending::SoldOutInLine { at } => Some(at),
+            _ => None,
+        })
+        .collect();
+    let (last_pay_sent, last_pay_returned) = bought
+        .iter()
+        .map(|b| match b.ending {
+            Ending::Bought {
+                pay_sent,
+                pay_returned,
+                ..
+            } => (pay_sent, pay_returned),
+            _ => unreachable!(),
+        })
+        .fold((opened, opened), |(s, r), (ps, pr)| (s.max(ps), r.max(pr)));
+    assert_eq!(bought.len() as i64, SEATS, "every seat sold, one per buyer");
+    assert!(bought.iter().all(|b| b.admitted));
+    assert_eq!(
+        bought.len() + sold_out_reserving as usize + sold_out_in_line.len(),
+        CROWD as usize
+    );
+    // The room closes only once nothing is available or held: after every payment
+    // was sent.
+    assert!(
+        sold_out_in_line.iter().all(|&at| at >= last_pay_sent),
+        "a buyer in line was told sold_out before the last payment was sent"
+    );
+    let slowest_in_line = sold_out_in_line
+        .iter()
+        .map(|&at| at.saturating_duration_since(last_pay_returned))
+        .max();
+
+    // No more admitted than the seats, the margin and the admissions a sold_out used.
+    let admitted = buyers.iter().filter(|b| b.admitted).count() as i64;
+    let end = room_counts(&app, showtime).await;
+    let margin = allowed(SEATS, OVERBOOK) - SEATS;
+    assert_eq!(
+        end.served, admitted,
+        "every admission was seen by its buyer"
+    );
+    assert_eq!(
+        admitted,
+        SEATS + sold_out_reserving,
+        "every admission was decided: a hold or a sold_out"
+    );
+    assert!(
+        admitted <= SEATS + margin,
+        "{admitted} admitted for {SEATS} seats"
+    );
+    assert!(sold_out_reserving <= margin);
+    // Admission follows the line: the admitted are exactly its first places.
+    let mut admitted_places: Vec<u64> = buyers
+        .iter()
+        .filter(|b| b.admitted)
+        .map(|b| b.place.expect("an admitted buyer's place"))
+        .collect();
+    admitted_places.sort_unstable();
+    assert_eq!(admitted_places, (0..admitted as u64).collect::<Vec<_>>());
+
+    // Every seat sold and recorded, each order a buyer's who was admitted.
+    assert_eq!(app.seats(showtime).await, (0, 0, SEATS));
+    wait_for_orders(&app, showtime, SEATS).await;
+    let ordered: Vec<(String, i64)> =
+        sqlx::query_as("SELECT reservation_id, user_id FROM orders WHERE showtime_id = $1")
+            .bind(showtime)
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    let expected: HashSet<(String, i64)> = bought
+        .iter()
+        .map(|b| match &b.ending {
+            Ending::Bought { reservation, .. } => (reservation.clone(), b.user),
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(ordered.into_iter().collect::<HashSet<_>>(), expected);
+
+    // After the sale: those still in line are told sold_out, and still may not reserve.
+    let (status, again) = {
+        let a = client
+            .me(showtime, watcher_user, Some(&watcher_ticket))
+            .await;
+        (a.status, a.body)
+    };
+    assert_eq!(
+        (status, again["status"].as_str()),
+        (StatusCode::OK, Some("sold_out"))
+    );
+    let late: Vec<Answer> = futures::stream::iter(CROWD - 99..=CROWD)
+        .map(|user| {
+            let client = client.clone();
+            async move { client.reserve(showtime, user, None, None, None).await }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .collect()
+        .await;
+    for answer in &late {
+        assert_error(&answer.pair(), StatusCode::FORBIDDEN, "not_admitted");
+    }
+    assert_eq!(app.seats(showtime).await, (0, 0, SEATS));
+    assert_eq!(app.orders(showtime).await, SEATS);
+
+    eprintln!(
+        "crowd: {CROWD} joined in {joined_in:?}; after the opening every buyer ended in \
+         {crowd_done:?} ({} polls); {admitted} admitted ({sold_out_reserving} told sold_out \
+         when reserving); the watcher learned sold_out {told_after:?} after the last \
+         payment, the slowest in line {slowest_in_line:?}; {prowled} tokenless reserves \
+         refused mid-sale; {samples} Redis samples, largest excess of undecided admissions \
+         over ceil(available * 110%): {worst_over_bound}; total {:?}",
+        sale.polls.load(Ordering::Relaxed),
+        started.elapsed()
+    );
+    app.finish().await;
+}
+
+// ---------------------------------------------------------------------------------
+// 2. Fairness: a uniform lottery before the opening, arrival order after it.
+// ---------------------------------------------------------------------------------
+
+/// The chi-square test's critical value for 4 degrees of freedom at p = 4e-7.
+///
+/// For 4 degrees of freedom the survival function has a closed form,
+/// `P(X > x) = e^(-x/2) * (1 + x/2)`. Solving `e^(-y) (1 + y) = 4e-7` for `y = x/2` by
+/// bisection gives y = 17.659, so x = 35.32: `P(X > 35.32) = 3.99e-7`.
+/// [`chi_square_4_tail`] checks the constant at run time.
+const CHI_SQUARE_4_CRITICAL: f64 = 35.32;
+
+/// `P(X > x)` for a chi-square variable of 4 degrees of freedom.
+fn chi_square_4_tail(x: f64) -> f64 {
+    (-x / 2.0).exp() * (1.0 + x / 2.0)
+}
+
+/// `|z|` of Spearman's rank correlation beyond which the test fails: two-sided
+/// `P(|Z| > 5) = erfc(5 / sqrt 2) = 5.73e-7` for a standard normal.
+const SPEARMAN_Z_CRITICAL: f64 = 5.0;
+
+/// Spearman's rank correlation of a permutation against the identity: `places[i]` is
+/// the place of the `i`-th joiner, `places` a permutation of `0..n`.
+fn spearman(places: &[u64]) -> f64 {
+    let n = places.len() as f64;
+    let d2: f64 = places
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| (i as f64 - p as f64).powi(2))
+        .sum();
+    1.0 - 6.0 * d2 / (n * (n * n - 1.0))
+}
+
+/// The chi-square statistic of the join-order quintiles among the first fifth of the
+/// places, and the counts per quintile.
+fn first_fifth_by_join_quintile(places: &[u64]) -> (f64, [u64; 5]) {
+    let n = places.len() as u64;
+    let mut counts = [0u64; 5];
+    for (i, &place) in places.iter().enumerate() {
+        if place < n / 5 {
+            counts[(i as u64 * 5 / n) as usize] += 1;
+        }
+    }
+    let expected = (n / 5) as f64 / 5.0;
+    let chi2 = counts
+        .iter()
+        .map(|&c| (c as f64 - expected).powi(2) / expected)
+        .sum();
+    (chi2, counts)
+}
+
+#[test]
+fn the_fairness_tests_own_arithmetic() {
+    // The critical values are where the comments say.
+    let tail = chi_square_4_tail(CHI_SQUARE_4_CRITICAL);
+    assert!(tail <= 4e-7 && tail > 3.9e-7, "{tail}");
+    // Combined false-failure probability (a union bound): at most 1e-6.
+    assert!(5.73e-7 + 4e-7 <= 1e-6);
+    // Spearman: the identity is +1, the reverse -1.
+    let up: Vec<u64> = (0..100).collect();
+    let down: Vec<u64> = (0..100).rev().collect();
+    assert!((spearman(&up) - 1.0).abs() < 1e-12);
+    assert!((spearman(&down) + 1.0).abs() < 1e-12);
+    // First-come-first-served puts the whole first fifth in the first quintile.
+    let (chi2, counts) = first_fifth_by_join_quintile(&up);
+    assert_eq!(counts, [20, 0, 0, 0, 0]);
+    assert!(chi2 > CHI_SQUARE_4_CRITICAL, "{chi2}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pre_opening_joiners_are_placed_by_a_uniform_lottery_and_later_ones_in_arrival_order() {
+    const EARLY: usize = 2_000;
+    const LATE: i64 = 50;
+    let app = TestApp::spawn(options()).await;
+    let client = Client::of(&app, 32);
+    let showtime = create(
+        &app,
+        json!({"capacity": 20, "waiting_room": {
+            "opens_at": at(chrono::Duration::hours(1)),
+            "overbook_pct": 0,
+            "admission_secs": 60,
+        }}),
+    )
+    .await;
+
+    // Users join one after another, user 1 first: the join order is known.
+    let mut tickets = Vec::with_capacity(EARLY);
+    for user in 1..=EARLY as i64 {
+        let a = client.join(showtime, user).await;
+        assert_eq!(a.queue_status(), "waiting", "{}", a.body);
+        assert!(
+            a.body["place"].is_null(),
+            "no place before the lottery: {}",
+            a.body
+        );
+        tickets.push(a.str("ticket").expect("a ticket"));
+    }
+    open_now(&app, showtime, 0, 60).await;
+    eventually(Duration::from_secs(5), "the room open", || async {
+        let a = client.me(showtime, 1, Some(&tickets[0])).await;
+        (a.queue_status() != "waiting").then_some(())
+    })
+    .await;
+
+    // Every early joiner's place.
+    let standings: Vec<Answer> = futures::stream::iter(tickets.iter().enumerate())
+        .map(|(i, ticket)| {
+            let client = client.clone();
+            async move { client.me(showtime, i as i64 + 1, Some(ticket)).await }
+        })
+        .buffered(32)
+        .collect()
+        .await;
+    let mut places = Vec::with_capacity(EARLY);
+    for a in &standings {
+        let status = a.queue_status();
+        let place = a.body["place"].as_u64().expect("a place after the opening");
+        // The lottery's first 20 places are admitted (20 seats, no overbooking).
+        let expected = if place < 20 { "admitted" } else { "in_line" };
+        assert_eq!(status, expected, "{}", a.body);
+        places.push(place);
+    }
+    let mut sorted = places.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        (0..EARLY as u64).collect::<Vec<_>>(),
+        "places are a permutation"
+    );
+
+    // H0: the places are a uniform random permutation of the join order. Both tests
+    // below fail under H0 with probability at most 5.73e-7 + 4e-7 < 1e-6 together.
+    //
+    // Spearman's rho of join order against place: under H0 its mean is 0 and its
+    // variance 1/(n-1), and rho * sqrt(n-1) is close to a standard normal (its exact
+    // tails are lighter: rho is bounded and platykurtic).
+    let rho = spearman(&places);
+    let z = rho * ((EARLY - 1) as f64).sqrt();
+    // The join-order quintiles of the first n/5 places: under H0 each holds n/25 of
+    // them in expectation (hypergeometric: its chi-square statistic is at most as
+    // spread as the 4-degree chi-square, the finite-population correction being below
+    // one).
+    let (chi2, counts) = first_fifth_by_join_quintile(&places);
+    eprintln!(
+        "lottery of {EARLY}: Spearman rho {rho:.4} (z {z:.2}), first fifth by join quintile {counts:?} (chi-square {chi2:.2})"
+    );
+    assert!(
+        z.abs() <= SPEARMAN_Z_CRITICAL,
+        "places follow the join order: rho {rho}, z {z}"
+    );
+    assert!(
+        chi2 <= CHI_SQUARE_4_CRITICAL,
+        "the first places favour some joiners: {counts:?}, chi-square {chi2}"
+    );
+
+    // After the opening: arrival order, behind every early joiner.
+    let mut last = None;
+    for user in EARLY as i64 + 1..=EARLY as i64 + LATE {
+        let a = client.join(showtime, user).await;
+        assert_eq!(a.queue_status(), "in_line", "{}", a.body);
+        let place = a.body["place"].as_u64().expect("a place");
+        let expected = last.map_or(EARLY as u64, |p: u64| p + 1);
+        assert_eq!(place, expected, "arrival order: {}", a.body);
+        last = Some(place);
+        // Joining again finds the same place.
+        let again = client.join(showtime, user).await;
+        assert_eq!(again.body["place"], place, "{}", again.body);
+    }
+    app.finish().await;
+}
+
+// ---------------------------------------------------------------------------------
+// 3. Admissions: only the rightful, unused, unexpired one is taken.
+// ---------------------------------------------------------------------------------
+
+/// A buyer's place in a room: their ticket, and their admission once admitted.
+#[derive(Debug, Clone)]
+struct Standing {
+    user: i64,
+    status: String,
+    place: Option<u64>,
+    /// `None` when not in line.
+    ticket: Option<String>,
+    admission: Option<String>,
+    admitted_until: Option<String>,
+}
+
+impl Standing {
+    fn of(user: i64, a: &Answer) -> Self {
+        Self {
+            user,
+            status: a.queue_status(),
+            place: a.body["place"].as_u64(),
+            ticket: a.str("ticket"),
+            admission: a.str("admission"),
+            admitted_until: a.str("admitted_until"),
+        }
+    }
+
+    fn admission(&self) -> &str {
+        self.admission.as_deref().expect("admitted")
+    }
+
+    fn place(&self) -> u64 {
+        self.place.expect("a place")
+    }
+
+    fn ticket(&self) -> &str {
+        self.ticket.as_deref().expect("a ticket")
+    }
+}
+
+/// Joins, then asks where the buyer stands without a ticket (from the store, not from
+/// the process's snapshot of the room, which may be up to a refresh old).
+async fn joined(client: &Client, showtime: i64, user: i64) -> Standing {
+    let join = client.join(showtime, user).await;
+    assert_eq!(join.status, StatusCode::OK, "{}", join.body);
+    assert!(join.str("ticket").is_some(), "{}", join.body);
+    standing(client, showtime, user).await
+}
+
+async fn standing(client: &Client, showtime: i64, user: i64) -> Standing {
+    Standing::of(user, &client.me(showtime, user, None).await)
+}
+
+/// What a refused reserve must leave as it was: the seats and the room of each
+/// showtime, each buyer's standing (status, place, admission deadline), and their
+/// reservations.
+async fn everything(
+    app: &TestApp,
+    client: &Client,
+    showtimes: &[i64],
+    buyers: &[(i64, i64)],
+) -> Vec<Value> {
+    // The standings first: asking advances the room (admission is lazy), so that the
+    // room's counts read after them are settled.
+    let mut seen = vec![];
+    for &(st, user) in buyers {
+        let s = standing(client, st, user).await;
+        let (_, mine) = app.get(&format!("/me/reservations?user_id={user}")).await;
+        seen.push(json!([
+            st,
+            user,
+            s.status,
+            s.place,
+            s.admitted_until,
+            mine["reservations"]
+        ]));
+    }
+    for &st in showtimes {
+        let c = room_counts(app, st).await;
+        seen.push(json!([
+            st,
+            c.available,
+            c.held,
+            c.sold,
+            c.served,
+            c.admitted_live,
+            c.in_line
+        ]));
+    }
+    seen
+}
+
+/// A showtime of `capacity` seats, up to `max_per_user` each, behind a room open now.
+async fn room_open_now(
+    app: &TestApp,
+    capacity: u32,
+    max_per_user: u32,
+    overbook: u32,
+    admission_secs: u32,
+) -> i64 {
+    create(
+        app,
+        json!({"capacity": capacity, "max_per_user": max_per_user, "waiting_room": {
+            "overbook_pct": overbook,
+            "admission_secs": admission_secs,
+        }}),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn forged_expired_foreign_and_reused_admissions_are_refused_and_change_nothing() {
+    let app = TestApp::spawn(options()).await;
+    let client = Client::of(&app, 8);
+    // 6 seats, up to 4 each, no overbooking: 6 admitted at a time.
+    let a = room_open_now(&app, 6, 4, 0, 60).await;
+    let b = room_open_now(&app, 6, 4, 0, 60).await;
+    let mut line = vec![];
+    for user in 1..=7 {
+        line.push(joined(&client, a, user).await);
+    }
+    for (i, s) in line.iter().enumerate().take(6) {
+        assert_eq!(
+            (s.status.as_str(), s.place()),
+            ("admitted", i as u64),
+            "{s:?}"
+        );
+        assert!(s.admission.is_some() && s.admitted_until.is_some(), "{s:?}");
+    }
+    assert_eq!((line[6].status.as_str(), line[6].place()), ("in_line", 6));
+    assert!(line[6].admission.is_none());
+    let one = line[0].clone();
+    let one_in_b = joined(&client, b, 1).await;
+    assert_eq!(one_in_b.status, "admitted", "{one_in_b:?}");
+
+    let a_id = ShowtimeId::new(a).unwrap();
+    let later = UnixMillis(flash_sale_runtime::now().0 + 600_000);
+    let earlier = UnixMillis(flash_sale_runtime::now().0 - 1_000);
+    let other_secret = RoomPasses::new(b"not this service's secret, 32+ bytes long", None).unwrap();
+    let mut tampered = one.admission().to_string();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+
+    // (user, showtime, Admission-Token, what it is)
+    let refusals: Vec<(i64, i64, Option<String>, &str)> = vec![
+        (1, a, None, "no admission"),
+        (1, a, Some("not a token".into()), "junk"),
+        (1, a, Some(tampered), "a tampered signature"),
+        (
+            1,
+            a,
+            Some(other_secret.admission(UserId::new(1).unwrap(), a_id, 0, later)),
+            "signed with another secret",
+        ),
+        (
+            1,
+            a,
+            Some(
+                app.app
+                    .passes
+                    .admission(UserId::new(1).unwrap(), a_id, 0, earlier),
+            ),
+            "expired (signed by the server's own secret, exp a second ago)",
+        ),
+        (1, a, Some(line[1].admission().into()), "another user's"),
+        (1, b, Some(one.admission().into()), "another showtime's"),
+        (
+            1,
+            a,
+            Some(one_in_b.admission().into()),
+            "another showtime's, the other way",
+        ),
+        (1, a, Some(one.ticket().into()), "a queue ticket"),
+        (
+            7,
+            a,
+            Some(
+                app.app
+                    .passes
+                    .admission(UserId::new(7).unwrap(), a_id, 6, later),
+            ),
+            "validly signed for a buyer in line, not admitted",
+        ),
+        (
+            99,
+            a,
+            Some(
+                app.app
+                    .passes
+                    .admission(UserId::new(99).unwrap(), a_id, 0, later),
+            ),
+            "validly signed for someone not in line",
+        ),
+    ];
+    let watched = [(a, 1), (a, 2), (a, 7), (a, 99), (b, 1)];
+    let before = everything(&app, &client, &[a, b], &watched).await;
+    for (user, st, pass, what) in &refusals {
+        for quantity in [None, Some(3)] {
+            let answer = client
+                .reserve(*st, *user, pass.as_deref(), quantity, None)
+                .await;
+            assert_eq!(
+                (answer.status, answer.body["error"].as_str()),
+                (StatusCode::FORBIDDEN, Some("not_admitted")),
+                "{what}: {}",
+                answer.body
+            );
+            assert_error(&answer.pair(), StatusCode::FORBIDDEN, "not_admitted");
+        }
+        assert_eq!(
+            everything(&app, &client, &[a, b], &watched).await,
+            before,
+            "refusing {what} changed something"
+        );
+    }
+
+    // The rightful owner still uses theirs: one admission covers a group of 3.
+    let held = client
+        .reserve(a, 1, Some(one.admission()), Some(3), None)
+        .await;
+    assert_eq!(held.status, StatusCode::OK, "{}", held.body);
+    assert_eq!(held.body["quantity"], 3, "{}", held.body);
+    let first_hold = held.str("reservation_id").unwrap();
+    assert_eq!(app.seats(a).await, (3, 3, 0));
+    assert_eq!(standing(&client, a, 1).await.status, "passed");
+
+    // A group too large, or larger than what is left, does not use an admission up.
+    let too_many = client
+        .reserve(a, 4, Some(line[3].admission()), Some(5), None)
+        .await;
+    assert_error(&too_many.pair(), StatusCode::CONFLICT, "too_many_seats");
+    let not_enough = client
+        .reserve(a, 4, Some(line[3].admission()), Some(4), None)
+        .await;
+    assert_error(&not_enough.pair(), StatusCode::CONFLICT, "not_enough_seats");
+    assert_eq!(standing(&client, a, 4).await.status, "admitted");
+    let fits = client
+        .reserve(a, 4, Some(line[3].admission()), Some(1), None)
+        .await;
+    assert_eq!(fits.status, StatusCode::OK, "{}", fits.body);
+    assert_eq!(app.seats(a).await, (2, 4, 0));
+
+    // Reused: the hold cancelled, the same admission is refused.
+    let cancelled = client.cancel(&first_hold, 1).await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{}", cancelled.body);
+    assert_eq!(cancelled.body["status"], "CANCELLED");
+    assert_eq!(app.seats(a).await, (5, 1, 0));
+    // The seats the cancel returned let the next in line in.
+    let seven = standing(&client, a, 7).await;
+    assert_eq!(
+        (seven.status.as_str(), seven.place()),
+        ("admitted", 6),
+        "{seven:?}"
+    );
+    let watched_after = [(a, 1), (a, 2), (a, 7)];
+    let before = everything(&app, &client, &[a], &watched_after).await;
+    let reused = client
+        .reserve(a, 1, Some(one.admission()), None, None)
+        .await;
+    assert_error(&reused.pair(), StatusCode::FORBIDDEN, "not_admitted");
+    assert_eq!(
+        everything(&app, &client, &[a], &watched_after).await,
+        before
+    );
+    assert_eq!(standing(&client, a, 1).await.status, "passed");
+
+    // An Idempotency-Key: the replay answers the same hold, marked as a replay, with or
+    // without the admission (a replay is answered without checking it again).
+    let first = client
+        .reserve(a, 2, Some(line[1].admission()), None, Some("two-1"))
+        .await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    assert!(!first.replayed);
+    let replay = client
+        .reserve(a, 2, Some(line[1].admission()), None, Some("two-1"))
+        .await;
+    assert!(replay.replayed, "{replay:?}");
+    assert_eq!(replay.pair(), first.pair());
+    let bare_replay = client.reserve(a, 2, None, None, Some("two-1")).await;
+    assert!(bare_replay.replayed, "{bare_replay:?}");
+    assert_eq!(bare_replay.pair(), first.pair());
+    assert_eq!(app.seats(a).await, (4, 2, 0), "one hold for three answers");
+    // A refusal under a key is not recorded: the key then takes the rightful admission.
+    let refused = client
+        .reserve(a, 3, Some(line[1].admission()), None, Some("three-1"))
+        .await;
+    assert_error(&refused.pair(), StatusCode::FORBIDDEN, "not_admitted");
+    let taken = client
+        .reserve(a, 3, Some(line[2].admission()), None, Some("three-1"))
+        .await;
+    assert_eq!(taken.status, StatusCode::OK, "{}", taken.body);
+    assert!(!taken.replayed);
+    assert_eq!(app.seats(a).await, (3, 3, 0));
+    // Showtime b never moved.
+    assert_eq!(app.seats(b).await, (6, 0, 0));
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn an_admission_that_ran_out_is_refused_and_the_next_in_line_is_let_in() {
+    let app = TestApp::spawn(options()).await;
+    let client = Client::of(&app, 4);
+    // One seat, no overbooking, the shortest admission (10 s).
+    let st = room_open_now(&app, 1, 1, 0, 10).await;
+    let first = joined(&client, st, 1).await;
+    let second = joined(&client, st, 2).await;
+    assert_eq!(first.status, "admitted", "{first:?}");
+    assert_eq!(second.status, "in_line", "{second:?}");
+    let until = chrono::DateTime::parse_from_rfc3339(first.admitted_until.as_deref().unwrap())
+        .expect("admitted_until is RFC 3339");
+    let left = (until.with_timezone(&chrono::Utc) - chrono::Utc::now())
+        .to_std()
+        .expect("admitted_until is ahead");
+    assert!(left <= Duration::from_secs(10), "admitted until {until}");
+
+    // The admission runs out unused: its holder has passed, the next is admitted.
+    eventually(
+        Duration::from_secs(20),
+        "the admission to run out",
+        || async { (standing(&client, st, 1).await.status == "passed").then_some(()) },
+    )
+    .await;
+    let second = standing(&client, st, 2).await;
+    assert_eq!(second.status, "admitted", "{second:?}");
+
+    let before = everything(&app, &client, &[st], &[(st, 1), (st, 2)]).await;
+    // As the server signed it (expired), and re-signed to run past the store's
+    // deadline: the store refuses it all the same.
+    let resigned = app.app.passes.admission(
+        UserId::new(1).unwrap(),
+        ShowtimeId::new(st).unwrap(),
+        first.place(),
+        UnixMillis(flash_sale_runtime::now().0 + 600_000),
+    );
+    for pass in [first.admission(), resigned.as_str()] {
+        let answer = client.reserve(st, 1, Some(pass), None, None).await;
+        assert_error(&answer.pair(), StatusCode::FORBIDDEN, "not_admitted");
+    }
+    assert_eq!(
+        everything(&app, &client, &[st], &[(st, 1), (st, 2)]).await,
+        before
+    );
+    let taken = client
+        .reserve(st, 2, Some(second.admission()), None, None)
+        .await;
+    assert_eq!(taken.status, StatusCode::OK, "{}", taken.body);
+    assert_eq!(app.seats(st).await, (0, 1, 0));
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_503_does_not_use_the_admission_up() {
+    let app = TestApp::spawn(options()).await;
+    let client = Client::of(&app, 4);
+    let st = room_open_now(&app, 2, 1, 0, 60).await;
+    let one = joined(&client, st, 1).await;
+    assert_eq!(one.status, "admitted", "{one:?}");
+
+    // The hold's expiry made unroutable: the publish after the take fails, the seat is
+    // given back and the answer is 503 (as in lifecycle's a_failed_publish_leaks_no_seat).
+    let bus = &app.adapters.bus;
+    let ch = bus.channel().await.unwrap();
+    ch.queue_delete(
+        bus.topology().delay_queue().as_str().into(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let failed = client
+        .reserve(st, 1, Some(one.admission()), None, None)
+        .await;
+    assert_error(
+        &failed.pair(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
+    assert_eq!(app.seats(st).await, (2, 0, 0), "the seat went back on sale");
+    bus.declare_topology().await.unwrap();
+
+    // The contract: a 503 does not use the admission up; the buyer retries with it.
+    let after = standing(&client, st, 1).await;
+    let retried = client
+        .reserve(st, 1, Some(one.admission()), None, None)
+        .await;
+    assert_eq!(
+        retried.status,
+        StatusCode::OK,
+        "the retry after a 503 was refused: {} (standing after the 503: {after:?})",
+        retried.body
+    );
+    assert_eq!(after.status, "admitted", "{after:?}");
+    assert_eq!(app.seats(st).await, (1, 1, 0));
+    app.finish().await;
+}
+
+// ---------------------------------------------------------------------------------
+// 4. A restart while people wait.
+// ---------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn places_tickets_and_admissions_survive_a_restart() {
+    let opts = Options {
+        extra_env: vec![(
+            "WAITING_ROOM_SECRET",
+            "the waiting room secret both processes share, 32+ bytes".to_string(),
+        )],
+        ..options()
+    };
+    let mut a = TestApp::spawn(opts.clone()).await;
+    let client_a = Client::of(&a, 8);
+    // 5 seats, no overbooking: the first 5 of 20 admitted.
+    let st = room_open_now(&a, 5, 1, 0, 600).await;
+    let mut line = vec![];
+    for user in 1..=20 {
+        line.push(joined(&client_a, st, user).await);
+    }
+    for (i, s) in line.iter().enumerate() {
+        assert_eq!(s.place(), i as u64, "{s:?}");
+        assert_eq!(
+            s.status,
+            if i < 5 { "admitted" } else { "in_line" },
+            "{s:?}"
+        );
+    }
+    // One admitted buyer holds on A.
+    let held = client_a
+        .reserve(st, 1, Some(line[0].admission()), None, None)
+        .await;
+    assert_eq!(held.status, StatusCode::OK, "{}", held.body);
+    a.stop().await;
+
+    let b = TestApp::spawn_on(a.iso.clone(), opts).await;
+    let client_b = Client::of(&b, 8);
+    // Every ticket from A is accepted by B, and names the same place and standing.
+    for s in &line {
+        let polled = client_b.me(st, s.user, Some(s.ticket())).await;
+        let now = Standing::of(s.user, &polled);
+        assert_eq!(now.place, s.place, "{polled:?}");
+        let expected = match s.user {
+            1 => "passed",
+            2..=5 => "admitted",
+            _ => "in_line",
+        };
+        assert_eq!(now.status, expected, "{polled:?}");
+        if expected == "admitted" {
+            assert_eq!(now.admitted_until, s.admitted_until, "{polled:?}");
+        }
+    }
+    // A's admissions are taken by B; the line is where it was.
+    for s in &line[1..5] {
+        let taken = client_b
+            .reserve(st, s.user, Some(s.admission()), None, None)
+            .await;
+        assert_eq!(
+            taken.status,
+            StatusCode::OK,
+            "user {}: {}",
+            s.user,
+            taken.body
+        );
+    }
+    assert_eq!(b.seats(st).await, (0, 5, 0));
+    let sixth = client_b.me(st, 6, Some(line[5].ticket())).await;
+    assert_eq!(
+        (sixth.queue_status().as_str(), sixth.body["place"].as_u64()),
+        ("in_line", Some(5)),
+        "{}",
+        sixth.body
+    );
+    drop(a);
+    b.finish().await;
+}
+
+// ---------------------------------------------------------------------------------
+// 5. Without a room, as before.
+// ---------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_showtime_without_a_room_sells_as_before_and_has_no_line() {
+    let app = TestApp::spawn(options()).await;
+    let client = Client::of(&app, 4);
+    let st = app.create_showtime(2).await;
+    let (_, shown) = app.get(&format!("/showtimes/{st}")).await;
+    assert!(shown["waiting_room"].is_null(), "{shown}");
+
+    let held = client.reserve(st, 1, None, None, None).await;
+    assert_eq!(held.status, StatusCode::OK, "{}", held.body);
+    let paid = client.pay(&held.str("reservation_id").unwrap(), 1).await;
+    assert_eq!(paid.status, StatusCode::OK, "{}", paid.body);
+    assert_error(
+        &client.join(st, 2).await.pair(),
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_error(
+        &client.me(st, 2, None).await.pair(),
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_error(
+        &client.join(st + 1_000, 2).await.pair(),
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_eq!(app.seats(st).await, (1, 0, 1));
+
+    // A room added, then removed: the sale goes back to selling to anyone.
+    let (status, answer) = app
+        .change_showtime(st, json!({"waiting_room": {"overbook_pct": 0}}), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert!(answer["waiting_room"].is_object(), "{answer}");
+    eventually(
+        Duration::from_secs(5),
+        "reserves to need an admission",
+        || async {
+            let a = client.reserve(st, 2, None, None, None).await;
+            assert_ne!(a.status, StatusCode::OK, "{}", a.body);
+            (a.status == StatusCode::FORBIDDEN && a.body["error"] == "not_admitted").then_some(())
+        },
+    )
+    .await;
+    let (status, answer) = app
+        .change_showtime(st, json!({"waiting_room": null}), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert!(answer["waiting_room"].is_null(), "{answer}");
+    let held = eventually(Duration::from_secs(5), "reserves to need none", || async {
+        let a = client.reserve(st, 2, None, None, None).await;
+        (a.status == StatusCode::OK).then_some(a)
+    })
+    .await;
+    assert_eq!(held.body["user_id"], 2);
+    assert_error(
+        &client.join(st, 3).await.pair(),
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_eq!(app.seats(st).await, (0, 1, 1));
+    app.finish().await;
+}
