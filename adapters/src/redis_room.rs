@@ -178,6 +178,7 @@ impl WaitingRoomStore for RedisRoom {
             joined: at(1)?,
             closed: at(2)? == 1,
             open: at(3)? == 1,
+            opens_at: UnixMillis(at(4)?),
         }))
     }
 

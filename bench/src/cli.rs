@@ -188,6 +188,10 @@ pub(crate) struct RoomArgs {
     /// The room's `admission_secs` (default: the server's, 120).
     #[arg(long)]
     pub(crate) admission_secs: Option<u32>,
+    /// The server's `WAITING_ROOM_POLLS_PER_SEC`: the polls a second each room's line is
+    /// paced to (default: the server's, 10,000).
+    #[arg(long)]
+    pub(crate) polls_per_sec: Option<u32>,
 }
 
 /// `250..1000` (or `500`): a range of milliseconds.

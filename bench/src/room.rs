@@ -10,8 +10,9 @@
 //!                                        ^        |                          (Admission-Token)
 //!                                        '--------'                            │ 200: pay
 //!                      GET /showtimes/{id}/queue/me (Queue-Ticket)             v (as million)
-//!                      every estimated wait +-20% within --poll-ms,        sold_out: done
-//!                      bots every --bot-poll-ms                  or the room says sold_out
+//!                      when the room's poll_after_ms says (else every      sold_out: done
+//!                      estimated wait +-20% within --poll-ms),   or the room says sold_out
+//!                      bots every --bot-poll-ms
 //! ```
 //!
 //! Every buyer joins before the opening, so the room draws the line by lot. The first
@@ -144,6 +145,9 @@ struct QueueStatus {
     ticket: Option<String>,
     #[serde(default)]
     estimated_wait_secs: Option<f64>,
+    /// The room's pacing: when to ask again.
+    #[serde(default)]
+    poll_after_ms: Option<u64>,
     #[serde(default)]
     admission: Option<String>,
 }
@@ -212,16 +216,30 @@ impl Ctx {
         t.saturating_duration_since(self.started).as_micros() as u64
     }
 
-    fn pause(&self, bot: bool, estimated_wait: Option<f64>) -> Duration {
-        pause(&self.drive.room, bot, estimated_wait)
+    fn pause(&self, bot: bool, status: Option<&QueueStatus>) -> Duration {
+        pause(
+            &self.drive.room,
+            bot,
+            status.and_then(|s| s.poll_after_ms),
+            status.and_then(|s| s.estimated_wait_secs),
+        )
     }
 }
 
-/// The pause before a buyer's next poll: a bot's fixed one; else the estimated wait
-/// +-20% kept within `--poll-ms`, or uniformly in it without an estimate.
-fn pause(r: &RoomArgs, bot: bool, estimated_wait: Option<f64>) -> Duration {
+/// The pause before a buyer's next poll: a bot's fixed one; else the room's own
+/// `poll_after_ms`; else (a server that does not pace) the estimated wait +-20% kept
+/// within `--poll-ms`, or uniformly in it without an estimate.
+fn pause(
+    r: &RoomArgs,
+    bot: bool,
+    poll_after_ms: Option<u64>,
+    estimated_wait: Option<f64>,
+) -> Duration {
     if bot {
         return Duration::from_millis(r.bot_poll_ms);
+    }
+    if let Some(ms) = poll_after_ms {
+        return Duration::from_millis(ms);
     }
     let (lo, hi) = (r.poll_ms.0 as f64 / 1000.0, r.poll_ms.1 as f64 / 1000.0);
     let secs = match estimated_wait {
@@ -353,7 +371,7 @@ async fn buyer(ctx: Arc<Ctx>, user: u64, due: Instant) -> Visit {
         };
         failures = 0;
         if status.ticket.is_some() {
-            ticket = status.ticket;
+            ticket = status.ticket.clone();
         } else if ticket.is_none() {
             v.end = End::Other(format!("{kind:?}: {} without a ticket", status.status));
             return v;
@@ -374,7 +392,7 @@ async fn buyer(ctx: Arc<Ctx>, user: u64, due: Instant) -> Visit {
                 return v;
             }
             "waiting" | "in_line" => {
-                due = end + ctx.pause(bot, status.estimated_wait_secs);
+                due = end + ctx.pause(bot, Some(&status));
             }
             other => {
                 v.end = End::Other(format!("the room said {other}"));
@@ -1086,6 +1104,7 @@ mod tests {
             admit_per_sec: None,
             overbook_pct: None,
             admission_secs: None,
+            polls_per_sec: None,
         }
     }
 
@@ -1094,12 +1113,14 @@ mod tests {
         let r = room();
         let ms = |d: Duration| d.as_millis() as u64;
         for _ in 0..1000 {
-            assert_eq!(ms(pause(&r, true, Some(30.0))), 50);
-            assert!((250..=1000).contains(&ms(pause(&r, false, None))));
+            assert_eq!(ms(pause(&r, true, Some(3_000), Some(30.0))), 50);
+            assert!((250..=1000).contains(&ms(pause(&r, false, None, None))));
             // A long wait polls at the longest pause, a short one at the shortest.
-            assert_eq!(ms(pause(&r, false, Some(60.0))), 1000);
-            assert_eq!(ms(pause(&r, false, Some(0.01))), 250);
-            assert!((400..=600).contains(&ms(pause(&r, false, Some(0.5)))));
+            assert_eq!(ms(pause(&r, false, None, Some(60.0))), 1000);
+            assert_eq!(ms(pause(&r, false, None, Some(0.01))), 250);
+            assert!((400..=600).contains(&ms(pause(&r, false, None, Some(0.5)))));
+            // The room's own pacing, whatever the range.
+            assert_eq!(ms(pause(&r, false, Some(7_500), Some(0.5))), 7_500);
         }
     }
 

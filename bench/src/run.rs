@@ -236,6 +236,11 @@ pub(crate) fn server_env(
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
+    .chain(
+        args.room
+            .polls_per_sec
+            .map(|n| ("WAITING_ROOM_POLLS_PER_SEC".to_string(), n.to_string())),
+    )
     .collect()
 }
 

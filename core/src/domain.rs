@@ -168,7 +168,7 @@ impl Default for MaxPerUser {
 
 /// Milliseconds since the Unix epoch, on the seat store's clock (the one clock every
 /// decision about a hold's deadline is taken on).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct UnixMillis(pub u64);
 
 /// Where every seat of a showtime is, at one instant. `available + held + sold == capacity`

@@ -98,6 +98,8 @@ pub struct RoomSnapshot {
     pub closed: bool,
     /// The room is open (its `opens_at` has passed): places exist.
     pub open: bool,
+    /// When the room opens (or opened).
+    pub opens_at: UnixMillis,
 }
 
 /// One caller's standing in a room.
@@ -137,8 +139,8 @@ pub trait WaitingRoomStore: Send + Sync + 'static {
     ) -> impl Future<Output = PortResult<()>> + Send;
 
     /// Puts `user` in line (once: a second join finds the first place). `draw` is the
-    /// lottery number for a join before the opening: uniformly random, drawn by the
-    /// server.
+    /// lottery number for a join before the opening, below [`LOTTERY_RANGE`]: uniform,
+    /// drawn by the server, never the client.
     fn join(
         &self,
         showtime: ShowtimeId,
@@ -171,10 +173,17 @@ pub trait WaitingRoomStore: Send + Sync + 'static {
 /// admission advanced) at most once per `refresh`, and a caller whose place is known (it
 /// is in the caller's ticket) and not reached yet is answered from it. A caller whose
 /// turn may have come, or whose place is not known yet, costs one call.
+///
+/// Every answer also says when to ask again ([`Status::poll_after`]), so that a room's
+/// whole line asks about `polls_per_sec` times a second however long it is, and in the
+/// order of its places: before the opening each early joiner is told to come back at the
+/// opening plus a delay in proportion to their lottery number, so those whose turn comes
+/// first ask first and the rest follow, spread out.
 #[derive(Debug)]
 pub struct Rooms<R> {
     store: R,
     refresh: Duration,
+    polls_per_sec: f64,
     seen: RwLock<HashMap<ShowtimeId, Seen>>,
 }
 
@@ -185,6 +194,8 @@ struct Seen {
     at: Instant,
     /// Admissions a second, smoothed over the recent reads.
     rate: f64,
+    /// Joins a second, smoothed the same way.
+    join_rate: f64,
 }
 
 /// The most rooms a process keeps snapshots of; when full it starts over.
@@ -196,15 +207,50 @@ pub struct Status {
     pub standing: Standing,
     /// Seconds until the caller's turn at the pace the line moves now, when it moves.
     pub estimated_wait_secs: Option<f64>,
+    /// When to ask again: `None` when there is nothing left to wait for (admitted,
+    /// passed, sold out, not in line).
+    pub poll_after: Option<Duration>,
+}
+
+/// How many polls a second a room's whole line is paced to, unless set.
+pub const DEFAULT_POLLS_PER_SEC: u32 = 10_000;
+
+/// The soonest a caller in line is told to ask again.
+pub const MIN_POLL: Duration = Duration::from_secs(1);
+/// The latest a caller in line is told to ask again.
+pub const MAX_POLL: Duration = Duration::from_secs(60);
+/// Early joiners asking more than this before the opening are told to come back within
+/// it (when the line's size is better known), spread over its first half.
+const PREVIEW: Duration = Duration::from_secs(60);
+/// Early joiners are told to come back at most this far ahead.
+const MAX_WAITING_POLL: Duration = Duration::from_secs(300);
+
+/// Who asks: their place when their ticket carries it, and their lottery number (below
+/// [`LOTTERY_RANGE`]), which orders their polls at the opening.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Asker {
+    pub user: UserId,
+    pub place: Option<u64>,
+    pub lot: u64,
 }
 
 impl<R: WaitingRoomStore> Rooms<R> {
+    /// Rooms read at most once per `refresh`, each line paced to
+    /// [`DEFAULT_POLLS_PER_SEC`] polls a second.
     pub fn new(store: R, refresh: Duration) -> Self {
         Self {
             store,
             refresh,
+            polls_per_sec: f64::from(DEFAULT_POLLS_PER_SEC),
             seen: RwLock::default(),
         }
+    }
+
+    /// Paces each room's whole line (across every process sharing the seat store) to
+    /// about `polls_per_sec` polls a second.
+    pub fn with_polls_per_sec(mut self, polls_per_sec: u32) -> Self {
+        self.polls_per_sec = f64::from(polls_per_sec.max(1));
+        self
     }
 
     pub fn store(&self) -> &R {
@@ -234,17 +280,26 @@ impl<R: WaitingRoomStore> Rooms<R> {
     fn keep(&self, showtime: ShowtimeId, snapshot: RoomSnapshot) {
         let mut seen = self.seen.write().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        let rate = match seen.get(&showtime) {
-            Some(before) if snapshot.served >= before.snapshot.served => {
-                let secs = now.duration_since(before.at).as_secs_f64();
-                if secs > 0.0 {
-                    let recent = (snapshot.served - before.snapshot.served) as f64 / secs;
-                    0.7 * before.rate + 0.3 * recent
-                } else {
-                    before.rate
-                }
+        let smoothed = |before: &Seen, was: u64, is: u64, rate: f64| {
+            let secs = now.duration_since(before.at).as_secs_f64();
+            if secs > 0.0 {
+                0.7 * rate + 0.3 * (is - was) as f64 / secs
+            } else {
+                rate
             }
-            _ => 0.0,
+        };
+        let (rate, join_rate) = match seen.get(&showtime) {
+            Some(before)
+                if snapshot.served >= before.snapshot.served
+                    && snapshot.joined >= before.snapshot.joined =>
+            {
+                let b = &before.snapshot;
+                (
+                    smoothed(before, b.served, snapshot.served, before.rate),
+                    smoothed(before, b.joined, snapshot.joined, before.join_rate),
+                )
+            }
+            _ => (0.0, 0.0),
         };
         if seen.len() >= ROOMS_KEPT && !seen.contains_key(&showtime) {
             seen.clear();
@@ -255,39 +310,100 @@ impl<R: WaitingRoomStore> Rooms<R> {
                 snapshot,
                 at: now,
                 rate,
+                join_rate,
             },
         );
     }
 
-    /// `user`'s standing, from the snapshot when `place` (from the caller's ticket) is
-    /// known and not reached; else one call to the store.
+    /// The asker's standing, from the snapshot when their `place` (from their ticket)
+    /// is known and not reached; else one call to the store. `now` is the wall clock.
     pub async fn status(
         &self,
         showtime: ShowtimeId,
-        user: UserId,
-        place: Option<u64>,
+        asker: Asker,
+        now: UnixMillis,
     ) -> PortResult<Option<Status>> {
         let Some(snapshot) = self.snapshot(showtime).await? else {
             return Ok(None);
         };
-        let standing = match place {
+        let standing = match asker.place {
             _ if !snapshot.open => Standing::Waiting,
             Some(place) if place >= snapshot.served && snapshot.closed => Standing::SoldOut,
             Some(place) if place >= snapshot.served => Standing::InLine {
                 place,
                 ahead: place - snapshot.served,
             },
-            _ => self.store.standing(showtime, user).await?,
+            _ => self.store.standing(showtime, asker.user).await?,
         };
-        let rate = self.fresh(showtime).map_or(0.0, |s| s.rate);
+        let seen = self.fresh(showtime);
+        let (rate, join_rate) = seen.map_or((0.0, 0.0), |s| (s.rate, s.join_rate));
         let estimated_wait_secs = match standing {
             Standing::InLine { ahead, .. } if rate > 0.0 => Some(ahead as f64 / rate),
             _ => None,
         };
+        let pace = Pace {
+            snapshot,
+            join_rate,
+            polls_per_sec: self.polls_per_sec,
+            lot: asker.lot,
+            now,
+        };
         Ok(Some(Status {
             standing,
             estimated_wait_secs,
+            poll_after: pace.poll_after(standing, estimated_wait_secs),
         }))
+    }
+}
+
+/// What decides when one asker should ask again.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    snapshot: RoomSnapshot,
+    join_rate: f64,
+    polls_per_sec: f64,
+    lot: u64,
+    now: UnixMillis,
+}
+
+impl Pace {
+    /// The asker's lottery number as a fraction of the range, in `[0, 1)`.
+    fn fraction(&self) -> f64 {
+        (self.lot % LOTTERY_RANGE) as f64 / LOTTERY_RANGE as f64
+    }
+
+    fn poll_after(&self, standing: Standing, estimated_wait_secs: Option<f64>) -> Option<Duration> {
+        let q = self.fraction();
+        match standing {
+            Standing::Waiting => {
+                let to_open =
+                    Duration::from_millis(self.snapshot.opens_at.0.saturating_sub(self.now.0));
+                if to_open > PREVIEW {
+                    // Come back within the last minute, when the line's size is better known.
+                    let back = to_open - PREVIEW + PREVIEW.mul_f64(q / 2.0);
+                    return Some(back.min(MAX_WAITING_POLL));
+                }
+                // The line as it will be at the opening, at the pace joins come now; in
+                // lottery order the line asks over expected / polls_per_sec seconds, so
+                // those admitted first ask first.
+                let expected = self.snapshot.joined as f64 + self.join_rate * to_open.as_secs_f64();
+                Some(to_open + Duration::from_secs_f64(q * expected / self.polls_per_sec))
+            }
+            Standing::InLine { .. } => {
+                let waiting = self.snapshot.joined.saturating_sub(self.snapshot.served);
+                let spread = Duration::from_secs_f64(waiting as f64 / self.polls_per_sec)
+                    .clamp(MIN_POLL, MAX_POLL);
+                let soonest = estimated_wait_secs
+                    .map(Duration::from_secs_f64)
+                    .map_or(spread, |wait| wait.clamp(MIN_POLL, spread));
+                // +-20% by lottery number, so a line told at once does not come back at once.
+                Some(soonest.mul_f64(0.8 + 0.4 * q))
+            }
+            Standing::Admitted { .. }
+            | Standing::Passed { .. }
+            | Standing::SoldOut
+            | Standing::NotInLine => None,
+        }
     }
 }
 
@@ -364,6 +480,16 @@ mod tests {
         }
     }
 
+    const NOW: UnixMillis = UnixMillis(1_800_000_000_000);
+
+    fn asker(user: UserId, place: Option<u64>) -> Asker {
+        Asker {
+            user,
+            place,
+            lot: 0,
+        }
+    }
+
     fn calls(store: &Counting) -> (usize, usize) {
         use std::sync::atomic::Ordering::SeqCst;
         (store.advances.load(SeqCst), store.standings.load(SeqCst))
@@ -378,12 +504,13 @@ mod tests {
             joined: 1_000,
             closed: false,
             open: true,
+            opens_at: UnixMillis(0),
         };
         let rooms = Rooms::new(store, Duration::from_secs(3600));
         let st = ShowtimeId::new(1).unwrap();
         for n in 1..=500 {
             let user = UserId::new(n).unwrap();
-            let status = block_on(rooms.status(st, user, Some(n as u64 + 10)))
+            let status = block_on(rooms.status(st, asker(user, Some(n as u64 + 10)), NOW))
                 .unwrap()
                 .unwrap();
             assert_eq!(
@@ -397,9 +524,12 @@ mod tests {
         assert_eq!(calls(rooms.store()), (1, 0), "one read for 500 polls");
         // A place already reached, or unknown: one call to find out.
         let me = UserId::new(9).unwrap();
-        let status = block_on(rooms.status(st, me, Some(3))).unwrap().unwrap();
+        let status = block_on(rooms.status(st, asker(me, Some(3)), NOW))
+            .unwrap()
+            .unwrap();
         assert!(matches!(status.standing, Standing::Admitted { .. }));
-        block_on(rooms.status(st, me, None)).unwrap();
+        assert_eq!(status.poll_after, None, "nothing to wait for");
+        block_on(rooms.status(st, asker(me, None), NOW)).unwrap();
         assert_eq!(calls(rooms.store()), (1, 2));
     }
 
@@ -413,16 +543,121 @@ mod tests {
             joined: 50,
             closed: true,
             open: true,
+            opens_at: UnixMillis(0),
         };
         let rooms = Rooms::new(store, Duration::ZERO);
         let st = ShowtimeId::new(1).unwrap();
         let me = UserId::new(1).unwrap();
-        let status = block_on(rooms.status(st, me, Some(20))).unwrap().unwrap();
+        let status = block_on(rooms.status(st, asker(me, Some(20)), NOW))
+            .unwrap()
+            .unwrap();
         assert_eq!(status.standing, Standing::SoldOut);
+        assert_eq!(status.poll_after, None);
         *rooms.store().snapshot.lock().unwrap() = RoomSnapshot::default();
-        let status = block_on(rooms.status(st, me, None)).unwrap().unwrap();
+        let status = block_on(rooms.status(st, asker(me, None), NOW))
+            .unwrap()
+            .unwrap();
         assert_eq!(status.standing, Standing::Waiting);
         assert_eq!(calls(rooms.store()).1, 0);
+    }
+
+    /// When `lot`'s holder is told to ask again, with the room in `snapshot`.
+    fn pace(snapshot: RoomSnapshot, lot: u64, standing: Standing, wait: Option<f64>) -> Duration {
+        Pace {
+            snapshot,
+            join_rate: 0.0,
+            polls_per_sec: 10_000.0,
+            lot,
+            now: NOW,
+        }
+        .poll_after(standing, wait)
+        .expect("a poll is due")
+    }
+
+    #[test]
+    fn early_joiners_come_back_at_the_opening_in_lottery_order_spread_over_the_polls_budget() {
+        let opens_at = UnixMillis(NOW.0 + 10_000);
+        let line = RoomSnapshot {
+            served: 0,
+            joined: 100_000,
+            closed: false,
+            open: false,
+            opens_at,
+        };
+        // 100,000 joiners at 10,000 polls a second: the line asks over 10 s from the
+        // opening, the lowest number first.
+        let first = pace(line, 0, Standing::Waiting, None);
+        let middle = pace(line, LOTTERY_RANGE / 2, Standing::Waiting, None);
+        let last = pace(line, LOTTERY_RANGE - 1, Standing::Waiting, None);
+        assert_eq!(first, Duration::from_secs(10));
+        assert_eq!(middle, Duration::from_secs(15));
+        assert!(last > Duration::from_millis(19_999) && last <= Duration::from_secs(20));
+        // Joins still coming count at their pace: 1,000 a second for the 10 s left.
+        let growing = Pace {
+            snapshot: line,
+            join_rate: 1_000.0,
+            polls_per_sec: 10_000.0,
+            lot: LOTTERY_RANGE / 2,
+            now: NOW,
+        };
+        let told = growing.poll_after(Standing::Waiting, None).unwrap();
+        assert_eq!(told, Duration::from_millis(10_000 + 5_500));
+        // An hour before the opening: come back within its last minute.
+        let early = RoomSnapshot {
+            opens_at: UnixMillis(NOW.0 + 90_000),
+            ..line
+        };
+        assert_eq!(
+            pace(early, 0, Standing::Waiting, None),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            pace(early, LOTTERY_RANGE / 2, Standing::Waiting, None),
+            Duration::from_secs(45)
+        );
+        let far = RoomSnapshot {
+            opens_at: UnixMillis(NOW.0 + 3_600_000),
+            ..line
+        };
+        assert_eq!(pace(far, 0, Standing::Waiting, None), MAX_WAITING_POLL);
+    }
+
+    #[test]
+    fn a_line_asks_about_its_polls_budget_a_second_and_sooner_when_its_turn_is_near() {
+        let line = RoomSnapshot {
+            served: 1_000,
+            joined: 201_000,
+            closed: false,
+            open: true,
+            opens_at: UnixMillis(0),
+        };
+        let at = Standing::InLine {
+            place: 50_000,
+            ahead: 49_000,
+        };
+        // 200,000 waiting at 10,000 a second: every 20 s (+-20% by lottery number).
+        assert_eq!(
+            pace(line, LOTTERY_RANGE / 2, at, None),
+            Duration::from_secs(20)
+        );
+        assert_eq!(pace(line, 0, at, None), Duration::from_secs(16));
+        // A turn expected in 5 s: ask then. Never sooner than a second, never later than
+        // a minute.
+        assert_eq!(
+            pace(line, LOTTERY_RANGE / 2, at, Some(5.0)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(pace(line, LOTTERY_RANGE / 2, at, Some(0.01)), MIN_POLL);
+        let short = RoomSnapshot {
+            joined: 1_010,
+            ..line
+        };
+        assert_eq!(pace(short, LOTTERY_RANGE / 2, at, None), MIN_POLL);
+        let huge = RoomSnapshot {
+            joined: 10_000_000,
+            ..line
+        };
+        assert_eq!(pace(huge, LOTTERY_RANGE / 2, at, None), MAX_POLL);
     }
 
     #[test]

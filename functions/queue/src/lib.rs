@@ -21,7 +21,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use flash_sale_core::waiting_room::{Joined, Standing, Status, WaitingRoomStore as _};
+use flash_sale_core::waiting_room::{Asker, Joined, Standing, Status, WaitingRoomStore as _};
 use flash_sale_core::{ShowtimeId, UnixMillis, UserId};
 use flash_sale_runtime::error::ApiError;
 use flash_sale_runtime::extract::JsonBody;
@@ -79,6 +79,10 @@ pub struct QueueStatus {
     ahead: Option<u64>,
     /// At the pace the line moves now, when it moves.
     estimated_wait_secs: Option<f64>,
+    /// Ask again in this many milliseconds (`null`: nothing left to wait for). The
+    /// room paces its whole line with it: before the opening, early joiners are told to
+    /// come back at the opening, in the order the lottery is likely to give them.
+    poll_after_ms: Option<u64>,
     /// For `POST /reserve`'s `Admission-Token`, while admitted.
     admission: Option<String>,
     admitted_until: Option<String>,
@@ -96,25 +100,31 @@ async fn join(
     let showtime: ShowtimeId = id.parse()?;
     state.guard().limits().check_user(user)?;
     let app = state.app();
-    // The lottery's number: drawn here, never taken from the client.
-    let draw: u64 = rand::random();
-    let standing = match app.rooms.store().join(showtime, user, draw).await? {
+    // The lottery's number: the server's, never taken from the client.
+    let lot = app.passes.lot(user, showtime);
+    let standing = match app.rooms.store().join(showtime, user, lot).await? {
         Joined::Standing(standing) => standing,
         Joined::NoRoom => {
             open_room(app, showtime).await?;
-            match app.rooms.store().join(showtime, user, draw).await? {
+            match app.rooms.store().join(showtime, user, lot).await? {
                 Joined::Standing(standing) => standing,
                 Joined::NoRoom => return Err(no_room(showtime)),
             }
         }
     };
+    let asker = Asker {
+        user,
+        place: place_of(standing),
+        lot,
+    };
     let status = app
         .rooms
-        .status(showtime, user, place_of(standing))
+        .status(showtime, asker, now())
         .await?
         .unwrap_or(Status {
             standing,
             estimated_wait_secs: None,
+            poll_after: None,
         });
     Ok(Json(answer(app, "join", showtime, user, status).await))
 }
@@ -148,12 +158,17 @@ async fn me(
                 .place
         }
     };
-    let status = match app.rooms.status(showtime, user, place).await? {
+    let asker = Asker {
+        user,
+        place,
+        lot: app.passes.lot(user, showtime),
+    };
+    let status = match app.rooms.status(showtime, asker, now()).await? {
         Some(status) => status,
         None => {
             open_room(app, showtime).await?;
             app.rooms
-                .status(showtime, user, place)
+                .status(showtime, asker, now())
                 .await?
                 .ok_or_else(|| no_room(showtime))?
         }
@@ -233,6 +248,7 @@ async fn answer(
         place,
         ahead,
         estimated_wait_secs: status.estimated_wait_secs,
+        poll_after_ms: status.poll_after.map(|d| d.as_millis() as u64),
         admission,
         admitted_until,
     }

@@ -97,7 +97,8 @@ impl App {
         let rooms = Rooms::new(
             RedisRoom::new(seats.connection(), &config.redis_key_prefix),
             config.waiting_room.refresh,
-        );
+        )
+        .with_polls_per_sec(config.waiting_room.polls_per_sec);
         let passes = match &config.waiting_room.secret {
             Some(secret) => RoomPasses::new(
                 secret,

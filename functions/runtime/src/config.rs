@@ -91,6 +91,11 @@ pub struct WaitingRoomConfig {
     /// (`WAITING_ROOM_REFRESH_MS`, default 200): a polling crowd costs Redis one call
     /// per room per this period and process.
     pub refresh: Duration,
+    /// How many polls a second each room's whole line is paced to, across every process
+    /// (`WAITING_ROOM_POLLS_PER_SEC`, default 10,000): every answer says when to ask
+    /// again so that, however long the line, it asks about this often. Size it to what
+    /// the deployment answers beside the sale itself.
+    pub polls_per_sec: u32,
 }
 
 impl std::fmt::Debug for WaitingRoomConfig {
@@ -102,6 +107,7 @@ impl std::fmt::Debug for WaitingRoomConfig {
                 &self.previous_secret.as_ref().map(|_| "<redacted>"),
             )
             .field("refresh", &self.refresh)
+            .field("polls_per_sec", &self.polls_per_sec)
             .finish()
     }
 }
@@ -418,7 +424,8 @@ impl Config {
     }
 }
 
-/// `WAITING_ROOM_SECRET`, `WAITING_ROOM_PREVIOUS_SECRET`, `WAITING_ROOM_REFRESH_MS`.
+/// `WAITING_ROOM_SECRET`, `WAITING_ROOM_PREVIOUS_SECRET`, `WAITING_ROOM_REFRESH_MS`,
+/// `WAITING_ROOM_POLLS_PER_SEC`.
 fn waiting_room_config(
     env: &Env<impl Fn(&str) -> Option<String>>,
 ) -> Result<WaitingRoomConfig, ConfigError> {
@@ -449,6 +456,11 @@ fn waiting_room_config(
         secret: current,
         previous_secret: secret("WAITING_ROOM_PREVIOUS_SECRET")?,
         refresh: env.millis("WAITING_ROOM_REFRESH_MS", 200, 10..=10_000)?,
+        polls_per_sec: env.number(
+            "WAITING_ROOM_POLLS_PER_SEC",
+            u64::from(flash_sale_core::waiting_room::DEFAULT_POLLS_PER_SEC),
+            1..=10_000_000,
+        )? as u32,
     })
 }
 
@@ -767,6 +779,7 @@ mod tests {
             "one process: a secret of its own"
         );
         assert_eq!(c.waiting_room.refresh, Duration::from_millis(200));
+        assert_eq!(c.waiting_room.polls_per_sec, 10_000);
         let err = with(&[("WAITING_ROOM_SECRET", "short")]).unwrap_err();
         assert_eq!(err.name, "WAITING_ROOM_SECRET");
         assert!(!err.to_string().contains("short"), "never printed: {err}");

@@ -7,8 +7,15 @@
 //! (`WAITING_ROOM_SECRET`). A rotation signs with the new secret while passes of the
 //! previous one (`WAITING_ROOM_PREVIOUS_SECRET`) are still accepted; each pass names its
 //! secret by a key id derived from it, never the secret itself.
+//!
+//! The same secret draws the lottery: an early joiner's number is an HMAC of the showtime
+//! and the user under it, so every process draws the same number for one buyer (asking
+//! again changes nothing), nobody without the secret can predict it, and any process can
+//! tell a buyer, from their number alone, when their turn is likely to come.
 
+use flash_sale_core::waiting_room::LOTTERY_RANGE;
 use flash_sale_core::{ShowtimeId, UnixMillis, UserId};
+use hmac::{Hmac, Mac as _};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -81,6 +88,7 @@ impl Secret {
 pub struct RoomPasses {
     current: Secret,
     previous: Option<Secret>,
+    lottery: Hmac<Sha256>,
 }
 
 impl std::fmt::Debug for RoomPasses {
@@ -106,7 +114,19 @@ impl RoomPasses {
         Ok(Self {
             current: Secret::new(current)?,
             previous: previous.map(Secret::new).transpose()?,
+            lottery: Hmac::new_from_slice(current).expect("HMAC takes a key of any length"),
         })
+    }
+
+    /// `user`'s lottery number in `showtime`'s room, below [`LOTTERY_RANGE`]: uniform
+    /// for anyone without the secret, the same in every process sharing it.
+    pub fn lot(&self, user: UserId, showtime: ShowtimeId) -> u64 {
+        let mut mac = self.lottery.clone();
+        mac.update(format!("lottery {} {}", showtime.get(), user.get()).as_bytes());
+        let digest = mac.finalize().into_bytes();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        u64::from_be_bytes(first) % LOTTERY_RANGE
     }
 
     fn sign(&self, claims: &PassClaims) -> String {
@@ -240,6 +260,37 @@ mod tests {
 
     fn showtime(n: i64) -> ShowtimeId {
         ShowtimeId::new(n).unwrap()
+    }
+
+    #[test]
+    fn a_lottery_number_is_the_same_every_time_and_another_for_another_buyer_or_secret() {
+        let passes = RoomPasses::new(NEW, None).unwrap();
+        let lot = passes.lot(user(7), showtime(42));
+        assert!(lot < LOTTERY_RANGE);
+        assert_eq!(
+            lot,
+            RoomPasses::new(NEW, Some(OLD))
+                .unwrap()
+                .lot(user(7), showtime(42))
+        );
+        assert_ne!(lot, passes.lot(user(8), showtime(42)));
+        assert_ne!(lot, passes.lot(user(7), showtime(43)));
+        assert_ne!(
+            lot,
+            RoomPasses::new(OLD, None)
+                .unwrap()
+                .lot(user(7), showtime(42))
+        );
+        // Spread over the range: of 10,000 buyers' numbers, each tenth of the range holds
+        // close to a thousand (the numbers are fixed by the secret: this cannot flake).
+        let mut tenths = [0u32; 10];
+        for n in 1..=10_000 {
+            tenths[(passes.lot(user(n), showtime(42)) * 10 / LOTTERY_RANGE) as usize] += 1;
+        }
+        assert!(
+            tenths.iter().all(|&c| (850..=1150).contains(&c)),
+            "{tenths:?}"
+        );
     }
 
     #[test]
