@@ -3,7 +3,8 @@
 --
 -- KEYS[1] room      HASH  opens_at (ms), admit_per_sec (0: no rate cap), overbook_pct,
 --                         admission_ms, served (places admitted so far), last_at (ms:
---                         admissions are paid for up to here), arrivals, closed (1: sold out)
+--                         admissions are paid for up to here), arrivals, closed (1: sold out),
+--                         salt (the lottery's: early joiners' numbers are drawn with it)
 -- KEYS[2] places    ZSET  user -> place score: a lottery draw below 2^50 for a join before
 --                         the opening, 2^50 + arrival number after it
 -- KEYS[3] admitted  ZSET  user -> admission deadline (ms), admitted and not yet decided

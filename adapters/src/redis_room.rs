@@ -132,6 +132,8 @@ impl WaitingRoomStore for RedisRoom {
             .arg(settings.admit_per_sec.unwrap_or(0))
             .arg(settings.overbook_pct)
             .arg(settings.admission.as_millis() as u64)
+            // The lottery's salt, drawn once per room (kept when it is changed).
+            .arg(rand::random::<u64>().to_string())
             .invoke_async(&mut conn)
             .await
             .map_err(port_error)?;
@@ -179,6 +181,13 @@ impl WaitingRoomStore for RedisRoom {
             closed: at(2)? == 1,
             open: at(3)? == 1,
             opens_at: UnixMillis(at(4)?),
+            salt: match items.get(5) {
+                Some(Value::BulkString(b)) => std::str::from_utf8(b)
+                    .ok()
+                    .and_then(|t| t.parse().ok())
+                    .ok_or_else(|| unexpected_reply(what, &v))?,
+                _ => return Err(unexpected_reply(what, &v)),
+            },
         }))
     }
 

@@ -100,6 +100,9 @@ pub struct RoomSnapshot {
     pub open: bool,
     /// When the room opens (or opened).
     pub opens_at: UnixMillis,
+    /// The room's lottery salt, drawn once when it was set up: an early joiner's number
+    /// depends on it, so every room draws its own order.
+    pub salt: u64,
 }
 
 /// One caller's standing in a room.
@@ -222,6 +225,9 @@ pub const MAX_POLL: Duration = Duration::from_secs(60);
 /// Early joiners asking more than this before the opening are told to come back within
 /// it (when the line's size is better known), spread over its first half.
 const PREVIEW: Duration = Duration::from_secs(60);
+/// How far ahead joins still coming at their present pace are counted in the line an
+/// early joiner is paced against.
+const JOINS_AHEAD: Duration = Duration::from_secs(10);
 /// Early joiners are told to come back at most this far ahead.
 const MAX_WAITING_POLL: Duration = Duration::from_secs(300);
 
@@ -294,9 +300,16 @@ impl<R: WaitingRoomStore> Rooms<R> {
                     && snapshot.joined >= before.snapshot.joined =>
             {
                 let b = &before.snapshot;
+                // Joins come in bursts: once none came since the last read, the line
+                // is taken as it is.
+                let join_rate = if snapshot.joined == b.joined {
+                    0.0
+                } else {
+                    smoothed(before, b.joined, snapshot.joined, before.join_rate)
+                };
                 (
                     smoothed(before, b.served, snapshot.served, before.rate),
-                    smoothed(before, b.joined, snapshot.joined, before.join_rate),
+                    join_rate,
                 )
             }
             _ => (0.0, 0.0),
@@ -338,7 +351,9 @@ impl<R: WaitingRoomStore> Rooms<R> {
         let seen = self.fresh(showtime);
         let (rate, join_rate) = seen.map_or((0.0, 0.0), |s| (s.rate, s.join_rate));
         let estimated_wait_secs = match standing {
-            Standing::InLine { ahead, .. } if rate > 0.0 => Some(ahead as f64 / rate),
+            Standing::InLine { ahead, .. } if rate > 0.0 => {
+                Some(ahead as f64 / rate).filter(|w| w.is_finite())
+            }
             _ => None,
         };
         let pace = Pace {
@@ -354,6 +369,15 @@ impl<R: WaitingRoomStore> Rooms<R> {
             poll_after: pace.poll_after(standing, estimated_wait_secs),
         }))
     }
+}
+
+/// `x` seconds, saturating: a line's arithmetic never panics, whatever its numbers.
+fn secs(x: f64) -> Duration {
+    Duration::try_from_secs_f64(x).unwrap_or(if x > 0.0 {
+        MAX_WAITING_POLL
+    } else {
+        Duration::ZERO
+    })
 }
 
 /// What decides when one asker should ask again.
@@ -386,18 +410,18 @@ impl Pace {
                 // The line as it will be at the opening, at the pace joins come now; in
                 // lottery order the line asks over expected / polls_per_sec seconds, so
                 // those admitted first ask first.
-                let expected = self.snapshot.joined as f64 + self.join_rate * to_open.as_secs_f64();
-                Some(to_open + Duration::from_secs_f64(q * expected / self.polls_per_sec))
+                let expected = self.snapshot.joined as f64
+                    + self.join_rate * to_open.min(JOINS_AHEAD).as_secs_f64();
+                Some(to_open + secs(q * expected / self.polls_per_sec))
             }
             Standing::InLine { .. } => {
                 let waiting = self.snapshot.joined.saturating_sub(self.snapshot.served);
-                let spread = Duration::from_secs_f64(waiting as f64 / self.polls_per_sec)
-                    .clamp(MIN_POLL, MAX_POLL);
+                let spread = secs(waiting as f64 / self.polls_per_sec).clamp(MIN_POLL, MAX_POLL);
                 let soonest = estimated_wait_secs
-                    .map(Duration::from_secs_f64)
+                    .map(secs)
                     .map_or(spread, |wait| wait.clamp(MIN_POLL, spread));
                 // +-20% by lottery number, so a line told at once does not come back at once.
-                Some(soonest.mul_f64(0.8 + 0.4 * q))
+                Some(soonest.mul_f64(0.8 + 0.4 * q).clamp(MIN_POLL, MAX_POLL))
             }
             Standing::Admitted { .. }
             | Standing::Passed { .. }
@@ -505,6 +529,7 @@ mod tests {
             closed: false,
             open: true,
             opens_at: UnixMillis(0),
+            salt: 0,
         };
         let rooms = Rooms::new(store, Duration::from_secs(3600));
         let st = ShowtimeId::new(1).unwrap();
@@ -544,6 +569,7 @@ mod tests {
             closed: true,
             open: true,
             opens_at: UnixMillis(0),
+            salt: 0,
         };
         let rooms = Rooms::new(store, Duration::ZERO);
         let st = ShowtimeId::new(1).unwrap();
@@ -583,6 +609,7 @@ mod tests {
             closed: false,
             open: false,
             opens_at,
+            salt: 0,
         };
         // 100,000 joiners at 10,000 polls a second: the line asks over 10 s from the
         // opening, the lowest number first.
@@ -630,6 +657,7 @@ mod tests {
             closed: false,
             open: true,
             opens_at: UnixMillis(0),
+            salt: 0,
         };
         let at = Standing::InLine {
             place: 50_000,
@@ -658,6 +686,12 @@ mod tests {
             ..line
         };
         assert_eq!(pace(huge, LOTTERY_RANGE / 2, at, None), MAX_POLL);
+        // A line that barely moves never breaks the arithmetic.
+        assert_eq!(
+            pace(line, 0, at, Some(f64::INFINITY)),
+            Duration::from_secs(16)
+        );
+        assert_eq!(pace(line, 0, at, Some(1e300)), Duration::from_secs(16));
     }
 
     #[test]

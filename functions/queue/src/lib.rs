@@ -101,7 +101,9 @@ async fn join(
     state.guard().limits().check_user(user)?;
     let app = state.app();
     // The lottery's number: the server's, never taken from the client.
-    let lot = app.passes.lot(user, showtime);
+    let lot = app
+        .passes
+        .lot(user, showtime, room_salt(app, showtime).await?);
     let standing = match app.rooms.store().join(showtime, user, lot).await? {
         Joined::Standing(standing) => standing,
         Joined::NoRoom => {
@@ -161,19 +163,29 @@ async fn me(
     let asker = Asker {
         user,
         place,
-        lot: app.passes.lot(user, showtime),
+        lot: app
+            .passes
+            .lot(user, showtime, room_salt(app, showtime).await?),
     };
-    let status = match app.rooms.status(showtime, asker, now()).await? {
-        Some(status) => status,
-        None => {
-            open_room(app, showtime).await?;
-            app.rooms
-                .status(showtime, asker, now())
-                .await?
-                .ok_or_else(|| no_room(showtime))?
-        }
-    };
+    let status = app
+        .rooms
+        .status(showtime, asker, now())
+        .await?
+        .ok_or_else(|| no_room(showtime))?;
     Ok(Json(answer(app, "status", showtime, user, status).await))
+}
+
+/// The lottery salt of a showtime's room, from this process's snapshot (the room set up
+/// again from the catalog where Redis has none); 404 when the showtime has no room.
+async fn room_salt(app: &App, showtime: ShowtimeId) -> Result<u64, ApiError> {
+    if let Some(room) = app.rooms.snapshot(showtime).await? {
+        return Ok(room.salt);
+    }
+    open_room(app, showtime).await?;
+    match app.rooms.snapshot(showtime).await? {
+        Some(room) => Ok(room.salt),
+        None => Err(no_room(showtime)),
+    }
 }
 
 /// Sets up a showtime's room in Redis from the catalog, where Redis has none (its

@@ -8,10 +8,11 @@
 //! previous one (`WAITING_ROOM_PREVIOUS_SECRET`) are still accepted; each pass names its
 //! secret by a key id derived from it, never the secret itself.
 //!
-//! The same secret draws the lottery: an early joiner's number is an HMAC of the showtime
-//! and the user under it, so every process draws the same number for one buyer (asking
-//! again changes nothing), nobody without the secret can predict it, and any process can
-//! tell a buyer, from their number alone, when their turn is likely to come.
+//! The same secret draws the lottery: an early joiner's number is an HMAC of the room's
+//! salt (random, drawn when the room is set up), the showtime and the user under it, so
+//! every process draws the same number for one buyer (asking again changes nothing),
+//! nobody can predict it before the room exists nor without the secret, and any process
+//! can tell a buyer, from their number alone, when their turn is likely to come.
 
 use flash_sale_core::waiting_room::LOTTERY_RANGE;
 use flash_sale_core::{ShowtimeId, UnixMillis, UserId};
@@ -118,11 +119,12 @@ impl RoomPasses {
         })
     }
 
-    /// `user`'s lottery number in `showtime`'s room, below [`LOTTERY_RANGE`]: uniform
-    /// for anyone without the secret, the same in every process sharing it.
-    pub fn lot(&self, user: UserId, showtime: ShowtimeId) -> u64 {
+    /// `user`'s lottery number in `showtime`'s room of lottery `salt`, below
+    /// [`LOTTERY_RANGE`]: uniform for anyone without the secret, the same in every
+    /// process sharing it.
+    pub fn lot(&self, user: UserId, showtime: ShowtimeId, salt: u64) -> u64 {
         let mut mac = self.lottery.clone();
-        mac.update(format!("lottery {} {}", showtime.get(), user.get()).as_bytes());
+        mac.update(format!("lottery {salt} {} {}", showtime.get(), user.get()).as_bytes());
         let digest = mac.finalize().into_bytes();
         let mut first = [0u8; 8];
         first.copy_from_slice(&digest[..8]);
@@ -263,29 +265,26 @@ mod tests {
     }
 
     #[test]
-    fn a_lottery_number_is_the_same_every_time_and_another_for_another_buyer_or_secret() {
+    fn a_lottery_number_is_the_same_every_time_and_another_for_another_buyer_room_or_secret() {
         let passes = RoomPasses::new(NEW, None).unwrap();
-        let lot = passes.lot(user(7), showtime(42));
+        let lot = passes.lot(user(7), showtime(42), 9);
         assert!(lot < LOTTERY_RANGE);
-        assert_eq!(
-            lot,
-            RoomPasses::new(NEW, Some(OLD))
-                .unwrap()
-                .lot(user(7), showtime(42))
-        );
-        assert_ne!(lot, passes.lot(user(8), showtime(42)));
-        assert_ne!(lot, passes.lot(user(7), showtime(43)));
+        let same = RoomPasses::new(NEW, Some(OLD)).unwrap();
+        assert_eq!(lot, same.lot(user(7), showtime(42), 9));
+        assert_ne!(lot, passes.lot(user(8), showtime(42), 9));
+        assert_ne!(lot, passes.lot(user(7), showtime(43), 9));
         assert_ne!(
             lot,
-            RoomPasses::new(OLD, None)
-                .unwrap()
-                .lot(user(7), showtime(42))
+            passes.lot(user(7), showtime(42), 10),
+            "another room's salt"
         );
+        let other = RoomPasses::new(OLD, None).unwrap();
+        assert_ne!(lot, other.lot(user(7), showtime(42), 9));
         // Spread over the range: of 10,000 buyers' numbers, each tenth of the range holds
         // close to a thousand (the numbers are fixed by the secret: this cannot flake).
         let mut tenths = [0u32; 10];
         for n in 1..=10_000 {
-            tenths[(passes.lot(user(n), showtime(42)) * 10 / LOTTERY_RANGE) as usize] += 1;
+            tenths[(passes.lot(user(n), showtime(42), 9) * 10 / LOTTERY_RANGE) as usize] += 1;
         }
         assert!(
             tenths.iter().all(|&c| (850..=1150).contains(&c)),

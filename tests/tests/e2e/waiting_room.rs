@@ -897,6 +897,147 @@ async fn pre_opening_joiners_are_placed_by_a_uniform_lottery_and_later_ones_in_a
     app.finish().await;
 }
 
+/// Every answer says when to ask again: before the opening, each early joiner is told to
+/// come back at the opening plus a delay in proportion to their lottery number, so the
+/// order the crowd comes back in is the order the lottery then gives them, spread over
+/// the line's size / `WAITING_ROOM_POLLS_PER_SEC`; in line, within 1-60 s; nothing once
+/// there is nothing left to wait for.
+#[tokio::test]
+async fn early_joiners_are_told_to_come_back_at_the_opening_in_the_order_the_lottery_gives_them() {
+    const JOINERS: i64 = 40;
+    // 40 joiners at 4 polls a second: the line comes back over 10 s after the opening.
+    const POLLS_PER_SEC: u64 = 4;
+    let app = TestApp::spawn(Options {
+        extra_env: vec![
+            ("WAITING_ROOM_POLLS_PER_SEC", POLLS_PER_SEC.to_string()),
+            ("WAITING_ROOM_REFRESH_MS", "10".to_string()),
+        ],
+        ..options()
+    })
+    .await;
+    let client = Client::of(&app, 8);
+    let opens_in = chrono::Duration::seconds(30);
+    let opens_at = chrono::Utc::now() + opens_in;
+    let showtime = create(
+        &app,
+        json!({"capacity": 5, "waiting_room": {
+            "opens_at": opens_at.to_rfc3339(),
+            "overbook_pct": 0,
+            "admission_secs": 60,
+        }}),
+    )
+    .await;
+    let mut tickets = Vec::new();
+    for user in 1..=JOINERS {
+        let a = client.join(showtime, user).await;
+        assert_eq!(a.queue_status(), "waiting", "{}", a.body);
+        tickets.push(a.str("ticket").expect("a ticket"));
+    }
+    // Once the whole line has joined (and this process's snapshot has seen it), every
+    // joiner asks once: when is each told to come back?
+    let due_at = |a: &Answer, asked: chrono::DateTime<chrono::Utc>| {
+        let ms = a.body["poll_after_ms"]
+            .as_u64()
+            .expect("a waiting answer paces");
+        asked + chrono::Duration::milliseconds(ms as i64)
+    };
+    // Once no join has come since this process last read the room (every 10 ms here),
+    // the line is taken as it is, 40 joiners: user 1 is told a delay within 40 / 4 = 10 s
+    // of the opening (joins still coming would count too).
+    let mut told = Vec::new();
+    eventually(
+        Duration::from_secs(5),
+        "answers taken on the line as it is",
+        || async {
+            let asked = chrono::Utc::now();
+            let due = due_at(&client.me(showtime, 1, Some(&tickets[0])).await, asked);
+            ((due - opens_at).num_milliseconds() <= 10_050).then_some(())
+        },
+    )
+    .await;
+    for (i, ticket) in tickets.iter().enumerate() {
+        let asked = chrono::Utc::now();
+        let a = client.me(showtime, i as i64 + 1, Some(ticket)).await;
+        assert_eq!(a.queue_status(), "waiting", "{}", a.body);
+        let due = due_at(&a, asked);
+        let after_opening = (due - opens_at).num_milliseconds();
+        // At the opening, within the line's spread (and the clock's few ms).
+        assert!(
+            (-50..=10_050).contains(&after_opening),
+            "user {} told to come back {after_opening} ms after the opening: {}",
+            i + 1,
+            a.body
+        );
+        told.push((after_opening, i as i64 + 1));
+    }
+
+    // The room opens now: the order they were told to come back in is the order of
+    // their places (up to a few ms of request timing between close neighbours).
+    open_now(&app, showtime, 0, 60).await;
+    eventually(Duration::from_secs(5), "the room open", || async {
+        let a = client.me(showtime, 1, Some(&tickets[0])).await;
+        (a.queue_status() != "waiting").then_some(())
+    })
+    .await;
+    let mut places = HashMap::new();
+    let mut admitted = Vec::new();
+    for (i, ticket) in tickets.iter().enumerate() {
+        let user = i as i64 + 1;
+        let a = client.me(showtime, user, Some(ticket)).await;
+        let place = a.body["place"].as_u64().expect("a place after the opening");
+        let status = a.queue_status();
+        if status == "admitted" {
+            assert!(a.body["poll_after_ms"].is_null(), "{}", a.body);
+            admitted.push((user, a.str("admission").expect("an admission")));
+        } else {
+            assert_eq!(status, "in_line", "{}", a.body);
+            let ms = a.body["poll_after_ms"].as_u64().expect("in line paces");
+            assert!((1_000..=60_000).contains(&ms), "{}", a.body);
+        }
+        places.insert(user, place);
+    }
+    told.sort_unstable();
+    for pair in told.windows(2) {
+        let ((t1, u1), (t2, u2)) = (pair[0], pair[1]);
+        if t2 - t1 > 50 {
+            assert!(
+                places[&u1] < places[&u2],
+                "user {u1} was told to come back {t1} ms after the opening and user {u2} \
+                 at {t2} ms, but their places are {} and {}",
+                places[&u1],
+                places[&u2]
+            );
+        }
+    }
+
+    // Every seat sold (the admitted buy and pay): those still in line are told
+    // sold_out, with nothing left to wait for.
+    assert_eq!(admitted.len(), 5, "5 seats, no overbooking");
+    for (user, admission) in &admitted {
+        let held = client
+            .reserve(showtime, *user, Some(admission), None, None)
+            .await;
+        assert_eq!(held.status, StatusCode::OK, "{}", held.body);
+        let id = held.str("reservation_id").expect("a reservation");
+        let paid = client.pay(&id, *user).await;
+        assert_eq!(paid.status, StatusCode::OK, "{}", paid.body);
+    }
+    let (&waiter, _) = places
+        .iter()
+        .find(|(_, place)| **place >= 5)
+        .expect("35 in line");
+    let ticket = &tickets[waiter as usize - 1];
+    eventually(Duration::from_secs(5), "the line told sold_out", || async {
+        let a = client.me(showtime, waiter, Some(ticket)).await;
+        (a.queue_status() == "sold_out").then_some(())
+    })
+    .await;
+    let a = client.me(showtime, waiter, Some(ticket)).await;
+    assert_eq!(a.queue_status(), "sold_out", "{}", a.body);
+    assert!(a.body["poll_after_ms"].is_null(), "{}", a.body);
+    app.finish().await;
+}
+
 // ---------------------------------------------------------------------------------
 // 3. Admissions: only the rightful, unused, unexpired one is taken.
 // ---------------------------------------------------------------------------------
