@@ -199,7 +199,14 @@ struct Seen {
     rate: f64,
     /// Joins a second, smoothed the same way.
     join_rate: f64,
+    /// The snapshot the rates were last measured from, and when: at least
+    /// [`RATE_WINDOW`] apart.
+    measured: RoomSnapshot,
+    measured_at: Instant,
 }
+
+/// The shortest interval a rate of admissions or joins is measured over.
+const RATE_WINDOW: Duration = Duration::from_millis(100);
 
 /// The most rooms a process keeps snapshots of; when full it starts over.
 const ROOMS_KEPT: usize = 4_096;
@@ -266,14 +273,18 @@ impl<R: WaitingRoomStore> Rooms<R> {
     /// The room's snapshot, read again (admission advanced) when older than `refresh`;
     /// `None` when the showtime has no room.
     pub async fn snapshot(&self, showtime: ShowtimeId) -> PortResult<Option<RoomSnapshot>> {
+        Ok(self.seen(showtime).await?.map(|seen| seen.snapshot))
+    }
+
+    /// The room as last seen, read again when older than `refresh`, with its rates.
+    async fn seen(&self, showtime: ShowtimeId) -> PortResult<Option<Seen>> {
         if let Some(seen) = self.fresh(showtime) {
-            return Ok(Some(seen.snapshot));
+            return Ok(Some(seen));
         }
         let Some(snapshot) = self.store.advance(showtime).await? else {
             return Ok(None);
         };
-        self.keep(showtime, snapshot);
-        Ok(Some(snapshot))
+        Ok(Some(self.keep(showtime, snapshot)))
     }
 
     fn fresh(&self, showtime: ShowtimeId) -> Option<Seen> {
@@ -283,49 +294,57 @@ impl<R: WaitingRoomStore> Rooms<R> {
             .copied()
     }
 
-    fn keep(&self, showtime: ShowtimeId, snapshot: RoomSnapshot) {
+    fn keep(&self, showtime: ShowtimeId, snapshot: RoomSnapshot) -> Seen {
         let mut seen = self.seen.write().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        let smoothed = |before: &Seen, was: u64, is: u64, rate: f64| {
-            let secs = now.duration_since(before.at).as_secs_f64();
-            if secs > 0.0 {
-                0.7 * rate + 0.3 * (is - was) as f64 / secs
-            } else {
-                rate
-            }
-        };
-        let (rate, join_rate) = match seen.get(&showtime) {
+        let next = match seen.get(&showtime) {
             Some(before)
-                if snapshot.served >= before.snapshot.served
-                    && snapshot.joined >= before.snapshot.joined =>
+                if snapshot.served >= before.measured.served
+                    && snapshot.joined >= before.measured.joined =>
             {
-                let b = &before.snapshot;
-                // Joins come in bursts: once none came since the last read, the line
-                // is taken as it is.
-                let join_rate = if snapshot.joined == b.joined {
-                    0.0
+                let secs = now.duration_since(before.measured_at).as_secs_f64();
+                if secs < RATE_WINDOW.as_secs_f64() {
+                    // Reads a crowd makes at once are too close together to tell a rate
+                    // (50 joins in 0.1 ms are not 500,000 a second): keep the last one.
+                    Seen {
+                        snapshot,
+                        at: now,
+                        ..*before
+                    }
                 } else {
-                    smoothed(before, b.joined, snapshot.joined, before.join_rate)
-                };
-                (
-                    smoothed(before, b.served, snapshot.served, before.rate),
-                    join_rate,
-                )
+                    let m = before.measured;
+                    let per_sec = |was: u64, is: u64| (is - was) as f64 / secs;
+                    // Joins come in bursts: once none came over a window, the line is
+                    // taken as it is.
+                    let join_rate = if snapshot.joined == m.joined {
+                        0.0
+                    } else {
+                        0.7 * before.join_rate + 0.3 * per_sec(m.joined, snapshot.joined)
+                    };
+                    Seen {
+                        snapshot,
+                        at: now,
+                        rate: 0.7 * before.rate + 0.3 * per_sec(m.served, snapshot.served),
+                        join_rate,
+                        measured: snapshot,
+                        measured_at: now,
+                    }
+                }
             }
-            _ => (0.0, 0.0),
+            _ => Seen {
+                snapshot,
+                at: now,
+                rate: 0.0,
+                join_rate: 0.0,
+                measured: snapshot,
+                measured_at: now,
+            },
         };
         if seen.len() >= ROOMS_KEPT && !seen.contains_key(&showtime) {
             seen.clear();
         }
-        seen.insert(
-            showtime,
-            Seen {
-                snapshot,
-                at: now,
-                rate,
-                join_rate,
-            },
-        );
+        seen.insert(showtime, next);
+        next
     }
 
     /// The asker's standing, from the snapshot when their `place` (from their ticket)
@@ -336,9 +355,10 @@ impl<R: WaitingRoomStore> Rooms<R> {
         asker: Asker,
         now: UnixMillis,
     ) -> PortResult<Option<Status>> {
-        let Some(snapshot) = self.snapshot(showtime).await? else {
+        let Some(seen) = self.seen(showtime).await? else {
             return Ok(None);
         };
+        let snapshot = seen.snapshot;
         let standing = match asker.place {
             _ if !snapshot.open => Standing::Waiting,
             Some(place) if place >= snapshot.served && snapshot.closed => Standing::SoldOut,
@@ -348,8 +368,7 @@ impl<R: WaitingRoomStore> Rooms<R> {
             },
             _ => self.store.standing(showtime, asker.user).await?,
         };
-        let seen = self.fresh(showtime);
-        let (rate, join_rate) = seen.map_or((0.0, 0.0), |s| (s.rate, s.join_rate));
+        let (rate, join_rate) = (seen.rate, seen.join_rate);
         let estimated_wait_secs = match standing {
             Standing::InLine { ahead, .. } if rate > 0.0 => {
                 Some(ahead as f64 / rate).filter(|w| w.is_finite())
@@ -692,6 +711,34 @@ mod tests {
             Duration::from_secs(16)
         );
         assert_eq!(pace(line, 0, at, Some(1e300)), Duration::from_secs(16));
+    }
+
+    #[test]
+    fn reads_a_crowd_makes_at_once_do_not_make_a_rate_of_joins() {
+        use futures::executor::block_on;
+        let store = Counting::default();
+        let before = RoomSnapshot {
+            opens_at: UnixMillis(NOW.0 + 10_000),
+            ..RoomSnapshot::default()
+        };
+        *store.snapshot.lock().unwrap() = before;
+        let rooms = Rooms::new(store, Duration::ZERO);
+        let st = ShowtimeId::new(1).unwrap();
+        let me = Asker {
+            user: UserId::new(1).unwrap(),
+            place: None,
+            lot: LOTTERY_RANGE / 2,
+        };
+        block_on(rooms.status(st, me, NOW)).unwrap();
+        // 1,000 joins seen a moment later (microseconds): no rate of joins is read from
+        // them, so the line is paced as it is: 1,000 at 10,000 polls a second is 0.1 s,
+        // half of it for the middle of the lottery.
+        *rooms.store().snapshot.lock().unwrap() = RoomSnapshot {
+            joined: 1_000,
+            ..before
+        };
+        let status = block_on(rooms.status(st, me, NOW)).unwrap().unwrap();
+        assert_eq!(status.poll_after, Some(Duration::from_millis(10_050)));
     }
 
     #[test]
