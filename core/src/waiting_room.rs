@@ -368,25 +368,44 @@ impl<R: WaitingRoomStore> Rooms<R> {
             },
             _ => self.store.standing(showtime, asker.user).await?,
         };
-        let (rate, join_rate) = (seen.rate, seen.join_rate);
+        Ok(Some(self.describe(&seen, standing, asker.lot, now)))
+    }
+
+    /// A standing the store has just given (a join's, newer than any snapshot), with the
+    /// estimate and the pacing of this process's view of the room; `None` when the
+    /// showtime has no room.
+    pub async fn status_of(
+        &self,
+        showtime: ShowtimeId,
+        standing: Standing,
+        lot: u64,
+        now: UnixMillis,
+    ) -> PortResult<Option<Status>> {
+        let Some(seen) = self.seen(showtime).await? else {
+            return Ok(None);
+        };
+        Ok(Some(self.describe(&seen, standing, lot, now)))
+    }
+
+    fn describe(&self, seen: &Seen, standing: Standing, lot: u64, now: UnixMillis) -> Status {
         let estimated_wait_secs = match standing {
-            Standing::InLine { ahead, .. } if rate > 0.0 => {
-                Some(ahead as f64 / rate).filter(|w| w.is_finite())
+            Standing::InLine { ahead, .. } if seen.rate > 0.0 => {
+                Some(ahead as f64 / seen.rate).filter(|w| w.is_finite())
             }
             _ => None,
         };
         let pace = Pace {
-            snapshot,
-            join_rate,
+            snapshot: seen.snapshot,
+            join_rate: seen.join_rate,
             polls_per_sec: self.polls_per_sec,
-            lot: asker.lot,
+            lot,
             now,
         };
-        Ok(Some(Status {
+        Status {
             standing,
             estimated_wait_secs,
             poll_after: pace.poll_after(standing, estimated_wait_secs),
-        }))
+        }
     }
 }
 
@@ -739,6 +758,34 @@ mod tests {
         };
         let status = block_on(rooms.status(st, me, NOW)).unwrap().unwrap();
         assert_eq!(status.poll_after, Some(Duration::from_millis(10_050)));
+    }
+
+    #[test]
+    fn a_joins_own_standing_is_not_overruled_by_an_older_snapshot() {
+        use futures::executor::block_on;
+        let store = Counting::default();
+        *store.snapshot.lock().unwrap() = RoomSnapshot {
+            served: 0,
+            joined: 0,
+            closed: false,
+            open: true,
+            opens_at: UnixMillis(0),
+            salt: 0,
+        };
+        let rooms = Rooms::new(store, Duration::from_secs(3600));
+        let st = ShowtimeId::new(1).unwrap();
+        block_on(rooms.snapshot(st)).unwrap();
+        // The join admitted its caller at place 0; the snapshot, read before, has served 0.
+        let admitted = Standing::Admitted {
+            place: 0,
+            until: UnixMillis(NOW.0 + 60_000),
+        };
+        let status = block_on(rooms.status_of(st, admitted, 0, NOW))
+            .unwrap()
+            .unwrap();
+        assert_eq!(status.standing, admitted);
+        assert_eq!(status.poll_after, None);
+        assert_eq!(calls(rooms.store()), (1, 0), "no call to the store");
     }
 
     #[test]

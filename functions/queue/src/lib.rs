@@ -114,14 +114,9 @@ async fn join(
             }
         }
     };
-    let asker = Asker {
-        user,
-        place: place_of(standing),
-        lot,
-    };
     let status = app
         .rooms
-        .status(showtime, asker, now())
+        .status_of(showtime, standing, lot, now())
         .await?
         .unwrap_or(Status {
             standing,
