@@ -220,6 +220,8 @@ pub struct Status {
     /// When to ask again: `None` when there is nothing left to wait for (admitted,
     /// passed, sold out, not in line).
     pub poll_after: Option<Duration>,
+    /// The view of the room the answer came from.
+    pub room: RoomSnapshot,
 }
 
 /// How many polls a second a room's whole line is paced to, unless set.
@@ -405,6 +407,7 @@ impl<R: WaitingRoomStore> Rooms<R> {
             standing,
             estimated_wait_secs,
             poll_after: pace.poll_after(standing, estimated_wait_secs),
+            room: seen.snapshot,
         }
     }
 }

@@ -106,6 +106,20 @@ impl TestApp {
         (status, value)
     }
 
+    /// Makes every hold's expiry unroutable (its delay queue deleted): the broker returns
+    /// the publish after a take, so the reserve fails and gives its seat back.
+    /// `self.adapters.bus.declare_topology()` puts the queue back.
+    pub async fn break_expiry_queue(&self) {
+        let bus = &self.adapters.bus;
+        let ch = bus.channel().await.expect("a channel");
+        ch.queue_delete(
+            bus.topology().delay_queue().as_str().into(),
+            Default::default(),
+        )
+        .await
+        .expect("the delay queue deleted");
+    }
+
     pub async fn create_showtime(&self, capacity: u32) -> i64 {
         let (status, body) = self
             .post(

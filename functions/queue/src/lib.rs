@@ -118,12 +118,8 @@ async fn join(
         .rooms
         .status_of(showtime, standing, lot, now())
         .await?
-        .unwrap_or(Status {
-            standing,
-            estimated_wait_secs: None,
-            poll_after: None,
-        });
-    Ok(Json(answer(app, "join", showtime, user, status).await))
+        .ok_or_else(|| no_room(showtime))?;
+    Ok(Json(answer(app, "join", showtime, user, status)))
 }
 
 /// `GET /showtimes/{id}/queue/me`: the caller's standing, from this process's snapshot
@@ -167,7 +163,7 @@ async fn me(
         .status(showtime, asker, now())
         .await?
         .ok_or_else(|| no_room(showtime))?;
-    Ok(Json(answer(app, "status", showtime, user, status).await))
+    Ok(Json(answer(app, "status", showtime, user, status)))
 }
 
 /// The lottery salt of a showtime's room, from this process's snapshot (the room set up
@@ -217,7 +213,7 @@ fn place_of(standing: Standing) -> Option<u64> {
     }
 }
 
-async fn answer(
+fn answer(
     app: &App,
     route: &'static str,
     showtime: ShowtimeId,
@@ -225,10 +221,7 @@ async fn answer(
     status: Status,
 ) -> QueueStatus {
     let standing = status.standing;
-    // The snapshot the status came from (this process's, no Redis call while fresh).
-    if let Ok(Some(line)) = app.rooms.snapshot(showtime).await {
-        metrics::room_line(showtime.get(), line.joined, line.served);
-    }
+    metrics::room_line(showtime.get(), status.room.joined, status.room.served);
     let place = place_of(standing);
     let until = UnixMillis(now().0 + TICKET_LIFETIME.as_millis() as u64);
     let ticket =

@@ -164,14 +164,7 @@ async fn a_failed_publish_leaks_no_seat() {
     let app = TestApp::spawn(Options::default()).await;
     let showtime = app.create_showtime(1).await;
     // Make the hold's expiry unroutable: the broker returns it and the publish fails.
-    let bus = &app.adapters.bus;
-    let ch = bus.channel().await.unwrap();
-    ch.queue_delete(
-        bus.topology().delay_queue().as_str().into(),
-        Default::default(),
-    )
-    .await
-    .unwrap();
+    app.break_expiry_queue().await;
 
     let (status, body) = app.reserve(1, showtime).await;
     assert_eq!(
@@ -186,7 +179,7 @@ async fn a_failed_publish_leaks_no_seat() {
     );
 
     // Once the broker is whole again, the same user buys the same seat.
-    bus.declare_topology().await.unwrap();
+    app.adapters.bus.declare_topology().await.unwrap();
     reserved_id(&app, 1, showtime).await;
     assert_eq!(app.seats(showtime).await, (0, 1, 0));
     app.finish().await;

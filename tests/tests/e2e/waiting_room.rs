@@ -570,10 +570,11 @@ async fn ten_thousand_joiners_for_a_hundred_seats_buy_only_through_admissions_an
         prowlers,
         watch_room(&app, showtime, &stop_watching),
         async {
-            // Stops the room's watch once every buyer has ended.
-            while !crowd.iter().all(|h| h.is_finished()) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            // Stops the room's watch once every buyer has ended (each gives up after 90 s).
+            eventually(Duration::from_secs(120), "every buyer ended", || async {
+                crowd.iter().all(|h| h.is_finished()).then_some(())
+            })
+            .await;
             stop_watching.store(true, Ordering::SeqCst);
         }
     );
@@ -1398,14 +1399,7 @@ async fn a_503_does_not_use_the_admission_up() {
 
     // The hold's expiry made unroutable: the publish after the take fails, the seat is
     // given back and the answer is 503 (as in lifecycle's a_failed_publish_leaks_no_seat).
-    let bus = &app.adapters.bus;
-    let ch = bus.channel().await.unwrap();
-    ch.queue_delete(
-        bus.topology().delay_queue().as_str().into(),
-        Default::default(),
-    )
-    .await
-    .unwrap();
+    app.break_expiry_queue().await;
     let failed = client
         .reserve(st, 1, Some(one.admission()), None, None)
         .await;
@@ -1415,7 +1409,7 @@ async fn a_503_does_not_use_the_admission_up() {
         "unavailable",
     );
     assert_eq!(app.seats(st).await, (2, 0, 0), "the seat went back on sale");
-    bus.declare_topology().await.unwrap();
+    app.adapters.bus.declare_topology().await.unwrap();
 
     // The contract: a 503 does not use the admission up; the buyer retries with it.
     let after = standing(&client, st, 1).await;
