@@ -1,15 +1,18 @@
 //! The ceilings flash-sale is measured against, driven like flash-sale itself: the HTTP
-//! ceiling (the stub server, a child process of this binary), the Redis ceiling (the
-//! reserve script by EVALSHA over one multiplexed connection), and the same script from
-//! `redis-benchmark` when it is installed.
+//! ceiling (the stub server, a child process of this binary), the nginx ceiling (nginx
+//! with one worker answering flash-sale's sold-out JSON: the C ceiling), the Redis
+//! ceiling (the reserve script by EVALSHA over one multiplexed connection), and the same
+//! script from `redis-benchmark` when it is installed.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
-use crate::load::{self, Drive, HttpTarget, RedisTarget};
+use crate::client::Endpoint;
+use crate::load::{self, Drive, HttpTarget, PhaseResult, RedisTarget};
 use crate::plan::Plan;
-use crate::procs::{Monitor, Server};
+use crate::procs::{Monitor, Nginx, Server, Usage};
 use crate::report::{self, PhaseReport};
 use crate::run::{RunSettings, create_showtimes, mode_text, warm_plan, warm_up};
 
@@ -20,8 +23,86 @@ pub(crate) async fn http_ceiling(
     settings: &RunSettings,
 ) -> anyhow::Result<PhaseReport> {
     let stub = Server::start_stub().await?;
+    let r = drive_http(
+        &stub.endpoint,
+        vec![stub.pid],
+        plan,
+        drive,
+        settings,
+        "http ceiling",
+    )
+    .await;
+    stub.stop().await;
+    let (r, d, usage) = r?;
+    Ok(PhaseReport::new(
+        "http-ceiling",
+        mode_text(&d),
+        &r,
+        usage,
+        d.rate,
+    ))
+}
+
+/// nginx (`bin`) with one worker answering `POST /showtimes` 201 and everything else
+/// flash-sale's sold-out 409 (`procs::nginx_ceiling_config`): what a C server costs for
+/// the cheapest answer flash-sale gives. Its output goes to `log`.
+pub(crate) async fn nginx_ceiling(
+    bin: &Path,
+    plan: &Plan,
+    drive: &Drive,
+    settings: &RunSettings,
+    log: PathBuf,
+) -> anyhow::Result<PhaseReport> {
+    let dir = nginx_dir();
+    let r = async {
+        let nginx = Nginx::start_ceiling(bin, &dir, log).await?;
+        let r = drive_http(
+            &nginx.endpoint,
+            nginx.workers(),
+            plan,
+            drive,
+            settings,
+            "nginx ceiling",
+        )
+        .await;
+        nginx.stop().await;
+        r
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let (r, d, usage) = r?;
+    Ok(PhaseReport::new(
+        NGINX_CEILING,
+        mode_text(&d),
+        &r,
+        usage,
+        d.rate,
+    ))
+}
+
+/// The nginx ceiling's phase.
+pub(crate) const NGINX_CEILING: &str = "nginx-ceiling";
+
+/// A directory of its own for an nginx ceiling's configuration, pid and temporary files.
+pub(crate) fn nginx_dir() -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "flash-sale-bench-nginx-{:08x}",
+        rand::random::<u32>()
+    ))
+}
+
+/// Warms an HTTP ceiling at `endpoint` up, then drives the plan at it, watching the
+/// CPU and memory of `pids`.
+async fn drive_http(
+    endpoint: &Endpoint,
+    pids: Vec<u32>,
+    plan: &Plan,
+    drive: &Drive,
+    settings: &RunSettings,
+    label: &str,
+) -> anyhow::Result<(PhaseResult, Drive, Usage)> {
     let target = HttpTarget {
-        endpoint: stub.endpoint.clone(),
+        endpoint: endpoint.clone(),
         timeout: Duration::from_millis(settings.args.timeout_ms),
     };
     if settings.warmup > 0 {
@@ -31,20 +112,13 @@ pub(crate) async fn http_ceiling(
     }
     let ids = create_showtimes(&target.endpoint, plan, "ceiling").await?;
     let d = Drive {
-        label: "http ceiling".into(),
+        label: label.into(),
         ..drive.clone()
     };
-    let monitor = Monitor::start(Some(stub.pid));
+    let monitor = Monitor::start_many(pids, Vec::new());
     let r = load::run(&target, plan, &ids, &d).await?;
     let usage = monitor.finish().await;
-    stub.stop().await;
-    Ok(PhaseReport::new(
-        "http-ceiling",
-        mode_text(&d),
-        &r,
-        usage,
-        d.rate,
-    ))
+    Ok((r, d, usage))
 }
 
 /// The reserve script (and the pay script when the bench pays) by EVALSHA, on seats of

@@ -85,12 +85,14 @@ pub(crate) fn series(
     out
 }
 
-const COLORS: [RGBColor; 5] = [
+const COLORS: [RGBColor; 7] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
     RGBColor(214, 39, 40),
     RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
 ];
 
 /// Draws the chart of several phases (name, series) into an SVG file.

@@ -52,7 +52,8 @@ pub(crate) enum Cmd {
     /// Redis node; nginx + 3 processes on that node; nginx + 3 processes on a local
     /// 6-node Redis Cluster (3 masters), started here and stopped after. Throughput and
     /// latency of each as a ratio to the first, and the script calls per master. No
-    /// ceilings (`--no-*-ceiling` and `--no-redis-benchmark` change nothing).
+    /// ceilings, no wrk round (`--no-*-ceiling`, `--no-redis-benchmark`, `--no-wrk` and
+    /// `--wrk-secs` change nothing).
     Shapes(ShapesArgs),
     /// Every buyer on a new connection, all at once: connect latency and the kernel's
     /// SYN drops, with the old listen queue (128) and with flash-sale's default.
@@ -127,12 +128,26 @@ pub(crate) struct RunArgs {
     /// Skip the HTTP ceiling.
     #[arg(long)]
     pub(crate) no_http_ceiling: bool,
+    /// Skip the nginx ceiling (run when nginx is installed).
+    #[arg(long)]
+    pub(crate) no_nginx_ceiling: bool,
+    /// The nginx binary (default: `nginx` on PATH or in /usr/sbin, /sbin): the nginx
+    /// ceiling, and the shapes behind nginx (without nginx only the first shape runs).
+    #[arg(long)]
+    pub(crate) nginx: Option<PathBuf>,
     /// Skip the Redis ceiling.
     #[arg(long)]
     pub(crate) no_redis_ceiling: bool,
     /// Skip the extra Redis number from `redis-benchmark` (run when it is installed).
     #[arg(long)]
     pub(crate) no_redis_benchmark: bool,
+    /// Skip the wrk round (seed-7000, repeat and million, when wrk is installed): the
+    /// stub, the nginx ceiling and flash-sale driven by wrk, 100 seats then sold out.
+    #[arg(long)]
+    pub(crate) no_wrk: bool,
+    /// How long each wrk run lasts, seconds (each target runs twice).
+    #[arg(long, default_value_t = 10)]
+    pub(crate) wrk_secs: u64,
     /// Attempts sent to each target before it is measured (on a showtime of their own,
     /// so connections, script caches and channels are warm); 0 to skip. Default 1000
     /// (0 for smoke).
@@ -279,10 +294,6 @@ pub(crate) struct ShapesArgs {
     /// ports 10000 above). Default: the first free range of 7200, 7210, ...
     #[arg(long)]
     pub(crate) cluster_port: Option<u16>,
-    /// The nginx binary (default: `nginx` on PATH or in /usr/sbin, /sbin). Without
-    /// nginx only the first shape runs.
-    #[arg(long)]
-    pub(crate) nginx: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) run: RunArgs,
 }

@@ -1,16 +1,21 @@
 //! `flash-sale-bench`: load generator and benchmark suite for flash-sale.
 //!
-//! One command runs a scenario against three targets with the same load generator, the
+//! One command runs a scenario against four targets with the same load generator, the
 //! same buyers and the same concurrency:
 //! 1. the HTTP ceiling: a stub server on flash-sale's stack answering the same JSON with
-//!    no work behind it (a child process of this binary);
-//! 2. the Redis ceiling: `lua/reserve.lua` itself (and `pay.lua` when the bench pays) by
+//!    no work behind it, sold out once a showtime's seats are counted down (a child
+//!    process of this binary);
+//! 2. the nginx ceiling (the C ceiling): nginx with one worker answering every reserve
+//!    with flash-sale's sold-out 409, when nginx is installed;
+//! 3. the Redis ceiling: `lua/reserve.lua` itself (and `pay.lua` when the bench pays) by
 //!    EVALSHA over one multiplexed connection;
-//! 3. flash-sale: started as a child process with its own database, Redis key prefix and
+//! 4. flash-sale: started as a child process with its own database, Redis key prefix and
 //!    queue prefix (or an already running one with `--url`),
 //!
-//! then waits for every order to be in PostgreSQL, checks the invariants, writes the
-//! report (JSON, Markdown, SVG chart) and exits non-zero on any breach.
+//! then waits for every order to be in PostgreSQL, checks the invariants, and, for the
+//! scenarios that are mostly rejections (`seed-7000`, `repeat`, `million`), drives the
+//! stub, nginx and flash-sale with a second load generator, wrk (the wrk round), before
+//! writing the report (JSON, Markdown, SVG chart); it exits non-zero on any breach.
 //!
 //! Modules:
 //! - `cli`: the command line (subcommands, a run's arguments, the service URLs);
@@ -19,13 +24,17 @@
 //! - `shapes`: one scenario on one process, on nginx + N processes, and on nginx + N
 //!   processes over a local Redis Cluster, with ratios to the first and the script calls
 //!   per master;
-//! - `ceilings`: the HTTP ceiling, the Redis ceiling and `redis-benchmark`;
+//! - `ceilings`: the HTTP ceiling, the nginx ceiling, the Redis ceiling and
+//!   `redis-benchmark`;
+//! - `wrk`: the wrk round (stub, nginx and flash-sale under wrk, each run twice);
 //! - `plan`: the scenarios, as a pure function from attempt index to buyer;
 //! - `load`: the load driver (closed or open loop) and the targets it drives;
 //! - `client`: one keep-alive HTTP/1.1 connection per worker;
-//! - `stub`: the stub server behind the HTTP ceiling;
-//! - `procs`: child processes (flash-sale, the stub, nginx, a local Redis Cluster), their
-//!   CPU and memory, and removing a run's leftovers;
+//! - `stub`: the stub server behind the HTTP ceiling (it sells each showtime's seats,
+//!   then answers sold out as flash-sale does);
+//! - `procs`: child processes (flash-sale, the stub, nginx in front of processes or as
+//!   the nginx ceiling, a local Redis Cluster), their CPU and memory, and removing a
+//!   run's leftovers;
 //! - `room`: the crowd through a waiting room (`million-queued`): joins, paced polls,
 //!   reserves with admissions, through the same bounded pool of connections;
 //! - `verify`: the invariants, checked after each flash-sale phase;
@@ -48,6 +57,7 @@ mod storm;
 mod stub;
 mod suite;
 mod verify;
+mod wrk;
 
 use std::process::ExitCode;
 

@@ -1,6 +1,6 @@
 //! Child processes (flash-sale, the stub server, nginx in front of several flash-sale
-//! processes, a local Redis Cluster), what they cost (resident memory, CPU), and the
-//! clean-up of a run's database, Redis keys and queues.
+//! processes or alone as the nginx ceiling, a local Redis Cluster), what they cost
+//! (resident memory, CPU), and the clean-up of a run's database, Redis keys and queues.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -199,10 +199,10 @@ fn signal_now(pid: u32, signal: &str) {
 }
 
 // ---------------------------------------------------------------------------------------
-// nginx in front of several processes
+// nginx: in front of several processes, or alone as the nginx ceiling
 
 /// nginx in front of flash-sale processes, configured from the shipped `ops/nginx.conf`
-/// as `scripts/run --processes N` does. Stopped on drop if nobody stopped it (SIGTERM:
+/// as `scripts/run --processes N` does, or alone as the nginx ceiling. Stopped on drop if nobody stopped it (SIGTERM:
 /// its workers outlive a SIGKILLed master).
 pub(crate) struct Nginx {
     child: Child,
@@ -259,6 +259,60 @@ pub(crate) fn nginx_config(
     Ok(out)
 }
 
+/// The nginx binary: `given` (`--nginx`), or `nginx` on PATH or in the sbin directories.
+pub(crate) fn nginx_bin(given: Option<&Path>) -> Option<PathBuf> {
+    given
+        .map(Path::to_path_buf)
+        .or_else(|| find_program("nginx"))
+}
+
+/// The nginx ceiling's configuration: ONE worker process, no access log, listening on
+/// `listen`, its pid and temporary files in `dir`; `POST /showtimes` answered 201 with a
+/// showtime (always id 1: the ceiling keeps nothing), every other request 409 with
+/// flash-sale's sold-out body ([`crate::stub::SOLD_OUT_BODY`]), as JSON. What a C server
+/// does for the cheapest answer flash-sale gives, with no work behind it.
+pub(crate) fn nginx_ceiling_config(listen: std::net::SocketAddr, dir: &Path) -> String {
+    let dir = dir.display();
+    let sold_out = crate::stub::SOLD_OUT_BODY;
+    let created = r#"{"id":1,"capacity":0,"available":0,"held":0,"sold":0}"#;
+    format!(
+        r#"worker_processes 1;
+pid {dir}/nginx.pid;
+
+events {{
+    worker_connections 16384;
+}}
+
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    default_type application/json;
+    keepalive_requests 100000000;
+    keepalive_timeout 75s;
+
+    server {{
+        listen {listen} backlog=65535;
+
+        location = /showtimes {{
+            if ($request_method = POST) {{
+                return 201 '{created}';
+            }}
+            return 409 '{sold_out}';
+        }}
+
+        location / {{
+            return 409 '{sold_out}';
+        }}
+    }}
+}}
+"#
+    )
+}
+
 impl Nginx {
     /// Starts `bin` in front of `upstreams` with `template` rewritten into `dir`, its
     /// output going to `log`, and waits until it answers.
@@ -269,12 +323,38 @@ impl Nginx {
         dir: &Path,
         log: PathBuf,
     ) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir)?;
         let listen: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let template_text = std::fs::read_to_string(template)
             .with_context(|| format!("cannot read {}", template.display()))?;
-        let conf = dir.join("nginx.conf");
-        std::fs::write(&conf, nginx_config(&template_text, upstreams, listen, dir)?)?;
+        let conf = nginx_config(&template_text, upstreams, listen, dir)?;
+        Self::spawn(bin, &conf, listen, dir, log).await
+    }
+
+    /// Starts `bin` as the nginx ceiling (one worker answering flash-sale's JSON with no
+    /// upstream: see [`nginx_ceiling_config`]), its files in `dir`, its output going to
+    /// `log`, and waits until it answers.
+    pub(crate) async fn start_ceiling(
+        bin: &Path,
+        dir: &Path,
+        log: PathBuf,
+    ) -> anyhow::Result<Self> {
+        let listen: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let conf = nginx_ceiling_config(listen, dir);
+        Self::spawn(bin, &conf, listen, dir, log).await
+    }
+
+    /// Writes `conf` into `dir`, starts `bin` on it in the foreground (`daemon off`) and
+    /// waits until `listen` answers.
+    async fn spawn(
+        bin: &Path,
+        conf: &str,
+        listen: std::net::SocketAddr,
+        dir: &Path,
+        log: PathBuf,
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let conf_file = dir.join("nginx.conf");
+        std::fs::write(&conf_file, conf)?;
         let out = std::fs::File::create(&log)
             .with_context(|| format!("cannot create {}", log.display()))?;
         let err = out.try_clone()?;
@@ -282,7 +362,7 @@ impl Nginx {
             .arg("-p")
             .arg(dir)
             .arg("-c")
-            .arg(&conf)
+            .arg(&conf_file)
             .args(["-e", "stderr", "-g", "daemon off;"])
             .stdin(Stdio::null())
             .stdout(out)
@@ -311,6 +391,14 @@ impl Nginx {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The worker processes (the master's children), for their CPU and memory.
+    pub(crate) fn workers(&self) -> Vec<u32> {
+        all_pids()
+            .into_iter()
+            .filter(|&pid| parent(pid) == Some(self.pid))
+            .collect()
     }
 
     /// SIGTERM (nginx's fast shutdown), then SIGKILL after 10 s.
@@ -549,6 +637,17 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     // After the command: state is field 3 (index 0 here); utime 14, stime 15.
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// The parent of a process.
+fn parent(pid: u32) -> Option<u32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command: state, then the parent's pid.
+    s[s.rfind(')')? + 2..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 fn comm(pid: u32) -> Option<String> {

@@ -81,7 +81,7 @@ pub(crate) fn load_avg() -> f64 {
 /// One phase: one target, one way of driving it.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct PhaseReport {
-    /// `http-ceiling`, `redis-ceiling`, `flash-sale`, `flash-sale @ 50%`.
+    /// `http-ceiling`, `nginx-ceiling`, `redis-ceiling`, `flash-sale`, `flash-sale @ 50%`.
     pub(crate) name: String,
     /// `closed loop, 64 connections` or `open loop, 5000/s, up to 64 connections`.
     pub(crate) mode: String,
@@ -177,7 +177,103 @@ impl PhaseReport {
 #[derive(Debug, Clone, Serialize, Default)]
 pub(crate) struct Ratios {
     pub(crate) vs_http_ceiling: Option<f64>,
+    pub(crate) vs_nginx_ceiling: Option<f64>,
     pub(crate) vs_redis_ceiling: Option<f64>,
+}
+
+/// One target of the wrk round: its better run of the two.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct WrkRow {
+    /// `stub`, `nginx`, `flash-sale`.
+    pub(crate) target: String,
+    pub(crate) rps: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) requests: u64,
+    /// Answers that were not 2xx or 3xx (the sold-out 409s).
+    pub(crate) non_2xx: u64,
+    pub(crate) socket_errors: u64,
+    /// Requests/s of every run, in the order they ran.
+    pub(crate) rps_of_runs: Vec<f64>,
+}
+
+/// The stub, the nginx ceiling and flash-sale driven by wrk (C load generator): a fresh
+/// showtime of 100 seats each, a fresh user per request.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct WrkRound {
+    pub(crate) concurrency: usize,
+    pub(crate) secs: u64,
+    pub(crate) rows: Vec<WrkRow>,
+    /// Requests/s of flash-sale over the stub's, over nginx's, and the stub's over nginx's.
+    pub(crate) flash_sale_vs_stub: Option<f64>,
+    pub(crate) flash_sale_vs_nginx: Option<f64>,
+    pub(crate) stub_vs_nginx: Option<f64>,
+}
+
+impl WrkRound {
+    pub(crate) fn new(concurrency: usize, secs: u64, rows: Vec<WrkRow>) -> Self {
+        let rps = |t: &str| rows.iter().find(|r| r.target == t).map(|r| r.rps);
+        let ratio = |a: &str, b: &str| Some(rps(a)? / rps(b)?).filter(|r| r.is_finite());
+        Self {
+            concurrency,
+            secs,
+            flash_sale_vs_stub: ratio("flash-sale", "stub"),
+            flash_sale_vs_nginx: ratio("flash-sale", "nginx"),
+            stub_vs_nginx: ratio("stub", "nginx"),
+            rows,
+        }
+    }
+
+    pub(crate) fn rps(&self, target: &str) -> Option<f64> {
+        self.rows.iter().find(|r| r.target == target).map(|r| r.rps)
+    }
+
+    pub(crate) fn markdown(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "### wrk (C load generator), 100 seats then sold out, fresh user per request
+"
+        );
+        let _ = writeln!(
+            s,
+            "`wrk -t1 -c{} -d{}s --latency`, `POST /reserve` on a fresh showtime of 100 seats per run. Each target ran twice, alternating (stub, nginx, flash-sale, stub, ...); the table keeps each target's better run, since the machine is shared and noisy.\n",
+            self.concurrency, self.secs
+        );
+        let _ = writeln!(
+            s,
+            "| target | requests/s | p50 ms | p99 ms | requests | not 2xx | socket errors | requests/s of each run |\n|---|--:|--:|--:|--:|--:|--:|---|"
+        );
+        for r in &self.rows {
+            let runs: Vec<String> = r.rps_of_runs.iter().map(|x| format!("{x:.0}")).collect();
+            let _ = writeln!(
+                s,
+                "| {} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {} |",
+                r.target,
+                r.rps,
+                r.p50_ms,
+                r.p99_ms,
+                r.requests,
+                r.non_2xx,
+                r.socket_errors,
+                runs.join(", ")
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nflash-sale / stub: **{}**, flash-sale / nginx: **{}**, stub / nginx: **{}**.\n",
+            pct(self.flash_sale_vs_stub),
+            pct(self.flash_sale_vs_nginx),
+            pct(self.stub_vs_nginx)
+        );
+        s
+    }
+}
+
+/// A ratio in percent, or `n/a`.
+fn pct(r: Option<f64>) -> String {
+    r.map(|r| format!("{:.1}%", r * 100.0))
+        .unwrap_or_else(|| "n/a".into())
 }
 
 /// The reserve script driven by `redis-benchmark` (C client): Redis alone, without the
@@ -209,6 +305,8 @@ pub(crate) struct Report {
     pub(crate) redis_benchmark: Option<RedisBenchmark>,
     /// The waiting room phase (`million-queued`).
     pub(crate) room: Option<RoomSummary>,
+    /// The wrk round (`seed-7000`, `repeat`, `million`).
+    pub(crate) wrk: Option<WrkRound>,
     pub(crate) ok: bool,
     pub(crate) notes: Vec<String>,
 }
@@ -223,6 +321,7 @@ impl Report {
         let of = |name: &str| Some(fs? / self.phase(name)?.attempts_per_s);
         self.ratios = Ratios {
             vs_http_ceiling: of("http-ceiling"),
+            vs_nginx_ceiling: of(crate::ceilings::NGINX_CEILING),
             vs_redis_ceiling: of("redis-ceiling"),
         };
         self.ok = self
@@ -292,14 +391,11 @@ impl Report {
                 l.max_ms
             );
         }
-        let pct = |r: Option<f64>| {
-            r.map(|r| format!("{:.1}%", r * 100.0))
-                .unwrap_or_else(|| "n/a".into())
-        };
         let _ = writeln!(
             s,
-            "\nflash-sale reserve throughput: **{}** of the HTTP ceiling, **{}** of the Redis ceiling.\n",
+            "\nflash-sale reserve throughput: **{}** of the HTTP ceiling, **{}** of the nginx ceiling, **{}** of the Redis ceiling.\n",
             pct(self.ratios.vs_http_ceiling),
+            pct(self.ratios.vs_nginx_ceiling),
             pct(self.ratios.vs_redis_ceiling)
         );
         if let Some(rb) = &self.redis_benchmark {
@@ -308,6 +404,9 @@ impl Report {
                 "redis-benchmark (C client) running reserve.lua by EVALSHA, {} requests, {} connections: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms.\n",
                 rb.requests, rb.concurrency, rb.rps, rb.p50_ms, rb.p99_ms
             );
+        }
+        if let Some(w) = &self.wrk {
+            s.push_str(&w.markdown());
         }
         if let Some(room) = &self.room {
             s.push_str(&room_against_million(self, room));

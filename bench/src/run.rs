@@ -1,6 +1,7 @@
 //! Running one scenario: the ceilings, then flash-sale (started here, or already running
-//! at `--url`), the verification of every phase, the report, and the clean-up of what the
-//! run created (also the `clean` command, for what an interrupted run left).
+//! at `--url`), the verification of every phase, the wrk round (`seed-7000`, `repeat`,
+//! `million`), the report, and the clean-up of what the run created (also the `clean`
+//! command, for what an interrupted run left).
 
 use std::path::Path;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use crate::report::{self, Machine, PhaseReport, Report};
 use crate::room::{self, HeadStart, RoomDrive, RoomRun};
 use crate::server_view;
 use crate::verify;
+use crate::wrk;
 
 /// The open-loop phase at half of the closed loop's peak (`--half-rate`).
 pub(crate) const HALF_RATE_PHASE: &str = "flash-sale @ 50%";
@@ -91,6 +93,7 @@ pub(crate) async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Re
         ratios: Default::default(),
         redis_benchmark: None,
         room: None,
+        wrk: None,
         ok: true,
         notes: Vec::new(),
     };
@@ -102,7 +105,25 @@ pub(crate) async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Re
         report.phases.push(p);
     }
 
-    // 2. The Redis ceiling.
+    // 2. The nginx ceiling.
+    if !args.no_nginx_ceiling {
+        match procs::nginx_bin(args.nginx.as_deref()) {
+            Some(bin) => {
+                let log = args.out.join(format!("{name}-nginx.log"));
+                let p = ceilings::nginx_ceiling(&bin, &plan, &drive, settings, log).await?;
+                eprintln!("   nginx-ceiling: {:.0} attempts/s", p.attempts_per_s);
+                report.phases.push(p);
+                report.notes.push(
+                    "the nginx ceiling answers every reserve 409 sold_out (one worker, no holds): the C ceiling of flash-sale's cheapest answer".into(),
+                );
+            }
+            None => report.notes.push(
+                "nginx is not installed (not on PATH, /usr/sbin or /sbin; --nginx names it): no nginx ceiling".into(),
+            ),
+        }
+    }
+
+    // 3. The Redis ceiling.
     if !args.no_redis_ceiling {
         let ceil_prefix = format!("{prefix}ceil");
         let r = ceilings::redis_ceiling(&plan, &drive, settings, &ceil_prefix).await;
@@ -136,7 +157,7 @@ pub(crate) async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Re
         let _ = procs::delete_redis_keys(&args.services.redis_url, &rb_prefix).await;
     }
 
-    // 3. flash-sale.
+    // 4. flash-sale.
     let db_name = format!("bench_{run_id}");
     let (server, endpoint, db_url) = match &args.url {
         Some(url) => (
@@ -174,6 +195,25 @@ pub(crate) async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Re
         &mut report,
     )
     .await;
+
+    // 5. The wrk round, on the same server, before it stops.
+    if outcome.is_ok() && !args.no_wrk && wrk::applies(scenario) {
+        let mut notes = Vec::new();
+        match wrk::round(
+            &endpoint,
+            &plan,
+            concurrency,
+            settings,
+            &args.out,
+            &mut notes,
+        )
+        .await
+        {
+            Ok(w) => report.wrk = w,
+            Err(e) => notes.push(format!("the wrk round failed: {e:#}")),
+        }
+        report.notes.extend(notes);
+    }
 
     // Clean up whatever happened.
     if let Some(s) = server {

@@ -252,7 +252,7 @@ async fn measure(a: &ShapesArgs, stack: &mut Stack) -> anyhow::Result<ShapesRepo
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let bin = procs::server_bin(args.server_bin.as_deref())?;
     let mut notes = Vec::new();
-    let nginx = a.nginx.clone().or_else(|| procs::find_program("nginx"));
+    let nginx = procs::nginx_bin(args.nginx.as_deref());
     if nginx.is_none() {
         let why = "nginx is not installed (not on PATH, /usr/sbin or /sbin; --nginx names it): only shape 1 (one process, one Redis node) is measured";
         eprintln!("   {why}");

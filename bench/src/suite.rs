@@ -13,7 +13,7 @@ pub(crate) async fn suite(s: SuiteArgs) -> anyhow::Result<bool> {
         reports.push(run::run(scenario, &s.run).await?);
     }
     let mut md = String::from(
-        "| scenario | requests | HTTP ceiling /s | Redis ceiling /s | flash-sale /s | vs HTTP | vs Redis | p50 ms | p99 ms | p99.9 ms | max ms | p99 @ 50% (2nd half) ms | errors | orders in PG after | peak RSS MiB | other load, % of a core | invariants |\n|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n",
+        "| scenario | requests | HTTP ceiling /s | nginx ceiling /s | Redis ceiling /s | flash-sale /s | vs HTTP | vs nginx | vs Redis | wrk /s: stub, nginx, flash-sale | p50 ms | p99 ms | p99.9 ms | max ms | p99 @ 50% (2nd half) ms | errors | orders in PG after | peak RSS MiB | other load, % of a core | invariants |\n|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n",
     );
     for r in &reports {
         md.push_str(&summary_row(r));
@@ -74,14 +74,30 @@ fn summary_row(r: &Report) -> String {
         others.iter().copied().fold(f64::INFINITY, f64::min),
         others.iter().copied().fold(0.0, f64::max)
     );
+    // The wrk round (C load generator): requests/s of each target's better run.
+    let wrk = r
+        .wrk
+        .as_ref()
+        .map(|w| {
+            ["stub", "nginx", "flash-sale"]
+                .map(|t| {
+                    w.rps(t)
+                        .map(|x| format!("{x:.0}"))
+                        .unwrap_or_else(|| "-".into())
+                })
+                .join(", ")
+        })
+        .unwrap_or_else(|| "-".into());
     format!(
-        "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {half} | {} | {} | {} | {other} | {} |\n",
+        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {wrk} | {:.2} | {:.2} | {:.2} | {:.2} | {half} | {} | {} | {} | {other} | {} |\n",
         r.scenario,
         fs.attempts,
         rate("http-ceiling"),
+        rate(crate::ceilings::NGINX_CEILING),
         rate("redis-ceiling"),
         rate("flash-sale"),
         pct(r.ratios.vs_http_ceiling),
+        pct(r.ratios.vs_nginx_ceiling),
         pct(r.ratios.vs_redis_ceiling),
         l.p50_ms,
         l.p99_ms,
