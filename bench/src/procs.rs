@@ -999,6 +999,25 @@ mod tests {
     }
 
     #[test]
+    fn the_nginx_ceiling_has_one_worker_and_answers_flash_sales_sold_out() {
+        let conf = nginx_ceiling_config("127.0.0.1:5000".parse().unwrap(), Path::new("/tmp/x"));
+        for line in [
+            "worker_processes 1;",
+            "pid /tmp/x/nginx.pid;",
+            "access_log off;",
+            "client_body_temp_path /tmp/x/body;",
+            "default_type application/json;",
+            "listen 127.0.0.1:5000 backlog=65535;",
+            r#"return 201 '{"id":1,"#,
+            r#"return 409 '{"error":"sold_out","message":"Tickets sold out"}';"#,
+        ] {
+            assert!(conf.contains(line), "{line} missing from:\n{conf}");
+        }
+        // `daemon off` is given on the command line: twice would be an error.
+        assert!(!conf.contains("daemon"), "{conf}");
+    }
+
+    #[test]
     fn this_process_has_memory_and_cpu() {
         let me = std::process::id();
         assert!(rss_kib(me).unwrap() > 0);

@@ -204,7 +204,7 @@ pub(crate) async fn run(scenario: Scenario, args: &RunArgs) -> anyhow::Result<Re
             &plan,
             concurrency,
             settings,
-            &args.out,
+            args.out.join(format!("{name}-wrk-nginx.log")),
             &mut notes,
         )
         .await

@@ -9,7 +9,7 @@
 //! It runs after flash-sale's phases, on the server they used; the stub and nginx are
 //! started again for it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -50,14 +50,14 @@ pub(crate) struct WrkRun {
 }
 
 /// The wrk round against the stub, the nginx ceiling (when nginx is installed) and
-/// flash-sale at `flash_sale`. `Ok(None)` with a note in `notes` when wrk is not
+/// flash-sale at `flash_sale` (nginx's output going to `nginx_log`). `Ok(None)` with a note in `notes` when wrk is not
 /// installed.
 pub(crate) async fn round(
     flash_sale: &Endpoint,
     plan: &Plan,
     concurrency: usize,
     settings: &RunSettings,
-    log_dir: &Path,
+    nginx_log: PathBuf,
     notes: &mut Vec<String>,
 ) -> anyhow::Result<Option<WrkRound>> {
     let args = &settings.args;
@@ -68,7 +68,7 @@ pub(crate) async fn round(
     let stub = Server::start_stub().await?;
     let dir = ceilings::nginx_dir();
     let nginx = match procs::nginx_bin(args.nginx.as_deref()) {
-        Some(bin) => Some(Nginx::start_ceiling(&bin, &dir, log_dir.join("wrk-nginx.log")).await),
+        Some(bin) => Some(Nginx::start_ceiling(&bin, &dir, nginx_log).await),
         None => {
             notes.push("nginx is not installed: the wrk round has no nginx row".into());
             None
