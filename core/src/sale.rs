@@ -198,6 +198,15 @@ impl SaleWindows {
         }
     }
 
+    /// The window when it was read less than `fresh` ago; never claims a read again.
+    fn fresh(&self, showtime: ShowtimeId, fresh: Duration) -> Option<SaleWindow> {
+        let windows = self.0.read().unwrap_or_else(|e| e.into_inner());
+        windows
+            .get(&showtime)
+            .filter(|(_, read)| read.elapsed() < fresh)
+            .map(|(window, _)| *window)
+    }
+
     /// Whether this process has met the showtime (its stock checked) before.
     fn known(&self, showtime: ShowtimeId) -> bool {
         let windows = self.0.read().unwrap_or_else(|e| e.into_inner());
@@ -563,6 +572,45 @@ where
         Ok(Some((showtime, counts)))
     }
 
+    /// The refusal [`Sale::reserve_through`] would answer without any I/O, from what this
+    /// process remembers: the showtime's sale window read less than the refresh period
+    /// ago and its sold-out memory. `None` when it does not know (the window is not
+    /// fresh, or nothing refuses): then only `reserve_through` can tell. The crowd's
+    /// answer after the last seat, so it costs no task, no store and no catalog.
+    pub fn refusal_at_once(
+        &self,
+        showtime: ShowtimeId,
+        quantity: u32,
+        admission: Admission,
+    ) -> Option<ReserveError> {
+        if quantity == 0 {
+            return Some(ReserveError::InvalidQuantity);
+        }
+        let window = self.windows.fresh(showtime, self.window_refresh)?;
+        self.refusal_by(showtime, window, admission).err()
+    }
+
+    /// The rules a request meets once its sale window is known, in order: the window
+    /// is open, a waiting room's admission is shown, the showtime is not remembered as
+    /// sold out; `Ok` with what the sold-out memory saw, to hand back should the store
+    /// say sold out.
+    fn refusal_by(
+        &self,
+        showtime: ShowtimeId,
+        window: SaleWindow,
+        admission: Admission,
+    ) -> Result<ReturnsSeen, ReserveError> {
+        window
+            .admits(self.clock.now())
+            .map_err(|why| ReserveError::OutsideSaleWindow { showtime, why })?;
+        if window.is_queued() && admission == Admission::None {
+            return Err(ReserveError::NotAdmitted);
+        }
+        self.sold_out
+            .observe(showtime)
+            .ok_or(ReserveError::SoldOut { remembered: true })
+    }
+
     /// Holds one seat of `showtime` for `user`, then publishes the hold's expiry (and,
     /// in mock-payment mode, its payment request). Refused without touching a seat for
     /// an unknown showtime and outside its sale window. If the publish fails the seat is
@@ -610,15 +658,7 @@ where
         let Some(window) = self.sale_window(showtime).await? else {
             return Err(ReserveError::UnknownShowtime(showtime));
         };
-        window
-            .admits(self.clock.now())
-            .map_err(|why| ReserveError::OutsideSaleWindow { showtime, why })?;
-        if window.is_queued() && admission == Admission::None {
-            return Err(ReserveError::NotAdmitted);
-        }
-        let Some(seen) = self.sold_out.observe(showtime) else {
-            return Err(ReserveError::SoldOut { remembered: true });
-        };
+        let seen = self.refusal_by(showtime, window, admission)?;
         let reservation = match self.take(user, showtime, quantity).await? {
             TakeOutcome::UnknownShowtime => {
                 let Some(known) = self.db.showtime(showtime).await? else {

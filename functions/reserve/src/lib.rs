@@ -15,9 +15,10 @@
 //! the body and the rate limit have passed, before the sale is asked at all
 //! ([`flash_sale_runtime::idempotency`]).
 
+use axum::extract::FromRequestParts;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::http::request::Parts;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -29,6 +30,7 @@ use flash_sale_runtime::idempotency::{self, KeyedJson};
 use flash_sale_runtime::identity::Caller;
 use flash_sale_runtime::{App, metrics, now, rfc3339, to_the_end};
 use serde::{Deserialize, Serialize};
+use std::convert::Infallible;
 
 /// The function's routes, protected by their own [`Guard`]: what the Lambda host runs.
 pub fn router(app: App) -> Router {
@@ -99,7 +101,7 @@ pub const ADMISSION_TOKEN: &str = "admission-token";
 async fn reserve(
     State(state): State<AppState>,
     caller: Caller,
-    headers: HeaderMap,
+    AdmissionToken(pass): AdmissionToken,
     KeyedJson { body: req, key }: KeyedJson<ReserveRequest>,
 ) -> Result<Response, ApiError> {
     let (user, showtime) = req
@@ -107,45 +109,76 @@ async fn reserve(
         .inspect_err(metrics::reservation_rejected)?;
     let quantity = req.quantity().inspect_err(metrics::reservation_rejected)?;
     state.guard().limits().check_user(user)?;
-    let keyed = key.map(|key| key.scoped(KeyedRoute::Reserve, showtime, user, ""));
-    let pass = headers
-        .get(ADMISSION_TOKEN)
-        .map(|v| v.to_str().unwrap_or_default().to_owned());
-    let app = state.app().clone();
-    Ok(idempotency::answer(state.app(), keyed, async move {
-        let admission = match pass {
-            None => Admission::None,
-            Some(pass) => {
-                app.passes
-                    .check_admission(&pass, user, showtime, now())
-                    .map_err(|e| {
-                        ApiError::NotAdmitted(format!("the Admission-Token is refused: {e}"))
-                    })?;
-                Admission::Shown
-            }
-        };
-        let reserved = app
+    // What this process already knows refuses at once (the crowd after the last seat):
+    // no task, no store, the body built once. Not a keyed request (its key answers
+    // first) nor one showing an admission (checked first).
+    if key.is_none()
+        && pass.is_none()
+        && let Some(refusal) = state
+            .app()
             .sale
-            .reserve_through(user, showtime, quantity, admission)
-            .await;
-        metrics::reservation(&reserved.as_ref().map(|_| ()));
-        if admission == Admission::Shown && reserved.is_ok() {
-            // An admission used: the next in line may be let in (read at most once per
-            // refresh by this process).
-            let _ = app.rooms.snapshot(showtime).await;
-        }
-        let r = reserved?;
-        Ok(Json(Reserved {
-            message: "Ticket reserved successfully",
-            status: r.status.as_str(),
-            reservation_id: r.id.to_string(),
-            showtime_id: showtime.get(),
-            user_id: user.get(),
-            expires_at: rfc3339(r.expires_at),
-            quantity: r.quantity,
+            .refusal_at_once(showtime, quantity, Admission::None)
+    {
+        metrics::reservation(&Err(&refusal));
+        return Err(refusal.into());
+    }
+    let keyed = key.map(|key| key.scoped(KeyedRoute::Reserve, showtime, user, ""));
+    let held = state.clone();
+    // Boxed: the hold's future is large, and a refusal above need not carry (and copy)
+    // its room.
+    Ok(
+        Box::pin(idempotency::answer(state.app(), keyed, async move {
+            let app = held.app();
+            let admission = match pass {
+                None => Admission::None,
+                Some(pass) => {
+                    app.passes
+                        .check_admission(&pass, user, showtime, now())
+                        .map_err(|e| {
+                            ApiError::NotAdmitted(format!("the Admission-Token is refused: {e}"))
+                        })?;
+                    Admission::Shown
+                }
+            };
+            let reserved = app
+                .sale
+                .reserve_through(user, showtime, quantity, admission)
+                .await;
+            metrics::reservation(&reserved.as_ref().map(|_| ()));
+            if admission == Admission::Shown && reserved.is_ok() {
+                // An admission used: the next in line may be let in (read at most once per
+                // refresh by this process).
+                let _ = app.rooms.snapshot(showtime).await;
+            }
+            let r = reserved?;
+            Ok(Json(Reserved {
+                message: "Ticket reserved successfully",
+                status: r.status.as_str(),
+                reservation_id: r.id.to_string(),
+                showtime_id: showtime.get(),
+                user_id: user.get(),
+                expires_at: rfc3339(r.expires_at),
+                quantity: r.quantity,
+            }))
         }))
-    })
-    .await)
+        .await,
+    )
+}
+
+/// The `Admission-Token` header, read alone (not a copy of every header).
+struct AdmissionToken(Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for AdmissionToken {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .headers
+                .get(ADMISSION_TOKEN)
+                .map(|v| v.to_str().unwrap_or_default().to_owned()),
+        ))
+    }
 }
 
 /// A reservation as `GET /reservations/{id}` shows it.

@@ -52,7 +52,11 @@ pub enum ApiError {
     /// 404 `not_found`.
     #[error("{0}")]
     NotFound(String),
-    /// 409 with a specific code (`sold_out`, `expired`, `cancelled`, `already_paid`, ...):
+    /// 409 `sold_out`: no seat is left ("Tickets sold out", the Go reference's text). The
+    /// answer a crowd gets most after the last seat, from a body built once.
+    #[error("Tickets sold out")]
+    SoldOut,
+    /// 409 with a specific code (`expired`, `cancelled`, `already_paid`, ...):
     /// the request is valid but the sale's state refuses it.
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
@@ -126,7 +130,8 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Forbidden(_) | ApiError::NotAdmitted(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict { .. }
+            ApiError::SoldOut
+            | ApiError::Conflict { .. }
             | ApiError::AlreadyOrdered { .. }
             | ApiError::Seats { .. } => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -148,6 +153,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotAdmitted(_) => "not_admitted",
             ApiError::NotFound(_) => "not_found",
+            ApiError::SoldOut => "sold_out",
             ApiError::Conflict { code, .. } | ApiError::Seats { code, .. } => code,
             ApiError::AlreadyOrdered { .. } => "already_ordered",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
@@ -161,6 +167,9 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let ApiError::SoldOut = self {
+            return sold_out();
+        }
         let status = self.status();
         if status.is_server_error() {
             tracing::warn!(error = %self, "answering {status}");
@@ -208,6 +217,21 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The body of every `sold_out` answer, as [`ErrorBody`] writes it (a test keeps the two
+/// the same).
+const SOLD_OUT_BODY: &str = r#"{"error":"sold_out","message":"Tickets sold out"}"#;
+
+/// The `sold_out` answer, its body never encoded again: nothing allocated but the
+/// response and its one header.
+fn sold_out() -> Response {
+    let mut response = (StatusCode::CONFLICT, SOLD_OUT_BODY).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
 impl ApiError {
     /// The human text, as `Display` shows it, moved out rather than formatted again: every
     /// refusal, sold-out ones first, is answered through here.
@@ -230,6 +254,7 @@ impl ApiError {
             | ApiError::Conflict { message: m, .. }
             | ApiError::Seats { message: m, .. }
             | ApiError::AlreadyOrdered { message: m, .. } => m,
+            e @ ApiError::SoldOut => e.to_string(),
         }
     }
 }
@@ -285,10 +310,7 @@ impl From<PortError> for ApiError {
 impl From<ReserveError> for ApiError {
     fn from(e: ReserveError) -> Self {
         match e {
-            ReserveError::SoldOut { .. } => ApiError::Conflict {
-                code: "sold_out",
-                message: "Tickets sold out".into(),
-            },
+            ReserveError::SoldOut { .. } => ApiError::SoldOut,
             ReserveError::NotEnoughSeats { asked, available } => ApiError::Seats {
                 code: "not_enough_seats",
                 message: format!(
@@ -438,6 +460,23 @@ mod tests {
     }
 
     #[test]
+    fn the_built_sold_out_body_is_the_one_every_error_body_has() {
+        let encoded = serde_json::to_string(&ErrorBody {
+            error: ApiError::SoldOut.code(),
+            message: ApiError::SoldOut.to_string(),
+            reservation_id: None,
+            status: None,
+            available: None,
+            max_per_user: None,
+        })
+        .unwrap();
+        assert_eq!(SOLD_OUT_BODY, encoded);
+        let answer = ApiError::from(ReserveError::SoldOut { remembered: true }).into_response();
+        assert_eq!(answer.status(), StatusCode::CONFLICT);
+        assert_eq!(answer.headers()[header::CONTENT_TYPE], "application/json");
+    }
+
+    #[test]
     fn every_variant_answers_a_listed_code() {
         for e in [
             ApiError::BadRequest(String::new()),
@@ -453,6 +492,7 @@ mod tests {
             ApiError::Unavailable(String::new()),
             ApiError::Internal(String::new()),
             ApiError::NotReady(String::new()),
+            ApiError::SoldOut,
             ApiError::from(ReserveError::NotEnoughSeats {
                 asked: 3,
                 available: 2,

@@ -485,10 +485,7 @@ mod tests {
     #[tokio::test]
     async fn a_final_refusal_is_replayed_but_a_failure_behind_us_runs_again() {
         let (store, runs) = (Memory::default(), Arc::new(AtomicUsize::new(0)));
-        let sold_out = || ApiError::Conflict {
-            code: "sold_out",
-            message: "Tickets sold out".into(),
-        };
+        let sold_out = || ApiError::SoldOut;
         let first = run(&store, keyed("a", 7, "{}"), &runs, Err(sold_out())).await;
         assert_eq!(first.0, StatusCode::CONFLICT);
         let again = run(&store, keyed("a", 7, "{}"), &runs, Ok(1)).await;
