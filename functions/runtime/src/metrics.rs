@@ -11,6 +11,7 @@
 //! into metrics in the namespace `METRICS_NAMESPACE` (default `FlashSale`), dimension
 //! `function` plus the series' labels.
 
+use std::cell::Cell;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -160,8 +161,17 @@ pub fn room_answer(route: &'static str, status: &'static str) {
 }
 
 /// A waiting room's line as this process last read it: places `joined` in all and
-/// `served` (admitted so far).
+/// `served` (admitted so far). Every queue answer calls it, and the snapshot it answers
+/// from changes at most once per refresh: the gauges are set only when what this thread
+/// last set differs (no label built, no series looked up, on the other answers).
 pub fn room_line(showtime: i64, joined: u64, served: u64) {
+    thread_local! {
+        static LAST_SET: Cell<Option<(i64, u64, u64)>> = const { Cell::new(None) };
+    }
+    let line = Some((showtime, joined, served));
+    if LAST_SET.with(|last| last.replace(line)) == line {
+        return;
+    }
     let showtime = showtime.to_string();
     gauge!(ROOM_LINE, "showtime" => showtime.clone(), "state" => "joined").set(joined as f64);
     gauge!(ROOM_LINE, "showtime" => showtime, "state" => "served").set(served as f64);
