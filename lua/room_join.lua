@@ -1,19 +1,31 @@
--- room_join.lua (after room.lua): puts a user in line, once.
--- ARGV[1] user id, ARGV[2] the lottery draw (an integer below 2^50, drawn by the server)
--- Returns the user's standing (see room.lua's `standing`), or {'none'} without a room.
+-- room_join.lua (after room.lua): puts users in line, once each, in the order given: the
+-- joins that reached one process together, as one step (the adapter's group commit).
+-- ARGV: a user id and its lottery draw (an integer below 2^50, drawn by the server), for
+--       each user: ARGV[1], ARGV[2] the first, ARGV[3], ARGV[4] the second, ...
+-- Returns each user's standing (see room.lua's `standing`) in the same order, or
+-- {'none'} without a room.
 local now = now_ms()
 local opens_at = redis.call('HGET', KEYS[1], 'opens_at')
 if not opens_at then
   return {'none'}
 end
+local standings = {}
 if now < tonumber(opens_at) then
-  -- Before the opening nothing moves and nobody has a place yet: the user is in (once,
+  -- Before the opening nothing moves and nobody has a place yet: each user is in (once,
   -- NX keeps a first draw) and waiting, whatever else the room holds.
-  redis.call('ZADD', KEYS[2], 'NX', ARGV[2], ARGV[1])
-  return {'waiting'}
+  for i = 1, #ARGV, 2 do
+    redis.call('ZADD', KEYS[2], 'NX', ARGV[i + 1], ARGV[i])
+    standings[#standings + 1] = {'waiting'}
+  end
+  return standings
 end
-if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then
-  local n = redis.call('HINCRBY', KEYS[1], 'arrivals', 1)
-  redis.call('ZADD', KEYS[2], string.format('%.0f', 1125899906842624 + n), ARGV[1])
+for i = 1, #ARGV, 2 do
+  if not redis.call('ZSCORE', KEYS[2], ARGV[i]) then
+    local n = redis.call('HINCRBY', KEYS[1], 'arrivals', 1)
+    redis.call('ZADD', KEYS[2], string.format('%.0f', 1125899906842624 + n), ARGV[i])
+  end
 end
-return standing(now, ARGV[1])
+for i = 1, #ARGV, 2 do
+  standings[#standings + 1] = standing(now, ARGV[i])
+end
+return standings

@@ -267,3 +267,61 @@ async fn a_room_removed_sells_to_anyone_again() {
     ));
     super::drop_keys(&seats).await;
 }
+
+#[tokio::test]
+async fn joins_that_arrive_together_are_committed_together_each_caller_answered_its_own() {
+    let iso = Isolation::new();
+    let (seats, rooms, early) = room_with_seats(&iso, 10, settings(LATER, None, 0)).await;
+    let open = ShowtimeId::new(2).unwrap();
+    assert!(seats.load(open, 10, 0, 1, false, 1).await.unwrap());
+    rooms
+        .configure(open, settings(OPEN, None, 0))
+        .await
+        .unwrap();
+    let roomless = ShowtimeId::new(3).unwrap();
+    // 800 joins at once, more than one group holds, over three showtimes: users 1..=200
+    // join the early room twice (with another draw the second time), the open room once,
+    // and a showtime without a room.
+    let mut asks = vec![];
+    for u in 1..=200_i64 {
+        asks.push((early, u, u as u64));
+        asks.push((open, u, 0));
+        asks.push((early, u, 10_000 + u as u64));
+        asks.push((roomless, u, 0));
+    }
+    let answers = futures::future::join_all(
+        asks.iter()
+            .map(|&(st, u, draw)| rooms.join(st, user(u), draw)),
+    )
+    .await;
+    for (&(st, u, _), answer) in asks.iter().zip(answers) {
+        let answer = answer.unwrap();
+        if st == early {
+            assert_eq!(answer, Joined::Standing(Standing::Waiting), "user {u}");
+        } else if st == roomless {
+            assert_eq!(answer, Joined::NoRoom, "user {u}");
+        } else {
+            // After the opening, places in arrival order: user u asked u-th.
+            let place = match answer {
+                Joined::Standing(Standing::InLine { place, .. })
+                | Joined::Standing(Standing::Admitted { place, .. }) => place,
+                other => panic!("user {u} in the open room: {other:?}"),
+            };
+            assert_eq!(place, u as u64 - 1, "user {u}");
+        }
+    }
+    // One place per user, whatever the number of joins.
+    assert_eq!(snapshot(&rooms, early).await.joined, 200);
+    assert_eq!(snapshot(&rooms, open).await.joined, 200);
+    // The first draw is kept: users 1..=10 (draws 1..=10) are admitted first.
+    rooms
+        .configure(early, settings(OPEN, None, 0))
+        .await
+        .unwrap();
+    assert_eq!(snapshot(&rooms, early).await.served, 10);
+    assert_eq!(
+        admitted(&rooms, early, 1..=200).await,
+        (1..=10).collect::<Vec<_>>()
+    );
+    super::drop_keys(&seats).await;
+}
