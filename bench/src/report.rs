@@ -181,11 +181,9 @@ pub(crate) struct Ratios {
     pub(crate) vs_redis_ceiling: Option<f64>,
 }
 
-/// One target of the wrk round: its better run of the two.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct WrkRow {
-    /// `stub`, `nginx`, `flash-sale`.
-    pub(crate) target: String,
+/// One wrk run's figures.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct WrkRun {
     pub(crate) rps: f64,
     pub(crate) p50_ms: f64,
     pub(crate) p99_ms: f64,
@@ -193,6 +191,15 @@ pub(crate) struct WrkRow {
     /// Answers that were not 2xx or 3xx (the sold-out 409s).
     pub(crate) non_2xx: u64,
     pub(crate) socket_errors: u64,
+}
+
+/// One target of the wrk round: its better run of the two.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct WrkRow {
+    /// `stub`, `nginx`, `flash-sale`.
+    pub(crate) target: String,
+    #[serde(flatten)]
+    pub(crate) best: WrkRun,
     /// Requests/s of every run, in the order they ran.
     pub(crate) rps_of_runs: Vec<f64>,
 }
@@ -210,10 +217,16 @@ pub(crate) struct WrkRound {
     pub(crate) stub_vs_nginx: Option<f64>,
 }
 
+/// The better run's requests/s of `target` among `rows`.
+fn rps_in(rows: &[WrkRow], target: &str) -> Option<f64> {
+    rows.iter().find(|r| r.target == target).map(|r| r.best.rps)
+}
+
 impl WrkRound {
     pub(crate) fn new(concurrency: usize, secs: u64, rows: Vec<WrkRow>) -> Self {
-        let rps = |t: &str| rows.iter().find(|r| r.target == t).map(|r| r.rps);
-        let ratio = |a: &str, b: &str| Some(rps(a)? / rps(b)?).filter(|r| r.is_finite());
+        let ratio = |a: &str, b: &str| {
+            Some(rps_in(&rows, a)? / rps_in(&rows, b)?).filter(|r| r.is_finite())
+        };
         Self {
             concurrency,
             secs,
@@ -225,7 +238,7 @@ impl WrkRound {
     }
 
     pub(crate) fn rps(&self, target: &str) -> Option<f64> {
-        self.rows.iter().find(|r| r.target == target).map(|r| r.rps)
+        rps_in(&self.rows, target)
     }
 
     pub(crate) fn markdown(&self) -> String {
@@ -250,12 +263,12 @@ impl WrkRound {
                 s,
                 "| {} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {} |",
                 r.target,
-                r.rps,
-                r.p50_ms,
-                r.p99_ms,
-                r.requests,
-                r.non_2xx,
-                r.socket_errors,
+                r.best.rps,
+                r.best.p50_ms,
+                r.best.p99_ms,
+                r.best.requests,
+                r.best.non_2xx,
+                r.best.socket_errors,
                 runs.join(", ")
             );
         }

@@ -18,7 +18,7 @@ use crate::ceilings;
 use crate::client::Endpoint;
 use crate::plan::{Plan, Scenario};
 use crate::procs::{self, Nginx, Server};
-use crate::report::{WrkRound, WrkRow};
+use crate::report::{WrkRound, WrkRow, WrkRun};
 use crate::run::{RunSettings, create_showtimes};
 
 /// The seats of each wrk run's showtime.
@@ -36,17 +36,6 @@ pub(crate) fn applies(scenario: Scenario) -> bool {
         scenario,
         Scenario::Seed7000 | Scenario::Repeat | Scenario::Million
     )
-}
-
-/// One wrk run's figures.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct WrkRun {
-    pub(crate) rps: f64,
-    pub(crate) p50_ms: f64,
-    pub(crate) p99_ms: f64,
-    pub(crate) requests: u64,
-    pub(crate) non_2xx: u64,
-    pub(crate) socket_errors: u64,
 }
 
 /// The wrk round against the stub, the nginx ceiling (when nginx is installed) and
@@ -142,12 +131,7 @@ async fn drive(
                 .expect("RUNS > 0");
             WrkRow {
                 target: name.to_string(),
-                rps: best.rps,
-                p50_ms: best.p50_ms,
-                p99_ms: best.p99_ms,
-                requests: best.requests,
-                non_2xx: best.non_2xx,
-                socket_errors: best.socket_errors,
+                best,
                 rps_of_runs,
             }
         })
