@@ -1388,6 +1388,46 @@ mod tests {
     }
 
     #[test]
+    fn a_refusal_at_once_is_only_what_this_process_knows_and_what_the_full_path_answers() {
+        let mut sale = sale(PaymentMode::Manual);
+        sale.settings.sold_out_cache = Duration::from_secs(3600);
+        let st = showtime(&sale, 1);
+        let never_met = ShowtimeId::new(999).unwrap();
+        // Nothing known: only the full path can tell (an unknown showtime included).
+        assert!(
+            sale.refusal_at_once(never_met, 1, Admission::None)
+                .is_none()
+        );
+        assert!(sale.refusal_at_once(st, 1, Admission::None).is_none());
+        let first = block_on(sale.reserve(user(1), st)).unwrap();
+        // Seats were left when last asked: nothing refuses before the store.
+        assert!(sale.refusal_at_once(st, 1, Admission::None).is_none());
+        assert!(matches!(
+            block_on(sale.reserve(user(2), st)),
+            Err(ReserveError::SoldOut { remembered: false })
+        ));
+        // Remembered sold out: both paths refuse the same way, the store untouched.
+        assert!(matches!(
+            sale.refusal_at_once(st, 1, Admission::None),
+            Some(ReserveError::SoldOut { remembered: true })
+        ));
+        assert!(matches!(
+            block_on(sale.reserve(user(3), st)),
+            Err(ReserveError::SoldOut { remembered: true })
+        ));
+        assert!(matches!(
+            sale.refusal_at_once(st, 0, Admission::None),
+            Some(ReserveError::InvalidQuantity)
+        ));
+        // A seat this process returns ends the refusal at once.
+        block_on(sale.expire(Expiry {
+            reservation: first.id,
+        }))
+        .unwrap();
+        assert!(sale.refusal_at_once(st, 1, Admission::None).is_none());
+    }
+
+    #[test]
     fn a_sold_out_answer_read_before_a_seat_came_back_is_not_remembered() {
         let flags = SoldOutFlags::default();
         let st = ShowtimeId::new(1).unwrap();
