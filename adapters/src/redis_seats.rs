@@ -43,6 +43,7 @@ use redis::{AsyncCommands, Script, Value};
 use tracing::{Instrument as _, Span};
 
 use crate::redis_connection::{self, RedisConnection};
+use crate::redis_groups::Groups;
 use crate::tls::Trust;
 use crate::trace;
 
@@ -75,6 +76,58 @@ pub struct RedisSeats {
     conn: RedisConnection,
     prefix: Arc<str>,
     scripts: Arc<Scripts>,
+    /// The holds waiting for their group ([`crate::redis_groups`]).
+    holds: Groups<HoldAsk, TakeOutcome>,
+}
+
+/// Most holds in one `reserve.lua` call (four arguments each): Redis runs a group's
+/// holds one after another, about 16 us each, and serves nothing else meanwhile.
+const MAX_HOLD_GROUP: usize = 64;
+
+/// One caller's hold, waiting for its group.
+struct HoldAsk {
+    user: UserId,
+    quantity: u32,
+    hold_ms: u64,
+    traceparent: String,
+}
+
+/// One hold's reply from `reserve.lua` (see the script for the replies).
+fn taken_of(showtime: ShowtimeId, ask: &HoldAsk, v: &Value) -> PortResult<TakeOutcome> {
+    let items = reply(v).ok_or_else(|| unexpected("reserve.lua", v))?;
+    let at = |i: usize| {
+        items
+            .get(i)
+            .and_then(int)
+            .ok_or_else(|| unexpected("reserve.lua", v))
+    };
+    let seq = |i: usize| {
+        at(i).and_then(|s| {
+            ReservationId::new(showtime, s as u64).map_err(|_| unexpected("reserve.lua", v))
+        })
+    };
+    let count =
+        |i: usize| at(i).and_then(|n| u32::try_from(n).map_err(|_| unexpected("reserve.lua", v)));
+    Ok(match items.first().and_then(int) {
+        Some(1) => TakeOutcome::Reserved(Reservation {
+            id: seq(1)?,
+            user: ask.user,
+            status: Status::Reserved,
+            expires_at: UnixMillis(at(2)? as u64),
+            quantity: ask.quantity,
+        }),
+        Some(2) => TakeOutcome::AlreadyHolds(seq(1)?, status_of(items.get(2))),
+        Some(3) => TakeOutcome::SoldOut,
+        Some(4) => TakeOutcome::UnknownShowtime,
+        Some(5) => TakeOutcome::TooManySeats {
+            max_per_user: count(1)?,
+        },
+        Some(6) => TakeOutcome::NotEnoughSeats {
+            available: count(1)?,
+        },
+        Some(7) => TakeOutcome::NotAdmitted,
+        _ => return Err(unexpected("reserve.lua", v)),
+    })
 }
 
 impl std::fmt::Debug for RedisSeats {
@@ -250,6 +303,7 @@ impl RedisSeats {
                 rebuild: Script::new(include_str!("../../lua/rebuild.lua")),
                 resize: Script::new(include_str!("../../lua/resize.lua")),
             }),
+            holds: Groups::new(MAX_HOLD_GROUP),
         };
         seats.check_layout().await?;
         Ok(seats)
@@ -402,6 +456,40 @@ impl RedisSeats {
         }
     }
 
+    /// One `reserve.lua` call for the holds of `showtime`, in their order.
+    async fn take_group(
+        &self,
+        showtime: ShowtimeId,
+        asks: Vec<HoldAsk>,
+    ) -> PortResult<Vec<TakeOutcome>> {
+        let mut conn = self.conn.clone();
+        let mut call = self.scripts.reserve.prepare_invoke();
+        call.key(self.key(showtime, "seats"))
+            .key(self.key(showtime, "users"))
+            .key(self.key(showtime, "seq"))
+            .key(self.key(showtime, "deadlines"))
+            .key(self.reservations_key(showtime))
+            .key(self.key(showtime, "room"))
+            .key(self.key(showtime, "room:admitted"));
+        for ask in &asks {
+            call.arg(ask.user.get())
+                .arg(ask.hold_ms)
+                .arg(&ask.traceparent)
+                .arg(ask.quantity);
+        }
+        let v: Value = call.invoke_async(&mut conn).await.map_err(port_error)?;
+        // One hold's reply alone, several holds' as a list.
+        let replies = match (asks.len(), reply(&v)) {
+            (1, _) => std::slice::from_ref(&v),
+            (n, Some(items)) if items.len() == n => items,
+            _ => return Err(unexpected("reserve.lua", &v)),
+        };
+        asks.iter()
+            .zip(replies)
+            .map(|(ask, v)| taken_of(showtime, ask, v))
+            .collect()
+    }
+
     async fn now_ms(&self) -> PortResult<u64> {
         let mut conn = self.conn.clone();
         let (secs, micros): (u64, u64) = redis::cmd("TIME")
@@ -420,67 +508,29 @@ impl SeatStore for RedisSeats {
         quantity: u32,
         hold: Duration,
     ) -> PortResult<TakeOutcome> {
-        let mut conn = self.conn.clone();
-        // The hold remembers the trace that made it, so a later payment can link to it.
-        let traceparent = trace::current_traceparent().unwrap_or_default();
-        let v: Value = self
-            .scripts
-            .reserve
-            .key(self.key(showtime, "seats"))
-            .key(self.key(showtime, "users"))
-            .key(self.key(showtime, "seq"))
-            .key(self.key(showtime, "deadlines"))
-            .key(self.reservations_key(showtime))
-            .key(self.key(showtime, "room"))
-            .key(self.key(showtime, "room:admitted"))
-            .arg(user.get())
-            .arg(hold.as_millis() as u64)
-            .arg(traceparent)
-            .arg(quantity)
-            .invoke_async(&mut conn)
+        let ask = HoldAsk {
+            user,
+            quantity,
+            hold_ms: hold.as_millis() as u64,
+            // The hold remembers the trace that made it, so a later payment can link to it.
+            traceparent: trace::current_traceparent().unwrap_or_default(),
+        };
+        self.holds
+            .ask(showtime, ask, || {
+                // The committer holds a store without the holds, so its task ends with
+                // the last store.
+                let committer = RedisSeats {
+                    holds: Groups::new(MAX_HOLD_GROUP),
+                    ..self.clone()
+                };
+                move |showtime, asks| {
+                    let seats = committer.clone();
+                    async move { seats.take_group(showtime, asks).await }
+                }
+            })
+            // The caller's span covers its wait for the group and the group's call.
             .instrument(script_span("reserve.lua", showtime))
             .await
-            .map_err(port_error)?;
-        let items = reply(&v).ok_or_else(|| unexpected("reserve.lua", &v))?;
-        let seq = |i: usize| {
-            items
-                .get(i)
-                .and_then(int)
-                .and_then(|s| ReservationId::new(showtime, s as u64).ok())
-                .ok_or_else(|| unexpected("reserve.lua", &v))
-        };
-        let count = |i: usize| {
-            items
-                .get(i)
-                .and_then(int)
-                .and_then(|n| u32::try_from(n).ok())
-                .ok_or_else(|| unexpected("reserve.lua", &v))
-        };
-        Ok(match items.first().and_then(int) {
-            Some(1) => TakeOutcome::Reserved(Reservation {
-                id: seq(1)?,
-                user,
-                status: Status::Reserved,
-                expires_at: UnixMillis(
-                    items
-                        .get(2)
-                        .and_then(int)
-                        .ok_or_else(|| unexpected("reserve.lua", &v))? as u64,
-                ),
-                quantity,
-            }),
-            Some(2) => TakeOutcome::AlreadyHolds(seq(1)?, status_of(items.get(2))),
-            Some(3) => TakeOutcome::SoldOut,
-            Some(4) => TakeOutcome::UnknownShowtime,
-            Some(5) => TakeOutcome::TooManySeats {
-                max_per_user: count(1)?,
-            },
-            Some(6) => TakeOutcome::NotEnoughSeats {
-                available: count(1)?,
-            },
-            Some(7) => TakeOutcome::NotAdmitted,
-            _ => return Err(unexpected("reserve.lua", &v)),
-        })
     }
 
     async fn load(

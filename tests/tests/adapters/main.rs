@@ -144,6 +144,79 @@ async fn the_reserve_script_refuses_a_second_hold_and_an_empty_showtime() {
     drop_keys(&s).await;
 }
 
+/// Holds that reach the store together are taken in groups (one script call per
+/// showtime): every caller gets its own answer, in arrival order within its showtime,
+/// exactly as one call each would have answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_that_arrive_together_are_taken_together_each_caller_answered_its_own() {
+    let iso = Isolation::new();
+    let s = seats(&iso).await;
+    let (hot, other, unknown) = (showtime(1), showtime(2), showtime(3));
+    assert!(s.load(hot, 100, 0, 1, false, 2).await.unwrap());
+    assert!(s.load(other, 30, 0, 1, false, 1).await.unwrap());
+    // 700 holds at once, more than one group takes: users 1..=200 ask the hot showtime
+    // once, users 1..=50 a second time, user 1000 three seats (more than it allows),
+    // users 1..=200 the other showtime and 200 users a showtime that is not loaded.
+    let mut asks = vec![];
+    for u in 1..=200_i64 {
+        asks.push((hot, u, 1));
+        asks.push((other, u, 1));
+        asks.push((unknown, u, 1));
+        if u <= 50 {
+            asks.push((hot, u, 1));
+        }
+        if u == 100 {
+            asks.push((hot, 1000, 3));
+        }
+    }
+    let answers = futures::future::join_all(
+        asks.iter()
+            .map(|&(st, u, q)| s.take_seats(st, user(u), q, HOLD)),
+    )
+    .await;
+    let mut first_hold: HashMap<(ShowtimeId, i64), ReservationId> = HashMap::new();
+    let mut last_seq: HashMap<ShowtimeId, u64> = HashMap::new();
+    for (&(st, u, q), answer) in asks.iter().zip(answers) {
+        let answer = answer.unwrap();
+        let capacity = if st == hot { 100 } else { 30 };
+        match (st, answer) {
+            (st, TakeOutcome::UnknownShowtime) if st == unknown => {}
+            (_, TakeOutcome::TooManySeats { max_per_user: 2 }) if q == 3 => {}
+            (st, TakeOutcome::Reserved(r))
+                if u <= capacity && !first_hold.contains_key(&(st, u)) =>
+            {
+                assert_eq!((r.user, r.quantity, r.id.showtime()), (user(u), 1, st));
+                // In arrival order: each hold's number above the one before it.
+                assert!(
+                    r.id.seq() > last_seq.get(&st).copied().unwrap_or(0),
+                    "user {u}"
+                );
+                last_seq.insert(st, r.id.seq());
+                first_hold.insert((st, u), r.id);
+            }
+            (st, TakeOutcome::AlreadyHolds(id, Some(Status::Reserved)))
+                if first_hold.get(&(st, u)) == Some(&id) => {}
+            (st, TakeOutcome::SoldOut) if st != unknown && u > capacity => {}
+            (st, other) => panic!("user {u} asking {q} of showtime {st}: {other:?}"),
+        }
+    }
+    assert_eq!(first_hold.len(), 130);
+    for (st, capacity) in [(hot, 100), (other, 30)] {
+        assert_eq!(
+            s.counts(st).await.unwrap(),
+            Some(SeatCounts {
+                capacity,
+                available: 0,
+                held: capacity,
+                sold: 0
+            })
+        );
+        assert_eq!(s.audit(st).await.unwrap().unwrap().live_holds, capacity);
+    }
+    assert_eq!(s.counts(unknown).await.unwrap(), None);
+    drop_keys(&s).await;
+}
+
 #[tokio::test]
 async fn loading_a_showtime_again_never_resets_live_stock() {
     let iso = Isolation::new();
