@@ -78,6 +78,53 @@ pub struct RedisSeats {
     scripts: Arc<Scripts>,
     /// The holds waiting for their group ([`crate::redis_groups`]).
     holds: Groups<HoldAsk, TakeOutcome>,
+    /// The payments waiting for theirs: each a user and a reservation's number, answered
+    /// with the outcome and, when paid, the traceparent of the request that held.
+    payments: Groups<(UserId, u64), (PayOutcome, Option<String>)>,
+}
+
+/// Most payments in one `pay.lua` call (two arguments each).
+const MAX_PAY_GROUP: usize = 64;
+
+/// The replies of a group script for `n` asks: one ask's reply alone, several asks' as
+/// a list.
+fn replies_of<'v>(what: &str, v: &'v Value, n: usize) -> PortResult<&'v [Value]> {
+    match (n, reply(v)) {
+        (1, _) => Ok(std::slice::from_ref(v)),
+        (n, Some(items)) if items.len() == n => Ok(items),
+        _ => Err(unexpected(what, v)),
+    }
+}
+
+/// One payment's reply from `pay.lua` (see the script for the replies).
+fn paid_of(v: &Value) -> PortResult<(PayOutcome, Option<String>)> {
+    let items = reply(v).ok_or_else(|| unexpected("pay.lua", v))?;
+    let at = |i: usize| {
+        items
+            .get(i)
+            .and_then(int)
+            .ok_or_else(|| unexpected("pay.lua", v))
+    };
+    Ok(match items.first().and_then(int) {
+        Some(1) => (
+            PayOutcome::Paid {
+                paid_at: UnixMillis(at(1)? as u64),
+                quantity: u32::try_from(at(3)?).map_err(|_| unexpected("pay.lua", v))?,
+            },
+            items.get(2).and_then(text).map(str::to_owned),
+        ),
+        Some(0) => (PayOutcome::NotFound, None),
+        Some(2) => (PayOutcome::NotOwner, None),
+        Some(3) => (PayOutcome::Expired, None),
+        Some(4) => (
+            PayOutcome::AlreadyPaid(
+                status_of(items.get(1)).ok_or_else(|| unexpected("pay.lua", v))?,
+            ),
+            None,
+        ),
+        Some(5) => (PayOutcome::Cancelled, None),
+        _ => return Err(unexpected("pay.lua", v)),
+    })
 }
 
 /// Most holds in one `reserve.lua` call (four arguments each): Redis runs a group's
@@ -304,6 +351,7 @@ impl RedisSeats {
                 resize: Script::new(include_str!("../../lua/resize.lua")),
             }),
             holds: Groups::new(MAX_HOLD_GROUP),
+            payments: Groups::new(MAX_PAY_GROUP),
         };
         seats.check_layout().await?;
         Ok(seats)
@@ -456,6 +504,42 @@ impl RedisSeats {
         }
     }
 
+    /// A store for a group committer: it shares the connection and scripts but not the
+    /// groups, so the committer's task ends with the last store that has them.
+    fn committer(&self) -> Self {
+        Self {
+            conn: self.conn.clone(),
+            prefix: self.prefix.clone(),
+            scripts: self.scripts.clone(),
+            holds: Groups::new(MAX_HOLD_GROUP),
+            payments: Groups::new(MAX_PAY_GROUP),
+        }
+    }
+
+    /// One `pay.lua` call for the payments of `showtime`, in their order: each one's
+    /// outcome, and when paid, the traceparent of the request that held.
+    async fn pay_group(
+        &self,
+        showtime: ShowtimeId,
+        asks: Vec<(UserId, u64)>,
+    ) -> PortResult<Vec<(PayOutcome, Option<String>)>> {
+        let mut conn = self.conn.clone();
+        let mut call = self.scripts.pay.prepare_invoke();
+        call.key(self.key(showtime, "seats"))
+            .key(self.key(showtime, "users"))
+            .key(self.key(showtime, "deadlines"))
+            .key(self.key(showtime, "unrecorded"))
+            .key(self.reservations_key(showtime));
+        for (user, seq) in &asks {
+            call.arg(user.get()).arg(*seq);
+        }
+        let v: Value = call.invoke_async(&mut conn).await.map_err(port_error)?;
+        replies_of("pay.lua", &v, asks.len())?
+            .iter()
+            .map(paid_of)
+            .collect()
+    }
+
     /// One `reserve.lua` call for the holds of `showtime`, in their order.
     async fn take_group(
         &self,
@@ -478,14 +562,8 @@ impl RedisSeats {
                 .arg(ask.quantity);
         }
         let v: Value = call.invoke_async(&mut conn).await.map_err(port_error)?;
-        // One hold's reply alone, several holds' as a list.
-        let replies = match (asks.len(), reply(&v)) {
-            (1, _) => std::slice::from_ref(&v),
-            (n, Some(items)) if items.len() == n => items,
-            _ => return Err(unexpected("reserve.lua", &v)),
-        };
         asks.iter()
-            .zip(replies)
+            .zip(replies_of("reserve.lua", &v, asks.len())?)
             .map(|(ask, v)| taken_of(showtime, ask, v))
             .collect()
     }
@@ -517,12 +595,7 @@ impl SeatStore for RedisSeats {
         };
         self.holds
             .ask(showtime, ask, || {
-                // The committer holds a store without the holds, so its task ends with
-                // the last store.
-                let committer = RedisSeats {
-                    holds: Groups::new(MAX_HOLD_GROUP),
-                    ..self.clone()
-                };
+                let committer = self.committer();
                 move |showtime, asks| {
                     let seats = committer.clone();
                     async move { seats.take_group(showtime, asks).await }
@@ -577,49 +650,23 @@ impl SeatStore for RedisSeats {
 
     async fn pay(&self, id: ReservationId, user: UserId) -> PortResult<PayOutcome> {
         let showtime = id.showtime();
-        let mut conn = self.conn.clone();
-        let v: Value = self
-            .scripts
-            .pay
-            .key(self.key(showtime, "seats"))
-            .key(self.key(showtime, "users"))
-            .key(self.key(showtime, "deadlines"))
-            .key(self.key(showtime, "unrecorded"))
-            .key(self.reservations_key(showtime))
-            .arg(user.get())
-            .arg(id.seq())
-            .invoke_async(&mut conn)
+        let (outcome, held_in) = self
+            .payments
+            .ask(showtime, (user, id.seq()), || {
+                // As for holds: the committer holds a store without the groups.
+                let committer = self.committer();
+                move |showtime, asks| {
+                    let seats = committer.clone();
+                    async move { seats.pay_group(showtime, asks).await }
+                }
+            })
             .instrument(script_span("pay.lua", showtime))
-            .await
-            .map_err(port_error)?;
-        let items = reply(&v).ok_or_else(|| unexpected("pay.lua", &v))?;
-        if items.first().and_then(int) == Some(1) {
+            .await?;
+        if let Some(traceparent) = held_in {
             // Paid: this payment's trace links to the trace of the request that held.
-            trace::link_current_to(items.get(2).and_then(text));
+            trace::link_current_to(Some(&traceparent));
         }
-        Ok(match items.first().and_then(int) {
-            Some(1) => PayOutcome::Paid {
-                paid_at: UnixMillis(
-                    items
-                        .get(1)
-                        .and_then(int)
-                        .ok_or_else(|| unexpected("pay.lua", &v))? as u64,
-                ),
-                quantity: items
-                    .get(3)
-                    .and_then(int)
-                    .and_then(|q| u32::try_from(q).ok())
-                    .ok_or_else(|| unexpected("pay.lua", &v))?,
-            },
-            Some(0) => PayOutcome::NotFound,
-            Some(2) => PayOutcome::NotOwner,
-            Some(3) => PayOutcome::Expired,
-            Some(4) => PayOutcome::AlreadyPaid(
-                status_of(items.get(1)).ok_or_else(|| unexpected("pay.lua", &v))?,
-            ),
-            Some(5) => PayOutcome::Cancelled,
-            _ => return Err(unexpected("pay.lua", &v)),
-        })
+        Ok(outcome)
     }
 
     async fn cancel(&self, id: ReservationId, user: UserId) -> PortResult<CancelOutcome> {

@@ -217,6 +217,67 @@ async fn holds_that_arrive_together_are_taken_together_each_caller_answered_its_
     drop_keys(&s).await;
 }
 
+/// Payments that reach the store together are paid in groups, each answered its own:
+/// the owner's first payment pays, a second finds it paid, another user's is refused,
+/// an unknown reservation is not found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_that_arrive_together_are_paid_together_each_caller_answered_its_own() {
+    let iso = Isolation::new();
+    let s = seats(&iso).await;
+    let st = showtime(1);
+    assert!(s.load(st, 200, 0, 1, false, 1).await.unwrap());
+    let holds = futures::future::join_all((1..=200).map(|u| s.take(st, user(u), HOLD))).await;
+    let ids: Vec<ReservationId> = holds
+        .into_iter()
+        .map(|h| match h.unwrap() {
+            TakeOutcome::Reserved(r) => r.id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    // Every owner pays; users 1..=50 pay twice; user 1000 pays the first 50 holds; and
+    // a reservation that does not exist.
+    let mut asks = vec![];
+    for (i, &id) in ids.iter().enumerate() {
+        let owner = i as i64 + 1;
+        asks.push((id, owner, "paid"));
+        if owner <= 50 {
+            asks.push((id, 1000, "not owner"));
+            asks.push((id, owner, "already"));
+        }
+    }
+    let missing = ReservationId::new(st, ids[199].seq() + 1_000_000).unwrap();
+    asks.push((missing, 1, "not found"));
+    let answers =
+        futures::future::join_all(asks.iter().map(|&(id, u, _)| s.pay(id, user(u)))).await;
+    for (&(id, u, expected), answer) in asks.iter().zip(answers) {
+        let answer = answer.unwrap();
+        let ok = match expected {
+            "paid" => matches!(answer, PayOutcome::Paid { quantity: 1, .. }),
+            "not owner" => answer == PayOutcome::NotOwner,
+            "already" => answer == PayOutcome::AlreadyPaid(Status::Paid),
+            _ => answer == PayOutcome::NotFound,
+        };
+        assert!(
+            ok,
+            "user {u} paying {id}: expected {expected}, got {answer:?}"
+        );
+    }
+    assert_eq!(
+        s.counts(st).await.unwrap(),
+        Some(SeatCounts {
+            capacity: 200,
+            available: 0,
+            held: 0,
+            sold: 200
+        })
+    );
+    assert_eq!(
+        s.unrecorded_payments(Duration::ZERO).await.unwrap().len(),
+        200
+    );
+    drop_keys(&s).await;
+}
+
 #[tokio::test]
 async fn loading_a_showtime_again_never_resets_live_stock() {
     let iso = Isolation::new();
