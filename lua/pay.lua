@@ -7,14 +7,10 @@
 -- KEYS[5] reservations HASH "<seq>:user", "<seq>:status", "<seq>:expires_at",
 --                      "<seq>:paid_at", "<seq>:trace" (optional), "<seq>:quantity"
 --                      (absent: 1)
--- ARGV, two per payment; one call pays the payments of one showtime that arrive
--- together (the adapter's group commit), each in turn exactly as it would be paid alone:
 -- ARGV[1] user id paying
 -- ARGV[2] reservation sequence
--- ARGV[3..4] the next payment's, and so on.
 --
--- Returns one payment's reply for one payment, and for several the list of their
--- replies, in their order. A payment's reply, by its first element:
+-- Returns, by the first element:
 --   {1, paid_at_ms, trace, quantity}  paid: held -q, sold +q (q the quantity, all of
 --                           a group's seats at once); trace is the traceparent of the
 --                           request that held, or false
@@ -25,53 +21,42 @@
 --   {4, status}      already PAID or ORDERED (or REFUSED)
 --   {5}              cancelled by its owner
 
-local function pay(user, seq)
-  local id = seq .. ':'
-  local r = redis.call('HMGET', KEYS[5], id .. 'user', id .. 'status', id .. 'expires_at', id .. 'trace',
-    id .. 'quantity')
-  if not r[1] then
-    return {0}
-  end
-  if r[1] ~= user then
-    return {2}
-  end
-  if r[2] == 'EXPIRED' then
-    return {3}
-  end
-  if r[2] == 'CANCELLED' then
-    return {5}
-  end
-  if r[2] ~= 'RESERVED' then
-    return {4, r[2]}
-  end
+local id = ARGV[2] .. ':'
+local r = redis.call('HMGET', KEYS[5], id .. 'user', id .. 'status', id .. 'expires_at', id .. 'trace',
+  id .. 'quantity')
+if not r[1] then
+  return {0}
+end
+if r[1] ~= ARGV[1] then
+  return {2}
+end
+if r[2] == 'EXPIRED' then
+  return {3}
+end
+if r[2] == 'CANCELLED' then
+  return {5}
+end
+if r[2] ~= 'RESERVED' then
+  return {4, r[2]}
+end
 
-  local quantity = tonumber(r[5] or '1')
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  if now >= tonumber(r[3]) then
-    redis.call('HSET', KEYS[5], id .. 'status', 'EXPIRED')
-    redis.call('HINCRBY', KEYS[1], 'held', -quantity)
-    redis.call('HINCRBY', KEYS[1], 'available', quantity)
-    if redis.call('HGET', KEYS[2], r[1]) == seq then
-      redis.call('HDEL', KEYS[2], r[1])
-    end
-    redis.call('ZREM', KEYS[3], seq)
-    return {3}
-  end
-
-  redis.call('HSET', KEYS[5], id .. 'status', 'PAID', id .. 'paid_at', now)
+local quantity = tonumber(r[5] or '1')
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if now >= tonumber(r[3]) then
+  redis.call('HSET', KEYS[5], id .. 'status', 'EXPIRED')
   redis.call('HINCRBY', KEYS[1], 'held', -quantity)
-  redis.call('HINCRBY', KEYS[1], 'sold', quantity)
-  redis.call('ZREM', KEYS[3], seq)
-  redis.call('ZADD', KEYS[4], now, seq)
-  return {1, now, r[4], quantity}
+  redis.call('HINCRBY', KEYS[1], 'available', quantity)
+  if redis.call('HGET', KEYS[2], r[1]) == ARGV[2] then
+    redis.call('HDEL', KEYS[2], r[1])
+  end
+  redis.call('ZREM', KEYS[3], ARGV[2])
+  return {3}
 end
 
-if #ARGV <= 2 then
-  return pay(ARGV[1], ARGV[2])
-end
-local replies = {}
-for i = 1, #ARGV, 2 do
-  replies[#replies + 1] = pay(ARGV[i], ARGV[i + 1])
-end
-return replies
+redis.call('HSET', KEYS[5], id .. 'status', 'PAID', id .. 'paid_at', now)
+redis.call('HINCRBY', KEYS[1], 'held', -quantity)
+redis.call('HINCRBY', KEYS[1], 'sold', quantity)
+redis.call('ZREM', KEYS[3], ARGV[2])
+redis.call('ZADD', KEYS[4], now, ARGV[2])
+return {1, now, r[4], quantity}

@@ -17,17 +17,13 @@
 --                            "<seq>:quantity" (made before groups existed) is one seat.
 -- KEYS[6] room         HASH  the showtime's waiting room (room.lua), when it has one
 -- KEYS[7] admitted     ZSET  user -> admission deadline (ms), admitted and unused
--- ARGV, four per hold; one call takes the holds of one showtime that arrive together
--- (the adapter's group commit), each in turn exactly as it would be taken alone:
 -- ARGV[1] user id
 -- ARGV[2] hold time in milliseconds
 -- ARGV[3] the W3C traceparent of the request, or "" when it is not traced: kept on
 --         the reservation so that its payment can link to the trace that held it
--- ARGV[4] seats to take, 1..=max_per_user (absent, for the only hold: 1)
--- ARGV[5..8] the next hold's, and so on.
+-- ARGV[4] seats to take, 1..=max_per_user (absent: 1)
 --
--- Returns one hold's reply for one hold, and for several the list of their replies, in
--- their order. A hold's reply, by its first element:
+-- Returns, by the first element:
 --   {1, seq, expires_at_ms}  reserved
 --   {2, seq, status}         this user already holds or bought reservation seq, which
 --                            is in that status now (nil if its record is gone)
@@ -41,88 +37,75 @@
 -- {6} leave it (the buyer may ask again for fewer seats).
 -- The clock is Redis's own (TIME), so every deadline is decided on one clock.
 
--- Whether the showtime has a waiting room: the same for every hold of the call.
+local stock = redis.call('HMGET', KEYS[1], 'available', 'max_per_user')
+local available = stock[1]
+if not available then
+  return {4}
+end
+local quantity = tonumber(ARGV[4] or '1') or 1
+local max_per_user = tonumber(stock[2] or '1')
+local existing = redis.call('HGET', KEYS[2], ARGV[1])
+if existing then
+  return {2, tonumber(existing), redis.call('HGET', KEYS[5], existing .. ':status')}
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local queued = KEYS[6] and redis.call('HEXISTS', KEYS[6], 'opens_at') == 1
-
-local function reserve(user, hold_ms, trace, quantity_arg)
-  local stock = redis.call('HMGET', KEYS[1], 'available', 'max_per_user')
-  local available = stock[1]
-  if not available then
-    return {4}
+local admitted_until
+if queued then
+  admitted_until = redis.call('ZSCORE', KEYS[7], ARGV[1])
+  if not admitted_until or tonumber(admitted_until) < now then
+    return {7}
   end
-  local quantity = tonumber(quantity_arg or '1') or 1
-  local max_per_user = tonumber(stock[2] or '1')
-  local existing = redis.call('HGET', KEYS[2], user)
-  if existing then
-    return {2, tonumber(existing), redis.call('HGET', KEYS[5], existing .. ':status')}
-  end
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local admitted_until
+end
+if quantity > max_per_user then
+  return {5, max_per_user}
+end
+available = tonumber(available)
+if available <= 0 then
   if queued then
-    admitted_until = redis.call('ZSCORE', KEYS[7], user)
-    if not admitted_until or tonumber(admitted_until) < now then
-      return {7}
-    end
+    redis.call('ZREM', KEYS[7], ARGV[1])
   end
-  if quantity > max_per_user then
-    return {5, max_per_user}
-  end
-  available = tonumber(available)
-  if available <= 0 then
-    if queued then
-      redis.call('ZREM', KEYS[7], user)
-    end
-    return {3}
-  end
-  if available < quantity then
-    return {6, available}
-  end
-  if queued then
-    redis.call('ZREM', KEYS[7], user)
-  end
-
-  local expires_at = now + tonumber(hold_ms)
-  -- The sequence never falls behind Redis's clock in microseconds: should Redis lose its
-  -- last writes (appendfsync everysec, a restart from an older snapshot, a failover to a
-  -- lagging replica) while this showtime's keys survive, the rolled-back counter jumps
-  -- past every id the lost writes handed out, instead of handing them out again. Bound:
-  -- ids stay unique as long as the clock of the Redis serving after the loss is not
-  -- behind the one that served before it, and a showtime hands out fewer ids than one
-  -- per microsecond over the lost interval.
-  local floor = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  local seq = redis.call('INCR', KEYS[3])
-  if seq < floor then
-    seq = floor
-    redis.call('SET', KEYS[3], string.format('%.0f', seq))
-  end
-  -- As text without exponent: after a reload the sequence is in the 10^15s, past what
-  -- Lua's default number formatting prints exactly.
-  local seq_text = string.format('%.0f', seq)
-
-  redis.call('HINCRBY', KEYS[1], 'available', -quantity)
-  redis.call('HINCRBY', KEYS[1], 'held', quantity)
-  redis.call('HSET', KEYS[2], user, seq_text)
-  redis.call('HSET', KEYS[5], seq_text .. ':user', user, seq_text .. ':status', 'RESERVED',
-    seq_text .. ':expires_at', expires_at)
-  if quantity ~= 1 then
-    redis.call('HSET', KEYS[5], seq_text .. ':quantity', quantity)
-  end
-  if trace and trace ~= '' then
-    redis.call('HSET', KEYS[5], seq_text .. ':trace', trace)
-  end
-  if queued then
-    redis.call('HSET', KEYS[5], seq_text .. ':admitted_until', admitted_until)
-  end
-  redis.call('ZADD', KEYS[4], expires_at, seq_text)
-  return {1, seq, expires_at}
+  return {3}
+end
+if available < quantity then
+  return {6, available}
+end
+if queued then
+  redis.call('ZREM', KEYS[7], ARGV[1])
 end
 
-if #ARGV <= 4 then
-  return reserve(ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+local expires_at = now + tonumber(ARGV[2])
+-- The sequence never falls behind Redis's clock in microseconds: should Redis lose its
+-- last writes (appendfsync everysec, a restart from an older snapshot, a failover to a
+-- lagging replica) while this showtime's keys survive, the rolled-back counter jumps
+-- past every id the lost writes handed out, instead of handing them out again. Bound:
+-- ids stay unique as long as the clock of the Redis serving after the loss is not
+-- behind the one that served before it, and a showtime hands out fewer ids than one
+-- per microsecond over the lost interval.
+local floor = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local seq = redis.call('INCR', KEYS[3])
+if seq < floor then
+  seq = floor
+  redis.call('SET', KEYS[3], string.format('%.0f', seq))
 end
-local replies = {}
-for i = 1, #ARGV, 4 do
-  replies[#replies + 1] = reserve(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
+-- As text without exponent: after a reload the sequence is in the 10^15s, past what
+-- Lua's default number formatting prints exactly.
+local seq_text = string.format('%.0f', seq)
+
+redis.call('HINCRBY', KEYS[1], 'available', -quantity)
+redis.call('HINCRBY', KEYS[1], 'held', quantity)
+redis.call('HSET', KEYS[2], ARGV[1], seq_text)
+redis.call('HSET', KEYS[5], seq_text .. ':user', ARGV[1], seq_text .. ':status', 'RESERVED',
+  seq_text .. ':expires_at', expires_at)
+if quantity ~= 1 then
+  redis.call('HSET', KEYS[5], seq_text .. ':quantity', quantity)
 end
-return replies
+if ARGV[3] and ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[5], seq_text .. ':trace', ARGV[3])
+end
+if queued then
+  redis.call('HSET', KEYS[5], seq_text .. ':admitted_until', admitted_until)
+end
+redis.call('ZADD', KEYS[4], expires_at, seq_text)
+return {1, seq, expires_at}

@@ -20,7 +20,6 @@ pub mod postgres;
 mod postgres_audit;
 pub mod rabbit;
 pub mod redis_connection;
-mod redis_groups;
 pub mod redis_idempotency;
 pub mod redis_room;
 pub mod redis_seats;

@@ -3,22 +3,27 @@
 //! admission). Every step is one script: `lua/room.lua`, the shared part, followed by the
 //! step's own file.
 //!
-//! Joins are committed in groups ([`crate::redis_groups`]): a crowd joins at the rate it
-//! arrives, thousands a second, and each script call costs Redis and this client more
-//! than the user it adds.
+//! Joins are committed in groups: a crowd joins at the rate it arrives, thousands a
+//! second, and each script call costs Redis and this client more than the user it adds.
+//! The joins that reach this process while its previous group is in Redis leave
+//! together, one script call per showtime (one slot: Redis Cluster safe), and each
+//! caller still waits for its own standing. Nothing waits to fill a group: a lone join
+//! leaves at once, and groups grow only while Redis is busy.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 
-use flash_sale_core::ports::PortResult;
+use flash_sale_core::ports::{PortError, PortResult};
 use flash_sale_core::waiting_room::{
     Joined, LOTTERY_RANGE, RoomSettings, RoomSnapshot, Standing, WaitingRoomStore,
 };
 use flash_sale_core::{ShowtimeId, UnixMillis, UserId};
+use futures::future::join_all;
 use redis::{Script, Value};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::redis_connection::RedisConnection;
-use crate::redis_groups::Groups;
-use crate::redis_seats::{int_reply, port_error, unexpected_reply};
+use crate::redis_seats::{COMPONENT, int_reply, port_error, unexpected_reply};
 
 struct Scripts {
     configure: Script,
@@ -34,12 +39,21 @@ pub struct RedisRoom {
     conn: RedisConnection,
     prefix: Arc<str>,
     scripts: Arc<Scripts>,
-    /// The joins waiting for their group: each a user and a draw.
-    joins: Groups<(UserId, u64), Joined>,
+    /// The group committer's inbox, its task started by the first join (inside a
+    /// runtime); the task ends when the last clone of this room is dropped.
+    joins: Arc<OnceLock<mpsc::UnboundedSender<JoinAsk>>>,
 }
 
 /// Most joins in one script call (two arguments each).
 const MAX_GROUP: usize = 256;
+
+/// One caller's join, waiting for its group.
+struct JoinAsk {
+    showtime: ShowtimeId,
+    user: UserId,
+    draw: u64,
+    answer: oneshot::Sender<PortResult<Joined>>,
+}
 
 impl std::fmt::Debug for RedisRoom {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -72,23 +86,53 @@ impl RedisRoom {
                 advance: room_script!("room_advance.lua"),
                 standing: room_script!("room_standing.lua"),
             }),
-            joins: Groups::new(MAX_GROUP),
+            joins: Arc::default(),
         }
     }
 
-    /// One script call for the joins of `showtime`, in their order.
-    async fn join_group(
-        &self,
-        showtime: ShowtimeId,
-        joins: Vec<(UserId, u64)>,
-    ) -> PortResult<Vec<Joined>> {
+    /// The group committer: takes every join waiting, one script call per showtime (all
+    /// showtimes at once), answers each caller, and only then takes the next group.
+    async fn commit_joins(self, mut inbox: mpsc::UnboundedReceiver<JoinAsk>) {
+        while let Some(first) = inbox.recv().await {
+            let mut groups: HashMap<ShowtimeId, Vec<JoinAsk>> = HashMap::new();
+            let mut taken = 1;
+            groups.entry(first.showtime).or_default().push(first);
+            while taken < MAX_GROUP
+                && let Ok(ask) = inbox.try_recv()
+            {
+                taken += 1;
+                groups.entry(ask.showtime).or_default().push(ask);
+            }
+            join_all(
+                groups
+                    .into_iter()
+                    .map(|(showtime, asks)| self.join_group(showtime, asks)),
+            )
+            .await;
+        }
+    }
+
+    /// One script call for `asks`, all of `showtime`, in their order.
+    async fn join_group(&self, showtime: ShowtimeId, asks: Vec<JoinAsk>) {
         let mut conn = self.conn.clone();
         let mut call = self.invoke(&self.scripts.join, showtime);
-        for (user, draw) in &joins {
-            call.arg(user.get()).arg(draw % LOTTERY_RANGE);
+        for ask in &asks {
+            call.arg(ask.user.get()).arg(ask.draw % LOTTERY_RANGE);
         }
-        let v: Value = call.invoke_async(&mut conn).await.map_err(port_error)?;
-        joined_of(&v, joins.len())
+        let reply: PortResult<Value> = call.invoke_async(&mut conn).await.map_err(port_error);
+        let answers = reply.and_then(|v| joined_of(&v, asks.len()));
+        match answers {
+            Ok(answers) => {
+                for (ask, joined) in asks.into_iter().zip(answers) {
+                    let _ = ask.answer.send(Ok(joined));
+                }
+            }
+            Err(e) => {
+                for ask in asks {
+                    let _ = ask.answer.send(Err(e.clone()));
+                }
+            }
+        }
     }
 
     /// The room's keys, in the scripts' order.
@@ -191,20 +235,26 @@ impl WaitingRoomStore for RedisRoom {
     }
 
     async fn join(&self, showtime: ShowtimeId, user: UserId, draw: u64) -> PortResult<Joined> {
-        self.joins
-            .ask(showtime, (user, draw), || {
-                // The committer holds a room without the joins, so its task ends with
-                // the last room.
-                let committer = RedisRoom {
-                    joins: Groups::new(MAX_GROUP),
-                    ..self.clone()
-                };
-                move |showtime, joins| {
-                    let room = committer.clone();
-                    async move { room.join_group(showtime, joins).await }
-                }
-            })
-            .await
+        let inbox = self.joins.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            // The task holds a room without the inbox, so it ends with the last sender.
+            let committer = RedisRoom {
+                joins: Arc::default(),
+                ..self.clone()
+            };
+            tokio::spawn(committer.commit_joins(rx));
+            tx
+        });
+        let (answer, answered) = oneshot::channel();
+        let ask = JoinAsk {
+            showtime,
+            user,
+            draw,
+            answer,
+        };
+        let gone = || PortError::transient(COMPONENT, "the join committer stopped");
+        inbox.send(ask).map_err(|_| gone())?;
+        answered.await.map_err(|_| gone())?
     }
 
     async fn advance(&self, showtime: ShowtimeId) -> PortResult<Option<RoomSnapshot>> {

@@ -43,7 +43,6 @@ use redis::{AsyncCommands, Script, Value};
 use tracing::{Instrument as _, Span};
 
 use crate::redis_connection::{self, RedisConnection};
-use crate::redis_groups::Groups;
 use crate::tls::Trust;
 use crate::trace;
 
@@ -76,105 +75,6 @@ pub struct RedisSeats {
     conn: RedisConnection,
     prefix: Arc<str>,
     scripts: Arc<Scripts>,
-    /// The holds waiting for their group ([`crate::redis_groups`]).
-    holds: Groups<HoldAsk, TakeOutcome>,
-    /// The payments waiting for theirs: each a user and a reservation's number, answered
-    /// with the outcome and, when paid, the traceparent of the request that held.
-    payments: Groups<(UserId, u64), (PayOutcome, Option<String>)>,
-}
-
-/// Most payments in one `pay.lua` call (two arguments each).
-const MAX_PAY_GROUP: usize = 64;
-
-/// The replies of a group script for `n` asks: one ask's reply alone, several asks' as
-/// a list.
-fn replies_of<'v>(what: &str, v: &'v Value, n: usize) -> PortResult<&'v [Value]> {
-    match (n, reply(v)) {
-        (1, _) => Ok(std::slice::from_ref(v)),
-        (n, Some(items)) if items.len() == n => Ok(items),
-        _ => Err(unexpected(what, v)),
-    }
-}
-
-/// One payment's reply from `pay.lua` (see the script for the replies).
-fn paid_of(v: &Value) -> PortResult<(PayOutcome, Option<String>)> {
-    let items = reply(v).ok_or_else(|| unexpected("pay.lua", v))?;
-    let at = |i: usize| {
-        items
-            .get(i)
-            .and_then(int)
-            .ok_or_else(|| unexpected("pay.lua", v))
-    };
-    Ok(match items.first().and_then(int) {
-        Some(1) => (
-            PayOutcome::Paid {
-                paid_at: UnixMillis(at(1)? as u64),
-                quantity: u32::try_from(at(3)?).map_err(|_| unexpected("pay.lua", v))?,
-            },
-            items.get(2).and_then(text).map(str::to_owned),
-        ),
-        Some(0) => (PayOutcome::NotFound, None),
-        Some(2) => (PayOutcome::NotOwner, None),
-        Some(3) => (PayOutcome::Expired, None),
-        Some(4) => (
-            PayOutcome::AlreadyPaid(
-                status_of(items.get(1)).ok_or_else(|| unexpected("pay.lua", v))?,
-            ),
-            None,
-        ),
-        Some(5) => (PayOutcome::Cancelled, None),
-        _ => return Err(unexpected("pay.lua", v)),
-    })
-}
-
-/// Most holds in one `reserve.lua` call (four arguments each): Redis runs a group's
-/// holds one after another, about 16 us each, and serves nothing else meanwhile.
-const MAX_HOLD_GROUP: usize = 64;
-
-/// One caller's hold, waiting for its group.
-struct HoldAsk {
-    user: UserId,
-    quantity: u32,
-    hold_ms: u64,
-    traceparent: String,
-}
-
-/// One hold's reply from `reserve.lua` (see the script for the replies).
-fn taken_of(showtime: ShowtimeId, ask: &HoldAsk, v: &Value) -> PortResult<TakeOutcome> {
-    let items = reply(v).ok_or_else(|| unexpected("reserve.lua", v))?;
-    let at = |i: usize| {
-        items
-            .get(i)
-            .and_then(int)
-            .ok_or_else(|| unexpected("reserve.lua", v))
-    };
-    let seq = |i: usize| {
-        at(i).and_then(|s| {
-            ReservationId::new(showtime, s as u64).map_err(|_| unexpected("reserve.lua", v))
-        })
-    };
-    let count =
-        |i: usize| at(i).and_then(|n| u32::try_from(n).map_err(|_| unexpected("reserve.lua", v)));
-    Ok(match items.first().and_then(int) {
-        Some(1) => TakeOutcome::Reserved(Reservation {
-            id: seq(1)?,
-            user: ask.user,
-            status: Status::Reserved,
-            expires_at: UnixMillis(at(2)? as u64),
-            quantity: ask.quantity,
-        }),
-        Some(2) => TakeOutcome::AlreadyHolds(seq(1)?, status_of(items.get(2))),
-        Some(3) => TakeOutcome::SoldOut,
-        Some(4) => TakeOutcome::UnknownShowtime,
-        Some(5) => TakeOutcome::TooManySeats {
-            max_per_user: count(1)?,
-        },
-        Some(6) => TakeOutcome::NotEnoughSeats {
-            available: count(1)?,
-        },
-        Some(7) => TakeOutcome::NotAdmitted,
-        _ => return Err(unexpected("reserve.lua", v)),
-    })
 }
 
 impl std::fmt::Debug for RedisSeats {
@@ -350,8 +250,6 @@ impl RedisSeats {
                 rebuild: Script::new(include_str!("../../lua/rebuild.lua")),
                 resize: Script::new(include_str!("../../lua/resize.lua")),
             }),
-            holds: Groups::new(MAX_HOLD_GROUP),
-            payments: Groups::new(MAX_PAY_GROUP),
         };
         seats.check_layout().await?;
         Ok(seats)
@@ -504,70 +402,6 @@ impl RedisSeats {
         }
     }
 
-    /// A store for a group committer: it shares the connection and scripts but not the
-    /// groups, so the committer's task ends with the last store that has them.
-    fn committer(&self) -> Self {
-        Self {
-            conn: self.conn.clone(),
-            prefix: self.prefix.clone(),
-            scripts: self.scripts.clone(),
-            holds: Groups::new(MAX_HOLD_GROUP),
-            payments: Groups::new(MAX_PAY_GROUP),
-        }
-    }
-
-    /// One `pay.lua` call for the payments of `showtime`, in their order: each one's
-    /// outcome, and when paid, the traceparent of the request that held.
-    async fn pay_group(
-        &self,
-        showtime: ShowtimeId,
-        asks: Vec<(UserId, u64)>,
-    ) -> PortResult<Vec<(PayOutcome, Option<String>)>> {
-        let mut conn = self.conn.clone();
-        let mut call = self.scripts.pay.prepare_invoke();
-        call.key(self.key(showtime, "seats"))
-            .key(self.key(showtime, "users"))
-            .key(self.key(showtime, "deadlines"))
-            .key(self.key(showtime, "unrecorded"))
-            .key(self.reservations_key(showtime));
-        for (user, seq) in &asks {
-            call.arg(user.get()).arg(*seq);
-        }
-        let v: Value = call.invoke_async(&mut conn).await.map_err(port_error)?;
-        replies_of("pay.lua", &v, asks.len())?
-            .iter()
-            .map(paid_of)
-            .collect()
-    }
-
-    /// One `reserve.lua` call for the holds of `showtime`, in their order.
-    async fn take_group(
-        &self,
-        showtime: ShowtimeId,
-        asks: Vec<HoldAsk>,
-    ) -> PortResult<Vec<TakeOutcome>> {
-        let mut conn = self.conn.clone();
-        let mut call = self.scripts.reserve.prepare_invoke();
-        call.key(self.key(showtime, "seats"))
-            .key(self.key(showtime, "users"))
-            .key(self.key(showtime, "seq"))
-            .key(self.key(showtime, "deadlines"))
-            .key(self.reservations_key(showtime))
-            .key(self.key(showtime, "room"))
-            .key(self.key(showtime, "room:admitted"));
-        for ask in &asks {
-            call.arg(ask.user.get())
-                .arg(ask.hold_ms)
-                .arg(&ask.traceparent)
-                .arg(ask.quantity);
-        }
-        let v: Value = call.invoke_async(&mut conn).await.map_err(port_error)?;
-        asks.iter()
-            .zip(replies_of("reserve.lua", &v, asks.len())?)
-            .map(|(ask, v)| taken_of(showtime, ask, v))
-            .collect()
-    }
-
     async fn now_ms(&self) -> PortResult<u64> {
         let mut conn = self.conn.clone();
         let (secs, micros): (u64, u64) = redis::cmd("TIME")
@@ -586,24 +420,67 @@ impl SeatStore for RedisSeats {
         quantity: u32,
         hold: Duration,
     ) -> PortResult<TakeOutcome> {
-        let ask = HoldAsk {
-            user,
-            quantity,
-            hold_ms: hold.as_millis() as u64,
-            // The hold remembers the trace that made it, so a later payment can link to it.
-            traceparent: trace::current_traceparent().unwrap_or_default(),
-        };
-        self.holds
-            .ask(showtime, ask, || {
-                let committer = self.committer();
-                move |showtime, asks| {
-                    let seats = committer.clone();
-                    async move { seats.take_group(showtime, asks).await }
-                }
-            })
-            // The caller's span covers its wait for the group and the group's call.
+        let mut conn = self.conn.clone();
+        // The hold remembers the trace that made it, so a later payment can link to it.
+        let traceparent = trace::current_traceparent().unwrap_or_default();
+        let v: Value = self
+            .scripts
+            .reserve
+            .key(self.key(showtime, "seats"))
+            .key(self.key(showtime, "users"))
+            .key(self.key(showtime, "seq"))
+            .key(self.key(showtime, "deadlines"))
+            .key(self.reservations_key(showtime))
+            .key(self.key(showtime, "room"))
+            .key(self.key(showtime, "room:admitted"))
+            .arg(user.get())
+            .arg(hold.as_millis() as u64)
+            .arg(traceparent)
+            .arg(quantity)
+            .invoke_async(&mut conn)
             .instrument(script_span("reserve.lua", showtime))
             .await
+            .map_err(port_error)?;
+        let items = reply(&v).ok_or_else(|| unexpected("reserve.lua", &v))?;
+        let seq = |i: usize| {
+            items
+                .get(i)
+                .and_then(int)
+                .and_then(|s| ReservationId::new(showtime, s as u64).ok())
+                .ok_or_else(|| unexpected("reserve.lua", &v))
+        };
+        let count = |i: usize| {
+            items
+                .get(i)
+                .and_then(int)
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| unexpected("reserve.lua", &v))
+        };
+        Ok(match items.first().and_then(int) {
+            Some(1) => TakeOutcome::Reserved(Reservation {
+                id: seq(1)?,
+                user,
+                status: Status::Reserved,
+                expires_at: UnixMillis(
+                    items
+                        .get(2)
+                        .and_then(int)
+                        .ok_or_else(|| unexpected("reserve.lua", &v))? as u64,
+                ),
+                quantity,
+            }),
+            Some(2) => TakeOutcome::AlreadyHolds(seq(1)?, status_of(items.get(2))),
+            Some(3) => TakeOutcome::SoldOut,
+            Some(4) => TakeOutcome::UnknownShowtime,
+            Some(5) => TakeOutcome::TooManySeats {
+                max_per_user: count(1)?,
+            },
+            Some(6) => TakeOutcome::NotEnoughSeats {
+                available: count(1)?,
+            },
+            Some(7) => TakeOutcome::NotAdmitted,
+            _ => return Err(unexpected("reserve.lua", &v)),
+        })
     }
 
     async fn load(
@@ -650,23 +527,49 @@ impl SeatStore for RedisSeats {
 
     async fn pay(&self, id: ReservationId, user: UserId) -> PortResult<PayOutcome> {
         let showtime = id.showtime();
-        let (outcome, held_in) = self
-            .payments
-            .ask(showtime, (user, id.seq()), || {
-                // As for holds: the committer holds a store without the groups.
-                let committer = self.committer();
-                move |showtime, asks| {
-                    let seats = committer.clone();
-                    async move { seats.pay_group(showtime, asks).await }
-                }
-            })
+        let mut conn = self.conn.clone();
+        let v: Value = self
+            .scripts
+            .pay
+            .key(self.key(showtime, "seats"))
+            .key(self.key(showtime, "users"))
+            .key(self.key(showtime, "deadlines"))
+            .key(self.key(showtime, "unrecorded"))
+            .key(self.reservations_key(showtime))
+            .arg(user.get())
+            .arg(id.seq())
+            .invoke_async(&mut conn)
             .instrument(script_span("pay.lua", showtime))
-            .await?;
-        if let Some(traceparent) = held_in {
+            .await
+            .map_err(port_error)?;
+        let items = reply(&v).ok_or_else(|| unexpected("pay.lua", &v))?;
+        if items.first().and_then(int) == Some(1) {
             // Paid: this payment's trace links to the trace of the request that held.
-            trace::link_current_to(Some(&traceparent));
+            trace::link_current_to(items.get(2).and_then(text));
         }
-        Ok(outcome)
+        Ok(match items.first().and_then(int) {
+            Some(1) => PayOutcome::Paid {
+                paid_at: UnixMillis(
+                    items
+                        .get(1)
+                        .and_then(int)
+                        .ok_or_else(|| unexpected("pay.lua", &v))? as u64,
+                ),
+                quantity: items
+                    .get(3)
+                    .and_then(int)
+                    .and_then(|q| u32::try_from(q).ok())
+                    .ok_or_else(|| unexpected("pay.lua", &v))?,
+            },
+            Some(0) => PayOutcome::NotFound,
+            Some(2) => PayOutcome::NotOwner,
+            Some(3) => PayOutcome::Expired,
+            Some(4) => PayOutcome::AlreadyPaid(
+                status_of(items.get(1)).ok_or_else(|| unexpected("pay.lua", &v))?,
+            ),
+            Some(5) => PayOutcome::Cancelled,
+            _ => return Err(unexpected("pay.lua", &v)),
+        })
     }
 
     async fn cancel(&self, id: ReservationId, user: UserId) -> PortResult<CancelOutcome> {
