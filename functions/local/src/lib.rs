@@ -77,7 +77,13 @@ async fn answer_in_time(
     request: Request,
     next: Next,
 ) -> Response {
-    let measure = measured.then(|| (metrics::route_of(request.uri().path()), Instant::now()));
+    let measure = measured.then(|| {
+        (
+            metrics::method_of(request.method()),
+            metrics::route_of(request.uri().path()),
+            Instant::now(),
+        )
+    });
     let span = trace::http_span(&request);
     let answer = tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).instrument(span.clone());
     let response = match answer.await {
@@ -88,8 +94,8 @@ async fn answer_in_time(
         ))
         .into_response(),
     };
-    if let Some((route, started)) = measure {
-        metrics::http_request(route, response.status().as_u16(), started.elapsed());
+    if let Some((method, route, started)) = measure {
+        metrics::http_request(method, route, response.status().as_u16(), started.elapsed());
     }
     trace::answered(&span, response.status().as_u16());
     response

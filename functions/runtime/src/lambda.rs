@@ -49,11 +49,12 @@ where
     }
 }
 
-/// Counts and times every answer by route and status, as the local process does.
+/// Counts and times every answer by method, route and status, as the local process does.
 async fn counted(request: Request, next: Next) -> Response {
+    let method = metrics::method_of(request.method());
     let route = metrics::route_of(request.uri().path());
     let started = Instant::now();
     let response = next.run(request).await;
-    metrics::http_request(route, response.status().as_u16(), started.elapsed());
+    metrics::http_request(method, route, response.status().as_u16(), started.elapsed());
     response
 }

@@ -211,6 +211,10 @@ pub fn route_of(path: &str) -> &'static str {
         (Some("showtimes"), None, _, _) => "/showtimes",
         (Some("showtimes"), Some(_), None, _) => "/showtimes/{id}",
         (Some("showtimes"), Some(_), Some("orders"), None) => "/showtimes/{id}/orders",
+        (Some("showtimes"), Some(_), Some("queue"), None) => "/showtimes/{id}/queue",
+        (Some("showtimes"), Some(_), Some("queue"), Some("me")) if parts.next().is_none() => {
+            "/showtimes/{id}/queue/me"
+        }
         (Some("reservations"), Some(_), None, _) => "/reservations/{id}",
         (Some("reservations"), Some(_), Some("pay"), None) => "/reservations/{id}/pay",
         (Some("me"), Some("reservations"), None, _) => "/me/reservations",
@@ -241,39 +245,62 @@ fn status_label(status: u16) -> &'static str {
     }
 }
 
-/// One answered HTTP request.
-pub fn http_request(route: &'static str, status: u16, took: Duration) {
+/// A request's method as a label: the methods of the contract, `other` for the rest (a
+/// client cannot make new series with a method of its own).
+pub fn method_of(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        _ => "other",
+    }
+}
+
+/// One answered HTTP request: its method ([`method_of`]), its route ([`route_of`]) and
+/// its status.
+pub fn http_request(method: &'static str, route: &'static str, status: u16, took: Duration) {
     let status = status_label(status);
     match (
         HOT.get(),
-        ROUTES.iter().position(|r| *r == route),
+        OPERATIONS.iter().position(|o| *o == (method, route)),
         STATUSES.iter().position(|s| *s == status),
     ) {
-        (Some(hot), Some(r), Some(s)) => {
-            hot.requests[r * STATUSES.len() + s].increment(1);
-            hot.durations[r].record(took.as_secs_f64());
+        (Some(hot), Some(o), Some(s)) => {
+            hot.requests[o * STATUSES.len() + s].increment(1);
+            hot.durations[o].record(took.as_secs_f64());
         }
         _ => {
-            counter!(HTTP_REQUESTS, "route" => route, "status" => status).increment(1);
-            histogram!(HTTP_DURATION, "route" => route).record(took.as_secs_f64());
+            counter!(HTTP_REQUESTS, "method" => method, "route" => route, "status" => status)
+                .increment(1);
+            histogram!(HTTP_DURATION, "method" => method, "route" => route)
+                .record(took.as_secs_f64());
         }
     }
 }
 
-/// Every route label ([`route_of`]) and the status labels of the answers on the hot path.
-const ROUTES: [&str; 11] = [
-    "/reserve",
-    "/showtimes",
-    "/showtimes/{id}",
-    "/showtimes/{id}/orders",
-    "/reservations/{id}",
-    "/reservations/{id}/pay",
-    "/me/reservations",
-    "/healthz",
-    "/readyz",
-    "/metrics",
-    "other",
+/// The contract's operations (openapi.yaml), each a method and a route label
+/// ([`route_of`]): their series exist from the start, and counting one is an atomic
+/// add on a handle resolved once.
+const OPERATIONS: [(&str, &str); 15] = [
+    ("GET", "/showtimes"),
+    ("POST", "/showtimes"),
+    ("GET", "/showtimes/{id}"),
+    ("PATCH", "/showtimes/{id}"),
+    ("GET", "/showtimes/{id}/orders"),
+    ("POST", "/showtimes/{id}/queue"),
+    ("GET", "/showtimes/{id}/queue/me"),
+    ("POST", "/reserve"),
+    ("GET", "/reservations/{id}"),
+    ("DELETE", "/reservations/{id}"),
+    ("POST", "/reservations/{id}/pay"),
+    ("GET", "/me/reservations"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
 ];
+/// The status labels of the answers on the hot path.
 const STATUSES: [&str; 4] = ["200", "201", "409", "429"];
 
 /// Handles of the series every request or reservation updates, resolved once: an
@@ -303,16 +330,21 @@ static HOT: OnceLock<Hot> = OnceLock::new();
 impl Hot {
     fn resolve() -> Self {
         let mut requests = vec![];
-        for route in ROUTES {
+        for (method, route) in OPERATIONS {
             for status in STATUSES {
-                requests.push(counter!(HTTP_REQUESTS, "route" => route, "status" => status));
+                requests.push(counter!(
+                    HTTP_REQUESTS,
+                    "method" => method,
+                    "route" => route,
+                    "status" => status
+                ));
             }
         }
         Hot {
             requests,
-            durations: ROUTES
+            durations: OPERATIONS
                 .iter()
-                .map(|route| histogram!(HTTP_DURATION, "route" => *route))
+                .map(|(method, route)| histogram!(HTTP_DURATION, "method" => *method, "route" => *route))
                 .collect(),
             reservations: RESERVATION_LABELS
                 .iter()
@@ -472,14 +504,57 @@ mod tests {
         assert_eq!(route_of("/reservations/1-17/pay"), "/reservations/{id}/pay");
         assert_eq!(route_of("/reservations/1-17"), "/reservations/{id}");
         assert_eq!(route_of("/metrics"), "/metrics");
+        assert_eq!(route_of("/showtimes/42/queue"), "/showtimes/{id}/queue");
+        assert_eq!(
+            route_of("/showtimes/42/queue/me"),
+            "/showtimes/{id}/queue/me"
+        );
         for junk in [
             "/",
             "/x",
             "/reservations/1/2/3",
             "/showtimes/1/x",
+            "/showtimes/1/queue/x",
+            "/showtimes/1/queue/me/x",
             "/../etc",
         ] {
             assert_eq!(route_of(junk), "other", "{junk}");
         }
+    }
+
+    /// Every operation of openapi.yaml has its series from the start, under its own
+    /// method and its path template as the route; nothing else does.
+    #[test]
+    fn the_hot_series_are_the_contracts_operations() {
+        let mut contract = vec![];
+        let mut path = "";
+        for line in include_str!("../../../openapi.yaml").lines() {
+            if let Some(p) = line.strip_prefix("  /") {
+                path = &line[2..2 + p.trim_end_matches(':').len() + 1];
+            } else if let Some(m) = line.strip_prefix("    ").and_then(|l| l.strip_suffix(':'))
+                && ["get", "post", "patch", "delete", "put"].contains(&m)
+            {
+                contract.push((m.to_uppercase(), path.to_string()));
+            }
+        }
+        let mut hot: Vec<(String, String)> = OPERATIONS
+            .iter()
+            .map(|(m, r)| (m.to_string(), r.to_string()))
+            .collect();
+        contract.sort();
+        hot.sort();
+        assert_eq!(hot, contract);
+        for (_, route) in OPERATIONS {
+            let path = route.replace("{id}", "1-7");
+            assert_eq!(route_of(&path), route, "{path}");
+        }
+    }
+
+    #[test]
+    fn methods_outside_the_contract_are_other() {
+        use axum::http::Method;
+        assert_eq!(method_of(&Method::DELETE), "DELETE");
+        assert_eq!(method_of(&Method::PUT), "other");
+        assert_eq!(method_of(&Method::from_bytes(b"BREW").unwrap()), "other");
     }
 }

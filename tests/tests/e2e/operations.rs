@@ -252,6 +252,9 @@ async fn the_counters_agree_with_what_the_crowd_was_answered() {
     assert_eq!(tally[&StatusCode::OK], SEATS as f64);
     let sold_out = tally[&StatusCode::CONFLICT];
     assert_eq!(sold_out, (BUYERS - SEATS) as f64);
+    // A method outside the contract is counted under `other`, not a series of its own.
+    let put = http.put(server.url("/reserve")).send().await.unwrap();
+    assert_eq!(put.status(), StatusCode::METHOD_NOT_ALLOWED);
 
     let metrics = http
         .get(server.url("/metrics"))
@@ -277,7 +280,7 @@ async fn the_counters_agree_with_what_the_crowd_was_answered() {
         series(
             &metrics,
             requests,
-            &[("route", "/reserve"), ("status", "200")]
+            &[("method", "POST"), ("route", "/reserve"), ("status", "200")]
         ),
         SEATS as f64
     );
@@ -285,7 +288,20 @@ async fn the_counters_agree_with_what_the_crowd_was_answered() {
         series(
             &metrics,
             requests,
-            &[("route", "/reserve"), ("status", "409")]
+            &[
+                ("method", "other"),
+                ("route", "/reserve"),
+                ("status", "405")
+            ]
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        series(
+            &metrics,
+            requests,
+            &[("method", "POST"), ("route", "/reserve"), ("status", "409")]
         ),
         sold_out
     );
@@ -293,7 +309,7 @@ async fn the_counters_agree_with_what_the_crowd_was_answered() {
         series(
             &metrics,
             "flashsale_http_request_duration_seconds_count",
-            &[("route", "/reserve")]
+            &[("method", "POST"), ("route", "/reserve")]
         ),
         BUYERS as f64
     );
