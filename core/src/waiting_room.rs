@@ -105,6 +105,37 @@ pub struct RoomSnapshot {
     pub salt: u64,
 }
 
+impl RoomSnapshot {
+    /// This snapshot, moved on by what a standing just read from the store proves: a
+    /// place admitted, passed or in line means the room is open, the line is at least
+    /// that long, and (for a place admitted or passed) its turn has come; a place in line
+    /// gives how far the line has been served; `sold_out` means the room is closed. Never
+    /// moves back: the store's counts only grow.
+    pub fn knowing(self, standing: Standing) -> Self {
+        let (served, joined) = match standing {
+            Standing::Admitted { place, .. } | Standing::Passed { place } => {
+                (place.saturating_add(1), place.saturating_add(1))
+            }
+            Standing::InLine { place, ahead } => {
+                (place.saturating_sub(ahead), place.saturating_add(1))
+            }
+            Standing::SoldOut => {
+                return Self {
+                    closed: true,
+                    ..self
+                };
+            }
+            Standing::Waiting | Standing::NotInLine => return self,
+        };
+        Self {
+            served: self.served.max(served),
+            joined: self.joined.max(joined),
+            open: true,
+            ..self
+        }
+    }
+}
+
 /// One caller's standing in a room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Standing {
@@ -349,6 +380,28 @@ impl<R: WaitingRoomStore> Rooms<R> {
         next
     }
 
+    /// What a standing just read from the store proves about the room, kept in this
+    /// process's snapshot ([`RoomSnapshot::knowing`]), so that a poll answered from the
+    /// snapshot never tells a caller less than the store has already told them (a join
+    /// admitted, then a poll saying "in line" until the next read). Only a snapshot the
+    /// standing moves is written.
+    fn learn(&self, showtime: ShowtimeId, seen: Seen, standing: Standing) -> Seen {
+        if seen.snapshot.knowing(standing) == seen.snapshot {
+            return seen;
+        }
+        let mut kept = self.seen.write().unwrap_or_else(|e| e.into_inner());
+        match kept.get_mut(&showtime) {
+            Some(s) => {
+                s.snapshot = s.snapshot.knowing(standing);
+                *s
+            }
+            None => Seen {
+                snapshot: seen.snapshot.knowing(standing),
+                ..seen
+            },
+        }
+    }
+
     /// The asker's standing, from the snapshot when their `place` (from their ticket)
     /// is known and not reached; else one call to the store. `now` is the wall clock.
     pub async fn status(
@@ -368,7 +421,11 @@ impl<R: WaitingRoomStore> Rooms<R> {
                 place,
                 ahead: place - snapshot.served,
             },
-            _ => self.store.standing(showtime, asker.user).await?,
+            _ => {
+                let standing = self.store.standing(showtime, asker.user).await?;
+                let seen = self.learn(showtime, seen, standing);
+                return Ok(Some(self.describe(&seen, standing, asker.lot, now)));
+            }
         };
         Ok(Some(self.describe(&seen, standing, asker.lot, now)))
     }
@@ -386,6 +443,7 @@ impl<R: WaitingRoomStore> Rooms<R> {
         let Some(seen) = self.seen(showtime).await? else {
             return Ok(None);
         };
+        let seen = self.learn(showtime, seen, standing);
         Ok(Some(self.describe(&seen, standing, lot, now)))
     }
 
@@ -789,6 +847,97 @@ mod tests {
         assert_eq!(status.standing, admitted);
         assert_eq!(status.poll_after, None);
         assert_eq!(calls(rooms.store()), (1, 0), "no call to the store");
+        // Nor by the polls that follow with the join's ticket (place 0): its turn has come
+        // in this process's view too, so the store is asked, never "in line" from the
+        // snapshot read before the join.
+        let me = UserId::new(7).unwrap();
+        let status = block_on(rooms.status(st, asker(me, Some(0)), NOW))
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(status.standing, Standing::Admitted { .. }),
+            "{status:?}"
+        );
+        assert_eq!(calls(rooms.store()), (1, 1));
+        assert_eq!(
+            status.room.served, 2,
+            "the store's answer (place 1) is kept too"
+        );
+    }
+
+    #[test]
+    fn a_join_after_the_opening_is_not_told_waiting_by_a_snapshot_from_before_it() {
+        use futures::executor::block_on;
+        let store = Counting::default();
+        *store.snapshot.lock().unwrap() = RoomSnapshot {
+            served: 0,
+            joined: 50,
+            closed: false,
+            open: false,
+            opens_at: UnixMillis(NOW.0),
+            salt: 0,
+        };
+        let rooms = Rooms::new(store, Duration::from_secs(3600));
+        let st = ShowtimeId::new(1).unwrap();
+        block_on(rooms.snapshot(st)).unwrap();
+        // The room opened; a join placed its caller 60th with 40 ahead.
+        let in_line = Standing::InLine {
+            place: 60,
+            ahead: 40,
+        };
+        block_on(rooms.status_of(st, in_line, 0, NOW)).unwrap();
+        let me = UserId::new(7).unwrap();
+        let status = block_on(rooms.status(st, asker(me, Some(60)), NOW))
+            .unwrap()
+            .unwrap();
+        assert_eq!(status.standing, in_line, "not waiting: the room is open");
+        assert_eq!(
+            (status.room.served, status.room.joined, status.room.open),
+            (20, 61, true)
+        );
+        // And sold out, once a read said so, for the whole line.
+        block_on(rooms.status_of(st, Standing::SoldOut, 0, NOW)).unwrap();
+        let status = block_on(rooms.status(st, asker(me, Some(60)), NOW))
+            .unwrap()
+            .unwrap();
+        assert_eq!(status.standing, Standing::SoldOut);
+        assert_eq!(calls(rooms.store()), (1, 0), "all from the snapshot");
+    }
+
+    #[test]
+    fn what_a_standing_proves_moves_a_snapshot_forward_only() {
+        let s = RoomSnapshot {
+            served: 10,
+            joined: 100,
+            closed: false,
+            open: true,
+            opens_at: UnixMillis(0),
+            salt: 0,
+        };
+        let until = UnixMillis(1);
+        assert_eq!(s.knowing(Standing::Admitted { place: 3, until }), s);
+        assert_eq!(
+            s.knowing(Standing::InLine {
+                place: 50,
+                ahead: 45
+            }),
+            s
+        );
+        assert_eq!(s.knowing(Standing::Waiting), s);
+        assert_eq!(s.knowing(Standing::NotInLine), s);
+        assert_eq!(s.knowing(Standing::Passed { place: 11 }).served, 12);
+        assert_eq!(
+            s.knowing(Standing::InLine {
+                place: 150,
+                ahead: 130
+            }),
+            RoomSnapshot {
+                served: 20,
+                joined: 151,
+                ..s
+            }
+        );
+        assert!(s.knowing(Standing::SoldOut).closed);
     }
 
     #[test]

@@ -1573,3 +1573,32 @@ async fn a_showtime_without_a_room_sells_as_before_and_has_no_line() {
     assert_eq!(app.seats(st).await, (0, 1, 1));
     app.finish().await;
 }
+
+/// A poll never tells a buyer less than their join just told them: admitted by the
+/// join, admitted on the poll that follows with the join's ticket, though the process's
+/// view of the room was read before (here it is kept for 10 s, so nothing but what the
+/// joins taught it can move it).
+#[tokio::test]
+async fn a_poll_after_a_join_tells_no_less_than_the_join_did() {
+    let app = TestApp::spawn(Options {
+        extra_env: vec![("WAITING_ROOM_REFRESH_MS", "10000".to_string())],
+        ..options()
+    })
+    .await;
+    let client = Client::of(&app, 4);
+    let st = room_open_now(&app, 5, 1, 0, 60).await;
+    for user in 1..=4 {
+        let join = client.join(st, user).await;
+        assert_eq!(join.queue_status(), "admitted", "{}", join.body);
+        let ticket = join.str("ticket").expect("a ticket");
+        let poll = client.me(st, user, Some(&ticket)).await;
+        assert_eq!(
+            poll.queue_status(),
+            "admitted",
+            "user {user}: {}",
+            poll.body
+        );
+        assert_eq!(poll.body["place"], join.body["place"]);
+    }
+    app.finish().await;
+}
