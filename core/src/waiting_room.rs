@@ -414,17 +414,19 @@ impl<R: WaitingRoomStore> Rooms<R> {
             return Ok(None);
         };
         let snapshot = seen.snapshot;
-        let standing = match asker.place {
-            _ if !snapshot.open => Standing::Waiting,
-            Some(place) if place >= snapshot.served && snapshot.closed => Standing::SoldOut,
-            Some(place) if place >= snapshot.served => Standing::InLine {
-                place,
-                ahead: place - snapshot.served,
-            },
+        let (seen, standing) = match asker.place {
+            _ if !snapshot.open => (seen, Standing::Waiting),
+            Some(place) if place >= snapshot.served && snapshot.closed => (seen, Standing::SoldOut),
+            Some(place) if place >= snapshot.served => (
+                seen,
+                Standing::InLine {
+                    place,
+                    ahead: place - snapshot.served,
+                },
+            ),
             _ => {
                 let standing = self.store.standing(showtime, asker.user).await?;
-                let seen = self.learn(showtime, seen, standing);
-                return Ok(Some(self.describe(&seen, standing, asker.lot, now)));
+                (self.learn(showtime, seen, standing), standing)
             }
         };
         Ok(Some(self.describe(&seen, standing, asker.lot, now)))
@@ -611,6 +613,17 @@ mod tests {
             place,
             lot: 0,
         }
+    }
+
+    /// Rooms over a store that reads `snapshot`, kept an hour, and the showtime whose
+    /// snapshot they have read once.
+    fn rooms_seeing(snapshot: RoomSnapshot) -> (Rooms<Counting>, ShowtimeId) {
+        let store = Counting::default();
+        *store.snapshot.lock().unwrap() = snapshot;
+        let rooms = Rooms::new(store, Duration::from_secs(3600));
+        let st = ShowtimeId::new(1).unwrap();
+        futures::executor::block_on(rooms.snapshot(st)).unwrap();
+        (rooms, st)
     }
 
     fn calls(store: &Counting) -> (usize, usize) {
@@ -824,18 +837,14 @@ mod tests {
     #[test]
     fn a_joins_own_standing_is_not_overruled_by_an_older_snapshot() {
         use futures::executor::block_on;
-        let store = Counting::default();
-        *store.snapshot.lock().unwrap() = RoomSnapshot {
+        let (rooms, st) = rooms_seeing(RoomSnapshot {
             served: 0,
             joined: 0,
             closed: false,
             open: true,
             opens_at: UnixMillis(0),
             salt: 0,
-        };
-        let rooms = Rooms::new(store, Duration::from_secs(3600));
-        let st = ShowtimeId::new(1).unwrap();
-        block_on(rooms.snapshot(st)).unwrap();
+        });
         // The join admitted its caller at place 0; the snapshot, read before, has served 0.
         let admitted = Standing::Admitted {
             place: 0,
@@ -868,18 +877,14 @@ mod tests {
     #[test]
     fn a_join_after_the_opening_is_not_told_waiting_by_a_snapshot_from_before_it() {
         use futures::executor::block_on;
-        let store = Counting::default();
-        *store.snapshot.lock().unwrap() = RoomSnapshot {
+        let (rooms, st) = rooms_seeing(RoomSnapshot {
             served: 0,
             joined: 50,
             closed: false,
             open: false,
             opens_at: UnixMillis(NOW.0),
             salt: 0,
-        };
-        let rooms = Rooms::new(store, Duration::from_secs(3600));
-        let st = ShowtimeId::new(1).unwrap();
-        block_on(rooms.snapshot(st)).unwrap();
+        });
         // The room opened; a join placed its caller 60th with 40 ahead.
         let in_line = Standing::InLine {
             place: 60,

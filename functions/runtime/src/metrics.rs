@@ -529,8 +529,8 @@ mod tests {
         let mut contract = vec![];
         let mut path = "";
         for line in include_str!("../../../openapi.yaml").lines() {
-            if let Some(p) = line.strip_prefix("  /") {
-                path = &line[2..2 + p.trim_end_matches(':').len() + 1];
+            if line.starts_with("  /") {
+                path = line.trim().trim_end_matches(':');
             } else if let Some(m) = line.strip_prefix("    ").and_then(|l| l.strip_suffix(':'))
                 && ["get", "post", "patch", "delete", "put"].contains(&m)
             {
