@@ -16,6 +16,12 @@
 //! Consumers handle a batch as a unit: every handler is idempotent per entry, so a
 //! redelivered batch redoes nothing that was done.
 //!
+//! A batch made only of handed-over messages (below) may also wait a little for
+//! company ([`Batcher::linger`]): nobody waits for those messages, so the wait costs no
+//! answer any time, and a trickle of holds (a waiting room's admissions, a closed loop
+//! of buyers) leaves in a few large batches instead of many small ones, which is most of
+//! what the broker spends per hold. A message whose sender waits ends the wait at once.
+//!
 //! A message whose loss something else covers may be handed over instead
 //! ([`Batcher::hand_over`]): it goes out in the next batch like any other, but its
 //! sender does not wait for the confirm as long as the broker is confirming, that is
@@ -28,7 +34,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use flash_sale_core::ports::{PortError, PortResult};
@@ -74,6 +80,8 @@ struct State {
     limit: AtomicUsize,
     /// Woken when `outstanding` drops to zero.
     settled: Notify,
+    /// How long a batch of handed-over messages alone waits to fill, in microseconds.
+    linger_us: AtomicU64,
 }
 
 impl State {
@@ -97,6 +105,7 @@ impl Batcher {
             outstanding: AtomicUsize::new(0),
             limit: AtomicUsize::new(usize::MAX),
             settled: Notify::new(),
+            linger_us: AtomicU64::new(0),
         });
         tokio::spawn(publish_batches(link, exchange, key, rx, state.clone()));
         Self { tx, state }
@@ -105,6 +114,14 @@ impl Batcher {
     /// Bounds the handed-over messages not confirmed yet (see [`Batcher::hand_over`]).
     pub(super) fn hand_over_at_most(&self, limit: usize) {
         self.state.limit.store(limit, Ordering::Relaxed);
+    }
+
+    /// Lets a batch made only of handed-over messages wait up to `linger` for more (up to
+    /// a full batch) before it leaves; a message whose sender waits ends the wait. Zero
+    /// (the default) sends every batch as soon as the previous one is confirmed.
+    pub(super) fn linger(&self, linger: Duration) {
+        let us = u64::try_from(linger.as_micros()).unwrap_or(u64::MAX);
+        self.state.linger_us.store(us, Ordering::Relaxed);
     }
 
     /// Waits until every message handed over so far is confirmed (or given up on), at
@@ -170,6 +187,23 @@ impl Batcher {
     }
 }
 
+/// Adds to `batch` what arrives within `linger`, while nobody waits for any of it and
+/// it is not full.
+async fn fill(
+    rx: &mut mpsc::UnboundedReceiver<Pending>,
+    batch: &mut Vec<Pending>,
+    linger: Duration,
+) {
+    let until = tokio::time::Instant::now() + linger;
+    while batch.len() < MAX_BATCH && batch.iter().all(|p| p.confirmed.is_none()) {
+        let room = MAX_BATCH - batch.len();
+        match tokio::time::timeout_at(until, rx.recv_many(batch, room)).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
 fn stopped() -> PortError {
     PortError::transient(COMPONENT, "the publisher stopped")
 }
@@ -192,6 +226,10 @@ async fn publish_batches(
             // leaves now.
             if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
                 return;
+            }
+            let linger = Duration::from_micros(state.linger_us.load(Ordering::Relaxed));
+            if !linger.is_zero() {
+                fill(&mut rx, &mut batch, linger).await;
             }
         } else {
             tokio::time::sleep(backoff).await;

@@ -252,6 +252,16 @@ impl Broker {
         self
     }
 
+    /// Lets a batch of hold messages that nobody waits for (handed over, see
+    /// [`Broker::hand_over_hold_messages`]) wait up to `linger` for more before it
+    /// leaves, so holds that trickle in cost the broker a few large messages rather than
+    /// many small ones. Zero (the default) sends each batch as soon as it can.
+    pub fn linger(self, linger: Duration) -> Self {
+        self.holds.linger(linger);
+        self.payments.linger(linger);
+        self
+    }
+
     /// Lets [`MessageBus::publish_hold`] return once a hold's messages are queued for the
     /// next batch, while the broker is confirming, instead of after their confirm. Only
     /// for a process that lives on after answering (not a Lambda function, frozen

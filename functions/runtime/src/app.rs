@@ -80,6 +80,7 @@ impl App {
             .context("RabbitMQ (AMQP_URL) is not reachable")?
             .hand_over_hold_messages(config.hand_over_hold_messages)
             .hand_over_at_most(config.hand_over_limit)
+            .linger(config.broker_linger)
             .confirm_within(config.broker_confirm_timeout);
         let db = db.context("PostgreSQL (DATABASE_URL) is not reachable")?;
         db.migrate().await.context("PostgreSQL migrations failed")?;

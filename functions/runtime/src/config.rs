@@ -58,6 +58,10 @@ pub struct Config {
     /// (`BROKER_HAND_OVER_LIMIT`, default 10000): past it, a reserve waits for its own
     /// confirm, so a stalled broker cannot make messages pile up in memory.
     pub hand_over_limit: usize,
+    /// How long a batch of handed-over hold messages waits for more before it leaves
+    /// (`BROKER_LINGER_MS`, default 5, 0 to send at once): no answer waits for it, and
+    /// holds that trickle in leave in fewer, larger messages (BENCHMARKS.md, lever 3).
+    pub broker_linger: Duration,
     /// How long a stopping local process keeps serving after `/readyz` turned 503, so a
     /// load balancer drains it before the listener closes (`DRAIN_DELAY_MS`, default
     /// 2000; 0 stops at once).
@@ -414,6 +418,7 @@ impl Config {
             hand_over_hold_messages: env.get("AWS_LAMBDA_RUNTIME_API").is_none(),
             broker_confirm_timeout: env.millis("BROKER_CONFIRM_TIMEOUT_MS", 3000, 100..=4500)?,
             hand_over_limit: env.number("BROKER_HAND_OVER_LIMIT", 10_000, 0..=1_000_000)? as usize,
+            broker_linger: env.millis("BROKER_LINGER_MS", 5, 0..=1000)?,
             drain_delay: env.millis("DRAIN_DELAY_MS", 2000, 0..=60_000)?,
             reconcile_interval: env.secs("RECONCILE_INTERVAL_SECS", 30, 0..=WEEK_SECS)?,
             metrics_enabled: env.flag_or("METRICS_ENABLED", true)?,
@@ -651,6 +656,15 @@ mod tests {
         assert!(with(&[]).unwrap().hand_over_hold_messages);
         let lambda = with(&[("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9001")]).unwrap();
         assert!(!lambda.hand_over_hold_messages);
+    }
+
+    #[test]
+    fn hold_messages_linger_five_milliseconds_unless_told_otherwise() {
+        assert_eq!(with(&[]).unwrap().broker_linger, Duration::from_millis(5));
+        let off = with(&[("BROKER_LINGER_MS", "0")]).unwrap();
+        assert_eq!(off.broker_linger, Duration::ZERO);
+        let err = with(&[("BROKER_LINGER_MS", "5000")]).unwrap_err();
+        assert_eq!(err.name, "BROKER_LINGER_MS");
     }
 
     #[test]

@@ -683,6 +683,74 @@ async fn concurrent_holds_are_published_in_batches_each_hold_exactly_once() {
     broker.delete_topology().await.unwrap();
 }
 
+/// Handed-over holds that trickle in wait for company: twenty holds 5 ms apart leave as
+/// one message while the batch lingers, each hold in it exactly once.
+#[tokio::test]
+async fn a_trickle_of_handed_over_holds_leaves_together_while_the_batch_lingers() {
+    let iso = Isolation::new();
+    let topology = topology(&iso);
+    let broker = handing_over(&topology).await.linger(Duration::from_secs(2));
+    let hold = |seq: u64| Expiry {
+        reservation: ReservationId::new(showtime(7), seq).unwrap(),
+    };
+    // The first waits for its confirm (nothing was confirmed before it), so it leaves
+    // alone and at once; the rest are handed over.
+    broker.publish_hold(hold(1), None).await.unwrap();
+    for seq in 2..=21 {
+        broker.publish_hold(hold(seq), None).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(broker.flush(Duration::from_secs(10)).await, 0);
+
+    let ch = broker.channel().await.unwrap();
+    let mut batches = vec![];
+    while let Some(m) = ch
+        .basic_get(topology.delay_queue().as_str().into(), Default::default())
+        .await
+        .unwrap()
+    {
+        let entries = flash_sale_adapters::wire::decode_expiries(&m.delivery.data).unwrap();
+        batches.push(
+            entries
+                .into_iter()
+                .map(|e| e.message.reservation.seq())
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(
+        batches,
+        vec![vec![1], (2..=21).collect::<Vec<_>>()],
+        "the trickle did not leave as one batch"
+    );
+    broker.delete_topology().await.unwrap();
+}
+
+/// A lingering batch never holds up a sender that waits for its confirm: past the
+/// hand-over limit a hold waits, and its message ends the linger at once.
+#[tokio::test]
+async fn a_sender_that_waits_for_its_confirm_ends_the_linger() {
+    let iso = Isolation::new();
+    let topology = topology(&iso);
+    let broker = handing_over(&topology)
+        .await
+        .hand_over_at_most(1)
+        .linger(Duration::from_secs(60));
+    let hold = |seq: u64| Expiry {
+        reservation: ReservationId::new(showtime(7), seq).unwrap(),
+    };
+    broker.publish_hold(hold(1), None).await.unwrap();
+    // Handed over: it lingers, waiting for company, for up to a minute.
+    broker.publish_hold(hold(2), None).await.unwrap();
+    // One is outstanding, the limit: this one waits for its confirm, and gets it long
+    // before the minute is up.
+    tokio::time::timeout(Duration::from_secs(10), broker.publish_hold(hold(3), None))
+        .await
+        .expect("a waiting sender was held up by the linger")
+        .unwrap();
+    assert_eq!(broker.flush(Duration::from_secs(10)).await, 0);
+    broker.delete_topology().await.unwrap();
+}
+
 /// While the broker confirms, a hold's messages are handed over: the publish returns
 /// before the confirm (the sweep covers their loss). A batch that fails makes the next
 /// publishes wait for their own confirm again, so the outage reaches a caller, and the
