@@ -6,19 +6,19 @@
 //! so a hold path that published one message per hold was bound by the broker
 //! (BENCHMARKS.md, "Measurements behind design choices"). Batching changes nothing a
 //! caller can observe: a caller of [`Batcher::publish`] still waits until *its* message
-//! is confirmed, and learns of a failure of its own batch. Nothing waits to fill a batch
-//! either: a batch leaves as soon as the previous one of its destination is confirmed,
-//! so a lone request is published at once and batches grow only while the broker is
-//! busy confirming. One batch in flight per destination is the classic group commit:
+//! is confirmed, and learns of a failure of its own batch. No batch with a waiting
+//! sender in it waits to fill: it leaves as soon as the previous one of its destination
+//! is confirmed, so a lone request is published at once and batches grow only while the
+//! broker is busy confirming. One batch in flight per destination is the classic group commit:
 //! more at once bought no throughput and cost the broker more CPU (fewer, larger batches
 //! are cheaper for it; same section of BENCHMARKS.md).
 //!
 //! Consumers handle a batch as a unit: every handler is idempotent per entry, so a
 //! redelivered batch redoes nothing that was done.
 //!
-//! A batch made only of handed-over messages (below) may also wait a little for
-//! company ([`Batcher::linger`]): nobody waits for those messages, so the wait costs no
-//! answer any time, and a trickle of holds (a waiting room's admissions, a closed loop
+//! A batch made only of handed-over messages (below) may wait a little for company
+//! ([`Batcher::linger`]): nobody waits for those messages, so the wait delays no
+//! answer, and a trickle of holds (a waiting room's admissions, a closed loop
 //! of buyers) leaves in a few large batches instead of many small ones, which is most of
 //! what the broker spends per hold. A message whose sender waits ends the wait at once.
 //!
