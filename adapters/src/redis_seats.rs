@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use flash_sale_core::ports::{
     CancelOutcome, ExpireOutcome, PayOutcome, PortError, PortResult, ReservationPage,
-    ResizeOutcome, SeatAudit, SeatAuditor, SeatStore, TakeOutcome,
+    ResizeOutcome, SeatAudit, SeatAuditor, SeatRow, SeatStore, TakeOutcome,
 };
 use flash_sale_core::{
     OrderRequest, Reservation, ReservationId, SeatCounts, ShowtimeId, Status, UnixMillis, UserId,
@@ -924,10 +924,11 @@ impl SeatAuditor for RedisSeats {
     async fn rebuild(
         &self,
         showtime: ShowtimeId,
-        capacity: u32,
+        row: SeatRow,
         ordered: u32,
         recorded: &[ReservationId],
     ) -> PortResult<SeatCounts> {
+        let capacity = row.capacity;
         let mut conn = self.conn.clone();
         let mut call = self.scripts.rebuild.key(self.key(showtime, "seats"));
         call.key(self.key(showtime, "deadlines"))
@@ -935,7 +936,9 @@ impl SeatAuditor for RedisSeats {
             .key(self.key(showtime, "seq"))
             .key(self.reservations_key(showtime))
             .arg(capacity)
-            .arg(ordered);
+            .arg(ordered)
+            .arg(row.max_per_user)
+            .arg(row.generation);
         for id in recorded {
             call.arg(id.seq());
         }

@@ -666,7 +666,7 @@ impl SeatAuditor for FakeSeats {
     fn rebuild(
         &self,
         showtime: ShowtimeId,
-        capacity: u32,
+        row: SeatRow,
         ordered: u32,
         recorded: &[ReservationId],
     ) -> impl Future<Output = PortResult<SeatCounts>> + Send {
@@ -690,6 +690,7 @@ impl SeatAuditor for FakeSeats {
         st.unswept.remove(&showtime);
         let current = st.counts.get(&showtime).map_or(0, |c| c.sold);
         let sold = (ordered + pending).max(current);
+        let capacity = row.capacity;
         let counts = SeatCounts {
             capacity,
             available: capacity.saturating_sub(held + sold),

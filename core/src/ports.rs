@@ -420,14 +420,36 @@ pub trait SeatAuditor: Send + Sync + 'static {
     /// the sweep: `held` from the live
     /// holds, `sold` from the `ordered` seats in the database plus the paid reservations
     /// not among `recorded` (never less than the store already counts, so a race with a
-    /// payment can only under-sell, never oversell), `available` the rest.
+    /// payment can only under-sell, never oversell), `available` the rest. The row's
+    /// capacity and seats per buyer are written as they are; its generation tags state
+    /// the rebuild creates (Redis had lost it).
     fn rebuild(
         &self,
         showtime: ShowtimeId,
-        capacity: u32,
+        row: SeatRow,
         ordered: u32,
         recorded: &[ReservationId],
     ) -> impl Future<Output = PortResult<SeatCounts>> + Send;
+}
+
+/// What a rebuild of a showtime's seats takes from its database row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeatRow {
+    pub capacity: u32,
+    /// Seats one buyer may take (as one reservation).
+    pub max_per_user: u32,
+    /// The row's generation (see [`Showtime::generation`]).
+    pub generation: u64,
+}
+
+impl From<&Showtime> for SeatRow {
+    fn from(row: &Showtime) -> Self {
+        Self {
+            capacity: row.capacity.get(),
+            max_per_user: row.max_per_user.get(),
+            generation: row.generation,
+        }
+    }
 }
 
 /// What reconciliation needs from the database beyond the sale's own steps.

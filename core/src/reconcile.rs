@@ -4,8 +4,8 @@
 //! paid seats than the store already does.
 
 use crate::ports::{
-    Catalog, MessageBus, OrderAudit, OrderBook, PortError, RecordedOrders, SeatAuditor, SeatStore,
-    ShowtimeLock as _,
+    Catalog, MessageBus, OrderAudit, OrderBook, PortError, RecordedOrders, SeatAuditor, SeatRow,
+    SeatStore, ShowtimeLock as _,
 };
 use crate::{Sale, SeatCounts, ShowtimeId};
 
@@ -114,8 +114,8 @@ where
             let Some(lock) = self.db.lock_showtime(id).await? else {
                 return Ok(None);
             };
-            let capacity = lock.showtime().capacity.get();
-            let rebuilt = self.seats.rebuild(id, capacity, ordered, &recorded).await?;
+            let row = SeatRow::from(lock.showtime());
+            let rebuilt = self.seats.rebuild(id, row, ordered, &recorded).await?;
             drop(lock);
             Some(rebuilt)
         } else {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use flash_sale_adapters::{Broker, Postgres, Queue, RedisSeats, Topology};
 use flash_sale_core::ports::{
     CancelOutcome, Catalog, ExpireOutcome, MessageBus, OrderAudit, OrderBook, OrderOutcome,
-    PayOutcome, SeatAuditor, SeatStore, TakeOutcome,
+    PayOutcome, SeatAuditor, SeatRow, SeatStore, TakeOutcome,
 };
 use flash_sale_core::{
     Capacity, Expiry, MaxPerUser, NewShowtime, OrderRequest, PaymentRequest, Reservation,
@@ -1071,6 +1071,52 @@ async fn the_database_itself_enforces_max_per_user_and_capacity_by_quantity() {
 
 /// The scripts move a group's seats together: taken all or none, paid, refused,
 /// replayed, expired; the audit and a rebuild count seats, not reservations.
+/// The row a rebuild takes in the tests: generation 1, as the tests' loads have it.
+fn row(capacity: u32, max_per_user: u32) -> SeatRow {
+    SeatRow {
+        capacity,
+        max_per_user,
+        generation: 1,
+    }
+}
+
+/// Redis lost a showtime's keys and `reconcile --repair` rebuilt its seats before any
+/// buyer came back: the row's rules hold again (4 seats a buyer, not a default of one),
+/// and the rebuilt state carries the row's generation, so a later load adopts it.
+#[tokio::test]
+async fn a_rebuild_after_redis_lost_a_showtime_restores_the_rows_rules() {
+    let iso = Isolation::new();
+    let s = seats(&iso).await;
+    let st = showtime(1);
+    assert!(s.load(st, 6, 0, 7, false, 4).await.unwrap());
+    drop_keys(&s).await;
+
+    let rebuilt = SeatRow {
+        capacity: 6,
+        max_per_user: 4,
+        generation: 7,
+    };
+    let counts = |available, held| SeatCounts {
+        capacity: 6,
+        available,
+        held,
+        sold: 0,
+    };
+    assert_eq!(s.rebuild(st, rebuilt, 0, &[]).await.unwrap(), counts(6, 0));
+    assert_eq!(
+        s.take_seats(st, user(1), 5, HOLD).await.unwrap(),
+        TakeOutcome::TooManySeats { max_per_user: 4 }
+    );
+    let TakeOutcome::Reserved(r) = s.take_seats(st, user(1), 4, HOLD).await.unwrap() else {
+        panic!("the row allows a group of 4")
+    };
+    assert_eq!(r.quantity, 4);
+    // The same row loaded again finds its own state: nothing is reset.
+    assert!(!s.load(st, 6, 0, 7, true, 4).await.unwrap());
+    assert_eq!(s.counts(st).await.unwrap(), Some(counts(2, 4)));
+    drop_keys(&s).await;
+}
+
 #[tokio::test]
 async fn redis_moves_a_groups_seats_together_in_every_script() {
     let iso = Isolation::new();
@@ -1116,7 +1162,10 @@ async fn redis_moves_a_groups_seats_together_in_every_script() {
         (vec![a.id], vec![4])
     );
     // A rebuild counts the unrecorded payment's 4 seats.
-    assert_eq!(s.rebuild(st, 6, 0, &[]).await.unwrap(), counts(2, 0, 4));
+    assert_eq!(
+        s.rebuild(st, row(6, 4), 0, &[]).await.unwrap(),
+        counts(2, 0, 4)
+    );
 
     // Refused: all 4 back on sale; replayed: all 4 sold again.
     assert_eq!(s.mark_refused(&[a.id]).await.unwrap(), vec![a.id]);
@@ -1129,7 +1178,10 @@ async fn redis_moves_a_groups_seats_together_in_every_script() {
         panic!("a group of 2 fits")
     };
     assert_eq!(s.counts(st).await.unwrap(), Some(counts(0, 2, 4)));
-    assert_eq!(s.rebuild(st, 6, 4, &[a.id]).await.unwrap(), counts(0, 2, 4));
+    assert_eq!(
+        s.rebuild(st, row(6, 4), 4, &[a.id]).await.unwrap(),
+        counts(0, 2, 4)
+    );
     assert_eq!(s.expire(b.id).await.unwrap(), ExpireOutcome::SeatReturned);
     assert!(matches!(
         s.expire(b.id).await.unwrap(),

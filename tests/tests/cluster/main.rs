@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use flash_sale_adapters::RedisSeats;
-use flash_sale_core::ports::{PayOutcome, SeatAuditor as _, SeatStore as _, TakeOutcome};
+use flash_sale_core::ports::{PayOutcome, SeatAuditor as _, SeatRow, SeatStore as _, TakeOutcome};
 use flash_sale_core::{ReservationId, ShowtimeId, Status, UserId};
 use flash_sale_tests::{
     ClusterOptions, Isolation, Options, RedisCluster, TestApp, eventually,
@@ -186,7 +186,12 @@ async fn calls_across_showtimes_on_different_masters_work() {
         );
         assert!(audit.unrecorded.is_empty());
         // A rebuild declares every key it reads (the reservations' quantities too).
-        let rebuilt = seats.rebuild(*showtime, 5, 1, &[]).await.unwrap();
+        let row = SeatRow {
+            capacity: 5,
+            max_per_user: 3,
+            generation: 1,
+        };
+        let rebuilt = seats.rebuild(*showtime, row, 1, &[]).await.unwrap();
         assert_eq!((rebuilt.available, rebuilt.held, rebuilt.sold), (2, 2, 1));
     }
 }
