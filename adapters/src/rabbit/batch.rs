@@ -9,18 +9,18 @@
 //! is confirmed, and learns of a failure of its own batch. No batch with a waiting
 //! sender in it waits to fill: it leaves as soon as the previous one of its destination
 //! is confirmed, so a lone request is published at once and batches grow only while the
-//! broker is busy confirming. One batch in flight per destination is the classic group commit:
-//! more at once bought no throughput and cost the broker more CPU (fewer, larger batches
-//! are cheaper for it; same section of BENCHMARKS.md).
+//! broker is busy confirming. One batch in flight per destination is the classic group
+//! commit: more at once bought no throughput and cost the broker more CPU (fewer, larger
+//! batches are cheaper for it; same section of BENCHMARKS.md).
 //!
 //! Consumers handle a batch as a unit: every handler is idempotent per entry, so a
 //! redelivered batch redoes nothing that was done.
 //!
 //! A batch made only of handed-over messages (below) may wait a little for company
 //! ([`Batcher::linger`]): nobody waits for those messages, so the wait delays no
-//! answer, and a trickle of holds (a waiting room's admissions, a closed loop
-//! of buyers) leaves in a few large batches instead of many small ones, which is most of
-//! what the broker spends per hold. A message whose sender waits ends the wait at once.
+//! answer, and a trickle of holds (a waiting room's admissions, a closed loop of buyers)
+//! leaves in a few large batches instead of many small ones, which is most of what the
+//! broker spends per hold. A message whose sender waits ends the wait at once.
 //!
 //! A message whose loss something else covers may be handed over instead
 //! ([`Batcher::hand_over`]): it goes out in the next batch like any other, but its
