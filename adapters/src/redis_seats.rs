@@ -373,33 +373,17 @@ impl RedisSeats {
     /// [`SeatStore::mark_ordered`] for reservations of one showtime: one pipeline.
     async fn mark_ordered_in(&self, showtime: ShowtimeId, seqs: &[u64]) -> PortResult<()> {
         let mut conn = self.conn.clone();
-        let mut pipe = redis::pipe();
-        for seq in seqs {
-            let mut call = self
-                .scripts
-                .mark_ordered
-                .key(self.key(showtime, "unrecorded"));
-            call.key(self.reservations_key(showtime))
-                .key(self.key(showtime, "seats"))
-                .arg(seq);
-            // Pipelined EVALSHA; the first call of a process loads the script.
-            pipe.invoke_script(&call);
-        }
-        match pipe.query_async::<Vec<i64>>(&mut conn).await {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                // SCRIPT LOAD goes to every primary of a cluster.
-                self.scripts
-                    .mark_ordered
-                    .prepare_invoke()
-                    .load_async(&mut conn)
-                    .await
-                    .map_err(port_error)?;
-                let _: Vec<i64> = pipe.query_async(&mut conn).await.map_err(port_error)?;
-                Ok(())
-            }
-            Err(e) => Err(port_error(e)),
-        }
+        let mut call = self
+            .scripts
+            .mark_ordered
+            .key(self.key(showtime, "unrecorded"));
+        call.key(self.reservations_key(showtime))
+            .key(self.key(showtime, "seats"))
+            .arg(seqs);
+        // One call for the showtime's orders of the batch, not one per order: a script
+        // call costs Redis more than the few commands that mark one order.
+        let _moved: i64 = call.invoke_async(&mut conn).await.map_err(port_error)?;
+        Ok(())
     }
 
     async fn now_ms(&self) -> PortResult<u64> {
@@ -611,8 +595,8 @@ impl SeatStore for RedisSeats {
     }
 
     async fn mark_ordered(&self, ids: &[ReservationId]) -> PortResult<()> {
-        // One pipeline per showtime: a pipeline stays inside one slot (Redis Cluster
-        // refuses one across slots with CROSSSLOT); the showtimes' pipelines run at once.
+        // One script call per showtime: a call stays inside one slot (Redis Cluster
+        // refuses one across slots with CROSSSLOT); the showtimes' calls run at once.
         let mut by_showtime: Vec<(ShowtimeId, Vec<u64>)> = vec![];
         for id in ids {
             match by_showtime.iter_mut().find(|(s, _)| *s == id.showtime()) {
