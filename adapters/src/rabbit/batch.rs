@@ -195,7 +195,10 @@ async fn fill(
     linger: Duration,
 ) {
     let until = tokio::time::Instant::now() + linger;
-    while batch.len() < MAX_BATCH && batch.iter().all(|p| p.confirmed.is_none()) {
+    // Only what arrived since the last look is checked for a waiting sender.
+    let mut seen = 0;
+    while batch.len() < MAX_BATCH && batch[seen..].iter().all(|p| p.confirmed.is_none()) {
+        seen = batch.len();
         let room = MAX_BATCH - batch.len();
         match tokio::time::timeout_at(until, rx.recv_many(batch, room)).await {
             Ok(0) | Err(_) => return,
