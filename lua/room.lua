@@ -73,10 +73,11 @@ local function advance(now)
   return served, false, opens_at
 end
 
--- A user's standing after advancing: {kind, place, deadline}, kind one of
--- 'waiting' (before the opening), 'line', 'admitted', 'passed', 'sold_out', 'none'.
-local function standing(now, user)
-  local served, closed, opens_at = advance(now)
+-- A user's standing in a room just advanced (`served`, `closed`, `opens_at`: what
+-- `advance(now)` returned): {kind, place, deadline}, kind one of 'waiting' (before the
+-- opening), 'line', 'admitted', 'passed', 'sold_out', 'none'. A step that answers many
+-- users advances once: a second advance at the same `now` admits nobody new.
+local function standing(now, user, served, closed, opens_at)
   if not opens_at then
     return {'none'}
   end

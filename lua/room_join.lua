@@ -5,12 +5,12 @@
 -- Returns each user's standing (see room.lua's `standing`) in the same order, or
 -- {'none'} without a room.
 local now = now_ms()
-local opens_at = redis.call('HGET', KEYS[1], 'opens_at')
-if not opens_at then
+local opening = redis.call('HGET', KEYS[1], 'opens_at')
+if not opening then
   return {'none'}
 end
 local standings = {}
-if now < tonumber(opens_at) then
+if now < tonumber(opening) then
   -- Before the opening nothing moves and nobody has a place yet: each user is in (once,
   -- NX keeps a first draw) and waiting, whatever else the room holds.
   for i = 1, #ARGV, 2 do
@@ -25,7 +25,8 @@ for i = 1, #ARGV, 2 do
     redis.call('ZADD', KEYS[2], string.format('%.0f', 1125899906842624 + n), ARGV[i])
   end
 end
+local served, closed, opens_at = advance(now)
 for i = 1, #ARGV, 2 do
-  standings[#standings + 1] = standing(now, ARGV[i])
+  standings[#standings + 1] = standing(now, ARGV[i], served, closed, opens_at)
 end
 return standings

@@ -3,12 +3,14 @@
 //! admission). Every step is one script: `lua/room.lua`, the shared part, followed by the
 //! step's own file.
 //!
-//! Joins are committed in groups: a crowd joins at the rate it arrives, thousands a
-//! second, and each script call costs Redis and this client more than the user it adds.
-//! The joins that reach this process while its previous group is in Redis leave
-//! together, one script call per showtime (one slot: Redis Cluster safe), and each
-//! caller still waits for its own standing. Nothing waits to fill a group: a lone join
-//! leaves at once, and groups grow only while Redis is busy.
+//! Joins and standings are committed in groups: a crowd joins at the rate it arrives,
+//! thousands a second, and at the opening every early joiner's first poll asks Redis for
+//! the place the lottery gave them; each script call costs Redis and this client more
+//! than the user it serves. The joins (and, apart, the standings) that reach this process
+//! while its previous group is in Redis leave together, one script call per showtime
+//! (one slot: Redis Cluster safe) that advances the room once, and each caller still
+//! waits for its own standing. Nothing waits to fill a group: a lone ask leaves at once,
+//! and groups grow only while Redis is busy.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -33,26 +35,39 @@ struct Scripts {
 }
 
 /// Waiting rooms on Redis. Cheap to clone: clones share one connection and one group
-/// committer of joins.
+/// committer of joins and standings.
 #[derive(Clone)]
 pub struct RedisRoom {
     conn: RedisConnection,
     prefix: Arc<str>,
     scripts: Arc<Scripts>,
-    /// The group committer's inbox, its task started by the first join (inside a
-    /// runtime); the task ends when the last clone of this room is dropped.
-    joins: Arc<OnceLock<mpsc::UnboundedSender<JoinAsk>>>,
+    /// The group committer's inbox, its task started by the first join or standing
+    /// (inside a runtime); the task ends when the last clone of this room is dropped.
+    asks: Arc<OnceLock<mpsc::UnboundedSender<Ask>>>,
 }
 
-/// Most joins in one script call (two arguments each).
+/// Most asks taken into one round of script calls (at most two arguments each).
 const MAX_GROUP: usize = 256;
 
-/// One caller's join, waiting for its group.
-struct JoinAsk {
+/// One caller's ask, waiting for its group.
+struct Ask {
     showtime: ShowtimeId,
     user: UserId,
-    draw: u64,
-    answer: oneshot::Sender<PortResult<Joined>>,
+    what: Asked,
+}
+
+enum Asked {
+    /// A join with its lottery draw.
+    Join(u64, oneshot::Sender<PortResult<Joined>>),
+    Standing(oneshot::Sender<PortResult<Standing>>),
+}
+
+/// One showtime's asks of one round: its joins, then its standings (after the joins, so
+/// a user who joins and polls at once is found in line).
+#[derive(Default)]
+struct Group {
+    joins: Vec<(UserId, u64, oneshot::Sender<PortResult<Joined>>)>,
+    standings: Vec<(UserId, oneshot::Sender<PortResult<Standing>>)>,
 }
 
 impl std::fmt::Debug for RedisRoom {
@@ -86,53 +101,87 @@ impl RedisRoom {
                 advance: room_script!("room_advance.lua"),
                 standing: room_script!("room_standing.lua"),
             }),
-            joins: Arc::default(),
+            asks: Arc::default(),
         }
     }
 
-    /// The group committer: takes every join waiting, one script call per showtime (all
-    /// showtimes at once), answers each caller, and only then takes the next group.
-    async fn commit_joins(self, mut inbox: mpsc::UnboundedReceiver<JoinAsk>) {
+    /// The group committer: takes every ask waiting, up to two script calls per showtime
+    /// (all showtimes at once), answers each caller, and only then takes the next group.
+    async fn commit(self, mut inbox: mpsc::UnboundedReceiver<Ask>) {
         while let Some(first) = inbox.recv().await {
-            let mut groups: HashMap<ShowtimeId, Vec<JoinAsk>> = HashMap::new();
-            let mut taken = 1;
-            groups.entry(first.showtime).or_default().push(first);
-            while taken < MAX_GROUP
-                && let Ok(ask) = inbox.try_recv()
-            {
+            let mut groups: HashMap<ShowtimeId, Group> = HashMap::new();
+            let mut next = Some(first);
+            let mut taken = 0;
+            while let Some(ask) = next.take() {
                 taken += 1;
-                groups.entry(ask.showtime).or_default().push(ask);
+                let group = groups.entry(ask.showtime).or_default();
+                match ask.what {
+                    Asked::Join(draw, answer) => group.joins.push((ask.user, draw, answer)),
+                    Asked::Standing(answer) => group.standings.push((ask.user, answer)),
+                }
+                if taken < MAX_GROUP {
+                    next = inbox.try_recv().ok();
+                }
             }
             join_all(
                 groups
                     .into_iter()
-                    .map(|(showtime, asks)| self.join_group(showtime, asks)),
+                    .map(|(showtime, group)| self.commit_group(showtime, group)),
             )
             .await;
         }
     }
 
-    /// One script call for `asks`, all of `showtime`, in their order.
-    async fn join_group(&self, showtime: ShowtimeId, asks: Vec<JoinAsk>) {
+    /// One showtime's group: one call for its joins, then one for its standings.
+    async fn commit_group(&self, showtime: ShowtimeId, group: Group) {
         let mut conn = self.conn.clone();
-        let mut call = self.invoke(&self.scripts.join, showtime);
-        for ask in &asks {
-            call.arg(ask.user.get()).arg(ask.draw % LOTTERY_RANGE);
-        }
-        let reply: PortResult<Value> = call.invoke_async(&mut conn).await.map_err(port_error);
-        let answers = reply.and_then(|v| joined_of(&v, asks.len()));
-        match answers {
-            Ok(answers) => {
-                for (ask, joined) in asks.into_iter().zip(answers) {
-                    let _ = ask.answer.send(Ok(joined));
-                }
+        if !group.joins.is_empty() {
+            let mut call = self.invoke(&self.scripts.join, showtime);
+            for (user, draw, _) in &group.joins {
+                call.arg(user.get()).arg(draw % LOTTERY_RANGE);
             }
-            Err(e) => {
-                for ask in asks {
-                    let _ = ask.answer.send(Err(e.clone()));
-                }
-            }
+            let reply: PortResult<Value> = call.invoke_async(&mut conn).await.map_err(port_error);
+            let answers = reply.and_then(|v| joined_of(&v, group.joins.len()));
+            answer_each(group.joins.into_iter().map(|(_, _, a)| a), answers);
         }
+        if !group.standings.is_empty() {
+            let mut call = self.invoke(&self.scripts.standing, showtime);
+            for (user, _) in &group.standings {
+                call.arg(user.get());
+            }
+            let reply: PortResult<Value> = call.invoke_async(&mut conn).await.map_err(port_error);
+            let answers = reply.and_then(|v| standings_of(&v, group.standings.len()));
+            answer_each(group.standings.into_iter().map(|(_, a)| a), answers);
+        }
+    }
+
+    /// Hands `what` to the committer and waits for its answer.
+    async fn ask<T>(
+        &self,
+        showtime: ShowtimeId,
+        user: UserId,
+        what: impl FnOnce(oneshot::Sender<PortResult<T>>) -> Asked,
+    ) -> PortResult<T> {
+        let inbox = self.asks.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            // The task holds a room without the inbox, so it ends with the last sender.
+            let committer = RedisRoom {
+                asks: Arc::default(),
+                ..self.clone()
+            };
+            tokio::spawn(committer.commit(rx));
+            tx
+        });
+        let (answer, answered) = oneshot::channel();
+        let gone = || PortError::transient(COMPONENT, "the room's group committer stopped");
+        inbox
+            .send(Ask {
+                showtime,
+                user,
+                what: what(answer),
+            })
+            .map_err(|_| gone())?;
+        answered.await.map_err(|_| gone())?
     }
 
     /// The room's keys, in the scripts' order.
@@ -152,6 +201,25 @@ impl RedisRoom {
             call.key(key);
         }
         call
+    }
+}
+
+/// Each caller its own answer, or everyone the group's error.
+fn answer_each<T>(
+    callers: impl Iterator<Item = oneshot::Sender<PortResult<T>>>,
+    answers: PortResult<Vec<T>>,
+) {
+    match answers {
+        Ok(answers) => {
+            for (caller, answer) in callers.zip(answers) {
+                let _ = caller.send(Ok(answer));
+            }
+        }
+        Err(e) => {
+            for caller in callers {
+                let _ = caller.send(Err(e.clone()));
+            }
+        }
     }
 }
 
@@ -180,6 +248,18 @@ fn joined_of(v: &Value, n: usize) -> PortResult<Vec<Joined>> {
             None => Ok(Joined::NoRoom),
         })
         .collect()
+}
+
+/// `room_standing.lua`'s reply for `n` users: each one's standing.
+fn standings_of(v: &Value, n: usize) -> PortResult<Vec<Standing>> {
+    let what = "room_standing.lua";
+    match v {
+        Value::Array(items) if items.len() == n => items
+            .iter()
+            .map(|item| Ok(standing_of(what, item)?.unwrap_or(Standing::NotInLine)))
+            .collect(),
+        _ => Err(unexpected_reply(what, v)),
+    }
 }
 
 /// A `standing` reply of the scripts (see `lua/room.lua`).
@@ -235,26 +315,8 @@ impl WaitingRoomStore for RedisRoom {
     }
 
     async fn join(&self, showtime: ShowtimeId, user: UserId, draw: u64) -> PortResult<Joined> {
-        let inbox = self.joins.get_or_init(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            // The task holds a room without the inbox, so it ends with the last sender.
-            let committer = RedisRoom {
-                joins: Arc::default(),
-                ..self.clone()
-            };
-            tokio::spawn(committer.commit_joins(rx));
-            tx
-        });
-        let (answer, answered) = oneshot::channel();
-        let ask = JoinAsk {
-            showtime,
-            user,
-            draw,
-            answer,
-        };
-        let gone = || PortError::transient(COMPONENT, "the join committer stopped");
-        inbox.send(ask).map_err(|_| gone())?;
-        answered.await.map_err(|_| gone())?
+        self.ask(showtime, user, |answer| Asked::Join(draw, answer))
+            .await
     }
 
     async fn advance(&self, showtime: ShowtimeId) -> PortResult<Option<RoomSnapshot>> {
@@ -294,14 +356,7 @@ impl WaitingRoomStore for RedisRoom {
     }
 
     async fn standing(&self, showtime: ShowtimeId, user: UserId) -> PortResult<Standing> {
-        let mut conn = self.conn.clone();
-        let v: Value = self
-            .invoke(&self.scripts.standing, showtime)
-            .arg(user.get())
-            .invoke_async(&mut conn)
-            .await
-            .map_err(port_error)?;
-        Ok(standing_of("room_standing.lua", &v)?.unwrap_or(Standing::NotInLine))
+        self.ask(showtime, user, Asked::Standing).await
     }
 
     async fn remove(&self, showtime: ShowtimeId) -> PortResult<()> {

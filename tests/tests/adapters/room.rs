@@ -269,6 +269,56 @@ async fn a_room_removed_sells_to_anyone_again() {
 }
 
 #[tokio::test]
+async fn standings_asked_together_are_answered_each_their_own() {
+    let iso = Isolation::new();
+    let (seats, rooms, early) = room_with_seats(&iso, 10, settings(LATER, None, 0)).await;
+    let open = ShowtimeId::new(2).unwrap();
+    assert!(seats.load(open, 10, 0, 1, false, 1).await.unwrap());
+    rooms
+        .configure(open, settings(OPEN, None, 0))
+        .await
+        .unwrap();
+    let roomless = ShowtimeId::new(3).unwrap();
+    for u in 1..=200_i64 {
+        joined(&rooms, early, u, u as u64).await;
+        joined(&rooms, open, u, 0).await;
+    }
+    // 1,000 polls at once, more than one group holds, over three showtimes: users
+    // 1..=200 ask about the early room, twice about the open room (where 10 seats admit
+    // the first 10 places), and about a showtime without a room; users 201..=400 ask
+    // about the open room they never joined.
+    let mut asks = vec![];
+    for u in 1..=200_i64 {
+        asks.push((open, u));
+        asks.push((early, u));
+        asks.push((open, u));
+        asks.push((roomless, u));
+        asks.push((open, u + 200));
+    }
+    let answers =
+        futures::future::join_all(asks.iter().map(|&(st, u)| rooms.standing(st, user(u)))).await;
+    for (&(st, u), answer) in asks.iter().zip(answers) {
+        let answer = answer.unwrap();
+        let place = u as u64 - 1;
+        match answer {
+            Standing::Waiting => assert_eq!(st, early, "user {u}"),
+            Standing::NotInLine => assert!(st == roomless || u > 200, "user {u} of {st}"),
+            Standing::Admitted { place: p, .. } => {
+                assert_eq!((st, p), (open, place), "user {u}");
+                assert!(u <= 10, "user {u} admitted");
+            }
+            Standing::InLine { place: p, ahead } => {
+                assert_eq!((st, p, ahead), (open, place, place - 10), "user {u}");
+                assert!(u > 10, "user {u} in line");
+            }
+            other => panic!("user {u} of {st}: {other:?}"),
+        }
+    }
+    assert_eq!(snapshot(&rooms, open).await.served, 10);
+    super::drop_keys(&seats).await;
+}
+
+#[tokio::test]
 async fn joins_that_arrive_together_are_committed_together_each_caller_answered_its_own() {
     let iso = Isolation::new();
     let (seats, rooms, early) = room_with_seats(&iso, 10, settings(LATER, None, 0)).await;
