@@ -403,7 +403,11 @@ impl<R: WaitingRoomStore> Rooms<R> {
     }
 
     /// The asker's standing, from the snapshot when their `place` (from their ticket)
-    /// is known and not reached; else one call to the store. `now` is the wall clock.
+    /// is known and not reached, or when the room is closed and their ticket knows of no
+    /// place (a closed room has no seat left, held or free, so whatever the lottery gave
+    /// them, `sold_out` is all there is to say; at the opening most of a crowd polls for
+    /// the first time after the seats are gone); else one call to the store. `now` is
+    /// the wall clock.
     pub async fn status(
         &self,
         showtime: ShowtimeId,
@@ -417,6 +421,7 @@ impl<R: WaitingRoomStore> Rooms<R> {
         let (seen, standing) = match asker.place {
             _ if !snapshot.open => (seen, Standing::Waiting),
             Some(place) if place >= snapshot.served && snapshot.closed => (seen, Standing::SoldOut),
+            None if snapshot.closed => (seen, Standing::SoldOut),
             Some(place) if place >= snapshot.served => (
                 seen,
                 Standing::InLine {
@@ -691,12 +696,21 @@ mod tests {
             .unwrap();
         assert_eq!(status.standing, Standing::SoldOut);
         assert_eq!(status.poll_after, None);
+        // A ticket from before the opening knows no place: nothing is left for it either.
+        let status = block_on(rooms.status(st, asker(UserId::new(2).unwrap(), None), NOW))
+            .unwrap()
+            .unwrap();
+        assert_eq!(status.standing, Standing::SoldOut);
+        assert_eq!(calls(rooms.store()).1, 0, "no store read for either");
+        // One that knows it was admitted asks the store (admitted, or passed).
+        block_on(rooms.status(st, asker(me, Some(3)), NOW)).unwrap();
+        assert_eq!(calls(rooms.store()).1, 1);
         *rooms.store().snapshot.lock().unwrap() = RoomSnapshot::default();
         let status = block_on(rooms.status(st, asker(me, None), NOW))
             .unwrap()
             .unwrap();
         assert_eq!(status.standing, Standing::Waiting);
-        assert_eq!(calls(rooms.store()).1, 0);
+        assert_eq!(calls(rooms.store()).1, 1);
     }
 
     /// When `lot`'s holder is told to ask again, with the room in `snapshot`.
