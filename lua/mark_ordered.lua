@@ -17,14 +17,13 @@ for _, seq in ipairs(ARGV) do
   local field = seq .. ':status'
   local r = redis.call('HMGET', KEYS[2], field, seq .. ':quantity')
   local status = r[1]
-  if status == 'PAID' then
+  if status == 'PAID' or status == 'REFUSED' then
     redis.call('HSET', KEYS[2], field, 'ORDERED')
-    moved = moved + 1
-  elseif status == 'REFUSED' then
-    redis.call('HSET', KEYS[2], field, 'ORDERED')
-    local quantity = tonumber(r[2] or '1')
-    redis.call('HINCRBY', KEYS[3], 'sold', quantity)
-    redis.call('HINCRBY', KEYS[3], 'available', -quantity)
+    if status == 'REFUSED' then
+      local quantity = tonumber(r[2] or '1')
+      redis.call('HINCRBY', KEYS[3], 'sold', quantity)
+      redis.call('HINCRBY', KEYS[3], 'available', -quantity)
+    end
     moved = moved + 1
   end
 end

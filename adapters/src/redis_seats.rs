@@ -370,7 +370,7 @@ impl RedisSeats {
             .collect())
     }
 
-    /// [`SeatStore::mark_ordered`] for reservations of one showtime: one pipeline.
+    /// [`SeatStore::mark_ordered`] for reservations of one showtime: one script call.
     async fn mark_ordered_in(&self, showtime: ShowtimeId, seqs: &[u64]) -> PortResult<()> {
         let mut conn = self.conn.clone();
         let mut call = self

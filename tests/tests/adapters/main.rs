@@ -1083,6 +1083,33 @@ fn row(capacity: u32, max_per_user: u32) -> SeatRow {
     }
 }
 
+/// The counts of a showtime of 6 seats.
+fn six_seats(available: u32, held: u32, sold: u32) -> SeatCounts {
+    SeatCounts {
+        capacity: 6,
+        available,
+        held,
+        sold,
+    }
+}
+
+/// `user` asks for 5 seats of a row that allows 4 a buyer (refused), then for 4 (held).
+async fn takes_a_group_of_four_not_five(
+    s: &RedisSeats,
+    st: ShowtimeId,
+    user: UserId,
+) -> Reservation {
+    assert_eq!(
+        s.take_seats(st, user, 5, HOLD).await.unwrap(),
+        TakeOutcome::TooManySeats { max_per_user: 4 }
+    );
+    let TakeOutcome::Reserved(r) = s.take_seats(st, user, 4, HOLD).await.unwrap() else {
+        panic!("the row allows a group of 4")
+    };
+    assert_eq!(r.quantity, 4);
+    r
+}
+
 /// Redis lost a showtime's keys and `reconcile --repair` rebuilt its seats before any
 /// buyer came back: the row's rules hold again (4 seats a buyer, not a default of one),
 /// and the rebuilt state carries the row's generation, so a later load adopts it.
@@ -1094,27 +1121,14 @@ async fn a_rebuild_after_redis_lost_a_showtime_restores_the_rows_rules() {
     assert!(s.load(st, 6, 0, 1, false, 4).await.unwrap());
     drop_keys(&s).await;
 
-    let counts = |available, held| SeatCounts {
-        capacity: 6,
-        available,
-        held,
-        sold: 0,
-    };
     assert_eq!(
         s.rebuild(st, row(6, 4), 0, &[]).await.unwrap(),
-        counts(6, 0)
+        six_seats(6, 0, 0)
     );
-    assert_eq!(
-        s.take_seats(st, user(1), 5, HOLD).await.unwrap(),
-        TakeOutcome::TooManySeats { max_per_user: 4 }
-    );
-    let TakeOutcome::Reserved(r) = s.take_seats(st, user(1), 4, HOLD).await.unwrap() else {
-        panic!("the row allows a group of 4")
-    };
-    assert_eq!(r.quantity, 4);
+    takes_a_group_of_four_not_five(&s, st, user(1)).await;
     // The same row loaded again finds its own state: nothing is reset.
     assert!(!s.load(st, 6, 0, 1, true, 4).await.unwrap());
-    assert_eq!(s.counts(st).await.unwrap(), Some(counts(2, 4)));
+    assert_eq!(s.counts(st).await.unwrap(), Some(six_seats(2, 4, 0)));
     drop_keys(&s).await;
 }
 
@@ -1124,27 +1138,14 @@ async fn redis_moves_a_groups_seats_together_in_every_script() {
     let s = seats(&iso).await;
     let st = showtime(1);
     assert!(s.load(st, 6, 0, 1, false, 4).await.unwrap());
-    let counts = |a, h, so| SeatCounts {
-        capacity: 6,
-        available: a,
-        held: h,
-        sold: so,
-    };
-    assert_eq!(
-        s.take_seats(st, user(1), 5, HOLD).await.unwrap(),
-        TakeOutcome::TooManySeats { max_per_user: 4 }
-    );
-    let TakeOutcome::Reserved(a) = s.take_seats(st, user(1), 4, HOLD).await.unwrap() else {
-        panic!("a group of 4 fits")
-    };
-    assert_eq!(a.quantity, 4);
+    let a = takes_a_group_of_four_not_five(&s, st, user(1)).await;
     assert_eq!(s.reservation(a.id).await.unwrap().unwrap().quantity, 4);
-    assert_eq!(s.counts(st).await.unwrap(), Some(counts(2, 4, 0)));
+    assert_eq!(s.counts(st).await.unwrap(), Some(six_seats(2, 4, 0)));
     assert_eq!(
         s.take_seats(st, user(2), 3, HOLD).await.unwrap(),
         TakeOutcome::NotEnoughSeats { available: 2 }
     );
-    assert_eq!(s.counts(st).await.unwrap(), Some(counts(2, 4, 0)));
+    assert_eq!(s.counts(st).await.unwrap(), Some(six_seats(2, 4, 0)));
     let audit = s.audit(st).await.unwrap().unwrap();
     assert_eq!(audit.live_holds, 4);
 
@@ -1152,7 +1153,7 @@ async fn redis_moves_a_groups_seats_together_in_every_script() {
         panic!("paid")
     };
     assert_eq!(quantity, 4);
-    assert_eq!(s.counts(st).await.unwrap(), Some(counts(2, 0, 4)));
+    assert_eq!(s.counts(st).await.unwrap(), Some(six_seats(2, 0, 4)));
     assert_eq!(
         s.unrecorded_payments(Duration::ZERO).await.unwrap()[0].quantity,
         4
@@ -1165,30 +1166,30 @@ async fn redis_moves_a_groups_seats_together_in_every_script() {
     // A rebuild counts the unrecorded payment's 4 seats.
     assert_eq!(
         s.rebuild(st, row(6, 4), 0, &[]).await.unwrap(),
-        counts(2, 0, 4)
+        six_seats(2, 0, 4)
     );
 
     // Refused: all 4 back on sale; replayed: all 4 sold again.
     assert_eq!(s.mark_refused(&[a.id]).await.unwrap(), vec![a.id]);
-    assert_eq!(s.counts(st).await.unwrap(), Some(counts(6, 0, 0)));
+    assert_eq!(s.counts(st).await.unwrap(), Some(six_seats(6, 0, 0)));
     s.mark_ordered(&[a.id]).await.unwrap();
-    assert_eq!(s.counts(st).await.unwrap(), Some(counts(2, 0, 4)));
+    assert_eq!(s.counts(st).await.unwrap(), Some(six_seats(2, 0, 4)));
 
     // Expired, twice: both seats back once.
     let TakeOutcome::Reserved(b) = s.take_seats(st, user(2), 2, HOLD).await.unwrap() else {
         panic!("a group of 2 fits")
     };
-    assert_eq!(s.counts(st).await.unwrap(), Some(counts(0, 2, 4)));
+    assert_eq!(s.counts(st).await.unwrap(), Some(six_seats(0, 2, 4)));
     assert_eq!(
         s.rebuild(st, row(6, 4), 4, &[a.id]).await.unwrap(),
-        counts(0, 2, 4)
+        six_seats(0, 2, 4)
     );
     assert_eq!(s.expire(b.id).await.unwrap(), ExpireOutcome::SeatReturned);
     assert!(matches!(
         s.expire(b.id).await.unwrap(),
         ExpireOutcome::AlreadySettled(Status::Expired)
     ));
-    assert_eq!(s.counts(st).await.unwrap(), Some(counts(2, 0, 4)));
+    assert_eq!(s.counts(st).await.unwrap(), Some(six_seats(2, 0, 4)));
     // Cancelled: the same, once.
     let TakeOutcome::Reserved(c) = s.take_seats(st, user(2), 2, HOLD).await.unwrap() else {
         panic!("the user may hold again")
@@ -1201,7 +1202,7 @@ async fn redis_moves_a_groups_seats_together_in_every_script() {
         s.cancel(c.id, user(2)).await.unwrap(),
         CancelOutcome::AlreadyCancelled
     );
-    assert_eq!(s.counts(st).await.unwrap(), Some(counts(2, 0, 4)));
+    assert_eq!(s.counts(st).await.unwrap(), Some(six_seats(2, 0, 4)));
     drop_keys(&s).await;
 }
 

@@ -44,6 +44,19 @@ async fn room_with_seats(
     (seats, rooms, st)
 }
 
+/// Three showtimes of 10 seats on a prefix of its own: one whose room opens long after
+/// the test, one whose room is open, one without a room.
+async fn three_showtimes(iso: &Isolation) -> (RedisSeats, RedisRoom, [ShowtimeId; 3]) {
+    let (seats, rooms, early) = room_with_seats(iso, 10, settings(LATER, None, 0)).await;
+    let open = ShowtimeId::new(2).unwrap();
+    assert!(seats.load(open, 10, 0, 1, false, 1).await.unwrap());
+    rooms
+        .configure(open, settings(OPEN, None, 0))
+        .await
+        .unwrap();
+    (seats, rooms, [early, open, ShowtimeId::new(3).unwrap()])
+}
+
 async fn joined(rooms: &RedisRoom, st: ShowtimeId, u: i64, draw: u64) -> Standing {
     match rooms.join(st, user(u), draw).await.unwrap() {
         Joined::Standing(s) => s,
@@ -271,14 +284,7 @@ async fn a_room_removed_sells_to_anyone_again() {
 #[tokio::test]
 async fn standings_asked_together_are_answered_each_their_own() {
     let iso = Isolation::new();
-    let (seats, rooms, early) = room_with_seats(&iso, 10, settings(LATER, None, 0)).await;
-    let open = ShowtimeId::new(2).unwrap();
-    assert!(seats.load(open, 10, 0, 1, false, 1).await.unwrap());
-    rooms
-        .configure(open, settings(OPEN, None, 0))
-        .await
-        .unwrap();
-    let roomless = ShowtimeId::new(3).unwrap();
+    let (seats, rooms, [early, open, roomless]) = three_showtimes(&iso).await;
     for u in 1..=200_i64 {
         joined(&rooms, early, u, u as u64).await;
         joined(&rooms, open, u, 0).await;
@@ -321,14 +327,7 @@ async fn standings_asked_together_are_answered_each_their_own() {
 #[tokio::test]
 async fn joins_that_arrive_together_are_committed_together_each_caller_answered_its_own() {
     let iso = Isolation::new();
-    let (seats, rooms, early) = room_with_seats(&iso, 10, settings(LATER, None, 0)).await;
-    let open = ShowtimeId::new(2).unwrap();
-    assert!(seats.load(open, 10, 0, 1, false, 1).await.unwrap());
-    rooms
-        .configure(open, settings(OPEN, None, 0))
-        .await
-        .unwrap();
-    let roomless = ShowtimeId::new(3).unwrap();
+    let (seats, rooms, [early, open, roomless]) = three_showtimes(&iso).await;
     // 800 joins at once, more than one group holds, over three showtimes: users 1..=200
     // join the early room twice (with another draw the second time), the open room once,
     // and a showtime without a room.
