@@ -88,9 +88,12 @@ impl std::fmt::Debug for RedisSeats {
 
 /// Server errors that clear on their own: a Redis loading its data set, a replica (or a
 /// primary demoted during a failover), a cluster resharding or failing over, a server
-/// busy with a long script, too few replicas to accept writes. Trying again later can
-/// succeed, so a message that met one is redelivered, not dead-lettered.
-const RETRYABLE_CODES: [&str; 7] = [
+/// busy with a long script, too few replicas to accept writes, a script cache emptied
+/// again between the client's reload of a script and its retry (a restart or failover;
+/// the script did not run). Trying again later can succeed, so a message that met one
+/// is redelivered, not dead-lettered.
+const RETRYABLE_CODES: [&str; 8] = [
+    "NOSCRIPT",
     "LOADING",
     "READONLY",
     "TRYAGAIN",
@@ -941,5 +944,24 @@ impl SeatAuditor for RedisSeats {
             held,
             sold,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_script_cache_emptied_again_is_worth_a_retry_a_wrong_script_is_not() {
+        let noscript = redis::RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::NoScript),
+            "No matching script",
+        ));
+        assert!(port_error(noscript).transient);
+        let wrong = redis::RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError),
+            "ERR user_script:1: bad argument",
+        ));
+        assert!(!port_error(wrong).transient);
     }
 }
