@@ -237,7 +237,7 @@ struct Seen {
 }
 
 /// The shortest interval a rate of admissions or joins is measured over.
-const RATE_WINDOW: Duration = Duration::from_millis(100);
+pub const RATE_WINDOW: Duration = Duration::from_millis(100);
 
 /// The most rooms a process keeps snapshots of; when full it starts over.
 const ROOMS_KEPT: usize = 4_096;

@@ -236,8 +236,9 @@ async fn one_user_pressing_buy_twenty_times_still_gets_one_hold() {
 
 #[tokio::test]
 async fn expiry_and_cancel_return_all_of_a_groups_seats_exactly_once() {
+    // Long enough for both holds and the cancels to come before the other group expires.
     let app = TestApp::spawn(Options {
-        hold_secs: 1,
+        hold_secs: 3,
         ..Options::default()
     })
     .await;

@@ -160,35 +160,24 @@ async fn every_process_obeys_a_change_made_in_another_within_a_second() {
     let next_buyer = || buyers.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
 
     changed(&app, showtime, json!({"paused": true})).await;
-    let paused_at = tokio::time::Instant::now();
-    eventually(
-        Duration::from_secs(2),
-        "the other process to refuse holds of the paused sale",
-        || async {
-            let (status, body) = other.reserve(next_buyer(), showtime).await;
-            // A hold is made until the other process reads the window again.
-            if status == StatusCode::OK {
-                return None;
-            }
+    let seen_after = obeyed_within_a_second("refuses holds of the paused sale", || async {
+        let (status, body) = other.reserve(next_buyer(), showtime).await;
+        // A hold is made until the other process reads the window again.
+        if status != StatusCode::OK {
             assert_eq!(body["error"], "sale_paused", "{body}");
-            Some(())
-        },
-    )
+        }
+        status != StatusCode::OK
+    })
     .await;
-    let seen_after = paused_at.elapsed();
 
     changed(&app, showtime, json!({"paused": false})).await;
-    eventually(
-        Duration::from_secs(2),
-        "the other process to sell again once resumed",
-        || async {
-            let (status, body) = other.reserve(next_buyer(), showtime).await;
-            if status != StatusCode::OK {
-                assert_eq!(body["error"], "sale_paused", "{body}");
-            }
-            (status == StatusCode::OK).then_some(())
-        },
-    )
+    obeyed_within_a_second("sells again once resumed", || async {
+        let (status, body) = other.reserve(next_buyer(), showtime).await;
+        if status != StatusCode::OK {
+            assert_eq!(body["error"], "sale_paused", "{body}");
+        }
+        status == StatusCode::OK
+    })
     .await;
     eprintln!("the other process obeyed the pause after {seen_after:?}");
     other.stop().await;
@@ -434,4 +423,28 @@ async fn with_tokens_only_an_admin_steers_a_sale() {
         .await;
     assert_error(&(status, body), StatusCode::CONFLICT, "sale_paused");
     app.finish().await;
+}
+
+/// Tries `obeys` every 20 ms until it says the change is obeyed, and returns how long
+/// after the change that attempt left. The promise is about the moment an attempt
+/// leaves (its answer's trip back through a loaded test runtime is not the process's
+/// doing): every attempt that leaves a second or more after the change obeys it.
+async fn obeyed_within_a_second<F, Fut>(what: &str, mut obeys: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let changed_at = tokio::time::Instant::now();
+    let mut every = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        every.tick().await;
+        let left = changed_at.elapsed();
+        if obeys().await {
+            return left;
+        }
+        assert!(
+            left < Duration::from_secs(1),
+            "an attempt that left {left:?} after the change: the other process still not {what}"
+        );
+    }
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use flash_sale_core::waiting_room::RATE_WINDOW;
 use flash_sale_core::{ShowtimeId, UnixMillis, UserId};
 use flash_sale_runtime::room_passes::RoomPasses;
 use flash_sale_tests::{Options, TestApp, assert_error, eventually, wait_for_orders};
@@ -514,31 +515,27 @@ async fn ten_thousand_joiners_for_a_hundred_seats_buy_only_through_admissions_an
             .expect("the last seat paid within 60 s of the opening")
             .expect("the crowd keeps the sender")
             .expect("a time");
-        let deadline = Duration::from_secs(1).saturating_sub(paid_at.elapsed());
-        let told = eventually(
-            deadline,
-            "a waiting buyer told sold_out within 1 s of the last payment",
-            || {
-                let client = watcher_client.clone();
-                let ticket = ticket.clone();
-                async move {
-                    let a = client.me(showtime, user, Some(&ticket)).await;
-                    let status = a.queue_status();
-                    assert!(
-                        status == "in_line" || status == "sold_out",
-                        "the watcher was {status}: {}",
-                        a.body
-                    );
-                    (status == "sold_out").then_some(a)
-                }
-            },
-        )
-        .await;
-        let took = paid_at.elapsed();
-        assert!(
-            took <= Duration::from_secs(1),
-            "sold_out came {took:?} after the last payment"
-        );
+        // The promise, measured from the moment each poll leaves (its answer's trip back
+        // through a runtime shared with 10,000 buyers is not the room's doing): every poll
+        // that leaves a second or more after the last payment says `sold_out`. The
+        // watcher polls every 20 ms until one does.
+        let mut every = tokio::time::interval(Duration::from_millis(20));
+        let (told, took) = loop {
+            every.tick().await;
+            let left = Instant::now();
+            let a = watcher_client.me(showtime, user, Some(&ticket)).await;
+            let status = a.queue_status();
+            let since_paid = left.saturating_duration_since(paid_at);
+            if status == "sold_out" {
+                break (a, since_paid);
+            }
+            assert_eq!(status, "in_line", "the watcher was {status}: {}", a.body);
+            assert!(
+                since_paid < Duration::from_secs(1),
+                "a poll that left {since_paid:?} after the last payment was answered {}",
+                a.body
+            );
+        };
         ticket = told.str("ticket").unwrap_or(ticket);
         assert!(told.body["admission"].is_null(), "{}", told.body);
         (user, ticket, took)
@@ -935,43 +932,56 @@ async fn early_joiners_are_told_to_come_back_at_the_opening_in_the_order_the_lot
         tickets.push(a.str("ticket").expect("a ticket"));
     }
     // Once the whole line has joined (and this process's snapshot has seen it), every
-    // joiner asks once: when is each told to come back?
-    let due_at = |a: &Answer, asked: chrono::DateTime<chrono::Utc>| {
+    // joiner asks: when is each told to come back? The server counts the delay from its
+    // own clock, somewhere between the moment a request left and the moment its answer
+    // came, so each answer gives a window, in ms from the opening.
+    let told_window = |a: &Answer, left: chrono::DateTime<chrono::Utc>| {
         let ms = a.body["poll_after_ms"]
             .as_u64()
-            .expect("a waiting answer paces");
-        asked + chrono::Duration::milliseconds(ms as i64)
+            .expect("a waiting answer paces") as i64;
+        let after_opening = |at: chrono::DateTime<chrono::Utc>| (at - opens_at).num_milliseconds();
+        (
+            after_opening(left) + ms,
+            after_opening(chrono::Utc::now()) + ms,
+        )
     };
     // Once no join has come over a rate window since this process last read the room
     // (every 10 ms here), the line is taken as it is, 40 joiners, and every answer puts
     // its asker within 40 / 4 = 10 s of the opening. Before that, joins still counted as
     // coming spread the line wider, and by how much changes as the rate is re-measured:
     // the whole line asks in rounds until two rounds in a row tell every joiner the same
-    // time (a round that straddled a change differs from the one before it), and the
-    // check is on that settled round. (Gating on one joiner's answer was not enough: a
-    // joiner low in the lottery is told a short delay even while the line is wide.)
-    let (line, asker, due_at) = (&tickets, &client, &due_at);
+    // time, and the check is on that settled round. The rounds start more than two rate
+    // windows apart, so the process measures the rate again between any two of them:
+    // once no join came over a window that measure is 0, and a rate still counting joins
+    // cannot be told twice. (Gating on one joiner's answer was not enough: a joiner low in
+    // the lottery is told a short delay even while the line is wide; nor were rounds back
+    // to back: two of them fit in one window, and agreed on the rate of the joins.)
+    let (line, asker, told_window) = (&tickets, &client, &told_window);
     let round = move || async move {
         let mut told = Vec::new();
         for (i, ticket) in line.iter().enumerate() {
-            let asked = chrono::Utc::now();
+            let left = chrono::Utc::now();
             let a = asker.me(showtime, i as i64 + 1, Some(ticket)).await;
             assert_eq!(a.queue_status(), "waiting", "{}", a.body);
-            told.push((
-                (due_at(&a, asked) - opens_at).num_milliseconds(),
-                i as i64 + 1,
-            ));
+            told.push((told_window(&a, left), i as i64 + 1));
         }
         told
     };
-    let settled_by = tokio::time::Instant::now() + Duration::from_secs(10);
+    // The same time, up to the clock's few ms: the two windows (nearly) overlap.
+    let same = |(a_from, a_to): (i64, i64), (b_from, b_to): (i64, i64)| {
+        a_from - 50 <= b_to && b_from - 50 <= a_to
+    };
+    let settled_by = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut rounds = tokio::time::interval(RATE_WINDOW * 2 + Duration::from_millis(50));
+    rounds.tick().await;
     let mut last = round().await;
-    let mut told = loop {
+    let told = loop {
+        rounds.tick().await;
         let now = round().await;
         if last
             .iter()
             .zip(&now)
-            .all(|((was, _), (is, _))| (was - is).abs() <= 50)
+            .all(|((was, _), (is, _))| same(*was, *is))
         {
             break now;
         }
@@ -981,13 +991,18 @@ async fn early_joiners_are_told_to_come_back_at_the_opening_in_the_order_the_lot
         );
         last = now;
     };
-    for &(after_opening, user) in &told {
+    for &((from, to), user) in &told {
         // At the opening, within the line's spread (and the clock's few ms).
         assert!(
-            (-50..=10_050).contains(&after_opening),
-            "user {user} told to come back {after_opening} ms after the opening"
+            same((from, to), (0, 10_000)),
+            "user {user} told to come back {from}..{to} ms after the opening"
         );
     }
+    // Ordered by the middle of each window.
+    let mut told: Vec<(i64, i64)> = told
+        .into_iter()
+        .map(|((from, to), user)| ((from + to) / 2, user))
+        .collect();
     // The room opens now: the order they were told to come back in is the order of
     // their places (up to a few ms of request timing between close neighbours).
     open_now(&app, showtime, 0, 60).await;

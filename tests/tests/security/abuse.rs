@@ -17,6 +17,7 @@ async fn a_burst_over_the_user_limit_gets_429_with_retry_after_and_holds_one_sea
     let st = showtime(&app, json!({"capacity": 10})).await;
     let me = app.token(7);
     let mut answers = vec![];
+    let started = std::time::Instant::now();
     for _ in 0..12 {
         let (status, headers, body) = app
             .send(
@@ -37,7 +38,10 @@ async fn a_burst_over_the_user_limit_gets_429_with_retry_after_and_holds_one_sea
         .iter()
         .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
         .count();
-    assert!(limited >= 5, "{answers:?}");
+    // A burst of 5, then 1 a second over the time the 12 took (well under a second, more
+    // on a loaded machine).
+    let allowed = 5 + started.elapsed().as_secs() as usize + 1;
+    assert!(12 - limited <= allowed, "{allowed} may pass: {answers:?}");
     assert_eq!(answers[0], StatusCode::OK);
     assert_eq!(app.seats(st).await, (9, 1, 0));
     // Someone else is not held back by user 7's burst.
@@ -74,6 +78,7 @@ async fn a_burst_over_the_address_limit_gets_429_and_other_addresses_pass() {
     let (app, st) = behind_an_address_limit().await;
     let from = |ip: &str, user: i64| reserve_from(&app, st, ip, user);
     let mut limited = 0;
+    let started = std::time::Instant::now();
     for user in 1..=10 {
         let (status, headers, body) = app.send(from("203.0.113.7", user), None).await;
         if status == StatusCode::TOO_MANY_REQUESTS {
@@ -82,7 +87,12 @@ async fn a_burst_over_the_address_limit_gets_429_and_other_addresses_pass() {
             assert_eq!(body["error"], "rate_limited");
         }
     }
-    assert!(limited >= 6, "only {limited} of 10 were limited");
+    // A burst of 3, then 1 a second over the time the 10 took.
+    let allowed = 3 + started.elapsed().as_secs() as i64 + 1;
+    assert!(
+        10 - limited <= allowed,
+        "only {limited} of 10 were limited, at most {allowed} may pass"
+    );
     let (available, held, _) = app.seats(st).await;
     assert_eq!(held, 10 - limited);
     assert_eq!(available, 100 - held);
