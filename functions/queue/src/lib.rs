@@ -27,6 +27,7 @@ use flash_sale_runtime::error::ApiError;
 use flash_sale_runtime::extract::JsonBody;
 use flash_sale_runtime::guard::{AppState, Guard, HasGuard as _};
 use flash_sale_runtime::identity::Caller;
+use flash_sale_runtime::room_passes::Ticket;
 use flash_sale_runtime::{App, metrics, now, rfc3339};
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +36,12 @@ pub const QUEUE_TICKET: &str = "queue-ticket";
 
 /// How long a ticket lasts: long enough for any line.
 const TICKET_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// A poll's ticket is sent back as it came while it names the caller's place as the
+/// answer does, was signed under the current secret and has at least this much of its
+/// lifetime left; otherwise the answer carries one signed anew. A crowd polling its place
+/// costs no signature per poll.
+const TICKET_KEPT_WHILE: Duration = Duration::from_secs(12 * 3600);
 
 /// The function's routes, protected by their own [`Guard`]: what the Lambda host runs.
 pub fn router(app: App) -> Router {
@@ -119,7 +126,7 @@ async fn join(
         .status_of(showtime, standing, lot, now())
         .await?
         .ok_or_else(|| no_room(showtime))?;
-    Ok(Json(answer(app, "join", showtime, user, status)))
+    Ok(Json(answer(app, "join", showtime, user, status, None)))
 }
 
 /// `GET /showtimes/{id}/queue/me`: the caller's standing, from this process's snapshot
@@ -141,19 +148,20 @@ async fn me(
     let showtime: ShowtimeId = id.parse()?;
     state.guard().limits().check_user(user)?;
     let app = state.app();
-    let place = match headers.get(QUEUE_TICKET) {
+    let presented = match headers.get(QUEUE_TICKET) {
         None => None,
         Some(raw) => {
             let raw = raw.to_str().unwrap_or_default();
-            app.passes
+            let ticket = app
+                .passes
                 .check_ticket(raw, user, showtime, now())
-                .map_err(|e| ApiError::Forbidden(format!("the Queue-Ticket is refused: {e}")))?
-                .place
+                .map_err(|e| ApiError::Forbidden(format!("the Queue-Ticket is refused: {e}")))?;
+            Some((raw, ticket))
         }
     };
     let asker = Asker {
         user,
-        place,
+        place: presented.and_then(|(_, ticket)| ticket.place),
         lot: app
             .passes
             .lot(user, showtime, room_salt(app, showtime).await?),
@@ -163,7 +171,9 @@ async fn me(
         .status(showtime, asker, now())
         .await?
         .ok_or_else(|| no_room(showtime))?;
-    Ok(Json(answer(app, "status", showtime, user, status)))
+    Ok(Json(answer(
+        app, "status", showtime, user, status, presented,
+    )))
 }
 
 /// The lottery salt of a showtime's room, from this process's snapshot (the room set up
@@ -213,19 +223,33 @@ fn place_of(standing: Standing) -> Option<u64> {
     }
 }
 
+/// The answer to a join or a poll, with the ticket the poll came with (`presented`, as
+/// sent and as checked), sent back when it still says all a new one would.
 fn answer(
     app: &App,
     route: &'static str,
     showtime: ShowtimeId,
     user: UserId,
     status: Status,
+    presented: Option<(&str, Ticket)>,
 ) -> QueueStatus {
     let standing = status.standing;
     metrics::room_line(showtime.get(), status.room.joined, status.room.served);
     let place = place_of(standing);
-    let until = UnixMillis(now().0 + TICKET_LIFETIME.as_millis() as u64);
-    let ticket =
-        (standing != Standing::NotInLine).then(|| app.passes.ticket(user, showtime, place, until));
+    let now = now();
+    let ticket = (standing != Standing::NotInLine).then(|| match presented {
+        Some((raw, ticket))
+            if ticket.place == place
+                && ticket.under_current_secret
+                && ticket.until.0 >= now.0 + TICKET_KEPT_WHILE.as_millis() as u64 =>
+        {
+            raw.to_owned()
+        }
+        _ => {
+            let until = UnixMillis(now.0 + TICKET_LIFETIME.as_millis() as u64);
+            app.passes.ticket(user, showtime, place, until)
+        }
+    });
     let (kind, ahead, admission, admitted_until) = match standing {
         Standing::Waiting => ("waiting", None, None, None),
         Standing::InLine { ahead, .. } => ("in_line", Some(ahead), None, None),

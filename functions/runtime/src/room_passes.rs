@@ -90,6 +90,9 @@ pub struct RoomPasses {
     current: Secret,
     previous: Option<Secret>,
     lottery: Hmac<Sha256>,
+    /// The same for every pass, so built once: HS256 only, `exp` required, expiry
+    /// judged in [`RoomPasses::check`] by the caller's clock, to the second.
+    validation: Validation,
 }
 
 impl std::fmt::Debug for RoomPasses {
@@ -101,12 +104,16 @@ impl std::fmt::Debug for RoomPasses {
     }
 }
 
-/// A ticket as checked: whose, for which showtime, and the place it carries.
+/// A ticket as checked: whose, for which showtime, the place it carries, until when it
+/// is valid, and whether the current secret signed it (rather than the previous one,
+/// during a rotation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ticket {
     pub user: UserId,
     pub showtime: ShowtimeId,
     pub place: Option<u64>,
+    pub until: UnixMillis,
+    pub under_current_secret: bool,
 }
 
 impl RoomPasses {
@@ -116,6 +123,12 @@ impl RoomPasses {
             current: Secret::new(current)?,
             previous: previous.map(Secret::new).transpose()?,
             lottery: Hmac::new_from_slice(current).expect("HMAC takes a key of any length"),
+            validation: {
+                let mut validation = Validation::new(Algorithm::HS256);
+                validation.validate_exp = false;
+                validation.required_spec_claims = ["exp".to_string()].into();
+                validation
+            },
         })
     }
 
@@ -175,14 +188,14 @@ impl RoomPasses {
     }
 
     /// The claims of a pass signed by one of the secrets, unexpired at `now`, held by
-    /// `user` for `showtime`.
+    /// `user` for `showtime`, and whether the current secret signed it.
     fn check(
         &self,
         pass: &str,
         user: UserId,
         showtime: ShowtimeId,
         now: UnixMillis,
-    ) -> Result<PassClaims, PassError> {
+    ) -> Result<(PassClaims, bool), PassError> {
         let header = jsonwebtoken::decode_header(pass).map_err(|_| PassError::Forged)?;
         if header.alg != Algorithm::HS256 {
             return Err(PassError::Forged);
@@ -192,11 +205,7 @@ impl RoomPasses {
             .flatten()
             .find(|s| header.kid.as_deref() == Some(s.kid.as_str()))
             .ok_or(PassError::Forged)?;
-        let mut validation = Validation::new(Algorithm::HS256);
-        // Expiry is judged below, by the caller's clock, to the second.
-        validation.validate_exp = false;
-        validation.required_spec_claims = ["exp".to_string()].into();
-        let claims = jsonwebtoken::decode::<PassClaims>(pass, &secret.decoding, &validation)
+        let claims = jsonwebtoken::decode::<PassClaims>(pass, &secret.decoding, &self.validation)
             .map_err(|_| PassError::Forged)?
             .claims;
         if claims.exp * 1000 <= now.0 {
@@ -208,7 +217,7 @@ impl RoomPasses {
         if claims.st != showtime.get() {
             return Err(PassError::OtherShowtime);
         }
-        Ok(claims)
+        Ok((claims, std::ptr::eq(secret, &self.current)))
     }
 
     /// Checks an admission: `user`'s, for `showtime`, unexpired at `now`. Its single use
@@ -220,7 +229,7 @@ impl RoomPasses {
         showtime: ShowtimeId,
         now: UnixMillis,
     ) -> Result<u64, PassError> {
-        let claims = self.check(pass, user, showtime, now)?;
+        let (claims, _) = self.check(pass, user, showtime, now)?;
         match (claims.typ.as_str(), claims.place) {
             (ADMISSION, Some(place)) => Ok(place),
             _ => Err(PassError::NotAnAdmission),
@@ -235,7 +244,7 @@ impl RoomPasses {
         showtime: ShowtimeId,
         now: UnixMillis,
     ) -> Result<Ticket, PassError> {
-        let claims = self.check(pass, user, showtime, now)?;
+        let (claims, under_current_secret) = self.check(pass, user, showtime, now)?;
         if claims.typ != TICKET {
             return Err(PassError::NotATicket);
         }
@@ -243,6 +252,8 @@ impl RoomPasses {
             user,
             showtime,
             place: claims.place,
+            until: UnixMillis(claims.exp.saturating_mul(1000)),
+            under_current_secret,
         })
     }
 }
@@ -327,7 +338,9 @@ mod tests {
             Ok(Ticket {
                 user: user(7),
                 showtime: showtime(42),
-                place: Some(3)
+                place: Some(3),
+                until: LATER,
+                under_current_secret: true,
             })
         );
     }
@@ -383,6 +396,14 @@ mod tests {
             after.check_admission(&signed_during, user(7), showtime(42), NOW),
             Ok(0)
         );
+        // A ticket of the previous secret is still good during the rotation, and says so
+        // (a poll answers with one signed anew rather than sending it back).
+        let old_ticket = before.ticket(user(7), showtime(42), Some(3), LATER);
+        let checked = during.check_ticket(&old_ticket, user(7), showtime(42), NOW);
+        assert_eq!(checked.map(|t| t.under_current_secret), Ok(false));
+        let new_ticket = during.ticket(user(7), showtime(42), Some(3), LATER);
+        let checked = during.check_ticket(&new_ticket, user(7), showtime(42), NOW);
+        assert_eq!(checked.map(|t| t.under_current_secret), Ok(true));
     }
 
     #[test]

@@ -1069,6 +1069,80 @@ async fn early_joiners_are_told_to_come_back_at_the_opening_in_the_order_the_lot
     app.finish().await;
 }
 
+/// A poll sends its ticket back as it came while the ticket still says all a new one
+/// would (the caller's place, signed under the current secret, half of its day left),
+/// and signs a new one otherwise: a crowd polling its place costs no signature per poll.
+#[tokio::test]
+async fn a_poll_sends_back_a_ticket_that_still_says_it_all_and_renews_one_that_does_not() {
+    let app = TestApp::spawn(options()).await;
+    let client = Client::of(&app, 2);
+    let showtime = create(
+        &app,
+        json!({"capacity": 1, "waiting_room": {
+            "opens_at": at(chrono::Duration::seconds(-1)),
+            "overbook_pct": 0,
+            "admission_secs": 60,
+        }}),
+    )
+    .await;
+    let st = ShowtimeId::new(showtime).unwrap();
+    let two = UserId::new(2).unwrap();
+    assert_eq!(client.join(showtime, 1).await.queue_status(), "admitted");
+    let joined = client.join(showtime, 2).await;
+    assert_eq!(joined.queue_status(), "in_line", "{}", joined.body);
+    let ticket = joined.str("ticket").expect("a ticket");
+    let now = flash_sale_runtime::now();
+    let checked = |ticket: &str| {
+        app.app
+            .passes
+            .check_ticket(ticket, two, st, now)
+            .expect("a good ticket")
+    };
+    assert_eq!(checked(&ticket).place, Some(1));
+
+    // Polled with it, or with one of 20 hours left (a new one would say 24): the same
+    // ticket back, to the byte.
+    let twenty_hours = app
+        .app
+        .passes
+        .ticket(two, st, Some(1), UnixMillis(now.0 + 20 * 3_600_000));
+    for kept in [ticket, twenty_hours] {
+        let polled = client.me(showtime, 2, Some(&kept)).await;
+        assert_eq!(polled.queue_status(), "in_line", "{}", polled.body);
+        assert_eq!(polled.str("ticket").as_deref(), Some(kept.as_str()));
+    }
+
+    // Under half a day left, or no place where the answer knows one: a new ticket,
+    // naming the place and good for a day.
+    let day = 24 * 3600 * 1000;
+    for (old, what) in [
+        (
+            app.app
+                .passes
+                .ticket(two, st, Some(1), UnixMillis(now.0 + 3_600_000)),
+            "an hour left",
+        ),
+        (
+            app.app
+                .passes
+                .ticket(two, st, None, UnixMillis(now.0 + day)),
+            "no place (signed before the opening)",
+        ),
+    ] {
+        let polled = client.me(showtime, 2, Some(&old)).await;
+        assert_eq!(polled.queue_status(), "in_line", "{what}: {}", polled.body);
+        let renewed = polled.str("ticket").expect("a ticket");
+        assert_ne!(renewed, old, "{what}");
+        let renewed = checked(&renewed);
+        assert_eq!(renewed.place, Some(1), "{what}");
+        assert!(
+            renewed.until.0 >= now.0 + day - 60_000,
+            "{what}: {renewed:?}"
+        );
+    }
+    app.finish().await;
+}
+
 // ---------------------------------------------------------------------------------
 // 3. Admissions: only the rightful, unused, unexpired one is taken.
 // ---------------------------------------------------------------------------------
