@@ -15,7 +15,7 @@ pub use flash_sale_test_support::{
     ClusterOptions, Cuttable, Isolation, NginxFront, Options, OtlpReceiver, PrometheusServer,
     RabbitNode, ReceivedSpan, RedisCluster, RedisServer, TEST_JWT_AUDIENCE, TEST_JWT_ISSUER,
     TEST_JWT_SECRET, TestCa, TlsServices, assert_error, cleanup, config, drop_database, env,
-    eventually, free_port, test_claims, wire, workspace_root,
+    eventually, free_port, promptly, test_claims, wire, workspace_root,
 };
 use futures::StreamExt as _;
 use reqwest::StatusCode;

@@ -59,7 +59,7 @@ pub use isolation::{Isolation, cleanup, drop_database};
 pub use net::{Cuttable, free_port};
 pub use nginx::NginxFront;
 pub use otlp::{OtlpReceiver, ReceivedSpan};
-pub use poll::{eventually, eventually_blocking};
+pub use poll::{eventually, eventually_blocking, promptly};
 pub use process::workspace_root;
 pub use process::{AtExit, ProcessTree, at_exit};
 pub use prometheus::PrometheusServer;

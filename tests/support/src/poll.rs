@@ -43,3 +43,32 @@ pub fn eventually_blocking<T>(
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// For a promise of the form "from `within` after `since`, every attempt sees it":
+/// tries `attempt` every 20 ms until it returns `Some`, and returns that with how long
+/// after `since` the attempt left. Panics, naming `what`, if an attempt that left
+/// `within` or more after `since` returns `None`. What counts is when an attempt leaves:
+/// its answer's trip back through a loaded test runtime is not the server's doing.
+pub async fn promptly<T, F, Fut>(
+    since: std::time::Instant,
+    within: Duration,
+    what: &str,
+    mut attempt: F,
+) -> (T, Duration)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let mut every = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        every.tick().await;
+        let left = since.elapsed();
+        if let Some(v) = attempt().await {
+            return (v, left);
+        }
+        assert!(
+            left < within,
+            "an attempt that left {left:?} after the moment it counts from: {what} not yet"
+        );
+    }
+}

@@ -30,6 +30,11 @@ fn series(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// What `/metrics` at `url` answers; `None` while it does not answer.
+async fn scrape(http: &reqwest::Client, url: String) -> Option<String> {
+    http.get(url).send().await.ok()?.text().await.ok()
+}
+
 /// Every `flashsale_*` series a dashboard's queries read.
 fn dashboard_series(dashboard: &str) -> std::collections::BTreeSet<String> {
     let json: Value = serde_json::from_str(dashboard).unwrap();
@@ -320,14 +325,7 @@ async fn the_counters_agree_with_what_the_crowd_was_answered() {
         Duration::from_secs(30),
         "every hold's batch confirmed",
         || async {
-            let metrics = http
-                .get(server.url("/metrics"))
-                .send()
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
+            let metrics = scrape(&http, server.url("/metrics")).await?;
             let entries = series(&metrics, "flashsale_publish_batch_entries_sum", &[]);
             assert!(entries <= SEATS as f64, "{metrics}");
             let confirmed = series(
@@ -351,14 +349,7 @@ async fn the_counters_agree_with_what_the_crowd_was_answered() {
     // The periodic reconciliation shows the showtime on sale, seat by seat.
     let showtime = showtime.to_string();
     eventually(Duration::from_secs(30), "the seat gauges", || async {
-        let metrics = http
-            .get(server.url("/metrics"))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+        let metrics = scrape(&http, server.url("/metrics")).await?;
         let seats = |state| {
             series(
                 &metrics,

@@ -2,9 +2,9 @@
 //! early, move the window, add seats, remove unsold ones) and every process obeys.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use flash_sale_tests::{Options, TestApp, assert_error, eventually, reserve_all, tally};
+use flash_sale_tests::{Options, TestApp, assert_error, eventually, promptly, reserve_all, tally};
 use futures::StreamExt as _;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -159,25 +159,31 @@ async fn every_process_obeys_a_change_made_in_another_within_a_second() {
     let buyers = std::sync::atomic::AtomicI64::new(1);
     let next_buyer = || buyers.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
 
-    changed(&app, showtime, json!({"paused": true})).await;
-    let seen_after = obeyed_within_a_second("refuses holds of the paused sale", || async {
+    // Every attempt that leaves a second or more after the change obeys it.
+    let attempt = || async {
         let (status, body) = other.reserve(next_buyer(), showtime).await;
-        // A hold is made until the other process reads the window again.
         if status != StatusCode::OK {
             assert_eq!(body["error"], "sale_paused", "{body}");
         }
-        status != StatusCode::OK
-    })
+        status
+    };
+    changed(&app, showtime, json!({"paused": true})).await;
+    // A hold is made until the other process reads the window again.
+    let ((), seen_after) = promptly(
+        Instant::now(),
+        Duration::from_secs(1),
+        "the other process refusing holds of the paused sale",
+        || async { (attempt().await != StatusCode::OK).then_some(()) },
+    )
     .await;
 
     changed(&app, showtime, json!({"paused": false})).await;
-    obeyed_within_a_second("sells again once resumed", || async {
-        let (status, body) = other.reserve(next_buyer(), showtime).await;
-        if status != StatusCode::OK {
-            assert_eq!(body["error"], "sale_paused", "{body}");
-        }
-        status == StatusCode::OK
-    })
+    promptly(
+        Instant::now(),
+        Duration::from_secs(1),
+        "the other process selling again once resumed",
+        || async { (attempt().await == StatusCode::OK).then_some(()) },
+    )
     .await;
     eprintln!("the other process obeyed the pause after {seen_after:?}");
     other.stop().await;
@@ -423,28 +429,4 @@ async fn with_tokens_only_an_admin_steers_a_sale() {
         .await;
     assert_error(&(status, body), StatusCode::CONFLICT, "sale_paused");
     app.finish().await;
-}
-
-/// Tries `obeys` every 20 ms until it says the change is obeyed, and returns how long
-/// after the change that attempt left. The promise is about the moment an attempt
-/// leaves (its answer's trip back through a loaded test runtime is not the process's
-/// doing): every attempt that leaves a second or more after the change obeys it.
-async fn obeyed_within_a_second<F, Fut>(what: &str, mut obeys: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let changed_at = tokio::time::Instant::now();
-    let mut every = tokio::time::interval(Duration::from_millis(20));
-    loop {
-        every.tick().await;
-        let left = changed_at.elapsed();
-        if obeys().await {
-            return left;
-        }
-        assert!(
-            left < Duration::from_secs(1),
-            "an attempt that left {left:?} after the change: the other process still not {what}"
-        );
-    }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use flash_sale_core::waiting_room::RATE_WINDOW;
 use flash_sale_core::{ShowtimeId, UnixMillis, UserId};
 use flash_sale_runtime::room_passes::RoomPasses;
-use flash_sale_tests::{Options, TestApp, assert_error, eventually, wait_for_orders};
+use flash_sale_tests::{Options, TestApp, assert_error, eventually, promptly, wait_for_orders};
 use futures::StreamExt as _;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -515,27 +515,22 @@ async fn ten_thousand_joiners_for_a_hundred_seats_buy_only_through_admissions_an
             .expect("the last seat paid within 60 s of the opening")
             .expect("the crowd keeps the sender")
             .expect("a time");
-        // The promise, measured from the moment each poll leaves (its answer's trip back
-        // through a runtime shared with 10,000 buyers is not the room's doing): every poll
-        // that leaves a second or more after the last payment says `sold_out`. The
-        // watcher polls every 20 ms until one does.
-        let mut every = tokio::time::interval(Duration::from_millis(20));
-        let (told, took) = loop {
-            every.tick().await;
-            let left = Instant::now();
-            let a = watcher_client.me(showtime, user, Some(&ticket)).await;
-            let status = a.queue_status();
-            let since_paid = left.saturating_duration_since(paid_at);
-            if status == "sold_out" {
-                break (a, since_paid);
-            }
-            assert_eq!(status, "in_line", "the watcher was {status}: {}", a.body);
-            assert!(
-                since_paid < Duration::from_secs(1),
-                "a poll that left {since_paid:?} after the last payment was answered {}",
-                a.body
-            );
-        };
+        // Every poll that leaves a second or more after the last payment says `sold_out`.
+        let (told, took) = promptly(
+            paid_at,
+            Duration::from_secs(1),
+            "a waiting buyer told sold_out after the last payment",
+            || async {
+                let a = watcher_client.me(showtime, user, Some(&ticket)).await;
+                let status = a.queue_status();
+                if status == "sold_out" {
+                    return Some(a);
+                }
+                assert_eq!(status, "in_line", "the watcher was {status}: {}", a.body);
+                None
+            },
+        )
+        .await;
         ticket = told.str("ticket").unwrap_or(ticket);
         assert!(told.body["admission"].is_null(), "{}", told.body);
         (user, ticket, took)
