@@ -4,7 +4,8 @@
 //! HTTP functions' routers merged on one listener, and the queue functions fed by
 //! RabbitMQ consumers in-process, calling the very same handlers the Lambda hosts call.
 //!
-//! - [`router`]: the merged HTTP routes, with the body limit and request timeout.
+//! - [`front`]: the merged HTTP routes behind one service: the request timeout, the
+//!   metrics, the panic's 500, the guard and the body limit.
 //! - [`consumers`]: the local event source: consume, call the handler, ack / requeue /
 //!   dead-letter by its typed outcome; reconnect with backoff.
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics`, outside the guard.
@@ -13,44 +14,41 @@
 //! - [`serve`]: all of it until `shutdown` resolves.
 
 pub mod consumers;
+pub mod front;
 pub mod health;
 pub mod process;
 pub mod sweeper;
 
+use std::convert::Infallible;
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::Request;
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use std::sync::Arc;
+use axum::serve::IncomingStream;
 
 use flash_sale_adapters::Queue;
 use flash_sale_core::PaymentMode;
 use flash_sale_runtime::App;
-use flash_sale_runtime::error::{ApiError, method_not_allowed, no_such_route, panicked};
+use flash_sale_runtime::error::{method_not_allowed, no_such_route};
 use flash_sale_runtime::guard::Guard;
 use flash_sale_runtime::{metrics, trace};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
-use tower_http::catch_panic::CatchPanicLayer;
-use tracing::Instrument as _;
 
+use crate::front::Front;
 use crate::health::Readiness;
 
 /// Largest request body accepted; anything bigger is a 413.
 pub const BODY_LIMIT_BYTES: usize = flash_sale_runtime::extract::BODY_LIMIT_BYTES;
-/// A request that takes longer is answered 408.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub use front::REQUEST_TIMEOUT;
 
-/// Every HTTP route of every function, behind one [`Guard`] (identity, rate limits, the
-/// in-flight bound, the body limit) and the request timeout. Per-address limits need
-/// the peer address: serve with `into_make_service_with_connect_info::<SocketAddr>()`.
-/// Every error body, 404, 405, 408 and 500 included, is the runtime's [`ApiError`].
+/// Every HTTP route of every function behind one [`Guard`] (identity, rate limits, the
+/// in-flight bound, the body limit) and the request timeout, as one [`Front`] service.
+/// Every error body, 404, 405, 408 and 500 included, is the runtime's [`ApiError`](flash_sale_runtime::error::ApiError).
 /// `/healthz`, `/readyz` and `/metrics` sit outside the guard: never rate limited,
 /// never shed. Every request is counted and timed ([`metrics::track`]).
-pub fn router(app: App, readiness: Arc<Readiness>) -> Router {
+pub fn front(app: App, readiness: Arc<Readiness>) -> Front {
     let guard = Guard::new(&app.config);
     let routes = Router::new()
         .merge(flash_sale_showtimes::routes(app.clone(), &guard))
@@ -60,45 +58,9 @@ pub fn router(app: App, readiness: Arc<Readiness>) -> Router {
         .fallback(no_such_route)
         .method_not_allowed_fallback(method_not_allowed);
     let measured = app.config.metrics_enabled;
-    Router::new()
-        .merge(health::routes(app, &guard, readiness))
-        .merge(guard.protect(routes))
-        .layer(CatchPanicLayer::custom(panicked))
-        .layer(middleware::from_fn_with_state(measured, answer_in_time))
-}
-
-/// The outermost layer: 408 in the shared JSON shape for a request over
-/// [`REQUEST_TIMEOUT`], (when `measured`) every answer counted by route and status and
-/// timed, whatever answered it (a handler, the guard, this timeout, the panic layer),
-/// and (when traces are exported) the request's span. One layer for all three: axum
-/// clones every layer for every request.
-async fn answer_in_time(
-    axum::extract::State(measured): axum::extract::State<bool>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let measure = measured.then(|| {
-        (
-            metrics::method_of(request.method()),
-            metrics::route_of(request.uri().path()),
-            Instant::now(),
-        )
-    });
-    let span = trace::http_span(&request);
-    let answer = tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).instrument(span.clone());
-    let response = match answer.await {
-        Ok(response) => response,
-        Err(_) => ApiError::Timeout(format!(
-            "the request took longer than {} s",
-            REQUEST_TIMEOUT.as_secs()
-        ))
-        .into_response(),
-    };
-    if let Some((method, route, started)) = measure {
-        metrics::http_request(method, route, response.status().as_u16(), started.elapsed());
-    }
-    trace::answered(&span, response.status().as_u16());
-    response
+    let health =
+        health::routes(app, &guard, readiness).method_not_allowed_fallback(method_not_allowed);
+    Front::new(health, routes, guard, measured)
 }
 
 /// How long a stopping process waits for the hold messages it handed over to be
@@ -141,9 +103,11 @@ pub async fn serve(
     tracing::info!(addr = %listener.local_addr()?, payment = ?app.config.payment_mode, "flash-sale is serving");
     let queues = app.queues.clone();
     let drain = app.config.drain_delay;
-    // The peer address feeds the per-address rate limit.
-    let service = router(app, readiness.clone())
-        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    // Each connection's front knows its peer's address, for the per-address rate limit.
+    let front = front(app, readiness.clone());
+    let service = tower::service_fn(move |stream: IncomingStream<'_, TcpListener>| {
+        std::future::ready(Ok::<_, Infallible>(front.for_peer(*stream.remote_addr())))
+    });
     // Told to stop: readiness turns 503 at once, and the listener stays open for the
     // drain delay, so a load balancer stops sending before it closes.
     let drained = async move {

@@ -5,6 +5,7 @@
 //! router.
 
 use std::cell::Cell;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -70,10 +71,12 @@ impl Guard {
 
     /// Puts in front of `router`, outermost first: the bound on requests in flight (503
     /// `overloaded` after waiting `IN_FLIGHT_WAIT_MS` for a slot), the per-address rate
-    /// limit (429) and the body limit (413). Apply once per listener: the local process
-    /// protects the merged router, each Lambda function its own. The first two are one
-    /// middleware: axum clones every layer of a route for every request. Handlers get the
-    /// guard from their router's state ([`HasGuard`]), not from a layer.
+    /// limit (429) and the body limit (413): what each Lambda function puts in front of
+    /// its own router. The first two are one middleware ([`Guard::admit`]): axum clones
+    /// every layer of a route for every request. The local process calls
+    /// [`Guard::admit`] from its front service instead, around the whole router, with no
+    /// layer per route. Handlers get the guard from their router's state ([`HasGuard`]),
+    /// not from a layer.
     pub fn protect(&self, router: Router) -> Router {
         router
             .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
@@ -81,35 +84,48 @@ impl Guard {
     }
 }
 
-/// The bound on requests in flight, then the per-address rate limit.
+/// The guard as a middleware, for [`Guard::protect`].
 async fn admit(
     axum::extract::State(guard): axum::extract::State<Guard>,
     request: Request,
     next: Next,
 ) -> Response {
-    let inner = &guard.0;
-    let permit = match inner.in_flight.try_acquire() {
-        Ok(permit) => permit,
-        Err(_) => match tokio::time::timeout(inner.in_flight_wait, inner.in_flight.acquire()).await
-        {
-            Ok(Ok(permit)) => permit,
-            _ => {
-                crate::metrics::shed();
-                return ApiError::Overloaded(
-                    "too many requests in flight; nothing was done, retry shortly".into(),
-                )
-                .into_response();
+    guard.admit(request, |request| next.run(request)).await
+}
+
+impl Guard {
+    /// The bound on requests in flight (503 `overloaded` after waiting
+    /// `IN_FLIGHT_WAIT_MS` for a slot), then the per-address rate limit (429); a request
+    /// that passes both is answered by `run`, holding its slot until it is.
+    pub async fn admit<F>(&self, request: Request, run: impl FnOnce(Request) -> F) -> Response
+    where
+        F: Future<Output = Response>,
+    {
+        let inner = &self.0;
+        let permit = match inner.in_flight.try_acquire() {
+            Ok(permit) => permit,
+            Err(_) => {
+                match tokio::time::timeout(inner.in_flight_wait, inner.in_flight.acquire()).await {
+                    Ok(Ok(permit)) => permit,
+                    _ => {
+                        crate::metrics::shed();
+                        return ApiError::Overloaded(
+                            "too many requests in flight; nothing was done, retry shortly".into(),
+                        )
+                        .into_response();
+                    }
+                }
             }
-        },
-    };
-    let (parts, body) = request.into_parts();
-    if let Err(refused) = inner.limits.check_address(&parts) {
-        crate::metrics::rate_limited("address");
-        return refused.into_response();
+        };
+        let (parts, body) = request.into_parts();
+        if let Err(refused) = inner.limits.check_address(&parts) {
+            crate::metrics::rate_limited("address");
+            return refused.into_response();
+        }
+        let response = run(Request::from_parts(parts, body)).await;
+        drop(permit);
+        response
     }
-    let response = next.run(Request::from_parts(parts, body)).await;
-    drop(permit);
-    response
 }
 
 /// A router state that holds the [`Guard`], so its handlers can take a [`Caller`]. The

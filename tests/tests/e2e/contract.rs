@@ -185,6 +185,13 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
         wrong_method.json::<Value>().await.unwrap()["error"],
         "method_not_allowed"
     );
+    // The routes outside the guard answer in the same shape.
+    let wrong_method = app.http.post(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(wrong_method.status(), S::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        wrong_method.json::<Value>().await.unwrap()["error"],
+        "method_not_allowed"
+    );
 
     // None of it touched the sale.
     assert_eq!(app.seats(showtime).await, (1, 1, 0));
