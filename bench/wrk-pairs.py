@@ -1,18 +1,25 @@
 #!/usr/bin/env python3
-"""A crowd polling its place in a waiting room, under wrk: server binaries side by side.
+"""One route under wrk, server binaries side by side: requests a second and server CPU each.
 
-Each binary serves a fresh showtime of 100 seats whose room opened a moment ago and
-admits 1 buyer a second; 5,000 buyers join (arrival order gives their places), and
-`wrk -t1 -c64` sends `GET /showtimes/{id}/queue/me` for buyers 1,001-5,000 in turn,
-each with their own `Queue-Ticket`: the path a line takes between admissions, answered
-from the process's snapshot of the room. The binaries run in turn, `--rounds` times,
-and the report gives each run's polls a second, p50/p99 and the server's CPU time per
-poll (user and system, from /proc: wrk itself takes most of a core, so throughput alone
-can hide a cheaper poll), and each binary's means as ratios to the first binary's (the
-machine is shared and noisy: compare within a run).
+`--route` picks what `wrk -t1 -c64` sends, on a fresh showtime for each run:
+- `poll` (default): a crowd polling its place in a waiting room. The room opened a
+  moment ago and admits 1 buyer a second; 5,000 buyers join (arrival order gives their
+  places), and wrk sends `GET /showtimes/{id}/queue/me` for buyers 1,001-5,000 in turn,
+  each with their own `Queue-Ticket`: the path a line takes between admissions, answered
+  from the process's snapshot of the room.
+- `join`: `POST /showtimes/{id}/queue` with a fresh user each time, the room opening in
+  two hours (every answer `waiting`): the crowd joining before an opening.
+- `sold-out`: `POST /reserve` with a fresh user each time on a showtime whose one seat is
+  taken (every answer 409 `sold_out`): the crowd after the last seat.
+
+The binaries run in turn, `--rounds` times, and the report gives each run's requests a
+second, p50/p99 and the server's CPU time per request (user and system, from /proc: wrk
+itself takes most of a core, so throughput alone can hide a cheaper answer), and each
+binary's means as ratios to the first binary's (the machine is shared and noisy:
+compare within a run).
 
     cargo build --release -p flash-sale-local
-    python3 bench/room-polls.py OLD_BINARY NEW_BINARY [--rounds 3] [--secs 10]
+    python3 bench/wrk-pairs.py OLD_BINARY NEW_BINARY [--route poll] [--rounds 3] [--secs 10]
 
 Needs wrk (Debian's `wrk`) and the services of `scripts/services`. Each server gets its
 own database, Redis key prefix and queue prefix, dropped afterwards.
@@ -34,7 +41,7 @@ import time
 SEATS = 100
 JOINERS = 5_000
 POLLERS = range(1_001, JOINERS + 1)
-SECRET = "room-polls benchmark secret, 32 bytes or more"
+SECRET = "wrk-pairs benchmark secret, 32 bytes or more"
 
 
 def free_port():
@@ -65,7 +72,7 @@ def start(binary, tag):
         WAITING_ROOM_SECRET=SECRET,
         RUST_LOG="warn",
     )
-    log = open(os.path.join(tempfile.gettempdir(), f"room-polls-{tag}.log"), "w")
+    log = open(os.path.join(tempfile.gettempdir(), f"wrk-pairs-{tag}.log"), "w")
     proc = subprocess.Popen([binary], env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -108,7 +115,7 @@ def stop(proc, tag):
         subprocess.run(
             ["rabbitmqctl", "eval",
              f'rabbit_exchange:delete(rabbit_misc:r(<<"/">>, exchange, <<"{exchange}">>), '
-             'false, <<"room-polls">>).'],
+             'false, <<"wrk-pairs">>).'],
             capture_output=True, stdin=subprocess.DEVNULL)
 
 
@@ -129,6 +136,54 @@ def line_up(port):
         assert status == 200, (status, body)
         tickets[user] = body["ticket"]
     return showtime, tickets
+
+
+def room_opening_later(port):
+    """A showtime whose room opens in two hours."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    opens = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 7200))
+    status, body = call(conn, "POST", "/showtimes",
+                        {"capacity": SEATS, "waiting_room": {"opens_at": opens}})
+    assert status == 201, (status, body)
+    return body["id"]
+
+
+def sold_out(port):
+    """A showtime whose one seat is taken."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    status, body = call(conn, "POST", "/showtimes", {"capacity": 1})
+    assert status == 201, (status, body)
+    showtime = body["id"]
+    status, body = call(conn, "POST", "/reserve", {"user_id": 1, "showtime_id": showtime})
+    assert status == 200, (status, body)
+    return showtime
+
+
+def fresh_users_script(method, path, body):
+    """wrk sends `body` (a Lua expression of `user`) to `path`, a fresh user each time."""
+    return f"""local user = 1000000
+wrk.method = "{method}"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  user = user + 1
+  return wrk.format(nil, "{path}", nil, {body})
+end
+"""
+
+
+def prepare(route, port):
+    """The showtime of one run and the wrk script for `route`, and the status it answers."""
+    if route == "join":
+        showtime = room_opening_later(port)
+        body = """'{"user_id":' .. string.format("%.0f", user) .. '}'"""
+        return fresh_users_script("POST", f"/showtimes/{showtime}/queue", body), "2xx"
+    if route == "sold-out":
+        showtime = sold_out(port)
+        body = ("""'{"user_id":' .. string.format("%.0f", user) .. """
+                f"""',"showtime_id":{showtime}}}'""")
+        return fresh_users_script("POST", "/reserve", body), "409"
+    showtime, tickets = line_up(port)
+    return wrk_script(showtime, tickets), "2xx"
 
 
 def wrk_script(showtime, tickets):
@@ -152,7 +207,7 @@ def cpu_secs(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_wrk(wrk, port, script, secs):
+def run_wrk(wrk, port, script, secs, expected="2xx"):
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(script)
     try:
@@ -174,14 +229,17 @@ def run_wrk(wrk, port, script, secs):
             p99 = words[1]
         elif line.strip().startswith("Non-2xx"):
             non_2xx = int(words[-1])
-    if rps is None or non_2xx:
-        sys.exit(f"wrk: {non_2xx} answers not 2xx\n{out}")
+    total = next((int(line.split()[0]) for line in out.splitlines()
+                  if "requests in" in line), None)
+    if rps is None or (expected == "2xx" and non_2xx) or (expected != "2xx" and non_2xx != total):
+        sys.exit(f"wrk: {non_2xx} answers not 2xx, {expected} expected\n{out}")
     return rps, p50, p99
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("binaries", nargs="+")
+    parser.add_argument("--route", choices=["poll", "join", "sold-out"], default="poll")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--secs", type=int, default=10)
     args = parser.parse_args()
@@ -194,23 +252,23 @@ def main():
             tag = f"{random.getrandbits(32):08x}"
             proc, port = start(binary, tag)
             try:
-                showtime, tickets = line_up(port)
+                script, expected = prepare(args.route, port)
                 # Warm up, then measure.
-                run_wrk(wrk, port, wrk_script(showtime, tickets), 2)
+                run_wrk(wrk, port, script, 2, expected)
                 cpu_before = cpu_secs(proc.pid)
-                rps, p50, p99 = run_wrk(wrk, port, wrk_script(showtime, tickets), args.secs)
+                rps, p50, p99 = run_wrk(wrk, port, script, args.secs, expected)
                 cpu_us = (cpu_secs(proc.pid) - cpu_before) * 1e6 / (rps * args.secs)
             finally:
                 stop(proc, tag)
             results[binary].append((rps, cpu_us))
-            print(f"round {r + 1} binary {i + 1} ({binary}): {rps:,.0f} polls/s, "
-                  f"p50 {p50}, p99 {p99}, server CPU {cpu_us:.1f} us a poll", flush=True)
+            print(f"round {r + 1} binary {i + 1} ({binary}): {rps:,.0f} {args.route}s/s, "
+                  f"p50 {p50}, p99 {p99}, server CPU {cpu_us:.1f} us each", flush=True)
     base = [statistics.mean(x[k] for x in results[args.binaries[0]]) for k in (0, 1)]
     for i, binary in enumerate(args.binaries):
         runs = results[binary]
         rps, cpu = (statistics.mean(x[k] for x in runs) for k in (0, 1))
-        print(f"binary {i + 1} ({binary}): mean {rps:,.0f} polls/s ({rps / base[0]:.2f}x "
-              f"binary 1), server CPU {cpu:.1f} us a poll ({cpu / base[1]:.2f}x binary 1); "
+        print(f"binary {i + 1} ({binary}): mean {rps:,.0f} {args.route}s/s ({rps / base[0]:.2f}x "
+              f"binary 1), server CPU {cpu:.1f} us each ({cpu / base[1]:.2f}x binary 1); "
               f"runs {', '.join(f'{x:,.0f}' for x, _ in runs)}")
 
 
