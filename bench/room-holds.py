@@ -7,7 +7,7 @@ one without a room. Then `wrk -t1 -c64` alternates between them, `--rounds` time
 `POST /reserve` on the plain showtime with a fresh user each time, and on the room's
 showtime with the next admitted buyer's own `Admission-Token` (each admission used once:
 a round stops being a run of holds when wrk runs out of buyers, so keep `--secs` times
-the hold rate below `--buyers` / 2 / `--rounds`). The mock payer pays every hold, as in
+the hold rate below `--buyers` / `--rounds`). The mock payer pays every hold, as in
 `million-queued`. The report gives each run's holds a second and p50/p99, and the room's
 mean as a ratio to the plain holds'.
 
@@ -22,7 +22,6 @@ import argparse
 import importlib.util
 import os
 import random
-import shutil
 import statistics
 import sys
 import time
@@ -85,26 +84,20 @@ def main():
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--secs", type=int, default=2)
     args = parser.parse_args()
-    wrk = shutil.which("wrk")
-    if not wrk:
-        sys.exit("wrk is not installed (apt-get install wrk)")
+    wrk = pairs.find_wrk()
     os.environ["PAYMENT_MODE"] = "mock"
     tag = f"{random.getrandbits(32):08x}"
     proc, port = pairs.start(args.binary, tag)
     rates = {"plain": [], "room": []}
     try:
         room, plain, admitted = showtimes(port, args.buyers)
-        share = len(admitted) // (2 * args.rounds)
+        share = len(admitted) // args.rounds
         for r in range(args.rounds):
-            # Fresh users never held a seat of the plain showtime; every room buyer
-            # holds once.
-            first_user = 10_000_000 + r * 1_000_000
-            body = ("""'{"user_id":' .. string.format("%.0f", user) .. """
-                    f"""',"showtime_id":{plain}}}'""")
             runs = [
-                ("plain", pairs.fresh_users_script("POST", "/reserve", body)
-                 .replace("local user = 1000000", f"local user = {first_user}")),
-                ("room", admitted_script(room, admitted[2 * r * share:(2 * r + 1) * share])),
+                # Fresh users: none has held a seat of the plain showtime.
+                ("plain", pairs.reserve_script(plain, 10_000_000 + r * 1_000_000)),
+                # Each admitted buyer holds once.
+                ("room", admitted_script(room, admitted[r * share:(r + 1) * share])),
             ]
             if r % 2:
                 runs.reverse()

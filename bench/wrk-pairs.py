@@ -159,9 +159,10 @@ def sold_out(port):
     return showtime
 
 
-def fresh_users_script(method, path, body):
-    """wrk sends `body` (a Lua expression of `user`) to `path`, a fresh user each time."""
-    return f"""local user = 1000000
+def fresh_users_script(method, path, body, first_user):
+    """wrk sends `body` (a Lua expression of `user`) to `path`, a fresh user each time,
+    from `first_user` + 1 on."""
+    return f"""local user = {first_user}
 wrk.method = "{method}"
 wrk.headers["Content-Type"] = "application/json"
 request = function()
@@ -171,19 +172,35 @@ end
 """
 
 
+def reserve_script(showtime, first_user):
+    """`POST /reserve` on `showtime`, a fresh user each time."""
+    body = ("""'{"user_id":' .. string.format("%.0f", user) .. """
+            f"""',"showtime_id":{showtime}}}'""")
+    return fresh_users_script("POST", "/reserve", body, first_user)
+
+
 def prepare(route, port):
-    """The showtime of one run and the wrk script for `route`, and the status it answers."""
+    """For `route`: what wrk sends in a run whose users start after `first_user` (each
+    run its own users: a join already made, or a hold already taken, answers otherwise),
+    and the status every answer has."""
     if route == "join":
         showtime = room_opening_later(port)
         body = """'{"user_id":' .. string.format("%.0f", user) .. '}'"""
-        return fresh_users_script("POST", f"/showtimes/{showtime}/queue", body), "2xx"
+        return (lambda first_user: fresh_users_script(
+            "POST", f"/showtimes/{showtime}/queue", body, first_user)), "2xx"
     if route == "sold-out":
         showtime = sold_out(port)
-        body = ("""'{"user_id":' .. string.format("%.0f", user) .. """
-                f"""',"showtime_id":{showtime}}}'""")
-        return fresh_users_script("POST", "/reserve", body), "409"
+        return (lambda first_user: reserve_script(showtime, first_user)), "409"
     showtime, tickets = line_up(port)
-    return wrk_script(showtime, tickets), "2xx"
+    return (lambda _: wrk_script(showtime, tickets)), "2xx"
+
+
+def find_wrk():
+    """wrk's path, or the end of the run with how to install it."""
+    wrk = shutil.which("wrk")
+    if not wrk:
+        sys.exit("wrk is not installed (apt-get install wrk)")
+    return wrk
 
 
 def wrk_script(showtime, tickets):
@@ -243,9 +260,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--secs", type=int, default=10)
     args = parser.parse_args()
-    wrk = shutil.which("wrk")
-    if not wrk:
-        sys.exit("wrk is not installed (apt-get install wrk)")
+    wrk = find_wrk()
     results = {b: [] for b in args.binaries}
     for r in range(args.rounds):
         for i, binary in enumerate(args.binaries):
@@ -253,10 +268,10 @@ def main():
             proc, port = start(binary, tag)
             try:
                 script, expected = prepare(args.route, port)
-                # Warm up, then measure.
-                run_wrk(wrk, port, script, 2, expected)
+                # Warm up, then measure, each with users of its own.
+                run_wrk(wrk, port, script(1_000_000), 2, expected)
                 cpu_before = cpu_secs(proc.pid)
-                rps, p50, p99 = run_wrk(wrk, port, script, args.secs, expected)
+                rps, p50, p99 = run_wrk(wrk, port, script(100_000_000), args.secs, expected)
                 cpu_us = (cpu_secs(proc.pid) - cpu_before) * 1e6 / (rps * args.secs)
             finally:
                 stop(proc, tag)
