@@ -11,8 +11,10 @@
 //! into metrics in the namespace `METRICS_NAMESPACE` (default `FlashSale`), dimension
 //! `function` plus the series' labels.
 
+mod striped;
+
 use std::cell::Cell;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use flash_sale_core::domain::OutsideSaleWindow;
@@ -22,6 +24,7 @@ use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::error::ApiError;
+use striped::{Striped, StripedHistograms};
 
 pub const HTTP_REQUESTS: &str = "flashsale_http_requests_total";
 pub const HTTP_DURATION: &str = "flashsale_http_request_duration_seconds";
@@ -157,7 +160,14 @@ pub fn showtime(id: i64, counts: Option<(u32, u32, u32)>, discrepancies: usize, 
 /// standing it gave (`waiting`, `in_line`, `admitted`, `passed`, `sold_out`,
 /// `not_in_line`).
 pub fn room_answer(route: &'static str, status: &'static str) {
-    counter!(ROOM_ANSWERS, "route" => route, "status" => status).increment(1);
+    let index = ROOM_ROUTES
+        .iter()
+        .position(|r| *r == route)
+        .zip(ROOM_STANDINGS.iter().position(|s| *s == status));
+    match (HOT.get(), index) {
+        (Some(hot), Some((r, s))) => hot.count_room_answer(r * ROOM_STANDINGS.len() + s),
+        _ => counter!(ROOM_ANSWERS, "route" => route, "status" => status).increment(1),
+    }
 }
 
 /// A waiting room's line as this process last read it: places `joined` in all and
@@ -185,6 +195,7 @@ pub fn queue_ready(queue: &str, ready: u32) {
 /// Folds the histograms' recent samples into their buckets, so they hold bounded memory
 /// whether or not anything scrapes: call it every few seconds.
 pub fn upkeep() {
+    fold();
     if let Some(handle) = HANDLE.get() {
         handle.run_upkeep();
     }
@@ -192,6 +203,7 @@ pub fn upkeep() {
 
 /// Every series in the Prometheus text format (empty before [`install`]).
 pub fn render() -> String {
+    fold();
     HANDLE
         .get()
         .map(PrometheusHandle::render)
@@ -268,8 +280,8 @@ pub fn http_request(method: &'static str, route: &'static str, status: u16, took
         STATUSES.iter().position(|s| *s == status),
     ) {
         (Some(hot), Some(o), Some(s)) => {
-            hot.requests[o * STATUSES.len() + s].increment(1);
-            hot.durations[o].record(took.as_secs_f64());
+            hot.counts.add(o * STATUSES.len() + s, 1);
+            hot.timings.record(o, took.as_secs_f64());
         }
         _ => {
             counter!(HTTP_REQUESTS, "method" => method, "route" => route, "status" => status)
@@ -303,13 +315,24 @@ const OPERATIONS: [(&str, &str); 15] = [
 /// The status labels of the answers on the hot path.
 const STATUSES: [&str; 4] = ["200", "201", "409", "429"];
 
-/// Handles of the series every request or reservation updates, resolved once: an
-/// update is then an atomic add on a handle, with no lookup of its name and labels.
+/// The series every request, reservation or waiting room's answer updates: resolved
+/// once, and added to per thread ([`striped`]), so an answer's counting shares no cache
+/// line with another thread's; [`fold`] brings the recorder's series up to date when
+/// the metrics are read.
 struct Hot {
     requests: Vec<metrics::Counter>,
     durations: Vec<metrics::Histogram>,
     /// By outcome and source, in the order of [`RESERVATION_LABELS`].
     reservations: Vec<metrics::Counter>,
+    /// By route and standing, in the order of [`ROOM_ROUTES`] x [`ROOM_STANDINGS`].
+    room_answers: Vec<metrics::Counter>,
+    /// Requests (by operation and status), then reservations, then room answers.
+    counts: Striped,
+    /// By operation, in [`BUCKETS`].
+    timings: StripedHistograms,
+    /// Per operation and bucket, the samples and their sum already handed to the
+    /// recorder (one fold at a time).
+    folded: Mutex<Vec<Vec<(u64, u64)>>>,
 }
 
 const RESERVATION_LABELS: [(&str, &str); 10] = [
@@ -323,6 +346,16 @@ const RESERVATION_LABELS: [(&str, &str); 10] = [
     ("rejected", "catalog"),
     ("unavailable", "store"),
     ("rejected", "request"),
+];
+
+const ROOM_ROUTES: [&str; 2] = ["join", "status"];
+const ROOM_STANDINGS: [&str; 6] = [
+    "waiting",
+    "in_line",
+    "admitted",
+    "passed",
+    "sold_out",
+    "not_in_line",
 ];
 
 static HOT: OnceLock<Hot> = OnceLock::new();
@@ -340,18 +373,69 @@ impl Hot {
                 ));
             }
         }
+        let mut room_answers = vec![];
+        for route in ROOM_ROUTES {
+            for status in ROOM_STANDINGS {
+                room_answers.push(counter!(ROOM_ANSWERS, "route" => route, "status" => status));
+            }
+        }
+        let reservations: Vec<_> = RESERVATION_LABELS
+            .iter()
+            .map(|(outcome, source)| {
+                counter!(RESERVATIONS, "outcome" => *outcome, "source" => *source)
+            })
+            .collect();
         Hot {
+            counts: Striped::new(requests.len() + reservations.len() + room_answers.len()),
+            timings: StripedHistograms::new(OPERATIONS.len(), BUCKETS),
+            folded: Mutex::new(vec![vec![(0, 0); BUCKETS.len() + 1]; OPERATIONS.len()]),
             requests,
             durations: OPERATIONS
                 .iter()
                 .map(|(method, route)| histogram!(HTTP_DURATION, "method" => *method, "route" => *route))
                 .collect(),
-            reservations: RESERVATION_LABELS
-                .iter()
-                .map(|(outcome, source)| {
-                    counter!(RESERVATIONS, "outcome" => *outcome, "source" => *source)
-                })
-                .collect(),
+            reservations,
+            room_answers,
+        }
+    }
+
+    fn count_reservation(&self, i: usize) {
+        self.counts.add(self.requests.len() + i, 1);
+    }
+
+    fn count_room_answer(&self, i: usize) {
+        self.counts
+            .add(self.requests.len() + self.reservations.len() + i, 1);
+    }
+
+    /// Brings the recorder's series up to date with the striped counts: counters to
+    /// their totals, and each histogram bucket's new samples recorded at their mean (in
+    /// the bucket, so bucket counts, the sum and the count are all exact).
+    fn fold(&self) {
+        let totals = self.counts.totals();
+        let counters = self
+            .requests
+            .iter()
+            .chain(&self.reservations)
+            .chain(&self.room_answers);
+        for (counter, total) in counters.zip(totals) {
+            counter.absolute(total);
+        }
+        let mut folded = self.folded.lock().unwrap_or_else(|e| e.into_inner());
+        for ((histogram, now), before) in self
+            .durations
+            .iter()
+            .zip(self.timings.totals())
+            .zip(folded.iter_mut())
+        {
+            for ((count, nanos), (count_before, nanos_before)) in now.into_iter().zip(before) {
+                let new = count - *count_before;
+                if new > 0 {
+                    let mean = (nanos - *nanos_before) as f64 / new as f64 / 1e9;
+                    histogram.record_many(mean, new as usize);
+                }
+                (*count_before, *nanos_before) = (count, nanos);
+            }
         }
     }
 }
@@ -361,8 +445,15 @@ fn count_reservation(outcome: &'static str, source: &'static str) {
         .iter()
         .position(|l| *l == (outcome, source));
     match (HOT.get(), index) {
-        (Some(hot), Some(i)) => hot.reservations[i].increment(1),
+        (Some(hot), Some(i)) => hot.count_reservation(i),
         _ => counter!(RESERVATIONS, "outcome" => outcome, "source" => source).increment(1),
+    }
+}
+
+/// The recorder's hot series brought up to date (see [`Hot::fold`]): before every read.
+fn fold() {
+    if let Some(hot) = HOT.get() {
+        hot.fold();
     }
 }
 
