@@ -8,16 +8,25 @@
 //! previous one (`WAITING_ROOM_PREVIOUS_SECRET`) are still accepted; each pass names its
 //! secret by a key id derived from it, never the secret itself.
 //!
+//! A crowd joins and polls by the tens of thousands a second, and every join is signed
+//! and every poll checked, so each secret's parts that never change are prepared once:
+//! its header (the same for every pass, so encoded once, and a pass under the secret
+//! carries exactly it: one comparison both finds the secret and refuses any other
+//! header) and its HMAC key state (cloned per pass instead of hashing the key again).
+//! The passes are the same JWTs `jsonwebtoken` signs and checks (the tests hold both).
+//!
 //! The same secret draws the lottery: an early joiner's number is an HMAC of the room's
 //! salt (random, drawn when the room is set up), the showtime and the user under it, so
 //! every process draws the same number for one buyer (asking again changes nothing),
 //! nobody can predict it before the room exists nor without the secret, and any process
 //! can tell a buyer, from their number alone, when their turn is likely to come.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use flash_sale_core::waiting_room::LOTTERY_RANGE;
 use flash_sale_core::{ShowtimeId, UnixMillis, UserId};
 use hmac::{Hmac, Mac as _};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, Header};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
@@ -63,8 +72,10 @@ pub enum PassError {
 /// A secret that signs and checks passes.
 struct Secret {
     kid: String,
-    encoding: EncodingKey,
-    decoding: DecodingKey,
+    /// The JWT header of every pass under this secret (HS256, its `kid`), base64url.
+    header: String,
+    /// HMAC-SHA256 keyed with the secret.
+    mac: Hmac<Sha256>,
 }
 
 impl Secret {
@@ -77,11 +88,28 @@ impl Secret {
         }
         let digest = Sha256::digest(secret);
         let kid = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(kid);
+        let json = serde_json::to_vec(&header).expect("a header encodes");
         Ok(Self {
-            kid,
-            encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
+            kid: header.kid.unwrap_or_default(),
+            header: URL_SAFE_NO_PAD.encode(json),
+            mac: Hmac::new_from_slice(secret).expect("HMAC takes a key of any length"),
         })
+    }
+
+    /// `claims` as a JWT under this secret.
+    fn sign(&self, claims: &PassClaims) -> String {
+        let payload = serde_json::to_vec(claims).expect("claims encode");
+        let mut pass = String::with_capacity(self.header.len() + payload.len() * 4 / 3 + 48);
+        pass.push_str(&self.header);
+        pass.push('.');
+        URL_SAFE_NO_PAD.encode_string(&payload, &mut pass);
+        let mut mac = self.mac.clone();
+        mac.update(pass.as_bytes());
+        pass.push('.');
+        URL_SAFE_NO_PAD.encode_string(mac.finalize().into_bytes(), &mut pass);
+        pass
     }
 }
 
@@ -90,9 +118,6 @@ pub struct RoomPasses {
     current: Secret,
     previous: Option<Secret>,
     lottery: Hmac<Sha256>,
-    /// The same for every pass, so built once: HS256 only, `exp` required, expiry
-    /// judged in [`RoomPasses::check`] by the caller's clock, to the second.
-    validation: Validation,
 }
 
 impl std::fmt::Debug for RoomPasses {
@@ -123,12 +148,6 @@ impl RoomPasses {
             current: Secret::new(current)?,
             previous: previous.map(Secret::new).transpose()?,
             lottery: Hmac::new_from_slice(current).expect("HMAC takes a key of any length"),
-            validation: {
-                let mut validation = Validation::new(Algorithm::HS256);
-                validation.validate_exp = false;
-                validation.required_spec_claims = ["exp".to_string()].into();
-                validation
-            },
         })
     }
 
@@ -145,10 +164,7 @@ impl RoomPasses {
     }
 
     fn sign(&self, claims: &PassClaims) -> String {
-        let mut header = Header::new(Algorithm::HS256);
-        header.kid = Some(self.current.kid.clone());
-        jsonwebtoken::encode(&header, claims, &self.current.encoding)
-            .expect("HS256 signing cannot fail")
+        self.current.sign(claims)
     }
 
     /// A ticket for `user` in `showtime`'s line, at `place` once known, valid until
@@ -196,18 +212,27 @@ impl RoomPasses {
         showtime: ShowtimeId,
         now: UnixMillis,
     ) -> Result<(PassClaims, bool), PassError> {
-        let header = jsonwebtoken::decode_header(pass).map_err(|_| PassError::Forged)?;
-        if header.alg != Algorithm::HS256 {
-            return Err(PassError::Forged);
-        }
+        // Header, claims and signature; the header is one of the secrets' own, byte for
+        // byte (HS256 and its `kid`, nothing else), and the signature its HMAC.
+        let (signed, signature) = pass.rsplit_once('.').ok_or(PassError::Forged)?;
+        let (header, payload) = signed.split_once('.').ok_or(PassError::Forged)?;
         let secret = [Some(&self.current), self.previous.as_ref()]
             .into_iter()
             .flatten()
-            .find(|s| header.kid.as_deref() == Some(s.kid.as_str()))
+            .find(|s| s.header == header)
             .ok_or(PassError::Forged)?;
-        let claims = jsonwebtoken::decode::<PassClaims>(pass, &secret.decoding, &self.validation)
-            .map_err(|_| PassError::Forged)?
-            .claims;
+        let signature = URL_SAFE_NO_PAD
+            .decode(signature)
+            .map_err(|_| PassError::Forged)?;
+        let mut mac = secret.mac.clone();
+        mac.update(signed.as_bytes());
+        mac.verify_slice(&signature)
+            .map_err(|_| PassError::Forged)?;
+        let claims: PassClaims = URL_SAFE_NO_PAD
+            .decode(payload)
+            .ok()
+            .and_then(|json| serde_json::from_slice(&json).ok())
+            .ok_or(PassError::Forged)?;
         if claims.exp * 1000 <= now.0 {
             return Err(PassError::Expired);
         }
@@ -404,6 +429,53 @@ mod tests {
         let new_ticket = during.ticket(user(7), showtime(42), Some(3), LATER);
         let checked = during.check_ticket(&new_ticket, user(7), showtime(42), NOW);
         assert_eq!(checked.map(|t| t.under_current_secret), Ok(true));
+    }
+
+    /// The passes are the JWTs `jsonwebtoken` signs and checks: the same bytes, accepted
+    /// both ways.
+    #[test]
+    fn passes_are_the_jwts_jsonwebtoken_signs_and_checks() {
+        use jsonwebtoken::{DecodingKey, EncodingKey, Validation};
+        let passes = RoomPasses::new(NEW, None).unwrap();
+        let claims = PassClaims {
+            sub: "7".into(),
+            st: 42,
+            typ: TICKET.into(),
+            place: Some(3),
+            exp: LATER.0 / 1000,
+        };
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(passes.current.kid.clone());
+        let theirs =
+            jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(NEW)).unwrap();
+        assert_eq!(passes.sign(&claims), theirs);
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.validate_exp = false;
+        let decoded = jsonwebtoken::decode::<PassClaims>(
+            &passes.ticket(user(7), showtime(42), Some(3), LATER),
+            &DecodingKey::from_secret(NEW),
+            &validation,
+        )
+        .unwrap();
+        assert_eq!(decoded.claims, claims);
+        assert_eq!(decoded.header.kid, header.kid);
+        assert!(
+            passes
+                .check_ticket(&theirs, user(7), showtime(42), NOW)
+                .is_ok()
+        );
+        // The same claims under another header (no `kid`), however well signed, are not
+        // one of ours.
+        let bare = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(NEW),
+        )
+        .unwrap();
+        assert_eq!(
+            passes.check_ticket(&bare, user(7), showtime(42), NOW),
+            Err(PassError::Forged)
+        );
     }
 
     #[test]
