@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::ports::PortResult;
@@ -219,6 +219,27 @@ pub struct Rooms<R> {
     refresh: Duration,
     polls_per_sec: f64,
     seen: RwLock<HashMap<ShowtimeId, Seen>>,
+    /// The rooms being read again now, and since when: one read per room at a time.
+    refreshing: Mutex<HashMap<ShowtimeId, Instant>>,
+}
+
+/// A read of a room older than this is taken as lost (its caller gone without a
+/// trace), and the next caller reads the room again.
+const REFRESH_GIVEN_UP: Duration = Duration::from_secs(2);
+
+/// One caller's read of a room in progress (see [`Rooms::read_again`]).
+struct Reading<'a> {
+    refreshing: &'a Mutex<HashMap<ShowtimeId, Instant>>,
+    showtime: ShowtimeId,
+}
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        self.refreshing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.showtime);
+    }
 }
 
 /// The last snapshot of a room, when it was read, and how fast its line moved.
@@ -289,6 +310,7 @@ impl<R: WaitingRoomStore> Rooms<R> {
             refresh,
             polls_per_sec: f64::from(DEFAULT_POLLS_PER_SEC),
             seen: RwLock::default(),
+            refreshing: Mutex::default(),
         }
     }
 
@@ -310,21 +332,54 @@ impl<R: WaitingRoomStore> Rooms<R> {
     }
 
     /// The room as last seen, read again when older than `refresh`, with its rates.
+    /// One caller at a time reads a stale room again; those who ask meanwhile are
+    /// answered from the view before (at most one read's time older than `refresh`), so
+    /// a crowd in flight when the view goes stale makes one read, not one each.
     async fn seen(&self, showtime: ShowtimeId) -> PortResult<Option<Seen>> {
-        if let Some(seen) = self.fresh(showtime) {
-            return Ok(Some(seen));
+        let (last, fresh) = self.last_seen(showtime);
+        if fresh {
+            return Ok(last);
         }
+        let _reading = match last {
+            Some(stale) => match self.read_again(showtime) {
+                Some(reading) => Some(reading),
+                None => return Ok(Some(stale)),
+            },
+            // Nothing to answer from: every caller reads.
+            None => None,
+        };
         let Some(snapshot) = self.store.advance(showtime).await? else {
             return Ok(None);
         };
         Ok(Some(self.keep(showtime, snapshot)))
     }
 
-    fn fresh(&self, showtime: ShowtimeId) -> Option<Seen> {
+    /// The room as last seen, and whether it is younger than `refresh`.
+    fn last_seen(&self, showtime: ShowtimeId) -> (Option<Seen>, bool) {
         let seen = self.seen.read().unwrap_or_else(|e| e.into_inner());
-        seen.get(&showtime)
-            .filter(|s| s.at.elapsed() < self.refresh)
-            .copied()
+        match seen.get(&showtime) {
+            Some(s) => (Some(*s), s.at.elapsed() < self.refresh),
+            None => (None, false),
+        }
+    }
+
+    /// The right to read `showtime`'s room again, unless another caller is reading it
+    /// (for less than [`REFRESH_GIVEN_UP`]); given back when dropped, whatever the read
+    /// became (an answer, an error, a caller gone).
+    fn read_again(&self, showtime: ShowtimeId) -> Option<Reading<'_>> {
+        let mut refreshing = self.refreshing.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if refreshing
+            .get(&showtime)
+            .is_some_and(|since| now.duration_since(*since) < REFRESH_GIVEN_UP)
+        {
+            return None;
+        }
+        refreshing.insert(showtime, now);
+        Some(Reading {
+            refreshing: &self.refreshing,
+            showtime,
+        })
     }
 
     fn keep(&self, showtime: ShowtimeId, snapshot: RoomSnapshot) -> Seen {
@@ -818,6 +873,100 @@ mod tests {
             Duration::from_secs(16)
         );
         assert_eq!(pace(line, 0, at, Some(1e300)), Duration::from_secs(16));
+    }
+
+    /// A room store whose reads wait until the test lets them through.
+    #[derive(Debug, Default)]
+    struct Gated {
+        gate: futures::lock::Mutex<()>,
+        advances: std::sync::atomic::AtomicUsize,
+    }
+
+    impl WaitingRoomStore for Gated {
+        fn configure(
+            &self,
+            _: ShowtimeId,
+            _: RoomSettings,
+        ) -> impl Future<Output = PortResult<()>> + Send {
+            std::future::ready(Ok(()))
+        }
+
+        fn join(
+            &self,
+            _: ShowtimeId,
+            _: UserId,
+            _: u64,
+        ) -> impl Future<Output = PortResult<Joined>> + Send {
+            std::future::ready(Ok(Joined::Standing(Standing::Waiting)))
+        }
+
+        fn advance(
+            &self,
+            _: ShowtimeId,
+        ) -> impl Future<Output = PortResult<Option<RoomSnapshot>>> + Send {
+            let served = self
+                .advances
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst) as u64;
+            async move {
+                let _open = self.gate.lock().await;
+                Ok(Some(RoomSnapshot {
+                    served,
+                    joined: 100,
+                    open: true,
+                    ..RoomSnapshot::default()
+                }))
+            }
+        }
+
+        fn standing(
+            &self,
+            _: ShowtimeId,
+            _: UserId,
+        ) -> impl Future<Output = PortResult<Standing>> + Send {
+            std::future::ready(Ok(Standing::NotInLine))
+        }
+
+        fn remove(&self, _: ShowtimeId) -> impl Future<Output = PortResult<()>> + Send {
+            std::future::ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn a_stale_room_is_read_again_by_one_caller_while_the_others_answer_from_the_view_before() {
+        use futures::FutureExt as _;
+        use std::sync::atomic::Ordering::SeqCst;
+        let rooms = Rooms::new(Gated::default(), Duration::ZERO);
+        let st = ShowtimeId::new(1).unwrap();
+        // Nothing seen yet: the first read goes to the store (read 0: served 0).
+        let first = rooms.snapshot(st).now_or_never().unwrap().unwrap().unwrap();
+        assert_eq!(first.served, 0);
+        // Stale at once (refresh zero). Held at the gate, one caller reads again...
+        let gate = rooms.store().gate.try_lock().unwrap();
+        let mut reading = Box::pin(rooms.snapshot(st));
+        assert!((&mut reading).now_or_never().is_none());
+        // ... and a crowd asking meanwhile is answered from the view before, at once,
+        // without a read of its own.
+        for _ in 0..50 {
+            let answer = rooms.snapshot(st).now_or_never().expect("answered at once");
+            assert_eq!(answer.unwrap().unwrap().served, 0);
+        }
+        assert_eq!(rooms.store().advances.load(SeqCst), 2);
+        drop(gate);
+        let read = (&mut reading).now_or_never().unwrap().unwrap().unwrap();
+        assert_eq!(read.served, 1);
+        // A reader that gave up (its caller gone mid-read) hands the right on.
+        let gate = rooms.store().gate.try_lock().unwrap();
+        let mut abandoned = Box::pin(rooms.snapshot(st));
+        assert!((&mut abandoned).now_or_never().is_none());
+        drop(abandoned);
+        let mut next = Box::pin(rooms.snapshot(st));
+        assert!((&mut next).now_or_never().is_none(), "reads again itself");
+        assert_eq!(rooms.store().advances.load(SeqCst), 4);
+        drop(gate);
+        assert_eq!(
+            (&mut next).now_or_never().unwrap().unwrap().unwrap().served,
+            3
+        );
     }
 
     #[test]
