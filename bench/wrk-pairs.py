@@ -13,10 +13,11 @@
   taken (every answer 409 `sold_out`): the crowd after the last seat.
 
 The binaries run in turn, `--rounds` times, and the report gives each run's requests a
-second, p50/p99 and the server's CPU time per request (user and system, from /proc: wrk
-itself takes most of a core, so throughput alone can hide a cheaper answer), and each
-binary's means as ratios to the first binary's (the machine is shared and noisy:
-compare within a run).
+second, p50/p99, the server's CPU time per request (user and system, from /proc: wrk
+itself takes most of a core, so throughput alone can hide a cheaper answer) and the
+script calls it made to Redis a second (`EVALSHA` in `INFO commandstats`, so run it on a
+Redis nothing else is using), and each binary's means as ratios to the first binary's
+(the machine is shared and noisy: compare within a run).
 
     cargo build --release -p flash-sale-local
     python3 bench/wrk-pairs.py OLD_BINARY NEW_BINARY [--route poll] [--rounds 3] [--secs 10]
@@ -224,6 +225,16 @@ def cpu_secs(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def redis_script_calls():
+    """`EVALSHA` calls Redis has served since it started (or its stats were reset)."""
+    out = subprocess.run(["redis-cli", "info", "commandstats"], capture_output=True,
+                         text=True).stdout
+    for line in out.splitlines():
+        if line.startswith("cmdstat_evalsha:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
+
+
 def run_wrk(wrk, port, script, secs, expected="2xx"):
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(script)
@@ -271,13 +282,16 @@ def main():
                 # Warm up, then measure, each with users of its own.
                 run_wrk(wrk, port, script(1_000_000), 2, expected)
                 cpu_before = cpu_secs(proc.pid)
+                calls_before = redis_script_calls()
                 rps, p50, p99 = run_wrk(wrk, port, script(100_000_000), args.secs, expected)
                 cpu_us = (cpu_secs(proc.pid) - cpu_before) * 1e6 / (rps * args.secs)
+                calls = (redis_script_calls() - calls_before) / args.secs
             finally:
                 stop(proc, tag)
             results[binary].append((rps, cpu_us))
             print(f"round {r + 1} binary {i + 1} ({binary}): {rps:,.0f} {args.route}s/s, "
-                  f"p50 {p50}, p99 {p99}, server CPU {cpu_us:.1f} us each", flush=True)
+                  f"p50 {p50}, p99 {p99}, server CPU {cpu_us:.1f} us each, "
+                  f"{calls:,.0f} Redis script calls/s", flush=True)
     base = [statistics.mean(x[k] for x in results[args.binaries[0]]) for k in (0, 1)]
     for i, binary in enumerate(args.binaries):
         runs = results[binary]
