@@ -231,14 +231,16 @@ const REFRESH_GIVEN_UP: Duration = Duration::from_secs(2);
 struct Reading<'a> {
     refreshing: &'a Mutex<HashMap<ShowtimeId, Instant>>,
     showtime: ShowtimeId,
+    since: Instant,
 }
 
 impl Drop for Reading<'_> {
     fn drop(&mut self) {
-        self.refreshing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.showtime);
+        let mut refreshing = self.refreshing.lock().unwrap_or_else(|e| e.into_inner());
+        // Still this read's: one that outlived REFRESH_GIVEN_UP leaves its successor's.
+        if refreshing.get(&self.showtime) == Some(&self.since) {
+            refreshing.remove(&self.showtime);
+        }
     }
 }
 
@@ -379,6 +381,7 @@ impl<R: WaitingRoomStore> Rooms<R> {
         Some(Reading {
             refreshing: &self.refreshing,
             showtime,
+            since: now,
         })
     }
 
