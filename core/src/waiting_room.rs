@@ -615,9 +615,11 @@ mod tests {
         assert!(RoomSettings::new(at, Some(100), 0, two_min).is_ok());
     }
 
-    /// A room store that answers from fixed values and counts its calls.
+    /// A room store that answers from fixed values and counts its calls; its reads wait
+    /// while a test holds `gate`.
     #[derive(Debug, Default)]
     struct Counting {
+        gate: futures::lock::Mutex<()>,
         snapshot: std::sync::Mutex<RoomSnapshot>,
         advances: std::sync::atomic::AtomicUsize,
         standings: std::sync::atomic::AtomicUsize,
@@ -647,7 +649,10 @@ mod tests {
         ) -> impl Future<Output = PortResult<Option<RoomSnapshot>>> + Send {
             self.advances
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            std::future::ready(Ok(Some(*self.snapshot.lock().unwrap())))
+            async move {
+                let _open = self.gate.lock().await;
+                Ok(Some(*self.snapshot.lock().unwrap()))
+            }
         }
 
         fn standing(
@@ -878,73 +883,27 @@ mod tests {
         assert_eq!(pace(line, 0, at, Some(1e300)), Duration::from_secs(16));
     }
 
-    /// A room store whose reads wait until the test lets them through.
-    #[derive(Debug, Default)]
-    struct Gated {
-        gate: futures::lock::Mutex<()>,
-        advances: std::sync::atomic::AtomicUsize,
-    }
-
-    impl WaitingRoomStore for Gated {
-        fn configure(
-            &self,
-            _: ShowtimeId,
-            _: RoomSettings,
-        ) -> impl Future<Output = PortResult<()>> + Send {
-            std::future::ready(Ok(()))
-        }
-
-        fn join(
-            &self,
-            _: ShowtimeId,
-            _: UserId,
-            _: u64,
-        ) -> impl Future<Output = PortResult<Joined>> + Send {
-            std::future::ready(Ok(Joined::Standing(Standing::Waiting)))
-        }
-
-        fn advance(
-            &self,
-            _: ShowtimeId,
-        ) -> impl Future<Output = PortResult<Option<RoomSnapshot>>> + Send {
-            let served = self
-                .advances
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst) as u64;
-            async move {
-                let _open = self.gate.lock().await;
-                Ok(Some(RoomSnapshot {
-                    served,
-                    joined: 100,
-                    open: true,
-                    ..RoomSnapshot::default()
-                }))
-            }
-        }
-
-        fn standing(
-            &self,
-            _: ShowtimeId,
-            _: UserId,
-        ) -> impl Future<Output = PortResult<Standing>> + Send {
-            std::future::ready(Ok(Standing::NotInLine))
-        }
-
-        fn remove(&self, _: ShowtimeId) -> impl Future<Output = PortResult<()>> + Send {
-            std::future::ready(Ok(()))
-        }
-    }
-
     #[test]
     fn a_stale_room_is_read_again_by_one_caller_while_the_others_answer_from_the_view_before() {
         use futures::FutureExt as _;
         use std::sync::atomic::Ordering::SeqCst;
-        let rooms = Rooms::new(Gated::default(), Duration::ZERO);
+        let rooms = Rooms::new(Counting::default(), Duration::ZERO);
+        let served = |n| {
+            *rooms.store().snapshot.lock().unwrap() = RoomSnapshot {
+                served: n,
+                joined: 100,
+                open: true,
+                ..RoomSnapshot::default()
+            }
+        };
         let st = ShowtimeId::new(1).unwrap();
-        // Nothing seen yet: the first read goes to the store (read 0: served 0).
+        // Nothing seen yet: the first read goes to the store.
+        served(0);
         let first = rooms.snapshot(st).now_or_never().unwrap().unwrap().unwrap();
         assert_eq!(first.served, 0);
         // Stale at once (refresh zero). Held at the gate, one caller reads again...
         let gate = rooms.store().gate.try_lock().unwrap();
+        served(1);
         let mut reading = Box::pin(rooms.snapshot(st));
         assert!((&mut reading).now_or_never().is_none());
         // ... and a crowd asking meanwhile is answered from the view before, at once,
@@ -959,6 +918,7 @@ mod tests {
         assert_eq!(read.served, 1);
         // A reader that gave up (its caller gone mid-read) hands the right on.
         let gate = rooms.store().gate.try_lock().unwrap();
+        served(3);
         let mut abandoned = Box::pin(rooms.snapshot(st));
         assert!((&mut abandoned).now_or_never().is_none());
         drop(abandoned);

@@ -87,12 +87,12 @@ impl Secret {
             ));
         }
         let digest = Sha256::digest(secret);
-        let kid = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let kid: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
         let mut header = Header::new(Algorithm::HS256);
-        header.kid = Some(kid);
+        header.kid = Some(kid.clone());
         let json = serde_json::to_vec(&header).expect("a header encodes");
         Ok(Self {
-            kid: header.kid.unwrap_or_default(),
+            kid,
             header: URL_SAFE_NO_PAD.encode(json),
             mac: Hmac::new_from_slice(secret).expect("HMAC takes a key of any length"),
         })
