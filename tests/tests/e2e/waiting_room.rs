@@ -637,9 +637,20 @@ async fn ten_thousand_joiners_for_a_hundred_seats_buy_only_through_admissions_an
     let admitted = buyers.iter().filter(|b| b.admitted).count() as i64;
     let end = room_counts(&app, showtime).await;
     let margin = allowed(SEATS, OVERBOOK) - SEATS;
-    assert_eq!(
-        end.served, admitted,
-        "every admission was seen by its buyer"
+    // Every admission was seen by its buyer, or its buyer, asking only once every seat
+    // was paid, was told `sold_out` instead (a closed room says so to everyone: nothing
+    // is left for an admission to buy). Which of the two depends on when the buyer's
+    // first poll came, so only the sum is exact.
+    assert!(
+        admitted <= end.served,
+        "{admitted} seen, {} served",
+        end.served
+    );
+    assert!(
+        end.served - admitted <= sold_out_in_line.len() as i64,
+        "{} admissions nobody saw, {} told sold_out in line",
+        end.served - admitted,
+        sold_out_in_line.len()
     );
     assert_eq!(
         admitted,
@@ -651,14 +662,25 @@ async fn ten_thousand_joiners_for_a_hundred_seats_buy_only_through_admissions_an
         "{admitted} admitted for {SEATS} seats"
     );
     assert!(sold_out_reserving <= margin);
-    // Admission follows the line: the admitted are exactly its first places.
+    // Admission follows the line: the admitted hold distinct places among its first
+    // `served`, and nobody after those was admitted.
     let mut admitted_places: Vec<u64> = buyers
         .iter()
         .filter(|b| b.admitted)
         .map(|b| b.place.expect("an admitted buyer's place"))
         .collect();
     admitted_places.sort_unstable();
-    assert_eq!(admitted_places, (0..admitted as u64).collect::<Vec<_>>());
+    admitted_places.dedup();
+    assert_eq!(
+        admitted_places.len() as i64,
+        admitted,
+        "two admitted at one place"
+    );
+    assert!(
+        admitted_places.iter().all(|&p| (p as i64) < end.served),
+        "admitted past the first {} places: {admitted_places:?}",
+        end.served
+    );
 
     // Every seat sold and recorded, each order a buyer's who was admitted.
     assert_eq!(app.seats(showtime).await, (0, 0, SEATS));
