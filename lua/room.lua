@@ -6,9 +6,13 @@
 --                         admissions are paid for up to here), arrivals, closed (1: sold out),
 --                         salt (the lottery's: early joiners' numbers are drawn with it)
 -- KEYS[2] places    ZSET  user -> place score: a lottery draw below 2^50 for a join before
---                         the opening, 2^50 + arrival number after it
+--                         the opening, 2^50 + arrival number after it; a user who passed
+--                         and joined again leaves "passed:<user>:<score>" at their old
+--                         place (room_join.lua), so the places behind it never move
 -- KEYS[3] admitted  ZSET  user -> admission deadline (ms), admitted and not yet decided
 -- KEYS[4] seats     HASH  the showtime's seats (reserve.lua): available, held
+-- KEYS[5] users     HASH  the showtime's buyers holding or having bought a seat
+--                         (reserve.lua's): who may join again once passed
 --
 -- The clock is Redis's own (TIME), like the holds'.
 

@@ -19,10 +19,31 @@ if now < tonumber(opening) then
   end
   return standings
 end
+-- A user who passed (their turn came, their admission was used or ran out) and holds
+-- no seat now (they never held one, or it expired or was cancelled) joins again at the
+-- back, as a new arrival. A marker keeps their old place taken, so nobody else's moves.
+local r = redis.call('HMGET', KEYS[1], 'served', 'closed')
+local served_before = tonumber(r[1] or '0')
+local open = r[2] ~= '1'
 for i = 1, #ARGV, 2 do
-  if not redis.call('ZSCORE', KEYS[2], ARGV[i]) then
+  local user = ARGV[i]
+  local arrives = false
+  local rank = redis.call('ZRANK', KEYS[2], user)
+  if not rank then
+    arrives = true
+  elseif open and rank < served_before and redis.call('HEXISTS', KEYS[5], user) == 0 then
+    local admitted_until = redis.call('ZSCORE', KEYS[3], user)
+    if not admitted_until or tonumber(admitted_until) < now then
+      local place = redis.call('ZSCORE', KEYS[2], user)
+      redis.call('ZREM', KEYS[2], user)
+      redis.call('ZREM', KEYS[3], user)
+      redis.call('ZADD', KEYS[2], place, 'passed:' .. user .. ':' .. place)
+      arrives = true
+    end
+  end
+  if arrives then
     local n = redis.call('HINCRBY', KEYS[1], 'arrivals', 1)
-    redis.call('ZADD', KEYS[2], string.format('%.0f', 1125899906842624 + n), ARGV[i])
+    redis.call('ZADD', KEYS[2], string.format('%.0f', 1125899906842624 + n), user)
   end
 end
 local served, closed, opens_at = advance(now)

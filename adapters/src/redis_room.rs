@@ -1,6 +1,6 @@
 //! The [`WaitingRoomStore`] on Redis: each showtime's room in its own slot, beside its
 //! seats (`<prefix>:{42}:room`, `:room:places`, `:room:admitted`, and `:seats` read by
-//! admission). Every step is one script: `lua/room.lua`, the shared part, followed by the
+//! admission, `:users` by a join again). Every step is one script: `lua/room.lua`, the shared part, followed by the
 //! step's own file.
 //!
 //! Joins and standings are committed in groups: a crowd joins at the rate it arrives,
@@ -185,13 +185,14 @@ impl RedisRoom {
     }
 
     /// The room's keys, in the scripts' order.
-    pub fn keys(&self, showtime: ShowtimeId) -> [String; 4] {
+    pub fn keys(&self, showtime: ShowtimeId) -> [String; 5] {
         let key = |what: &str| format!("{}:{{{showtime}}}:{what}", self.prefix);
         [
             key("room"),
             key("room:places"),
             key("room:admitted"),
             key("seats"),
+            key("users"),
         ]
     }
 
@@ -361,7 +362,7 @@ impl WaitingRoomStore for RedisRoom {
 
     async fn remove(&self, showtime: ShowtimeId) -> PortResult<()> {
         let mut conn = self.conn.clone();
-        let [room, places, admitted, _seats] = self.keys(showtime);
+        let [room, places, admitted, _seats, _users] = self.keys(showtime);
         // One command over keys of one slot: the room goes at once.
         let _: i64 = redis::cmd("DEL")
             .arg(&room)

@@ -172,7 +172,9 @@ pub trait WaitingRoomStore: Send + Sync + 'static {
         settings: RoomSettings,
     ) -> impl Future<Output = PortResult<()>> + Send;
 
-    /// Puts `user` in line (once: a second join finds the first place). `draw` is the
+    /// Puts `user` in line (once: a second join finds the first place, except that a
+    /// user who passed, their admission used or run out, and who holds no seat now joins
+    /// again at the back, as a new arrival, nobody else's place moving). `draw` is the
     /// lottery number for a join before the opening, below [`LOTTERY_RANGE`]: uniform,
     /// drawn by the server, never the client.
     fn join(

@@ -1,7 +1,8 @@
 //! # queue
 //!
 //! A showtime's waiting room, for buyers: `POST /showtimes/{id}/queue` puts the caller in
-//! line (once: joining again finds the same place) and `GET /showtimes/{id}/queue/me`
+//! line (once: joining again finds the same place, unless the caller passed and holds
+//! no seat: then at the back, as a new arrival) and `GET /showtimes/{id}/queue/me`
 //! says where they stand: `waiting` before the room opens (everyone who joined by then
 //! is drawn by lot at the opening), `in_line` with their place, how many are ahead and
 //! an estimated wait, `admitted` with an admission to send to `POST /reserve` as its

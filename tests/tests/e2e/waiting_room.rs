@@ -1512,6 +1512,109 @@ async fn an_admission_that_ran_out_is_refused_and_the_next_in_line_is_let_in() {
 }
 
 #[tokio::test]
+async fn a_buyer_who_passed_without_a_seat_joins_again_at_the_back_and_no_other_place_moves() {
+    let app = TestApp::spawn(options()).await;
+    let client = Client::of(&app, 4);
+    // Two seats, one a buyer, no overbooking, the shortest admission (10 s).
+    let st = room_open_now(&app, 2, 1, 0, 10).await;
+    let mut first = vec![];
+    for user in 1..=4 {
+        first.push(joined(&client, st, user).await);
+    }
+    let places = |standings: &[Standing]| {
+        standings
+            .iter()
+            .map(|s| (s.user, s.status.clone(), s.place))
+            .collect::<Vec<_>>()
+    };
+    let two = standing(&client, st, 2).await;
+    let held = client
+        .reserve(st, 2, Some(two.admission()), None, None)
+        .await;
+    assert_eq!(held.status, StatusCode::OK, "{}", held.body);
+    let hold = held.str("reservation_id").unwrap();
+
+    // Buyer 1's admission runs out unused; the seat it kept lets buyer 3 in.
+    eventually(
+        Duration::from_secs(20),
+        "buyer 1's admission to run out",
+        || async { (standing(&client, st, 1).await.status == "passed").then_some(()) },
+    )
+    .await;
+    let mut line = vec![];
+    for user in 1..=4 {
+        line.push(standing(&client, st, user).await);
+    }
+    assert_eq!(
+        places(&line),
+        [
+            (1, "passed".into(), Some(0)),
+            (2, "passed".into(), Some(1)),
+            (3, "admitted".into(), Some(2)),
+            (4, "in_line".into(), Some(3)),
+        ],
+    );
+
+    // Buyer 1 holds no seat: joining again queues them at the back, behind buyer 4.
+    let again = client.join(st, 1).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    let again = Standing::of(1, &again);
+    assert_eq!(
+        (again.status.as_str(), again.place),
+        ("in_line", Some(4)),
+        "{again:?}"
+    );
+    // A ticket for the new place, and the old one now finds the new place too.
+    assert_ne!(again.ticket(), first[0].ticket());
+    let old_ticket = client.me(st, 1, Some(first[0].ticket())).await;
+    assert_eq!(
+        (old_ticket.queue_status(), old_ticket.body["place"].as_u64()),
+        ("in_line".to_owned(), Some(4)),
+        "{}",
+        old_ticket.body
+    );
+    // Buyer 2 holds a seat: joining again changes nothing.
+    let holding = Standing::of(2, &client.join(st, 2).await);
+    assert_eq!(
+        (holding.status.as_str(), holding.place),
+        ("passed", Some(1))
+    );
+    let mut after = vec![];
+    for user in 2..=4 {
+        after.push(standing(&client, st, user).await);
+    }
+    assert_eq!(places(&after), places(&line[1..]), "a place moved");
+    assert_eq!(after[1].admission, line[2].admission);
+
+    // Buyer 2's hold cancelled: its seat lets buyer 4 in, and buyer 2, holding nothing
+    // now, joins again behind buyer 1.
+    let cancelled = client.cancel(&hold, 2).await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{}", cancelled.body);
+    let four = standing(&client, st, 4).await;
+    assert_eq!(
+        (four.status.as_str(), four.place),
+        ("admitted", Some(3)),
+        "{four:?}"
+    );
+    let two = Standing::of(2, &client.join(st, 2).await);
+    assert_eq!(
+        (two.status.as_str(), two.place),
+        ("in_line", Some(5)),
+        "{two:?}"
+    );
+    let one = standing(&client, st, 1).await;
+    assert_eq!(
+        (one.status.as_str(), one.place),
+        ("in_line", Some(4)),
+        "{one:?}"
+    );
+    // Joining once more keeps the new place.
+    let two_again = Standing::of(2, &client.join(st, 2).await);
+    assert_eq!(two_again.place, Some(5), "{two_again:?}");
+    app.finish().await;
+}
+
+#[tokio::test]
 async fn a_503_does_not_use_the_admission_up() {
     let app = TestApp::spawn(options()).await;
     let client = Client::of(&app, 4);
