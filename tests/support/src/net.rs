@@ -10,12 +10,28 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+/// Ports handed out for processes the tests start: below Linux's ephemeral range
+/// (32768-60999 unless `ip_local_port_range` says otherwise), which the tests' own
+/// client connections draw from. A port the kernel picks there (`bind(0)`) could be
+/// taken by one of the thousands of connections a parallel test opens before the
+/// process meant to listen on it binds; a port from here is taken only by another
+/// test's pick of the same port in the same instant.
+const PORTS: std::ops::Range<u16> = 16_384..32_768;
+
 /// A port nobody listens on right now, for a process the test starts.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free local port")
-        .port()
+    static NEXT: std::sync::OnceLock<AtomicUsize> = std::sync::OnceLock::new();
+    let span = usize::from(PORTS.end - PORTS.start);
+    // Each test process starts at its own random point and walks on from there.
+    let next = NEXT.get_or_init(|| AtomicUsize::new(rand::random_range(0..span)));
+    for _ in 0..span {
+        let offset = next.fetch_add(1, Ordering::Relaxed) % span;
+        let port = PORTS.start + u16::try_from(offset).expect("below the span");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free local port in {PORTS:?}");
 }
 
 /// A TCP proxy to `target` that can be cut: once cut, it closes every connection it

@@ -1196,6 +1196,11 @@ impl Standing {
         self.place.expect("a place")
     }
 
+    /// The status and the place, to compare at once.
+    fn at(&self) -> (&str, Option<u64>) {
+        (self.status.as_str(), self.place)
+    }
+
     fn ticket(&self) -> &str {
         self.ticket.as_deref().expect("a ticket")
     }
@@ -1559,11 +1564,7 @@ async fn a_buyer_who_passed_without_a_seat_joins_again_at_the_back_and_no_other_
     let again = client.join(st, 1).await;
     assert_eq!(again.status, StatusCode::OK, "{}", again.body);
     let again = Standing::of(1, &again);
-    assert_eq!(
-        (again.status.as_str(), again.place),
-        ("in_line", Some(4)),
-        "{again:?}"
-    );
+    assert_eq!(again.at(), ("in_line", Some(4)), "{again:?}");
     // A ticket for the new place, and the old one now finds the new place too.
     assert_ne!(again.ticket(), first[0].ticket());
     let old_ticket = client.me(st, 1, Some(first[0].ticket())).await;
@@ -1575,10 +1576,7 @@ async fn a_buyer_who_passed_without_a_seat_joins_again_at_the_back_and_no_other_
     );
     // Buyer 2 holds a seat: joining again changes nothing.
     let holding = Standing::of(2, &client.join(st, 2).await);
-    assert_eq!(
-        (holding.status.as_str(), holding.place),
-        ("passed", Some(1))
-    );
+    assert_eq!(holding.at(), ("passed", Some(1)));
     let mut after = vec![];
     for user in 2..=4 {
         after.push(standing(&client, st, user).await);
@@ -1591,23 +1589,11 @@ async fn a_buyer_who_passed_without_a_seat_joins_again_at_the_back_and_no_other_
     let cancelled = client.cancel(&hold, 2).await;
     assert_eq!(cancelled.status, StatusCode::OK, "{}", cancelled.body);
     let four = standing(&client, st, 4).await;
-    assert_eq!(
-        (four.status.as_str(), four.place),
-        ("admitted", Some(3)),
-        "{four:?}"
-    );
+    assert_eq!(four.at(), ("admitted", Some(3)), "{four:?}");
     let two = Standing::of(2, &client.join(st, 2).await);
-    assert_eq!(
-        (two.status.as_str(), two.place),
-        ("in_line", Some(5)),
-        "{two:?}"
-    );
+    assert_eq!(two.at(), ("in_line", Some(5)), "{two:?}");
     let one = standing(&client, st, 1).await;
-    assert_eq!(
-        (one.status.as_str(), one.place),
-        ("in_line", Some(4)),
-        "{one:?}"
-    );
+    assert_eq!(one.at(), ("in_line", Some(4)), "{one:?}");
     // Joining once more keeps the new place.
     let two_again = Standing::of(2, &client.join(st, 2).await);
     assert_eq!(two_again.place, Some(5), "{two_again:?}");
