@@ -1,7 +1,7 @@
 //! The [`WaitingRoomStore`] on Redis: each showtime's room in its own slot, beside its
 //! seats (`<prefix>:{42}:room`, `:room:places`, `:room:admitted`, and `:seats` read by
-//! admission, `:users` by a join again). Every step is one script: `lua/room.lua`, the shared part, followed by the
-//! step's own file.
+//! admission, `:users` by a passed buyer's join). Every step is one script:
+//! `lua/room.lua`, the shared part, followed by the step's own file.
 //!
 //! Joins and standings are committed in groups: a crowd joins at the rate it arrives,
 //! thousands a second, and at the opening every early joiner's first poll asks Redis for
