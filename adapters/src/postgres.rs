@@ -204,6 +204,18 @@ impl Postgres {
         Ok(())
     }
 
+    /// [`Postgres::insert_batch`], once more when it [`lost_a_race`].
+    async fn insert_settled(
+        &self,
+        orders: &[OrderRequest],
+        owners_of_all: bool,
+    ) -> Result<Inserted, sqlx::Error> {
+        match self.insert_batch(orders, owners_of_all).await {
+            Err(e) if lost_a_race(&e) => self.insert_batch(orders, owners_of_all).await,
+            settled => settled,
+        }
+    }
+
     /// Inserts the orders not recorded yet (the database's trigger bumps `sold` by the
     /// quantities inserted, refusing the whole statement past the capacity), and says
     /// whose row each reservation id now has: the reservations inserted now, and the
@@ -272,6 +284,19 @@ impl Postgres {
                 .collect(),
         })
     }
+}
+
+/// A unique violation on (showtime, user) may be a race lost to a writer of the very same
+/// order: `ON CONFLICT (reservation_id)` checks its own index before inserting, so when two
+/// transactions insert one reservation at the same moment, both pass that check, and the
+/// later one then meets the earlier's row on the other unique index, waits for it to
+/// commit and fails there instead of doing nothing. The earlier has committed by then, so
+/// the same insert again is judged against its row: a duplicate, or (another reservation
+/// of that user) a true refusal.
+fn lost_a_race(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|db| db.constraint())
+        .is_some_and(|c| c == "orders_one_per_user_and_showtime")
 }
 
 /// What one insert found: the reservation ids inserted now, and for the others, whose
@@ -574,7 +599,7 @@ impl OrderBook for Postgres {
             }
         }
         let repeated = unique.len() < orders.len();
-        match self.insert_batch(&unique, repeated).await {
+        match self.insert_settled(&unique, repeated).await {
             Ok(inserted) => {
                 let mut seen = Vec::with_capacity(orders.len());
                 Ok(orders
@@ -591,7 +616,7 @@ impl OrderBook for Postgres {
                 let mut outcomes = Vec::with_capacity(orders.len());
                 for o in orders {
                     outcomes.push(
-                        match self.insert_batch(std::slice::from_ref(o), false).await {
+                        match self.insert_settled(std::slice::from_ref(o), false).await {
                             Ok(inserted) => inserted.outcome(o, true),
                             Err(e) => match refusal(&e) {
                                 Some(why) => OrderOutcome::Refused(why),

@@ -1243,3 +1243,43 @@ async fn concurrent_batches_of_group_orders_of_one_showtime_all_commit() {
     assert_eq!(db.showtime(st).await.unwrap().unwrap().ordered, expected);
     drop_database(db, &iso).await;
 }
+
+/// The same paid order written by several writers at the same moment (a redelivery and
+/// a sweep's re-send, or two processes' sweeps) is one row, recorded once and a duplicate
+/// for the others, never a refusal: PostgreSQL's `ON CONFLICT (reservation_id)` does not
+/// cover a race lost on the other unique index, (showtime, user), which raises a unique
+/// violation for the very same order instead. Refused, the order would be written to the
+/// refund list although it holds its seat, and its seat put back on sale in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_order_written_by_several_writers_at_once_is_recorded_and_never_refused() {
+    const ROUNDS: u64 = 400;
+    const WRITERS: usize = 4;
+    let iso = Isolation::new();
+    let db = database(&iso).await;
+    let st = showtime_in(&db, ROUNDS as i64).await;
+    for n in 1..=ROUNDS {
+        let paid = [order(st, n, n as i64)];
+        let outcomes =
+            futures::future::join_all((0..WRITERS).map(|_| db.record_orders(&paid))).await;
+        let outcomes: Vec<OrderOutcome> = outcomes
+            .into_iter()
+            .map(|o| o.expect("no writer fails").remove(0))
+            .collect();
+        let inserted = outcomes
+            .iter()
+            .filter(|o| **o == OrderOutcome::Inserted)
+            .count();
+        assert!(
+            inserted == 1
+                && outcomes
+                    .iter()
+                    .all(|o| matches!(o, OrderOutcome::Inserted | OrderOutcome::Duplicate)),
+            "round {n}: {outcomes:?}"
+        );
+    }
+    assert_eq!(
+        db.showtime(st).await.unwrap().unwrap().ordered,
+        ROUNDS as u32
+    );
+    drop_database(db, &iso).await;
+}
