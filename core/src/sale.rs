@@ -318,6 +318,15 @@ pub enum ChangeError {
         .counts.available, .counts.capacity, .counts.held + .counts.sold
     )]
     SeatsInUse { counts: SeatCounts },
+    /// The room's opening cannot move once it has come: the lottery has placed the early
+    /// joiners, later ones queue by arrival, and the line is being admitted. Moving it
+    /// would let new joiners draw places among those already served.
+    #[error(
+        "the waiting room opened at {} (unix ms) and its line is being admitted: its opens_at \
+         cannot change (remove the room, or leave opens_at out)",
+        .opened_at.0
+    )]
+    RoomOpened { opened_at: UnixMillis },
     #[error(transparent)]
     Unavailable(#[from] PortError),
 }
@@ -446,7 +455,16 @@ where
             return Err(ChangeError::UnknownShowtime(id));
         };
         let before = lock.showtime().clone();
-        let window = change.window(before.sale_window, self.clock.now())?;
+        let now = self.clock.now();
+        if let (Some(Some(room)), Some(was)) = (change.waiting_room, before.waiting_room)
+            && was.opens_at <= now
+            && room.opens_at != was.opens_at
+        {
+            return Err(ChangeError::RoomOpened {
+                opened_at: was.opens_at,
+            });
+        }
+        let window = change.window(before.sale_window, now)?;
         let capacity = change.capacity(before.capacity)?;
         if capacity != before.capacity {
             self.load_from_catalog(&before).await?;
@@ -1110,6 +1128,47 @@ mod tests {
         };
         block_on(sale.change_showtime(st, resume)).unwrap();
         block_on(sale.reserve(user(2), st)).expect("on sale again");
+    }
+
+    #[test]
+    fn a_rooms_opening_moves_until_it_comes_and_never_after() {
+        let clock = Clock::manual(UnixMillis(1_000_000));
+        let sale = sale(PaymentMode::Manual).with_clock(clock.clone());
+        let st = showtime(&sale, 3);
+        let room_at = |ms| {
+            let room = crate::waiting_room::RoomSettings::new(
+                UnixMillis(ms),
+                None,
+                0,
+                Duration::from_secs(60),
+            )
+            .unwrap();
+            ShowtimeChange {
+                waiting_room: Some(Some(room)),
+                ..ShowtimeChange::default()
+            }
+        };
+        block_on(sale.change_showtime(st, room_at(2_000_000))).unwrap();
+        // Not open yet: its opening may move, later or earlier.
+        block_on(sale.change_showtime(st, room_at(3_000_000))).unwrap();
+        block_on(sale.change_showtime(st, room_at(1_500_000))).unwrap();
+        clock.advance(Duration::from_millis(500_000));
+        match block_on(sale.change_showtime(st, room_at(4_000_000))) {
+            Err(ChangeError::RoomOpened { opened_at }) => {
+                assert_eq!(opened_at, UnixMillis(1_500_000));
+            }
+            other => panic!("expected the room to be open, got {other:?}"),
+        }
+        let row = block_on(sale.db.showtime(st)).unwrap().unwrap();
+        assert_eq!(row.waiting_room.unwrap().opens_at, UnixMillis(1_500_000));
+        // The same opening with other settings, or no room at all, is a change it takes.
+        block_on(sale.change_showtime(st, room_at(1_500_000))).unwrap();
+        let removed = ShowtimeChange {
+            waiting_room: Some(None),
+            ..ShowtimeChange::default()
+        };
+        let (row, _, _) = block_on(sale.change_showtime(st, removed)).unwrap();
+        assert_eq!(row.waiting_room, None);
     }
 
     #[test]

@@ -279,6 +279,7 @@ pub const ERROR_CODES: &[&str] = &[
     "sale_closed",
     "sale_paused",
     "seats_in_use",
+    "room_open",
     "idempotency_key_reused",
     "idempotency_key_in_progress",
     "rate_limited",
@@ -424,6 +425,10 @@ impl From<ChangeError> for ApiError {
             ChangeError::Invalid(e) => e.into(),
             e @ ChangeError::SeatsInUse { .. } => ApiError::Conflict {
                 code: "seats_in_use",
+                message: e.to_string(),
+            },
+            e @ ChangeError::RoomOpened { .. } => ApiError::Conflict {
+                code: "room_open",
                 message: e.to_string(),
             },
             ChangeError::Unavailable(e) => e.into(),

@@ -586,7 +586,8 @@ async fn create(
 }
 
 /// An operator's change of a live sale (admins): 200 with the showtime as it is now and
-/// its sale state; 409 `seats_in_use` when fewer seats are unsold than removed (nothing
+/// its sale state; 409 `seats_in_use` when fewer seats are unsold than removed, 409
+/// `room_open` when a waiting room's opening would move after it has come (nothing
 /// changed). Every process obeys a new window or pause within a second; holds made
 /// before a pause or close can still be paid until their deadline.
 async fn change(

@@ -1600,6 +1600,68 @@ async fn a_buyer_who_passed_without_a_seat_joins_again_at_the_back_and_no_other_
     app.finish().await;
 }
 
+/// Once a room has opened, its opening cannot move: a later `opens_at` would send new
+/// joiners back to the lottery, drawing places among those already served (moving the
+/// served ones back into the line, to be admitted twice). The operator is told 409
+/// `room_open`, and the room, its line and its admissions stay as they were.
+#[tokio::test]
+async fn an_open_rooms_opening_cannot_move_and_its_line_stays_as_it_was() {
+    let app = TestApp::spawn(options()).await;
+    let client = Client::of(&app, 4);
+    // Two seats, no overbooking: buyers 1 and 2 are admitted, 3 and 4 wait.
+    let st = room_open_now(&app, 2, 1, 0, 60).await;
+    let mut line = vec![];
+    for user in 1..=4 {
+        line.push(joined(&client, st, user).await);
+    }
+    let stands = |standings: &[Standing]| {
+        standings
+            .iter()
+            .map(|s| (s.status.clone(), s.place))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        stands(&line),
+        [
+            ("admitted".into(), Some(0)),
+            ("admitted".into(), Some(1)),
+            ("in_line".into(), Some(2)),
+            ("in_line".into(), Some(3)),
+        ]
+    );
+    let (_, before) = app.get(&format!("/showtimes/{st}")).await;
+
+    let later =
+        json!({"waiting_room": {"opens_at": at(chrono::Duration::hours(1)), "overbook_pct": 0}});
+    let (status, answer) = app.change_showtime(st, later, None).await;
+    assert_error(&(status, answer), StatusCode::CONFLICT, "room_open");
+    let (_, after) = app.get(&format!("/showtimes/{st}")).await;
+    assert_eq!(after["waiting_room"], before["waiting_room"]);
+
+    // A newcomer queues at the back, by arrival; nobody's place or admission moved.
+    let five = Standing::of(5, &client.join(st, 5).await);
+    assert_eq!(five.at(), ("in_line", Some(4)), "{five:?}");
+    let mut now = vec![];
+    for user in 1..=4 {
+        now.push(standing(&client, st, user).await);
+    }
+    assert_eq!(stands(&now), stands(&line));
+    for (was, is) in line.iter().zip(&now) {
+        assert_eq!(was.admission, is.admission, "buyer {}", was.user);
+    }
+    // Its other settings still change, the opening left out (or given as it is).
+    let (status, answer) = app
+        .change_showtime(st, json!({"waiting_room": {"overbook_pct": 50}}), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["waiting_room"]["overbook_pct"], 50, "{answer}");
+    assert_eq!(
+        answer["waiting_room"]["opens_at"],
+        before["waiting_room"]["opens_at"]
+    );
+    app.finish().await;
+}
+
 #[tokio::test]
 async fn a_503_does_not_use_the_admission_up() {
     let app = TestApp::spawn(options()).await;
