@@ -148,9 +148,13 @@ pub struct Broker {
 }
 
 /// A connection (and, on the publishing one, its confirm-mode channel), shared with the
-/// batch publishers.
+/// batch publishers. Every new connection declares the topology before it is used: a
+/// broker that comes back without its definitions (reset, or a new node without the old
+/// one's disk) gets them again, instead of every publish and consume failing until the
+/// process restarts.
 struct Link {
     url: String,
+    topology: Topology,
     /// What the connection trusts over `amqps://`.
     trust: Trust,
     /// The connection's name in the broker's management view.
@@ -165,9 +169,10 @@ struct Link {
 pub const DEFAULT_CONFIRM_WITHIN: Duration = Duration::from_secs(3);
 
 impl Link {
-    fn new(url: &str, trust: &Trust, name: &'static str) -> Arc<Self> {
+    fn new(url: &str, topology: &Topology, trust: &Trust, name: &'static str) -> Arc<Self> {
         Arc::new(Link {
             url: url.to_string(),
+            topology: topology.clone(),
             trust: trust.clone(),
             name,
             conn: Mutex::new(None),
@@ -215,8 +220,8 @@ impl Broker {
         topology: Topology,
         trust: &Trust,
     ) -> PortResult<Self> {
-        let link = Link::new(url, trust, "flash-sale publisher");
-        let reader = Link::new(url, trust, "flash-sale consumer");
+        let link = Link::new(url, &topology, trust, "flash-sale publisher");
+        let reader = Link::new(url, &topology, trust, "flash-sale consumer");
         let exchange = topology.exchange();
         let batcher = |key: String| Batcher::start(link.clone(), exchange.clone(), key);
         let broker = Self {
@@ -228,7 +233,8 @@ impl Broker {
             reader,
             hand_over: false,
         };
-        broker.declare_topology().await?;
+        // Connecting declares the topology.
+        broker.reader.channel().await?;
         Ok(broker)
     }
 
@@ -308,7 +314,7 @@ impl Broker {
     /// changes an existing queue.
     pub async fn declare_topology(&self) -> PortResult<()> {
         let ch = self.channel().await?;
-        self.declare(&ch).await
+        declare(&ch, &self.topology).await
     }
 
     /// Whether both connections are up and a channel opens on each (a readiness probe),
@@ -339,86 +345,6 @@ impl Broker {
             .await
             .map_err(|e| port_error(&format!("inspecting {queue}"), e))?;
         Ok(q.message_count())
-    }
-
-    async fn declare(&self, ch: &Channel) -> PortResult<()> {
-        let t = &self.topology;
-        let durable = ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        for exchange in [t.exchange(), t.dead_letter_exchange()] {
-            ch.exchange_declare(
-                exchange.as_str().into(),
-                ExchangeKind::Direct,
-                durable,
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| port_error(&format!("declaring exchange {exchange}"), e))?;
-        }
-        let durable_queue = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        let hold_ms = t.hold.as_millis().min(u32::MAX as u128) as u32;
-        let delay_args = table(&[
-            ("x-message-ttl", AMQPValue::LongUInt(hold_ms)),
-            ("x-dead-letter-exchange", text(&t.exchange())),
-            ("x-dead-letter-routing-key", text(Queue::Expiries.key())),
-        ]);
-        self.declare_bound(
-            ch,
-            &t.delay_queue(),
-            durable_queue,
-            delay_args,
-            &t.exchange(),
-            &t.delay_key(),
-        )
-        .await?;
-        for q in Queue::ALL {
-            let args = table(&[
-                ("x-queue-type", text("quorum")),
-                ("x-delivery-limit", AMQPValue::LongUInt(t.delivery_limit)),
-                ("x-dead-letter-exchange", text(&t.dead_letter_exchange())),
-                ("x-dead-letter-routing-key", text(q.key())),
-            ]);
-            self.declare_bound(ch, &t.queue(q), durable_queue, args, &t.exchange(), q.key())
-                .await?;
-            self.declare_bound(
-                ch,
-                &t.dead_letter_queue(q),
-                durable_queue,
-                FieldTable::default(),
-                &t.dead_letter_exchange(),
-                q.key(),
-            )
-            .await?;
-        }
-        Ok(())
-    }
-
-    async fn declare_bound(
-        &self,
-        ch: &Channel,
-        queue: &str,
-        options: QueueDeclareOptions,
-        args: FieldTable,
-        exchange: &str,
-        key: &str,
-    ) -> PortResult<()> {
-        ch.queue_declare(queue.into(), options, args)
-            .await
-            .map_err(|e| port_error(&format!("declaring queue {queue}"), e))?;
-        ch.queue_bind(
-            queue.into(),
-            exchange.into(),
-            key.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| port_error(&format!("binding queue {queue}"), e))
     }
 
     /// Deletes every queue and exchange of this topology. For tests and tear-down only:
@@ -514,6 +440,85 @@ impl Broker {
     }
 }
 
+/// Declares every exchange, queue and binding of `t`. Idempotent: never purges, never
+/// changes an existing queue.
+async fn declare(ch: &Channel, t: &Topology) -> PortResult<()> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    for exchange in [t.exchange(), t.dead_letter_exchange()] {
+        ch.exchange_declare(
+            exchange.as_str().into(),
+            ExchangeKind::Direct,
+            durable,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| port_error(&format!("declaring exchange {exchange}"), e))?;
+    }
+    let durable_queue = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let hold_ms = t.hold.as_millis().min(u32::MAX as u128) as u32;
+    let delay_args = table(&[
+        ("x-message-ttl", AMQPValue::LongUInt(hold_ms)),
+        ("x-dead-letter-exchange", text(&t.exchange())),
+        ("x-dead-letter-routing-key", text(Queue::Expiries.key())),
+    ]);
+    declare_bound(
+        ch,
+        &t.delay_queue(),
+        durable_queue,
+        delay_args,
+        &t.exchange(),
+        &t.delay_key(),
+    )
+    .await?;
+    for q in Queue::ALL {
+        let args = table(&[
+            ("x-queue-type", text("quorum")),
+            ("x-delivery-limit", AMQPValue::LongUInt(t.delivery_limit)),
+            ("x-dead-letter-exchange", text(&t.dead_letter_exchange())),
+            ("x-dead-letter-routing-key", text(q.key())),
+        ]);
+        declare_bound(ch, &t.queue(q), durable_queue, args, &t.exchange(), q.key()).await?;
+        declare_bound(
+            ch,
+            &t.dead_letter_queue(q),
+            durable_queue,
+            FieldTable::default(),
+            &t.dead_letter_exchange(),
+            q.key(),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+async fn declare_bound(
+    ch: &Channel,
+    queue: &str,
+    options: QueueDeclareOptions,
+    args: FieldTable,
+    exchange: &str,
+    key: &str,
+) -> PortResult<()> {
+    ch.queue_declare(queue.into(), options, args)
+        .await
+        .map_err(|e| port_error(&format!("declaring queue {queue}"), e))?;
+    ch.queue_bind(
+        queue.into(),
+        exchange.into(),
+        key.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .map_err(|e| port_error(&format!("binding queue {queue}"), e))
+}
+
 impl Link {
     /// A new channel on the (re)connected connection.
     async fn channel(&self) -> PortResult<Channel> {
@@ -544,7 +549,13 @@ impl Link {
                 Some(message) => PortError::transient(COMPONENT, message),
                 None => port_error(&format!("connecting to {}", redact(&self.url)), e),
             })?;
+            let ch = fresh
+                .create_channel()
+                .await
+                .map_err(|e| port_error("opening a channel", e))?;
+            declare(&ch, &self.topology).await?;
             *conn = Some(fresh);
+            return Ok(ch);
         }
         let conn = conn.as_ref().expect("connected above");
         conn.create_channel()

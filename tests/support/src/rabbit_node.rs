@@ -83,6 +83,15 @@ impl RabbitNode {
         assert!(self.try_ctl(args), "rabbitmqctl {args:?} on {}", self.node);
     }
 
+    /// Stops the node, wipes everything it kept (`reset`: exchanges, queues, messages,
+    /// users) and starts it again: a broker that comes back without its definitions, as
+    /// one that lost its disk. Its default user and virtual host are made anew.
+    pub fn reset(&self) {
+        self.ctl(&["stop_app"]);
+        self.ctl(&["reset"]);
+        self.ctl(&["start_app"]);
+    }
+
     /// Raises (or clears) a memory alarm: while it is raised, the node blocks every
     /// connection that publishes.
     pub fn memory_alarm(&self, raised: bool) {

@@ -223,6 +223,53 @@ async fn a_showtime_left_in_redis_by_another_database_is_rebuilt_not_adopted() {
     new.finish().await;
 }
 
+/// A broker that comes back without its exchanges and queues (reset, or a new node
+/// without the old one's disk): the process declares them again on its new connections,
+/// and the sale goes on, holds, payments and orders, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_back_without_its_queues_gets_them_again_and_the_sale_goes_on() {
+    let rabbit = flash_sale_tests::RabbitNode::start();
+    let app = TestApp::spawn(Options {
+        amqp_url: Some(rabbit.url()),
+        ..Options::default()
+    })
+    .await;
+    let showtime = app.create_showtime(10).await;
+    let first = hold(&app, 1, showtime).await;
+    let (status, body) = app.pay(&first, 1).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually(Duration::from_secs(30), "the first order", || async {
+        (app.status_of(&first).await == "ORDERED").then_some(())
+    })
+    .await;
+
+    rabbit.reset();
+    let second = eventually(
+        Duration::from_secs(60),
+        "a hold after the broker came back",
+        || async {
+            let (status, body) = app.reserve(2, showtime).await;
+            match status {
+                StatusCode::OK => Some(body["reservation_id"].as_str().unwrap().to_string()),
+                StatusCode::SERVICE_UNAVAILABLE => None,
+                other => panic!("{other} while the broker comes back: {body}"),
+            }
+        },
+    )
+    .await;
+    let (status, body) = app.pay(&second, 2).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually(
+        Duration::from_secs(60),
+        "the order paid after the broker came back",
+        || async { (app.status_of(&second).await == "ORDERED").then_some(()) },
+    )
+    .await;
+    assert_eq!(app.orders(showtime).await, 2);
+    assert_eq!(app.seats(showtime).await, (8, 0, 2));
+    app.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_that_blocks_publishers_gets_503s_with_seats_given_back_and_pay_still_answers() {
     let rabbit = flash_sale_tests::RabbitNode::start();
