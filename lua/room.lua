@@ -3,7 +3,8 @@
 --
 -- KEYS[1] room      HASH  opens_at (ms), admit_per_sec (0: no rate cap), overbook_pct,
 --                         admission_ms, served (places admitted so far), last_at (ms:
---                         admissions are paid for up to here), arrivals, closed (1: sold out),
+--                         admissions are paid for up to here), arrivals, closed (1: sold out;
+--                         open again once seats are available),
 --                         salt (the lottery's: early joiners' numbers are drawn with it)
 -- KEYS[2] places    ZSET  user -> place score: a lottery draw below 2^50 for a join before
 --                         the opening, 2^50 + arrival number after it; a user who passed
@@ -31,8 +32,16 @@ local function advance(now)
   end
   local opens_at = tonumber(r[1])
   local served = tonumber(r[5] or '0')
-  if r[7] == '1' or now < opens_at then
+  if now < opens_at then
     return served, r[7] == '1', opens_at
+  end
+  if r[7] == '1' then
+    -- Closed, until seats come back without an operator's change (which reopens it in
+    -- room_configure.lua): an order the database refused, a repair.
+    if tonumber(redis.call('HGET', KEYS[4], 'available') or '0') <= 0 then
+      return served, true, opens_at
+    end
+    redis.call('HDEL', KEYS[1], 'closed')
   end
   -- Admissions not used in time make room for the next in line.
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. now)

@@ -1662,6 +1662,129 @@ async fn an_open_rooms_opening_cannot_move_and_its_line_stays_as_it_was() {
     app.finish().await;
 }
 
+/// A closed room (every seat paid) opens again when a seat comes back without an
+/// operator's change: here an order the database refuses (the buyer already had one
+/// under another reservation, which Redis had forgotten), whose seat goes back on sale.
+/// The buyer told `sold_out` is admitted and buys it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_room_opens_again_when_a_refused_order_gives_its_seat_back() {
+    let app = TestApp::spawn(options()).await;
+    let client = Client::of(&app, 4);
+    let st = room_open_now(&app, 2, 1, 0, 60).await;
+    // Buyer 1's earlier order, in the database only.
+    sqlx::query(
+        "INSERT INTO orders (reservation_id, showtime_id, user_id, paid_at, quantity)
+         VALUES ($1, $2, 1, now(), 1)",
+    )
+    .bind(format!("{st}-1"))
+    .bind(st)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    // Orders wait at the database's door until the test lets them in.
+    let mut gate = app.db.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(7)")
+        .execute(&mut *gate)
+        .await
+        .unwrap();
+    for ddl in [
+        "CREATE FUNCTION orders_wait_at_the_gate() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM pg_advisory_lock_shared(7); PERFORM pg_advisory_unlock_shared(7);
+         RETURN NULL; END $$",
+        "CREATE TRIGGER orders_wait_at_the_gate BEFORE INSERT ON orders
+         FOR EACH STATEMENT EXECUTE FUNCTION orders_wait_at_the_gate()",
+    ] {
+        sqlx::query(ddl).execute(&app.db).await.unwrap();
+    }
+
+    let mut paid = vec![];
+    for user in 1..=2 {
+        let admitted = joined(&client, st, user).await;
+        assert_eq!(admitted.status, "admitted", "{admitted:?}");
+        let held = client
+            .reserve(st, user, Some(admitted.admission()), None, None)
+            .await;
+        assert_eq!(held.status, StatusCode::OK, "{}", held.body);
+        let id = held.str("reservation_id").unwrap();
+        let answer = client.pay(&id, user).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        paid.push(id);
+    }
+    let three = client.join(st, 3).await;
+    assert_eq!(three.queue_status(), "sold_out", "{}", three.body);
+    assert_eq!(app.seats(st).await, (0, 0, 2));
+    for id in &paid {
+        assert_eq!(
+            app.status_of(id).await,
+            "PAID",
+            "the orders wait at the gate"
+        );
+    }
+
+    sqlx::query("SELECT pg_advisory_unlock(7)")
+        .execute(&mut *gate)
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "buyer 1's order refused",
+        || async { (app.status_of(&paid[0]).await == "REFUSED").then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        app.seats(st).await,
+        (1, 0, 1),
+        "the refused seat is on sale"
+    );
+    let admitted = eventually(Duration::from_secs(10), "buyer 3 admitted", || async {
+        let three = standing(&client, st, 3).await;
+        (three.status == "admitted").then_some(three)
+    })
+    .await;
+    let held = client
+        .reserve(st, 3, Some(admitted.admission()), None, None)
+        .await;
+    assert_eq!(held.status, StatusCode::OK, "{}", held.body);
+    assert_eq!(app.seats(st).await, (0, 1, 1));
+    app.finish().await;
+}
+
+/// A `sold_out` answer uses the admission up, also when the process already knows the
+/// showtime is sold out: an admitted buyer is answered by the store, not by that memory
+/// (which would leave their admission standing, kept from the next in line).
+#[tokio::test]
+async fn a_sold_out_answer_uses_the_admission_up_even_when_the_process_knew_it() {
+    let app = TestApp::spawn(Options {
+        sold_out_cache_ms: Some(60_000),
+        ..options()
+    })
+    .await;
+    let client = Client::of(&app, 4);
+    // One seat and 200% overbooking: three admitted at once.
+    let st = room_open_now(&app, 1, 1, 200, 60).await;
+    let mut admitted = vec![];
+    for user in 1..=3 {
+        let standing = joined(&client, st, user).await;
+        assert_eq!(standing.status, "admitted", "{standing:?}");
+        admitted.push(standing);
+    }
+    let held = client
+        .reserve(st, 1, Some(admitted[0].admission()), None, None)
+        .await;
+    assert_eq!(held.status, StatusCode::OK, "{}", held.body);
+    // Buyer 2 learns it from the store; then the process remembers it for a minute.
+    for (user, was) in [(2, &admitted[1]), (3, &admitted[2])] {
+        let refused = client
+            .reserve(st, user, Some(was.admission()), None, None)
+            .await;
+        assert_error(&refused.pair(), StatusCode::CONFLICT, "sold_out");
+        let after = standing(&client, st, user).await;
+        assert_eq!(after.at(), ("passed", was.place), "buyer {user}");
+    }
+    assert_eq!(app.seats(st).await, (0, 1, 0));
+    app.finish().await;
+}
+
 #[tokio::test]
 async fn a_503_does_not_use_the_admission_up() {
     let app = TestApp::spawn(options()).await;
