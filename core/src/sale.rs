@@ -74,8 +74,13 @@ struct ReturnsSeen(u64);
 impl SoldOutFlags {
     /// `None` while this process remembers `showtime` as sold out; otherwise what to hand
     /// to [`SoldOutFlags::sold_out`] should the store then say so.
+    /// What to hand to [`SoldOutFlags::sold_out`], whatever is remembered.
+    fn seen(&self) -> ReturnsSeen {
+        ReturnsSeen(self.returns.load(Ordering::SeqCst))
+    }
+
     fn observe(&self, showtime: ShowtimeId) -> Option<ReturnsSeen> {
-        let seen = ReturnsSeen(self.returns.load(Ordering::SeqCst));
+        let seen = self.seen();
         let until = self.until.read().unwrap_or_else(|e| e.into_inner());
         match until.get(&showtime) {
             Some(t) if Instant::now() < *t => None,
@@ -623,6 +628,12 @@ where
             .map_err(|why| ReserveError::OutsideSaleWindow { showtime, why })?;
         if window.is_queued() && admission == Admission::None {
             return Err(ReserveError::NotAdmitted);
+        }
+        if admission == Admission::Shown {
+            // A room's `sold_out` answer uses the admission up, and only the store can
+            // use it: a buyer with an admission is never answered from this memory
+            // (they are as many as the room admits, not the crowd).
+            return Ok(self.sold_out.seen());
         }
         self.sold_out
             .observe(showtime)
