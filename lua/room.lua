@@ -5,7 +5,9 @@
 --                         admission_ms, served (places admitted so far), last_at (ms:
 --                         admissions are paid for up to here), arrivals, closed (1: sold out;
 --                         open again once seats are available),
---                         salt (the lottery's: early joiners' numbers are drawn with it)
+--                         salt (the lottery's: early joiners' numbers are drawn with it),
+--                         sale_from, sale_until (ms), sale_paused (1): the sale's window,
+--                         outside which nobody is admitted
 -- KEYS[2] places    ZSET  user -> place score: a lottery draw below 2^50 for a join before
 --                         the opening, 2^50 + arrival number after it; a user who passed
 --                         and joined again leaves "passed:<user>:<score>" at their old
@@ -26,7 +28,7 @@ end
 -- (nil when the showtime has no room).
 local function advance(now)
   local r = redis.call('HMGET', KEYS[1], 'opens_at', 'admit_per_sec', 'overbook_pct',
-    'admission_ms', 'served', 'last_at', 'closed')
+    'admission_ms', 'served', 'last_at', 'closed', 'sale_from', 'sale_until', 'sale_paused')
   if not r[1] then
     return nil
   end
@@ -42,6 +44,16 @@ local function advance(now)
       return served, true, opens_at
     end
     redis.call('HDEL', KEYS[1], 'closed')
+  end
+  local sale_from = tonumber(r[8] or '')
+  local sale_until = tonumber(r[9] or '')
+  if r[10] == '1' or (sale_from and now < sale_from) or (sale_until and now >= sale_until) then
+    -- The sale does not sell now: an admission would only be refused. Nobody is let in,
+    -- and no admissions are saved up for later.
+    if tonumber(r[2]) > 0 then
+      redis.call('HSET', KEYS[1], 'last_at', now)
+    end
+    return served, false, opens_at
   end
   -- Admissions not used in time make room for the next in line.
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. now)

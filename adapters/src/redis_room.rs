@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
+use flash_sale_core::domain::SaleWindow;
 use flash_sale_core::ports::{PortError, PortResult};
 use flash_sale_core::waiting_room::{
     Joined, LOTTERY_RANGE, RoomSettings, RoomSnapshot, Standing, WaitingRoomStore,
@@ -299,8 +300,14 @@ fn standing_of(what: &str, v: &Value) -> PortResult<Option<Standing>> {
 }
 
 impl WaitingRoomStore for RedisRoom {
-    async fn configure(&self, showtime: ShowtimeId, settings: RoomSettings) -> PortResult<()> {
+    async fn configure(
+        &self,
+        showtime: ShowtimeId,
+        settings: RoomSettings,
+        sale: SaleWindow,
+    ) -> PortResult<()> {
         let mut conn = self.conn.clone();
+        let bound = |at: Option<UnixMillis>| at.map_or(String::new(), |t| t.0.to_string());
         let _: i64 = self
             .invoke(&self.scripts.configure, showtime)
             .arg(settings.opens_at.0)
@@ -309,6 +316,9 @@ impl WaitingRoomStore for RedisRoom {
             .arg(settings.admission.as_millis() as u64)
             // The lottery's salt, drawn once per room (kept when it is changed).
             .arg(rand::random::<u64>().to_string())
+            .arg(bound(sale.opens_at()))
+            .arg(bound(sale.closes_at()))
+            .arg(u8::from(sale.is_paused()))
             .invoke_async(&mut conn)
             .await
             .map_err(port_error)?;

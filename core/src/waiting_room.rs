@@ -22,6 +22,7 @@ use std::future::Future;
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::domain::SaleWindow;
 use crate::ports::PortResult;
 use crate::{InvalidInput, ShowtimeId, UnixMillis, UserId};
 
@@ -165,11 +166,15 @@ pub enum Joined {
 /// Waiting rooms, in the seat store beside each showtime's seats (one Redis Cluster
 /// slot), so admission can read the stock in the same atomic step.
 pub trait WaitingRoomStore: Send + Sync + 'static {
-    /// Opens (or changes) a showtime's room; places and admissions stay.
+    /// Opens (or changes) a showtime's room; places and admissions stay. `sale` is the
+    /// showtime's sale window: while it does not sell (paused, not open yet, closed),
+    /// nobody is admitted, so the front of the line does not spend its admissions on
+    /// refusals; set again whenever the window changes.
     fn configure(
         &self,
         showtime: ShowtimeId,
         settings: RoomSettings,
+        sale: SaleWindow,
     ) -> impl Future<Output = PortResult<()>> + Send;
 
     /// Puts `user` in line (once: a second join finds the first place, except that a
@@ -632,6 +637,7 @@ mod tests {
             &self,
             _: ShowtimeId,
             _: RoomSettings,
+            _: SaleWindow,
         ) -> impl Future<Output = PortResult<()>> + Send {
             std::future::ready(Ok(()))
         }

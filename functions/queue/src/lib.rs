@@ -205,7 +205,10 @@ async fn open_room(app: &App, showtime: ShowtimeId) -> Result<(), ApiError> {
         showtime = showtime.get(),
         "the waiting room was missing in Redis: set up again from the catalog"
     );
-    app.rooms.store().configure(showtime, settings).await?;
+    app.rooms
+        .store()
+        .configure(showtime, settings, known.sale_window)
+        .await?;
     Ok(())
 }
 

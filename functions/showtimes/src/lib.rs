@@ -565,7 +565,13 @@ async fn create(
     if let Some(room) = showtime.waiting_room {
         // Should this fail, the showtime still refuses buyers without an admission,
         // and the room is set up by the first join.
-        if let Err(e) = state.app().rooms.store().configure(showtime.id, room).await {
+        if let Err(e) = state
+            .app()
+            .rooms
+            .store()
+            .configure(showtime.id, room, showtime.sale_window)
+            .await
+        {
             tracing::warn!(
                 showtime = showtime.id.get(),
                 "opening the waiting room failed: {e}"
@@ -605,14 +611,20 @@ async fn change(
     let change = req.validate(was.as_ref().map(|(s, _)| s))?;
     let (showtime, counts, sale_state) = state.app().sale.change_showtime(id, change).await?;
     let rooms = state.app().rooms.store();
+    let window_moved = change.sale_opens_at.is_some()
+        || change.sale_closes_at.is_some()
+        || change.paused.is_some()
+        || change.close_now;
     match (change.waiting_room, showtime.waiting_room) {
         (Some(None), _) => rooms.remove(id).await?,
-        (Some(Some(settings)), _) => rooms.configure(id, settings).await?,
-        // Seats added to a sold-out sale: its room, closed, admits again.
-        (None, Some(settings)) if change.seats.is_some() => {
-            rooms.configure(id, settings).await?;
+        // A room opened or changed; seats added to a sold-out sale (its room, closed,
+        // admits again); the window moved (the room admits only while the sale sells).
+        (_, Some(settings))
+            if change.waiting_room.is_some() || change.seats.is_some() || window_moved =>
+        {
+            rooms.configure(id, settings, showtime.sale_window).await?;
         }
-        (None, _) => {}
+        _ => {}
     }
     tracing::info!(
         showtime = id.get(),

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use flash_sale_adapters::{RedisRoom, RedisSeats};
+use flash_sale_core::domain::SaleWindow;
 use flash_sale_core::ports::{SeatStore, TakeOutcome};
 use flash_sale_core::waiting_room::{
     Joined, RoomSettings, RoomSnapshot, Standing, WaitingRoomStore,
@@ -40,7 +41,7 @@ async fn room_with_seats(
     let rooms = RedisRoom::new(seats.connection(), &iso.prefix);
     let st = ShowtimeId::new(1).unwrap();
     assert!(seats.load(st, capacity, 0, 1, false, 1).await.unwrap());
-    rooms.configure(st, room).await.unwrap();
+    rooms.configure(st, room, SaleWindow::ALWAYS).await.unwrap();
     (seats, rooms, st)
 }
 
@@ -51,7 +52,7 @@ async fn three_showtimes(iso: &Isolation) -> (RedisSeats, RedisRoom, [ShowtimeId
     let open = ShowtimeId::new(2).unwrap();
     assert!(seats.load(open, 10, 0, 1, false, 1).await.unwrap());
     rooms
-        .configure(open, settings(OPEN, None, 0))
+        .configure(open, settings(OPEN, None, 0), SaleWindow::ALWAYS)
         .await
         .unwrap();
     (seats, rooms, [early, open, ShowtimeId::new(3).unwrap()])
@@ -97,7 +98,10 @@ async fn early_joiners_wait_without_a_place_and_are_admitted_in_the_order_of_the
     assert_eq!((before.open, before.served, before.joined), (false, 0, 6));
 
     // The room opens: three seats, no overbooking, so the three lowest draws.
-    rooms.configure(st, settings(OPEN, None, 0)).await.unwrap();
+    rooms
+        .configure(st, settings(OPEN, None, 0), SaleWindow::ALWAYS)
+        .await
+        .unwrap();
     let after = snapshot(&rooms, st).await;
     assert_eq!((after.open, after.served, after.closed), (true, 3, false));
     assert_eq!(admitted(&rooms, st, 1..=6).await, vec![6, 5, 4]);
@@ -189,7 +193,10 @@ async fn admission_follows_the_stock_and_the_room_closes_when_nothing_is_left() 
 
     // An operator adds a seat: reopened, the line moves again.
     seats.resize(st, 3).await.unwrap();
-    rooms.configure(st, settings(OPEN, None, 50)).await.unwrap();
+    rooms
+        .configure(st, settings(OPEN, None, 50), SaleWindow::ALWAYS)
+        .await
+        .unwrap();
     assert!(!snapshot(&rooms, st).await.closed);
     super::drop_keys(&seats).await;
 }
@@ -372,7 +379,7 @@ async fn joins_that_arrive_together_are_committed_together_each_caller_answered_
     assert_eq!(snapshot(&rooms, open).await.joined, 200);
     // The first draw is kept: users 1..=10 (draws 1..=10) are admitted first.
     rooms
-        .configure(early, settings(OPEN, None, 0))
+        .configure(early, settings(OPEN, None, 0), SaleWindow::ALWAYS)
         .await
         .unwrap();
     assert_eq!(snapshot(&rooms, early).await.served, 10);

@@ -1785,6 +1785,48 @@ async fn a_sold_out_answer_uses_the_admission_up_even_when_the_process_knew_it()
     app.finish().await;
 }
 
+/// While the sale does not sell (here paused), the room admits nobody: an admission
+/// then would only meet a 409 `sale_paused` and run out, the front of the line losing its
+/// turn. Resumed, the line is admitted from its front.
+#[tokio::test]
+async fn a_paused_sale_admits_nobody_and_its_line_keeps_its_turn_for_the_resumption() {
+    let app = TestApp::spawn(options()).await;
+    let client = Client::of(&app, 4);
+    let st = room_open_now(&app, 2, 1, 0, 60).await;
+    let (status, answer) = app.change_showtime(st, json!({"paused": true}), None).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    for user in 1..=3 {
+        let joined = joined(&client, st, user).await;
+        assert_eq!(
+            joined.at(),
+            ("in_line", Some(user as u64 - 1)),
+            "{joined:?}"
+        );
+    }
+    let (status, answer) = app
+        .change_showtime(st, json!({"paused": false}), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let mut line = vec![];
+    for user in 1..=3 {
+        line.push(standing(&client, st, user).await);
+    }
+    let stands: Vec<_> = line.iter().map(Standing::at).collect();
+    assert_eq!(
+        stands,
+        [
+            ("admitted", Some(0)),
+            ("admitted", Some(1)),
+            ("in_line", Some(2))
+        ]
+    );
+    let held = client
+        .reserve(st, 1, Some(line[0].admission()), None, None)
+        .await;
+    assert_eq!(held.status, StatusCode::OK, "{}", held.body);
+    app.finish().await;
+}
+
 #[tokio::test]
 async fn a_503_does_not_use_the_admission_up() {
     let app = TestApp::spawn(options()).await;
