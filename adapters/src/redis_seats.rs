@@ -794,56 +794,62 @@ impl SeatStore for RedisSeats {
         }
     }
 
-    async fn overdue_holds(&self, grace: Duration) -> PortResult<Vec<ReservationId>> {
-        let cutoff = self
-            .now_ms()
-            .await?
-            .saturating_sub(grace.as_millis() as u64);
-        let mut conn = self.conn.clone();
-        let mut overdue = vec![];
-        for showtime in self.showtimes().await? {
-            let seqs: Vec<u64> = conn
-                .zrangebyscore_limit(self.key(showtime, "deadlines"), "-inf", cutoff, 0, 1000)
-                .await
-                .map_err(port_error)?;
-            overdue.extend(
-                seqs.into_iter()
-                    .filter_map(|s| ReservationId::new(showtime, s).ok()),
-            );
-        }
-        Ok(overdue)
+    async fn swept_showtimes(&self) -> PortResult<Vec<ShowtimeId>> {
+        self.showtimes().await
     }
 
-    async fn unrecorded_payments(&self, grace: Duration) -> PortResult<Vec<OrderRequest>> {
+    async fn overdue_holds(
+        &self,
+        showtime: ShowtimeId,
+        grace: Duration,
+    ) -> PortResult<Vec<ReservationId>> {
         let cutoff = self
             .now_ms()
             .await?
             .saturating_sub(grace.as_millis() as u64);
         let mut conn = self.conn.clone();
-        let mut orders = vec![];
-        for showtime in self.showtimes().await? {
-            let paid: Vec<(u64, u64)> = conn
-                .zrangebyscore_limit_withscores(
-                    self.key(showtime, "unrecorded"),
-                    "-inf",
-                    cutoff,
-                    0,
-                    1000,
-                )
-                .await
-                .map_err(port_error)?;
-            for (seq, paid_at) in paid {
-                let Ok(id) = ReservationId::new(showtime, seq) else {
-                    continue;
-                };
-                if let Some(r) = self.reservation(id).await? {
-                    orders.push(OrderRequest {
-                        reservation: id,
-                        user: r.user,
-                        paid_at: UnixMillis(paid_at),
-                        quantity: r.quantity,
-                    });
-                }
+        let seqs: Vec<u64> = conn
+            .zrangebyscore_limit(self.key(showtime, "deadlines"), "-inf", cutoff, 0, 1000)
+            .await
+            .map_err(port_error)?;
+        Ok(seqs
+            .into_iter()
+            .filter_map(|s| ReservationId::new(showtime, s).ok())
+            .collect())
+    }
+
+    async fn unrecorded_payments(
+        &self,
+        showtime: ShowtimeId,
+        grace: Duration,
+    ) -> PortResult<Vec<OrderRequest>> {
+        let cutoff = self
+            .now_ms()
+            .await?
+            .saturating_sub(grace.as_millis() as u64);
+        let mut conn = self.conn.clone();
+        let paid: Vec<(u64, u64)> = conn
+            .zrangebyscore_limit_withscores(
+                self.key(showtime, "unrecorded"),
+                "-inf",
+                cutoff,
+                0,
+                1000,
+            )
+            .await
+            .map_err(port_error)?;
+        let mut orders = Vec::with_capacity(paid.len());
+        for (seq, paid_at) in paid {
+            let Ok(id) = ReservationId::new(showtime, seq) else {
+                continue;
+            };
+            if let Some(r) = self.reservation(id).await? {
+                orders.push(OrderRequest {
+                    reservation: id,
+                    user: r.user,
+                    paid_at: UnixMillis(paid_at),
+                    quantity: r.quantity,
+                });
             }
         }
         Ok(orders)

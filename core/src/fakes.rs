@@ -356,8 +356,20 @@ impl SeatStore for FakeSeats {
         ready(Ok(outcome))
     }
 
+    fn swept_showtimes(&self) -> impl Future<Output = PortResult<Vec<ShowtimeId>>> + Send {
+        let st = self.state.lock().unwrap();
+        let ids = st
+            .counts
+            .keys()
+            .filter(|id| !st.unswept.contains(id))
+            .copied()
+            .collect();
+        ready(Ok(ids))
+    }
+
     fn overdue_holds(
         &self,
+        showtime: ShowtimeId,
         grace: Duration,
     ) -> impl Future<Output = PortResult<Vec<ReservationId>>> + Send {
         let now = self.now().0;
@@ -366,7 +378,7 @@ impl SeatStore for FakeSeats {
         let ids = st
             .reservations
             .values()
-            .filter(|r| !st.unswept.contains(&r.showtime()))
+            .filter(|r| r.showtime() == showtime)
             .filter(|r| r.status == Status::Reserved && r.expires_at.0 + grace <= now)
             .map(|r| r.id)
             .collect();
@@ -375,6 +387,7 @@ impl SeatStore for FakeSeats {
 
     fn unrecorded_payments(
         &self,
+        showtime: ShowtimeId,
         grace: Duration,
     ) -> impl Future<Output = PortResult<Vec<OrderRequest>>> + Send {
         let now = self.now().0;
@@ -383,7 +396,7 @@ impl SeatStore for FakeSeats {
         let orders = st
             .reservations
             .values()
-            .filter(|r| !st.unswept.contains(&r.showtime()))
+            .filter(|r| r.showtime() == showtime)
             .filter(|r| r.status == Status::Paid && st.paid_at[&r.id].0 + grace <= now)
             .map(|r| OrderRequest {
                 reservation: r.id,

@@ -273,15 +273,21 @@ pub trait SeatStore: Send + Sync + 'static {
         capacity: u32,
     ) -> impl Future<Output = PortResult<ResizeOutcome>> + Send;
 
-    /// Holds still `RESERVED` whose deadline passed more than `grace` ago.
+    /// The showtimes the sweep walks: every showtime whose stock the store has loaded.
+    fn swept_showtimes(&self) -> impl Future<Output = PortResult<Vec<ShowtimeId>>> + Send;
+
+    /// `showtime`'s holds still `RESERVED` whose deadline passed more than `grace` ago.
     fn overdue_holds(
         &self,
+        showtime: ShowtimeId,
         grace: Duration,
     ) -> impl Future<Output = PortResult<Vec<ReservationId>>> + Send;
 
-    /// Reservations `PAID` more than `grace` ago whose order is not recorded yet.
+    /// `showtime`'s reservations `PAID` more than `grace` ago whose order is not recorded
+    /// yet.
     fn unrecorded_payments(
         &self,
+        showtime: ShowtimeId,
         grace: Duration,
     ) -> impl Future<Output = PortResult<Vec<OrderRequest>>> + Send;
 }

@@ -9,6 +9,13 @@ use crate::ports::{
 };
 use crate::{Sale, SeatCounts, ShowtimeId};
 
+/// Every showtime's reconciliation, and those that could not be reconciled, with why.
+#[derive(Debug, Clone, Default)]
+pub struct ReconciledAll {
+    pub showtimes: Vec<Reconciliation>,
+    pub failed: Vec<(ShowtimeId, String)>,
+}
+
 /// One showtime's reconciliation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reconciliation {
@@ -146,11 +153,16 @@ where
         }))
     }
 
-    /// Reconciles every showtime the database knows.
-    pub async fn reconcile_all(&self, repair: bool) -> Result<Vec<Reconciliation>, PortError> {
-        let mut all = vec![];
+    /// Reconciles every showtime the database knows. One that cannot be read (a broken
+    /// key, a Redis Cluster shard down) is named in `failed`, and the others are
+    /// reconciled all the same.
+    pub async fn reconcile_all(&self, repair: bool) -> Result<ReconciledAll, PortError> {
+        let mut all = ReconciledAll::default();
         for id in self.db.showtime_ids().await? {
-            all.extend(self.reconcile(id, repair).await?);
+            match self.reconcile(id, repair).await {
+                Ok(reconciled) => all.showtimes.extend(reconciled),
+                Err(e) => all.failed.push((id, e.to_string())),
+            }
         }
         Ok(all)
     }
@@ -227,7 +239,10 @@ mod tests {
                 .unwrap()
                 .is_clean()
         );
-        assert_eq!(block_on(sale.reconcile_all(false)).unwrap().len(), 1);
+        assert_eq!(
+            block_on(sale.reconcile_all(false)).unwrap().showtimes.len(),
+            1
+        );
     }
 
     #[test]

@@ -346,10 +346,12 @@ pub struct PayReceipt {
 }
 
 /// What a sweep found and did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SweepReport {
     pub holds_expired: usize,
     pub orders_resent: usize,
+    /// Showtimes the sweep could not finish, with why: the others were swept.
+    pub failed: Vec<(ShowtimeId, String)>,
 }
 
 /// The flash sale: its rules over its ports.
@@ -933,20 +935,41 @@ where
     /// The backstop for lost messages: expires holds whose deadline passed `grace` ago
     /// (their delayed expiry never came), and re-sends orders paid `grace` ago that never
     /// reached the database. Idempotent; safe at any time.
+    /// Showtime by showtime: one that fails (a broken key, a Redis Cluster shard down)
+    /// is named in the report, and the others are swept all the same.
     pub async fn sweep(&self, grace: Duration) -> Result<SweepReport, PortError> {
         let mut report = SweepReport::default();
-        for id in self.seats.overdue_holds(grace).await? {
-            if self.seats.expire(id).await? == ExpireOutcome::SeatReturned {
-                self.sold_out.seat_returned(id.showtime());
-                report.holds_expired += 1;
+        let mut unrecorded = vec![];
+        for showtime in self.seats.swept_showtimes().await? {
+            if let Err(e) = self
+                .sweep_showtime(showtime, grace, &mut report, &mut unrecorded)
+                .await
+            {
+                report.failed.push((showtime, e.to_string()));
             }
         }
-        let unrecorded = self.seats.unrecorded_payments(grace).await?;
         if !unrecorded.is_empty() {
             self.bus.publish_orders(&unrecorded).await?;
             report.orders_resent = unrecorded.len();
         }
         Ok(report)
+    }
+
+    async fn sweep_showtime(
+        &self,
+        showtime: ShowtimeId,
+        grace: Duration,
+        report: &mut SweepReport,
+        unrecorded: &mut Vec<OrderRequest>,
+    ) -> Result<(), PortError> {
+        for id in self.seats.overdue_holds(showtime, grace).await? {
+            if self.seats.expire(id).await? == ExpireOutcome::SeatReturned {
+                self.sold_out.seat_returned(showtime);
+                report.holds_expired += 1;
+            }
+        }
+        unrecorded.extend(self.seats.unrecorded_payments(showtime, grace).await?);
+        Ok(())
     }
 }
 
@@ -1811,7 +1834,8 @@ mod tests {
             report,
             SweepReport {
                 holds_expired: 1,
-                orders_resent: 1
+                orders_resent: 1,
+                failed: vec![],
             }
         );
         assert_eq!(sale.bus.orders.lock().unwrap().as_slice(), &[receipt.order]);

@@ -16,10 +16,17 @@ pub async fn run(app: App) {
             metrics::sweep(report.holds_expired, report.orders_resent);
         }
         match swept {
-            Ok(report) if report.holds_expired + report.orders_resent > 0 => {
-                tracing::warn!(?report, "the sweep found work the queues had not done");
+            Ok(report) => {
+                for (showtime, error) in &report.failed {
+                    tracing::warn!(
+                        showtime = showtime.get(),
+                        "the sweep could not sweep this showtime (it swept the others): {error}"
+                    );
+                }
+                if report.holds_expired + report.orders_resent > 0 {
+                    tracing::warn!(?report, "the sweep found work the queues had not done");
+                }
             }
-            Ok(_) => {}
             Err(e) => tracing::warn!("sweep failed: {e}"),
         }
         if let Err(e) = app.advance_rooms().await {
@@ -40,8 +47,14 @@ pub async fn reconcile_for_metrics(app: App) {
     loop {
         every.tick().await;
         match app.sale.reconcile_all(false).await {
-            Ok(showtimes) => {
-                for r in showtimes {
+            Ok(all) => {
+                for (showtime, error) in &all.failed {
+                    tracing::warn!(
+                        showtime = showtime.get(),
+                        "reconciling this showtime for the metrics failed: {error}"
+                    );
+                }
+                for r in all.showtimes {
                     let on_sale = r.seats.is_some_and(|c| c.available + c.held > 0);
                     if on_sale || !r.discrepancies.is_empty() {
                         metrics::showtime(

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use flash_sale_core::reconcile::Reconciliation;
+use flash_sale_core::reconcile::{ReconciledAll, Reconciliation};
 use flash_sale_core::sale::SweepReport;
 use flash_sale_runtime::App;
 use serde::Serialize;
@@ -38,6 +38,13 @@ pub struct ShowtimeReport {
     pub repaired: Option<SeatsView>,
 }
 
+/// A showtime the sweep or the reconciliation could not finish, and why.
+#[derive(Debug, Serialize)]
+pub struct Unfinished {
+    pub showtime_id: i64,
+    pub error: String,
+}
+
 #[derive(Debug, Serialize)]
 pub struct QueueDepth {
     pub queue: String,
@@ -50,19 +57,27 @@ pub struct QueueDepth {
 pub struct Report {
     pub holds_expired_by_sweep: usize,
     pub orders_resent_by_sweep: usize,
+    /// Showtimes the sweep could not finish (the others were swept).
+    pub showtimes_not_swept: Vec<Unfinished>,
     /// Waiting rooms of showtimes on sale whose line was advanced.
     pub waiting_rooms_advanced: usize,
     pub showtimes: Vec<ShowtimeReport>,
+    /// Showtimes that could not be reconciled (the others were).
+    pub showtimes_not_reconciled: Vec<Unfinished>,
     pub queues: Vec<QueueDepth>,
 }
 
 impl Report {
-    /// Whether every showtime reconciled without a discrepancy (or was repaired), with
-    /// no refused order awaiting a refund (no repair settles those: a person does).
+    /// Whether every showtime was swept and reconciled without a discrepancy (or was
+    /// repaired), with no refused order awaiting a refund (no repair settles those: a
+    /// person does).
     pub fn is_clean(&self) -> bool {
-        self.showtimes.iter().all(|s| {
-            s.refused_awaiting_refund == 0 && (s.discrepancies.is_empty() || s.repaired.is_some())
-        })
+        self.showtimes_not_swept.is_empty()
+            && self.showtimes_not_reconciled.is_empty()
+            && self.showtimes.iter().all(|s| {
+                s.refused_awaiting_refund == 0
+                    && (s.discrepancies.is_empty() || s.repaired.is_some())
+            })
     }
 }
 
@@ -99,12 +114,16 @@ pub async fn run(
     let SweepReport {
         holds_expired,
         orders_resent,
+        failed,
     } = app.sale.sweep(sweep_grace).await?;
     // The waiting rooms' timer on Lambda (this function's schedule): joins, polls and
     // reserves advance them too, lazily.
     let waiting_rooms_advanced = app.advance_rooms().await?;
     let reconciled = match only {
-        Some(id) => app.sale.reconcile(id, repair).await?.into_iter().collect(),
+        Some(id) => ReconciledAll {
+            showtimes: app.sale.reconcile(id, repair).await?.into_iter().collect(),
+            failed: vec![],
+        },
         None => app.sale.reconcile_all(repair).await?,
     };
     let queues = app
@@ -117,8 +136,27 @@ pub async fn run(
     Ok(Report {
         holds_expired_by_sweep: holds_expired,
         orders_resent_by_sweep: orders_resent,
+        showtimes_not_swept: failed
+            .into_iter()
+            .map(|(showtime, error)| Unfinished {
+                showtime_id: showtime.get(),
+                error,
+            })
+            .collect(),
         waiting_rooms_advanced,
-        showtimes: reconciled.into_iter().map(showtime_report).collect(),
+        showtimes: reconciled
+            .showtimes
+            .into_iter()
+            .map(showtime_report)
+            .collect(),
+        showtimes_not_reconciled: reconciled
+            .failed
+            .into_iter()
+            .map(|(showtime, error)| Unfinished {
+                showtime_id: showtime.get(),
+                error,
+            })
+            .collect(),
         queues,
     })
 }

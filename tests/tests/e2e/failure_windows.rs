@@ -135,6 +135,66 @@ async fn an_order_the_database_refuses_ends_refused_is_dead_lettered_once_and_ne
     app.finish().await;
 }
 
+/// A showtime the sweep cannot read (here its deadlines key holds a string, a broken
+/// key; in a Redis Cluster, a shard that is down) does not keep the others from being
+/// swept: their holds whose expiry message was lost are returned, and the broken one is
+/// named in the report.
+#[tokio::test]
+async fn a_showtime_the_sweep_cannot_read_does_not_keep_the_others_from_being_swept() {
+    let app = TestApp::spawn(Options {
+        hold_secs: 2,
+        ..Options::default()
+    })
+    .await;
+    let broken = app.create_showtime(1).await;
+    let fine = app.create_showtime(1).await;
+    let lost = hold(&app, 1, fine).await;
+    hold(&app, 2, broken).await;
+    // Both expiries reach the delay queue, then are lost.
+    let bus = &app.adapters.bus;
+    let delay = bus.topology().delay_queue();
+    eventually(Duration::from_secs(10), "both expiries queued", || async {
+        (bus.ready_count(&delay).await.unwrap() >= 1).then_some(())
+    })
+    .await;
+    let ch = bus.channel().await.unwrap();
+    ch.queue_purge(delay.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    let mut conn = app.adapters.seats.connection();
+    let _: () = redis::cmd("SET")
+        .arg(format!("{}:{{{broken}}}:deadlines", app.iso.prefix))
+        .arg("broken")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let report = eventually(
+        Duration::from_secs(30),
+        "the sweep to return the lost hold",
+        || async {
+            let report = app.app.sale.sweep(Duration::ZERO).await.unwrap();
+            assert_eq!(report.failed.len(), 1, "{report:?}");
+            assert_eq!(report.failed[0].0.get(), broken, "{report:?}");
+            (report.holds_expired == 1).then_some(report)
+        },
+    )
+    .await;
+    assert!(report.failed[0].1.contains("WRONGTYPE"), "{report:?}");
+    assert_eq!(app.status_of(&lost).await, "EXPIRED");
+    assert_eq!(app.seats(fine).await, (1, 0, 0));
+    // The audit too goes on past it: the other showtime is reconciled, clean.
+    let audit = sweep_and_reconcile(&app).await;
+    assert_eq!(audit.showtimes_not_swept.len(), 1, "{audit:?}");
+    assert_eq!(audit.showtimes_not_reconciled.len(), 1, "{audit:?}");
+    assert_eq!(audit.showtimes_not_reconciled[0].showtime_id, broken);
+    assert_eq!(audit.showtimes.len(), 1, "{audit:?}");
+    assert_eq!(audit.showtimes[0].showtime_id, fine);
+    assert!(audit.showtimes[0].discrepancies.is_empty(), "{audit:?}");
+    assert!(!audit.is_clean());
+    app.finish().await;
+}
+
 #[tokio::test]
 async fn a_showtime_missing_from_the_sweeps_registry_is_reported_and_registered_again() {
     let app = TestApp::spawn(Options::default()).await;
