@@ -313,7 +313,10 @@ async fn payments_that_arrive_together_each_get_their_own_answer() {
         })
     );
     assert_eq!(
-        s.unrecorded_payments(Duration::ZERO).await.unwrap().len(),
+        s.unrecorded_payments(st, Duration::ZERO)
+            .await
+            .unwrap()
+            .len(),
         200
     );
     drop_keys(&s).await;
@@ -389,7 +392,7 @@ async fn paid_reservations_wait_in_the_unrecorded_set_until_marked_ordered() {
         s.pay(r.id, user(1)).await.unwrap(),
         PayOutcome::AlreadyPaid(Status::Paid)
     );
-    let pending = s.unrecorded_payments(Duration::ZERO).await.unwrap();
+    let pending = s.unrecorded_payments(st, Duration::ZERO).await.unwrap();
     assert_eq!(
         pending,
         vec![OrderRequest {
@@ -402,7 +405,7 @@ async fn paid_reservations_wait_in_the_unrecorded_set_until_marked_ordered() {
     s.mark_ordered(&[r.id]).await.unwrap();
     s.mark_ordered(&[r.id]).await.unwrap();
     assert!(
-        s.unrecorded_payments(Duration::ZERO)
+        s.unrecorded_payments(st, Duration::ZERO)
             .await
             .unwrap()
             .is_empty()
@@ -411,7 +414,12 @@ async fn paid_reservations_wait_in_the_unrecorded_set_until_marked_ordered() {
         s.reservation(r.id).await.unwrap().unwrap().status,
         Status::Ordered
     );
-    assert!(s.overdue_holds(Duration::ZERO).await.unwrap().is_empty());
+    assert!(
+        s.overdue_holds(st, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     drop_keys(&s).await;
 }
 
@@ -1159,7 +1167,7 @@ async fn redis_moves_a_groups_seats_together_in_every_script() {
     assert_eq!(quantity, 4);
     assert_eq!(s.counts(st).await.unwrap(), Some(six_seats(2, 0, 4)));
     assert_eq!(
-        s.unrecorded_payments(Duration::ZERO).await.unwrap()[0].quantity,
+        s.unrecorded_payments(st, Duration::ZERO).await.unwrap()[0].quantity,
         4
     );
     let audit = s.audit(st).await.unwrap().unwrap();

@@ -170,7 +170,23 @@ async fn calls_across_showtimes_on_different_masters_work() {
         let r = seats.reservation(*id).await.unwrap().unwrap();
         assert_eq!(r.status, Status::Ordered, "{id}");
     }
-    let mut overdue = seats.overdue_holds(Duration::ZERO).await.unwrap();
+    let mut swept = seats.swept_showtimes().await.unwrap();
+    swept.sort();
+    let mut on_every_master = showtimes.clone();
+    on_every_master.sort();
+    assert_eq!(
+        swept, on_every_master,
+        "the sweep's registry has every showtime"
+    );
+    let mut overdue = vec![];
+    for showtime in &swept {
+        overdue.extend(
+            seats
+                .overdue_holds(*showtime, Duration::ZERO)
+                .await
+                .unwrap(),
+        );
+    }
     overdue.sort_by_key(|id| id.to_string());
     held.sort_by_key(|id| id.to_string());
     assert_eq!(
