@@ -297,6 +297,9 @@ impl RateLimits {
         let Some(ip) = client_address(parts, self.trust_forwarded_for) else {
             return Ok(());
         };
+        // A listener on `[::]` sees IPv4 clients as IPv4-mapped IPv6 addresses
+        // (`::ffff:203.0.113.9`): each is its IPv4 address, not one /64 shared by all.
+        let ip = ip.to_canonical();
         if ip.is_loopback() && !self.limit_loopback {
             return Ok(());
         }
@@ -331,6 +334,42 @@ mod tests {
             .body(())
             .unwrap();
         req.into_parts().0
+    }
+
+    #[test]
+    fn ipv4_clients_of_a_listener_on_all_ipv6_addresses_keep_a_bucket_each() {
+        let l = limits(
+            None,
+            Some(Quota {
+                per_sec: 1,
+                burst: 1,
+            }),
+        );
+        let peer = |addr: &str| {
+            let mut parts = axum::http::Request::builder()
+                .body(())
+                .unwrap()
+                .into_parts()
+                .0;
+            let addr: SocketAddr = addr.parse().unwrap();
+            parts.extensions.insert(ConnectInfo(addr));
+            parts
+        };
+        l.check_address(&peer("[::ffff:203.0.113.9]:40000"))
+            .unwrap();
+        assert!(
+            l.check_address(&peer("[::ffff:203.0.113.9]:40001"))
+                .is_err(),
+            "the same client, over its burst"
+        );
+        l.check_address(&peer("[::ffff:203.0.113.10]:40000"))
+            .expect("another IPv4 client has its own bucket");
+        l.check_address(&peer("203.0.113.11:40000"))
+            .expect("and so has one on an IPv4 listener");
+        for _ in 0..3 {
+            l.check_address(&peer("[::ffff:127.0.0.1]:40000"))
+                .expect("loopback, mapped or not, is exempt by default");
+        }
     }
 
     #[test]
