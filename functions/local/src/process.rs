@@ -146,6 +146,17 @@ pub async fn reconcile_from_env(
             // Messages, not entries: a message may carry a batch (adapters' rabbit::batch).
             println!("queue {}: {} messages ready", q.queue, q.ready);
         }
+        for (what, unfinished) in [
+            ("NOT SWEPT", &report.showtimes_not_swept),
+            ("NOT RECONCILED", &report.showtimes_not_reconciled),
+        ] {
+            for u in unfinished {
+                println!("showtime {}: {what}: {}", u.showtime_id, u.error);
+            }
+        }
+        for f in &report.failures {
+            println!("FAILED: {f}");
+        }
     }
     Ok(report.is_clean())
 }

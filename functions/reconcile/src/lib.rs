@@ -65,14 +65,17 @@ pub struct Report {
     /// Showtimes that could not be reconciled (the others were).
     pub showtimes_not_reconciled: Vec<Unfinished>,
     pub queues: Vec<QueueDepth>,
+    /// Steps that failed as a whole, and why (the others ran).
+    pub failures: Vec<String>,
 }
 
 impl Report {
-    /// Whether every showtime was swept and reconciled without a discrepancy (or was
-    /// repaired), with no refused order awaiting a refund (no repair settles those: a
+    /// Whether every step ran and every showtime was swept and reconciled without a
+    /// discrepancy (or was repaired), with no refused order awaiting a refund (no repair settles those: a
     /// person does).
     pub fn is_clean(&self) -> bool {
-        self.showtimes_not_swept.is_empty()
+        self.failures.is_empty()
+            && self.showtimes_not_swept.is_empty()
             && self.showtimes_not_reconciled.is_empty()
             && self.showtimes.iter().all(|s| {
                 s.refused_awaiting_refund == 0
@@ -104,59 +107,81 @@ fn showtime_report(r: Reconciliation) -> ShowtimeReport {
     }
 }
 
-/// Sweeps (with `sweep_grace`), then reconciles `only` one showtime or all of them.
+/// Sweeps (with `sweep_grace`), advances the waiting rooms, reconciles `only` one showtime
+/// or all of them, and reads the queues' depths. Each step runs whatever the one before
+/// met: a step that fails (the broker refusing the sweep's re-sent orders, the database
+/// not answering) is named in the report's `failures`, which make it unclean, so the
+/// audit still reports what it could read and the scheduled function still logs it.
 pub async fn run(
     app: &App,
     only: Option<flash_sale_core::ShowtimeId>,
     repair: bool,
     sweep_grace: Duration,
 ) -> Result<Report, flash_sale_core::PortError> {
+    let mut failures = vec![];
+    let mut step = |name: &str, e: flash_sale_core::PortError| {
+        failures.push(format!("{name}: {e}"));
+    };
     let SweepReport {
         holds_expired,
         orders_resent,
         failed,
-    } = app.sale.sweep(sweep_grace).await?;
+    } = app.sale.sweep(sweep_grace).await.unwrap_or_else(|e| {
+        step("the sweep", e);
+        SweepReport::default()
+    });
     // The waiting rooms' timer on Lambda (this function's schedule): joins, polls and
     // reserves advance them too, lazily.
-    let waiting_rooms_advanced = app.advance_rooms().await?;
+    let waiting_rooms_advanced = app.advance_rooms().await.unwrap_or_else(|e| {
+        step("advancing the waiting rooms", e);
+        0
+    });
     let reconciled = match only {
-        Some(id) => ReconciledAll {
-            showtimes: app.sale.reconcile(id, repair).await?.into_iter().collect(),
-            failed: vec![],
-        },
-        None => app.sale.reconcile_all(repair).await?,
+        Some(id) => app
+            .sale
+            .reconcile(id, repair)
+            .await
+            .map(|one| ReconciledAll {
+                showtimes: one.into_iter().collect(),
+                failed: vec![],
+            }),
+        None => app.sale.reconcile_all(repair).await,
+    }
+    .unwrap_or_else(|e| {
+        step("the reconciliation", e);
+        ReconciledAll::default()
+    });
+    let queues = match app.queues.depths().await {
+        Ok(depths) => depths
+            .into_iter()
+            .map(|(queue, ready)| QueueDepth { queue, ready })
+            .collect(),
+        Err(e) => {
+            step("reading the queues' depths", e);
+            vec![]
+        }
     };
-    let queues = app
-        .queues
-        .depths()
-        .await?
-        .into_iter()
-        .map(|(queue, ready)| QueueDepth { queue, ready })
-        .collect();
-    Ok(Report {
-        holds_expired_by_sweep: holds_expired,
-        orders_resent_by_sweep: orders_resent,
-        showtimes_not_swept: failed
+    let unfinished = |failed: Vec<(flash_sale_core::ShowtimeId, String)>| {
+        failed
             .into_iter()
             .map(|(showtime, error)| Unfinished {
                 showtime_id: showtime.get(),
                 error,
             })
-            .collect(),
+            .collect()
+    };
+    Ok(Report {
+        holds_expired_by_sweep: holds_expired,
+        orders_resent_by_sweep: orders_resent,
+        showtimes_not_swept: unfinished(failed),
         waiting_rooms_advanced,
         showtimes: reconciled
             .showtimes
             .into_iter()
             .map(showtime_report)
             .collect(),
-        showtimes_not_reconciled: reconciled
-            .failed
-            .into_iter()
-            .map(|(showtime, error)| Unfinished {
-                showtime_id: showtime.get(),
-                error,
-            })
-            .collect(),
+        showtimes_not_reconciled: unfinished(reconciled.failed),
         queues,
+        failures,
     })
 }

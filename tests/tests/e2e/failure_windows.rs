@@ -195,6 +195,53 @@ async fn a_showtime_the_sweep_cannot_read_does_not_keep_the_others_from_being_sw
     app.finish().await;
 }
 
+/// A step of the audit that fails as a whole (here the sweep, whose re-sent order the
+/// broker cannot route) does not keep the others from running: the showtimes are still
+/// reconciled, and each failure is in the report, which is unclean.
+#[tokio::test]
+async fn a_sweep_that_cannot_resend_does_not_keep_the_audit_from_reporting() {
+    let app = TestApp::spawn(Options::default()).await;
+    let showtime = app.create_showtime(2).await;
+    let paid = hold(&app, 1, showtime).await;
+    let bus = &app.adapters.bus;
+    bus.ping().await.unwrap();
+    let ch = bus.channel().await.unwrap();
+    ch.queue_delete(
+        bus.topology().queue(Queue::Orders).as_str().into(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    // Paid, its order unroutable: it waits in Redis for the sweep.
+    let (status, body) = app.pay(&paid, 1).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "PAID", "{body}");
+
+    let report = sweep_and_reconcile(&app).await;
+    assert!(
+        report.failures.iter().any(|f| f.starts_with("the sweep")),
+        "{report:?}"
+    );
+    assert!(!report.is_clean());
+    assert_eq!(report.showtimes.len(), 1, "{report:?}");
+    assert_eq!(report.showtimes[0].paid_in_flight, 1, "{report:?}");
+    // The missing queue's depth cannot be read either: named too, after the reconciliation.
+    assert!(
+        report.failures[1..]
+            .iter()
+            .any(|f| f.starts_with("reading the queues' depths")),
+        "{report:?}"
+    );
+
+    // The queue back, the next audit runs whole, and its sweep re-sends the order (its
+    // publish confirmed and routed).
+    bus.declare_topology().await.unwrap();
+    let report = sweep_and_reconcile(&app).await;
+    assert!(report.failures.is_empty(), "{report:?}");
+    assert_eq!(report.orders_resent_by_sweep, 1, "{report:?}");
+    app.finish().await;
+}
+
 #[tokio::test]
 async fn a_showtime_missing_from_the_sweeps_registry_is_reported_and_registered_again() {
     let app = TestApp::spawn(Options::default()).await;
