@@ -121,6 +121,15 @@ where
             let Some(lock) = self.db.lock_showtime(id).await? else {
                 return Ok(None);
             };
+            // The orders are read again under the lock. Read before it, an order
+            // committed (and marked ORDERED in the store) in between would be counted
+            // neither as ordered nor as pending; paid after the audit and committed
+            // before the lock, it would be counted as both. No order of this showtime
+            // commits while the row is locked (its trigger updates the row), so these
+            // reads agree with the store's unrecorded set whenever the rebuild runs.
+            let now = self.seats.audit(id).await?;
+            let unrecorded = now.as_ref().map_or(&[][..], |a| a.unrecorded.as_slice());
+            let RecordedOrders { ordered, recorded } = self.db.recorded(id, unrecorded).await?;
             let row = SeatRow::from(lock.showtime());
             let rebuilt = self.seats.rebuild(id, row, ordered, &recorded).await?;
             drop(lock);

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use flash_sale_adapters::Queue;
+use flash_sale_core::ports::SeatStore as _;
 use flash_sale_tests::{Options, RedisServer, TestApp, assert_error, eventually};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -192,6 +193,123 @@ async fn a_showtime_the_sweep_cannot_read_does_not_keep_the_others_from_being_sw
     assert_eq!(audit.showtimes[0].showtime_id, fine);
     assert!(audit.showtimes[0].discrepancies.is_empty(), "{audit:?}");
     assert!(!audit.is_clean());
+    app.finish().await;
+}
+
+/// A repair reads the orders under the showtime's lock: an order committed (and marked
+/// ORDERED in Redis) between the audit's first read and the lock is counted once, not
+/// missed. Here Redis has lost its sold count (the reason to repair), buyer 2's order is
+/// held at the database's door, and it is written while the repair waits for the lock.
+/// Read before the lock, the rebuild counted it neither as ordered nor as in flight, and
+/// put one more seat on sale than exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repair_counts_an_order_written_while_it_waited_for_the_lock() {
+    let app = TestApp::spawn(Options::default()).await;
+    let showtime = app.create_showtime(5).await;
+    let first = hold(&app, 1, showtime).await;
+    assert_eq!(app.pay(&first, 1).await.0, StatusCode::OK);
+    eventually(Duration::from_secs(30), "the first order", || async {
+        (app.status_of(&first).await == "ORDERED").then_some(())
+    })
+    .await;
+
+    // Orders wait at the database's door (an advisory lock the test holds), except the
+    // test's own (`test.gate` open in its transaction).
+    let mut gate = app.db.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(7)")
+        .execute(&mut *gate)
+        .await
+        .unwrap();
+    for ddl in [
+        "CREATE FUNCTION orders_wait_at_the_gate() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF coalesce(current_setting('test.gate', true), '') <> 'open' THEN
+             PERFORM pg_advisory_lock_shared(7); PERFORM pg_advisory_unlock_shared(7);
+           END IF;
+           RETURN NULL;
+         END $$",
+        "CREATE TRIGGER orders_wait_at_the_gate BEFORE INSERT ON orders
+         FOR EACH STATEMENT EXECUTE FUNCTION orders_wait_at_the_gate()",
+    ] {
+        sqlx::query(ddl).execute(&app.db).await.unwrap();
+    }
+    let second = hold(&app, 2, showtime).await;
+    assert_eq!(app.pay(&second, 2).await.0, StatusCode::OK);
+    // Redis loses its count of the two paid seats.
+    let mut conn = app.adapters.seats.connection();
+    let seats_key = format!("{}:{{{showtime}}}:seats", app.iso.prefix);
+    let _: () = redis::pipe()
+        .hincr(&seats_key, "sold", -2)
+        .hincr(&seats_key, "available", 2)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(app.seats(showtime).await, (5, 0, 0));
+
+    // The showtime's row locked: the repair audits, reads the orders, then waits.
+    let mut tx = app.db.begin().await.unwrap();
+    sqlx::query("SELECT id FROM showtimes WHERE id = $1 FOR UPDATE")
+        .bind(showtime)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let repair = {
+        let app = app.app.clone();
+        tokio::spawn(async move {
+            let id = flash_sale_core::ShowtimeId::new(showtime).unwrap();
+            flash_sale_reconcile::run(&app, Some(id), true, Duration::from_secs(3600)).await
+        })
+    };
+    eventually(
+        Duration::from_secs(10),
+        "the repair to wait for the lock",
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'
+               AND query LIKE '%FROM showtimes WHERE id = $1 FOR UPDATE%'",
+            )
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+            (waiting == 1).then_some(())
+        },
+    )
+    .await;
+    // Meanwhile buyer 2's order is written and marked, as write-order does.
+    sqlx::query("SET LOCAL test.gate = 'open'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO orders (reservation_id, showtime_id, user_id, paid_at, quantity)
+         VALUES ($1, $2, 2, now(), 1)",
+    )
+    .bind(&second)
+    .bind(showtime)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    app.adapters
+        .seats
+        .mark_ordered(&[second.parse().unwrap()])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let report = repair.await.unwrap().unwrap();
+    let repaired = report.showtimes[0].repaired.as_ref().expect("a repair");
+    assert_eq!(
+        (repaired.available, repaired.held, repaired.sold),
+        (3, 0, 2),
+        "{report:?}"
+    );
+    assert_eq!(app.seats(showtime).await, (3, 0, 2));
+    sqlx::query("SELECT pg_advisory_unlock(7)")
+        .execute(&mut *gate)
+        .await
+        .unwrap();
+    assert_eq!(app.orders(showtime).await, 2);
     app.finish().await;
 }
 
