@@ -28,7 +28,7 @@ use flash_sale_runtime::error::ApiError;
 use flash_sale_runtime::extract::JsonBody;
 use flash_sale_runtime::guard::{AppState, Guard};
 use flash_sale_runtime::identity::Caller;
-use flash_sale_runtime::{now, rfc3339};
+use flash_sale_runtime::{now, rfc3339, to_the_end};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -609,23 +609,43 @@ async fn change(
         _ => None,
     };
     let change = req.validate(was.as_ref().map(|(s, _)| s))?;
-    let (showtime, counts, sale_state) = state.app().sale.change_showtime(id, change).await?;
-    let rooms = state.app().rooms.store();
-    let window_moved = change.sale_opens_at.is_some()
-        || change.sale_closes_at.is_some()
-        || change.paused.is_some()
-        || change.close_now;
-    match (change.waiting_room, showtime.waiting_room) {
-        (Some(None), _) => rooms.remove(id).await?,
-        // A room opened or changed; seats added to a sold-out sale (its room, closed,
-        // admits again); the window moved (the room admits only while the sale sells).
-        (_, Some(settings))
-            if change.waiting_room.is_some() || change.seats.is_some() || window_moved =>
-        {
-            rooms.configure(id, settings, showtime.sale_window).await?;
-        }
-        _ => {}
-    }
+    // To its end even if the operator's client goes away or the request times out: a
+    // change dropped between the seat store's resize and the row's commit would leave
+    // Redis selling seats the database does not have.
+    let app = state.app().clone();
+    let (showtime, counts, sale_state) = to_the_end(async move {
+        let changed = app.sale.change_showtime(id, change).await?;
+        let showtime = &changed.0;
+        let rooms = app.rooms.store();
+        let window_moved = change.sale_opens_at.is_some()
+            || change.sale_closes_at.is_some()
+            || change.paused.is_some()
+            || change.close_now;
+        let room = match (change.waiting_room, showtime.waiting_room) {
+            (Some(None), _) => rooms.remove(id).await,
+            // A room opened or changed; seats added to a sold-out sale (its room,
+            // closed, admits again); the window moved (the room admits only while the
+            // sale sells).
+            (_, Some(settings))
+                if change.waiting_room.is_some() || change.seats.is_some() || window_moved =>
+            {
+                rooms.configure(id, settings, showtime.sale_window).await
+            }
+            _ => Ok(()),
+        };
+        // The change is saved by now: a retry must not add the seats again.
+        room.map_err(|e| {
+            tracing::error!(showtime = id.get(), "the waiting room was not updated: {e}");
+            ApiError::Unavailable(format!(
+                "the change was saved (capacity {}), but the waiting room could not be \
+                 updated: send the same waiting_room, paused or window again (not the \
+                 seats)",
+                showtime.capacity.get()
+            ))
+        })?;
+        Ok::<_, ApiError>(changed)
+    })
+    .await?;
     tracing::info!(
         showtime = id.get(),
         change = ?change,

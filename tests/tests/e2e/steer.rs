@@ -430,3 +430,67 @@ async fn with_tokens_only_an_admin_steers_a_sale() {
     assert_error(&(status, body), StatusCode::CONFLICT, "sale_paused");
     app.finish().await;
 }
+
+/// An operator's change runs to its end though the operator's client goes away in the
+/// middle of it: between the seat store's resize and the row's commit (held here by the
+/// test, at a trigger on the row's update), a dropped change would leave Redis selling
+/// seats the database does not have, which it refuses as orders come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_whose_client_goes_away_midway_still_ends_with_redis_and_the_database_agreeing() {
+    let app = TestApp::spawn(Options::default()).await;
+    let showtime = app.create_showtime(2).await;
+    let mut gate = app.db.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(8)")
+        .execute(&mut *gate)
+        .await
+        .unwrap();
+    for ddl in [
+        "CREATE FUNCTION showtimes_wait_at_the_gate() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM pg_advisory_lock_shared(8); PERFORM pg_advisory_unlock_shared(8);
+         RETURN NEW; END $$",
+        "CREATE TRIGGER showtimes_wait_at_the_gate BEFORE UPDATE ON showtimes
+         FOR EACH ROW EXECUTE FUNCTION showtimes_wait_at_the_gate()",
+    ] {
+        sqlx::query(ddl).execute(&app.db).await.unwrap();
+    }
+
+    let gone = app
+        .http
+        .patch(app.url(&format!("/showtimes/{showtime}")))
+        .json(&json!({"add_seats": 3}))
+        .timeout(Duration::from_millis(500))
+        .send();
+    let waiting_at_the_gate = async {
+        eventually(
+            Duration::from_secs(10),
+            "the change at the row's update",
+            || async {
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event = 'advisory'",
+                )
+                .fetch_one(&app.db)
+                .await
+                .unwrap();
+                (waiting == 1).then_some(())
+            },
+        )
+        .await
+    };
+    let (answer, ()) = tokio::join!(gone, waiting_at_the_gate);
+    assert!(answer.is_err_and(|e| e.is_timeout()), "the client gave up");
+    // Redis has the new seats already; the row's commit waits at the gate.
+    assert_eq!(app.seats(showtime).await, (5, 0, 0));
+    sqlx::query("SELECT pg_advisory_unlock(8)")
+        .execute(&mut *gate)
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the database to have the seats Redis sells",
+        || async { (capacity_in_db(&app, showtime).await == 5).then_some(()) },
+    )
+    .await;
+    assert_eq!(app.seats(showtime).await, (5, 0, 0));
+    app.finish().await;
+}
