@@ -240,6 +240,17 @@ async fn schemathesis_finds_no_answer_that_breaks_the_spec() {
         .arg(root().join("openapi.yaml"))
         .args(["--url", &format!("http://{}", app.addr)])
         .args(["--checks", "all"])
+        // Two of them ask what this API does not promise, by design:
+        // - use_after_free (ST301): the API's one DELETE, `DELETE /reservations/{id}`,
+        //   cancels a hold and keeps it readable as CANCELLED;
+        // - ensure_resource_availability (ST302): a showtime created without a
+        //   `waiting_room` has no line, so its queue routes answer 404, and the stateful
+        //   phase follows the link it infers from POST /showtimes to them.
+        // The e2e tests read every created showtime and reservation back.
+        .args([
+            "--exclude-checks",
+            "use_after_free,ensure_resource_availability",
+        ])
         .args(["--max-examples", &examples])
         .args([
             "--header",
