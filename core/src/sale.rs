@@ -72,13 +72,13 @@ struct SoldOutFlags {
 struct ReturnsSeen(u64);
 
 impl SoldOutFlags {
-    /// `None` while this process remembers `showtime` as sold out; otherwise what to hand
-    /// to [`SoldOutFlags::sold_out`] should the store then say so.
     /// What to hand to [`SoldOutFlags::sold_out`], whatever is remembered.
     fn seen(&self) -> ReturnsSeen {
         ReturnsSeen(self.returns.load(Ordering::SeqCst))
     }
 
+    /// `None` while this process remembers `showtime` as sold out; otherwise what to hand
+    /// to [`SoldOutFlags::sold_out`] should the store then say so.
     fn observe(&self, showtime: ShowtimeId) -> Option<ReturnsSeen> {
         let seen = self.seen();
         let until = self.until.read().unwrap_or_else(|e| e.into_inner());
@@ -935,6 +935,7 @@ where
     /// The backstop for lost messages: expires holds whose deadline passed `grace` ago
     /// (their delayed expiry never came), and re-sends orders paid `grace` ago that never
     /// reached the database. Idempotent; safe at any time.
+    ///
     /// Showtime by showtime: one that fails (a broken key, a Redis Cluster shard down)
     /// is named in the report, and the others are swept all the same.
     pub async fn sweep(&self, grace: Duration) -> Result<SweepReport, PortError> {
