@@ -30,7 +30,7 @@ mod batch;
 pub mod metrics;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use batch::Batcher;
@@ -148,13 +148,18 @@ pub struct Broker {
 }
 
 /// A connection (and, on the publishing one, its confirm-mode channel), shared with the
-/// batch publishers. Every new connection declares the topology before it is used: a
-/// broker that comes back without its definitions (reset, or a new node without the old
-/// one's disk) gets them again, instead of every publish and consume failing until the
-/// process restarts.
+/// batch publishers. The topology is declared on the broker's first connection and on
+/// every reconnection, before the connection is used: a broker that comes back without
+/// its definitions (reset, or a new node without the old one's disk) gets them again,
+/// instead of every publish and consume failing until the process restarts.
 struct Link {
     url: String,
     topology: Topology,
+    /// Whether one of the broker's links has declared the topology (both share it): the
+    /// second link's first connection need not declare it again, a reconnection does.
+    declared: Arc<AtomicBool>,
+    /// Whether this link has connected before.
+    connected_before: AtomicBool,
     /// What the connection trusts over `amqps://`.
     trust: Trust,
     /// The connection's name in the broker's management view.
@@ -169,10 +174,18 @@ struct Link {
 pub const DEFAULT_CONFIRM_WITHIN: Duration = Duration::from_secs(3);
 
 impl Link {
-    fn new(url: &str, topology: &Topology, trust: &Trust, name: &'static str) -> Arc<Self> {
+    fn new(
+        url: &str,
+        topology: &Topology,
+        declared: &Arc<AtomicBool>,
+        trust: &Trust,
+        name: &'static str,
+    ) -> Arc<Self> {
         Arc::new(Link {
             url: url.to_string(),
             topology: topology.clone(),
+            declared: declared.clone(),
+            connected_before: AtomicBool::new(false),
             trust: trust.clone(),
             name,
             conn: Mutex::new(None),
@@ -220,8 +233,9 @@ impl Broker {
         topology: Topology,
         trust: &Trust,
     ) -> PortResult<Self> {
-        let link = Link::new(url, &topology, trust, "flash-sale publisher");
-        let reader = Link::new(url, &topology, trust, "flash-sale consumer");
+        let declared = Arc::new(AtomicBool::new(false));
+        let link = Link::new(url, &topology, &declared, trust, "flash-sale publisher");
+        let reader = Link::new(url, &topology, &declared, trust, "flash-sale consumer");
         let exchange = topology.exchange();
         let batcher = |key: String| Batcher::start(link.clone(), exchange.clone(), key);
         let broker = Self {
@@ -553,7 +567,12 @@ impl Link {
                 .create_channel()
                 .await
                 .map_err(|e| port_error("opening a channel", e))?;
-            declare(&ch, &self.topology).await?;
+            let reconnection = self.connected_before.load(Ordering::Relaxed);
+            if reconnection || !self.declared.load(Ordering::Relaxed) {
+                declare(&ch, &self.topology).await?;
+                self.declared.store(true, Ordering::Relaxed);
+            }
+            self.connected_before.store(true, Ordering::Relaxed);
             *conn = Some(fresh);
             return Ok(ch);
         }
