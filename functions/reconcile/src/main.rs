@@ -15,6 +15,16 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         async move {
             let report =
                 flash_sale_reconcile::run(&app, None, repair, app.config.sweep_grace).await?;
+            // A step that could not run is the infrastructure's failure, not the sale's:
+            // the invocation fails (the functions' error alarm), after the report is logged.
+            if !report.failures.is_empty() {
+                tracing::error!(?report, "reconciliation steps failed");
+                return Err(format!(
+                    "reconciliation steps failed: {}",
+                    report.failures.join("; ")
+                )
+                .into());
+            }
             if !report.is_clean() {
                 tracing::error!(?report, "reconciliation found discrepancies");
             }
