@@ -6,8 +6,9 @@
 --                         admissions are paid for up to here), arrivals, closed (1: sold out;
 --                         open again once seats are available),
 --                         salt (the lottery's: early joiners' numbers are drawn with it),
---                         sale_from, sale_until (ms), sale_paused (1): the sale's window,
---                         outside which nobody is admitted
+--                         sale_from, sale_until (ms), sale_paused (1): the sale's window;
+--                         nobody is admitted while it is paused or not open yet, and
+--                         once it has closed the room closes too
 -- KEYS[2] places    ZSET  user -> place score: a lottery draw below 2^50 for a join before
 --                         the opening, 2^50 + arrival number after it; a user who passed
 --                         and joined again leaves "passed:<user>:<score>" at their old
@@ -37,32 +38,34 @@ local function advance(now)
   if now < opens_at then
     return served, r[7] == '1', opens_at
   end
+  local sale_from = tonumber(r[8] or '')
+  local sale_until = tonumber(r[9] or '')
+  -- A sale that has closed leaves nothing to wait for, whatever seats are left.
+  local ended = sale_until and now >= sale_until
   if r[7] == '1' then
-    -- Closed, until seats come back without an operator's change (which reopens it in
-    -- room_configure.lua): an order the database refused, a repair.
-    if tonumber(redis.call('HGET', KEYS[4], 'available') or '0') <= 0 then
+    -- Closed, until seats come back without an operator's change (an order the database
+    -- refused, a repair) or the window moves, in a sale that has not ended.
+    if ended or tonumber(redis.call('HGET', KEYS[4], 'available') or '0') <= 0 then
       return served, true, opens_at
     end
     redis.call('HDEL', KEYS[1], 'closed')
-  end
-  local sale_from = tonumber(r[8] or '')
-  local sale_until = tonumber(r[9] or '')
-  if r[10] == '1' or (sale_from and now < sale_from) or (sale_until and now >= sale_until) then
-    -- The sale does not sell now: an admission would only be refused. Nobody is let in,
-    -- and no admissions are saved up for later.
-    if tonumber(r[2]) > 0 then
-      redis.call('HSET', KEYS[1], 'last_at', now)
-    end
-    return served, false, opens_at
   end
   -- Admissions not used in time make room for the next in line.
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. now)
   local s = redis.call('HMGET', KEYS[4], 'available', 'held')
   local available = tonumber(s[1] or '0')
   local held = tonumber(s[2] or '0')
-  if s[1] and available <= 0 and held <= 0 then
+  if ended or (s[1] and available <= 0 and held <= 0) then
     redis.call('HSET', KEYS[1], 'closed', 1)
     return served, true, opens_at
+  end
+  if r[10] == '1' or (sale_from and now < sale_from) then
+    -- The sale does not sell now (paused, or not open yet): an admission would only be
+    -- refused. Nobody is let in, and no admissions are saved up for later.
+    if tonumber(r[2]) > 0 then
+      redis.call('HSET', KEYS[1], 'last_at', now)
+    end
+    return served, false, opens_at
   end
   local waiting = redis.call('ZCARD', KEYS[2]) - served
   local allowed = math.ceil(available * (100 + tonumber(r[3])) / 100)

@@ -131,30 +131,38 @@ impl App {
         Ok((app, adapters))
     }
 
-    /// Advances the waiting room of every showtime on sale that has one (the timer
-    /// beside the lazy advances of joins, polls and reserves: the local process's sweep,
-    /// the scheduled reconcile function on Lambda). Returns how many rooms it advanced.
+    /// Advances the waiting room of every showtime on sale, paused or not open yet that
+    /// has one (the timer beside the lazy advances of joins, polls and reserves: the
+    /// local process's sweep, the scheduled reconcile function on Lambda), first setting
+    /// it again from the catalog, so a room whose update was lost (an operator's change
+    /// answered 503 after its row was written, two changes whose room updates crossed, a
+    /// room set up before it kept the sale's window) follows its row within one timer.
+    /// Returns how many rooms it advanced.
     pub async fn advance_rooms(&self) -> PortResult<usize> {
         use flash_sale_core::domain::SaleState;
         use flash_sale_core::waiting_room::WaitingRoomStore as _;
-        let mut after = None;
         let mut advanced = 0;
-        loop {
-            let page = self
-                .sale
-                .showtimes(Some(SaleState::OnSale), after, 100)
-                .await?;
-            for (showtime, _, _) in &page {
-                if showtime.waiting_room.is_some() {
-                    self.rooms.store().advance(showtime.id).await?;
-                    advanced += 1;
+        for state in [SaleState::OnSale, SaleState::Paused, SaleState::Upcoming] {
+            let mut after = None;
+            loop {
+                let page = self.sale.showtimes(Some(state), after, 100).await?;
+                for (showtime, _, _) in &page {
+                    if let Some(settings) = showtime.waiting_room {
+                        let rooms = self.rooms.store();
+                        rooms
+                            .configure(showtime.id, settings, showtime.sale_window)
+                            .await?;
+                        rooms.advance(showtime.id).await?;
+                        advanced += 1;
+                    }
+                }
+                match page.last() {
+                    Some((last, _, _)) if page.len() == 100 => after = Some(last.id),
+                    _ => break,
                 }
             }
-            match page.last() {
-                Some((last, _, _)) if page.len() == 100 => after = Some(last.id),
-                _ => return Ok(advanced),
-            }
         }
+        Ok(advanced)
     }
 
     /// Reads the environment and connects: what every function's `main` does first.

@@ -633,16 +633,14 @@ async fn change(
             }
             _ => Ok(()),
         };
-        // The change is saved by now: a retry must not add the seats again.
-        room.map_err(|e| {
-            tracing::error!(showtime = id.get(), "the waiting room was not updated: {e}");
-            ApiError::Unavailable(format!(
-                "the change was saved (capacity {}), but the waiting room could not be \
-                 updated: send the same waiting_room, paused or window again (not the \
-                 seats)",
-                showtime.capacity.get()
-            ))
-        })?;
+        // The change is saved by now: answering an error would invite a retry that adds
+        // the seats again. The room follows its row at the next timer (advance_rooms).
+        if let Err(e) = room {
+            tracing::error!(
+                showtime = id.get(),
+                "the waiting room was not updated (it follows its row at the next sweep): {e}"
+            );
+        }
         Ok::<_, ApiError>(changed)
     })
     .await?;

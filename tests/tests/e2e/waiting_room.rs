@@ -1683,13 +1683,14 @@ async fn a_closed_room_opens_again_when_a_refused_order_gives_its_seat_back() {
     .unwrap();
     // Orders wait at the database's door until the test lets them in.
     let mut gate = app.db.acquire().await.unwrap();
-    sqlx::query("SELECT pg_advisory_lock(7)")
+    sqlx::query("SELECT pg_advisory_lock(hashtext(current_database()))")
         .execute(&mut *gate)
         .await
         .unwrap();
     for ddl in [
         "CREATE FUNCTION orders_wait_at_the_gate() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN PERFORM pg_advisory_lock_shared(7); PERFORM pg_advisory_unlock_shared(7);
+         BEGIN PERFORM pg_advisory_lock_shared(hashtext(current_database()));
+           PERFORM pg_advisory_unlock_shared(hashtext(current_database()));
          RETURN NULL; END $$",
         "CREATE TRIGGER orders_wait_at_the_gate BEFORE INSERT ON orders
          FOR EACH STATEMENT EXECUTE FUNCTION orders_wait_at_the_gate()",
@@ -1721,7 +1722,7 @@ async fn a_closed_room_opens_again_when_a_refused_order_gives_its_seat_back() {
         );
     }
 
-    sqlx::query("SELECT pg_advisory_unlock(7)")
+    sqlx::query("SELECT pg_advisory_unlock(hashtext(current_database()))")
         .execute(&mut *gate)
         .await
         .unwrap();
@@ -1824,6 +1825,55 @@ async fn a_paused_sale_admits_nobody_and_its_line_keeps_its_turn_for_the_resumpt
         .reserve(st, 1, Some(line[0].admission()), None, None)
         .await;
     assert_eq!(held.status, StatusCode::OK, "{}", held.body);
+    app.finish().await;
+}
+
+/// Once the sale has closed there is nothing left to wait for: the room closes and the
+/// line is told `sold_out` (seats left or not); moving the window opens it again.
+#[tokio::test]
+async fn a_sale_that_closes_closes_its_room_and_tells_the_line() {
+    let app = TestApp::spawn(options()).await;
+    let client = Client::of(&app, 4);
+    let st = room_open_now(&app, 1, 1, 0, 60).await;
+    assert_eq!(joined(&client, st, 1).await.status, "admitted");
+    assert_eq!(joined(&client, st, 2).await.at(), ("in_line", Some(1)));
+    let (status, answer) = app
+        .change_showtime(st, json!({"close_now": true}), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let two = standing(&client, st, 2).await;
+    assert_eq!(two.status, "sold_out", "{two:?}");
+    let (status, answer) = app
+        .change_showtime(st, json!({"sale_closes_at": null}), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    // Each process sees it at its next read of the room (WAITING_ROOM_REFRESH_MS).
+    eventually(Duration::from_secs(5), "the room open again", || async {
+        let two = standing(&client, st, 2).await;
+        (two.at() == ("in_line", Some(1))).then_some(())
+    })
+    .await;
+    app.finish().await;
+}
+
+/// The timer sets every room again from its row: a room update that was lost (here the
+/// room in Redis still says paused while the row is on sale) follows the row.
+#[tokio::test]
+async fn the_timer_sets_a_room_again_from_its_row() {
+    let app = TestApp::spawn(options()).await;
+    let client = Client::of(&app, 4);
+    let st = room_open_now(&app, 1, 1, 0, 60).await;
+    let mut conn = app.adapters.seats.connection();
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{}:{{{st}}}:room", app.iso.prefix))
+        .arg("sale_paused")
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(joined(&client, st, 1).await.at(), ("in_line", Some(0)));
+    assert_eq!(app.app.advance_rooms().await.unwrap(), 1);
+    assert_eq!(standing(&client, st, 1).await.status, "admitted");
     app.finish().await;
 }
 
