@@ -558,3 +558,50 @@ pub async fn three_showtimes_sell_out_independently(app: &TestApp, showtimes: &[
         wait_for_orders(app, *showtime, 50).await;
     }
 }
+
+/// A gate at the database's door, held by the test: the statements a trigger names wait
+/// at it until [`DoorGate::open`]. The trigger waits on an advisory lock the gate's own
+/// connection holds, keyed by the test's database (advisory locks are server-wide, and
+/// the tests run in parallel). A transaction that sets `test.gate` to `open` goes
+/// through.
+pub struct DoorGate {
+    held: sqlx::pool::PoolConnection<sqlx::Postgres>,
+}
+
+impl DoorGate {
+    /// Shuts the gate before the statements `on` names, e.g. `BEFORE INSERT ON orders FOR
+    /// EACH STATEMENT` or `BEFORE UPDATE ON showtimes FOR EACH ROW`.
+    pub async fn shut(db: &PgPool, name: &str, on: &str) -> Self {
+        let mut held = db.acquire().await.expect("a connection to hold the gate");
+        sqlx::query("SELECT pg_advisory_lock(hashtext(current_database()))")
+            .execute(&mut *held)
+            .await
+            .expect("the gate's lock");
+        let function = format!(
+            "CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF coalesce(current_setting('test.gate', true), '') <> 'open' THEN
+                 PERFORM pg_advisory_lock_shared(hashtext(current_database()));
+                 PERFORM pg_advisory_unlock_shared(hashtext(current_database()));
+               END IF;
+               RETURN NEW;
+             END $$"
+        );
+        let trigger = format!("CREATE TRIGGER {name} {on} EXECUTE FUNCTION {name}()");
+        for ddl in [function, trigger] {
+            sqlx::query(&ddl)
+                .execute(db)
+                .await
+                .expect("the gate's trigger");
+        }
+        Self { held }
+    }
+
+    /// Opens the gate: every statement waiting at it goes on.
+    pub async fn open(mut self) {
+        sqlx::query("SELECT pg_advisory_unlock(hashtext(current_database()))")
+            .execute(&mut *self.held)
+            .await
+            .expect("the gate opened");
+    }
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use flash_sale_adapters::Queue;
 use flash_sale_core::ports::SeatStore as _;
-use flash_sale_tests::{Options, RedisServer, TestApp, assert_error, eventually};
+use flash_sale_tests::{DoorGate, Options, RedisServer, TestApp, assert_error, eventually};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -217,25 +217,12 @@ async fn a_repair_counts_an_order_written_while_it_waited_for_the_lock() {
 
     // Orders wait at the database's door (an advisory lock the test holds), except the
     // test's own (`test.gate` open in its transaction).
-    let mut gate = app.db.acquire().await.unwrap();
-    sqlx::query("SELECT pg_advisory_lock(hashtext(current_database()))")
-        .execute(&mut *gate)
-        .await
-        .unwrap();
-    for ddl in [
-        "CREATE FUNCTION orders_wait_at_the_gate() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN
-           IF coalesce(current_setting('test.gate', true), '') <> 'open' THEN
-             PERFORM pg_advisory_lock_shared(hashtext(current_database()));
-           PERFORM pg_advisory_unlock_shared(hashtext(current_database()));
-           END IF;
-           RETURN NULL;
-         END $$",
-        "CREATE TRIGGER orders_wait_at_the_gate BEFORE INSERT ON orders
-         FOR EACH STATEMENT EXECUTE FUNCTION orders_wait_at_the_gate()",
-    ] {
-        sqlx::query(ddl).execute(&app.db).await.unwrap();
-    }
+    let gate = DoorGate::shut(
+        &app.db,
+        "orders_wait_at_the_gate",
+        "BEFORE INSERT ON orders FOR EACH STATEMENT",
+    )
+    .await;
     let second = hold(&app, 2, showtime).await;
     assert_eq!(app.pay(&second, 2).await.0, StatusCode::OK);
     // Redis loses its count of the two paid seats.
@@ -308,10 +295,7 @@ async fn a_repair_counts_an_order_written_while_it_waited_for_the_lock() {
         "{report:?}"
     );
     assert_eq!(app.seats(showtime).await, (3, 0, 2));
-    sqlx::query("SELECT pg_advisory_unlock(hashtext(current_database()))")
-        .execute(&mut *gate)
-        .await
-        .unwrap();
+    gate.open().await;
     assert_eq!(app.orders(showtime).await, 2);
     app.finish().await;
 }

@@ -4,7 +4,9 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use flash_sale_tests::{Options, TestApp, assert_error, eventually, promptly, reserve_all, tally};
+use flash_sale_tests::{
+    DoorGate, Options, TestApp, assert_error, eventually, promptly, reserve_all, tally,
+};
 use futures::StreamExt as _;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -439,21 +441,12 @@ async fn with_tokens_only_an_admin_steers_a_sale() {
 async fn a_change_whose_client_goes_away_midway_still_ends_with_redis_and_the_database_agreeing() {
     let app = TestApp::spawn(Options::default()).await;
     let showtime = app.create_showtime(2).await;
-    let mut gate = app.db.acquire().await.unwrap();
-    sqlx::query("SELECT pg_advisory_lock(hashtext(current_database()))")
-        .execute(&mut *gate)
-        .await
-        .unwrap();
-    for ddl in [
-        "CREATE FUNCTION showtimes_wait_at_the_gate() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN PERFORM pg_advisory_lock_shared(hashtext(current_database()));
-           PERFORM pg_advisory_unlock_shared(hashtext(current_database()));
-         RETURN NEW; END $$",
-        "CREATE TRIGGER showtimes_wait_at_the_gate BEFORE UPDATE ON showtimes
-         FOR EACH ROW EXECUTE FUNCTION showtimes_wait_at_the_gate()",
-    ] {
-        sqlx::query(ddl).execute(&app.db).await.unwrap();
-    }
+    let gate = DoorGate::shut(
+        &app.db,
+        "showtimes_wait_at_the_gate",
+        "BEFORE UPDATE ON showtimes FOR EACH ROW",
+    )
+    .await;
 
     let patch = app
         .http
@@ -481,10 +474,7 @@ async fn a_change_whose_client_goes_away_midway_still_ends_with_redis_and_the_da
     assert!(client.await.is_err_and(|e| e.is_cancelled()));
     // Redis has the new seats already; the row's commit waits at the gate.
     assert_eq!(app.seats(showtime).await, (5, 0, 0));
-    sqlx::query("SELECT pg_advisory_unlock(hashtext(current_database()))")
-        .execute(&mut *gate)
-        .await
-        .unwrap();
+    gate.open().await;
     eventually(
         Duration::from_secs(10),
         "the database to have the seats Redis sells",

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use flash_sale_core::waiting_room::RATE_WINDOW;
 use flash_sale_core::{ShowtimeId, UnixMillis, UserId};
 use flash_sale_runtime::room_passes::RoomPasses;
-use flash_sale_tests::{Options, TestApp, assert_error, eventually, promptly, wait_for_orders};
+use flash_sale_tests::{
+    DoorGate, Options, TestApp, assert_error, eventually, promptly, wait_for_orders,
+};
 use futures::StreamExt as _;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -1682,21 +1684,12 @@ async fn a_closed_room_opens_again_when_a_refused_order_gives_its_seat_back() {
     .await
     .unwrap();
     // Orders wait at the database's door until the test lets them in.
-    let mut gate = app.db.acquire().await.unwrap();
-    sqlx::query("SELECT pg_advisory_lock(hashtext(current_database()))")
-        .execute(&mut *gate)
-        .await
-        .unwrap();
-    for ddl in [
-        "CREATE FUNCTION orders_wait_at_the_gate() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN PERFORM pg_advisory_lock_shared(hashtext(current_database()));
-           PERFORM pg_advisory_unlock_shared(hashtext(current_database()));
-         RETURN NULL; END $$",
-        "CREATE TRIGGER orders_wait_at_the_gate BEFORE INSERT ON orders
-         FOR EACH STATEMENT EXECUTE FUNCTION orders_wait_at_the_gate()",
-    ] {
-        sqlx::query(ddl).execute(&app.db).await.unwrap();
-    }
+    let gate = DoorGate::shut(
+        &app.db,
+        "orders_wait_at_the_gate",
+        "BEFORE INSERT ON orders FOR EACH STATEMENT",
+    )
+    .await;
 
     let mut paid = vec![];
     for user in 1..=2 {
@@ -1722,10 +1715,7 @@ async fn a_closed_room_opens_again_when_a_refused_order_gives_its_seat_back() {
         );
     }
 
-    sqlx::query("SELECT pg_advisory_unlock(hashtext(current_database()))")
-        .execute(&mut *gate)
-        .await
-        .unwrap();
+    gate.open().await;
     eventually(
         Duration::from_secs(30),
         "buyer 1's order refused",
@@ -1860,7 +1850,12 @@ async fn a_sale_that_closes_closes_its_room_and_tells_the_line() {
 /// room in Redis still says paused while the row is on sale) follows the row.
 #[tokio::test]
 async fn the_timer_sets_a_room_again_from_its_row() {
-    let app = TestApp::spawn(options()).await;
+    // The process's own timer kept out of the way: the test runs it once, by hand.
+    let app = TestApp::spawn(Options {
+        sweep_interval_secs: 3600,
+        ..options()
+    })
+    .await;
     let client = Client::of(&app, 4);
     let st = room_open_now(&app, 1, 1, 0, 60).await;
     let mut conn = app.adapters.seats.connection();
