@@ -135,8 +135,9 @@ impl App {
     /// has one (the timer beside the lazy advances of joins, polls and reserves: the
     /// local process's sweep, the scheduled reconcile function on Lambda), first setting
     /// it again from the catalog, so a room whose update was lost (an operator's change
-    /// answered 503 after its row was written, two changes whose room updates crossed, a
-    /// room set up before it kept the sale's window) follows its row within one timer.
+    /// whose room step failed after its row was written, two changes whose room updates
+    /// crossed, a room set up before it kept the sale's window) follows its row within
+    /// one timer.
     /// Returns how many rooms it advanced.
     pub async fn advance_rooms(&self) -> PortResult<usize> {
         use flash_sale_core::domain::SaleState;

@@ -623,12 +623,10 @@ async fn change(
             || change.close_now;
         let room = match (change.waiting_room, showtime.waiting_room) {
             (Some(None), _) => rooms.remove(id).await,
-            // A room opened or changed; seats added to a sold-out sale (its room,
-            // closed, admits again); the window moved (the room admits only while the
-            // sale sells).
-            (_, Some(settings))
-                if change.waiting_room.is_some() || change.seats.is_some() || window_moved =>
-            {
+            // A room opened or changed, or the window moved (the room admits only while
+            // the sale sells). Seats added need nothing here: the room's next advance
+            // opens a closed room again once seats are available.
+            (_, Some(settings)) if change.waiting_room.is_some() || window_moved => {
                 rooms.configure(id, settings, showtime.sale_window).await
             }
             _ => Ok(()),
