@@ -23,6 +23,12 @@ end
 -- no seat now (they never held one, or it expired or was cancelled) joins again at the
 -- back, as a new arrival. A marker keeps their old place taken, so nobody else's moves.
 local r = redis.call('HMGET', KEYS[1], 'served', 'closed')
+if r[2] == '1' then
+  -- A closed room may open again at this very step (seats came back, the sale's window
+  -- moved): advance first, so that a user who passed joins again in a room that is open.
+  advance(now)
+  r = redis.call('HMGET', KEYS[1], 'served', 'closed')
+end
 local served_before = tonumber(r[1] or '0')
 local open = r[2] ~= '1'
 for i = 1, #ARGV, 2 do

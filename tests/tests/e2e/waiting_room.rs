@@ -1846,6 +1846,63 @@ async fn a_sale_that_closes_closes_its_room_and_tells_the_line() {
     app.finish().await;
 }
 
+/// A buyer who passed, holding no seat, joins again at the back even when their join is
+/// the very step that opens a closed room again (the room read as closed before it
+/// advanced, and they were told `passed`).
+#[tokio::test]
+async fn a_buyer_who_passed_joins_again_at_the_step_that_opens_a_closed_room() {
+    let app = TestApp::spawn(options()).await;
+    let client = Client::of(&app, 4);
+    let st = room_open_now(&app, 1, 1, 0, 60).await;
+    // Buyer 1 holds the seat and cancels: passed, holding nothing.
+    let one = joined(&client, st, 1).await;
+    let held = client
+        .reserve(st, 1, Some(one.admission()), None, None)
+        .await;
+    assert_eq!(held.status, StatusCode::OK, "{}", held.body);
+    let cancelled = client.cancel(&held.str("reservation_id").unwrap(), 1).await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{}", cancelled.body);
+    assert_eq!(standing(&client, st, 1).await.at(), ("passed", Some(0)));
+
+    // The sale closes, and the next read of the room from the store closes it in Redis;
+    // then the window moves.
+    let (status, answer) = app
+        .change_showtime(st, json!({"close_now": true}), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(standing(&client, st, 1).await.at(), ("passed", Some(0)));
+    let room = format!("{}:{{{st}}}:room", app.iso.prefix);
+    let mut conn = app.adapters.seats.connection();
+    let closed: Option<String> = redis::cmd("HGET")
+        .arg(&room)
+        .arg("closed")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(closed.as_deref(), Some("1"), "the room is closed in Redis");
+    let (status, answer) = app
+        .change_showtime(st, json!({"sale_closes_at": null}), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+
+    // The first join that reaches Redis opens the room again and puts buyer 1 at the
+    // back, where the seat is theirs (the process may say `sold_out` from its snapshot
+    // of the room until its next read).
+    let again = eventually(
+        Duration::from_secs(5),
+        "a join that reaches the room",
+        || async {
+            let join = client.join(st, 1).await;
+            assert_eq!(join.status, StatusCode::OK, "{}", join.body);
+            let again = Standing::of(1, &join);
+            (again.status != "sold_out").then_some(again)
+        },
+    )
+    .await;
+    assert_eq!(again.at(), ("admitted", Some(1)), "{again:?}");
+    app.finish().await;
+}
+
 /// The timer sets every room again from its row: a room update that was lost (here the
 /// room in Redis still says paused while the row is on sale) follows the row.
 #[tokio::test]
