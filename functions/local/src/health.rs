@@ -2,7 +2,7 @@
 //! rate limited, never shed):
 //! - `GET /healthz`: alive; touches nothing.
 //! - `GET /readyz`: Redis, RabbitMQ and PostgreSQL answer and every queue consumer is
-//!   consuming; 503 `not_ready` naming what is not, and 503 from the moment a graceful
+//!   consuming; 503 `not_ready` naming what is not (the cause goes to the log), and 503 from the moment a graceful
 //!   stop begins (the process keeps serving for `DRAIN_DELAY_MS` after that, so a load
 //!   balancer drains it before the listener closes).
 //! - `GET /metrics`: every metric in the Prometheus text format; admins only in `jwt`
@@ -95,11 +95,14 @@ async fn ready(State(s): State<HealthState>) -> Result<Json<Value>, ApiError> {
     let mut checks = serde_json::Map::new();
     let mut failed = vec![];
     for (service, answer) in s.app.probes.check().await {
+        // What went wrong goes to the log, not to whoever asks: a backend's error text
+        // can name hosts, users and addresses behind the process.
         let verdict = match answer {
-            Ok(()) => "ok".to_string(),
+            Ok(()) => "ok",
             Err(why) => {
-                failed.push(format!("{service} ({why})"));
-                why
+                tracing::warn!(service, "readiness: {service} does not answer: {why}");
+                failed.push(service.to_string());
+                "unavailable"
             }
         };
         checks.insert(service.into(), verdict.into());
