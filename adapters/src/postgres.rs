@@ -17,8 +17,8 @@ use flash_sale_core::ports::{
 };
 use flash_sale_core::waiting_room::RoomSettings;
 use flash_sale_core::{
-    Capacity, MaxPerUser, NewShowtime, OrderRequest, ReservationId, Showtime, ShowtimeId,
-    UnixMillis, UserId,
+    Capacity, Creation, CreationKey, MaxPerUser, NewShowtime, OrderRequest, ReservationId,
+    Showtime, ShowtimeId, UnixMillis, UserId,
 };
 use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -151,6 +151,64 @@ fn millis_to_time(ms: u64) -> DateTime<Utc> {
 }
 
 impl Postgres {
+    /// Inserts a showtime's row with its window, room and, when given, its creation key;
+    /// `None` when the key had created a row already (nothing inserted).
+    async fn insert_showtime(
+        &self,
+        new: NewShowtime,
+        key: Option<&CreationKey>,
+    ) -> PortResult<Option<Showtime>> {
+        let starts_at = new
+            .starts_at
+            .as_deref()
+            .map(DateTime::parse_from_rfc3339)
+            .transpose()
+            .map_err(|e| PortError::permanent(COMPONENT, format!("starts_at: {e}")))?;
+        let window = new.sale_window.queued(new.waiting_room.is_some());
+        let room = RoomColumns::of(new.waiting_room);
+        let row = sqlx::query(&format!(
+            "INSERT INTO showtimes (title, starts_at, capacity, sale_opens_at, sale_closes_at, sale_paused, max_per_user,
+                                    room_opens_at, room_admit_per_sec, room_overbook_pct, room_admission_secs,
+                                    created_by, creation_key, creation_fingerprint)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+             ON CONFLICT (created_by, creation_key) WHERE creation_key IS NOT NULL DO NOTHING
+             RETURNING id, {GENERATION}"
+        ))
+        .bind(&new.title)
+        .bind(starts_at)
+        .bind(new.capacity.get() as i32)
+        .bind(window.opens_at().map(|t| millis_to_time(t.0)))
+        .bind(window.closes_at().map(|t| millis_to_time(t.0)))
+        .bind(window.is_paused())
+        .bind(new.max_per_user.get() as i32)
+        .bind(room.opens_at)
+        .bind(room.admit_per_sec)
+        .bind(room.overbook_pct)
+        .bind(room.admission_secs)
+        .bind(key.and_then(|k| k.by).map_or(0, UserId::get))
+        .bind(key.map(|k| k.key.as_str()))
+        .bind(key.map(|k| k.fingerprint.0.as_str()))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(port_error)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let id: i64 = row.get(0);
+        let generation: i64 = row.get(1);
+        Ok(Some(Showtime {
+            id: ShowtimeId::new(id).map_err(|e| PortError::permanent(COMPONENT, e.0))?,
+            capacity: new.capacity,
+            title: new.title,
+            starts_at: starts_at.map(|t| t.with_timezone(&Utc).to_rfc3339()),
+            sale_window: window,
+            max_per_user: new.max_per_user,
+            ordered: 0,
+            generation: generation as u64,
+            waiting_room: new.waiting_room,
+        }))
+    }
+
     /// Connects, creating the database first when it does not exist.
     pub async fn connect(url: &str) -> PortResult<Self> {
         Self::connect_trusting(url, &Trust::system("DATABASE_CA_FILE")).await
@@ -398,46 +456,46 @@ impl Catalog for Postgres {
     /// Stores a showtime and its sale window in one `INSERT`, so no instant exists at
     /// which the showtime is on record without its window.
     async fn create_showtime(&self, new: NewShowtime) -> PortResult<Showtime> {
-        let starts_at = new
-            .starts_at
-            .as_deref()
-            .map(DateTime::parse_from_rfc3339)
-            .transpose()
-            .map_err(|e| PortError::permanent(COMPONENT, format!("starts_at: {e}")))?;
-        let window = new.sale_window.queued(new.waiting_room.is_some());
-        let room = RoomColumns::of(new.waiting_room);
-        let row = sqlx::query(&format!(
-            "INSERT INTO showtimes (title, starts_at, capacity, sale_opens_at, sale_closes_at, sale_paused, max_per_user,
-                                    room_opens_at, room_admit_per_sec, room_overbook_pct, room_admission_secs)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id, {GENERATION}"
-        ))
-        .bind(&new.title)
-        .bind(starts_at)
-        .bind(new.capacity.get() as i32)
-        .bind(window.opens_at().map(|t| millis_to_time(t.0)))
-        .bind(window.closes_at().map(|t| millis_to_time(t.0)))
-        .bind(window.is_paused())
-        .bind(new.max_per_user.get() as i32)
-        .bind(room.opens_at)
-        .bind(room.admit_per_sec)
-        .bind(room.overbook_pct)
-        .bind(room.admission_secs)
-        .fetch_one(&self.pool)
+        match self.insert_showtime(new, None).await? {
+            Some(showtime) => Ok(showtime),
+            None => Err(PortError::permanent(COMPONENT, "no row inserted")),
+        }
+    }
+
+    /// The key goes in with the row (`ON CONFLICT DO NOTHING` on the key's unique
+    /// index): a second request under it, even one racing the first, inserts nothing and
+    /// then reads the row the first wrote.
+    async fn create_showtime_once(
+        &self,
+        new: NewShowtime,
+        key: CreationKey,
+    ) -> PortResult<Creation> {
+        if let Some(showtime) = self.insert_showtime(new, Some(&key)).await? {
+            return Ok(Creation::Created(showtime));
+        }
+        let row: Option<(i64, String)> = sqlx::query_as(
+            "SELECT id, creation_fingerprint FROM showtimes
+             WHERE created_by = $1 AND creation_key = $2",
+        )
+        .bind(key.by.map_or(0, UserId::get))
+        .bind(key.key.as_str())
+        .fetch_optional(&self.pool)
         .await
         .map_err(port_error)?;
-        let id: i64 = row.get(0);
-        let generation: i64 = row.get(1);
-        Ok(Showtime {
-            id: ShowtimeId::new(id).map_err(|e| PortError::permanent(COMPONENT, e.0))?,
-            capacity: new.capacity,
-            title: new.title,
-            starts_at: starts_at.map(|t| t.with_timezone(&Utc).to_rfc3339()),
-            sale_window: window,
-            max_per_user: new.max_per_user,
-            ordered: 0,
-            generation: generation as u64,
-            waiting_room: new.waiting_room,
-        })
+        let Some((id, fingerprint)) = row else {
+            return Err(PortError::transient(
+                COMPONENT,
+                "the showtime created under this key was not found; retry",
+            ));
+        };
+        if fingerprint != key.fingerprint.0 {
+            return Ok(Creation::KeyReused);
+        }
+        let id = ShowtimeId::new(id).map_err(|e| PortError::permanent(COMPONENT, e.0))?;
+        match self.showtime(id).await? {
+            Some(showtime) => Ok(Creation::Again(showtime)),
+            None => Err(PortError::transient(COMPONENT, "showtime not found; retry")),
+        }
     }
 
     async fn showtime(&self, id: ShowtimeId) -> PortResult<Option<Showtime>> {

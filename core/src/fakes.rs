@@ -449,6 +449,9 @@ impl MessageBus for FakeBus {
     }
 }
 
+/// Whose creation key it is, and the key.
+type CreationKeyOf = (Option<UserId>, IdempotencyKey);
+
 #[derive(Debug, Default)]
 pub struct FakeDb {
     showtimes: Mutex<BTreeMap<ShowtimeId, Showtime>>,
@@ -456,9 +459,29 @@ pub struct FakeDb {
     pub catalog_down: AtomicBool,
     pub orders: Mutex<BTreeMap<ReservationId, OrderRequest>>,
     pub refusals: Mutex<BTreeMap<ReservationId, (OrderRequest, String)>>,
+    /// The showtimes created under a key: (whose, key) -> (fingerprint, showtime).
+    creation_keys: Mutex<HashMap<CreationKeyOf, (String, ShowtimeId)>>,
 }
 
 impl FakeDb {
+    fn insert_showtime(&self, new: NewShowtime) -> Showtime {
+        let mut all = self.showtimes.lock().unwrap();
+        let id = ShowtimeId::new(all.len() as i64 + 1).unwrap();
+        let showtime = Showtime {
+            id,
+            capacity: new.capacity,
+            title: new.title,
+            starts_at: new.starts_at,
+            sale_window: new.sale_window.queued(new.waiting_room.is_some()),
+            max_per_user: new.max_per_user,
+            ordered: 0,
+            generation: id.get() as u64,
+            waiting_room: new.waiting_room,
+        };
+        all.insert(id, showtime.clone());
+        showtime
+    }
+
     /// Takes a seat away from a showtime's capacity, as an operator editing the row
     /// would: orders past the new capacity are refused.
     pub fn shrink_capacity(&self, showtime: ShowtimeId) {
@@ -516,21 +539,27 @@ impl Catalog for FakeDb {
         &self,
         new: NewShowtime,
     ) -> impl Future<Output = PortResult<Showtime>> + Send {
-        let mut all = self.showtimes.lock().unwrap();
-        let id = ShowtimeId::new(all.len() as i64 + 1).unwrap();
-        let showtime = Showtime {
-            id,
-            capacity: new.capacity,
-            title: new.title,
-            starts_at: new.starts_at,
-            sale_window: new.sale_window.queued(new.waiting_room.is_some()),
-            max_per_user: new.max_per_user,
-            ordered: 0,
-            generation: id.get() as u64,
-            waiting_room: new.waiting_room,
+        ready(Ok(self.insert_showtime(new)))
+    }
+
+    fn create_showtime_once(
+        &self,
+        new: NewShowtime,
+        key: CreationKey,
+    ) -> impl Future<Output = PortResult<Creation>> + Send {
+        let mut keys = self.creation_keys.lock().unwrap();
+        let creation = match keys.get(&(key.by, key.key.clone())) {
+            Some((fingerprint, id)) if *fingerprint == key.fingerprint.0 => {
+                Creation::Again(self.showtimes.lock().unwrap()[id].clone())
+            }
+            Some(_) => Creation::KeyReused,
+            None => {
+                let showtime = self.insert_showtime(new);
+                keys.insert((key.by, key.key), (key.fingerprint.0, showtime.id));
+                Creation::Created(showtime)
+            }
         };
-        all.insert(id, showtime.clone());
-        ready(Ok(showtime))
+        ready(Ok(creation))
     }
 
     fn showtime(

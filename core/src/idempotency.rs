@@ -18,7 +18,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::ports::PortResult;
-use crate::{InvalidInput, ShowtimeId, UserId};
+use crate::{InvalidInput, Showtime, ShowtimeId, UserId};
 
 /// The longest key accepted (the draft sets no bound; keys are usually UUIDs).
 pub const MAX_KEY_LEN: usize = 255;
@@ -82,6 +82,9 @@ pub enum KeyedRoute {
     Reserve,
     /// `POST /reservations/{id}/pay`.
     Pay,
+    /// `POST /showtimes` (an operator's): its key is kept on the row it creates
+    /// ([`CreationKey`]), not in the seat store.
+    CreateShowtime,
 }
 
 impl KeyedRoute {
@@ -89,6 +92,7 @@ impl KeyedRoute {
         match self {
             KeyedRoute::Reserve => "reserve",
             KeyedRoute::Pay => "pay",
+            KeyedRoute::CreateShowtime => "create_showtime",
         }
     }
 }
@@ -108,6 +112,30 @@ pub struct KeyScope {
 /// requests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fingerprint(pub String);
+
+/// An operator's key on creating a showtime. There is no showtime before the request
+/// (no Redis slot, no seats), so the catalog keeps the key on the row it creates, in the
+/// same `INSERT`: two requests under one key create one showtime, however they race.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreationKey {
+    /// Whose key it is: the verified operator, or `None` where nobody is verified.
+    pub by: Option<UserId>,
+    pub key: IdempotencyKey,
+    /// What the request asked ([`KeyedRoute::CreateShowtime`]'s fingerprint).
+    pub fingerprint: Fingerprint,
+}
+
+/// What creating a showtime under a [`CreationKey`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Creation {
+    /// The key was new: the showtime was created.
+    Created(Showtime),
+    /// The key created this showtime before, for the same request: nothing was created;
+    /// the showtime as it is now.
+    Again(Showtime),
+    /// The key created a showtime before for another request: nothing was done.
+    KeyReused,
+}
 
 /// An answer as recorded under a key, replayed as it is.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -37,7 +37,9 @@ pub use domain::{
     Capacity, InvalidInput, MaxPerUser, NewShowtime, Reservation, ReservationId, SeatChange,
     SeatCounts, Showtime, ShowtimeChange, ShowtimeId, UnixMillis, UserId,
 };
-pub use idempotency::{IdempotencyKey, IdempotencyStore, KeyScope, KeyedRoute};
+pub use idempotency::{
+    Creation, CreationKey, IdempotencyKey, IdempotencyStore, KeyScope, KeyedRoute,
+};
 pub use messages::{Expiry, OrderRequest, PaymentRequest};
 pub use ports::{Catalog, MessageBus, OrderBook, PortError, SeatStore};
 pub use sale::{Admission, PaymentMode, Sale, SaleSettings};

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::domain::{SaleState, SaleWindow};
+use crate::idempotency::{Creation, CreationKey};
 use crate::messages::{Expiry, OrderRequest, PaymentRequest};
 use crate::waiting_room::RoomSettings;
 use crate::{
@@ -348,6 +349,15 @@ pub trait Catalog: Send + Sync + 'static {
         &self,
         showtime: NewShowtime,
     ) -> impl Future<Output = PortResult<Showtime>> + Send;
+
+    /// Creates a showtime once per key: the first request under `key` creates it; a
+    /// later one with the same fingerprint finds it ([`Creation::Again`]), one with
+    /// another fingerprint is refused ([`Creation::KeyReused`]). Two at once create one.
+    fn create_showtime_once(
+        &self,
+        showtime: NewShowtime,
+        key: CreationKey,
+    ) -> impl Future<Output = PortResult<Creation>> + Send;
 
     fn showtime(&self, id: ShowtimeId)
     -> impl Future<Output = PortResult<Option<Showtime>>> + Send;

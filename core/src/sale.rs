@@ -14,8 +14,8 @@ use crate::ports::{
     TakeOutcome,
 };
 use crate::{
-    InvalidInput, NewShowtime, Reservation, ReservationId, SeatCounts, Showtime, ShowtimeChange,
-    ShowtimeId, Status, UnixMillis, UserId,
+    Creation, CreationKey, InvalidInput, NewShowtime, Reservation, ReservationId, SeatCounts,
+    Showtime, ShowtimeChange, ShowtimeId, Status, UnixMillis, UserId,
 };
 
 /// A named point between two steps where the crash tests inject a failure (the `fail`
@@ -419,6 +419,36 @@ where
             .await?;
         self.windows.keep(showtime.id, showtime.sale_window);
         Ok(showtime)
+    }
+
+    /// Creates a showtime once per operator's key (see [`Catalog::create_showtime_once`]).
+    /// Under a key that created it before, the showtime's seats are put on sale unless
+    /// they already are, so a retry after a first try that stopped between the row and
+    /// the seat store finishes that try.
+    pub async fn create_showtime_once(
+        &self,
+        new: NewShowtime,
+        key: CreationKey,
+    ) -> Result<Creation, PortError> {
+        let creation = self.db.create_showtime_once(new, key).await?;
+        match &creation {
+            Creation::Created(showtime) => {
+                self.seats
+                    .load(
+                        showtime.id,
+                        showtime.capacity.get(),
+                        0,
+                        showtime.generation,
+                        false,
+                        showtime.max_per_user.get(),
+                    )
+                    .await?;
+                self.windows.keep(showtime.id, showtime.sale_window);
+            }
+            Creation::Again(showtime) => self.first_use(showtime).await?,
+            Creation::KeyReused => {}
+        }
+        Ok(creation)
     }
 
     /// The showtime's sale window, from this process's memory while fresh, else from
@@ -1024,6 +1054,63 @@ mod tests {
 
     fn counts(sale: &Sale<FakeSeats, FakeBus, FakeDb>, id: ShowtimeId) -> SeatCounts {
         block_on(sale.showtime(id)).unwrap().unwrap().1
+    }
+
+    #[test]
+    fn one_key_creates_one_showtime_and_finds_it_again() {
+        let sale = sale(PaymentMode::Manual);
+        let key = |by: i64, key: &str, fingerprint: &str| CreationKey {
+            by: (by > 0).then(|| user(by)),
+            key: crate::IdempotencyKey::parse(key.as_bytes()).unwrap(),
+            fingerprint: crate::idempotency::Fingerprint(fingerprint.into()),
+        };
+        let new = || NewShowtime::always_on_sale(Capacity::new(3).unwrap());
+        let Creation::Created(first) =
+            block_on(sale.create_showtime_once(new(), key(7, "k", "a"))).unwrap()
+        else {
+            panic!("the first request under a key creates");
+        };
+        assert_eq!(counts(&sale, first.id).available, 3, "its seats on sale");
+        let again = block_on(sale.create_showtime_once(new(), key(7, "k", "a"))).unwrap();
+        assert_eq!(again, Creation::Again(first.clone()));
+        assert_eq!(
+            block_on(sale.create_showtime_once(new(), key(7, "k", "b"))).unwrap(),
+            Creation::KeyReused
+        );
+        // Another operator's key, and no verified operator's, are other keys.
+        for by in [8, 0] {
+            let Creation::Created(other) =
+                block_on(sale.create_showtime_once(new(), key(by, "k", "a"))).unwrap()
+            else {
+                panic!("operator {by}'s key is their own");
+            };
+            assert_ne!(other.id, first.id);
+        }
+    }
+
+    #[test]
+    fn a_retry_under_its_key_puts_the_seats_on_sale_a_first_try_left_out() {
+        let sale = sale(PaymentMode::Manual);
+        let key = CreationKey {
+            by: None,
+            key: crate::IdempotencyKey::parse(b"k").unwrap(),
+            fingerprint: crate::idempotency::Fingerprint("a".into()),
+        };
+        let new = || NewShowtime::always_on_sale(Capacity::new(2).unwrap());
+        let Creation::Created(first) =
+            block_on(sale.create_showtime_once(new(), key.clone())).unwrap()
+        else {
+            panic!("the first request under a key creates");
+        };
+        // As if the first try had stopped between the row and the seat store.
+        sale.seats.lose_everything();
+        let Creation::Again(showtime) = block_on(sale.create_showtime_once(new(), key)).unwrap()
+        else {
+            panic!("the row was written by the first try");
+        };
+        assert_eq!(showtime.id, first.id);
+        let seats = block_on(sale.seats.counts(showtime.id)).unwrap();
+        assert_eq!(seats.map(|c| c.available), Some(2), "on sale again");
     }
 
     #[test]

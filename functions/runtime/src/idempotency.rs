@@ -20,6 +20,10 @@
 //! A key is the caller's (the user the request acts for), the route's and the
 //! showtime's ([`KeyScope`]): another user's identical key, or the same key sent for
 //! another showtime, is another key. A malformed key is a 400 before anything is done.
+//!
+//! `POST /showtimes` reads its key with [`KeyedJson`] too, but keeps it on the row it
+//! creates ([`SentKey::for_creation`], the catalog's `create_showtime_once`): there is
+//! no showtime to keep it beside before the request.
 
 use std::time::Duration;
 
@@ -28,8 +32,8 @@ use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use flash_sale_core::idempotency::{
-    Claim, ClaimToken, Fingerprint, IdempotencyKey, IdempotencyStore, KeyScope, KeyedRoute,
-    RecordedAnswer,
+    Claim, ClaimToken, CreationKey, Fingerprint, IdempotencyKey, IdempotencyStore, KeyScope,
+    KeyedRoute, RecordedAnswer,
 };
 use flash_sale_core::{ShowtimeId, UserId};
 use serde::de::DeserializeOwned;
@@ -92,6 +96,18 @@ impl SentKey {
                 route,
                 key: self.key,
             },
+        }
+    }
+}
+
+impl SentKey {
+    /// The key of an operator's `POST /showtimes` (`by`: the verified operator, `None`
+    /// where nobody is verified), with the fingerprint of the body it came with.
+    pub fn for_creation(self, by: Option<UserId>) -> CreationKey {
+        CreationKey {
+            by,
+            fingerprint: fingerprint(KeyedRoute::CreateShowtime, "", &self.raw),
+            key: self.key,
         }
     }
 }

@@ -13,22 +13,24 @@
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::DateTime;
 use flash_sale_core::domain::{SaleState, SaleWindow};
 use flash_sale_core::waiting_room::{RoomSettings, WaitingRoomStore as _};
 use flash_sale_core::{
-    Capacity, MaxPerUser, NewShowtime, SeatChange, SeatCounts, Showtime, ShowtimeChange,
-    ShowtimeId, UnixMillis,
+    Capacity, Creation, KeyedRoute, MaxPerUser, NewShowtime, SeatChange, SeatCounts, Showtime,
+    ShowtimeChange, ShowtimeId, UnixMillis,
 };
 use flash_sale_runtime::App;
 use flash_sale_runtime::error::ApiError;
 use flash_sale_runtime::extract::JsonBody;
 use flash_sale_runtime::guard::{AppState, Guard};
+use flash_sale_runtime::idempotency::{IDEMPOTENT_REPLAYED, KeyedJson};
 use flash_sale_runtime::identity::Caller;
-use flash_sale_runtime::{now, rfc3339, to_the_end};
+use flash_sale_runtime::{metrics, now, rfc3339, to_the_end};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -555,18 +557,59 @@ impl ShowtimeView {
     }
 }
 
+/// Creates a showtime (admins): 201 with it. Under an `Idempotency-Key` (the operator's,
+/// kept on the row), a retry of the same request finds the showtime the first created
+/// and answers it as it is now, with `Idempotent-Replayed: true`, finishing the first's
+/// work if it stopped early (its seats, its room); the key sent with another request is
+/// a 422 `idempotency_key_reused`, and nothing is created.
 async fn create(
     State(state): State<AppState>,
     caller: Caller,
-    JsonBody(req): JsonBody<CreateShowtime>,
-) -> Result<(StatusCode, Json<ShowtimeView>), ApiError> {
+    KeyedJson { body: req, key }: KeyedJson<CreateShowtime>,
+) -> Result<Response, ApiError> {
     caller.require_admin()?;
-    let showtime = state.app().sale.create_showtime(req.validate()?).await?;
+    let new = req.validate()?;
+    let app = state.app();
+    let (showtime, replayed) = match key {
+        None => (app.sale.create_showtime(new).await?, false),
+        Some(key) => {
+            let by = match caller {
+                Caller::Verified(id) => Some(id.user),
+                Caller::Trusted => None,
+            };
+            let route = KeyedRoute::CreateShowtime.as_str();
+            match app
+                .sale
+                .create_showtime_once(new, key.for_creation(by))
+                .await
+            {
+                Ok(Creation::Created(showtime)) => {
+                    metrics::idempotency_key(route, "claimed");
+                    (showtime, false)
+                }
+                Ok(Creation::Again(showtime)) => {
+                    metrics::idempotency_key(route, "replayed");
+                    (showtime, true)
+                }
+                Ok(Creation::KeyReused) => {
+                    metrics::idempotency_key(route, "reused");
+                    return Err(ApiError::IdempotencyKeyReused(
+                        "this Idempotency-Key created a showtime for another request; \
+                         send a new key for a new showtime"
+                            .into(),
+                    ));
+                }
+                Err(e) => {
+                    metrics::idempotency_key(route, "unavailable");
+                    return Err(e.into());
+                }
+            }
+        }
+    };
     if let Some(room) = showtime.waiting_room {
         // Should this fail, the showtime still refuses buyers without an admission,
         // and the room is set up by the first join.
-        if let Err(e) = state
-            .app()
+        if let Err(e) = app
             .rooms
             .store()
             .configure(showtime.id, room, showtime.sale_window)
@@ -578,17 +621,34 @@ async fn create(
             );
         }
     }
-    let capacity = showtime.capacity.get();
-    let counts = SeatCounts {
-        capacity,
-        available: capacity,
-        held: 0,
-        sold: 0,
+    let counts = if replayed {
+        app.sale
+            .showtime(showtime.id)
+            .await?
+            .map(|(_, counts)| counts)
+            .ok_or_else(|| ApiError::NotFound("showtime not found".into()))?
+    } else {
+        let capacity = showtime.capacity.get();
+        SeatCounts {
+            capacity,
+            available: capacity,
+            held: 0,
+            sold: 0,
+        }
     };
-    Ok((
+    let answer = (
         StatusCode::CREATED,
         Json(ShowtimeView::new(&showtime, counts)),
-    ))
+    );
+    Ok(if replayed {
+        (
+            [(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"))],
+            answer,
+        )
+            .into_response()
+    } else {
+        answer.into_response()
+    })
 }
 
 /// An operator's change of a live sale (admins): 200 with the showtime as it is now and

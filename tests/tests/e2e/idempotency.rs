@@ -421,3 +421,100 @@ async fn fifty_concurrent_requests_with_one_key_make_one_hold() {
     );
     app.finish().await;
 }
+
+/// An operator's retried `POST /showtimes` (its answer lost, a timeout) must not put a
+/// second showtime with the same seats on sale: under its key it finds the first one,
+/// however the retries race and however the JSON is laid out; the key sent with another
+/// request is refused and creates nothing.
+#[tokio::test]
+async fn a_showtime_created_again_under_its_key_is_created_once() {
+    let app = TestApp::spawn(Options::default()).await;
+    let body = json!({"capacity": 4, "title": "Premiere", "max_per_user": 2});
+    let rows = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM showtimes")
+            .fetch_one(&app.db)
+            .await
+            .unwrap()
+    };
+    let before = rows().await;
+
+    // Eight at once under one key: one showtime, the others told it again.
+    let answers = futures::future::join_all(
+        (0..8).map(|_| keyed(&app, "/showtimes", "premiere-1", body.clone())),
+    )
+    .await;
+    let first = &answers[0].body;
+    for a in &answers {
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+        assert_eq!(a.body["id"], first["id"], "one showtime: {}", a.body);
+    }
+    assert_eq!(
+        answers.iter().filter(|a| !a.replayed).count(),
+        1,
+        "only the one that created it is not a replay"
+    );
+    assert_eq!(rows().await, before + 1);
+
+    // Sold from since: a retry shows the showtime as it is now.
+    let id = first["id"].as_i64().unwrap();
+    let (status, body_held) = app.reserve(1, id).await;
+    assert_eq!(status, StatusCode::OK, "{body_held}");
+    let again = keyed_raw(
+        &app,
+        "/showtimes",
+        HeaderValue::from_static("premiere-1"),
+        r#"{ "max_per_user": 2, "title": "Premiere",  "capacity": 4 }"#.into(),
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::CREATED, "{}", again.body);
+    assert!(again.replayed);
+    assert_eq!(again.body["id"], id);
+    assert_eq!(
+        (
+            again.body["available"].as_u64(),
+            again.body["held"].as_u64()
+        ),
+        (Some(3), Some(1))
+    );
+
+    // The key with another request: refused, nothing created.
+    let other = keyed(&app, "/showtimes", "premiere-1", json!({"capacity": 5})).await;
+    assert_error(
+        &other.pair(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+    );
+    assert_eq!(rows().await, before + 1);
+
+    // Another key, or none, is another showtime.
+    let second = keyed(&app, "/showtimes", "premiere-2", body.clone()).await;
+    assert_eq!(second.status, StatusCode::CREATED, "{}", second.body);
+    assert_ne!(second.body["id"], id);
+    assert!(!second.replayed);
+    assert_ne!(app.create_showtime(4).await, app.create_showtime(4).await);
+    assert_eq!(rows().await, before + 4);
+    app.finish().await;
+}
+
+/// A malformed key on `POST /showtimes` is a 400 and creates nothing.
+#[tokio::test]
+async fn a_malformed_key_creates_no_showtime() {
+    let app = TestApp::spawn(Options::default()).await;
+    let rows = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM showtimes")
+            .fetch_one(&app.db)
+            .await
+            .unwrap()
+    };
+    let before = rows().await;
+    let bad = keyed_raw(
+        &app,
+        "/showtimes",
+        HeaderValue::from_static("has space"),
+        json!({"capacity": 1}).to_string(),
+    )
+    .await;
+    assert_error(&bad.pair(), StatusCode::BAD_REQUEST, "bad_request");
+    assert_eq!(rows().await, before);
+    app.finish().await;
+}
