@@ -5,12 +5,9 @@
 use flash_sale_runtime::{App, metrics};
 
 /// Runs the sweep every `SWEEP_INTERVAL_SECS`: the backstop for expiry and order
-/// messages that never arrived; then advances the waiting rooms on sale. The first run is
-/// one interval after the start, not at it: what a crashed process left is swept by then,
-/// and a test that runs the timer by hand knows it will not run on its own meanwhile.
+/// messages that never arrived; then advances the waiting rooms on sale.
 pub async fn run(app: App) {
-    let period = app.config.sweep_interval;
-    let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let mut every = tokio::time::interval(app.config.sweep_interval);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
