@@ -104,7 +104,8 @@ end
 -- A user's standing in a room just advanced (`served`, `closed`, `opens_at`: what
 -- `advance(now)` returned): {kind, place, deadline}, kind one of 'waiting' (before the
 -- opening), 'line', 'admitted', 'passed', 'sold_out', 'none'. A step that answers many
--- users advances once: a second advance at the same `now` admits nobody new.
+-- users advances once for all of them (a join to a closed room advances once more first,
+-- so that a room able to open again is open to those it places).
 local function standing(now, user, served, closed, opens_at)
   if not opens_at then
     return {'none'}

@@ -8,7 +8,7 @@
 //! the place the lottery gave them; each script call costs Redis and this client more
 //! than the user it serves. The joins (and, apart, the standings) that reach this process
 //! while its previous group is in Redis leave together, one script call per showtime
-//! (one slot: Redis Cluster safe) that advances the room once, and each caller still
+//! (one slot: Redis Cluster safe) that advances the room for all, and each caller still
 //! waits for its own standing. Nothing waits to fill a group: a lone ask leaves at once,
 //! and groups grow only while Redis is busy.
 

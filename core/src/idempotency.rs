@@ -10,6 +10,11 @@
 //! fingerprint: replayed), another fingerprint (the key reused for another request:
 //! refused), or the claim of a request still at work (refused for now).
 //!
+//! An operator's key on creating a showtime is the exception ([`CreationKey`]): before
+//! the request there is no showtime to keep it beside, so the catalog keeps it on the row
+//! it creates, and a retry finds that showtime (as it is now) rather than a recorded
+//! answer.
+//!
 //! The rules of when an answer is recorded (a final answer is; a failure of a service
 //! behind us, which changed nothing, is not, so that a retry runs again) belong to the
 //! HTTP layer that knows answers; this module only names the values and the port.

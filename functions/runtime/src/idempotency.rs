@@ -1,5 +1,6 @@
-//! The `Idempotency-Key` header on `POST /reserve` and `POST /reservations/{id}/pay`,
-//! after the IETF draft (draft-ietf-httpapi-idempotency-key-header).
+//! The `Idempotency-Key` header on `POST /reserve` and `POST /reservations/{id}/pay`
+//! (and, kept on the row it creates, `POST /showtimes`: see the end), after the IETF
+//! draft (draft-ietf-httpapi-idempotency-key-header).
 //!
 //! A request sent with a key is answered from the key before anything else is consulted
 //! (the seat store, the process's sold-out memory):

@@ -11,7 +11,8 @@
 //! - [`guard`]: the abuse controls in front of every router: in-flight bound, rate
 //!   limits by user and client address, body limit.
 //! - [`idempotency`]: the `Idempotency-Key` header: the first answer under a key
-//!   replayed, a key reused for another request refused.
+//!   replayed (one showtime per operator's key), a key reused for another request
+//!   refused.
 //! - [`identity`]: who is calling (a verified JWT, API Gateway's authorizer claims, or
 //!   the trusted body of a loopback demo) and the owner and admin checks.
 //! - [`lambda`]: the Lambda host of every function, with what each invocation ends with.

@@ -527,9 +527,9 @@ pub fn payment(by: &'static str, result: &Result<(), &PayError>) {
     counter!(PAYMENTS, "outcome" => outcome, "by" => by).increment(1);
 }
 
-/// A request sent with an `Idempotency-Key`, by `route` (`reserve`, `pay`) and what its
-/// key found: `claimed` (a first request), `replayed`, `reused` (422), `in_progress`
-/// (409) or `unavailable` (the store failed: 503).
+/// A request sent with an `Idempotency-Key`, by `route` (`reserve`, `pay`,
+/// `create_showtime`) and what its key found: `claimed` (a first request), `replayed`,
+/// `reused` (422), `in_progress` (409) or `unavailable` (the store failed: 503).
 pub fn idempotency_key(route: &'static str, outcome: &'static str) {
     counter!(IDEMPOTENCY_KEYS, "route" => route, "outcome" => outcome).increment(1);
 }

@@ -621,20 +621,21 @@ async fn create(
             );
         }
     }
-    let counts = if replayed {
+    let (showtime, counts) = if replayed {
+        // The showtime and its seats as they are now, from one read.
         app.sale
             .showtime(showtime.id)
             .await?
-            .map(|(_, counts)| counts)
             .ok_or_else(|| ApiError::NotFound("showtime not found".into()))?
     } else {
         let capacity = showtime.capacity.get();
-        SeatCounts {
+        let counts = SeatCounts {
             capacity,
             available: capacity,
             held: 0,
             sold: 0,
-        }
+        };
+        (showtime, counts)
     };
     let answer = (
         StatusCode::CREATED,

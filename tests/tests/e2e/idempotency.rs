@@ -1,6 +1,7 @@
 //! `Idempotency-Key` on `POST /reserve` and `POST /reservations/{id}/pay`: the first
 //! answer under a key is replayed (status and body) to the same caller, a key reused for
-//! another request is refused, and the key is answered before the sold-out memory.
+//! another request is refused, and the key is answered before the sold-out memory. On
+//! `POST /showtimes`: one showtime per key, however its retries race.
 
 use std::time::Duration;
 
