@@ -149,6 +149,10 @@ pub async fn reconcile_from_env(
         for (what, unfinished) in [
             ("NOT SWEPT", &report.showtimes_not_swept),
             ("NOT RECONCILED", &report.showtimes_not_reconciled),
+            (
+                "WAITING ROOM NOT ADVANCED",
+                &report.waiting_rooms_not_advanced,
+            ),
         ] {
             for u in unfinished {
                 println!("showtime {}: {what}: {}", u.showtime_id, u.error);

@@ -29,8 +29,16 @@ pub async fn run(app: App) {
             }
             Err(e) => tracing::warn!("sweep failed: {e}"),
         }
-        if let Err(e) = app.advance_rooms().await {
-            tracing::warn!("advancing the waiting rooms failed: {e}");
+        match app.advance_rooms().await {
+            Ok(round) => {
+                for (showtime, error) in &round.failed {
+                    tracing::warn!(
+                        showtime = showtime.get(),
+                        "the timer could not set or advance this waiting room (it did the others): {error}"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!("advancing the waiting rooms failed: {e}"),
         }
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use flash_sale_core::reconcile::{ReconciledAll, Reconciliation};
 use flash_sale_core::sale::SweepReport;
-use flash_sale_runtime::App;
+use flash_sale_runtime::{App, RoomsAdvanced};
 use serde::Serialize;
 
 #[derive(Debug, Serialize)]
@@ -61,6 +61,8 @@ pub struct Report {
     pub showtimes_not_swept: Vec<Unfinished>,
     /// Waiting rooms of showtimes on sale whose line was advanced.
     pub waiting_rooms_advanced: usize,
+    /// Waiting rooms that could not be set from their row or advanced (the others were).
+    pub waiting_rooms_not_advanced: Vec<Unfinished>,
     pub showtimes: Vec<ShowtimeReport>,
     /// Showtimes that could not be reconciled (the others were).
     pub showtimes_not_reconciled: Vec<Unfinished>,
@@ -77,6 +79,7 @@ impl Report {
         self.failures.is_empty()
             && self.showtimes_not_swept.is_empty()
             && self.showtimes_not_reconciled.is_empty()
+            && self.waiting_rooms_not_advanced.is_empty()
             && self.showtimes.iter().all(|s| {
                 s.refused_awaiting_refund == 0
                     && (s.discrepancies.is_empty() || s.repaired.is_some())
@@ -132,9 +135,9 @@ pub async fn run(
     });
     // The waiting rooms' timer on Lambda (this function's schedule): joins, polls and
     // reserves advance them too, lazily.
-    let waiting_rooms_advanced = app.advance_rooms().await.unwrap_or_else(|e| {
+    let rooms = app.advance_rooms().await.unwrap_or_else(|e| {
         step("advancing the waiting rooms", e);
-        0
+        RoomsAdvanced::default()
     });
     let reconciled = match only {
         Some(id) => app
@@ -174,7 +177,8 @@ pub async fn run(
         holds_expired_by_sweep: holds_expired,
         orders_resent_by_sweep: orders_resent,
         showtimes_not_swept: unfinished(failed),
-        waiting_rooms_advanced,
+        waiting_rooms_advanced: rooms.advanced,
+        waiting_rooms_not_advanced: unfinished(rooms.failed),
         showtimes: reconciled
             .showtimes
             .into_iter()

@@ -15,7 +15,7 @@ use flash_sale_adapters::{
 };
 use flash_sale_core::ports::PortResult;
 use flash_sale_core::waiting_room::Rooms;
-use flash_sale_core::{Sale, SaleSettings};
+use flash_sale_core::{Sale, SaleSettings, ShowtimeId};
 
 use crate::Config;
 use crate::room_passes::RoomPasses;
@@ -137,12 +137,13 @@ impl App {
     /// it again from the catalog, so a room whose update was lost (an operator's change
     /// whose room step failed after its row was written, two changes whose room updates
     /// crossed, a room set up before it kept the sale's window) follows its row within
-    /// one timer.
-    /// Returns how many rooms it advanced.
-    pub async fn advance_rooms(&self) -> PortResult<usize> {
+    /// one timer. A room it cannot set or advance (a broken key; on a Redis Cluster, a
+    /// shard that is down) is named in [`RoomsAdvanced::failed`] and the others are
+    /// still done; only a catalog that does not answer fails the whole round.
+    pub async fn advance_rooms(&self) -> PortResult<RoomsAdvanced> {
         use flash_sale_core::domain::SaleState;
         use flash_sale_core::waiting_room::WaitingRoomStore as _;
-        let mut advanced = 0;
+        let mut round = RoomsAdvanced::default();
         for state in [SaleState::OnSale, SaleState::Paused, SaleState::Upcoming] {
             let mut after = None;
             loop {
@@ -150,11 +151,17 @@ impl App {
                 for (showtime, _, _) in &page {
                     if let Some(settings) = showtime.waiting_room {
                         let rooms = self.rooms.store();
-                        rooms
+                        let done = match rooms
                             .configure(showtime.id, settings, showtime.sale_window)
-                            .await?;
-                        rooms.advance(showtime.id).await?;
-                        advanced += 1;
+                            .await
+                        {
+                            Ok(()) => rooms.advance(showtime.id).await.map(drop),
+                            Err(e) => Err(e),
+                        };
+                        match done {
+                            Ok(()) => round.advanced += 1,
+                            Err(e) => round.failed.push((showtime.id, e.to_string())),
+                        }
                     }
                 }
                 match page.last() {
@@ -163,7 +170,7 @@ impl App {
                 }
             }
         }
-        Ok(advanced)
+        Ok(round)
     }
 
     /// Reads the environment and connects: what every function's `main` does first.
@@ -215,6 +222,15 @@ impl Queues {
         }
         Ok(depths)
     }
+}
+
+/// What one round of the waiting rooms' timer did ([`App::advance_rooms`]).
+#[derive(Debug, Default)]
+pub struct RoomsAdvanced {
+    /// Rooms set from their row and advanced.
+    pub advanced: usize,
+    /// Rooms that could not be, and why (the others were).
+    pub failed: Vec<(ShowtimeId, String)>,
 }
 
 /// The hosts' readiness probes: one cheap round trip to each service.

@@ -35,7 +35,7 @@ pub mod queue;
 pub mod room_passes;
 pub mod trace;
 
-pub use app::{Adapters, App, LiveSale, Probes, Queues};
+pub use app::{Adapters, App, LiveSale, Probes, Queues, RoomsAdvanced};
 pub use config::Config;
 
 use chrono::{DateTime, Utc};

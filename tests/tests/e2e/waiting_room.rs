@@ -1934,6 +1934,62 @@ async fn the_timer_sets_a_room_again_from_its_row() {
     app.finish().await;
 }
 
+/// One room the timer cannot set (a broken key; on a Redis Cluster, a shard that is down)
+/// does not keep it from setting the others: a lost update of a later room still follows
+/// its row.
+#[tokio::test]
+async fn a_room_the_timer_cannot_set_does_not_stop_it_setting_the_others() {
+    let app = TestApp::spawn(options()).await;
+    let client = Client::of(&app, 4);
+    let broken = room_open_now(&app, 1, 1, 0, 60).await;
+    let fine = room_open_now(&app, 1, 1, 0, 60).await;
+    assert!(
+        broken < fine,
+        "the broken room comes first in the timer's round"
+    );
+    let room = |st: i64| format!("{}:{{{st}}}:room", app.iso.prefix);
+    let mut conn = app.adapters.seats.connection();
+    let _: () = redis::pipe()
+        .del(room(broken))
+        .set(room(broken), "not a hash")
+        .hset(room(fine), "sale_paused", 1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let join = client.join(fine, 1).await;
+    assert_eq!(join.status, StatusCode::OK, "{}", join.body);
+
+    let round = app.app.advance_rooms().await.unwrap();
+    assert_eq!(
+        standing(&client, fine, 1).await.status,
+        "admitted",
+        "the later room was set from its row ({round:?})"
+    );
+    assert_eq!(round.advanced, 1, "{round:?}");
+    assert_eq!(
+        round
+            .failed
+            .iter()
+            .map(|(st, _)| st.get())
+            .collect::<Vec<_>>(),
+        [broken],
+        "{round:?}"
+    );
+    // The audit (the scheduled function on Lambda) names it and is not clean.
+    let audit = flash_sale_reconcile::run(&app.app, None, false, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(audit.waiting_rooms_advanced, 1, "{audit:?}");
+    let named: Vec<_> = audit
+        .waiting_rooms_not_advanced
+        .iter()
+        .map(|u| u.showtime_id)
+        .collect();
+    assert_eq!(named, [broken], "{audit:?}");
+    assert!(!audit.is_clean());
+    app.finish().await;
+}
+
 #[tokio::test]
 async fn a_503_does_not_use_the_admission_up() {
     let app = TestApp::spawn(options()).await;
