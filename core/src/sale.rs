@@ -13,6 +13,7 @@ use crate::ports::{
     PortError, RecordedOrder, ReservationPage, ResizeOutcome, SeatStore, ShowtimeLock as _,
     TakeOutcome,
 };
+use crate::waiting_room::WaitingRoomStore;
 use crate::{
     Creation, CreationKey, InvalidInput, NewShowtime, Reservation, ReservationId, SeatCounts,
     Showtime, ShowtimeChange, ShowtimeId, Status, UnixMillis, UserId,
@@ -483,6 +484,27 @@ where
     /// (never held or sold); seats added go on sale at once. This process obeys the new
     /// window at once, every other within [`SALE_WINDOW_REFRESH`]. Holds made before a
     /// pause or close can still be paid until their deadline.
+    /// Removes a waiting room from `rooms` if the showtime's row has none (a removal
+    /// whose room step was lost after the row was written); returns whether it did. The
+    /// row is locked meanwhile: an operator adding a room takes the same lock to write
+    /// the row and sets the room after, so a room just added is never taken away.
+    pub async fn remove_room_its_row_lacks<R: WaitingRoomStore>(
+        &self,
+        id: ShowtimeId,
+        rooms: &R,
+    ) -> Result<bool, PortError> {
+        let Some(lock) = self.db.lock_showtime(id).await? else {
+            return Ok(false);
+        };
+        if lock.showtime().waiting_room.is_some() {
+            return Ok(false);
+        }
+        rooms.remove(id).await?;
+        // The row was only read: the lock is released unchanged.
+        drop(lock);
+        Ok(true)
+    }
+
     pub async fn change_showtime(
         &self,
         id: ShowtimeId,

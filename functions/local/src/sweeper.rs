@@ -31,6 +31,12 @@ pub async fn run(app: App) {
         }
         match app.advance_rooms().await {
             Ok(round) => {
+                if round.removed > 0 {
+                    tracing::warn!(
+                        removed = round.removed,
+                        "the timer removed waiting rooms their rows no longer have (a removal had been lost)"
+                    );
+                }
                 for (showtime, error) in &round.failed {
                     tracing::warn!(
                         showtime = showtime.get(),

@@ -61,6 +61,8 @@ pub struct Report {
     pub showtimes_not_swept: Vec<Unfinished>,
     /// Waiting rooms of showtimes on sale whose line was advanced.
     pub waiting_rooms_advanced: usize,
+    /// Waiting rooms left in Redis whose row has none (a removal that was lost), removed.
+    pub waiting_rooms_removed: usize,
     /// Waiting rooms that could not be set from their row or advanced (the others were).
     pub waiting_rooms_not_advanced: Vec<Unfinished>,
     pub showtimes: Vec<ShowtimeReport>,
@@ -178,6 +180,7 @@ pub async fn run(
         orders_resent_by_sweep: orders_resent,
         showtimes_not_swept: unfinished(failed),
         waiting_rooms_advanced: rooms.advanced,
+        waiting_rooms_removed: rooms.removed,
         waiting_rooms_not_advanced: unfinished(rooms.failed),
         showtimes: reconciled
             .showtimes

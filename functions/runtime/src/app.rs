@@ -137,7 +137,7 @@ impl App {
     /// it again from the catalog, so a room whose update was lost (an operator's change
     /// whose room step failed after its row was written, two changes whose room updates
     /// crossed, a room set up before it kept the sale's window) follows its row within
-    /// one timer. A room it cannot set or advance (a broken key; on a Redis Cluster, a
+    /// one timer; a room whose row has none is removed. A room it cannot set or advance (a broken key; on a Redis Cluster, a
     /// shard that is down) is named in [`RoomsAdvanced::failed`] and the others are
     /// still done; only a catalog that does not answer fails the whole round.
     pub async fn advance_rooms(&self) -> PortResult<RoomsAdvanced> {
@@ -149,19 +149,33 @@ impl App {
             loop {
                 let page = self.sale.showtimes(Some(state), after, 100).await?;
                 for (showtime, _, _) in &page {
-                    if let Some(settings) = showtime.waiting_room {
-                        let rooms = self.rooms.store();
-                        let done = match rooms
-                            .configure(showtime.id, settings, showtime.sale_window)
-                            .await
-                        {
-                            Ok(()) => rooms.advance(showtime.id).await.map(drop),
-                            Err(e) => Err(e),
-                        };
-                        match done {
-                            Ok(()) => round.advanced += 1,
-                            Err(e) => round.failed.push((showtime.id, e.to_string())),
+                    let rooms = self.rooms.store();
+                    let done = match showtime.waiting_room {
+                        Some(settings) => {
+                            match rooms
+                                .configure(showtime.id, settings, showtime.sale_window)
+                                .await
+                            {
+                                Ok(()) => rooms.advance(showtime.id).await.map(|_| {
+                                    round.advanced += 1;
+                                }),
+                                Err(e) => Err(e),
+                            }
                         }
+                        // No room in the row: one left in Redis (its removal lost) would
+                        // refuse every buyer. Advancing tells whether there is one (and
+                        // fails on what is left of one that is broken).
+                        None => match rooms.advance(showtime.id).await {
+                            Ok(None) => Ok(()),
+                            Ok(Some(_)) | Err(_) => self
+                                .sale
+                                .remove_room_its_row_lacks(showtime.id, rooms)
+                                .await
+                                .map(|removed| round.removed += usize::from(removed)),
+                        },
+                    };
+                    if let Err(e) = done {
+                        round.failed.push((showtime.id, e.to_string()));
                     }
                 }
                 match page.last() {
@@ -229,6 +243,9 @@ impl Queues {
 pub struct RoomsAdvanced {
     /// Rooms set from their row and advanced.
     pub advanced: usize,
+    /// Rooms left in the seat store whose row has none (a removal whose room step was
+    /// lost), removed.
+    pub removed: usize,
     /// Rooms that could not be, and why (the others were).
     pub failed: Vec<(ShowtimeId, String)>,
 }

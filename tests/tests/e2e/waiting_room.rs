@@ -1990,6 +1990,52 @@ async fn a_room_the_timer_cannot_set_does_not_stop_it_setting_the_others() {
     app.finish().await;
 }
 
+/// A room removed from its row whose removal from Redis was lost (the operator's change
+/// is saved before the room step, which then failed) would refuse every buyer
+/// `not_admitted` while nobody can join a room the row no longer has: the timer removes
+/// it, under the row's lock, so the sale sells to anyone again.
+#[tokio::test]
+async fn the_timer_removes_a_room_its_row_no_longer_has() {
+    let app = TestApp::spawn(options()).await;
+    let client = Client::of(&app, 4);
+    let st = room_open_now(&app, 2, 1, 0, 60).await;
+    let room = format!("{}:{{{st}}}:room", app.iso.prefix);
+    let mut conn = app.adapters.seats.connection();
+    let was: Vec<(String, String)> = redis::cmd("HGETALL")
+        .arg(&room)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!was.is_empty());
+    let (status, answer) = app
+        .change_showtime(st, json!({"waiting_room": null}), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    // The room's removal lost: it is back in Redis as it was.
+    let _: () = redis::cmd("HSET")
+        .arg(&room)
+        .arg(&was)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let round = app.app.advance_rooms().await.unwrap();
+    let held = client.reserve(st, 1, None, None, None).await;
+    assert_eq!(held.status, StatusCode::OK, "{} ({round:?})", held.body);
+    assert_eq!((round.removed, round.advanced), (1, 0), "{round:?}");
+    // Nothing is left to remove; a room added again by the operator stays.
+    assert_eq!(app.app.advance_rooms().await.unwrap().removed, 0);
+    let (status, answer) = app
+        .change_showtime(st, json!({"waiting_room": {"overbook_pct": 0}}), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let round = app.app.advance_rooms().await.unwrap();
+    assert_eq!((round.removed, round.advanced), (0, 1), "{round:?}");
+    let refused = client.reserve(st, 2, None, None, None).await;
+    assert_error(&refused.pair(), StatusCode::FORBIDDEN, "not_admitted");
+    app.finish().await;
+}
+
 #[tokio::test]
 async fn a_503_does_not_use_the_admission_up() {
     let app = TestApp::spawn(options()).await;
