@@ -7,7 +7,7 @@
 //! - it reads a batch from a queue: up to [`BridgeConfig::batch_size`] messages, waiting
 //!   at most [`BridgeConfig::batch_window`] for the batch to fill;
 //! - wraps the bodies, base64-encoded, in a `RabbitMqEvent` (`rmqMessagesByQueue`, the
-//!   `redelivered` flag of each delivery kept);
+//!   `redelivered` flag and quorum-queue delivery count of each delivery kept);
 //! - invokes the queue's function through the emulator's Invoke API,
 //!   `POST <invoke_url>/2015-03-31/functions/<function>/invocations`;
 //! - acks the whole batch only once the invocation succeeded; when the function fails
@@ -36,7 +36,7 @@ use aws_lambda_events::event::rabbitmq::RabbitMqEvent;
 use flash_sale_adapters::{Broker, Queue, Topology};
 use flash_sale_runtime::Config;
 use flash_sale_runtime::config::{ConfigError, Env};
-use flash_sale_runtime::queue::rabbit_event;
+use flash_sale_runtime::queue::{DELIVERY_COUNT, rabbit_event};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tokio::sync::watch;
@@ -206,6 +206,23 @@ pub async fn invoke(
     }
 }
 
+/// A delivery's earlier deliveries, as its quorum queue counts them (its
+/// `x-delivery-count` header, absent on a first delivery).
+fn delivery_count(delivery: &Delivery) -> Option<u64> {
+    use lapin::types::AMQPValue;
+    let headers = delivery.properties.headers().as_ref()?;
+    match headers.inner().get(DELIVERY_COUNT)? {
+        AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongUInt(n) => Some(u64::from(*n)),
+        AMQPValue::ShortInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::ShortUInt(n) => Some(u64::from(*n)),
+        AMQPValue::ShortShortInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::ShortShortUInt(n) => Some(u64::from(*n)),
+        _ => None,
+    }
+}
+
 /// The event Amazon MQ would deliver for these deliveries from the queue `queue`.
 pub fn event_for(queue: &str, deliveries: &[Delivery]) -> RabbitMqEvent {
     let bodies: Vec<Vec<u8>> = deliveries.iter().map(|d| d.data.clone()).collect();
@@ -213,6 +230,12 @@ pub fn event_for(queue: &str, deliveries: &[Delivery]) -> RabbitMqEvent {
     for messages in event.messages_by_queue.values_mut() {
         for (message, delivery) in messages.iter_mut().zip(deliveries) {
             message.redelivered = delivery.redelivered;
+            if let Some(count) = delivery_count(delivery) {
+                message
+                    .basic_properties
+                    .headers
+                    .insert(DELIVERY_COUNT.into(), count.into());
+            }
         }
     }
     event

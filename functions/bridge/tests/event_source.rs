@@ -70,8 +70,9 @@ fn prefix() -> String {
     format!("b{}-{nanos}", std::process::id())
 }
 
-/// The bodies of one invocation's event, decoded, with their `redelivered` flags.
-fn messages(event: &Value) -> Vec<(String, bool)> {
+/// The bodies of one invocation's event, decoded, with their `redelivered` flags and
+/// their quorum queue's delivery counts (absent on a first delivery).
+fn messages(event: &Value) -> Vec<(String, bool, Option<u64>)> {
     let by_queue = event["rmqMessagesByQueue"].as_object().unwrap();
     assert_eq!(by_queue.len(), 1);
     let (_, msgs) = by_queue.iter().next().unwrap();
@@ -85,6 +86,7 @@ fn messages(event: &Value) -> Vec<(String, bool)> {
             (
                 String::from_utf8(data).unwrap(),
                 m["redelivered"].as_bool().unwrap(),
+                m["basicProperties"]["headers"]["x-delivery-count"].as_u64(),
             )
         })
         .collect()
@@ -159,11 +161,14 @@ async fn scenario(answers: &[(StatusCode, &'static str)], expected_calls: usize)
         assert_eq!(function, "write-order");
         assert_eq!(event["eventSource"], "aws:rmq");
         let got = messages(event);
-        let names: Vec<&str> = got.iter().map(|(b, _)| b.as_str()).collect();
+        let names: Vec<&str> = got.iter().map(|(b, _, _)| b.as_str()).collect();
         assert_eq!(names, bodies, "one batch, in order, base64 bodies");
-        // A batch returned to the queue comes back marked as redelivered.
+        // A batch returned to the queue comes back marked as redelivered, counted, so
+        // the function can wait longer before failing it again.
+        let count = (i > 0).then_some(i as u64);
         assert!(
-            got.iter().all(|(_, redelivered)| *redelivered == (i > 0)),
+            got.iter()
+                .all(|(_, redelivered, counted)| *redelivered == (i > 0) && *counted == count),
             "{got:?}"
         );
     }
@@ -187,6 +192,15 @@ async fn a_failed_invocation_returns_the_batch_and_it_is_delivered_again() {
         2,
     )
     .await;
+}
+
+#[tokio::test]
+async fn each_delivery_of_a_failing_batch_carries_its_count() {
+    let failed = (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        r#"{"errorType":"Retryable","errorMessage":"postgres down"}"#,
+    );
+    scenario(&[failed, failed, failed], 4).await;
 }
 
 #[tokio::test]

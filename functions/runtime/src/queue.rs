@@ -7,9 +7,12 @@
 //! Lambda host settles the whole event at once ([`settle`], [`handle_event`]): any
 //! retryable failure fails the invocation so Amazon MQ redelivers the batch (every
 //! handler is idempotent), otherwise what can never succeed is dead-lettered and the
-//! rest is done.
+//! rest is done. A failed invocation first pauses ([`retry_pause`]): the event source
+//! redelivers a failed batch at once, so without a pause an outage of a few seconds
+//! would use up the queue's delivery limit and dead-letter the batch.
 
 use std::future::Future;
+use std::time::Duration;
 
 use aws_lambda_events::event::rabbitmq::RabbitMqEvent;
 use base64::Engine as _;
@@ -104,7 +107,10 @@ where
                 Err(undecodable) => Err(QueueError::Rejected(undecodable.to_string())),
             })
             .collect();
-        let dead_letters = settle(&results).map_err(|e| e.to_string())?;
+        let dead_letters = match settle(&results) {
+            Ok(dead_letters) => dead_letters,
+            Err(retryable) => return Err(redeliver_after_pause(queue, &messages, retryable).await),
+        };
         for (i, reason) in dead_letters {
             let message = &messages[i];
             tracing::error!(queue = %message.queue, %reason, "dead-lettering a message that can never succeed");
@@ -123,12 +129,56 @@ where
     settled
 }
 
+/// What a queue function answers for a batch to be delivered again: the error, after
+/// the batch's [`retry_pause`].
+pub async fn redeliver_after_pause(
+    queue: Queue,
+    messages: &[EventMessage],
+    why: &QueueError,
+) -> lambda_runtime::Error {
+    let deliveries = messages.iter().map(|m| m.deliveries).max().unwrap_or(0);
+    let pause = retry_pause(deliveries);
+    tracing::warn!(
+        queue = queue.key(),
+        deliveries,
+        pause_ms = pause.as_millis() as u64,
+        "the batch will be delivered again: {why}"
+    );
+    tokio::time::sleep(pause).await;
+    why.to_string().into()
+}
+
+/// How long a queue function waits before it fails an invocation whose batch is to be
+/// delivered again, after `deliveries` earlier deliveries of the batch's most delivered
+/// message: [`RETRY_PAUSE_FIRST`], doubling with each delivery, at most
+/// [`RETRY_PAUSE_MOST`]. With the default delivery limit (`QUEUE_DELIVERY_LIMIT`, 10) a
+/// message is dead-lettered only after about half a minute of failures, not after ten
+/// immediate redeliveries; the most stays well inside the functions' 15 s timeout.
+pub fn retry_pause(deliveries: u64) -> Duration {
+    let doublings = deliveries.min(16) as u32;
+    RETRY_PAUSE_FIRST
+        .saturating_mul(1 << doublings)
+        .min(RETRY_PAUSE_MOST)
+}
+
+/// The pause before the first redelivery of a failed batch ([`retry_pause`]).
+pub const RETRY_PAUSE_FIRST: Duration = Duration::from_millis(250);
+
+/// The longest pause before a redelivery ([`retry_pause`]).
+pub const RETRY_PAUSE_MOST: Duration = Duration::from_secs(5);
+
+/// The header in which a quorum queue counts a message's earlier deliveries.
+pub const DELIVERY_COUNT: &str = "x-delivery-count";
+
 /// One message of an Amazon MQ for RabbitMQ event, its body decoded from base64.
 #[derive(Debug)]
 pub struct EventMessage {
     /// `"<queue>::<vhost>"`, as Amazon MQ names it.
     pub queue: String,
     pub body: Result<Vec<u8>, QueueError>,
+    /// Earlier deliveries of the message: the quorum queue's [`DELIVERY_COUNT`] header
+    /// when the event carries it, else 1 for a message marked redelivered, else 0.
+    pub deliveries: u64,
 }
 
 /// Unpacks every message of a RabbitMQ event, in order, queue by queue.
@@ -144,9 +194,15 @@ pub fn event_messages(event: RabbitMqEvent) -> Vec<EventMessage> {
                     .decode(data.trim())
                     .map_err(|e| QueueError::Rejected(format!("message data is not base64: {e}"))),
             };
+            let counted = m
+                .basic_properties
+                .headers
+                .get(DELIVERY_COUNT)
+                .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()));
             out.push(EventMessage {
                 queue: queue.clone(),
                 body,
+                deliveries: counted.unwrap_or(u64::from(m.redelivered)),
             });
         }
     }
@@ -221,6 +277,52 @@ mod tests {
         let retry = settle(&results).unwrap_err();
         assert!(retry.is_retryable());
         assert!(retry.to_string().contains("redis down"));
+    }
+
+    #[test]
+    fn a_failed_batch_waits_longer_the_more_it_was_delivered() {
+        let pauses: Vec<u64> = (0..8).map(|d| retry_pause(d).as_millis() as u64).collect();
+        assert_eq!(pauses, [250, 500, 1000, 2000, 4000, 5000, 5000, 5000]);
+        assert_eq!(retry_pause(u64::MAX), RETRY_PAUSE_MOST);
+        // Ten deliveries (the default limit) span about half a minute, not a moment.
+        let total: Duration = (0..10).map(retry_pause).sum();
+        assert!(total >= Duration::from_secs(25), "{total:?}");
+    }
+
+    #[test]
+    fn a_messages_deliveries_come_from_its_count_header_or_its_redelivered_flag() {
+        let mut event = rabbit_event("q", &[b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+        let messages = event.messages_by_queue.get_mut("q::/").unwrap();
+        messages[0]
+            .basic_properties
+            .headers
+            .insert(DELIVERY_COUNT.into(), serde_json::json!(3));
+        messages[1].redelivered = true;
+        let deliveries: Vec<u64> = event_messages(event).iter().map(|m| m.deliveries).collect();
+        assert_eq!(deliveries, [3, 1, 0]);
+    }
+
+    /// The pause is taken before the invocation fails, on the most delivered message's
+    /// count. (The clock is tokio's paused test clock: the test measures the pause, it
+    /// does not wait for it.)
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_to_deliver_again_pauses_on_its_most_delivered_message() {
+        let mut event = rabbit_event("q", &[b"a".to_vec(), b"b".to_vec()]);
+        let messages = event.messages_by_queue.get_mut("q::/").unwrap();
+        messages[1]
+            .basic_properties
+            .headers
+            .insert(DELIVERY_COUNT.into(), serde_json::json!(2));
+        let messages = event_messages(event);
+        let started = tokio::time::Instant::now();
+        let error = redeliver_after_pause(
+            Queue::Orders,
+            &messages,
+            &QueueError::Retryable("down".into()),
+        )
+        .await;
+        assert_eq!(started.elapsed(), retry_pause(2));
+        assert!(error.to_string().contains("down"), "{error}");
     }
 
     #[test]
