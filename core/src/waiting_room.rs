@@ -334,6 +334,14 @@ impl<R: WaitingRoomStore> Rooms<R> {
         &self.store
     }
 
+    /// Forgets this process's view of `showtime`'s room, so that the next answer reads
+    /// it from the store: after this process changed the room (removed it, set up
+    /// another), which other processes learn at their next refresh.
+    pub fn forget(&self, showtime: ShowtimeId) {
+        let mut seen = self.seen.write().unwrap_or_else(|e| e.into_inner());
+        seen.remove(&showtime);
+    }
+
     /// The room's snapshot, read again (admission advanced) when older than `refresh`;
     /// `None` when the showtime has no room.
     pub async fn snapshot(&self, showtime: ShowtimeId) -> PortResult<Option<RoomSnapshot>> {
@@ -396,8 +404,11 @@ impl<R: WaitingRoomStore> Rooms<R> {
         let mut seen = self.seen.write().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         let next = match seen.get(&showtime) {
+            // The same room (another, set up after this one was removed, draws another
+            // salt and starts its counts again).
             Some(before)
-                if snapshot.served >= before.measured.served
+                if snapshot.salt == before.measured.salt
+                    && snapshot.served >= before.measured.served
                     && snapshot.joined >= before.measured.joined =>
             {
                 let secs = now.duration_since(before.measured_at).as_secs_f64();

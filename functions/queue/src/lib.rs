@@ -127,7 +127,10 @@ async fn join(
         .status_of(showtime, standing, lot, now())
         .await?
         .ok_or_else(|| no_room(showtime))?;
-    Ok(Json(answer(app, "join", showtime, user, status, None)))
+    let room = room_salt(app, showtime).await?;
+    Ok(Json(answer(
+        app, "join", showtime, user, room, status, None,
+    )))
 }
 
 /// `GET /showtimes/{id}/queue/me`: the caller's standing, from this process's snapshot
@@ -160,12 +163,14 @@ async fn me(
             Some((raw, ticket))
         }
     };
+    let room = room_salt(app, showtime).await?;
+    // A place in another room (one removed and set up again since) means nothing here:
+    // such a ticket is answered from the store, as if none had come.
+    let presented = presented.filter(|(_, ticket)| ticket.room.is_none_or(|r| r == room));
     let asker = Asker {
         user,
         place: presented.and_then(|(_, ticket)| ticket.place),
-        lot: app
-            .passes
-            .lot(user, showtime, room_salt(app, showtime).await?),
+        lot: app.passes.lot(user, showtime, room),
     };
     let status = app
         .rooms
@@ -173,7 +178,7 @@ async fn me(
         .await?
         .ok_or_else(|| no_room(showtime))?;
     Ok(Json(answer(
-        app, "status", showtime, user, status, presented,
+        app, "status", showtime, user, room, status, presented,
     )))
 }
 
@@ -227,13 +232,15 @@ fn place_of(standing: Standing) -> Option<u64> {
     }
 }
 
-/// The answer to a join or a poll, with the ticket the poll came with (`presented`, as
-/// sent and as checked), sent back when it still says all a new one would.
+/// The answer to a join or a poll in the room of salt `room`, with the ticket the poll
+/// came with (`presented`, as sent and as checked), sent back when it still says all a
+/// new one would.
 fn answer(
     app: &App,
     route: &'static str,
     showtime: ShowtimeId,
     user: UserId,
+    room: u64,
     status: Status,
     presented: Option<(&str, Ticket)>,
 ) -> QueueStatus {
@@ -244,6 +251,7 @@ fn answer(
     let ticket = (standing != Standing::NotInLine).then(|| match presented {
         Some((raw, ticket))
             if ticket.place == place
+                && ticket.room == Some(room)
                 && ticket.under_current_secret
                 && ticket.until.0 >= now.0 + TICKET_KEPT_WHILE.as_millis() as u64 =>
         {
@@ -251,7 +259,7 @@ fn answer(
         }
         _ => {
             let until = UnixMillis(now.0 + TICKET_LIFETIME.as_millis() as u64);
-            app.passes.ticket(user, showtime, place, until)
+            app.passes.ticket(user, showtime, place, Some(room), until)
         }
     });
     let (kind, ahead, admission, admitted_until) = match standing {

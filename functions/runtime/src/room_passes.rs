@@ -45,6 +45,11 @@ struct PassClaims {
     /// The holder's place in line, once known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     place: Option<u64>,
+    /// The room the place is in (its lottery salt, drawn when it was set up): a room
+    /// removed and set up again is another line, where an old place means nothing.
+    /// Absent from passes signed before tickets named it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    room: Option<u64>,
     /// Seconds since the epoch.
     exp: u64,
 }
@@ -137,6 +142,8 @@ pub struct Ticket {
     pub user: UserId,
     pub showtime: ShowtimeId,
     pub place: Option<u64>,
+    /// The room the place is in (its salt), when the ticket names it.
+    pub room: Option<u64>,
     pub until: UnixMillis,
     pub under_current_secret: bool,
 }
@@ -167,13 +174,14 @@ impl RoomPasses {
         self.current.sign(claims)
     }
 
-    /// A ticket for `user` in `showtime`'s line, at `place` once known, valid until
-    /// `until`.
+    /// A ticket for `user` in `showtime`'s line, at `place` once known, in the room of
+    /// salt `room`, valid until `until`.
     pub fn ticket(
         &self,
         user: UserId,
         showtime: ShowtimeId,
         place: Option<u64>,
+        room: Option<u64>,
         until: UnixMillis,
     ) -> String {
         self.sign(&PassClaims {
@@ -181,6 +189,7 @@ impl RoomPasses {
             st: showtime.get(),
             typ: TICKET.into(),
             place,
+            room,
             exp: until.0.div_ceil(1000),
         })
     }
@@ -199,6 +208,7 @@ impl RoomPasses {
             st: showtime.get(),
             typ: ADMISSION.into(),
             place: Some(place),
+            room: None,
             exp: until.0 / 1000,
         })
     }
@@ -277,6 +287,7 @@ impl RoomPasses {
             user,
             showtime,
             place: claims.place,
+            room: claims.room,
             until: UnixMillis(claims.exp.saturating_mul(1000)),
             under_current_secret,
         })
@@ -348,7 +359,7 @@ mod tests {
             passes.check_admission(&pass, user(7), showtime(42), LATER),
             Err(PassError::Expired)
         );
-        let ticket = passes.ticket(user(7), showtime(42), Some(3), LATER);
+        let ticket = passes.ticket(user(7), showtime(42), Some(3), Some(9), LATER);
         assert_eq!(
             passes.check_admission(&ticket, user(7), showtime(42), NOW),
             Err(PassError::NotAnAdmission),
@@ -364,6 +375,7 @@ mod tests {
                 user: user(7),
                 showtime: showtime(42),
                 place: Some(3),
+                room: Some(9),
                 until: LATER,
                 under_current_secret: true,
             })
@@ -423,10 +435,10 @@ mod tests {
         );
         // A ticket of the previous secret is still good during the rotation, and says so
         // (a poll answers with one signed anew rather than sending it back).
-        let old_ticket = before.ticket(user(7), showtime(42), Some(3), LATER);
+        let old_ticket = before.ticket(user(7), showtime(42), Some(3), Some(9), LATER);
         let checked = during.check_ticket(&old_ticket, user(7), showtime(42), NOW);
         assert_eq!(checked.map(|t| t.under_current_secret), Ok(false));
-        let new_ticket = during.ticket(user(7), showtime(42), Some(3), LATER);
+        let new_ticket = during.ticket(user(7), showtime(42), Some(3), Some(9), LATER);
         let checked = during.check_ticket(&new_ticket, user(7), showtime(42), NOW);
         assert_eq!(checked.map(|t| t.under_current_secret), Ok(true));
     }
@@ -442,6 +454,7 @@ mod tests {
             st: 42,
             typ: TICKET.into(),
             place: Some(3),
+            room: Some(9),
             exp: LATER.0 / 1000,
         };
         let mut header = Header::new(Algorithm::HS256);
@@ -452,7 +465,7 @@ mod tests {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.validate_exp = false;
         let decoded = jsonwebtoken::decode::<PassClaims>(
-            &passes.ticket(user(7), showtime(42), Some(3), LATER),
+            &passes.ticket(user(7), showtime(42), Some(3), Some(9), LATER),
             &DecodingKey::from_secret(NEW),
             &validation,
         )

@@ -692,6 +692,10 @@ async fn change(
             }
             _ => Ok(()),
         };
+        if change.waiting_room.is_some() {
+            // This process reads the room anew; the others at their next refresh.
+            app.rooms.forget(id);
+        }
         // The change is saved by now: answering an error would invite a retry that adds
         // the seats again. The room follows its row at the next timer (advance_rooms).
         if let Err(e) = room {

@@ -1118,13 +1118,15 @@ async fn a_poll_sends_back_a_ticket_that_still_says_it_all_and_renews_one_that_d
             .expect("a good ticket")
     };
     assert_eq!(checked(&ticket).place, Some(1));
+    let room = checked(&ticket).room;
+    assert!(room.is_some(), "a ticket names its room");
 
     // Polled with it, or with one of 20 hours left (a new one would say 24): the same
     // ticket back, to the byte.
-    let twenty_hours = app
-        .app
-        .passes
-        .ticket(two, st, Some(1), UnixMillis(now.0 + 20 * 3_600_000));
+    let twenty_hours =
+        app.app
+            .passes
+            .ticket(two, st, Some(1), room, UnixMillis(now.0 + 20 * 3_600_000));
     for kept in [ticket, twenty_hours] {
         let polled = client.me(showtime, 2, Some(&kept)).await;
         assert_eq!(polled.queue_status(), "in_line", "{}", polled.body);
@@ -1138,14 +1140,20 @@ async fn a_poll_sends_back_a_ticket_that_still_says_it_all_and_renews_one_that_d
         (
             app.app
                 .passes
-                .ticket(two, st, Some(1), UnixMillis(now.0 + 3_600_000)),
+                .ticket(two, st, Some(1), room, UnixMillis(now.0 + 3_600_000)),
             "an hour left",
         ),
         (
             app.app
                 .passes
-                .ticket(two, st, None, UnixMillis(now.0 + day)),
+                .ticket(two, st, None, room, UnixMillis(now.0 + day)),
             "no place (signed before the opening)",
+        ),
+        (
+            app.app
+                .passes
+                .ticket(two, st, Some(1), None, UnixMillis(now.0 + day)),
+            "no room (signed before tickets named theirs)",
         ),
     ] {
         let polled = client.me(showtime, 2, Some(&old)).await;
@@ -1153,7 +1161,7 @@ async fn a_poll_sends_back_a_ticket_that_still_says_it_all_and_renews_one_that_d
         let renewed = polled.str("ticket").expect("a ticket");
         assert_ne!(renewed, old, "{what}");
         let renewed = checked(&renewed);
-        assert_eq!(renewed.place, Some(1), "{what}");
+        assert_eq!((renewed.place, renewed.room), (Some(1), room), "{what}");
         assert!(
             renewed.until.0 >= now.0 + day - 60_000,
             "{what}: {renewed:?}"
@@ -2033,6 +2041,34 @@ async fn the_timer_removes_a_room_its_row_no_longer_has() {
     assert_eq!((round.removed, round.advanced), (0, 1), "{round:?}");
     let refused = client.reserve(st, 2, None, None, None).await;
     assert_error(&refused.pair(), StatusCode::FORBIDDEN, "not_admitted");
+    app.finish().await;
+}
+
+/// A ticket names a place in one room: once that room is removed and another set up, an
+/// old ticket's place means nothing there, and a poll with it is answered from the store
+/// (not in the new line), not from the new room's snapshot as if the place were its.
+#[tokio::test]
+async fn a_ticket_of_a_room_removed_and_set_up_again_names_no_place_in_the_new_one() {
+    let app = TestApp::spawn(options()).await;
+    let client = Client::of(&app, 4);
+    let st = room_open_now(&app, 1, 1, 0, 60).await;
+    assert_eq!(joined(&client, st, 1).await.status, "admitted");
+    let two = joined(&client, st, 2).await;
+    assert_eq!(two.at(), ("in_line", Some(1)), "{two:?}");
+    for room in [
+        json!(null),
+        json!({"overbook_pct": 0, "admission_secs": 60}),
+    ] {
+        let (status, answer) = app
+            .change_showtime(st, json!({"waiting_room": room}), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+    let polled = client.me(st, 2, Some(two.ticket())).await;
+    assert_eq!(polled.queue_status(), "not_in_line", "{}", polled.body);
+    // Joining the new room gives a place in it, and a ticket for it.
+    let again = Standing::of(2, &client.join(st, 2).await);
+    assert_eq!(again.at(), ("admitted", Some(0)), "{again:?}");
     app.finish().await;
 }
 
