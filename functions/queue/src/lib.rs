@@ -109,9 +109,8 @@ async fn join(
     state.guard().limits().check_user(user)?;
     let app = state.app();
     // The lottery's number: the server's, never taken from the client.
-    let lot = app
-        .passes
-        .lot(user, showtime, room_salt(app, showtime).await?);
+    let room = room_salt(app, showtime).await?;
+    let lot = app.passes.lot(user, showtime, room);
     let standing = match app.rooms.store().join(showtime, user, lot).await? {
         Joined::Standing(standing) => standing,
         Joined::NoRoom => {
@@ -127,10 +126,7 @@ async fn join(
         .status_of(showtime, standing, lot, now())
         .await?
         .ok_or_else(|| no_room(showtime))?;
-    let room = room_salt(app, showtime).await?;
-    Ok(Json(answer(
-        app, "join", showtime, user, room, status, None,
-    )))
+    Ok(Json(answer(app, "join", showtime, user, status, None)))
 }
 
 /// `GET /showtimes/{id}/queue/me`: the caller's standing, from this process's snapshot
@@ -178,7 +174,7 @@ async fn me(
         .await?
         .ok_or_else(|| no_room(showtime))?;
     Ok(Json(answer(
-        app, "status", showtime, user, room, status, presented,
+        app, "status", showtime, user, status, presented,
     )))
 }
 
@@ -232,21 +228,21 @@ fn place_of(standing: Standing) -> Option<u64> {
     }
 }
 
-/// The answer to a join or a poll in the room of salt `room`, with the ticket the poll
-/// came with (`presented`, as sent and as checked), sent back when it still says all a
-/// new one would.
+/// The answer to a join or a poll, with the ticket the poll came with (`presented`, as
+/// sent and as checked), sent back when it still says all a new one would: its place, in
+/// the room the answer came from.
 fn answer(
     app: &App,
     route: &'static str,
     showtime: ShowtimeId,
     user: UserId,
-    room: u64,
     status: Status,
     presented: Option<(&str, Ticket)>,
 ) -> QueueStatus {
     let standing = status.standing;
     metrics::room_line(showtime.get(), status.room.joined, status.room.served);
     let place = place_of(standing);
+    let room = status.room.salt;
     let now = now();
     let ticket = (standing != Standing::NotInLine).then(|| match presented {
         Some((raw, ticket))
