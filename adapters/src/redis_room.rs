@@ -370,17 +370,17 @@ impl WaitingRoomStore for RedisRoom {
         self.ask(showtime, user, Asked::Standing).await
     }
 
-    async fn remove(&self, showtime: ShowtimeId) -> PortResult<()> {
+    async fn remove(&self, showtime: ShowtimeId) -> PortResult<bool> {
         let mut conn = self.conn.clone();
         let [room, places, admitted, _seats, _users] = self.keys(showtime);
         // One command over keys of one slot: the room goes at once.
-        let _: i64 = redis::cmd("DEL")
+        let removed: i64 = redis::cmd("DEL")
             .arg(&room)
             .arg(&places)
             .arg(&admitted)
             .query_async(&mut conn)
             .await
             .map_err(port_error)?;
-        Ok(())
+        Ok(removed > 0)
     }
 }

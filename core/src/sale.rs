@@ -477,15 +477,9 @@ where
         }
     }
 
-    /// An operator's change of a live showtime: pause or resume its sale, move or close
-    /// its window, add seats or remove unsold ones. The showtime's row stays locked
-    /// while its seats are changed in the seat store, so two changes (or a change and
-    /// a `reconcile --repair`) never undo each other. Seats removed must be available
-    /// (never held or sold); seats added go on sale at once. This process obeys the new
-    /// window at once, every other within [`SALE_WINDOW_REFRESH`]. Holds made before a
-    /// pause or close can still be paid until their deadline.
     /// Removes a waiting room from `rooms` if the showtime's row has none (a removal
-    /// whose room step was lost after the row was written); returns whether it did. The
+    /// whose room step was lost after the row was written); returns whether there was
+    /// one. The
     /// row is locked meanwhile: an operator adding a room takes the same lock to write
     /// the row and sets the room after, so a room just added is never taken away.
     pub async fn remove_room_its_row_lacks<R: WaitingRoomStore>(
@@ -499,12 +493,19 @@ where
         if lock.showtime().waiting_room.is_some() {
             return Ok(false);
         }
-        rooms.remove(id).await?;
+        let removed = rooms.remove(id).await?;
         // The row was only read: the lock is released unchanged.
         drop(lock);
-        Ok(true)
+        Ok(removed)
     }
 
+    /// An operator's change of a live showtime: pause or resume its sale, move or close
+    /// its window, add seats or remove unsold ones. The showtime's row stays locked
+    /// while its seats are changed in the seat store, so two changes (or a change and
+    /// a `reconcile --repair`) never undo each other. Seats removed must be available
+    /// (never held or sold); seats added go on sale at once. This process obeys the new
+    /// window at once, every other within [`SALE_WINDOW_REFRESH`]. Holds made before a
+    /// pause or close can still be paid until their deadline.
     pub async fn change_showtime(
         &self,
         id: ShowtimeId,
@@ -593,6 +594,20 @@ where
         Ok(Some(
             self.db.orders_of(showtime, after, limit.max(1)).await?,
         ))
+    }
+
+    /// Showtimes by id as the catalog has them (no seat counts, so nothing is read from
+    /// the seat store), those after `after`, at most `limit`, only those whose sale is in
+    /// `state` now when a state is given.
+    pub async fn catalog_page(
+        &self,
+        state: Option<SaleState>,
+        after: Option<ShowtimeId>,
+        limit: usize,
+    ) -> Result<Vec<Showtime>, PortError> {
+        self.db
+            .showtimes(state, self.clock.now(), after, limit.max(1))
+            .await
     }
 
     /// Showtimes by id with their seats and sale state now, a page at a time (after `after`, at most

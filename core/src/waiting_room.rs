@@ -206,7 +206,8 @@ pub trait WaitingRoomStore: Send + Sync + 'static {
     /// Closes a showtime's room: its places and admissions are gone, and its seats are
     /// sold to anyone again. (Admissions are used by the seat store's take, which
     /// refuses a user without one in a showtime that has a room.)
-    fn remove(&self, showtime: ShowtimeId) -> impl Future<Output = PortResult<()>> + Send;
+    /// Returns whether there was anything to remove.
+    fn remove(&self, showtime: ShowtimeId) -> impl Future<Output = PortResult<bool>> + Send;
 }
 
 /// A process's view of its showtimes' rooms, so that a crowd polling its place costs
@@ -687,8 +688,8 @@ mod tests {
             }))
         }
 
-        fn remove(&self, _: ShowtimeId) -> impl Future<Output = PortResult<()>> + Send {
-            std::future::ready(Ok(()))
+        fn remove(&self, _: ShowtimeId) -> impl Future<Output = PortResult<bool>> + Send {
+            std::future::ready(Ok(false))
         }
     }
 

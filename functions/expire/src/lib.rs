@@ -58,18 +58,13 @@ pub async fn handle_event(
     app: &App,
     event: LambdaEvent<RabbitMqEvent>,
 ) -> Result<(), lambda_runtime::Error> {
-    queue::handle_event(
-        &app.queues,
-        Queue::Expiries,
-        event.payload,
-        |bodies| async move {
-            futures::future::join_all(
-                bodies
-                    .iter()
-                    .map(|body| async move { expire(app, body).await.map(|_| ()) }),
-            )
-            .await
-        },
-    )
+    queue::handle_event(&app.queues, Queue::Expiries, event, |bodies| async move {
+        futures::future::join_all(
+            bodies
+                .iter()
+                .map(|body| async move { expire(app, body).await.map(|_| ()) }),
+        )
+        .await
+    })
     .await
 }

@@ -111,6 +111,10 @@ pub async fn reconcile_from_env(
             "sweep: {} overdue holds expired, {} unrecorded orders re-sent",
             report.holds_expired_by_sweep, report.orders_resent_by_sweep
         );
+        println!(
+            "waiting rooms: {} advanced, {} removed (their rows have none)",
+            report.waiting_rooms_advanced, report.waiting_rooms_removed
+        );
         for s in &report.showtimes {
             let seats = s
                 .redis

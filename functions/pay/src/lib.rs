@@ -141,19 +141,14 @@ pub async fn handle_payment_event(
     event: lambda_runtime::LambdaEvent<aws_lambda_events::event::rabbitmq::RabbitMqEvent>,
 ) -> Result<(), lambda_runtime::Error> {
     let delay = &app.config.mock_pay_delay_ms;
-    queue::handle_event(
-        &app.queues,
-        Queue::Payments,
-        event.payload,
-        |bodies| async move {
-            futures::future::join_all(
-                bodies
-                    .iter()
-                    .map(|body| settle_payment_request(app, body, delay.clone())),
-            )
-            .await
-        },
-    )
+    queue::handle_event(&app.queues, Queue::Payments, event, |bodies| async move {
+        futures::future::join_all(
+            bodies
+                .iter()
+                .map(|body| settle_payment_request(app, body, delay.clone())),
+        )
+        .await
+    })
     .await
 }
 

@@ -147,8 +147,10 @@ impl App {
         for state in [SaleState::OnSale, SaleState::Paused, SaleState::Upcoming] {
             let mut after = None;
             loop {
-                let page = self.sale.showtimes(Some(state), after, 100).await?;
-                for (showtime, _, _) in &page {
+                // From the catalog alone: a seat store that cannot answer for one
+                // showtime must not keep the others' rooms from being set.
+                let page = self.sale.catalog_page(Some(state), after, 100).await?;
+                for showtime in &page {
                     let rooms = self.rooms.store();
                     let done = match showtime.waiting_room {
                         Some(settings) => {
@@ -164,9 +166,11 @@ impl App {
                         }
                         // No room in the row: one left in Redis (its removal lost) would
                         // refuse every buyer. Advancing tells whether there is one (and
-                        // fails on what is left of one that is broken).
+                        // fails for good on what is left of one that is broken; a store
+                        // that does not answer now is tried again at the next round).
                         None => match rooms.advance(showtime.id).await {
                             Ok(None) => Ok(()),
+                            Err(e) if e.transient => Err(e),
                             Ok(Some(_)) | Err(_) => self
                                 .sale
                                 .remove_room_its_row_lacks(showtime.id, rooms)
@@ -179,7 +183,7 @@ impl App {
                     }
                 }
                 match page.last() {
-                    Some((last, _, _)) if page.len() == 100 => after = Some(last.id),
+                    Some(last) if page.len() == 100 => after = Some(last.id),
                     _ => break,
                 }
             }

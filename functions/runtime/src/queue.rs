@@ -19,6 +19,7 @@ use base64::Engine as _;
 use flash_sale_adapters::Queue;
 use flash_sale_adapters::wire::MalformedMessage;
 use flash_sale_core::ports::PortError;
+use lambda_runtime::LambdaEvent;
 
 use crate::Queues;
 
@@ -84,15 +85,16 @@ pub fn settle(results: &[Result<(), QueueError>]) -> Result<Vec<(usize, &str)>, 
 pub async fn handle_event<H, Fut>(
     queues: &Queues,
     queue: Queue,
-    event: RabbitMqEvent,
+    event: LambdaEvent<RabbitMqEvent>,
     handler: H,
 ) -> Result<(), lambda_runtime::Error>
 where
     H: FnOnce(Vec<Vec<u8>>) -> Fut,
     Fut: Future<Output = Vec<Result<(), QueueError>>>,
 {
+    let deadline = event.context.deadline;
     let settled = async {
-        let messages = event_messages(event);
+        let messages = event_messages(event.payload);
         let decoded: Vec<Vec<u8>> = messages
             .iter()
             .filter_map(|m| m.body.as_ref().ok().cloned())
@@ -109,16 +111,20 @@ where
             .collect();
         let dead_letters = match settle(&results) {
             Ok(dead_letters) => dead_letters,
-            Err(retryable) => return Err(redeliver_after_pause(queue, &messages, retryable).await),
+            Err(retryable) => {
+                return Err(
+                    redeliver_after_pause(queue, &messages, retryable, time_left(deadline)).await,
+                );
+            }
         };
         for (i, reason) in dead_letters {
             let message = &messages[i];
             tracing::error!(queue = %message.queue, %reason, "dead-lettering a message that can never succeed");
             let body = message.body.as_ref().map(Clone::clone).unwrap_or_default();
-            queues
-                .dead_letter(queue, body, reason)
-                .await
-                .map_err(QueueError::from)?;
+            if let Err(e) = queues.dead_letter(queue, body, reason).await {
+                let e = QueueError::from(e);
+                return Err(redeliver_after_pause(queue, &messages, &e, time_left(deadline)).await);
+            }
             crate::metrics::dead_lettered(queue.key());
         }
         Ok(())
@@ -130,14 +136,19 @@ where
 }
 
 /// What a queue function answers for a batch to be delivered again: the error, after
-/// the batch's [`retry_pause`].
+/// the batch's [`retry_pause`], cut to end [`DEADLINE_MARGIN`] before the invocation's
+/// deadline when `left` (the time left until it) is known.
 pub async fn redeliver_after_pause(
     queue: Queue,
     messages: &[EventMessage],
     why: &QueueError,
+    left: Option<Duration>,
 ) -> lambda_runtime::Error {
     let deliveries = messages.iter().map(|m| m.deliveries).max().unwrap_or(0);
-    let pause = retry_pause(deliveries);
+    let mut pause = retry_pause(deliveries);
+    if let Some(left) = left {
+        pause = pause.min(left.saturating_sub(DEADLINE_MARGIN));
+    }
     tracing::warn!(
         queue = queue.key(),
         deliveries,
@@ -148,12 +159,30 @@ pub async fn redeliver_after_pause(
     why.to_string().into()
 }
 
+/// How long before an invocation's deadline its pause ends, so that the invocation fails
+/// rather than times out (a timed-out environment is started again, and its start does
+/// not pause).
+pub const DEADLINE_MARGIN: Duration = Duration::from_secs(1);
+
+/// The time left until `deadline` (milliseconds since the epoch, as Lambda's context
+/// gives it); `None` when the context has none (0, as in a test's default context).
+fn time_left(deadline: u64) -> Option<Duration> {
+    (deadline > 0).then(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        Duration::from_millis(deadline.saturating_sub(now))
+    })
+}
+
 /// How long a queue function waits before it fails an invocation whose batch is to be
 /// delivered again, after `deliveries` earlier deliveries of the batch's most delivered
 /// message: [`RETRY_PAUSE_FIRST`], doubling with each delivery, at most
 /// [`RETRY_PAUSE_MOST`]. With the default delivery limit (`QUEUE_DELIVERY_LIMIT`, 10) a
 /// message is dead-lettered only after about half a minute of failures, not after ten
-/// immediate redeliveries; the most stays well inside the functions' 15 s timeout.
+/// immediate redeliveries (less where failing invocations take long themselves: the
+/// pause is cut to the invocation's deadline).
 pub fn retry_pause(deliveries: u64) -> Duration {
     let doublings = deliveries.min(16) as u32;
     RETRY_PAUSE_FIRST
@@ -314,15 +343,16 @@ mod tests {
             .headers
             .insert(DELIVERY_COUNT.into(), serde_json::json!(2));
         let messages = event_messages(event);
+        let down = QueueError::Retryable("down".into());
         let started = tokio::time::Instant::now();
-        let error = redeliver_after_pause(
-            Queue::Orders,
-            &messages,
-            &QueueError::Retryable("down".into()),
-        )
-        .await;
+        let error = redeliver_after_pause(Queue::Orders, &messages, &down, None).await;
         assert_eq!(started.elapsed(), retry_pause(2));
         assert!(error.to_string().contains("down"), "{error}");
+        // Never past the invocation's deadline, less a margin.
+        let started = tokio::time::Instant::now();
+        let left = Some(Duration::from_millis(1_300));
+        redeliver_after_pause(Queue::Orders, &messages, &down, left).await;
+        assert_eq!(started.elapsed(), Duration::from_millis(300));
     }
 
     #[test]

@@ -683,7 +683,7 @@ async fn change(
             || change.paused.is_some()
             || change.close_now;
         let room = match (change.waiting_room, showtime.waiting_room) {
-            (Some(None), _) => rooms.remove(id).await,
+            (Some(None), _) => rooms.remove(id).await.map(drop),
             // A room opened or changed, or the window moved (the room admits only while
             // the sale sells). Seats added need nothing here: the room's next advance
             // opens a closed room again once seats are available.

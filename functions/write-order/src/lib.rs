@@ -137,14 +137,9 @@ pub async fn handle_event(
     app: &App,
     event: LambdaEvent<RabbitMqEvent>,
 ) -> Result<(), lambda_runtime::Error> {
-    queue::handle_event(
-        &app.queues,
-        Queue::Orders,
-        event.payload,
-        |bodies| async move {
-            let bodies: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
-            write_orders(app, &bodies).await
-        },
-    )
+    queue::handle_event(&app.queues, Queue::Orders, event, |bodies| async move {
+        let bodies: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+        write_orders(app, &bodies).await
+    })
     .await
 }
