@@ -408,6 +408,12 @@ where
     /// Stores the showtime with its sale window, then puts its seats on sale.
     pub async fn create_showtime(&self, new: NewShowtime) -> Result<Showtime, PortError> {
         let showtime = self.db.create_showtime(new).await?;
+        self.put_on_sale(&showtime).await?;
+        Ok(showtime)
+    }
+
+    /// A new showtime's seats on sale, all of them, and its window known.
+    async fn put_on_sale(&self, showtime: &Showtime) -> Result<(), PortError> {
         self.seats
             .load(
                 showtime.id,
@@ -419,7 +425,7 @@ where
             )
             .await?;
         self.windows.keep(showtime.id, showtime.sale_window);
-        Ok(showtime)
+        Ok(())
     }
 
     /// Creates a showtime once per operator's key (see [`Catalog::create_showtime_once`]).
@@ -433,19 +439,7 @@ where
     ) -> Result<Creation, PortError> {
         let creation = self.db.create_showtime_once(new, key).await?;
         match &creation {
-            Creation::Created(showtime) => {
-                self.seats
-                    .load(
-                        showtime.id,
-                        showtime.capacity.get(),
-                        0,
-                        showtime.generation,
-                        false,
-                        showtime.max_per_user.get(),
-                    )
-                    .await?;
-                self.windows.keep(showtime.id, showtime.sale_window);
-            }
+            Creation::Created(showtime) => self.put_on_sale(showtime).await?,
             Creation::Again(showtime) => self.first_use(showtime).await?,
             Creation::KeyReused => {}
         }

@@ -431,13 +431,7 @@ async fn fifty_concurrent_requests_with_one_key_make_one_hold() {
 async fn a_showtime_created_again_under_its_key_is_created_once() {
     let app = TestApp::spawn(Options::default()).await;
     let body = json!({"capacity": 4, "title": "Premiere", "max_per_user": 2});
-    let rows = || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM showtimes")
-            .fetch_one(&app.db)
-            .await
-            .unwrap()
-    };
-    let before = rows().await;
+    let before = app.showtimes_in_db().await;
 
     // Eight at once under one key: one showtime, the others told it again.
     let answers = futures::future::join_all(
@@ -454,7 +448,7 @@ async fn a_showtime_created_again_under_its_key_is_created_once() {
         1,
         "only the one that created it is not a replay"
     );
-    assert_eq!(rows().await, before + 1);
+    assert_eq!(app.showtimes_in_db().await, before + 1);
 
     // Sold from since: a retry shows the showtime as it is now.
     let id = first["id"].as_i64().unwrap();
@@ -485,7 +479,7 @@ async fn a_showtime_created_again_under_its_key_is_created_once() {
         StatusCode::UNPROCESSABLE_ENTITY,
         "idempotency_key_reused",
     );
-    assert_eq!(rows().await, before + 1);
+    assert_eq!(app.showtimes_in_db().await, before + 1);
 
     // Another key, or none, is another showtime.
     let second = keyed(&app, "/showtimes", "premiere-2", body.clone()).await;
@@ -493,7 +487,7 @@ async fn a_showtime_created_again_under_its_key_is_created_once() {
     assert_ne!(second.body["id"], id);
     assert!(!second.replayed);
     assert_ne!(app.create_showtime(4).await, app.create_showtime(4).await);
-    assert_eq!(rows().await, before + 4);
+    assert_eq!(app.showtimes_in_db().await, before + 4);
     app.finish().await;
 }
 
@@ -501,13 +495,7 @@ async fn a_showtime_created_again_under_its_key_is_created_once() {
 #[tokio::test]
 async fn a_malformed_key_creates_no_showtime() {
     let app = TestApp::spawn(Options::default()).await;
-    let rows = || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM showtimes")
-            .fetch_one(&app.db)
-            .await
-            .unwrap()
-    };
-    let before = rows().await;
+    let before = app.showtimes_in_db().await;
     let bad = keyed_raw(
         &app,
         "/showtimes",
@@ -516,6 +504,6 @@ async fn a_malformed_key_creates_no_showtime() {
     )
     .await;
     assert_error(&bad.pair(), StatusCode::BAD_REQUEST, "bad_request");
-    assert_eq!(rows().await, before);
+    assert_eq!(app.showtimes_in_db().await, before);
     app.finish().await;
 }
