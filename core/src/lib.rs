@@ -42,5 +42,5 @@ pub use idempotency::{
 };
 pub use messages::{Expiry, OrderRequest, PaymentRequest};
 pub use ports::{Catalog, MessageBus, OrderBook, PortError, SeatStore};
-pub use sale::{Admission, PaymentMode, Sale, SaleSettings};
+pub use sale::{Admission, CreateError, PaymentMode, Sale, SaleSettings};
 pub use state::{Event, IllegalTransition, Status};

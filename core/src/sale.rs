@@ -19,6 +19,18 @@ use crate::{
     Showtime, ShowtimeChange, ShowtimeId, Status, UnixMillis, UserId,
 };
 
+/// Why creating a showtime did not end with its seats on sale.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    /// Nothing was created.
+    #[error(transparent)]
+    NotCreated(#[from] PortError),
+    /// The showtime is on record, but the seat store did not take its seats: they go on
+    /// sale at the showtime's first use.
+    #[error("showtime {id} was created; its seats go on sale at its first use: {why}", id = .0.id, why = .1)]
+    SeatsLater(Box<Showtime>, PortError),
+}
+
 /// A named point between two steps where the crash tests inject a failure (the `fail`
 /// crate, `failpoints` feature): `return` makes the step fail as if the process had died
 /// there, `panic` panics there. Compiled out otherwise.
@@ -405,11 +417,16 @@ where
         self.settings
     }
 
-    /// Stores the showtime with its sale window, then puts its seats on sale.
-    pub async fn create_showtime(&self, new: NewShowtime) -> Result<Showtime, PortError> {
+    /// Stores the showtime with its sale window, then puts its seats on sale. Once the
+    /// row is written the showtime exists: should the seat store not take its seats now,
+    /// the answer says so ([`CreateError::SeatsLater`]) and they go on sale at the
+    /// showtime's first use, as for a showtime Redis lost.
+    pub async fn create_showtime(&self, new: NewShowtime) -> Result<Showtime, CreateError> {
         let showtime = self.db.create_showtime(new).await?;
-        self.put_on_sale(&showtime).await?;
-        Ok(showtime)
+        match self.put_on_sale(&showtime).await {
+            Ok(()) => Ok(showtime),
+            Err(e) => Err(CreateError::SeatsLater(Box::new(showtime), e)),
+        }
     }
 
     /// A new showtime's seats on sale, all of them, and its window known.

@@ -21,8 +21,8 @@ use chrono::DateTime;
 use flash_sale_core::domain::{SaleState, SaleWindow};
 use flash_sale_core::waiting_room::{RoomSettings, WaitingRoomStore as _};
 use flash_sale_core::{
-    Capacity, Creation, KeyedRoute, MaxPerUser, NewShowtime, SeatChange, SeatCounts, Showtime,
-    ShowtimeChange, ShowtimeId, UnixMillis,
+    Capacity, CreateError, Creation, KeyedRoute, MaxPerUser, NewShowtime, SeatChange, SeatCounts,
+    Showtime, ShowtimeChange, ShowtimeId, UnixMillis,
 };
 use flash_sale_runtime::App;
 use flash_sale_runtime::error::ApiError;
@@ -571,7 +571,19 @@ async fn create(
     let new = req.validate()?;
     let app = state.app();
     let (showtime, replayed) = match key {
-        None => (app.sale.create_showtime(new).await?, false),
+        None => match app.sale.create_showtime(new).await {
+            Ok(showtime) => (showtime, false),
+            // On record, so created: a 503 would invite a retry that puts a second
+            // showtime with the same seats on sale.
+            Err(CreateError::SeatsLater(showtime, e)) => {
+                tracing::warn!(
+                    showtime = showtime.id.get(),
+                    "showtime created; the seat store did not take its seats, which go on sale at its first use: {e}"
+                );
+                (*showtime, false)
+            }
+            Err(CreateError::NotCreated(e)) => return Err(e.into()),
+        },
         Some(key) => {
             let by = match caller {
                 Caller::Verified(id) => Some(id.user),

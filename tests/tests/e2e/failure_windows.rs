@@ -564,3 +564,35 @@ async fn a_broker_that_blocks_publishers_gets_503s_with_seats_given_back_and_pay
     .await;
     app.finish().await;
 }
+
+/// A showtime on record is created, whatever Redis says: when Redis does not take its
+/// seats right after the row is written, the answer is still 201 (a 503 would invite a
+/// retry that puts a second showtime with the same seats on sale), and the seats go on
+/// sale at the showtime's first use.
+#[tokio::test]
+async fn a_showtime_whose_seats_redis_did_not_take_is_created_and_sells_at_first_use() {
+    let proxy = flash_sale_tests::Cuttable::start("127.0.0.1:6379").await;
+    let mut cut_off = TestApp::spawn(Options {
+        redis_url: Some(format!("redis://{}", proxy.addr)),
+        ..Options::default()
+    })
+    .await;
+    proxy.cut().await;
+    let (status, created) = cut_off.post("/showtimes", json!({"capacity": 2})).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["available"], 2, "{created}");
+    assert_eq!(
+        cut_off.showtimes_in_db().await,
+        1,
+        "one showtime, on record"
+    );
+    cut_off.stop().await;
+
+    // A process that reaches Redis sells it.
+    let app = TestApp::spawn_on(cut_off.iso.clone(), Options::default()).await;
+    let showtime = created["id"].as_i64().unwrap();
+    let (status, held) = app.reserve(1, showtime).await;
+    assert_eq!(status, StatusCode::OK, "{held}");
+    assert_eq!(app.seats(showtime).await, (1, 1, 0));
+    app.finish().await;
+}
