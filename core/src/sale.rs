@@ -490,9 +490,8 @@ where
 
     /// Removes a waiting room from `rooms` if the showtime's row has none (a removal
     /// whose room step was lost after the row was written); returns whether there was
-    /// one. The
-    /// row is locked meanwhile: an operator adding a room takes the same lock to write
-    /// the row and sets the room after, so a room just added is never taken away.
+    /// one. The row is locked meanwhile: an operator adding a room takes the same lock to
+    /// write the row and sets the room after, so a room just added is never taken away.
     pub async fn remove_room_its_row_lacks<R: WaitingRoomStore>(
         &self,
         id: ShowtimeId,

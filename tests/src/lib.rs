@@ -559,6 +559,23 @@ pub async fn three_showtimes_sell_out_independently(app: &TestApp, showtimes: &[
     }
 }
 
+/// Waits (at most 10 s) until exactly one other session of the test's database is
+/// waiting as `condition` (SQL over `pg_stat_activity`) says: a statement held at a
+/// [`DoorGate`] (`wait_event = 'advisory'`) or behind a row lock.
+pub async fn until_one_waits(db: &PgPool, what: &str, condition: &str) {
+    let query = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND {condition}"
+    );
+    eventually(Duration::from_secs(10), what, || async {
+        let waiting: i64 = sqlx::query_scalar(&query)
+            .fetch_one(db)
+            .await
+            .expect("pg_stat_activity");
+        (waiting == 1).then_some(())
+    })
+    .await;
+}
+
 /// A gate at the database's door, held by the test: the statements a trigger names wait
 /// at it until [`DoorGate::open`]. The trigger waits on an advisory lock the gate's own
 /// connection holds, keyed by the test's database (advisory locks are server-wide, and

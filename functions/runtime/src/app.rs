@@ -15,7 +15,7 @@ use flash_sale_adapters::{
 };
 use flash_sale_core::ports::PortResult;
 use flash_sale_core::waiting_room::Rooms;
-use flash_sale_core::{Sale, SaleSettings, ShowtimeId};
+use flash_sale_core::{Sale, SaleSettings, Showtime, ShowtimeId};
 
 use crate::Config;
 use crate::room_passes::RoomPasses;
@@ -137,12 +137,12 @@ impl App {
     /// it again from the catalog, so a room whose update was lost (an operator's change
     /// whose room step failed after its row was written, two changes whose room updates
     /// crossed, a room set up before it kept the sale's window) follows its row within
-    /// one timer; a room whose row has none is removed. A room it cannot set or advance (a broken key; on a Redis Cluster, a
-    /// shard that is down) is named in [`RoomsAdvanced::failed`] and the others are
-    /// still done; only a catalog that does not answer fails the whole round.
+    /// one timer; a room whose row has none is removed. A room it cannot set or advance
+    /// (a broken key; on a Redis Cluster, a shard that is down) is named in
+    /// [`RoomsAdvanced::failed`] and the others are still done; only a catalog that does
+    /// not answer fails the whole round.
     pub async fn advance_rooms(&self) -> PortResult<RoomsAdvanced> {
         use flash_sale_core::domain::SaleState;
-        use flash_sale_core::waiting_room::WaitingRoomStore as _;
         let mut round = RoomsAdvanced::default();
         for state in [SaleState::OnSale, SaleState::Paused, SaleState::Upcoming] {
             let mut after = None;
@@ -151,35 +151,11 @@ impl App {
                 // showtime must not keep the others' rooms from being set.
                 let page = self.sale.catalog_page(Some(state), after, 100).await?;
                 for showtime in &page {
-                    let rooms = self.rooms.store();
-                    let done = match showtime.waiting_room {
-                        Some(settings) => {
-                            match rooms
-                                .configure(showtime.id, settings, showtime.sale_window)
-                                .await
-                            {
-                                Ok(()) => rooms.advance(showtime.id).await.map(|_| {
-                                    round.advanced += 1;
-                                }),
-                                Err(e) => Err(e),
-                            }
-                        }
-                        // No room in the row: one left in Redis (its removal lost) would
-                        // refuse every buyer. Advancing tells whether there is one (and
-                        // fails for good on what is left of one that is broken; a store
-                        // that does not answer now is tried again at the next round).
-                        None => match rooms.advance(showtime.id).await {
-                            Ok(None) => Ok(()),
-                            Err(e) if e.transient => Err(e),
-                            Ok(Some(_)) | Err(_) => self
-                                .sale
-                                .remove_room_its_row_lacks(showtime.id, rooms)
-                                .await
-                                .map(|removed| round.removed += usize::from(removed)),
-                        },
-                    };
-                    if let Err(e) = done {
-                        round.failed.push((showtime.id, e.to_string()));
+                    match self.set_room(showtime).await {
+                        Ok(RoomStep::Advanced) => round.advanced += 1,
+                        Ok(RoomStep::Removed) => round.removed += 1,
+                        Ok(RoomStep::Untouched) => {}
+                        Err(e) => round.failed.push((showtime.id, e.to_string())),
                     }
                 }
                 match page.last() {
@@ -189,6 +165,40 @@ impl App {
             }
         }
         Ok(round)
+    }
+
+    /// One showtime's step of [`App::advance_rooms`].
+    async fn set_room(&self, showtime: &Showtime) -> PortResult<RoomStep> {
+        use flash_sale_core::waiting_room::WaitingRoomStore as _;
+        let rooms = self.rooms.store();
+        match showtime.waiting_room {
+            Some(settings) => {
+                rooms
+                    .configure(showtime.id, settings, showtime.sale_window)
+                    .await?;
+                rooms.advance(showtime.id).await?;
+                Ok(RoomStep::Advanced)
+            }
+            // No room in the row: one left in Redis (its removal lost) would refuse every
+            // buyer. Advancing tells whether there is one (and fails for good on what is
+            // left of one that is broken; a store that does not answer now is tried again
+            // at the next round).
+            None => match rooms.advance(showtime.id).await {
+                Ok(None) => Ok(RoomStep::Untouched),
+                Err(e) if e.transient => Err(e),
+                Ok(Some(_)) | Err(_) => {
+                    let removed = self
+                        .sale
+                        .remove_room_its_row_lacks(showtime.id, rooms)
+                        .await?;
+                    Ok(if removed {
+                        RoomStep::Removed
+                    } else {
+                        RoomStep::Untouched
+                    })
+                }
+            },
+        }
     }
 
     /// Reads the environment and connects: what every function's `main` does first.
@@ -240,6 +250,13 @@ impl Queues {
         }
         Ok(depths)
     }
+}
+
+/// What the waiting rooms' timer did to one showtime's room.
+enum RoomStep {
+    Advanced,
+    Removed,
+    Untouched,
 }
 
 /// What one round of the waiting rooms' timer did ([`App::advance_rooms`]).

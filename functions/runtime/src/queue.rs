@@ -12,7 +12,7 @@
 //! would use up the queue's delivery limit and dead-letter the batch.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use aws_lambda_events::event::rabbitmq::RabbitMqEvent;
 use base64::Engine as _;
@@ -92,7 +92,8 @@ where
     H: FnOnce(Vec<Vec<u8>>) -> Fut,
     Fut: Future<Output = Vec<Result<(), QueueError>>>,
 {
-    let deadline = event.context.deadline;
+    // Lambda's deadline for the invocation (none in a test's default context).
+    let deadline = (event.context.deadline > 0).then(|| event.context.deadline());
     let settled = async {
         let messages = event_messages(event.payload);
         let decoded: Vec<Vec<u8>> = messages
@@ -164,16 +165,9 @@ pub async fn redeliver_after_pause(
 /// not pause).
 pub const DEADLINE_MARGIN: Duration = Duration::from_secs(1);
 
-/// The time left until `deadline` (milliseconds since the epoch, as Lambda's context
-/// gives it); `None` when the context has none (0, as in a test's default context).
-fn time_left(deadline: u64) -> Option<Duration> {
-    (deadline > 0).then(|| {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as u64;
-        Duration::from_millis(deadline.saturating_sub(now))
-    })
+/// The time left until the invocation's `deadline`, when it has one.
+fn time_left(deadline: Option<SystemTime>) -> Option<Duration> {
+    deadline.map(|d| d.duration_since(SystemTime::now()).unwrap_or_default())
 }
 
 /// How long a queue function waits before it fails an invocation whose batch is to be

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use flash_sale_adapters::Queue;
 use flash_sale_core::ports::SeatStore as _;
-use flash_sale_tests::{DoorGate, Options, RedisServer, TestApp, assert_error, eventually};
+use flash_sale_tests::{
+    DoorGate, Options, RedisServer, TestApp, assert_error, eventually, until_one_waits,
+};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -250,20 +252,10 @@ async fn a_repair_counts_an_order_written_while_it_waited_for_the_lock() {
             flash_sale_reconcile::run(&app, Some(id), true, Duration::from_secs(3600)).await
         })
     };
-    eventually(
-        Duration::from_secs(10),
+    until_one_waits(
+        &app.db,
         "the repair to wait for the lock",
-        || async {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND wait_event_type = 'Lock'
-               AND query LIKE '%FROM showtimes WHERE id = $1 FOR UPDATE%'",
-            )
-            .fetch_one(&app.db)
-            .await
-            .unwrap();
-            (waiting == 1).then_some(())
-        },
+        "wait_event_type = 'Lock' AND query LIKE '%FROM showtimes WHERE id = $1 FOR UPDATE%'",
     )
     .await;
     // Meanwhile buyer 2's order is written and marked, as write-order does.

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use flash_sale_tests::{
     DoorGate, Options, TestApp, assert_error, eventually, promptly, reserve_all, tally,
+    until_one_waits,
 };
 use futures::StreamExt as _;
 use reqwest::StatusCode;
@@ -454,19 +455,10 @@ async fn a_change_whose_client_goes_away_midway_still_ends_with_redis_and_the_da
         .json(&json!({"add_seats": 3}))
         .send();
     let client = tokio::spawn(patch);
-    eventually(
-        Duration::from_secs(10),
+    until_one_waits(
+        &app.db,
         "the change at the row's update",
-        || async {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND wait_event = 'advisory'",
-            )
-            .fetch_one(&app.db)
-            .await
-            .unwrap();
-            (waiting == 1).then_some(())
-        },
+        "wait_event = 'advisory'",
     )
     .await;
     // The client gives up there: its request and its connection are dropped.
