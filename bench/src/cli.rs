@@ -204,7 +204,7 @@ pub(crate) struct RoomArgs {
     #[arg(long)]
     pub(crate) admission_secs: Option<u32>,
     /// The server's `WAITING_ROOM_POLLS_PER_SEC`: the polls a second each room's line is
-    /// paced to (default: the server's, 10,000).
+    /// paced to (default: the server's, 5,000).
     #[arg(long)]
     pub(crate) polls_per_sec: Option<u32>,
 }

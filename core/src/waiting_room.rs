@@ -287,7 +287,13 @@ pub struct Status {
 }
 
 /// How many polls a second a room's whole line is paced to, unless set.
-pub const DEFAULT_POLLS_PER_SEC: u32 = 10_000;
+///
+/// The front of the line comes back at this pace when the room opens, and each of them
+/// brings a hold: faster than the deployment sells, their holds queue behind each other
+/// and behind the rest of the line's polls. On one 2-core machine (BENCHMARKS.md, "The
+/// line's pace at the opening") 10,000 made opening to sold out 2.4x-2.9x `million`'s
+/// and 5,000 1.9x-2.0x; a larger deployment raises it.
+pub const DEFAULT_POLLS_PER_SEC: u32 = 5_000;
 
 /// The soonest a caller in line is told to ask again.
 pub const MIN_POLL: Duration = Duration::from_secs(1);
@@ -970,7 +976,7 @@ mod tests {
         for _ in 0..20 {
             let store = Counting::default();
             *store.snapshot.lock().unwrap() = before;
-            let rooms = Rooms::new(store, Duration::ZERO);
+            let rooms = Rooms::new(store, Duration::ZERO).with_polls_per_sec(10_000);
             let first = Instant::now();
             block_on(rooms.status(st, me, NOW)).unwrap();
             // 1,000 joins seen a moment later (microseconds): no rate of joins is read

@@ -96,9 +96,10 @@ pub struct WaitingRoomConfig {
     /// per room per this period and process.
     pub refresh: Duration,
     /// How many polls a second each room's whole line is paced to, across every process
-    /// (`WAITING_ROOM_POLLS_PER_SEC`, default 10,000): every answer says when to ask
+    /// (`WAITING_ROOM_POLLS_PER_SEC`, default 5,000): every answer says when to ask
     /// again so that, however long the line, it asks about this often. Size it to what
-    /// the deployment answers beside the sale itself.
+    /// the deployment answers beside the sale itself, and no faster than it sells holds:
+    /// the front of the line comes back at this pace when the room opens.
     pub polls_per_sec: u32,
 }
 
@@ -793,7 +794,7 @@ mod tests {
             "one process: a secret of its own"
         );
         assert_eq!(c.waiting_room.refresh, Duration::from_millis(200));
-        assert_eq!(c.waiting_room.polls_per_sec, 10_000);
+        assert_eq!(c.waiting_room.polls_per_sec, 5_000);
         let err = with(&[("WAITING_ROOM_SECRET", "short")]).unwrap_err();
         assert_eq!(err.name, "WAITING_ROOM_SECRET");
         assert!(!err.to_string().contains("short"), "never printed: {err}");
