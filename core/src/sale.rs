@@ -22,7 +22,8 @@ use crate::{
 /// Why creating a showtime did not end with its seats on sale.
 #[derive(Debug, thiserror::Error)]
 pub enum CreateError {
-    /// Nothing was created.
+    /// This call created nothing (under a key, a showtime an earlier call created is
+    /// still there).
     #[error(transparent)]
     NotCreated(#[from] PortError),
     /// The showtime is on record, but the seat store did not take its seats: they go on
@@ -446,21 +447,29 @@ where
     }
 
     /// Creates a showtime once per operator's key (see [`Catalog::create_showtime_once`]).
-    /// Under a key that created it before, the showtime's seats are put on sale unless
-    /// they already are, so a retry after a first try that stopped between the row and
-    /// the seat store finishes that try.
+    /// As with [`Sale::create_showtime`], a showtime this call wrote is created even when
+    /// the seat store does not take its seats ([`CreateError::SeatsLater`]). Under a key
+    /// that created it before, the showtime's seats are put on sale unless they already
+    /// are, so a retry after a first try that stopped between the row and the seat store
+    /// finishes that try; should that fail, this call changed nothing
+    /// ([`CreateError::NotCreated`]).
     pub async fn create_showtime_once(
         &self,
         new: NewShowtime,
         key: CreationKey,
-    ) -> Result<Creation, PortError> {
+    ) -> Result<Creation, CreateError> {
         let creation = self.db.create_showtime_once(new, key).await?;
-        match &creation {
-            Creation::Created(showtime) => self.put_on_sale(showtime).await?,
-            Creation::Again(showtime) => self.first_use(showtime).await?,
-            Creation::KeyReused => {}
+        match creation {
+            Creation::Created(showtime) => match self.put_on_sale(&showtime).await {
+                Ok(()) => Ok(Creation::Created(showtime)),
+                Err(e) => Err(CreateError::SeatsLater(Box::new(showtime), e)),
+            },
+            Creation::Again(showtime) => {
+                self.first_use(&showtime).await?;
+                Ok(Creation::Again(showtime))
+            }
+            Creation::KeyReused => Ok(Creation::KeyReused),
         }
-        Ok(creation)
     }
 
     /// The showtime's sale window, from this process's memory while fresh, else from

@@ -21,8 +21,8 @@ use chrono::DateTime;
 use flash_sale_core::domain::{SaleState, SaleWindow};
 use flash_sale_core::waiting_room::{RoomSettings, WaitingRoomStore as _};
 use flash_sale_core::{
-    Capacity, CreateError, Creation, KeyedRoute, MaxPerUser, NewShowtime, SeatChange, SeatCounts,
-    Showtime, ShowtimeChange, ShowtimeId, UnixMillis,
+    Capacity, CreateError, Creation, KeyedRoute, MaxPerUser, NewShowtime, PortError, SeatChange,
+    SeatCounts, Showtime, ShowtimeChange, ShowtimeId, UnixMillis,
 };
 use flash_sale_runtime::App;
 use flash_sale_runtime::error::ApiError;
@@ -557,6 +557,18 @@ impl ShowtimeView {
     }
 }
 
+/// A showtime on record whose seats the seat store did not take: created all the same
+/// (they go on sale at its first use), since a 503 would invite a retry that puts a
+/// second showtime with the same seats on sale, or tell an operator whose retry never
+/// comes that nothing was created.
+fn seats_later(showtime: Showtime, e: &PortError) -> Showtime {
+    tracing::warn!(
+        showtime = showtime.id.get(),
+        "showtime created; the seat store did not take its seats, which go on sale at its first use: {e}"
+    );
+    showtime
+}
+
 /// Creates a showtime (admins): 201 with it. Under an `Idempotency-Key` (the operator's,
 /// kept on the row), a retry of the same request finds the showtime the first created
 /// and answers it as it is now, with `Idempotent-Replayed: true`, finishing the first's
@@ -573,15 +585,7 @@ async fn create(
     let (showtime, replayed) = match key {
         None => match app.sale.create_showtime(new).await {
             Ok(showtime) => (showtime, false),
-            // On record, so created: a 503 would invite a retry that puts a second
-            // showtime with the same seats on sale.
-            Err(CreateError::SeatsLater(showtime, e)) => {
-                tracing::warn!(
-                    showtime = showtime.id.get(),
-                    "showtime created; the seat store did not take its seats, which go on sale at its first use: {e}"
-                );
-                (*showtime, false)
-            }
+            Err(CreateError::SeatsLater(showtime, e)) => (seats_later(*showtime, &e), false),
             Err(CreateError::NotCreated(e)) => return Err(e.into()),
         },
         Some(key) => {
@@ -599,6 +603,10 @@ async fn create(
                     metrics::idempotency_key(route, "claimed");
                     (showtime, false)
                 }
+                Err(CreateError::SeatsLater(showtime, e)) => {
+                    metrics::idempotency_key(route, "claimed");
+                    (seats_later(*showtime, &e), false)
+                }
                 Ok(Creation::Again(showtime)) => {
                     metrics::idempotency_key(route, "replayed");
                     (showtime, true)
@@ -611,7 +619,7 @@ async fn create(
                             .into(),
                     ));
                 }
-                Err(e) => {
+                Err(CreateError::NotCreated(e)) => {
                     metrics::idempotency_key(route, "unavailable");
                     return Err(e.into());
                 }

@@ -588,3 +588,52 @@ async fn a_showtime_whose_seats_redis_did_not_take_is_created_and_sells_at_first
     assert_eq!(app.seats(showtime).await, (1, 1, 0));
     app.finish().await;
 }
+
+/// The same under an operator's `Idempotency-Key`: the showtime the request wrote is
+/// created (201), not a 503 saying nothing was changed, which an operator whose retry
+/// never comes would believe while the showtime is listed and sold; a retry under the key
+/// finds it, puts its seats on sale and answers it as a replay.
+#[tokio::test]
+async fn a_keyed_showtime_whose_seats_redis_did_not_take_is_created_and_found_again() {
+    let proxy = flash_sale_tests::Cuttable::start("127.0.0.1:6379").await;
+    let mut cut_off = TestApp::spawn(Options {
+        redis_url: Some(format!("redis://{}", proxy.addr)),
+        ..Options::default()
+    })
+    .await;
+    proxy.cut().await;
+    let create = |app: &TestApp| {
+        app.http
+            .post(app.url("/showtimes"))
+            .header("Idempotency-Key", "premiere-cut")
+            .json(&json!({"capacity": 2}))
+    };
+    let (status, headers, created) = cut_off.send(create(&cut_off), None).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert!(headers.get("idempotent-replayed").is_none());
+    assert_eq!(
+        cut_off.showtimes_in_db().await,
+        1,
+        "one showtime, on record"
+    );
+    cut_off.stop().await;
+
+    // A process that reaches Redis: the retry finds the showtime, and it sells.
+    let app = TestApp::spawn_on(cut_off.iso.clone(), Options::default()).await;
+    let (status, headers, again) = app.send(create(&app), None).await;
+    assert_eq!(status, StatusCode::CREATED, "{again}");
+    assert_eq!(
+        headers
+            .get("idempotent-replayed")
+            .map(|v| v.to_str().unwrap()),
+        Some("true")
+    );
+    assert_eq!(again["id"], created["id"]);
+    assert_eq!(again["available"], 2, "{again}");
+    assert_eq!(app.showtimes_in_db().await, 1);
+    let showtime = created["id"].as_i64().unwrap();
+    let (status, held) = app.reserve(1, showtime).await;
+    assert_eq!(status, StatusCode::OK, "{held}");
+    assert_eq!(app.seats(showtime).await, (1, 1, 0));
+    app.finish().await;
+}
