@@ -557,19 +557,26 @@ async fn a_broker_that_blocks_publishers_gets_503s_with_seats_given_back_and_pay
     app.finish().await;
 }
 
+/// A process whose Redis connection goes through a proxy, cut: Redis looks down to it
+/// alone. Keep the proxy as long as the process.
+async fn cut_off_from_redis() -> (flash_sale_tests::Cuttable, TestApp) {
+    let proxy = flash_sale_tests::Cuttable::start("127.0.0.1:6379").await;
+    let app = TestApp::spawn(Options {
+        redis_url: Some(format!("redis://{}", proxy.addr)),
+        ..Options::default()
+    })
+    .await;
+    proxy.cut().await;
+    (proxy, app)
+}
+
 /// A showtime on record is created, whatever Redis says: when Redis does not take its
 /// seats right after the row is written, the answer is still 201 (a 503 would invite a
 /// retry that puts a second showtime with the same seats on sale), and the seats go on
 /// sale at the showtime's first use.
 #[tokio::test]
 async fn a_showtime_whose_seats_redis_did_not_take_is_created_and_sells_at_first_use() {
-    let proxy = flash_sale_tests::Cuttable::start("127.0.0.1:6379").await;
-    let mut cut_off = TestApp::spawn(Options {
-        redis_url: Some(format!("redis://{}", proxy.addr)),
-        ..Options::default()
-    })
-    .await;
-    proxy.cut().await;
+    let (_proxy, mut cut_off) = cut_off_from_redis().await;
     let (status, created) = cut_off.post("/showtimes", json!({"capacity": 2})).await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     assert_eq!(created["available"], 2, "{created}");
@@ -595,13 +602,7 @@ async fn a_showtime_whose_seats_redis_did_not_take_is_created_and_sells_at_first
 /// finds it, puts its seats on sale and answers it as a replay.
 #[tokio::test]
 async fn a_keyed_showtime_whose_seats_redis_did_not_take_is_created_and_found_again() {
-    let proxy = flash_sale_tests::Cuttable::start("127.0.0.1:6379").await;
-    let mut cut_off = TestApp::spawn(Options {
-        redis_url: Some(format!("redis://{}", proxy.addr)),
-        ..Options::default()
-    })
-    .await;
-    proxy.cut().await;
+    let (_proxy, mut cut_off) = cut_off_from_redis().await;
     let create = |app: &TestApp| {
         app.http
             .post(app.url("/showtimes"))
