@@ -424,15 +424,14 @@ where
     /// showtime's first use, as for a showtime Redis lost.
     pub async fn create_showtime(&self, new: NewShowtime) -> Result<Showtime, CreateError> {
         let showtime = self.db.create_showtime(new).await?;
-        match self.put_on_sale(&showtime).await {
-            Ok(()) => Ok(showtime),
-            Err(e) => Err(CreateError::SeatsLater(Box::new(showtime), e)),
-        }
+        self.put_on_sale(showtime).await
     }
 
-    /// A new showtime's seats on sale, all of them, and its window known.
-    async fn put_on_sale(&self, showtime: &Showtime) -> Result<(), PortError> {
-        self.seats
+    /// A showtime just written: its seats on sale, all of them, and its window known;
+    /// [`CreateError::SeatsLater`] when the seat store does not take them.
+    async fn put_on_sale(&self, showtime: Showtime) -> Result<Showtime, CreateError> {
+        let loaded = self
+            .seats
             .load(
                 showtime.id,
                 showtime.capacity.get(),
@@ -441,9 +440,14 @@ where
                 false,
                 showtime.max_per_user.get(),
             )
-            .await?;
-        self.windows.keep(showtime.id, showtime.sale_window);
-        Ok(())
+            .await;
+        match loaded {
+            Ok(_) => {
+                self.windows.keep(showtime.id, showtime.sale_window);
+                Ok(showtime)
+            }
+            Err(e) => Err(CreateError::SeatsLater(Box::new(showtime), e)),
+        }
     }
 
     /// Creates a showtime once per operator's key (see [`Catalog::create_showtime_once`]).
@@ -460,10 +464,7 @@ where
     ) -> Result<Creation, CreateError> {
         let creation = self.db.create_showtime_once(new, key).await?;
         match creation {
-            Creation::Created(showtime) => match self.put_on_sale(&showtime).await {
-                Ok(()) => Ok(Creation::Created(showtime)),
-                Err(e) => Err(CreateError::SeatsLater(Box::new(showtime), e)),
-            },
+            Creation::Created(showtime) => self.put_on_sale(showtime).await.map(Creation::Created),
             Creation::Again(showtime) => {
                 self.first_use(&showtime).await?;
                 Ok(Creation::Again(showtime))
