@@ -25,6 +25,13 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- How many more may be admitted with `available` seats on sale: the undecided admissions
+-- the seats allow (plus `overbook_pct`), less those undecided now.
+local function admissions_left(available, overbook_pct)
+  return math.ceil(available * (100 + tonumber(overbook_pct)) / 100)
+    - redis.call('ZCARD', KEYS[3])
+end
+
 -- Admits the line as far as time and stock allow; returns served, closed, opens_at
 -- (nil when the showtime has no room).
 local function advance(now)
@@ -68,8 +75,7 @@ local function advance(now)
     return served, false, opens_at
   end
   local waiting = redis.call('ZCARD', KEYS[2]) - served
-  local allowed = math.ceil(available * (100 + tonumber(r[3])) / 100)
-    - redis.call('ZCARD', KEYS[3])
+  local allowed = admissions_left(available, r[3])
   local k = math.min(waiting, allowed)
   local rate = tonumber(r[2])
   local last = tonumber(r[6] or r[1])

@@ -363,6 +363,8 @@ impl WaitingRoomStore for RedisRoom {
                     .ok_or_else(|| unexpected_reply(what, &v))?,
                 _ => return Err(unexpected_reply(what, &v)),
             },
+            front: at(6)?,
+            admit_per_sec: u32::try_from(at(7)?).ok().filter(|rate| *rate > 0),
         }))
     }
 

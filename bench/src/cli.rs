@@ -204,9 +204,14 @@ pub(crate) struct RoomArgs {
     #[arg(long)]
     pub(crate) admission_secs: Option<u32>,
     /// The server's `WAITING_ROOM_POLLS_PER_SEC`: the polls a second each room's line is
-    /// paced to (default: the server's, 5,000).
+    /// paced to (default: the server's, 10,000).
     #[arg(long)]
     pub(crate) polls_per_sec: Option<u32>,
+    /// The server's `WAITING_ROOM_HOLDS_PER_SEC`: the pace the front of the line (the
+    /// buyers the stock admits) comes back at when the room opens (default: the
+    /// server's, 5,000).
+    #[arg(long)]
+    pub(crate) holds_per_sec: Option<u32>,
 }
 
 /// `250..1000` (or `500`): a range of milliseconds.

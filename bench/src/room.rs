@@ -1112,6 +1112,7 @@ mod tests {
             overbook_pct: None,
             admission_secs: None,
             polls_per_sec: None,
+            holds_per_sec: None,
         }
     }
 

@@ -277,9 +277,12 @@ pub(crate) fn server_env(
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .chain(
-        args.room
-            .polls_per_sec
-            .map(|n| ("WAITING_ROOM_POLLS_PER_SEC".to_string(), n.to_string())),
+        [
+            ("WAITING_ROOM_POLLS_PER_SEC", args.room.polls_per_sec),
+            ("WAITING_ROOM_HOLDS_PER_SEC", args.room.holds_per_sec),
+        ]
+        .into_iter()
+        .filter_map(|(name, n)| Some((name.to_string(), n?.to_string()))),
     )
     .collect()
 }

@@ -104,6 +104,14 @@ pub struct RoomSnapshot {
     /// The room's lottery salt, drawn once when it was set up: an early joiner's number
     /// depends on it, so every room draws its own order.
     pub salt: u64,
+    /// The front of the line the stock reaches as it stands: places `0..front` have had
+    /// their turn or have it as soon as the pace allows (`served` plus the undecided
+    /// admissions the available seats allow, [`RoomSettings::admissions_allowed`]). Behind
+    /// it, a turn comes only when seats or admissions come back. Before the opening, the
+    /// early joiners the seats on sale will admit.
+    pub front: u64,
+    /// The room's `admit_per_sec`, when set.
+    pub admit_per_sec: Option<u32>,
 }
 
 impl RoomSnapshot {
@@ -128,9 +136,11 @@ impl RoomSnapshot {
             }
             Standing::Waiting | Standing::NotInLine => return self,
         };
+        let served = self.served.max(served);
         Self {
-            served: self.served.max(served),
+            served,
             joined: self.joined.max(joined),
+            front: self.front.max(served),
             open: true,
             ..self
         }
@@ -219,13 +229,16 @@ pub trait WaitingRoomStore: Send + Sync + 'static {
 /// Every answer also says when to ask again ([`Status::poll_after`]), so that a room's
 /// whole line asks about `polls_per_sec` times a second however long it is, and in the
 /// order of its places: before the opening each early joiner is told to come back at the
-/// opening plus a delay in proportion to their lottery number, so those whose turn comes
-/// first ask first and the rest follow, spread out.
+/// opening plus a delay that grows with their lottery number. The front of the line the
+/// stock reaches ([`RoomSnapshot::front`]) comes back first, at `holds_per_sec` (each of
+/// them brings a hold); everyone behind it once the front has had its turn, at
+/// `polls_per_sec`, when their answer is most likely `sold_out` from memory.
 #[derive(Debug)]
 pub struct Rooms<R> {
     store: R,
     refresh: Duration,
     polls_per_sec: f64,
+    holds_per_sec: f64,
     seen: RwLock<HashMap<ShowtimeId, Seen>>,
     /// The rooms being read again now, and since when: one read per room at a time.
     refreshing: Mutex<HashMap<ShowtimeId, Instant>>,
@@ -287,13 +300,20 @@ pub struct Status {
 }
 
 /// How many polls a second a room's whole line is paced to, unless set.
-///
-/// The front of the line comes back at this pace when the room opens, and each of them
-/// brings a hold: faster than the deployment sells, their holds queue behind each other
-/// and behind the rest of the line's polls. On one 2-core machine (BENCHMARKS.md, "The
-/// line's pace at the opening") 10,000 made opening to sold out 2.4x-2.9x `million`'s
-/// and 5,000 1.9x-2.0x; a larger deployment raises it.
-pub const DEFAULT_POLLS_PER_SEC: u32 = 5_000;
+pub const DEFAULT_POLLS_PER_SEC: u32 = 10_000;
+
+/// How many holds a second a deployment sells, unless set: the pace the front of the
+/// line (the buyers the stock admits) comes back at when the room opens, each of them
+/// bringing a hold. Faster than the deployment sells, their holds queue behind each
+/// other; on one 2-core machine (BENCHMARKS.md, "The line's pace at the opening") a front
+/// at 10,000 a second made opening to sold out 2.4x-2.9x `million`'s, at 5,000 1.9x-2.1x.
+/// A larger deployment raises it.
+pub const DEFAULT_HOLDS_PER_SEC: u32 = 5_000;
+
+/// How long after the front of the line has come back the rest of it starts to: time for
+/// the front's holds to be made, so that the rest's first polls do not share the selling
+/// seconds and, once the seats are gone, are answered `sold_out` from memory.
+pub const FRONT_SETTLES: Duration = Duration::from_secs(1);
 
 /// The soonest a caller in line is told to ask again.
 pub const MIN_POLL: Duration = Duration::from_secs(1);
@@ -319,12 +339,14 @@ pub struct Asker {
 
 impl<R: WaitingRoomStore> Rooms<R> {
     /// Rooms read at most once per `refresh`, each line paced to
-    /// [`DEFAULT_POLLS_PER_SEC`] polls a second.
+    /// [`DEFAULT_POLLS_PER_SEC`] polls a second and its front to
+    /// [`DEFAULT_HOLDS_PER_SEC`].
     pub fn new(store: R, refresh: Duration) -> Self {
         Self {
             store,
             refresh,
             polls_per_sec: f64::from(DEFAULT_POLLS_PER_SEC),
+            holds_per_sec: f64::from(DEFAULT_HOLDS_PER_SEC),
             seen: RwLock::default(),
             refreshing: Mutex::default(),
         }
@@ -334,6 +356,14 @@ impl<R: WaitingRoomStore> Rooms<R> {
     /// about `polls_per_sec` polls a second.
     pub fn with_polls_per_sec(mut self, polls_per_sec: u32) -> Self {
         self.polls_per_sec = f64::from(polls_per_sec.max(1));
+        self
+    }
+
+    /// Paces the front of each room's line, the buyers its stock admits, to about
+    /// `holds_per_sec` when the room opens: what the deployment sells (a room's own
+    /// `admit_per_sec`, or the line's polls, when slower, pace it instead).
+    pub fn with_holds_per_sec(mut self, holds_per_sec: u32) -> Self {
+        self.holds_per_sec = f64::from(holds_per_sec.max(1));
         self
     }
 
@@ -548,6 +578,7 @@ impl<R: WaitingRoomStore> Rooms<R> {
             snapshot: seen.snapshot,
             join_rate: seen.join_rate,
             polls_per_sec: self.polls_per_sec,
+            holds_per_sec: self.holds_per_sec,
             lot,
             now,
         };
@@ -575,6 +606,7 @@ struct Pace {
     snapshot: RoomSnapshot,
     join_rate: f64,
     polls_per_sec: f64,
+    holds_per_sec: f64,
     lot: u64,
     now: UnixMillis,
 }
@@ -596,12 +628,11 @@ impl Pace {
                     let back = to_open - PREVIEW + PREVIEW.mul_f64(q / 2.0);
                     return Some(back.min(MAX_WAITING_POLL));
                 }
-                // The line as it will be at the opening, at the pace joins come now; in
-                // lottery order the line asks over expected / polls_per_sec seconds, so
-                // those admitted first ask first.
+                // The line as it will be at the opening, at the pace joins come now, asks
+                // in lottery order, so those admitted first ask first.
                 let expected = self.snapshot.joined as f64
                     + self.join_rate * to_open.min(JOINS_AHEAD).as_secs_f64();
-                Some(to_open + secs(q * expected / self.polls_per_sec))
+                Some(to_open + self.after_opening(q * expected))
             }
             Standing::InLine { .. } => {
                 let waiting = self.snapshot.joined.saturating_sub(self.snapshot.served);
@@ -617,6 +648,25 @@ impl Pace {
             | Standing::SoldOut
             | Standing::NotInLine => None,
         }
+    }
+
+    /// When the early joiner at `rank` (of the lottery's order) asks first after the
+    /// opening: the front the stock admits at the pace holds are sold (the room's
+    /// `admit_per_sec`, or the line's polls, when slower), then, [`FRONT_SETTLES`] after
+    /// the front's last, the rest at the line's pace.
+    fn after_opening(&self, rank: f64) -> Duration {
+        let admits = self.snapshot.admit_per_sec.map_or(f64::INFINITY, f64::from);
+        let front_pace = self.holds_per_sec.min(admits).min(self.polls_per_sec);
+        let front = self.snapshot.front as f64;
+        if rank < front {
+            return secs(rank / front_pace);
+        }
+        let front_done = if front > 0.0 {
+            secs(front / front_pace) + FRONT_SETTLES
+        } else {
+            Duration::ZERO
+        };
+        front_done + secs((rank - front) / self.polls_per_sec)
     }
 }
 
@@ -735,7 +785,7 @@ mod tests {
             closed: false,
             open: true,
             opens_at: UnixMillis(0),
-            salt: 0,
+            ..RoomSnapshot::default()
         };
         let rooms = Rooms::new(store, Duration::from_secs(3600));
         let st = ShowtimeId::new(1).unwrap();
@@ -775,7 +825,7 @@ mod tests {
             closed: true,
             open: true,
             opens_at: UnixMillis(0),
-            salt: 0,
+            ..RoomSnapshot::default()
         };
         let rooms = Rooms::new(store, Duration::ZERO);
         let st = ShowtimeId::new(1).unwrap();
@@ -808,6 +858,7 @@ mod tests {
             snapshot,
             join_rate: 0.0,
             polls_per_sec: 10_000.0,
+            holds_per_sec: 10_000.0,
             lot,
             now: NOW,
         }
@@ -824,7 +875,7 @@ mod tests {
             closed: false,
             open: false,
             opens_at,
-            salt: 0,
+            ..RoomSnapshot::default()
         };
         // 100,000 joiners at 10,000 polls a second: the line asks over 10 s from the
         // opening, the lowest number first.
@@ -839,6 +890,7 @@ mod tests {
             snapshot: line,
             join_rate: 1_000.0,
             polls_per_sec: 10_000.0,
+            holds_per_sec: 10_000.0,
             lot: LOTTERY_RANGE / 2,
             now: NOW,
         };
@@ -865,6 +917,55 @@ mod tests {
     }
 
     #[test]
+    fn the_front_the_stock_admits_comes_back_at_the_selling_pace_and_the_rest_after_it() {
+        let opens_at = UnixMillis(NOW.0 + 10_000);
+        // 100,000 joiners, 11,000 of them admitted by the stock; holds sell at 5,000 a
+        // second, polls at 20,000.
+        let line = RoomSnapshot {
+            joined: 100_000,
+            opens_at,
+            front: 11_000,
+            ..RoomSnapshot::default()
+        };
+        let told = |snapshot: RoomSnapshot, rank: u64| {
+            let pace = Pace {
+                snapshot,
+                join_rate: 0.0,
+                polls_per_sec: 20_000.0,
+                holds_per_sec: 5_000.0,
+                lot: rank * (LOTTERY_RANGE / 100_000),
+                now: NOW,
+            };
+            let after = pace.poll_after(Standing::Waiting, None).unwrap() - Duration::from_secs(10);
+            // In ms, the lottery number's fraction of a rank aside.
+            (after.as_secs_f64() * 1_000.0).round() as u64
+        };
+        // The front over 11,000 / 5,000 = 2.2 s, in lottery order.
+        assert_eq!(told(line, 0), 0);
+        assert_eq!(told(line, 5_500), 1_100);
+        assert_eq!(told(line, 10_999), 2_200);
+        // The rest a second after the front's last, at 20,000 a second: 89,000 over 4.45 s.
+        assert_eq!(told(line, 11_020), 3_201);
+        assert_eq!(told(line, 99_999), 7_650);
+        // A room's own admit_per_sec, slower, paces the front instead.
+        let capped = RoomSnapshot {
+            admit_per_sec: Some(1_000),
+            ..line
+        };
+        assert_eq!(told(capped, 5_500), 5_500);
+        assert_eq!(told(capped, 11_020), 12_001);
+        // A stock that admits the whole line: all of it at the selling pace.
+        let small_line = RoomSnapshot {
+            front: 200_000,
+            ..line
+        };
+        assert_eq!(told(small_line, 99_999), 20_000);
+        // Nothing to sell: nobody has a front to wait for.
+        let none = RoomSnapshot { front: 0, ..line };
+        assert_eq!(told(none, 20_000), 1_000);
+    }
+
+    #[test]
     fn a_line_asks_about_its_polls_budget_a_second_and_sooner_when_its_turn_is_near() {
         let line = RoomSnapshot {
             served: 1_000,
@@ -872,7 +973,7 @@ mod tests {
             closed: false,
             open: true,
             opens_at: UnixMillis(0),
-            salt: 0,
+            ..RoomSnapshot::default()
         };
         let at = Standing::InLine {
             place: 50_000,
@@ -1004,7 +1105,7 @@ mod tests {
             closed: false,
             open: true,
             opens_at: UnixMillis(0),
-            salt: 0,
+            ..RoomSnapshot::default()
         });
         // The join admitted its caller at place 0; the snapshot, read before, has served 0.
         let admitted = Standing::Admitted {
@@ -1044,7 +1145,7 @@ mod tests {
             closed: false,
             open: false,
             opens_at: UnixMillis(NOW.0),
-            salt: 0,
+            ..RoomSnapshot::default()
         });
         // The room opened; a join placed its caller 60th with 40 ahead.
         let in_line = Standing::InLine {
@@ -1075,10 +1176,11 @@ mod tests {
         let s = RoomSnapshot {
             served: 10,
             joined: 100,
+            front: 30,
             closed: false,
             open: true,
             opens_at: UnixMillis(0),
-            salt: 0,
+            ..RoomSnapshot::default()
         };
         let until = UnixMillis(1);
         assert_eq!(s.knowing(Standing::Admitted { place: 3, until }), s);
@@ -1092,6 +1194,8 @@ mod tests {
         assert_eq!(s.knowing(Standing::Waiting), s);
         assert_eq!(s.knowing(Standing::NotInLine), s);
         assert_eq!(s.knowing(Standing::Passed { place: 11 }).served, 12);
+        // A turn that came proves the front is at least that far.
+        assert_eq!(s.knowing(Standing::Passed { place: 40 }).front, 41);
         assert_eq!(
             s.knowing(Standing::InLine {
                 place: 150,

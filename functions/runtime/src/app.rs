@@ -99,7 +99,8 @@ impl App {
             RedisRoom::new(seats.connection(), &config.redis_key_prefix),
             config.waiting_room.refresh,
         )
-        .with_polls_per_sec(config.waiting_room.polls_per_sec);
+        .with_polls_per_sec(config.waiting_room.polls_per_sec)
+        .with_holds_per_sec(config.waiting_room.holds_per_sec);
         let passes = match &config.waiting_room.secret {
             Some(secret) => RoomPasses::new(
                 secret,

@@ -96,11 +96,15 @@ pub struct WaitingRoomConfig {
     /// per room per this period and process.
     pub refresh: Duration,
     /// How many polls a second each room's whole line is paced to, across every process
-    /// (`WAITING_ROOM_POLLS_PER_SEC`, default 5,000): every answer says when to ask
+    /// (`WAITING_ROOM_POLLS_PER_SEC`, default 10,000): every answer says when to ask
     /// again so that, however long the line, it asks about this often. Size it to what
-    /// the deployment answers beside the sale itself, and no faster than it sells holds:
-    /// the front of the line comes back at this pace when the room opens.
+    /// the deployment answers beside the sale itself.
     pub polls_per_sec: u32,
+    /// How many holds a second the deployment sells (`WAITING_ROOM_HOLDS_PER_SEC`,
+    /// default 5,000): the front of a room's line, the buyers its stock admits, comes
+    /// back at this pace when the room opens, each of them bringing a hold; the rest of
+    /// the line after them, at `polls_per_sec`.
+    pub holds_per_sec: u32,
 }
 
 impl std::fmt::Debug for WaitingRoomConfig {
@@ -113,6 +117,7 @@ impl std::fmt::Debug for WaitingRoomConfig {
             )
             .field("refresh", &self.refresh)
             .field("polls_per_sec", &self.polls_per_sec)
+            .field("holds_per_sec", &self.holds_per_sec)
             .finish()
     }
 }
@@ -431,7 +436,7 @@ impl Config {
 }
 
 /// `WAITING_ROOM_SECRET`, `WAITING_ROOM_PREVIOUS_SECRET`, `WAITING_ROOM_REFRESH_MS`,
-/// `WAITING_ROOM_POLLS_PER_SEC`.
+/// `WAITING_ROOM_POLLS_PER_SEC`, `WAITING_ROOM_HOLDS_PER_SEC`.
 fn waiting_room_config(
     env: &Env<impl Fn(&str) -> Option<String>>,
 ) -> Result<WaitingRoomConfig, ConfigError> {
@@ -465,6 +470,11 @@ fn waiting_room_config(
         polls_per_sec: env.number(
             "WAITING_ROOM_POLLS_PER_SEC",
             u64::from(flash_sale_core::waiting_room::DEFAULT_POLLS_PER_SEC),
+            1..=10_000_000,
+        )? as u32,
+        holds_per_sec: env.number(
+            "WAITING_ROOM_HOLDS_PER_SEC",
+            u64::from(flash_sale_core::waiting_room::DEFAULT_HOLDS_PER_SEC),
             1..=10_000_000,
         )? as u32,
     })
@@ -794,7 +804,8 @@ mod tests {
             "one process: a secret of its own"
         );
         assert_eq!(c.waiting_room.refresh, Duration::from_millis(200));
-        assert_eq!(c.waiting_room.polls_per_sec, 5_000);
+        assert_eq!(c.waiting_room.polls_per_sec, 10_000);
+        assert_eq!(c.waiting_room.holds_per_sec, 5_000);
         let err = with(&[("WAITING_ROOM_SECRET", "short")]).unwrap_err();
         assert_eq!(err.name, "WAITING_ROOM_SECRET");
         assert!(!err.to_string().contains("short"), "never printed: {err}");

@@ -96,6 +96,8 @@ async fn early_joiners_wait_without_a_place_and_are_admitted_in_the_order_of_the
     assert_eq!(joined(&rooms, st, 1, 0).await, Standing::Waiting);
     let before = snapshot(&rooms, st).await;
     assert_eq!((before.open, before.served, before.joined), (false, 0, 6));
+    // The three seats will admit the first three drawn: the front the line is paced by.
+    assert_eq!((before.front, before.admit_per_sec), (3, None));
 
     // The room opens: three seats, no overbooking, so the three lowest draws.
     rooms
@@ -136,8 +138,10 @@ async fn admission_follows_the_stock_and_the_room_closes_when_nothing_is_left() 
     for u in 1..=8 {
         joined(&rooms, st, u, 0).await;
     }
-    // Two seats and 50% overbooking: three undecided admissions at most.
-    assert_eq!(snapshot(&rooms, st).await.served, 3);
+    // Two seats and 50% overbooking: three undecided admissions at most, and the stock
+    // reaches no further.
+    let first = snapshot(&rooms, st).await;
+    assert_eq!((first.served, first.front), (3, 3));
     assert_eq!(admitted(&rooms, st, 1..=8).await, vec![1, 2, 3]);
 
     // Nobody takes a seat without an admission; user 1 holds one with its admission,
@@ -163,7 +167,8 @@ async fn admission_follows_the_stock_and_the_room_closes_when_nothing_is_left() 
         TakeOutcome::NotAdmitted,
         "an admission is used once"
     );
-    assert_eq!(snapshot(&rooms, st).await.served, 4);
+    let after = snapshot(&rooms, st).await;
+    assert_eq!((after.served, after.front), (4, 4));
     assert_eq!(admitted(&rooms, st, 1..=8).await, vec![2, 3, 4]);
 
     // Users 2 and 3 buy the two seats; the undecided admission of 4 holds the line
@@ -176,6 +181,10 @@ async fn admission_follows_the_stock_and_the_room_closes_when_nothing_is_left() 
     }
     let closed = snapshot(&rooms, st).await;
     assert!(closed.closed, "{closed:?}");
+    assert_eq!(
+        closed.front, closed.served,
+        "nothing left beyond who had a turn"
+    );
     assert_eq!(
         rooms.standing(st, user(6)).await.unwrap(),
         Standing::SoldOut
@@ -241,7 +250,12 @@ async fn a_rate_caps_admissions_a_second() {
     }
     // At most a second's worth saved up, 5, and 5 a second over the time the 50 joins
     // took (a few ms each, more on a loaded machine).
-    let first = snapshot(&rooms, st).await.served;
+    let room = snapshot(&rooms, st).await;
+    assert_eq!(room.admit_per_sec, Some(5));
+    // The 1,000 seats allow 1,000 undecided admissions, of which `served` are given:
+    // the stock reaches place 1,000, past the whole line.
+    assert_eq!(room.front, 1_000);
+    let first = room.served;
     let joins_took = joining.elapsed().as_millis() as u64;
     assert!(
         (1..=5 + 5 * joins_took / 1000).contains(&first),

@@ -915,18 +915,25 @@ async fn pre_opening_joiners_are_placed_by_a_uniform_lottery_and_later_ones_in_a
 }
 
 /// Every answer says when to ask again: before the opening, each early joiner is told to
-/// come back at the opening plus a delay in proportion to their lottery number, so the
-/// order the crowd comes back in is the order the lottery then gives them, spread over
-/// the line's size / `WAITING_ROOM_POLLS_PER_SEC`; in line, within 1-60 s; nothing once
-/// there is nothing left to wait for.
+/// come back at the opening plus a delay that grows with their lottery number, so the
+/// order the crowd comes back in is the order the lottery then gives them: the front the
+/// seats admit at `WAITING_ROOM_HOLDS_PER_SEC`, the rest a second after it at
+/// `WAITING_ROOM_POLLS_PER_SEC`; in line, within 1-60 s; nothing once there is nothing
+/// left to wait for.
 #[tokio::test]
 async fn early_joiners_are_told_to_come_back_at_the_opening_in_the_order_the_lottery_gives_them() {
     const JOINERS: i64 = 40;
-    // 40 joiners at 4 polls a second: the line comes back over 10 s after the opening.
+    // 40 joiners for 5 seats: the 5 the seats admit come back over 5 / 2 = 2.5 s after
+    // the opening, the other 35 from 3.5 s on at 4 polls a second, until 12.25 s.
     const POLLS_PER_SEC: u64 = 4;
+    const HOLDS_PER_SEC: u64 = 2;
+    const FRONT_DONE_MS: i64 = 2_500;
+    const REST_FROM_MS: i64 = 3_500;
+    const LAST_MS: i64 = 12_250;
     let app = TestApp::spawn(Options {
         extra_env: vec![
             ("WAITING_ROOM_POLLS_PER_SEC", POLLS_PER_SEC.to_string()),
+            ("WAITING_ROOM_HOLDS_PER_SEC", HOLDS_PER_SEC.to_string()),
             ("WAITING_ROOM_REFRESH_MS", "10".to_string()),
         ],
         ..options()
@@ -966,7 +973,7 @@ async fn early_joiners_are_told_to_come_back_at_the_opening_in_the_order_the_lot
     };
     // Once no join has come over a rate window since this process last read the room
     // (every 10 ms here), the line is taken as it is, 40 joiners, and every answer puts
-    // its asker within 40 / 4 = 10 s of the opening. Before that, joins still counted as
+    // its asker within 12.25 s of the opening. Before that, joins still counted as
     // coming spread the line wider, and by how much changes as the rate is re-measured:
     // the whole line asks in rounds until two rounds in a row tell every joiner the same
     // time, and the check is on that settled round. The rounds start more than two rate
@@ -1011,9 +1018,10 @@ async fn early_joiners_are_told_to_come_back_at_the_opening_in_the_order_the_lot
         last = now;
     };
     for &((from, to), user) in &told {
-        // At the opening, within the line's spread (and the clock's few ms).
+        // At the opening, within the line's spread (and the clock's few ms): the front,
+        // or the rest once the front has had its turn, nobody in between.
         assert!(
-            same((from, to), (0, 10_000)),
+            same((from, to), (0, FRONT_DONE_MS)) || same((from, to), (REST_FROM_MS, LAST_MS)),
             "user {user} told to come back {from}..{to} ms after the opening"
         );
     }
