@@ -498,6 +498,29 @@ where
         }
     }
 
+    /// Sets up `id`'s waiting room in `rooms` from its row, with the row locked
+    /// meanwhile: an operator's change or removal of the room takes the same lock to
+    /// write the row and changes Redis after, so a room set from a row read before that
+    /// change never lands after it (a removed room brought back would refuse every
+    /// buyer `not_admitted` while nobody can join it). Returns the showtime as locked,
+    /// `None` when there is no such showtime; its room is set only when it has one.
+    pub async fn set_room_its_row_has<R: WaitingRoomStore>(
+        &self,
+        id: ShowtimeId,
+        rooms: &R,
+    ) -> Result<Option<Showtime>, PortError> {
+        let Some(lock) = self.db.lock_showtime(id).await? else {
+            return Ok(None);
+        };
+        let showtime = lock.showtime().clone();
+        if let Some(settings) = showtime.waiting_room {
+            rooms.configure(id, settings, showtime.sale_window).await?;
+        }
+        // The row was only read: the lock is released unchanged.
+        drop(lock);
+        Ok(Some(showtime))
+    }
+
     /// Removes a waiting room from `rooms` if the showtime's row has none (a removal
     /// whose room step was lost after the row was written); returns whether there was
     /// one. The row is locked meanwhile: an operator adding a room takes the same lock to

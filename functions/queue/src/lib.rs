@@ -194,22 +194,23 @@ async fn room_salt(app: &App, showtime: ShowtimeId) -> Result<u64, ApiError> {
 /// Sets up a showtime's room in Redis from the catalog, where Redis has none (its
 /// set-up at creation failed, or Redis lost it): 404 when the showtime has no room.
 async fn open_room(app: &App, showtime: ShowtimeId) -> Result<(), ApiError> {
-    let Some((known, _)) = app.sale.showtime(showtime).await? else {
+    // Under the row's lock: an operator removing the room meanwhile is not undone.
+    let Some(known) = app
+        .sale
+        .set_room_its_row_has(showtime, app.rooms.store())
+        .await?
+    else {
         return Err(ApiError::NotFound(format!(
             "showtime {showtime} does not exist"
         )));
     };
-    let Some(settings) = known.waiting_room else {
+    if known.waiting_room.is_none() {
         return Err(no_room(showtime));
-    };
+    }
     tracing::warn!(
         showtime = showtime.get(),
         "the waiting room was missing in Redis: set up again from the catalog"
     );
-    app.rooms
-        .store()
-        .configure(showtime, settings, known.sale_window)
-        .await?;
     Ok(())
 }
 

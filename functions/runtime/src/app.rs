@@ -173,13 +173,18 @@ impl App {
         use flash_sale_core::waiting_room::WaitingRoomStore as _;
         let rooms = self.rooms.store();
         match showtime.waiting_room {
-            Some(settings) => {
-                rooms
-                    .configure(showtime.id, settings, showtime.sale_window)
-                    .await?;
-                rooms.advance(showtime.id).await?;
-                Ok(RoomStep::Advanced)
-            }
+            // Set from the row as it is under its lock, not as this page read it: an
+            // operator may have removed or changed the room since.
+            Some(_) => match self.sale.set_room_its_row_has(showtime.id, rooms).await? {
+                Some(Showtime {
+                    waiting_room: Some(_),
+                    ..
+                }) => {
+                    rooms.advance(showtime.id).await?;
+                    Ok(RoomStep::Advanced)
+                }
+                _ => Ok(RoomStep::Untouched),
+            },
             // No room in the row: one left in Redis (its removal lost) would refuse every
             // buyer. Advancing tells whether there is one (and fails for good on what is
             // left of one that is broken; a store that does not answer now is tried again

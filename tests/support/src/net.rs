@@ -36,12 +36,16 @@ pub fn free_port() -> u16 {
 
 /// A TCP proxy to `target` that can be cut: once cut, it closes every connection it
 /// carries and accepts no new one, so the service looks down to whoever connected
-/// through it.
+/// through it. It can also hold what clients send ([`Cuttable::hold`]): their requests
+/// wait at the proxy, as behind a slow network, until [`Cuttable::release`].
 pub struct Cuttable {
     pub addr: SocketAddr,
     cut: watch::Sender<bool>,
+    held: watch::Sender<bool>,
     /// Connections carried right now.
     live: Arc<AtomicUsize>,
+    /// Reads from clients waiting at the proxy while it holds.
+    waiting: Arc<AtomicUsize>,
 }
 
 impl Cuttable {
@@ -50,8 +54,11 @@ impl Cuttable {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (cut, cut_rx) = watch::channel(false);
+        let (held, held_rx) = watch::channel(false);
         let live = Arc::new(AtomicUsize::new(0));
+        let waiting = Arc::new(AtomicUsize::new(0));
         let counter = live.clone();
+        let waits = waiting.clone();
         tokio::spawn(async move {
             let mut stop = cut_rx.clone();
             loop {
@@ -64,12 +71,19 @@ impl Cuttable {
                 };
                 let target = target.clone();
                 let mut stop = cut_rx.clone();
+                let held = held_rx.clone();
                 let counter = counter.clone();
+                let waits = waits.clone();
                 counter.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     if let Ok(mut upstream) = TcpStream::connect(&target).await {
+                        let (mut from_client, mut to_client) = downstream.split();
+                        let (mut from_server, mut to_server) = upstream.split();
+                        let requests =
+                            forward_unless_held(&mut from_client, &mut to_server, held, &waits);
+                        let answers = tokio::io::copy(&mut from_server, &mut to_client);
                         tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream) => {}
+                            _ = async { tokio::join!(requests, answers) } => {}
                             _ = stop.wait_for(|c| *c) => {}
                         }
                     }
@@ -78,7 +92,29 @@ impl Cuttable {
                 });
             }
         });
-        Self { addr, cut, live }
+        Self {
+            addr,
+            cut,
+            held,
+            live,
+            waiting,
+        }
+    }
+
+    /// Holds what clients send from now on: each read waits at the proxy until
+    /// [`Cuttable::release`].
+    pub fn hold(&self) {
+        let _ = self.held.send(true);
+    }
+
+    /// Sends on what was held, and everything after.
+    pub fn release(&self) {
+        let _ = self.held.send(false);
+    }
+
+    /// Reads from clients waiting at the proxy now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
     }
 
     /// Closes every connection through the proxy and refuses new ones; returns once
@@ -97,5 +133,28 @@ impl Cuttable {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+}
+
+/// Copies `from` to `to`, each read waiting while `held` says so (counted in `waits`).
+async fn forward_unless_held(
+    from: &mut (impl tokio::io::AsyncRead + Unpin),
+    to: &mut (impl tokio::io::AsyncWrite + Unpin),
+    mut held: watch::Receiver<bool>,
+    waits: &AtomicUsize,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        if *held.borrow() {
+            waits.fetch_add(1, Ordering::SeqCst);
+            let _ = held.wait_for(|h| !*h).await;
+            waits.fetch_sub(1, Ordering::SeqCst);
+        }
+        to.write_all(&buf[..n]).await?;
     }
 }

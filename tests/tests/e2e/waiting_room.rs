@@ -2065,6 +2065,91 @@ async fn the_timer_removes_a_room_its_row_no_longer_has() {
     app.finish().await;
 }
 
+/// The timer sets each room from its row. An operator who removes a room while a round
+/// is between its read of the row and its step in Redis must not see the room come back:
+/// it would refuse every buyer `not_admitted` until the next round (a minute on Lambda)
+/// while nobody can join a room the row no longer has. The timer's Redis is held at a
+/// proxy once the round has begun; the operator's change then either completes (nothing
+/// keeps the two apart) or waits on the row's lock the round holds.
+#[tokio::test]
+async fn a_room_removed_while_the_timer_sets_it_does_not_come_back() {
+    let app = TestApp::spawn(Options {
+        sweep_interval_secs: 3_600,
+        ..options()
+    })
+    .await;
+    let client = Client::of(&app, 4);
+    let st = room_open_now(&app, 2, 1, 0, 60).await;
+    let proxy = flash_sale_tests::Cuttable::start("127.0.0.1:6379").await;
+    // Another process, its own timer run by hand, whose Redis is behind the proxy.
+    let (timer, _) = flash_sale_tests::wire(flash_sale_tests::config(
+        &app.iso,
+        &Options {
+            redis_url: Some(format!("redis://{}", proxy.addr)),
+            ..options()
+        },
+    ))
+    .await;
+    proxy.hold();
+    let round = tokio::spawn(async move {
+        let round = timer.advance_rooms().await;
+        (round, timer)
+    });
+    eventually(
+        Duration::from_secs(5),
+        "the round's step at the proxy",
+        || async { (proxy.waiting() > 0).then_some(()) },
+    )
+    .await;
+    let db = app.adapters.db.pool().clone();
+    let waits_on_a_lock = async {
+        eventually(
+            Duration::from_secs(5),
+            "the change on the row's lock",
+            || async {
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                )
+                .fetch_one(&db)
+                .await
+                .unwrap();
+                (waiting > 0).then_some(())
+            },
+        )
+        .await
+    };
+    let (status, answer) = {
+        let removal = app.change_showtime(st, json!({"waiting_room": null}), None);
+        tokio::pin!(removal);
+        let removed = tokio::select! {
+            done = &mut removal => Some(done),
+            () = waits_on_a_lock => None,
+        };
+        proxy.release();
+        match removed {
+            Some(done) => done,
+            None => removal.await,
+        }
+    };
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let (round, timer) = round.await.unwrap();
+    round.unwrap();
+    // The room stays removed: the sale sells to anyone.
+    let held = client.reserve(st, 1, None, None, None).await;
+    assert_eq!(held.status, StatusCode::OK, "{}", held.body);
+    let room = format!("{}:{{{st}}}:room", app.iso.prefix);
+    let mut conn = app.adapters.seats.connection();
+    let left: bool = redis::cmd("EXISTS")
+        .arg(&room)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!left, "the removed room is back in Redis");
+    drop(timer);
+    app.finish().await;
+}
+
 /// A ticket names a place in one room: once that room is removed and another set up, an
 /// old ticket's place means nothing there, and a poll with it is answered from the store
 /// (not in the new line), not from the new room's snapshot as if the place were its.
