@@ -415,6 +415,13 @@ impl Broker {
         prefetch: u16,
     ) -> PortResult<(Channel, lapin::Consumer)> {
         let ch = self.channel().await?;
+        // Declared again each time a consumer starts (it is idempotent, and consumers
+        // start rarely): a queue deleted under the live connection cancels its consumer,
+        // and consuming it again would fail until a new connection declared it. Only
+        // here, after the broker's cancel: a queue declared again at once under a live
+        // consumer (a publisher's retry) can leave that consumer attached to nothing,
+        // the broker never cancelling it (RabbitMQ 3.10, quorum queues).
+        declare(&ch, &self.topology).await?;
         ch.basic_qos(prefetch, BasicQosOptions::default())
             .await
             .map_err(|e| port_error("setting prefetch", e))?;

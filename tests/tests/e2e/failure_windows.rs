@@ -8,6 +8,7 @@ use flash_sale_adapters::Queue;
 use flash_sale_core::ports::SeatStore as _;
 use flash_sale_tests::{
     DoorGate, Options, RedisServer, TestApp, assert_error, eventually, until_one_waits,
+    wait_for_orders,
 };
 use reqwest::StatusCode;
 use serde_json::json;
@@ -636,5 +637,55 @@ async fn a_keyed_showtime_whose_seats_redis_did_not_take_is_created_and_found_ag
     let (status, held) = app.reserve(1, showtime).await;
     assert_eq!(status, StatusCode::OK, "{held}");
     assert_eq!(app.seats(showtime).await, (1, 1, 0));
+    app.finish().await;
+}
+
+/// The order queue deleted under the live connections (by hand, by a broker's policy):
+/// the topology is declared when a connection opens, so before, the orders consumer
+/// could not consume again and every order published (the payment's, the sweep's
+/// re-sends) was returned unroutable until a restart, while buyers paid. Now the
+/// consumer declares the topology before it consumes again, and a publish returned
+/// declares it too, so the paid seats still become orders, on the same connections.
+#[tokio::test]
+async fn an_order_queue_deleted_under_live_connections_is_declared_again_and_orders_land() {
+    let app = TestApp::spawn(Options {
+        // The sweep re-sends the order the payment could not queue.
+        sweep_interval_secs: 1,
+        sweep_grace_secs: 0,
+        ..Options::default()
+    })
+    .await;
+    eventually(Duration::from_secs(30), "the orders consumer", || async {
+        let (status, ready) = app.get("/readyz").await;
+        (status == StatusCode::OK && ready["checks"]["consumer:orders"] == "ok").then_some(())
+    })
+    .await;
+    let showtime = app.create_showtime(2).await;
+    let (status, held) = app.reserve(1, showtime).await;
+    assert_eq!(status, StatusCode::OK, "{held}");
+    let bus = &app.adapters.bus;
+    let ch = bus.channel().await.expect("a channel");
+    ch.queue_delete(
+        bus.topology().queue(Queue::Orders).as_str().into(),
+        Default::default(),
+    )
+    .await
+    .expect("the order queue deleted");
+
+    let id = held["reservation_id"].as_str().unwrap();
+    let (status, paid) = app.pay(id, 1).await;
+    assert_eq!(status, StatusCode::OK, "{paid}");
+    eventually(
+        Duration::from_secs(20),
+        "the paid seat to become an order",
+        || async { (app.orders(showtime).await == 1).then_some(()) },
+    )
+    .await;
+    // And the next buyer's too.
+    let (status, held) = app.reserve(2, showtime).await;
+    assert_eq!(status, StatusCode::OK, "{held}");
+    let (status, paid) = app.pay(held["reservation_id"].as_str().unwrap(), 2).await;
+    assert_eq!(status, StatusCode::OK, "{paid}");
+    wait_for_orders(&app, showtime, 2).await;
     app.finish().await;
 }
