@@ -464,6 +464,35 @@ impl Broker {
 /// Declares every exchange, queue and binding of `t`. Idempotent: never purges, never
 /// changes an existing queue.
 async fn declare(ch: &Channel, t: &Topology) -> PortResult<()> {
+    declare_delay_queue(ch, t).await?;
+    let durable_queue = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    for q in Queue::ALL {
+        let args = table(&[
+            ("x-queue-type", text("quorum")),
+            ("x-delivery-limit", AMQPValue::LongUInt(t.delivery_limit)),
+            ("x-dead-letter-exchange", text(&t.dead_letter_exchange())),
+            ("x-dead-letter-routing-key", text(q.key())),
+        ]);
+        declare_bound(ch, &t.queue(q), durable_queue, args, &t.exchange(), q.key()).await?;
+        declare_bound(
+            ch,
+            &t.dead_letter_queue(q),
+            durable_queue,
+            FieldTable::default(),
+            &t.dead_letter_exchange(),
+            q.key(),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Declares the exchanges and the delay queue (where expiries wait out the hold, with no
+/// consumer), bound.
+async fn declare_delay_queue(ch: &Channel, t: &Topology) -> PortResult<()> {
     let durable = ExchangeDeclareOptions {
         durable: true,
         ..Default::default()
@@ -496,26 +525,7 @@ async fn declare(ch: &Channel, t: &Topology) -> PortResult<()> {
         &t.exchange(),
         &t.delay_key(),
     )
-    .await?;
-    for q in Queue::ALL {
-        let args = table(&[
-            ("x-queue-type", text("quorum")),
-            ("x-delivery-limit", AMQPValue::LongUInt(t.delivery_limit)),
-            ("x-dead-letter-exchange", text(&t.dead_letter_exchange())),
-            ("x-dead-letter-routing-key", text(q.key())),
-        ]);
-        declare_bound(ch, &t.queue(q), durable_queue, args, &t.exchange(), q.key()).await?;
-        declare_bound(
-            ch,
-            &t.dead_letter_queue(q),
-            durable_queue,
-            FieldTable::default(),
-            &t.dead_letter_exchange(),
-            q.key(),
-        )
-        .await?;
-    }
-    Ok(())
+    .await
 }
 
 async fn declare_bound(
@@ -589,6 +599,29 @@ impl Link {
             .map_err(|e| port_error("opening a channel", e))
     }
 
+    /// The delay queue deleted under the live connection (the topology is declared when
+    /// a connection opens, and by a consumer starting again after the broker cancelled
+    /// it, but the delay queue has no consumer): declared again, so the retry the
+    /// returned publish's error invites is routed. The queues with consumers are left to
+    /// them: declared again at once under a live consumer, a queue can leave that
+    /// consumer attached to nothing.
+    async fn declare_delay_queue_again(&self) {
+        let declared = async {
+            let ch = self.channel().await?;
+            declare_delay_queue(&ch, &self.topology).await?;
+            let _ = ch.close(200, "declared".into()).await;
+            Ok::<_, PortError>(())
+        };
+        match declared.await {
+            Ok(()) => tracing::warn!(
+                "an expiry was returned unroutable: its delay queue is declared again"
+            ),
+            Err(e) => tracing::warn!(
+                "an expiry was returned unroutable; declaring its delay queue again failed: {e}"
+            ),
+        }
+    }
+
     async fn publisher(&self) -> PortResult<Channel> {
         let mut slot = self.publisher.lock().await;
         if let Some(ch) = slot.as_ref().filter(|c| c.status().connected()) {
@@ -656,6 +689,9 @@ impl Link {
             match confirm.map_err(|e| port_error("waiting for a publisher confirm", e))? {
                 Confirmation::Ack(None) | Confirmation::NotRequested => {}
                 Confirmation::Ack(Some(returned)) => {
+                    if returned.delivery.routing_key.as_str() == self.topology.delay_key() {
+                        self.declare_delay_queue_again().await;
+                    }
                     return Err(PortError::transient(
                         COMPONENT,
                         format!(

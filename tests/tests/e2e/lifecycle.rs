@@ -185,6 +185,45 @@ async fn a_failed_publish_leaks_no_seat() {
     app.finish().await;
 }
 
+/// The delay queue deleted under the live connections (by hand, by a broker's policy):
+/// it has no consumer for the broker to cancel and none declares it again, so before,
+/// every reserve failed 503 until a restart. An expiry returned from it declares it
+/// again: the reserve that met the gap is refused with its seat given back, and the
+/// retry holds, nobody else declaring anything.
+#[tokio::test]
+async fn a_delay_queue_deleted_under_live_connections_is_declared_again() {
+    let app = TestApp::spawn(Options::default()).await;
+    let showtime = app.create_showtime(1).await;
+    app.break_expiry_queue().await;
+
+    let (status, body) = app.reserve(1, showtime).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable")),
+        "{body}"
+    );
+    assert_eq!(app.seats(showtime).await, (1, 0, 0), "the seat went back");
+
+    let id = reserved_id(&app, 1, showtime).await;
+    assert_eq!(app.seats(showtime).await, (0, 1, 0));
+    // Its expiry waits in the delay queue declared again, as any other.
+    let bus = &app.adapters.bus;
+    let ch = bus.channel().await.unwrap();
+    let waiting = ch
+        .queue_declare(
+            bus.topology().delay_queue().as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .expect("the delay queue is there");
+    assert_eq!(waiting.message_count(), 1, "{id}'s expiry");
+    app.finish().await;
+}
+
 #[tokio::test]
 async fn the_sweep_returns_a_hold_whose_expiry_message_was_lost() {
     let app = TestApp::spawn(Options {
