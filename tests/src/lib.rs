@@ -106,10 +106,10 @@ impl TestApp {
         (status, value)
     }
 
-    /// Makes every hold's expiry unroutable (its delay queue deleted): the broker returns
-    /// the publish after a take, so the reserve fails and gives its seat back.
-    /// `self.adapters.bus.declare_topology()` puts the queue back. Both connections are
-    /// opened first: a new connection declares the topology, queue included.
+    /// Makes the next hold's expiry unroutable (its delay queue deleted): the broker
+    /// returns the publish after a take, so the reserve fails and gives its seat back,
+    /// and the server declares the queue again. Both connections are opened first: a new
+    /// connection declares the topology, queue included.
     pub async fn break_expiry_queue(&self) {
         let bus = &self.adapters.bus;
         bus.ping().await.expect("both broker connections open");

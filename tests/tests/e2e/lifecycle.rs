@@ -159,39 +159,13 @@ async fn a_redelivered_order_message_makes_no_second_row() {
     app.finish().await;
 }
 
-#[tokio::test]
-async fn a_failed_publish_leaks_no_seat() {
-    let app = TestApp::spawn(Options::default()).await;
-    let showtime = app.create_showtime(1).await;
-    // Make the hold's expiry unroutable: the broker returns it and the publish fails.
-    app.break_expiry_queue().await;
-
-    let (status, body) = app.reserve(1, showtime).await;
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable")),
-        "{body}"
-    );
-    assert_eq!(
-        app.seats(showtime).await,
-        (1, 0, 0),
-        "the seat went back on sale"
-    );
-
-    // Once the broker is whole again, the same user buys the same seat.
-    app.adapters.bus.declare_topology().await.unwrap();
-    reserved_id(&app, 1, showtime).await;
-    assert_eq!(app.seats(showtime).await, (0, 1, 0));
-    app.finish().await;
-}
-
-/// The delay queue deleted under the live connections (by hand, by a broker's policy):
-/// it has no consumer for the broker to cancel and none declares it again, so before,
-/// every reserve failed 503 until a restart. An expiry returned from it declares it
-/// again: the reserve that met the gap is refused with its seat given back, and the
+/// A hold whose expiry the broker returns (its delay queue deleted under the live
+/// connections, by hand or by a broker's policy) gives its seat back before the 503. The
+/// returned expiry declares the delay queue again: it has no consumer for the broker to
+/// cancel and none declares it, so before, every reserve failed 503 until a restart. The
 /// retry holds, nobody else declaring anything.
 #[tokio::test]
-async fn a_delay_queue_deleted_under_live_connections_is_declared_again() {
+async fn a_failed_publish_leaks_no_seat() {
     let app = TestApp::spawn(Options::default()).await;
     let showtime = app.create_showtime(1).await;
     app.break_expiry_queue().await;
