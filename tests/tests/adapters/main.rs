@@ -784,11 +784,15 @@ async fn hold_messages_are_handed_over_while_the_broker_confirms_and_awaited_aft
     broker.publish_hold(hold(1), None).await.unwrap();
     waiting.publish_hold(hold(2), None).await.unwrap();
 
-    // Without the delay queue, every expiry is returned unroutable: its batch fails.
+    // Without the delay queue, every expiry is returned unroutable: its batch fails. A
+    // returned expiry declares the queue again, so it is deleted before each publish.
     let ch = broker.channel().await.unwrap();
-    ch.queue_delete(topology.delay_queue().as_str().into(), Default::default())
-        .await
-        .unwrap();
+    let delete_delay_queue = || async {
+        ch.queue_delete(topology.delay_queue().as_str().into(), Default::default())
+            .await
+            .unwrap();
+    };
+    delete_delay_queue().await;
     broker
         .publish_hold(hold(3), None)
         .await
@@ -800,7 +804,10 @@ async fn hold_messages_are_handed_over_while_the_broker_confirms_and_awaited_aft
     let refused = eventually(Duration::from_secs(10), "a publish to fail", || {
         seq += 1;
         let publish = broker.publish_hold(hold(seq), None);
-        async move { publish.await.err() }
+        async move {
+            delete_delay_queue().await;
+            publish.await.err()
+        }
     })
     .await;
     assert!(refused.to_string().contains("unroutable"), "{refused}");

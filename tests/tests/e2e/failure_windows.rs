@@ -304,8 +304,20 @@ async fn a_sweep_that_cannot_resend_does_not_keep_the_audit_from_reporting() {
     let bus = &app.adapters.bus;
     bus.ping().await.unwrap();
     let ch = bus.channel().await.unwrap();
+    // Orders unroutable (their queue unbound: a queue deleted would cancel its consumer,
+    // which declares it again), and one queue's depth unreadable (the orders' dead
+    // letters, which nothing consumes).
+    let topology = bus.topology();
+    ch.queue_unbind(
+        topology.queue(Queue::Orders).as_str().into(),
+        topology.exchange().as_str().into(),
+        Queue::Orders.key().into(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
     ch.queue_delete(
-        bus.topology().queue(Queue::Orders).as_str().into(),
+        topology.dead_letter_queue(Queue::Orders).as_str().into(),
         Default::default(),
     )
     .await
@@ -323,7 +335,7 @@ async fn a_sweep_that_cannot_resend_does_not_keep_the_audit_from_reporting() {
     assert!(!report.is_clean());
     assert_eq!(report.showtimes.len(), 1, "{report:?}");
     assert_eq!(report.showtimes[0].paid_in_flight, 1, "{report:?}");
-    // The missing queue's depth cannot be read either: named too, after the reconciliation.
+    // The missing queue's depth cannot be read: named too, after the reconciliation.
     assert!(
         report.failures[1..]
             .iter()
