@@ -583,6 +583,13 @@ async fn cut_off_from_redis() -> (flash_sale_tests::Cuttable, TestApp) {
     (proxy, app)
 }
 
+/// The showtime `created` (2 seats) sells one to a buyer of a process that reaches Redis.
+async fn sells_one_of_two(app: &TestApp, created: &serde_json::Value) {
+    let showtime = created["id"].as_i64().unwrap();
+    hold(app, 1, showtime).await;
+    assert_eq!(app.seats(showtime).await, (1, 1, 0));
+}
+
 /// A showtime on record is created, whatever Redis says: when Redis does not take its
 /// seats right after the row is written, the answer is still 201 (a 503 would invite a
 /// retry that puts a second showtime with the same seats on sale), and the seats go on
@@ -602,10 +609,7 @@ async fn a_showtime_whose_seats_redis_did_not_take_is_created_and_sells_at_first
 
     // A process that reaches Redis sells it.
     let app = TestApp::spawn_on(cut_off.iso.clone(), Options::default()).await;
-    let showtime = created["id"].as_i64().unwrap();
-    let (status, held) = app.reserve(1, showtime).await;
-    assert_eq!(status, StatusCode::OK, "{held}");
-    assert_eq!(app.seats(showtime).await, (1, 1, 0));
+    sells_one_of_two(&app, &created).await;
     app.finish().await;
 }
 
@@ -645,10 +649,7 @@ async fn a_keyed_showtime_whose_seats_redis_did_not_take_is_created_and_found_ag
     assert_eq!(again["id"], created["id"]);
     assert_eq!(again["available"], 2, "{again}");
     assert_eq!(app.showtimes_in_db().await, 1);
-    let showtime = created["id"].as_i64().unwrap();
-    let (status, held) = app.reserve(1, showtime).await;
-    assert_eq!(status, StatusCode::OK, "{held}");
-    assert_eq!(app.seats(showtime).await, (1, 1, 0));
+    sells_one_of_two(&app, &created).await;
     app.finish().await;
 }
 
@@ -656,8 +657,9 @@ async fn a_keyed_showtime_whose_seats_redis_did_not_take_is_created_and_found_ag
 /// the topology is declared when a connection opens, so before, the orders consumer
 /// could not consume again and every order published (the payment's, the sweep's
 /// re-sends) was returned unroutable until a restart, while buyers paid. Now the
-/// consumer declares the topology before it consumes again, and a publish returned
-/// declares it too, so the paid seats still become orders, on the same connections.
+/// consumer, cancelled by the broker, declares the topology before it consumes again, so
+/// the paid seats still become orders (the first by the sweep's re-send), on the same
+/// connections.
 #[tokio::test]
 async fn an_order_queue_deleted_under_live_connections_is_declared_again_and_orders_land() {
     let app = TestApp::spawn(Options {
@@ -673,8 +675,7 @@ async fn an_order_queue_deleted_under_live_connections_is_declared_again_and_ord
     })
     .await;
     let showtime = app.create_showtime(2).await;
-    let (status, held) = app.reserve(1, showtime).await;
-    assert_eq!(status, StatusCode::OK, "{held}");
+    let first = hold(&app, 1, showtime).await;
     let bus = &app.adapters.bus;
     let ch = bus.channel().await.expect("a channel");
     ch.queue_delete(
@@ -684,8 +685,7 @@ async fn an_order_queue_deleted_under_live_connections_is_declared_again_and_ord
     .await
     .expect("the order queue deleted");
 
-    let id = held["reservation_id"].as_str().unwrap();
-    let (status, paid) = app.pay(id, 1).await;
+    let (status, paid) = app.pay(&first, 1).await;
     assert_eq!(status, StatusCode::OK, "{paid}");
     eventually(
         Duration::from_secs(20),
@@ -694,9 +694,8 @@ async fn an_order_queue_deleted_under_live_connections_is_declared_again_and_ord
     )
     .await;
     // And the next buyer's too.
-    let (status, held) = app.reserve(2, showtime).await;
-    assert_eq!(status, StatusCode::OK, "{held}");
-    let (status, paid) = app.pay(held["reservation_id"].as_str().unwrap(), 2).await;
+    let second = hold(&app, 2, showtime).await;
+    let (status, paid) = app.pay(&second, 2).await;
     assert_eq!(status, StatusCode::OK, "{paid}");
     wait_for_orders(&app, showtime, 2).await;
     app.finish().await;
