@@ -212,6 +212,19 @@ pub(crate) struct RoomArgs {
     /// server's, 5,000).
     #[arg(long)]
     pub(crate) holds_per_sec: Option<u32>,
+    /// Joins a second (default: half of the closed loop's peak measured in the same run,
+    /// issue 16's rate). A fixed rate compares servers or settings across runs whose
+    /// closed-loop peaks differ with the machine's noise.
+    #[arg(long, value_parser = parse_rate)]
+    pub(crate) join_rate: Option<f64>,
+}
+
+/// A rate a second: finite and at least 1.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && r >= 1.0 => Ok(r),
+        _ => Err(format!("expected a rate of at least 1 a second, got {s:?}")),
+    }
 }
 
 /// `250..1000` (or `500`): a range of milliseconds.
@@ -237,6 +250,15 @@ mod tests {
         assert!(parse_ms_range("1000..250").is_err());
         assert!(parse_ms_range("0..10").is_err());
         assert!(parse_ms_range("fast").is_err());
+    }
+
+    #[test]
+    fn a_join_rate_is_a_positive_finite_number() {
+        assert_eq!(parse_rate("17000"), Ok(17_000.0));
+        assert_eq!(parse_rate("2.5"), Ok(2.5));
+        for bad in ["0", "0.5", "-3", "inf", "NaN", "fast"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
     }
 }
 

@@ -1113,6 +1113,7 @@ mod tests {
             admission_secs: None,
             polls_per_sec: None,
             holds_per_sec: None,
+            join_rate: None,
         }
     }
 

@@ -396,7 +396,10 @@ async fn flash_sale_phases(
         report.phases.push(p);
     }
     if queued {
-        let rate = half_rate.context("the half-rate phase runs before the room")?;
+        let rate = match args.room.join_rate {
+            Some(r) => r,
+            None => half_rate.context("the half-rate phase runs before the room")?,
+        };
         let drive = RoomDrive {
             rate,
             concurrency: drive.concurrency,
