@@ -7,6 +7,11 @@
 //!   requeued; the queue's delivery limit bounds how often.
 //!
 //! A consumer whose channel or connection drops reconnects on its own, with backoff.
+//!
+//! Told to [`Stop`] (the process is shutting down), a consumer takes no more deliveries,
+//! settles every one it has begun (a retryable failure is requeued at once instead of
+//! retried), and closes its channel, which hands what it had prefetched back to the
+//! queue for the next consumer.
 
 use std::future::Future;
 use std::time::Duration;
@@ -16,6 +21,7 @@ use std::sync::Arc;
 use flash_sale_adapters::Queue;
 use flash_sale_runtime::App;
 use flash_sale_runtime::queue::{self, QueueError};
+use futures::future::BoxFuture;
 use futures::{FutureExt as _, StreamExt, TryStreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
@@ -34,6 +40,45 @@ const ORDER_LINGER: Duration = Duration::from_millis(10);
 /// How long a retryable failure is retried in-process before the message is requeued.
 const RETRY_FOR: Duration = Duration::from_secs(30);
 
+/// What a consumer reads: its deliveries until the process is told to stop.
+pub type Deliveries = futures::stream::TakeUntil<lapin::Consumer, BoxFuture<'static, ()>>;
+
+/// The process's word to its consumers to stop; see the module's documentation.
+#[derive(Debug, Clone)]
+pub struct Stop(tokio::sync::watch::Receiver<bool>);
+
+/// Gives the word to every [`Stop`] made with it.
+#[derive(Debug)]
+pub struct Stopper(tokio::sync::watch::Sender<bool>);
+
+/// A stopper and the signal it gives.
+pub fn stop_signal() -> (Stopper, Stop) {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    (Stopper(tx), Stop(rx))
+}
+
+impl Stopper {
+    pub fn stop(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+impl Stop {
+    fn is_stopped(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Ready once the word is given (never, should its stopper be dropped without it).
+    fn stopped(&self) -> BoxFuture<'static, ()> {
+        let mut rx = self.0.clone();
+        Box::pin(async move {
+            if rx.wait_for(|stopped| *stopped).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        })
+    }
+}
+
 /// Runs one handler call; a panic inside it is a retryable failure of that message,
 /// never the end of the consumer.
 async fn guarded<T>(call: impl Future<Output = Result<T, QueueError>>) -> Result<T, QueueError> {
@@ -43,8 +88,9 @@ async fn guarded<T>(call: impl Future<Output = Result<T, QueueError>>) -> Result
     }
 }
 
-/// Calls `attempt` until it succeeds, fails for good, or [`RETRY_FOR`] has passed.
-async fn with_retries<T, F, Fut>(mut attempt: F) -> Result<T, QueueError>
+/// Calls `attempt` until it succeeds, fails for good, or [`RETRY_FOR`] has passed, or
+/// the process is told to stop (the failure is then requeued for the next consumer).
+async fn with_retries<T, F, Fut>(stop: &Stop, mut attempt: F) -> Result<T, QueueError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, QueueError>>,
@@ -53,9 +99,14 @@ where
     let mut pause = Duration::from_millis(50);
     loop {
         match guarded(attempt()).await {
-            Err(QueueError::Retryable(why)) if started.elapsed() < RETRY_FOR => {
+            Err(QueueError::Retryable(why))
+                if started.elapsed() < RETRY_FOR && !stop.is_stopped() =>
+            {
                 tracing::warn!(%why, "retrying in {pause:?}");
-                tokio::time::sleep(pause).await;
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = stop.stopped() => return Err(QueueError::Retryable(why)),
+                }
                 pause = (pause * 2).min(Duration::from_secs(3));
             }
             other => return other,
@@ -95,21 +146,40 @@ async fn settle(queue: Queue, delivery: &Delivery, result: Result<(), QueueError
     }
 }
 
-/// Keeps one consumer of `queue` running, reconnecting with backoff, forever.
-async fn keep_consuming<F, Fut>(app: App, readiness: Arc<Readiness>, queue: Queue, run: F)
-where
-    F: Fn(App, lapin::Consumer) -> Fut,
+/// Keeps one consumer of `queue` running, reconnecting with backoff, until `stop`.
+async fn keep_consuming<F, Fut>(
+    app: App,
+    readiness: Arc<Readiness>,
+    queue: Queue,
+    stop: Stop,
+    run: F,
+) where
+    F: Fn(App, Deliveries, Stop) -> Fut,
     Fut: Future<Output = Result<(), lapin::Error>>,
 {
     let mut pause = Duration::from_millis(100);
-    loop {
-        match app.queues.consume(queue, PREFETCH).await {
-            Ok((_channel, consumer)) => {
+    while !stop.is_stopped() {
+        let consumed = tokio::select! {
+            consumed = app.queues.consume(queue, PREFETCH) => consumed,
+            () = stop.stopped() => return,
+        };
+        match consumed {
+            Ok((channel, consumer)) => {
                 tracing::info!(queue = queue.key(), "consuming");
                 readiness.consuming(queue, true);
                 pause = Duration::from_millis(100);
-                let ended = run(app.clone(), consumer).await;
+                let deliveries = futures::StreamExt::take_until(consumer, stop.stopped());
+                let ended = run(app.clone(), deliveries, stop.clone()).await;
                 readiness.consuming(queue, false);
+                if stop.is_stopped() {
+                    // Everything begun is settled: what is left prefetched goes back to
+                    // the queue now.
+                    if let Err(e) = channel.close(200, "stopping".into()).await {
+                        tracing::debug!(queue = queue.key(), "closing the channel: {e}");
+                    }
+                    tracing::info!(queue = queue.key(), "stopped consuming");
+                    return;
+                }
                 match ended {
                     Ok(()) => tracing::warn!(queue = queue.key(), "consumer ended; reconnecting"),
                     Err(e) => {
@@ -122,23 +192,27 @@ where
                 "cannot consume: {e}; retrying in {pause:?}"
             ),
         }
-        tokio::time::sleep(pause).await;
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = stop.stopped() => return,
+        }
         pause = (pause * 2).min(Duration::from_secs(5));
     }
 }
 
 /// Feeds the expiry queue to the `expire` handler.
-pub async fn expiries(app: App, readiness: Arc<Readiness>) {
+pub async fn expiries(app: App, readiness: Arc<Readiness>, stop: Stop) {
     keep_consuming(
         app,
         readiness,
         Queue::Expiries,
-        |app, consumer| async move {
-            consumer
+        stop,
+        |app, deliveries, stop| async move {
+            deliveries
                 .try_for_each_concurrent(CONCURRENCY, |delivery| {
-                    let app = app.clone();
+                    let (app, stop) = (app.clone(), stop.clone());
                     async move {
-                        let result = with_retries(|| async {
+                        let result = with_retries(&stop, || async {
                             flash_sale_expire::expire(&app, &delivery.data)
                                 .await
                                 .map(|_| ())
@@ -155,18 +229,19 @@ pub async fn expiries(app: App, readiness: Arc<Readiness>) {
 }
 
 /// Feeds the payment queue to the mock payer (mock-payment mode only).
-pub async fn payments(app: App, readiness: Arc<Readiness>) {
+pub async fn payments(app: App, readiness: Arc<Readiness>, stop: Stop) {
     keep_consuming(
         app,
         readiness,
         Queue::Payments,
-        |app, consumer| async move {
-            consumer
+        stop,
+        |app, deliveries, stop| async move {
+            deliveries
                 .try_for_each_concurrent(PREFETCH as usize, |delivery| {
-                    let app = app.clone();
+                    let (app, stop) = (app.clone(), stop.clone());
                     async move {
                         let delay = app.config.mock_pay_delay_ms.clone();
-                        let result = with_retries(|| {
+                        let result = with_retries(&stop, || {
                             flash_sale_pay::settle_payment_request(
                                 &app,
                                 &delivery.data,
@@ -186,9 +261,9 @@ pub async fn payments(app: App, readiness: Arc<Readiness>) {
 
 /// Feeds the order queue to the `write-order` handler, in batches of up to
 /// [`ORDER_BATCH`] collected for at most [`ORDER_LINGER`].
-pub async fn orders(app: App, readiness: Arc<Readiness>) {
-    keep_consuming(app, readiness, Queue::Orders, |app, consumer| async move {
-        let batches = consumer.chunks_timeout(ORDER_BATCH, ORDER_LINGER);
+pub async fn orders(app: App, readiness: Arc<Readiness>, stop: Stop) {
+    let consume = |app: App, deliveries: Deliveries, stop: Stop| async move {
+        let batches = deliveries.chunks_timeout(ORDER_BATCH, ORDER_LINGER);
         tokio::pin!(batches);
         while let Some(batch) = StreamExt::next(&mut batches).await {
             let mut deliveries = Vec::with_capacity(batch.len());
@@ -202,7 +277,7 @@ pub async fn orders(app: App, readiness: Arc<Readiness>) {
             let bodies: Vec<&[u8]> = deliveries.iter().map(|d| d.data.as_slice()).collect();
             // Settled as the Lambda host settles a batch: a retryable failure anywhere
             // retries the whole batch; otherwise each delivery gets its own outcome.
-            let results = with_retries(|| async {
+            let results = with_retries(&stop, || async {
                 let results = flash_sale_write_order::write_orders(&app, &bodies).await;
                 match queue::settle(&results) {
                     Err(retryable) => Err(QueueError::Retryable(retryable.to_string())),
@@ -232,6 +307,6 @@ pub async fn orders(app: App, readiness: Arc<Readiness>) {
             }
         }
         Ok(())
-    })
-    .await
+    };
+    keep_consuming(app, readiness, Queue::Orders, stop, consume).await
 }

@@ -66,6 +66,8 @@ pub fn front(app: App, readiness: Arc<Readiness>) -> Front {
 /// How long a stopping process waits for the hold messages it handed over to be
 /// confirmed.
 const FLUSH_WITHIN: Duration = Duration::from_secs(5);
+/// How long the consumers have, once told to stop, to settle what they have begun.
+const CONSUMERS_SETTLE_WITHIN: Duration = Duration::from_secs(10);
 
 /// Serves every route on `listener` and runs the queue consumers and the sweep, until
 /// `shutdown` resolves.
@@ -82,12 +84,22 @@ pub async fn serve(
         consumed.push(Queue::Payments);
     }
     let readiness = Arc::new(Readiness::with_consumers(&consumed));
-    let mut background = JoinSet::new();
-    background.spawn(consumers::expiries(app.clone(), readiness.clone()));
-    background.spawn(consumers::orders(app.clone(), readiness.clone()));
+    let (stopper, stop) = consumers::stop_signal();
+    let mut consuming = JoinSet::new();
+    consuming.spawn(consumers::expiries(
+        app.clone(),
+        readiness.clone(),
+        stop.clone(),
+    ));
+    consuming.spawn(consumers::orders(
+        app.clone(),
+        readiness.clone(),
+        stop.clone(),
+    ));
     if app.config.payment_mode == PaymentMode::Mock {
-        background.spawn(consumers::payments(app.clone(), readiness.clone()));
+        consuming.spawn(consumers::payments(app.clone(), readiness.clone(), stop));
     }
+    let mut background = JoinSet::new();
     background.spawn(sweeper::run(app.clone()));
     background.spawn(sweeper::reconcile_for_metrics(app.clone()));
     if app.config.metrics_enabled {
@@ -131,6 +143,20 @@ pub async fn serve(
             unsent,
             "stopping with hold messages still unconfirmed; the sweep returns their holds"
         );
+    }
+    // The consumers settle what they have begun (a payment, a batch of orders) and hand
+    // back what they prefetched, so a stop leaves no delivery half done to redeliver.
+    stopper.stop();
+    let settled = tokio::time::timeout(CONSUMERS_SETTLE_WITHIN, async {
+        while consuming.join_next().await.is_some() {}
+    })
+    .await;
+    if settled.is_err() {
+        tracing::warn!(
+            within = ?CONSUMERS_SETTLE_WITHIN,
+            "stopping with deliveries still being handled; the broker redelivers them"
+        );
+        consuming.shutdown().await;
     }
     background.shutdown().await;
     trace::shutdown().await;

@@ -6,6 +6,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use flash_sale_adapters::Queue;
+use flash_sale_test_support::FunctionHarness;
 use flash_sale_tests::{
     Cuttable, Isolation, Options, ServerProcess, TestApp, eventually, free_port,
 };
@@ -220,6 +222,58 @@ async fn a_graceful_stop_turns_readiness_503_and_keeps_serving_through_the_drain
 
     let (_app, adapters) = flash_sale_tests::wire(flash_sale_tests::config(&iso, &opts)).await;
     flash_sale_tests::cleanup(&adapters, &iso).await.unwrap();
+}
+
+/// A stop in the middle of a payment: the mock payer finishes it before the process
+/// exits. It used to be cut off, its request left for the next process to take again.
+/// The order the payment leads to waits in its queue for the next order writer.
+#[tokio::test]
+async fn a_graceful_stop_finishes_the_payment_the_payer_has_begun() {
+    let opts = Options {
+        mock_delay: "4000..4000",
+        ..Options::mock_payments()
+    };
+    // A hold made before the server starts: its payment request waits in its queue, so
+    // an empty queue later means the server's payer has taken it.
+    let harness = FunctionHarness::start_with(opts.clone()).await;
+    let showtime = harness.showtime(1).await;
+    let id = harness.hold(1, showtime).await;
+    let payments = harness.queue(Queue::Payments);
+    let ready = |queue: String| {
+        let bus = harness.adapters.bus.clone();
+        async move { bus.ready_count(&queue).await.ok() }
+    };
+    eventually(
+        Duration::from_secs(10),
+        "the payment request queued",
+        || {
+            let ready = ready(payments.clone());
+            async move { (ready.await? == 1).then_some(()) }
+        },
+    )
+    .await;
+
+    let mut server = ServerProcess::start_with(SERVER, &harness.iso, free_port(), &opts, &[]).await;
+    eventually(Duration::from_secs(10), "the payer taking it", || {
+        let ready = ready(payments.clone());
+        async move { (ready.await? == 0).then_some(()) }
+    })
+    .await;
+    server.terminate();
+    assert!(server.exited_cleanly().await, "a clean exit");
+
+    assert_eq!(harness.status(&id).await, "PAID", "paid before the exit");
+    assert_eq!(
+        ready(payments.clone()).await,
+        Some(0),
+        "no payment request left to take again"
+    );
+    eventually(Duration::from_secs(10), "the order queued", || {
+        let ready = ready(harness.queue(Queue::Orders));
+        async move { (ready.await? == 1).then_some(()) }
+    })
+    .await;
+    harness.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
