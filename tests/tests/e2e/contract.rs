@@ -253,8 +253,9 @@ async fn a_service_that_is_down_is_named_at_start_up() {
         format!("{err:#}").contains("RabbitMQ (AMQP_URL)"),
         "{err:#}"
     );
-    // Nothing was created in the meantime but (possibly) the empty database.
-    flash_sale_tests::drop_database(&iso.database)
-        .await
-        .unwrap();
+    // Each start-up got as far as the services that answered: the empty database, the
+    // key layout, the queues. All of it goes.
+    let (_app, adapters) =
+        flash_sale_tests::wire(flash_sale_tests::config(&iso, &Options::default())).await;
+    flash_sale_tests::cleanup(&adapters, &iso).await.unwrap();
 }
