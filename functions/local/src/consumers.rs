@@ -21,12 +21,12 @@ use std::sync::Arc;
 use flash_sale_adapters::Queue;
 use flash_sale_runtime::App;
 use flash_sale_runtime::queue::{self, QueueError};
-use futures::future::BoxFuture;
 use futures::{FutureExt as _, StreamExt, TryStreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use std::panic::AssertUnwindSafe;
 use tokio_stream::StreamExt as _;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::health::Readiness;
 
@@ -41,43 +41,10 @@ const ORDER_LINGER: Duration = Duration::from_millis(10);
 const RETRY_FOR: Duration = Duration::from_secs(30);
 
 /// What a consumer reads: its deliveries until the process is told to stop.
-pub type Deliveries = futures::stream::TakeUntil<lapin::Consumer, BoxFuture<'static, ()>>;
+pub type Deliveries = futures::stream::TakeUntil<lapin::Consumer, WaitForCancellationFutureOwned>;
 
 /// The process's word to its consumers to stop; see the module's documentation.
-#[derive(Debug, Clone)]
-pub struct Stop(tokio::sync::watch::Receiver<bool>);
-
-/// Gives the word to every [`Stop`] made with it.
-#[derive(Debug)]
-pub struct Stopper(tokio::sync::watch::Sender<bool>);
-
-/// A stopper and the signal it gives.
-pub fn stop_signal() -> (Stopper, Stop) {
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    (Stopper(tx), Stop(rx))
-}
-
-impl Stopper {
-    pub fn stop(&self) {
-        self.0.send_replace(true);
-    }
-}
-
-impl Stop {
-    fn is_stopped(&self) -> bool {
-        *self.0.borrow()
-    }
-
-    /// Ready once the word is given (never, should its stopper be dropped without it).
-    fn stopped(&self) -> BoxFuture<'static, ()> {
-        let mut rx = self.0.clone();
-        Box::pin(async move {
-            if rx.wait_for(|stopped| *stopped).await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        })
-    }
-}
+pub type Stop = CancellationToken;
 
 /// Runs one handler call; a panic inside it is a retryable failure of that message,
 /// never the end of the consumer.
@@ -100,12 +67,12 @@ where
     loop {
         match guarded(attempt()).await {
             Err(QueueError::Retryable(why))
-                if started.elapsed() < RETRY_FOR && !stop.is_stopped() =>
+                if started.elapsed() < RETRY_FOR && !stop.is_cancelled() =>
             {
                 tracing::warn!(%why, "retrying in {pause:?}");
                 tokio::select! {
                     () = tokio::time::sleep(pause) => {}
-                    () = stop.stopped() => return Err(QueueError::Retryable(why)),
+                    () = stop.cancelled() => return Err(QueueError::Retryable(why)),
                 }
                 pause = (pause * 2).min(Duration::from_secs(3));
             }
@@ -158,20 +125,21 @@ async fn keep_consuming<F, Fut>(
     Fut: Future<Output = Result<(), lapin::Error>>,
 {
     let mut pause = Duration::from_millis(100);
-    while !stop.is_stopped() {
+    while !stop.is_cancelled() {
         let consumed = tokio::select! {
             consumed = app.queues.consume(queue, PREFETCH) => consumed,
-            () = stop.stopped() => return,
+            () = stop.cancelled() => return,
         };
         match consumed {
             Ok((channel, consumer)) => {
                 tracing::info!(queue = queue.key(), "consuming");
                 readiness.consuming(queue, true);
                 pause = Duration::from_millis(100);
-                let deliveries = futures::StreamExt::take_until(consumer, stop.stopped());
+                let deliveries =
+                    futures::StreamExt::take_until(consumer, stop.clone().cancelled_owned());
                 let ended = run(app.clone(), deliveries, stop.clone()).await;
                 readiness.consuming(queue, false);
-                if stop.is_stopped() {
+                if stop.is_cancelled() {
                     // Everything begun is settled: what is left prefetched goes back to
                     // the queue now.
                     if let Err(e) = channel.close(200, "stopping".into()).await {
@@ -194,7 +162,7 @@ async fn keep_consuming<F, Fut>(
         }
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
-            () = stop.stopped() => return,
+            () = stop.cancelled() => return,
         }
         pause = (pause * 2).min(Duration::from_secs(5));
     }

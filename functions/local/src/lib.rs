@@ -84,7 +84,7 @@ pub async fn serve(
         consumed.push(Queue::Payments);
     }
     let readiness = Arc::new(Readiness::with_consumers(&consumed));
-    let (stopper, stop) = consumers::stop_signal();
+    let stop = consumers::Stop::new();
     let mut consuming = JoinSet::new();
     consuming.spawn(consumers::expiries(
         app.clone(),
@@ -97,7 +97,11 @@ pub async fn serve(
         stop.clone(),
     ));
     if app.config.payment_mode == PaymentMode::Mock {
-        consuming.spawn(consumers::payments(app.clone(), readiness.clone(), stop));
+        consuming.spawn(consumers::payments(
+            app.clone(),
+            readiness.clone(),
+            stop.clone(),
+        ));
     }
     let mut background = JoinSet::new();
     background.spawn(sweeper::run(app.clone()));
@@ -146,7 +150,7 @@ pub async fn serve(
     }
     // The consumers settle what they have begun (a payment, a batch of orders) and hand
     // back what they prefetched, so a stop leaves no delivery half done to redeliver.
-    stopper.stop();
+    stop.cancel();
     let settled = tokio::time::timeout(CONSUMERS_SETTLE_WITHIN, async {
         while consuming.join_next().await.is_some() {}
     })
