@@ -62,6 +62,8 @@ async fn retried_not_dead_lettered(
     )
     .await;
     assert_eq!(h.status(&id).await, "EXPIRED", "{what}");
+    // The database and queues are the shared services'; the keys died with `redis`.
+    h.cleanup().await;
 }
 
 #[tokio::test]
