@@ -328,11 +328,13 @@ const JOINS_AHEAD: Duration = Duration::from_secs(10);
 /// Early joiners are told to come back at most this far ahead.
 const MAX_WAITING_POLL: Duration = Duration::from_secs(300);
 
-/// Who asks: their place when their ticket carries it, and their lottery number (below
+/// Who asks: whether they showed a ticket of this room (which only a join gives), their
+/// place when their ticket carries it, and their lottery number (below
 /// [`LOTTERY_RANGE`]), which orders their polls at the opening.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Asker {
     pub user: UserId,
+    pub ticket: bool,
     pub place: Option<u64>,
     pub lot: u64,
 }
@@ -515,12 +517,14 @@ impl<R: WaitingRoomStore> Rooms<R> {
         }
     }
 
-    /// The asker's standing, from the snapshot when their `place` (from their ticket)
-    /// is known and not reached, or when the room is closed and their ticket knows of no
-    /// place (a closed room has no seat left, held or free, so whatever the lottery gave
-    /// them, `sold_out` is all there is to say; at the opening most of a crowd polls for
-    /// the first time after the seats are gone); else one call to the store. `now` is
-    /// the wall clock.
+    /// The asker's standing, from the snapshot before the opening when they show a
+    /// ticket (nothing moves before it, and the ticket proves their join: without one,
+    /// only the store knows whether they are in line), when their `place` (from their
+    /// ticket) is known and not reached, or when the room is closed and their ticket
+    /// knows of no place (a closed room has no seat left, held or free, so whatever the
+    /// lottery gave them, `sold_out` is all there is to say; at the opening most of a
+    /// crowd polls for the first time after the seats are gone); else one call to the
+    /// store. `now` is the wall clock.
     pub async fn status(
         &self,
         showtime: ShowtimeId,
@@ -531,18 +535,19 @@ impl<R: WaitingRoomStore> Rooms<R> {
             return Ok(None);
         };
         let snapshot = seen.snapshot;
-        let (seen, standing) = match asker.place {
-            _ if !snapshot.open => (seen, Standing::Waiting),
-            Some(place) if place >= snapshot.served && snapshot.closed => (seen, Standing::SoldOut),
-            None if snapshot.closed => (seen, Standing::SoldOut),
-            Some(place) if place >= snapshot.served => (
-                seen,
-                Standing::InLine {
-                    place,
-                    ahead: place - snapshot.served,
-                },
-            ),
-            _ => {
+        let known = match asker.place {
+            _ if !snapshot.open => asker.ticket.then_some(Standing::Waiting),
+            Some(place) if place >= snapshot.served && snapshot.closed => Some(Standing::SoldOut),
+            None if snapshot.closed => Some(Standing::SoldOut),
+            Some(place) if place >= snapshot.served => Some(Standing::InLine {
+                place,
+                ahead: place - snapshot.served,
+            }),
+            _ => None,
+        };
+        let (seen, standing) = match known {
+            Some(standing) => (seen, standing),
+            None => {
                 let standing = self.store.standing(showtime, asker.user).await?;
                 (self.learn(showtime, seen, standing), standing)
             }
@@ -754,6 +759,7 @@ mod tests {
     fn asker(user: UserId, place: Option<u64>) -> Asker {
         Asker {
             user,
+            ticket: true,
             place,
             lot: 0,
         }
@@ -773,6 +779,30 @@ mod tests {
     fn calls(store: &Counting) -> (usize, usize) {
         use std::sync::atomic::Ordering::SeqCst;
         (store.advances.load(SeqCst), store.standings.load(SeqCst))
+    }
+
+    #[test]
+    fn before_the_opening_only_a_ticket_is_answered_from_the_snapshot() {
+        use futures::executor::block_on;
+        let (rooms, st) = rooms_seeing(RoomSnapshot {
+            opens_at: UnixMillis(NOW.0 + 60_000),
+            ..RoomSnapshot::default()
+        });
+        let user = UserId::new(7).unwrap();
+        let with_ticket = block_on(rooms.status(st, asker(user, None), NOW))
+            .unwrap()
+            .unwrap();
+        assert_eq!(with_ticket.standing, Standing::Waiting);
+        assert_eq!(calls(rooms.store()), (1, 0), "a ticket proves the join");
+        // Without a ticket, only the store knows whether the asker joined (this one
+        // answers any standing with an admission).
+        let without = Asker {
+            ticket: false,
+            ..asker(user, None)
+        };
+        let standing = block_on(rooms.status(st, without, NOW)).unwrap().unwrap();
+        assert_eq!(calls(rooms.store()), (1, 1));
+        assert_ne!(standing.standing, Standing::Waiting);
     }
 
     #[test]
@@ -1069,6 +1099,7 @@ mod tests {
         let st = ShowtimeId::new(1).unwrap();
         let me = Asker {
             user: UserId::new(1).unwrap(),
+            ticket: true,
             place: None,
             lot: LOTTERY_RANGE / 2,
         };

@@ -165,6 +165,7 @@ async fn me(
     let presented = presented.filter(|(_, ticket)| ticket.room.is_none_or(|r| r == room));
     let asker = Asker {
         user,
+        ticket: presented.is_some(),
         place: presented.and_then(|(_, ticket)| ticket.place),
         lot: app.passes.lot(user, showtime, room),
     };

@@ -921,6 +921,39 @@ async fn pre_opening_joiners_are_placed_by_a_uniform_lottery_and_later_ones_in_a
 /// `WAITING_ROOM_POLLS_PER_SEC`; in line, within 1-60 s; nothing once there is nothing
 /// left to wait for.
 #[tokio::test]
+async fn before_the_opening_only_those_who_joined_are_told_they_wait() {
+    let app = TestApp::spawn(options()).await;
+    let client = Client::of(&app, 4);
+    let showtime = create(
+        &app,
+        json!({"capacity": 5, "waiting_room": {"opens_at": at(chrono::Duration::hours(1))}}),
+    )
+    .await;
+    let join = client.join(showtime, 1).await;
+    assert_eq!(join.queue_status(), "waiting", "{}", join.body);
+    let ticket = join.str("ticket").expect("a ticket");
+    // The process has seen the room (the join read it): a poll without a ticket is
+    // still answered by the line itself, not taken for a joiner's.
+    for _ in 0..2 {
+        let stranger = client.me(showtime, 2, None).await;
+        assert_eq!(stranger.status, StatusCode::OK, "{}", stranger.body);
+        assert_eq!(stranger.queue_status(), "not_in_line", "{}", stranger.body);
+        assert!(stranger.body["ticket"].is_null(), "{}", stranger.body);
+    }
+    // The joiner is waiting, with their ticket or without it (a lost ticket is no lost
+    // place), and joining after all puts the stranger in line by the same lottery.
+    for presented in [Some(ticket.as_str()), None] {
+        let me = client.me(showtime, 1, presented).await;
+        assert_eq!(me.queue_status(), "waiting", "{}", me.body);
+        assert!(me.str("ticket").is_some(), "{}", me.body);
+    }
+    let late = client.join(showtime, 2).await;
+    assert_eq!(late.queue_status(), "waiting", "{}", late.body);
+    assert_eq!(room_counts(&app, showtime).await.in_line, 2);
+    app.finish().await;
+}
+
+#[tokio::test]
 async fn early_joiners_are_told_to_come_back_at_the_opening_in_the_order_the_lottery_gives_them() {
     const JOINERS: i64 = 40;
     // 40 joiners for 5 seats: the 5 the seats admit come back over 5 / 2 = 2.5 s after
