@@ -60,15 +60,18 @@ struct Ask {
 enum Asked {
     /// A join with its lottery draw.
     Join(u64, oneshot::Sender<PortResult<Joined>>),
-    Standing(oneshot::Sender<PortResult<Standing>>),
+    Standing(oneshot::Sender<PortResult<InRoom>>),
 }
+
+/// A standing with the room as the same step left it (`None`: no room).
+type InRoom = (Standing, Option<RoomSnapshot>);
 
 /// One showtime's asks of one round: its joins, then its standings (after the joins, so
 /// a user who joins and polls at once is found in line).
 #[derive(Default)]
 struct Group {
     joins: Vec<(UserId, u64, oneshot::Sender<PortResult<Joined>>)>,
-    standings: Vec<(UserId, oneshot::Sender<PortResult<Standing>>)>,
+    standings: Vec<(UserId, oneshot::Sender<PortResult<InRoom>>)>,
 }
 
 impl std::fmt::Debug for RedisRoom {
@@ -252,16 +255,58 @@ fn joined_of(v: &Value, n: usize) -> PortResult<Vec<Joined>> {
         .collect()
 }
 
-/// `room_standing.lua`'s reply for `n` users: each one's standing.
-fn standings_of(v: &Value, n: usize) -> PortResult<Vec<Standing>> {
+/// `room_standing.lua`'s reply for `n` users: the room's snapshot, then each one's
+/// standing, given to each with the snapshot.
+fn standings_of(v: &Value, n: usize) -> PortResult<Vec<InRoom>> {
     let what = "room_standing.lua";
     match v {
-        Value::Array(items) if items.len() == n => items
-            .iter()
-            .map(|item| Ok(standing_of(what, item)?.unwrap_or(Standing::NotInLine)))
-            .collect(),
+        Value::Array(items) if items.len() == n + 1 => {
+            let room = snapshot_of(what, &items[0])?;
+            items[1..]
+                .iter()
+                .map(|item| {
+                    Ok((
+                        standing_of(what, item)?.unwrap_or(Standing::NotInLine),
+                        room,
+                    ))
+                })
+                .collect()
+        }
         _ => Err(unexpected_reply(what, v)),
     }
+}
+
+/// A room's snapshot as the scripts return it (see `lua/room.lua`'s `snapshot`): `None`
+/// without a room.
+fn snapshot_of(what: &str, v: &Value) -> PortResult<Option<RoomSnapshot>> {
+    let Value::Array(items) = v else {
+        return Err(unexpected_reply(what, v));
+    };
+    if items.is_empty() {
+        return Ok(None);
+    }
+    let at = |i: usize| {
+        items
+            .get(i)
+            .and_then(int)
+            .ok_or_else(|| unexpected_reply(what, v))
+    };
+    Ok(Some(RoomSnapshot {
+        served: at(0)?,
+        joined: at(1)?,
+        closed: at(2)? == 1,
+        open: at(3)? == 1,
+        opens_at: UnixMillis(at(4)?),
+        salt: match items.get(5) {
+            Some(Value::BulkString(b)) => std::str::from_utf8(b)
+                .ok()
+                .and_then(|t| t.parse().ok())
+                .ok_or_else(|| unexpected_reply(what, v))?,
+            _ => return Err(unexpected_reply(what, v)),
+        },
+        front: at(6)?,
+        admit_per_sec: u32::try_from(at(7)?).ok().filter(|rate| *rate > 0),
+    }))
 }
 
 /// A `standing` reply of the scripts (see `lua/room.lua`).
@@ -337,38 +382,14 @@ impl WaitingRoomStore for RedisRoom {
             .invoke_async(&mut conn)
             .await
             .map_err(port_error)?;
-        let what = "room_advance.lua";
-        let Value::Array(items) = &v else {
-            return Err(unexpected_reply(what, &v));
-        };
-        if items.is_empty() {
-            return Ok(None);
-        }
-        let at = |i: usize| {
-            items
-                .get(i)
-                .and_then(int)
-                .ok_or_else(|| unexpected_reply(what, &v))
-        };
-        Ok(Some(RoomSnapshot {
-            served: at(0)?,
-            joined: at(1)?,
-            closed: at(2)? == 1,
-            open: at(3)? == 1,
-            opens_at: UnixMillis(at(4)?),
-            salt: match items.get(5) {
-                Some(Value::BulkString(b)) => std::str::from_utf8(b)
-                    .ok()
-                    .and_then(|t| t.parse().ok())
-                    .ok_or_else(|| unexpected_reply(what, &v))?,
-                _ => return Err(unexpected_reply(what, &v)),
-            },
-            front: at(6)?,
-            admit_per_sec: u32::try_from(at(7)?).ok().filter(|rate| *rate > 0),
-        }))
+        snapshot_of("room_advance.lua", &v)
     }
 
-    async fn standing(&self, showtime: ShowtimeId, user: UserId) -> PortResult<Standing> {
+    async fn standing(
+        &self,
+        showtime: ShowtimeId,
+        user: UserId,
+    ) -> PortResult<(Standing, Option<RoomSnapshot>)> {
         self.ask(showtime, user, Asked::Standing).await
     }
 

@@ -115,6 +115,26 @@ pub struct RoomSnapshot {
 }
 
 impl RoomSnapshot {
+    /// What this snapshot alone says of `asker`'s standing: before the opening, `waiting`
+    /// to one who shows a ticket (nothing moves before it, and the ticket proves their
+    /// join: without one, only the store knows whether they are in line); their place in
+    /// line while it is not reached; `sold_out` once the room is closed to one whose
+    /// place is not reached or who knows of none (a closed room has no seat left, held
+    /// or free, so whatever the lottery gave them, `sold_out` is all there is to say).
+    /// `None`: only the store can tell (their turn may have come).
+    pub fn answers(self, asker: Asker) -> Option<Standing> {
+        match asker.place {
+            _ if !self.open => asker.ticket.then_some(Standing::Waiting),
+            Some(place) if place >= self.served && self.closed => Some(Standing::SoldOut),
+            None if self.closed => Some(Standing::SoldOut),
+            Some(place) if place >= self.served => Some(Standing::InLine {
+                place,
+                ahead: place - self.served,
+            }),
+            _ => None,
+        }
+    }
+
     /// This snapshot, moved on by what a standing just read from the store proves: a
     /// place admitted, passed or in line means the room is open, the line is at least
     /// that long, and (for a place admitted or passed) its turn has come; a place in line
@@ -206,12 +226,14 @@ pub trait WaitingRoomStore: Send + Sync + 'static {
         showtime: ShowtimeId,
     ) -> impl Future<Output = PortResult<Option<RoomSnapshot>>> + Send;
 
-    /// Advances admission, then `user`'s standing.
+    /// Advances admission, then `user`'s standing, with where the room stands after
+    /// that step (`None` when the showtime has no room): one call, so that a poll the
+    /// store answers refreshes the process's view of the room too.
     fn standing(
         &self,
         showtime: ShowtimeId,
         user: UserId,
-    ) -> impl Future<Output = PortResult<Standing>> + Send;
+    ) -> impl Future<Output = PortResult<(Standing, Option<RoomSnapshot>)>> + Send;
 
     /// Closes a showtime's room: its places and admissions are gone, and its seats are
     /// sold to anyone again. (Admissions are used by the seat store's take, which
@@ -387,6 +409,18 @@ impl<R: WaitingRoomStore> Rooms<R> {
         Ok(self.seen(showtime).await?.map(|seen| seen.snapshot))
     }
 
+    /// The room's lottery salt from this process's view, however old (a room removed
+    /// and set up again draws another, which the view learns at its next read), read
+    /// from the store only when there is no view; `None` when the showtime has no room.
+    /// A poll takes it from here, so that its one call to the store, if any, is the one
+    /// [`Rooms::status`] makes.
+    pub async fn salt(&self, showtime: ShowtimeId) -> PortResult<Option<u64>> {
+        if let (Some(seen), _) = self.last_seen(showtime) {
+            return Ok(Some(seen.snapshot.salt));
+        }
+        Ok(self.seen(showtime).await?.map(|seen| seen.snapshot.salt))
+    }
+
     /// The room as last seen, read again when older than `refresh`, with its rates.
     /// One caller at a time reads a stale room again; those who ask meanwhile are
     /// answered from the view before (at most one read's time older than `refresh`), so
@@ -443,6 +477,15 @@ impl<R: WaitingRoomStore> Rooms<R> {
         let mut seen = self.seen.write().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         let next = match seen.get(&showtime) {
+            // A read of the same room older than the view (reads in flight at once may
+            // come back in any order; the room's counts only grow): the view stays.
+            Some(before)
+                if snapshot.salt == before.snapshot.salt
+                    && (snapshot.served < before.snapshot.served
+                        || snapshot.joined < before.snapshot.joined) =>
+            {
+                return *before;
+            }
             // The same room (another, set up after this one was removed, draws another
             // salt and starts its counts again).
             Some(before)
@@ -517,41 +560,41 @@ impl<R: WaitingRoomStore> Rooms<R> {
         }
     }
 
-    /// The asker's standing, from the snapshot before the opening when they show a
-    /// ticket (nothing moves before it, and the ticket proves their join: without one,
-    /// only the store knows whether they are in line), when their `place` (from their
-    /// ticket) is known and not reached, or when the room is closed and their ticket
-    /// knows of no place (a closed room has no seat left, held or free, so whatever the
-    /// lottery gave them, `sold_out` is all there is to say; at the opening most of a
-    /// crowd polls for the first time after the seats are gone); else one call to the
-    /// store. `now` is the wall clock.
+    /// The asker's standing: from this process's view of the room where the view
+    /// answers it ([`RoomSnapshot::answers`]: at the opening most of a crowd polls for
+    /// the first time after the seats are gone, and hears `sold_out` from it), else from
+    /// the store. `now` is the wall clock.
+    ///
+    /// At most one call to the store per poll: the store's answer carries the room as
+    /// well, so the caller who reads a stale view again (one at a time, as
+    /// [`Rooms::snapshot`] does; the others are answered from the view before) reads it
+    /// with their own standing, and a poll the store answers refreshes the view too.
     pub async fn status(
         &self,
         showtime: ShowtimeId,
         asker: Asker,
         now: UnixMillis,
     ) -> PortResult<Option<Status>> {
-        let Some(seen) = self.seen(showtime).await? else {
+        let (last, fresh) = self.last_seen(showtime);
+        let mut _reading = None;
+        if let Some(seen) = last
+            && let Some(standing) = seen.snapshot.answers(asker)
+        {
+            if fresh {
+                return Ok(Some(self.describe(&seen, standing, asker.lot, now)));
+            }
+            match self.read_again(showtime) {
+                Some(reading) => _reading = Some(reading),
+                None => return Ok(Some(self.describe(&seen, standing, asker.lot, now))),
+            }
+        }
+        let (standing, room) = self.store.standing(showtime, asker.user).await?;
+        let Some(room) = room else {
+            self.forget(showtime);
             return Ok(None);
         };
-        let snapshot = seen.snapshot;
-        let known = match asker.place {
-            _ if !snapshot.open => asker.ticket.then_some(Standing::Waiting),
-            Some(place) if place >= snapshot.served && snapshot.closed => Some(Standing::SoldOut),
-            None if snapshot.closed => Some(Standing::SoldOut),
-            Some(place) if place >= snapshot.served => Some(Standing::InLine {
-                place,
-                ahead: place - snapshot.served,
-            }),
-            _ => None,
-        };
-        let (seen, standing) = match known {
-            Some(standing) => (seen, standing),
-            None => {
-                let standing = self.store.standing(showtime, asker.user).await?;
-                (self.learn(showtime, seen, standing), standing)
-            }
-        };
+        let seen = self.keep(showtime, room);
+        let seen = self.learn(showtime, seen, standing);
         Ok(Some(self.describe(&seen, standing, asker.lot, now)))
     }
 
@@ -740,13 +783,22 @@ mod tests {
             &self,
             _: ShowtimeId,
             _: UserId,
-        ) -> impl Future<Output = PortResult<Standing>> + Send {
+        ) -> impl Future<Output = PortResult<(Standing, Option<RoomSnapshot>)>> + Send {
             self.standings
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            std::future::ready(Ok(Standing::Admitted {
+            // The asker is in line, and admitted once their place could have come.
+            let room = *self.snapshot.lock().unwrap();
+            let in_line = Asker {
+                user: UserId::new(1).unwrap(),
+                ticket: true,
+                place: None,
+                lot: 0,
+            };
+            let standing = room.answers(in_line).unwrap_or(Standing::Admitted {
                 place: 1,
                 until: UnixMillis(9),
-            }))
+            });
+            std::future::ready(Ok((standing, Some(room))))
         }
 
         fn remove(&self, _: ShowtimeId) -> impl Future<Output = PortResult<bool>> + Send {
@@ -794,31 +846,68 @@ mod tests {
             .unwrap();
         assert_eq!(with_ticket.standing, Standing::Waiting);
         assert_eq!(calls(rooms.store()), (1, 0), "a ticket proves the join");
-        // Without a ticket, only the store knows whether the asker joined (this one
-        // answers any standing with an admission).
+        // Without a ticket, only the store knows whether the asker joined: one call.
         let without = Asker {
             ticket: false,
             ..asker(user, None)
         };
-        let standing = block_on(rooms.status(st, without, NOW)).unwrap().unwrap();
+        block_on(rooms.status(st, without, NOW)).unwrap().unwrap();
         assert_eq!(calls(rooms.store()), (1, 1));
-        assert_ne!(standing.standing, Standing::Waiting);
+    }
+
+    #[test]
+    fn a_poll_calls_the_store_at_most_once_even_when_it_reads_a_stale_view_again() {
+        use futures::executor::block_on;
+        let room = RoomSnapshot {
+            served: 10,
+            joined: 1_000,
+            open: true,
+            opens_at: UnixMillis(0),
+            ..RoomSnapshot::default()
+        };
+        // Every view is stale at once: each poll reads the room again.
+        let store = Counting::default();
+        *store.snapshot.lock().unwrap() = room;
+        let rooms = Rooms::new(store, Duration::ZERO);
+        let st = ShowtimeId::new(1).unwrap();
+        let me = UserId::new(9).unwrap();
+        for (polls, place) in [None, Some(3), Some(20), None, Some(20)]
+            .into_iter()
+            .enumerate()
+        {
+            block_on(rooms.status(st, asker(me, place), NOW)).unwrap();
+            let (advances, standings) = calls(rooms.store());
+            assert_eq!(advances + standings, polls + 1, "one call for each poll");
+        }
+        // The store's answer kept the view: with it fresh, a place not reached costs
+        // nothing.
+        let rooms = Rooms::new(Counting::default(), Duration::from_secs(3600));
+        *rooms.store().snapshot.lock().unwrap() = room;
+        block_on(rooms.status(st, asker(me, Some(3)), NOW)).unwrap();
+        let status = block_on(rooms.status(st, asker(me, Some(20)), NOW))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            status.standing,
+            Standing::InLine {
+                place: 20,
+                ahead: 10
+            }
+        );
+        assert_eq!(calls(rooms.store()), (0, 1));
     }
 
     #[test]
     fn a_polling_crowd_is_answered_from_the_snapshot_until_its_turn_may_have_come() {
         use futures::executor::block_on;
-        let store = Counting::default();
-        *store.snapshot.lock().unwrap() = RoomSnapshot {
+        let (rooms, st) = rooms_seeing(RoomSnapshot {
             served: 10,
             joined: 1_000,
             closed: false,
             open: true,
             opens_at: UnixMillis(0),
             ..RoomSnapshot::default()
-        };
-        let rooms = Rooms::new(store, Duration::from_secs(3600));
-        let st = ShowtimeId::new(1).unwrap();
+        });
         for n in 1..=500 {
             let user = UserId::new(n).unwrap();
             let status = block_on(rooms.status(st, asker(user, Some(n as u64 + 10)), NOW))
@@ -848,17 +937,14 @@ mod tests {
     fn a_closed_room_tells_those_still_waiting_sold_out_and_before_the_opening_nobody_has_a_place()
     {
         use futures::executor::block_on;
-        let store = Counting::default();
-        *store.snapshot.lock().unwrap() = RoomSnapshot {
+        let (rooms, st) = rooms_seeing(RoomSnapshot {
             served: 10,
             joined: 50,
             closed: true,
             open: true,
             opens_at: UnixMillis(0),
             ..RoomSnapshot::default()
-        };
-        let rooms = Rooms::new(store, Duration::ZERO);
-        let st = ShowtimeId::new(1).unwrap();
+        });
         let me = UserId::new(1).unwrap();
         let status = block_on(rooms.status(st, asker(me, Some(20)), NOW))
             .unwrap()
@@ -875,6 +961,8 @@ mod tests {
         block_on(rooms.status(st, asker(me, Some(3)), NOW)).unwrap();
         assert_eq!(calls(rooms.store()).1, 1);
         *rooms.store().snapshot.lock().unwrap() = RoomSnapshot::default();
+        rooms.forget(st);
+        block_on(rooms.snapshot(st)).unwrap();
         let status = block_on(rooms.status(st, asker(me, None), NOW))
             .unwrap()
             .unwrap();

@@ -159,21 +159,29 @@ async fn me(
             Some((raw, ticket))
         }
     };
-    let room = room_salt(app, showtime).await?;
-    // A place in another room (one removed and set up again since) means nothing here:
-    // such a ticket is answered from the store, as if none had come.
-    let presented = presented.filter(|(_, ticket)| ticket.room.is_none_or(|r| r == room));
-    let asker = Asker {
-        user,
-        ticket: presented.is_some(),
-        place: presented.and_then(|(_, ticket)| ticket.place),
-        lot: app.passes.lot(user, showtime, room),
+    // From this process's view of the room, however old; then from the store once it
+    // is found gone there (the room set up again from the catalog, or 404).
+    let mut room = app.rooms.salt(showtime).await?;
+    let (presented, status) = loop {
+        let salt = match room {
+            Some(salt) => salt,
+            None => room_salt(app, showtime).await?,
+        };
+        // A place in another room (one removed and set up again since) means nothing
+        // here: such a ticket is answered from the store, as if none had come.
+        let presented = presented.filter(|(_, ticket)| ticket.room.is_none_or(|r| r == salt));
+        let asker = Asker {
+            user,
+            ticket: presented.is_some(),
+            place: presented.and_then(|(_, ticket)| ticket.place),
+            lot: app.passes.lot(user, showtime, salt),
+        };
+        match app.rooms.status(showtime, asker, now()).await? {
+            Some(status) => break (presented, status),
+            None if room.is_some() => room = None,
+            None => return Err(no_room(showtime)),
+        }
     };
-    let status = app
-        .rooms
-        .status(showtime, asker, now())
-        .await?
-        .ok_or_else(|| no_room(showtime))?;
     Ok(Json(answer(
         app, "status", showtime, user, status, presented,
     )))

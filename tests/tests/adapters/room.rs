@@ -73,7 +73,7 @@ async fn snapshot(rooms: &RedisRoom, st: ShowtimeId) -> RoomSnapshot {
 async fn admitted(rooms: &RedisRoom, st: ShowtimeId, users: impl Iterator<Item = i64>) -> Vec<i64> {
     let mut out = vec![];
     for u in users {
-        if let Standing::Admitted { place, .. } = rooms.standing(st, user(u)).await.unwrap() {
+        if let Standing::Admitted { place, .. } = rooms.standing(st, user(u)).await.unwrap().0 {
             out.push((place, u));
         }
     }
@@ -108,11 +108,11 @@ async fn early_joiners_wait_without_a_place_and_are_admitted_in_the_order_of_the
     assert_eq!((after.open, after.served, after.closed), (true, 3, false));
     assert_eq!(admitted(&rooms, st, 1..=6).await, vec![6, 5, 4]);
     assert_eq!(
-        rooms.standing(st, user(3)).await.unwrap(),
+        rooms.standing(st, user(3)).await.unwrap().0,
         Standing::InLine { place: 3, ahead: 0 }
     );
     assert_eq!(
-        rooms.standing(st, user(1)).await.unwrap(),
+        rooms.standing(st, user(1)).await.unwrap().0,
         Standing::InLine { place: 5, ahead: 2 }
     );
     // Later arrivals queue behind every early joiner, in arrival order.
@@ -125,7 +125,7 @@ async fn early_joiners_wait_without_a_place_and_are_admitted_in_the_order_of_the
         Standing::InLine { place: 7, ahead: 4 }
     );
     assert_eq!(
-        rooms.standing(st, user(99)).await.unwrap(),
+        rooms.standing(st, user(99)).await.unwrap().0,
         Standing::NotInLine
     );
     super::drop_keys(&seats).await;
@@ -154,7 +154,7 @@ async fn admission_follows_the_stock_and_the_room_closes_when_nothing_is_left() 
         panic!("a seat")
     };
     assert_eq!(
-        rooms.standing(st, user(1)).await.unwrap(),
+        rooms.standing(st, user(1)).await.unwrap().0,
         Standing::Passed { place: 0 }
     );
     // One seat left, two admissions undecided: ceil(1 * 1.5) = 2, nobody new.
@@ -186,7 +186,7 @@ async fn admission_follows_the_stock_and_the_room_closes_when_nothing_is_left() 
         "nothing left beyond who had a turn"
     );
     assert_eq!(
-        rooms.standing(st, user(6)).await.unwrap(),
+        rooms.standing(st, user(6)).await.unwrap().0,
         Standing::SoldOut
     );
     assert_eq!(joined(&rooms, st, 20, 0).await, Standing::SoldOut);
@@ -196,7 +196,7 @@ async fn admission_follows_the_stock_and_the_room_closes_when_nothing_is_left() 
         TakeOutcome::SoldOut
     );
     assert_eq!(
-        rooms.standing(st, user(4)).await.unwrap(),
+        rooms.standing(st, user(4)).await.unwrap().0,
         Standing::Passed { place: 3 }
     );
 
@@ -229,7 +229,7 @@ async fn admissions_run_out_and_the_next_in_line_takes_their_turn() {
     )
     .await;
     assert_eq!(
-        rooms.standing(st, user(1)).await.unwrap(),
+        rooms.standing(st, user(1)).await.unwrap().0,
         Standing::Passed { place: 0 }
     );
     assert_eq!(
@@ -286,7 +286,7 @@ async fn a_showtime_without_a_room_says_so() {
     assert_eq!(rooms.join(st, user(1), 7).await.unwrap(), Joined::NoRoom);
     assert_eq!(rooms.advance(st).await.unwrap(), None);
     assert_eq!(
-        rooms.standing(st, user(1)).await.unwrap(),
+        rooms.standing(st, user(1)).await.unwrap().0,
         Standing::NotInLine
     );
     super::drop_keys(&seats).await;
@@ -333,7 +333,9 @@ async fn standings_asked_together_are_answered_each_their_own() {
     let answers =
         futures::future::join_all(asks.iter().map(|&(st, u)| rooms.standing(st, user(u)))).await;
     for (&(st, u), answer) in asks.iter().zip(answers) {
-        let answer = answer.unwrap();
+        let (answer, room) = answer.unwrap();
+        // Each standing comes with its room as the same step left it.
+        assert_eq!(room.is_none(), st == roomless, "user {u} of {st}: {room:?}");
         let place = u as u64 - 1;
         match answer {
             Standing::Waiting => assert_eq!(st, early, "user {u}"),

@@ -14,7 +14,7 @@ use flash_sale_core::waiting_room::RATE_WINDOW;
 use flash_sale_core::{ShowtimeId, UnixMillis, UserId};
 use flash_sale_runtime::room_passes::RoomPasses;
 use flash_sale_tests::{
-    DoorGate, Options, TestApp, assert_error, eventually, promptly, wait_for_orders,
+    DoorGate, Options, RedisServer, TestApp, assert_error, eventually, promptly, wait_for_orders,
 };
 use futures::StreamExt as _;
 use reqwest::StatusCode;
@@ -950,6 +950,61 @@ async fn before_the_opening_only_those_who_joined_are_told_they_wait() {
     let late = client.join(showtime, 2).await;
     assert_eq!(late.queue_status(), "waiting", "{}", late.body);
     assert_eq!(room_counts(&app, showtime).await.in_line, 2);
+    app.finish().await;
+}
+
+/// Script calls Redis has run since its counters were reset (`CONFIG RESETSTAT`).
+fn script_calls(redis: &RedisServer) -> u64 {
+    let stats = redis.cli(&["INFO", "commandstats"]).expect("Redis answers");
+    stats
+        .lines()
+        .filter(|line| line.starts_with("cmdstat_evalsha:") || line.starts_with("cmdstat_eval:"))
+        .filter_map(|line| {
+            line.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn a_poll_touches_redis_at_most_once_even_when_it_reads_the_room_again() {
+    // A Redis of the test's own, so that its counters are this server's alone, and the
+    // shortest refresh of the process's view of the room.
+    const REFRESH: Duration = Duration::from_millis(10);
+    let redis = RedisServer::start(&[]);
+    let app = TestApp::spawn(Options {
+        redis_url: Some(redis.url()),
+        extra_env: vec![("WAITING_ROOM_REFRESH_MS", REFRESH.as_millis().to_string())],
+        ..options()
+    })
+    .await;
+    let client = Client::of(&app, 1);
+    let st = room_open_now(&app, 5, 1, 0, 60).await;
+    const POLLS: i64 = 20;
+    for user in 1..=POLLS {
+        assert_eq!(client.join(st, user).await.status, StatusCode::OK);
+    }
+    // Polls one after another, without a ticket (where each stands is Redis's to say):
+    // five admitted, fifteen in line.
+    assert_eq!(redis.cli(&["CONFIG", "RESETSTAT"]).as_deref(), Some("OK"));
+    for user in 1..=POLLS {
+        // The view is older than its refresh at every poll: each one reads it again.
+        tokio::time::sleep(REFRESH + Duration::from_millis(5)).await;
+        let me = client.me(st, user, None).await;
+        let expected = if user <= 5 { "admitted" } else { "in_line" };
+        assert_eq!(me.queue_status(), expected, "{}", me.body);
+    }
+    let calls = script_calls(&redis);
+    // The server's background work (its sweep, the rooms' timer) may add a call or
+    // two; two calls a poll would be 40.
+    assert!(
+        (POLLS as u64..POLLS as u64 + 5).contains(&calls),
+        "{calls} script calls for {POLLS} polls"
+    );
     app.finish().await;
 }
 
