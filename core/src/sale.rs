@@ -502,13 +502,22 @@ where
     /// meanwhile: an operator's change or removal of the room takes the same lock to
     /// write the row and changes Redis after, so a room set from a row read before that
     /// change never lands after it (a removed room brought back would refuse every
-    /// buyer `not_admitted` while nobody can join it). Returns the showtime as locked,
-    /// `None` when there is no such showtime; its room is set only when it has one.
+    /// buyer `not_admitted` while nobody can join it). Returns the showtime as locked
+    /// (as read, without the lock, when its row has no room: nothing to set), `None`
+    /// when there is no such showtime.
     pub async fn set_room_its_row_has<R: WaitingRoomStore>(
         &self,
         id: ShowtimeId,
         rooms: &R,
     ) -> Result<Option<Showtime>, PortError> {
+        // A showtime without a room (or none at all, or one whose room an operator has
+        // just removed: its crowd still polls) has nothing to set: a plain read answers,
+        // and a crowd polling it never queues on its row's lock.
+        match self.db.showtime(id).await? {
+            None => return Ok(None),
+            Some(showtime) if showtime.waiting_room.is_none() => return Ok(Some(showtime)),
+            Some(_) => {}
+        }
         let Some(lock) = self.db.lock_showtime(id).await? else {
             return Ok(None);
         };

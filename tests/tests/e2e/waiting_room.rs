@@ -1009,6 +1009,41 @@ async fn a_poll_touches_redis_at_most_once_even_when_it_reads_the_room_again() {
 }
 
 #[tokio::test]
+async fn a_poll_of_a_showtime_without_a_room_does_not_wait_on_its_rows_lock() {
+    let app = TestApp::spawn(options()).await;
+    let client = Client::of(&app, 2);
+    let st = create(&app, json!({"capacity": 5})).await;
+    // An operator's change holds the showtime's row (as a change of seats does while
+    // Redis follows); a crowd still polling a room that is gone must not queue on it.
+    let mut change = app.db.begin().await.unwrap();
+    sqlx::query("SELECT id FROM showtimes WHERE id = $1 FOR UPDATE")
+        .bind(st)
+        .execute(&mut *change)
+        .await
+        .unwrap();
+    for (what, route) in [
+        ("a poll", format!("/showtimes/{st}/queue/me?user_id=1")),
+        (
+            "a poll of no showtime",
+            "/showtimes/424242/queue/me?user_id=1".to_string(),
+        ),
+    ] {
+        let answer = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.http.get(format!("{}{route}", client.base)).send(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{what} waited on the row's lock"))
+        .unwrap();
+        assert_eq!(answer.status(), StatusCode::NOT_FOUND, "{what}");
+    }
+    let join = client.join(st, 1).await;
+    assert_error(&join.pair(), StatusCode::NOT_FOUND, "not_found");
+    change.rollback().await.unwrap();
+    app.finish().await;
+}
+
+#[tokio::test]
 async fn early_joiners_are_told_to_come_back_at_the_opening_in_the_order_the_lottery_gives_them() {
     const JOINERS: i64 = 40;
     // 40 joiners for 5 seats: the 5 the seats admit come back over 5 / 2 = 2.5 s after
