@@ -743,10 +743,10 @@ impl SeatStore for RedisSeats {
     async fn counts(&self, showtime: ShowtimeId) -> PortResult<Option<SeatCounts>> {
         let mut conn = self.conn.clone();
         let (capacity, available, held, sold): (
-            Option<u32>,
-            Option<u32>,
-            Option<u32>,
-            Option<u32>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
         ) = redis::cmd("HMGET")
             .arg(self.key(showtime, "seats"))
             .arg("capacity")
@@ -757,12 +757,29 @@ impl SeatStore for RedisSeats {
             .await
             .map_err(port_error)?;
         Ok(match (capacity, available, held, sold) {
-            (Some(capacity), Some(available), Some(held), Some(sold)) => Some(SeatCounts {
-                capacity,
-                available,
-                held,
-                sold,
-            }),
+            (Some(capacity), Some(available), Some(held), Some(sold)) => {
+                // A count below zero is Redis having taken more seats than it had (a
+                // refused order a person replayed after its seat was sold again): no
+                // seat is left to sell, and the counts no longer add up to the capacity,
+                // which `reconcile` reports and `--repair` rebuilds. Read as an error,
+                // it would make the showtime unreadable, and unrepairable.
+                let count = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
+                if available < 0 || held < 0 || sold < 0 {
+                    tracing::warn!(
+                        showtime = showtime.get(),
+                        available,
+                        held,
+                        sold,
+                        "seat counts below zero in Redis: read as zero (flash-sale reconcile reports them)"
+                    );
+                }
+                Some(SeatCounts {
+                    capacity: count(capacity),
+                    available: count(available),
+                    held: count(held),
+                    sold: count(sold),
+                })
+            }
             _ => None,
         })
     }

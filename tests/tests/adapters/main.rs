@@ -335,6 +335,39 @@ async fn loading_a_showtime_again_never_resets_live_stock() {
 }
 
 #[tokio::test]
+async fn a_refused_order_replayed_after_its_seat_sold_again_leaves_counts_that_still_read() {
+    let iso = Isolation::new();
+    let s = seats(&iso).await;
+    let st = showtime(4);
+    assert!(s.load(st, 1, 0, 1, false, 1).await.unwrap());
+    // The one seat is paid, its order refused by the database: the seat is on sale again.
+    let TakeOutcome::Reserved(first) = s.take_seats(st, user(1), 1, HOLD).await.unwrap() else {
+        panic!("the seat is free")
+    };
+    assert!(matches!(
+        s.pay(first.id, user(1)).await.unwrap(),
+        PayOutcome::Paid { .. }
+    ));
+    assert_eq!(s.mark_refused(&[first.id]).await.unwrap(), vec![first.id]);
+    let TakeOutcome::Reserved(second) = s.take_seats(st, user(2), 1, HOLD).await.unwrap() else {
+        panic!("the refused order's seat is on sale again")
+    };
+    assert!(matches!(
+        s.pay(second.id, user(2)).await.unwrap(),
+        PayOutcome::Paid { .. }
+    ));
+    // A person fixed the refusal's cause and replayed the first order, which the
+    // database took: Redis counts two seats sold of one.
+    s.mark_ordered(&[first.id]).await.unwrap();
+    let counts = s.counts(st).await.unwrap().expect("the counts still read");
+    assert_eq!((counts.available, counts.held, counts.sold), (0, 0, 2));
+    assert!(!counts.balanced(), "{counts:?}");
+    let audit = s.audit(st).await.unwrap().expect("the audit still reads");
+    assert_eq!(audit.counts, counts);
+    drop_keys(&s).await;
+}
+
+#[tokio::test]
 async fn the_pay_script_expires_a_hold_whose_deadline_passed_and_returns_its_seat() {
     let iso = Isolation::new();
     let s = seats(&iso).await;
