@@ -334,6 +334,18 @@ async fn loading_a_showtime_again_never_resets_live_stock() {
     drop_keys(&s).await;
 }
 
+/// `u`'s hold of one seat of `st`, paid.
+async fn held_and_paid(s: &RedisSeats, st: ShowtimeId, u: i64) -> Reservation {
+    let TakeOutcome::Reserved(r) = s.take_seats(st, user(u), 1, HOLD).await.unwrap() else {
+        panic!("a seat is free for user {u}")
+    };
+    assert!(matches!(
+        s.pay(r.id, user(u)).await.unwrap(),
+        PayOutcome::Paid { .. }
+    ));
+    r
+}
+
 #[tokio::test]
 async fn a_refused_order_replayed_after_its_seat_sold_again_leaves_counts_that_still_read() {
     let iso = Isolation::new();
@@ -341,21 +353,9 @@ async fn a_refused_order_replayed_after_its_seat_sold_again_leaves_counts_that_s
     let st = showtime(4);
     assert!(s.load(st, 1, 0, 1, false, 1).await.unwrap());
     // The one seat is paid, its order refused by the database: the seat is on sale again.
-    let TakeOutcome::Reserved(first) = s.take_seats(st, user(1), 1, HOLD).await.unwrap() else {
-        panic!("the seat is free")
-    };
-    assert!(matches!(
-        s.pay(first.id, user(1)).await.unwrap(),
-        PayOutcome::Paid { .. }
-    ));
+    let first = held_and_paid(&s, st, 1).await;
     assert_eq!(s.mark_refused(&[first.id]).await.unwrap(), vec![first.id]);
-    let TakeOutcome::Reserved(second) = s.take_seats(st, user(2), 1, HOLD).await.unwrap() else {
-        panic!("the refused order's seat is on sale again")
-    };
-    assert!(matches!(
-        s.pay(second.id, user(2)).await.unwrap(),
-        PayOutcome::Paid { .. }
-    ));
+    held_and_paid(&s, st, 2).await;
     // A person fixed the refusal's cause and replayed the first order, which the
     // database took: Redis counts two seats sold of one.
     s.mark_ordered(&[first.id]).await.unwrap();
