@@ -22,6 +22,7 @@ use axum::http::request::Parts;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use flash_sale_core::sale::ReserveError;
 use flash_sale_core::{Admission, KeyedRoute, Reservation, ReservationId, ShowtimeId, UserId};
 use flash_sale_runtime::error::ApiError;
 use flash_sale_runtime::extract::JsonBody;
@@ -129,22 +130,26 @@ async fn reserve(
     Ok(
         Box::pin(idempotency::answer(state.app(), keyed, async move {
             let app = held.app();
-            let admission = match pass {
-                None => Admission::None,
-                Some(pass) => {
-                    app.passes
-                        .check_admission(&pass, user, showtime, now())
-                        .map_err(|e| {
-                            ApiError::NotAdmitted(format!("the Admission-Token is refused: {e}"))
-                        })?;
-                    Admission::Shown
-                }
+            // A token that does not pass is shown as nothing: a showtime without a
+            // waiting room ignores it (one whose room was removed, a stale header), and
+            // one with a room refuses it before its stock is asked, with the reason.
+            let (admission, refused) = match pass {
+                None => (Admission::None, None),
+                Some(pass) => match app.passes.check_admission(&pass, user, showtime, now()) {
+                    Ok(_) => (Admission::Shown, None),
+                    Err(e) => (Admission::None, Some(e)),
+                },
             };
             let reserved = app
                 .sale
                 .reserve_through(user, showtime, quantity, admission)
                 .await;
             metrics::reservation(&reserved.as_ref().map(|_| ()));
+            if let (Err(ReserveError::NotAdmitted), Some(e)) = (&reserved, refused) {
+                return Err(ApiError::NotAdmitted(format!(
+                    "the Admission-Token is refused: {e}"
+                )));
+            }
             if admission == Admission::Shown && reserved.is_ok() {
                 // An admission used: the next in line may be let in (read at most once per
                 // refresh by this process).

@@ -1421,6 +1421,54 @@ async fn room_open_now(
     .await
 }
 
+/// `Admission-Token` is "ignored without" a waiting room (openapi.yaml). Before, any
+/// token was checked first, whatever the showtime: buyers still sending the admission of
+/// a room the operator has since removed, or a stale header, were refused 403
+/// `not_admitted` by a sale anyone may buy from, and an unknown showtime answered 403
+/// instead of 404.
+#[tokio::test]
+async fn an_admission_token_is_ignored_by_a_showtime_without_a_room() {
+    let app = TestApp::spawn(options()).await;
+    let client = Client::of(&app, 4);
+    let st = room_open_now(&app, 4, 1, 0, 60).await;
+    let first = joined(&client, st, 1).await;
+    assert_eq!(first.status, "admitted", "{first:?}");
+    let (status, answer) = app
+        .change_showtime(st, json!({"waiting_room": null}), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let st_id = ShowtimeId::new(st).unwrap();
+    let expired = app.app.passes.admission(
+        UserId::new(3).unwrap(),
+        st_id,
+        2,
+        UnixMillis(flash_sale_runtime::now().0 - 1_000),
+    );
+    // (user, Admission-Token): the room's own admission, junk, an expired one.
+    let buyers = [
+        (1, first.admission().to_string()),
+        (2, "not a token".to_string()),
+        (3, expired),
+    ];
+    for (user, token) in &buyers {
+        let held = client.reserve(st, *user, Some(token), None, None).await;
+        assert_eq!(held.status, StatusCode::OK, "user {user}: {}", held.body);
+    }
+    assert_eq!(app.seats(st).await, (1, 3, 0));
+
+    // A showtime that never had a room, and one that does not exist.
+    let plain = app.create_showtime(2).await;
+    let held = client
+        .reserve(plain, 4, Some("not a token"), None, None)
+        .await;
+    assert_eq!(held.status, StatusCode::OK, "{}", held.body);
+    let unknown = client
+        .reserve(plain + 1_000, 4, Some("not a token"), None, None)
+        .await;
+    assert_error(&unknown.pair(), StatusCode::NOT_FOUND, "not_found");
+    app.finish().await;
+}
+
 #[tokio::test]
 async fn forged_expired_foreign_and_reused_admissions_are_refused_and_change_nothing() {
     let app = TestApp::spawn(options()).await;
