@@ -1,12 +1,21 @@
 -- mark_refused.lua: PAID -> REFUSED once the database's refusal of the order is on
--- record. Its seats (all of a group's) stop counting as sold and go back on sale (the database has no row
--- for it); the order leaves the unrecorded set, so the sweep never re-sends it. The
--- user's entry in the showtime's index stays: a person refunds the payment.
+-- record; the order leaves the unrecorded set, so the sweep never re-sends it. The
+-- user's entry in the showtime's index stays: a person refunds the payment. Its seats
+-- (all of a group's) stop counting as sold, and, by ARGV[2]:
+--   back_on_sale  go back on sale (available): the database has room, only not for this
+--                 order (one order per user, max_per_user, ...)
+--   out_of_stock  leave the stock (capacity): the database is sold out, so the seat
+--                 store sold a seat the database does not have (it lost writes, or the
+--                 row's capacity was lowered past it). On sale again, the next buyer
+--                 would pay for it and be refused in turn, again and again. An
+--                 operator's add_seats (resize.lua) brings seats back; `reconcile`
+--                 reports the capacity that differs from the row's.
 --
 -- KEYS[1] seats       HASH  capacity, available, held, sold
 -- KEYS[2] unrecorded  ZSET  reservation sequence -> paid at (ms)
 -- KEYS[3] reservations HASH "<seq>:user", "<seq>:status", ... (see reserve.lua)
 -- ARGV[1] reservation sequence
+-- ARGV[2] back_on_sale | out_of_stock (absent: back_on_sale)
 --
 -- Returns 1 when it moved PAID -> REFUSED, 0 otherwise (already REFUSED, ORDERED, or
 -- gone). Idempotent.
@@ -18,7 +27,11 @@ if r[1] == 'PAID' then
   local quantity = tonumber(r[2] or '1')
   redis.call('HSET', KEYS[3], field, 'REFUSED')
   redis.call('HINCRBY', KEYS[1], 'sold', -quantity)
-  redis.call('HINCRBY', KEYS[1], 'available', quantity)
+  if ARGV[2] == 'out_of_stock' then
+    redis.call('HINCRBY', KEYS[1], 'capacity', -quantity)
+  else
+    redis.call('HINCRBY', KEYS[1], 'available', quantity)
+  end
   return 1
 end
 return 0

@@ -17,6 +17,10 @@
 --                            "<seq>:quantity" (made before groups existed) is one seat.
 -- KEYS[6] room         HASH  the showtime's waiting room (room.lua), when it has one
 -- KEYS[7] admitted     ZSET  user -> admission deadline (ms), admitted and unused
+-- KEYS[8] the user's list of reservations (ZSET "<showtime>-<seq>" -> seq), only on a
+--         single Redis: it has the user's hash tag, not the showtime's, so on Redis
+--         Cluster the caller lists the hold in a call of its own. With it, ARGV[5] is
+--         the showtime id, ARGV[6] how many the list keeps, ARGV[7] its TTL in seconds.
 -- ARGV[1] user id
 -- ARGV[2] hold time in milliseconds
 -- ARGV[3] the W3C traceparent of the request, or "" when it is not traced: kept on
@@ -108,4 +112,9 @@ if queued then
   redis.call('HSET', KEYS[5], seq_text .. ':admitted_until', admitted_until)
 end
 redis.call('ZADD', KEYS[4], expires_at, seq_text)
+if KEYS[8] then
+  redis.call('ZADD', KEYS[8], seq_text, ARGV[5] .. '-' .. seq_text)
+  redis.call('ZREMRANGEBYRANK', KEYS[8], 0, -(tonumber(ARGV[6]) + 1))
+  redis.call('EXPIRE', KEYS[8], ARGV[7])
+end
 return {1, seq, expires_at}

@@ -13,7 +13,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use flash_sale_core::domain::{SaleState, SaleWindow};
 use flash_sale_core::ports::{
-    Catalog, OrderBook, OrderOutcome, PortError, PortResult, RecordedOrder, ShowtimeLock,
+    Catalog, OrderBook, OrderOutcome, PortError, PortResult, RecordedOrder, Refusal, ShowtimeLock,
 };
 use flash_sale_core::waiting_room::RoomSettings;
 use flash_sale_core::{
@@ -129,10 +129,10 @@ async fn database_exists(admin: &mut sqlx::PgConnection, name: &str) -> Result<b
 }
 
 /// A constraint violation that no retry will fix, named as users would read it.
-fn refusal(e: &sqlx::Error) -> Option<String> {
+fn refusal(e: &sqlx::Error) -> Option<Refusal> {
     let db = e.as_database_error()?;
     let why = match db.constraint()? {
-        "showtimes_sold_within_capacity" => "the showtime is sold out in the database",
+        "showtimes_sold_within_capacity" => return Some(Refusal::SoldOutInDatabase),
         "orders_one_per_user_and_showtime" => {
             "the user already has an order for this showtime under another reservation"
         }
@@ -141,9 +141,9 @@ fn refusal(e: &sqlx::Error) -> Option<String> {
             "the order takes more seats than the showtime allows one user (max_per_user)"
         }
         "orders_quantity_positive" => "the order takes no seat (quantity below 1)",
-        other => return Some(format!("refused by constraint {other}")),
+        other => return Some(Refusal::Other(format!("refused by constraint {other}"))),
     };
-    Some(why.to_string())
+    Some(Refusal::Other(why.to_string()))
 }
 
 fn millis_to_time(ms: u64) -> DateTime<Utc> {
@@ -377,10 +377,10 @@ impl Inserted {
             Some(&(user, showtime))
                 if user != order.user.get() || showtime != order.reservation.showtime().get() =>
             {
-                OrderOutcome::Refused(format!(
+                OrderOutcome::Refused(Refusal::Other(format!(
                     "reservation {id} is already recorded for another user (user {user}): \
                      the seat store handed this id out twice"
-                ))
+                )))
             }
             _ => OrderOutcome::Duplicate,
         }

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flash_sale_core::ports::{
-    CancelOutcome, ExpireOutcome, PayOutcome, PortError, PortResult, ReservationPage,
+    CancelOutcome, ExpireOutcome, PayOutcome, PortError, PortResult, RefusedSeats, ReservationPage,
     ResizeOutcome, SeatAudit, SeatAuditor, SeatRow, SeatStore, TakeOutcome,
 };
 use flash_sale_core::{
@@ -67,6 +67,7 @@ struct Scripts {
     load: Script,
     rebuild: Script,
     resize: Script,
+    due: Script,
 }
 
 /// The [`SeatStore`] on Redis. Cheap to clone: clones share one connection.
@@ -248,6 +249,7 @@ impl RedisSeats {
                 expire: Script::new(include_str!("../../lua/expire.lua")),
                 cancel: Script::new(include_str!("../../lua/cancel.lua")),
                 mark_ordered: Script::new(include_str!("../../lua/mark_ordered.lua")),
+                due: Script::new(include_str!("../../lua/due.lua")),
                 mark_refused: Script::new(include_str!("../../lua/mark_refused.lua")),
                 load: Script::new(include_str!("../../lua/load.lua")),
                 rebuild: Script::new(include_str!("../../lua/rebuild.lua")),
@@ -351,6 +353,14 @@ impl RedisSeats {
         self.key(showtime, "reservations")
     }
 
+    /// Whether reserve.lua lists a hold in its user's list itself: on a single Redis,
+    /// where a script may touch keys of any hash tag. On Redis Cluster the user's list
+    /// lives in another slot, so [`SeatStore::list_for_user`] lists it in a call of its
+    /// own.
+    fn lists_on_take(&self) -> bool {
+        !self.conn.is_cluster()
+    }
+
     /// User `user`'s list of reservations (its own hash tag: every user's list may live
     /// on another node).
     fn user_key(&self, user: UserId) -> String {
@@ -382,6 +392,8 @@ impl RedisSeats {
             .key(self.key(showtime, "unrecorded"));
         call.key(self.reservations_key(showtime))
             .key(self.key(showtime, "seats"))
+            .key(self.key(showtime, "deadlines"))
+            .key(self.key(showtime, "users"))
             .arg(seqs);
         // One call for the showtime's orders of the batch, not one per order: a script
         // call costs Redis more than the few commands that mark one order.
@@ -389,13 +401,24 @@ impl RedisSeats {
         Ok(())
     }
 
-    async fn now_ms(&self) -> PortResult<u64> {
+    /// due.lua: the members of a showtime's `zset` (deadlines, unrecorded payments) due
+    /// `grace` ago or earlier by the clock of the Redis that holds it, with their times;
+    /// at most 1,000, the earliest first.
+    async fn due(
+        &self,
+        showtime: ShowtimeId,
+        zset: &str,
+        grace: Duration,
+    ) -> PortResult<Vec<(u64, u64)>> {
         let mut conn = self.conn.clone();
-        let (secs, micros): (u64, u64) = redis::cmd("TIME")
-            .query_async(&mut conn)
+        self.scripts
+            .due
+            .key(self.key(showtime, zset))
+            .arg(grace.as_millis() as u64)
+            .arg(1000)
+            .invoke_async(&mut conn)
             .await
-            .map_err(port_error)?;
-        Ok(secs * 1000 + micros / 1000)
+            .map_err(port_error)
     }
 }
 
@@ -410,11 +433,8 @@ impl SeatStore for RedisSeats {
         let mut conn = self.conn.clone();
         // The hold remembers the trace that made it, so a later payment can link to it.
         let traceparent = trace::current_traceparent().unwrap_or_default();
-        let v: Value = self
-            .scripts
-            .reserve
-            .key(self.key(showtime, "seats"))
-            .key(self.key(showtime, "users"))
+        let mut call = self.scripts.reserve.key(self.key(showtime, "seats"));
+        call.key(self.key(showtime, "users"))
             .key(self.key(showtime, "seq"))
             .key(self.key(showtime, "deadlines"))
             .key(self.reservations_key(showtime))
@@ -423,7 +443,16 @@ impl SeatStore for RedisSeats {
             .arg(user.get())
             .arg(hold.as_millis() as u64)
             .arg(traceparent)
-            .arg(quantity)
+            .arg(quantity);
+        if self.lists_on_take() {
+            // The hold joins its user's list in the same call: one round trip less for
+            // every hold ([`SeatStore::list_for_user`] then has nothing left to do).
+            call.key(self.user_key(user))
+                .arg(showtime.get())
+                .arg(USER_LIST_LIMIT)
+                .arg(USER_LIST_TTL_SECS);
+        }
+        let v: Value = call
             .invoke_async(&mut conn)
             .instrument(script_span("reserve.lua", showtime))
             .await
@@ -627,10 +656,18 @@ impl SeatStore for RedisSeats {
         Ok(())
     }
 
-    async fn mark_refused(&self, ids: &[ReservationId]) -> PortResult<Vec<ReservationId>> {
+    async fn mark_refused(
+        &self,
+        ids: &[ReservationId],
+        seats: RefusedSeats,
+    ) -> PortResult<Vec<ReservationId>> {
         // Refusals are rare: one script call each (each on its own showtime's slot).
         let mut conn = self.conn.clone();
         let mut moved = vec![];
+        let seats = match seats {
+            RefusedSeats::BackOnSale => "back_on_sale",
+            RefusedSeats::OutOfStock => "out_of_stock",
+        };
         for id in ids {
             let done: i64 = self
                 .scripts
@@ -639,6 +676,7 @@ impl SeatStore for RedisSeats {
                 .key(self.key(id.showtime(), "unrecorded"))
                 .key(self.reservations_key(id.showtime()))
                 .arg(id.seq())
+                .arg(seats)
                 .invoke_async(&mut conn)
                 .await
                 .map_err(port_error)?;
@@ -684,6 +722,10 @@ impl SeatStore for RedisSeats {
     }
 
     async fn list_for_user(&self, r: &Reservation) -> PortResult<()> {
+        if self.lists_on_take() {
+            // reserve.lua listed it with the hold.
+            return Ok(());
+        }
         let key = self.user_key(r.user);
         let mut conn = self.conn.clone();
         // One key, one slot: a pipeline.
@@ -820,18 +862,10 @@ impl SeatStore for RedisSeats {
         showtime: ShowtimeId,
         grace: Duration,
     ) -> PortResult<Vec<ReservationId>> {
-        let cutoff = self
-            .now_ms()
-            .await?
-            .saturating_sub(grace.as_millis() as u64);
-        let mut conn = self.conn.clone();
-        let seqs: Vec<u64> = conn
-            .zrangebyscore_limit(self.key(showtime, "deadlines"), "-inf", cutoff, 0, 1000)
-            .await
-            .map_err(port_error)?;
-        Ok(seqs
+        let due = self.due(showtime, "deadlines", grace).await?;
+        Ok(due
             .into_iter()
-            .filter_map(|s| ReservationId::new(showtime, s).ok())
+            .filter_map(|(s, _)| ReservationId::new(showtime, s).ok())
             .collect())
     }
 
@@ -840,21 +874,7 @@ impl SeatStore for RedisSeats {
         showtime: ShowtimeId,
         grace: Duration,
     ) -> PortResult<Vec<OrderRequest>> {
-        let cutoff = self
-            .now_ms()
-            .await?
-            .saturating_sub(grace.as_millis() as u64);
-        let mut conn = self.conn.clone();
-        let paid: Vec<(u64, u64)> = conn
-            .zrangebyscore_limit_withscores(
-                self.key(showtime, "unrecorded"),
-                "-inf",
-                cutoff,
-                0,
-                1000,
-            )
-            .await
-            .map_err(port_error)?;
+        let paid = self.due(showtime, "unrecorded", grace).await?;
         let mut orders = Vec::with_capacity(paid.len());
         for (seq, paid_at) in paid {
             let Ok(id) = ReservationId::new(showtime, seq) else {

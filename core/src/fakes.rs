@@ -234,16 +234,26 @@ impl SeatStore for FakeSeats {
             let Some(r) = st.reservations.get_mut(id) else {
                 continue;
             };
-            match r.status {
-                Status::Paid => r.status = Status::Ordered,
-                Status::Refused => {
+            // As mark_ordered.lua: the database's order is a sale, whatever the store
+            // says (a hold whose payment the store lost included).
+            let (was, user, quantity) = (r.status, r.user, r.quantity);
+            match was {
+                Status::Paid | Status::Ordered => r.status = Status::Ordered,
+                Status::Reserved => {
                     r.status = Status::Ordered;
-                    let quantity = r.quantity;
+                    let c = st.counts.get_mut(&id.showtime()).unwrap();
+                    c.held -= quantity;
+                    c.sold += quantity;
+                }
+                Status::Refused | Status::Expired | Status::Cancelled => {
+                    r.status = Status::Ordered;
                     let c = st.counts.get_mut(&id.showtime()).unwrap();
                     c.sold += quantity;
-                    c.available -= quantity;
+                    c.available = c.available.saturating_sub(quantity);
+                    if was != Status::Refused {
+                        st.users.entry((id.showtime(), user)).or_insert(*id);
+                    }
                 }
-                _ => {}
             }
         }
         ready(Ok(()))
@@ -252,6 +262,7 @@ impl SeatStore for FakeSeats {
     fn mark_refused(
         &self,
         ids: &[ReservationId],
+        seats: RefusedSeats,
     ) -> impl Future<Output = PortResult<Vec<ReservationId>>> + Send {
         let mut st = self.state.lock().unwrap();
         let mut moved = vec![];
@@ -263,7 +274,10 @@ impl SeatStore for FakeSeats {
                 let quantity = r.quantity;
                 let c = st.counts.get_mut(&id.showtime()).unwrap();
                 c.sold -= quantity;
-                c.available += quantity;
+                match seats {
+                    RefusedSeats::BackOnSale => c.available += quantity,
+                    RefusedSeats::OutOfStock => c.capacity -= quantity,
+                }
                 moved.push(*id);
             }
         }
@@ -629,21 +643,23 @@ impl OrderBook for FakeDb {
                     if existing.user == order.user {
                         OrderOutcome::Duplicate
                     } else {
-                        OrderOutcome::Refused(
+                        OrderOutcome::Refused(Refusal::Other(
                             "this reservation id is already recorded for another user".into(),
-                        )
+                        ))
                     }
                 } else if book
                     .values()
                     .any(|o| o.user == order.user && o.reservation.showtime() == showtime.id)
                 {
-                    OrderOutcome::Refused("user already has an order for this showtime".into())
+                    OrderOutcome::Refused(Refusal::Other(
+                        "user already has an order for this showtime".into(),
+                    ))
                 } else if order.quantity == 0 || order.quantity > showtime.max_per_user.get() {
-                    OrderOutcome::Refused(
+                    OrderOutcome::Refused(Refusal::Other(
                         "the order's quantity is above the showtime's max_per_user".into(),
-                    )
+                    ))
                 } else if showtime.ordered + order.quantity > showtime.capacity.get() {
-                    OrderOutcome::Refused("showtime is sold out in the database".into())
+                    OrderOutcome::Refused(Refusal::SoldOutInDatabase)
                 } else {
                     showtime.ordered += order.quantity;
                     book.insert(order.reservation, *order);

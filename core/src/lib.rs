@@ -41,6 +41,6 @@ pub use idempotency::{
     Creation, CreationKey, IdempotencyKey, IdempotencyStore, KeyScope, KeyedRoute,
 };
 pub use messages::{Expiry, OrderRequest, PaymentRequest};
-pub use ports::{Catalog, MessageBus, OrderBook, PortError, SeatStore};
+pub use ports::{Catalog, MessageBus, OrderBook, PortError, Refusal, RefusedSeats, SeatStore};
 pub use sale::{Admission, CreateError, PaymentMode, Sale, SaleSettings};
 pub use state::{Event, IllegalTransition, Status};

@@ -143,9 +143,52 @@ pub enum OrderOutcome {
     /// The database refused it for good (over capacity, the user already has an order
     /// for this showtime under another reservation, or the reservation id is already
     /// recorded for another user). The reservation becomes `REFUSED`; a person refunds it.
-    Refused(String),
+    Refused(Refusal),
     /// Another copy, in the same batch, of an order refused above: nothing more to do.
     AlreadyRefused,
+}
+
+/// Why the database refused an order for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Its showtime has no seat left in the database: every seat of its capacity is in
+    /// an order already. The seat store sold a seat the database does not have (it lost
+    /// writes, or the row's capacity was lowered past it), so that seat must not go on
+    /// sale again.
+    SoldOutInDatabase,
+    /// Any other rule (one order per user and showtime, `max_per_user`, an id recorded
+    /// for another user, an unknown showtime): the database has room, only not for
+    /// this order, so its seats go back on sale.
+    Other(String),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::SoldOutInDatabase => f.write_str("the showtime is sold out in the database"),
+            Refusal::Other(why) => f.write_str(why),
+        }
+    }
+}
+
+/// What becomes of the seats of an order the database refused ([`Refusal`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusedSeats {
+    /// Back on sale: `sold -> available`.
+    BackOnSale,
+    /// Out of the stock: `sold` and `capacity` both lower, nothing more to sell (the
+    /// database has no seat for them). An operator's `add_seats` brings seats back.
+    OutOfStock,
+}
+
+impl Refusal {
+    /// What becomes of the refused order's seats.
+    pub fn seats(&self) -> RefusedSeats {
+        match self {
+            Refusal::SoldOutInDatabase => RefusedSeats::OutOfStock,
+            Refusal::Other(_) => RefusedSeats::BackOnSale,
+        }
+    }
 }
 
 /// The live state of the sale: stock, holds, reservations. Every method is atomic.
@@ -228,12 +271,13 @@ pub trait SeatStore: Send + Sync + 'static {
         reservations: &[ReservationId],
     ) -> impl Future<Output = PortResult<()>> + Send;
 
-    /// `PAID -> REFUSED` once the database's refusal is on record: the seat stops counting
-    /// as sold (it is on sale again) and the sweep stops re-sending the order. Returns
-    /// the reservations it moved (not those already refused).
+    /// `PAID -> REFUSED` once the database's refusal is on record: the seats stop counting
+    /// as sold (back on sale, or out of the stock: `seats`) and the sweep stops re-sending
+    /// the order. Returns the reservations it moved (not those already refused).
     fn mark_refused(
         &self,
         reservations: &[ReservationId],
+        seats: RefusedSeats,
     ) -> impl Future<Output = PortResult<Vec<ReservationId>>> + Send;
 
     fn reservation(
@@ -242,9 +286,11 @@ pub trait SeatStore: Send + Sync + 'static {
     ) -> impl Future<Output = PortResult<Option<Reservation>>> + Send;
 
     /// Adds a new hold to its user's list of reservations, which
-    /// [`SeatStore::user_reservations`] reads. Written after the take, not inside it (the
-    /// list is another key, in another cluster slot): a hold whose process stops in
-    /// between is missing from the list, never from the sale.
+    /// [`SeatStore::user_reservations`] reads, unless the take listed it already. Where
+    /// the list lives apart from the showtime (another cluster slot) it is written after
+    /// the take, not inside it: a hold whose process stops in between is missing from the
+    /// list, never from the sale. A store that lists in the take (one step) lists a hold
+    /// that is then undone too, which the list shows as it ended (`EXPIRED`).
     fn list_for_user(
         &self,
         reservation: &Reservation,

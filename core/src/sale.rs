@@ -10,8 +10,8 @@ use crate::domain::{OutsideSaleWindow, SaleState, SaleWindow};
 use crate::messages::{Expiry, OrderRequest, PaymentRequest};
 use crate::ports::{
     CancelOutcome, Catalog, ExpireOutcome, MessageBus, OrderBook, OrderOutcome, PayOutcome,
-    PortError, RecordedOrder, ReservationPage, ResizeOutcome, SeatStore, ShowtimeLock as _,
-    TakeOutcome,
+    PortError, RecordedOrder, Refusal, RefusedSeats, ReservationPage, ResizeOutcome, SeatStore,
+    ShowtimeLock as _, TakeOutcome,
 };
 use crate::waiting_room::WaitingRoomStore;
 use crate::{
@@ -558,11 +558,15 @@ where
     /// (never held or sold); seats added go on sale at once. This process obeys the new
     /// window at once, every other within [`SALE_WINDOW_REFRESH`]. Holds made before a
     /// pause or close can still be paid until their deadline.
+    ///
+    /// Once the row is written the change is saved: the seat counts read after it are
+    /// an `Err` of their own, never the change's (an error would tell the operator
+    /// nothing was changed, and a retry would add or remove the seats twice).
     pub async fn change_showtime(
         &self,
         id: ShowtimeId,
         change: ShowtimeChange,
-    ) -> Result<(Showtime, SeatCounts, SaleState), ChangeError> {
+    ) -> Result<(Showtime, Result<SeatCounts, PortError>, SaleState), ChangeError> {
         let Some(lock) = self.db.lock_showtime(id).await? else {
             return Err(ChangeError::UnknownShowtime(id));
         };
@@ -609,15 +613,18 @@ where
         if capacity.get() > before.capacity.get() {
             self.sold_out.seat_returned(id);
         }
-        let counts = match self.seats.counts(id).await? {
-            Some(counts) => counts,
-            None => {
-                self.load_from_catalog(&after).await?;
-                self.seats.counts(id).await?.unwrap_or_default()
-            }
-        };
+        let counts = self.counts_after_change(&after).await;
         let state = after.sale_window.state_at(self.clock.now());
         Ok((after, counts, state))
+    }
+
+    /// The seats of a showtime just changed, loaded from its row if the store lacks them.
+    async fn counts_after_change(&self, after: &Showtime) -> Result<SeatCounts, PortError> {
+        if let Some(counts) = self.seats.counts(after.id).await? {
+            return Ok(counts);
+        }
+        self.load_from_catalog(after).await?;
+        Ok(self.seats.counts(after.id).await?.unwrap_or_default())
     }
 
     /// The first time this process meets a showtime: its seat store state is checked to
@@ -1003,19 +1010,36 @@ where
     ) -> Result<Vec<OrderOutcome>, PortError> {
         let mut outcomes = self.db.record_orders(orders).await?;
         crash_point!("write_order.after_commit");
-        let refused: Vec<(OrderRequest, String)> = orders
+        let refused: Vec<(OrderRequest, &Refusal)> = orders
             .iter()
             .zip(&outcomes)
             .filter_map(|(order, outcome)| match outcome {
-                OrderOutcome::Refused(why) => Some((*order, why.clone())),
+                OrderOutcome::Refused(why) => Some((*order, why)),
                 _ => None,
             })
             .collect();
         if !refused.is_empty() {
-            self.db.record_refusals(&refused).await?;
-            let ids: Vec<ReservationId> = refused.iter().map(|(o, _)| o.reservation).collect();
-            for id in self.seats.mark_refused(&ids).await? {
-                self.sold_out.seat_returned(id.showtime());
+            let on_record: Vec<(OrderRequest, String)> = refused
+                .iter()
+                .map(|(order, why)| (*order, why.to_string()))
+                .collect();
+            self.db.record_refusals(&on_record).await?;
+            // A seat the database has no room for leaves the stock instead of going on
+            // sale again, where the next buyer would pay for it and be refused in turn.
+            for seats in [RefusedSeats::BackOnSale, RefusedSeats::OutOfStock] {
+                let ids: Vec<ReservationId> = refused
+                    .iter()
+                    .filter(|(_, why)| why.seats() == seats)
+                    .map(|(o, _)| o.reservation)
+                    .collect();
+                if ids.is_empty() {
+                    continue;
+                }
+                for id in self.seats.mark_refused(&ids, seats).await? {
+                    if seats == RefusedSeats::BackOnSale {
+                        self.sold_out.seat_returned(id.showtime());
+                    }
+                }
             }
             // Each refusal is reported once per delivery: where a batch names the same
             // refused reservation twice, the later copies are settled. (A redelivery,
@@ -1308,7 +1332,10 @@ mod tests {
             paused: Some(true),
             ..ShowtimeChange::default()
         };
-        block_on(sale.change_showtime(st, pause)).unwrap();
+        block_on(sale.change_showtime(st, pause))
+            .unwrap()
+            .1
+            .unwrap();
         assert!(block_on(sale.reserve(user(3), st)).is_err());
     }
 
@@ -1337,7 +1364,10 @@ mod tests {
             paused: Some(false),
             ..ShowtimeChange::default()
         };
-        block_on(sale.change_showtime(st, resume)).unwrap();
+        block_on(sale.change_showtime(st, resume))
+            .unwrap()
+            .1
+            .unwrap();
         block_on(sale.reserve(user(2), st)).expect("on sale again");
     }
 
@@ -1359,10 +1389,19 @@ mod tests {
                 ..ShowtimeChange::default()
             }
         };
-        block_on(sale.change_showtime(st, room_at(2_000_000))).unwrap();
+        block_on(sale.change_showtime(st, room_at(2_000_000)))
+            .unwrap()
+            .1
+            .unwrap();
         // Not open yet: its opening may move, later or earlier.
-        block_on(sale.change_showtime(st, room_at(3_000_000))).unwrap();
-        block_on(sale.change_showtime(st, room_at(1_500_000))).unwrap();
+        block_on(sale.change_showtime(st, room_at(3_000_000)))
+            .unwrap()
+            .1
+            .unwrap();
+        block_on(sale.change_showtime(st, room_at(1_500_000)))
+            .unwrap()
+            .1
+            .unwrap();
         clock.advance(Duration::from_millis(500_000));
         match block_on(sale.change_showtime(st, room_at(4_000_000))) {
             Err(ChangeError::RoomOpened { opened_at }) => {
@@ -1373,7 +1412,10 @@ mod tests {
         let row = block_on(sale.db.showtime(st)).unwrap().unwrap();
         assert_eq!(row.waiting_room.unwrap().opens_at, UnixMillis(1_500_000));
         // The same opening with other settings, or no room at all, is a change it takes.
-        block_on(sale.change_showtime(st, room_at(1_500_000))).unwrap();
+        block_on(sale.change_showtime(st, room_at(1_500_000)))
+            .unwrap()
+            .1
+            .unwrap();
         let removed = ShowtimeChange {
             waiting_room: Some(None),
             ..ShowtimeChange::default()
@@ -1435,6 +1477,7 @@ mod tests {
             ..ShowtimeChange::default()
         };
         let (row, c, _) = block_on(sale.change_showtime(st, add(1))).unwrap();
+        let c = c.unwrap();
         assert_eq!((row.capacity.get(), c.capacity, c.available), (3, 3, 1));
         block_on(sale.reserve(user(3), st)).expect("the seat added is on sale");
         let remove = ShowtimeChange {
@@ -1950,10 +1993,14 @@ mod tests {
         assert_eq!(sale.db.refusals.lock().unwrap().len(), 1);
         let c = counts(&sale, st);
         assert_eq!(
-            (c.available, c.held, c.sold),
-            (1, 0, 1),
-            "its seat no longer counts"
+            (c.capacity, c.available, c.held, c.sold),
+            (1, 0, 0, 1),
+            "its seat no longer counts, nor is it on sale: the database has no room for it"
         );
+        assert!(matches!(
+            block_on(sale.reserve(user(3), st)),
+            Err(ReserveError::SoldOut { .. })
+        ));
         // A redelivery (after a failure) reports it again; it stays on record once, and
         // the sweep has nothing to re-send.
         assert!(matches!(
@@ -1985,7 +2032,7 @@ mod tests {
         };
         assert!(matches!(
             block_on(sale.write_orders(&[theirs])).unwrap()[0],
-            OrderOutcome::Refused(ref why) if why.contains("another user")
+            OrderOutcome::Refused(Refusal::Other(ref why)) if why.contains("another user")
         ));
     }
 

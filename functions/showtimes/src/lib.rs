@@ -505,9 +505,10 @@ struct ShowtimeView {
     title: Option<String>,
     starts_at: Option<String>,
     capacity: u32,
-    available: u32,
-    held: u32,
-    sold: u32,
+    /// `None` only where the seats could not be read ([`ShowtimeView::seats_unknown`]).
+    available: Option<u32>,
+    held: Option<u32>,
+    sold: Option<u32>,
     sale_opens_at: Option<String>,
     sale_closes_at: Option<String>,
     /// An operator paused the sale: holds are refused until it is resumed.
@@ -550,9 +551,27 @@ impl ShowtimeView {
             max_per_user: s.max_per_user.get(),
             waiting_room: s.waiting_room.map(RoomView::from),
             capacity: c.capacity,
-            available: c.available,
-            held: c.held,
-            sold: c.sold,
+            available: Some(c.available),
+            held: Some(c.held),
+            sold: Some(c.sold),
+        }
+    }
+
+    /// A showtime whose seats could not be read: its counts are `null` (only in the
+    /// answer to an operator's change saved while the seat store was out of reach).
+    fn seats_unknown(s: &Showtime) -> Self {
+        let capacity = s.capacity.get();
+        Self {
+            available: None,
+            held: None,
+            sold: None,
+            ..Self::new(
+                s,
+                SeatCounts {
+                    capacity,
+                    ..SeatCounts::default()
+                },
+            )
         }
     }
 }
@@ -730,12 +749,23 @@ async fn change(
     tracing::info!(
         showtime = id.get(),
         change = ?change,
-        capacity = counts.capacity,
+        capacity = showtime.capacity.get(),
         sale_state = sale_state.as_str(),
         "an operator changed a showtime"
     );
+    let showtime = match counts {
+        Ok(counts) => ShowtimeView::new(&showtime, counts),
+        Err(e) => {
+            // Saved all the same: the answer says so, with the seats left unknown.
+            tracing::warn!(
+                showtime = id.get(),
+                "the change is saved; its seats could not be read after it: {e}"
+            );
+            ShowtimeView::seats_unknown(&showtime)
+        }
+    };
     Ok(Json(ListedShowtime {
-        showtime: ShowtimeView::new(&showtime, counts),
+        showtime,
         sale_state: sale_state.as_str(),
     }))
 }

@@ -96,11 +96,11 @@ pub async fn write_orders(app: &App, bodies: &[&[u8]]) -> Vec<Result<(), QueueEr
         }
     };
     for (slot, range) in decoded {
-        let refused: Vec<(&OrderRequest, &String)> = orders[range.clone()]
+        let refused: Vec<(&OrderRequest, String)> = orders[range.clone()]
             .iter()
             .zip(&outcomes[range.clone()])
             .filter_map(|(order, outcome)| match outcome {
-                OrderOutcome::Refused(why) => Some((order, why)),
+                OrderOutcome::Refused(why) => Some((order, why.to_string())),
                 _ => None,
             })
             .collect();
@@ -117,7 +117,7 @@ pub async fn write_orders(app: &App, bodies: &[&[u8]]) -> Vec<Result<(), QueueEr
         for (order, why) in refused {
             if let Err(e) = app
                 .queues
-                .dead_letter(Queue::Orders, wire::encode_order(order), why)
+                .dead_letter(Queue::Orders, wire::encode_order(order), &why)
                 .await
             {
                 results[slot] = Err(e.into());

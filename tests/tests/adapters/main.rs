@@ -10,7 +10,7 @@ use std::time::Duration;
 use flash_sale_adapters::{Broker, Postgres, Queue, RedisSeats, Topology};
 use flash_sale_core::ports::{
     CancelOutcome, Catalog, ExpireOutcome, MessageBus, OrderAudit, OrderBook, OrderOutcome,
-    PayOutcome, SeatAuditor, SeatRow, SeatStore, TakeOutcome,
+    PayOutcome, Refusal, RefusedSeats, SeatAuditor, SeatRow, SeatStore, TakeOutcome,
 };
 use flash_sale_core::{
     Capacity, Expiry, MaxPerUser, NewShowtime, OrderRequest, PaymentRequest, Reservation,
@@ -354,7 +354,12 @@ async fn a_refused_order_replayed_after_its_seat_sold_again_leaves_counts_that_s
     assert!(s.load(st, 1, 0, 1, false, 1).await.unwrap());
     // The one seat is paid, its order refused by the database: the seat is on sale again.
     let first = held_and_paid(&s, st, 1).await;
-    assert_eq!(s.mark_refused(&[first.id]).await.unwrap(), vec![first.id]);
+    assert_eq!(
+        s.mark_refused(&[first.id], RefusedSeats::BackOnSale)
+            .await
+            .unwrap(),
+        vec![first.id]
+    );
     held_and_paid(&s, st, 2).await;
     // A person fixed the refusal's cause and replayed the first order, which the
     // database took: Redis counts two seats sold of one.
@@ -364,6 +369,111 @@ async fn a_refused_order_replayed_after_its_seat_sold_again_leaves_counts_that_s
     assert!(!counts.balanced(), "{counts:?}");
     let audit = s.audit(st).await.unwrap().expect("the audit still reads");
     assert_eq!(audit.counts, counts);
+    drop_keys(&s).await;
+}
+
+/// On a single Redis the take lists the hold in its user's list in the same script call
+/// (one round trip per hold instead of two): the list has it before `list_for_user`,
+/// which then adds nothing, and a take that holds nothing lists nothing.
+#[tokio::test]
+async fn a_hold_is_in_its_users_list_from_the_take_on() {
+    let iso = Isolation::new();
+    let s = seats(&iso).await;
+    let (a, b) = (showtime(6), showtime(7));
+    assert!(s.load(a, 1, 0, 1, false, 1).await.unwrap());
+    assert!(s.load(b, 1, 0, 1, false, 1).await.unwrap());
+    let TakeOutcome::Reserved(first) = s.take(a, user(1), HOLD).await.unwrap() else {
+        panic!("a seat is free")
+    };
+    let TakeOutcome::Reserved(second) = s.take(b, user(1), HOLD).await.unwrap() else {
+        panic!("a seat is free")
+    };
+    // Sold out and already holding: nothing more listed.
+    assert_eq!(
+        s.take(a, user(2), HOLD).await.unwrap(),
+        TakeOutcome::SoldOut
+    );
+    assert!(matches!(
+        s.take(a, user(1), HOLD).await.unwrap(),
+        TakeOutcome::AlreadyHolds(..)
+    ));
+    let listed = |u| {
+        let s = &s;
+        async move {
+            s.user_reservations(user(u), None, 10)
+                .await
+                .unwrap()
+                .reservations
+                .iter()
+                .map(|r| r.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(listed(1).await, vec![second.id, first.id], "newest first");
+    assert_eq!(listed(2).await, vec![]);
+    s.list_for_user(&first).await.unwrap();
+    assert_eq!(listed(1).await, vec![second.id, first.id]);
+    drop_keys(&s).await;
+}
+
+/// After Redis lost its last writes, the hold of an order the database recorded can read
+/// RESERVED (its payment lost) or EXPIRED (the expiry ran before the order landed).
+/// Before, marking the order left both alone: the RESERVED hold was then expired and its
+/// seat, sold in the database, went on sale again (a stranger's payment then refused,
+/// and so on); the EXPIRED one stayed on sale. The database has the last word: both are
+/// now ORDERED, their seats sold, their buyers unable to hold again.
+#[tokio::test]
+async fn an_order_on_record_is_a_sale_even_where_redis_lost_its_payment() {
+    let iso = Isolation::new();
+    let s = seats(&iso).await;
+    let st = showtime(5);
+    assert!(s.load(st, 3, 0, 1, false, 1).await.unwrap());
+    // Two holds whose payments Redis lost; the second's expiry ran before its order.
+    let TakeOutcome::Reserved(lost) = s.take(st, user(1), HOLD).await.unwrap() else {
+        panic!("a seat is free")
+    };
+    let TakeOutcome::Reserved(expired) = s.take(st, user(2), HOLD).await.unwrap() else {
+        panic!("a seat is free")
+    };
+    assert_eq!(
+        s.expire(expired.id).await.unwrap(),
+        ExpireOutcome::SeatReturned
+    );
+    let c = s.counts(st).await.unwrap().unwrap();
+    assert_eq!((c.available, c.held, c.sold), (2, 1, 0));
+
+    s.mark_ordered(&[lost.id, expired.id]).await.unwrap();
+    let c = s.counts(st).await.unwrap().unwrap();
+    assert_eq!((c.available, c.held, c.sold), (1, 0, 2), "both sold");
+    for r in [&lost, &expired] {
+        let now = s.reservation(r.id).await.unwrap().expect("on record");
+        assert_eq!(now.status, Status::Ordered);
+        assert_eq!(
+            s.expire(r.id).await.unwrap(),
+            ExpireOutcome::AlreadySettled(Status::Ordered),
+            "no expiry gives an ordered seat back"
+        );
+    }
+    // The sweep's list of deadlines no longer has the ordered hold.
+    let mut conn = s.connection();
+    let deadline: Option<f64> = redis::cmd("ZSCORE")
+        .arg(format!("{}:{{5}}:deadlines", iso.prefix))
+        .arg(lost.id.seq())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(deadline, None);
+    // Neither buyer holds a second seat; the last seat still sells to someone else.
+    for u in [1, 2] {
+        assert!(matches!(
+            s.take(st, user(u), HOLD).await.unwrap(),
+            TakeOutcome::AlreadyHolds(..)
+        ));
+    }
+    assert!(matches!(
+        s.take(st, user(3), HOLD).await.unwrap(),
+        TakeOutcome::Reserved(_)
+    ));
     drop_keys(&s).await;
 }
 
@@ -538,7 +648,7 @@ async fn an_order_under_an_id_another_users_row_holds_is_refused_and_kept_once()
     };
     let outcomes = db.record_orders(&[theirs, theirs, mine]).await.unwrap();
     assert!(
-        matches!(&outcomes[0], OrderOutcome::Refused(why) if why.contains("another user")),
+        matches!(&outcomes[0], OrderOutcome::Refused(Refusal::Other(why)) if why.contains("another user")),
         "{outcomes:?}"
     );
     assert_eq!(outcomes[1], outcomes[0]);
@@ -593,11 +703,14 @@ async fn the_database_records_each_order_once_and_never_past_capacity() {
     let outcomes = db.record_orders(&[fine, over, twice]).await.unwrap();
     assert_eq!(outcomes[0], OrderOutcome::Inserted);
     assert!(
-        matches!(&outcomes[1], OrderOutcome::Refused(why) if why.contains("sold out")),
+        matches!(
+            &outcomes[1],
+            OrderOutcome::Refused(Refusal::SoldOutInDatabase)
+        ),
         "{outcomes:?}"
     );
     assert!(
-        matches!(&outcomes[2], OrderOutcome::Refused(why) if why.contains("already has an order")),
+        matches!(&outcomes[2], OrderOutcome::Refused(Refusal::Other(why)) if why.contains("already has an order")),
         "{outcomes:?}"
     );
 
@@ -1050,7 +1163,7 @@ async fn the_database_itself_enforces_max_per_user_and_capacity_by_quantity() {
     // Above max_per_user: refused through the adapter, and by plain SQL too.
     let outcomes = db.record_orders(&[group(1, 1, 5)]).await.unwrap();
     assert!(
-        matches!(&outcomes[0], OrderOutcome::Refused(why) if why.contains("max_per_user")),
+        matches!(&outcomes[0], OrderOutcome::Refused(Refusal::Other(why)) if why.contains("max_per_user")),
         "{outcomes:?}"
     );
     let raw = insert_by_sql(&db, st, 99, 9, 5).await.unwrap_err();
@@ -1073,7 +1186,10 @@ async fn the_database_itself_enforces_max_per_user_and_capacity_by_quantity() {
     assert_eq!(db.showtime(st).await.unwrap().unwrap().ordered, 6);
     let outcomes = db.record_orders(&[group(4, 4, 1)]).await.unwrap();
     assert!(
-        matches!(&outcomes[0], OrderOutcome::Refused(why) if why.contains("sold out")),
+        matches!(
+            &outcomes[0],
+            OrderOutcome::Refused(Refusal::SoldOutInDatabase)
+        ),
         "{outcomes:?}"
     );
     let raw = insert_by_sql(&db, st, 97, 10, 1).await.unwrap_err();
@@ -1222,7 +1338,12 @@ async fn redis_moves_a_groups_seats_together_in_every_script() {
     );
 
     // Refused: all 4 back on sale; replayed: all 4 sold again.
-    assert_eq!(s.mark_refused(&[a.id]).await.unwrap(), vec![a.id]);
+    assert_eq!(
+        s.mark_refused(&[a.id], RefusedSeats::BackOnSale)
+            .await
+            .unwrap(),
+        vec![a.id]
+    );
     assert_eq!(s.counts(st).await.unwrap(), Some(six_seats(6, 0, 0)));
     s.mark_ordered(&[a.id]).await.unwrap();
     assert_eq!(s.counts(st).await.unwrap(), Some(six_seats(2, 0, 4)));

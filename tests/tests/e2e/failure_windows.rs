@@ -80,6 +80,10 @@ async fn a_redis_back_from_an_older_snapshot_never_hands_a_reservation_id_out_ag
     app.finish().await;
 }
 
+/// The database sold out under Redis (its capacity lowered by hand here; Redis losing its
+/// last writes does the same): the order is refused once, dead-lettered once, never
+/// re-sent, and its seat leaves the stock. Before, the seat went back on sale, where the
+/// next buyer paid for it and was refused in turn, a refund after every sale.
 #[tokio::test]
 async fn an_order_the_database_refuses_ends_refused_is_dead_lettered_once_and_never_resent() {
     let app = TestApp::spawn(Options::default()).await;
@@ -126,9 +130,14 @@ async fn an_order_the_database_refuses_ends_refused_is_dead_lettered_once_and_ne
     assert_eq!(app.adapters.bus.ready_count(&dlq).await.unwrap(), 1);
     assert_eq!(
         app.seats(showtime).await,
-        (1, 0, 1),
-        "the refused seat no longer counts as sold"
+        (0, 0, 1),
+        "the refused seat no longer counts as sold, nor is it on sale"
     );
+    let (status, next) = app
+        .post("/reserve", json!({"user_id": 3, "showtime_id": showtime}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{next}");
+    assert_eq!(next["error"], "sold_out", "{next}");
     let on_record: i64 =
         sqlx::query_scalar("SELECT count(*) FROM refused_orders WHERE reservation_id = $1")
             .bind(&refused)
@@ -650,6 +659,45 @@ async fn a_keyed_showtime_whose_seats_redis_did_not_take_is_created_and_found_ag
     assert_eq!(again["available"], 2, "{again}");
     assert_eq!(app.showtimes_in_db().await, 1);
     sells_one_of_two(&app, &created).await;
+    app.finish().await;
+}
+
+/// An operator's change is saved when its row is: before, the seat counts read after
+/// the commit failed the request with Redis out of reach, so a pause that had been saved
+/// was answered 503 "nothing was changed, please retry" (and a change of seats whose
+/// count read failed would be applied again by the retry). Now the answer is 200 with
+/// the seats unknown (`null`), and the row holds the pause.
+#[tokio::test]
+async fn a_change_saved_while_redis_is_out_of_reach_is_answered_as_saved() {
+    let (_proxy, mut cut_off) = cut_off_from_redis().await;
+    let (status, created) = cut_off.post("/showtimes", json!({"capacity": 2})).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let showtime = created["id"].as_i64().unwrap();
+    let (status, changed) = cut_off
+        .change_showtime(showtime, json!({"paused": true}), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{changed}");
+    assert_eq!(changed["sale_paused"], true, "{changed}");
+    assert_eq!(changed["sale_state"], "paused", "{changed}");
+    assert_eq!(changed["capacity"], 2, "{changed}");
+    for count in ["available", "held", "sold"] {
+        assert!(changed[count].is_null(), "{count} unknown: {changed}");
+    }
+    let paused: bool = sqlx::query_scalar("SELECT sale_paused FROM showtimes WHERE id = $1")
+        .bind(showtime)
+        .fetch_one(&cut_off.db)
+        .await
+        .unwrap();
+    assert!(paused, "the row holds the pause");
+    cut_off.stop().await;
+
+    // A process that reaches Redis refuses holds: the pause stands.
+    let app = TestApp::spawn_on(cut_off.iso.clone(), Options::default()).await;
+    let (status, refused) = app
+        .post("/reserve", json!({"user_id": 1, "showtime_id": showtime}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    assert_eq!(refused["error"], "sale_paused", "{refused}");
     app.finish().await;
 }
 
