@@ -611,6 +611,14 @@ impl RoomColumns {
 }
 
 impl OrderBook for Postgres {
+    async fn has_order(&self, reservation: ReservationId) -> PortResult<bool> {
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM orders WHERE reservation_id = $1)")
+            .bind(reservation.to_string())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(port_error)
+    }
+
     async fn orders_of(
         &self,
         showtime: ShowtimeId,

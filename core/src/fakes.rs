@@ -607,6 +607,13 @@ impl Catalog for FakeDb {
 }
 
 impl OrderBook for FakeDb {
+    fn has_order(
+        &self,
+        reservation: ReservationId,
+    ) -> impl Future<Output = PortResult<bool>> + Send {
+        ready(Ok(self.orders.lock().unwrap().contains_key(&reservation)))
+    }
+
     fn orders_of(
         &self,
         showtime: ShowtimeId,

@@ -437,6 +437,12 @@ pub trait OrderBook: Send + Sync + 'static {
         refusals: &[(OrderRequest, String)],
     ) -> impl Future<Output = PortResult<Vec<ReservationId>>> + Send;
 
+    /// Whether the reservation has an order on record (one lookup by its id).
+    fn has_order(
+        &self,
+        reservation: ReservationId,
+    ) -> impl Future<Output = PortResult<bool>> + Send;
+
     /// A showtime's orders in the order they were recorded, those after `after` (a
     /// [`RecordedOrder::number`]) when given, at most `limit`.
     fn orders_of(

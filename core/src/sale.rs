@@ -991,11 +991,31 @@ where
     /// `RESERVED -> EXPIRED`, returning the seat exactly once; any other state is left
     /// alone.
     pub async fn expire(&self, message: Expiry) -> Result<ExpireOutcome, PortError> {
-        let outcome = self.seats.expire(message.reservation).await?;
-        if outcome == ExpireOutcome::SeatReturned {
-            self.sold_out.seat_returned(message.reservation.showtime());
-        }
+        let outcome = self.expire_hold(message.reservation).await?;
         crash_point!("expire.after_expire");
+        Ok(outcome)
+    }
+
+    /// Expires a hold (the expiry message's and the sweep's step). A hold whose seats
+    /// came back is checked against the database, which has the last word: should it
+    /// hold the hold's order (its payment and marking lost with Redis's last writes,
+    /// the order committed before), the hold is marked `ORDERED` at once and its seats
+    /// sold again, instead of staying on sale while the database counts them sold. The
+    /// check costs one lookup per hold that really expires, none for a paid one. Should
+    /// it fail, the seats stay returned and the error is the caller's to report (a
+    /// retry finds the hold expired already; `reconcile` reports the difference).
+    async fn expire_hold(&self, id: ReservationId) -> Result<ExpireOutcome, PortError> {
+        let outcome = self.seats.expire(id).await?;
+        if outcome != ExpireOutcome::SeatReturned {
+            return Ok(outcome);
+        }
+        let on_record = self.db.has_order(id).await;
+        if let Ok(true) = on_record {
+            self.seats.mark_ordered(&[id]).await?;
+            return Ok(ExpireOutcome::AlreadySettled(Status::Ordered));
+        }
+        self.sold_out.seat_returned(id.showtime());
+        on_record?;
         Ok(outcome)
     }
 
@@ -1107,8 +1127,7 @@ where
         unrecorded: &mut Vec<OrderRequest>,
     ) -> Result<(), PortError> {
         for id in self.seats.overdue_holds(showtime, grace).await? {
-            if self.seats.expire(id).await? == ExpireOutcome::SeatReturned {
-                self.sold_out.seat_returned(showtime);
+            if self.expire_hold(id).await? == ExpireOutcome::SeatReturned {
                 report.holds_expired += 1;
             }
         }
@@ -2016,6 +2035,45 @@ mod tests {
         let report = block_on(sale.reconcile(st, false)).unwrap().unwrap();
         assert_eq!(report.refused, 1);
         assert!(!report.is_clean());
+    }
+
+    /// Redis lost a hold's payment (and its order's marking) while the order reached the
+    /// database: the hold reads RESERVED again. Its expiry, or the sweep's, must not put
+    /// a seat the database counts sold back on sale.
+    #[test]
+    fn an_expiring_hold_whose_order_the_database_holds_is_sold_not_returned() {
+        let sale = sale(PaymentMode::Manual);
+        let st = showtime(&sale, 3);
+        let held: Vec<Reservation> = (1..=3)
+            .map(|u| block_on(sale.reserve(user(u), st)).unwrap())
+            .collect();
+        let on_record = |r: &Reservation| OrderRequest {
+            reservation: r.id,
+            user: r.user,
+            paid_at: UnixMillis(1),
+            quantity: 1,
+        };
+        block_on(
+            sale.db
+                .record_orders(&[on_record(&held[0]), on_record(&held[1])]),
+        )
+        .unwrap();
+        sale.seats.advance(HOLD);
+        assert_eq!(
+            block_on(sale.expire(Expiry {
+                reservation: held[0].id
+            }))
+            .unwrap(),
+            ExpireOutcome::AlreadySettled(Status::Ordered)
+        );
+        let report = block_on(sale.sweep(Duration::ZERO)).unwrap();
+        assert_eq!(report.holds_expired, 1, "only the hold without an order");
+        let c = counts(&sale, st);
+        assert_eq!((c.available, c.held, c.sold), (1, 0, 2));
+        for r in &held[..2] {
+            let now = block_on(sale.reservation(r.id)).unwrap().unwrap();
+            assert_eq!(now.status, Status::Ordered);
+        }
     }
 
     #[test]

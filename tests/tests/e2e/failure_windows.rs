@@ -662,6 +662,47 @@ async fn a_keyed_showtime_whose_seats_redis_did_not_take_is_created_and_found_ag
     app.finish().await;
 }
 
+/// A hold whose payment Redis lost (a restart from an older snapshot) while its order
+/// was committed reads RESERVED again. Before, its expiry put the seat back on sale while
+/// the database counted it sold; the next buyer then paid for a seat that does not
+/// exist. Now an expiry that returns seats asks the database first, and a hold it holds
+/// an order for is ORDERED, its seat sold.
+#[tokio::test]
+async fn an_expiring_hold_whose_order_is_on_record_stays_sold() {
+    let app = TestApp::spawn(Options::default()).await;
+    let showtime = app.create_showtime(1).await;
+    let held = hold(&app, 1, showtime).await;
+    sqlx::query(
+        "INSERT INTO orders (reservation_id, showtime_id, user_id, paid_at, quantity)
+         VALUES ($1, $2, 1, now(), 1)",
+    )
+    .bind(&held)
+    .bind(showtime)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let outcome = app
+        .app
+        .sale
+        .expire(flash_sale_core::Expiry {
+            reservation: held.parse().unwrap(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        flash_sale_core::ports::ExpireOutcome::AlreadySettled(flash_sale_core::Status::Ordered)
+    );
+    assert_eq!(app.status_of(&held).await, "ORDERED");
+    assert_eq!(app.seats(showtime).await, (0, 0, 1));
+    let (status, next) = app
+        .post("/reserve", json!({"user_id": 2, "showtime_id": showtime}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{next}");
+    assert_eq!(next["error"], "sold_out", "{next}");
+    app.finish().await;
+}
+
 /// An operator's change is saved when its row is: before, the seat counts read after
 /// the commit failed the request with Redis out of reach, so a pause that had been saved
 /// was answered 503 "nothing was changed, please retry" (and a change of seats whose
