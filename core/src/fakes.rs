@@ -471,6 +471,8 @@ pub struct FakeDb {
     showtimes: Mutex<BTreeMap<ShowtimeId, Showtime>>,
     /// The catalog does not answer (`showtime` fails).
     pub catalog_down: AtomicBool,
+    /// The order book does not answer lookups (`has_order` fails).
+    pub orders_down: AtomicBool,
     pub orders: Mutex<BTreeMap<ReservationId, OrderRequest>>,
     pub refusals: Mutex<BTreeMap<ReservationId, (OrderRequest, String)>>,
     /// The showtimes created under a key: (whose, key) -> (fingerprint, showtime).
@@ -611,6 +613,12 @@ impl OrderBook for FakeDb {
         &self,
         reservation: ReservationId,
     ) -> impl Future<Output = PortResult<bool>> + Send {
+        if self.orders_down.load(Ordering::SeqCst) {
+            return ready(Err(PortError::transient(
+                "database",
+                "the order book is down",
+            )));
+        }
         ready(Ok(self.orders.lock().unwrap().contains_key(&reservation)))
     }
 

@@ -991,8 +991,9 @@ where
     /// `RESERVED -> EXPIRED`, returning the seat exactly once; any other state is left
     /// alone.
     pub async fn expire(&self, message: Expiry) -> Result<ExpireOutcome, PortError> {
-        let outcome = self.expire_hold(message.reservation).await?;
+        let (outcome, checked) = self.expire_hold(message.reservation).await?;
         crash_point!("expire.after_expire");
+        checked?;
         Ok(outcome)
     }
 
@@ -1002,21 +1003,28 @@ where
     /// the order committed before), the hold is marked `ORDERED` at once and its seats
     /// sold again, instead of staying on sale while the database counts them sold. The
     /// check costs one lookup per hold that really expires, none for a paid one. Should
-    /// it fail, the seats stay returned and the error is the caller's to report (a
-    /// retry finds the hold expired already; `reconcile` reports the difference).
-    async fn expire_hold(&self, id: ReservationId) -> Result<ExpireOutcome, PortError> {
+    /// it fail (the database down), the seats stay returned and the lookup's error comes
+    /// beside the outcome, for the caller to report without stopping: holds keep
+    /// expiring while the database is away (a retry finds the hold expired already;
+    /// `reconcile` reports a difference the lookup would have prevented).
+    async fn expire_hold(
+        &self,
+        id: ReservationId,
+    ) -> Result<(ExpireOutcome, Result<(), PortError>), PortError> {
         let outcome = self.seats.expire(id).await?;
         if outcome != ExpireOutcome::SeatReturned {
-            return Ok(outcome);
+            return Ok((outcome, Ok(())));
         }
-        let on_record = self.db.has_order(id).await;
-        if let Ok(true) = on_record {
-            self.seats.mark_ordered(&[id]).await?;
-            return Ok(ExpireOutcome::AlreadySettled(Status::Ordered));
+        match self.db.has_order(id).await {
+            Ok(true) => {
+                self.seats.mark_ordered(&[id]).await?;
+                Ok((ExpireOutcome::AlreadySettled(Status::Ordered), Ok(())))
+            }
+            checked => {
+                self.sold_out.seat_returned(id.showtime());
+                Ok((outcome, checked.map(drop)))
+            }
         }
-        self.sold_out.seat_returned(id.showtime());
-        on_record?;
-        Ok(outcome)
     }
 
     /// Records orders in the database, each at most once, then marks them `ORDERED`. An
@@ -1127,8 +1135,15 @@ where
         unrecorded: &mut Vec<OrderRequest>,
     ) -> Result<(), PortError> {
         for id in self.seats.overdue_holds(showtime, grace).await? {
-            if self.expire_hold(id).await? == ExpireOutcome::SeatReturned {
+            let (outcome, checked) = self.expire_hold(id).await?;
+            if outcome == ExpireOutcome::SeatReturned {
                 report.holds_expired += 1;
+            }
+            if let Err(e) = checked {
+                report.failed.push((
+                    showtime,
+                    format!("hold {id} expired without its order lookup: {e}"),
+                ));
             }
         }
         unrecorded.extend(self.seats.unrecorded_payments(showtime, grace).await?);
@@ -2074,6 +2089,24 @@ mod tests {
             let now = block_on(sale.reservation(r.id)).unwrap().unwrap();
             assert_eq!(now.status, Status::Ordered);
         }
+    }
+
+    /// The order lookup of an expiry is no reason to stop expiring: with the database
+    /// away, the sweep returns every overdue hold's seats and reports each lookup it
+    /// could not make.
+    #[test]
+    fn the_sweep_expires_every_overdue_hold_while_the_database_is_away() {
+        let sale = sale(PaymentMode::Manual);
+        let st = showtime(&sale, 3);
+        for u in 1..=3 {
+            block_on(sale.reserve(user(u), st)).unwrap();
+        }
+        sale.seats.advance(HOLD);
+        sale.db.orders_down.store(true, Ordering::SeqCst);
+        let report = block_on(sale.sweep(Duration::ZERO)).unwrap();
+        assert_eq!(report.holds_expired, 3);
+        assert_eq!(report.failed.len(), 3, "{report:?}");
+        assert_eq!(counts(&sale, st).available, 3);
     }
 
     #[test]
