@@ -645,13 +645,16 @@ async fn create(
             }
         }
     };
-    if let Some(room) = showtime.waiting_room {
-        // Should this fail, the showtime still refuses buyers without an admission,
-        // and the room is set up by the first join.
+    if showtime.waiting_room.is_some() {
+        // From the row as it is now, under its lock: a replay's row was read before
+        // this, and an operator may have removed or changed the room since (a room
+        // removed and set again from the older read would refuse every buyer
+        // `not_admitted` while nobody can join it). Should this fail, the showtime
+        // still refuses buyers without an admission, and the room is set up by the
+        // first join.
         if let Err(e) = app
-            .rooms
-            .store()
-            .configure(showtime.id, room, showtime.sale_window)
+            .sale
+            .set_room_its_row_has(showtime.id, app.rooms.store())
             .await
         {
             tracing::warn!(

@@ -2240,6 +2240,72 @@ async fn the_timer_removes_a_room_its_row_no_longer_has() {
     app.finish().await;
 }
 
+/// A keyed creation's replay sets the showtime's room from the row as it is when it
+/// does so, under the row's lock. Before, it set the room from the row it had read
+/// first: an operator who removed the room meanwhile saw it come back, refusing every
+/// buyer `not_admitted` while nobody could join it, until the next timer round. The
+/// replaying process's Redis is held at a proxy while the room is removed.
+#[tokio::test]
+async fn a_keyed_creation_replayed_while_its_room_is_removed_does_not_bring_it_back() {
+    let quiet = || Options {
+        sweep_interval_secs: 3_600,
+        ..options()
+    };
+    let app = TestApp::spawn(quiet()).await;
+    let body = json!({"capacity": 2, "waiting_room": {"overbook_pct": 0, "admission_secs": 60}});
+    let create = |to: &TestApp| {
+        to.http
+            .post(to.url("/showtimes"))
+            .header("Idempotency-Key", "premiere-with-a-room")
+            .json(&body)
+    };
+    let (status, _, created) = app.send(create(&app), None).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let st = created["id"].as_i64().unwrap();
+    let proxy = flash_sale_tests::Cuttable::start("127.0.0.1:6379").await;
+    let replayer = TestApp::spawn_on(
+        app.iso.clone(),
+        Options {
+            redis_url: Some(format!("redis://{}", proxy.addr)),
+            ..quiet()
+        },
+    )
+    .await;
+    proxy.hold();
+    let request = create(&replayer);
+    let replay = tokio::spawn(async move {
+        let answer = replayer.send(request, None).await;
+        (answer, replayer)
+    });
+    eventually(
+        Duration::from_secs(5),
+        "the replay's step at the proxy",
+        || async { (proxy.waiting() > 0).then_some(()) },
+    )
+    .await;
+    let (status, answer) = app
+        .change_showtime(st, json!({"waiting_room": null}), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    proxy.release();
+    let ((status, headers, again), mut replayer) = replay.await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{again}");
+    assert_eq!(headers["idempotent-replayed"], "true");
+    // The room stays removed: the sale sells to anyone.
+    let room = format!("{}:{{{st}}}:room", app.iso.prefix);
+    let mut conn = app.adapters.seats.connection();
+    let left: bool = redis::cmd("EXISTS")
+        .arg(&room)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!left, "the removed room is back in Redis");
+    let held = Client::of(&app, 1).reserve(st, 1, None, None, None).await;
+    assert_eq!(held.status, StatusCode::OK, "{}", held.body);
+    replayer.stop().await;
+    app.finish().await;
+}
+
 /// The timer sets each room from its row. An operator who removes a room while a round
 /// is between its read of the row and its step in Redis must not see the room come back:
 /// it would refuse every buyer `not_admitted` until the next round (a minute on Lambda)
