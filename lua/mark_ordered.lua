@@ -11,24 +11,31 @@
 -- (so no expiry or sweep gives them back), an EXPIRED or CANCELLED one's from available
 -- to sold (available may go below zero if they were sold again meanwhile: `reconcile`
 -- reports it); the buyer is theirs again in the users index, unless they hold another.
+-- A hold of another user than the order's (an id a Redis that lost writes handed out
+-- again) is not that order, and is left alone.
 --
 -- KEYS[1] unrecorded  ZSET  reservation sequence -> paid at (ms)
 -- KEYS[2] reservations HASH "<seq>:user", "<seq>:status", ... (see reserve.lua)
 -- KEYS[3] seats       HASH  capacity, available, held, sold
 -- KEYS[4] deadlines   ZSET  reservation sequence -> hold deadline (ms)
 -- KEYS[5] users       HASH  user id -> reservation sequence
--- ARGV[1..] reservation sequences
+-- ARGV    pairs: reservation sequence, the user its order is for
 --
 -- Returns how many reservations it moved to ORDERED (the others were already ORDERED,
 -- or gone). Idempotent: a redelivered order message runs it again harmlessly.
 
 local moved = 0
-for _, seq in ipairs(ARGV) do
-  redis.call('ZREM', KEYS[1], seq)
+for i = 1, #ARGV, 2 do
+  local seq = ARGV[i]
   local field = seq .. ':status'
   local r = redis.call('HMGET', KEYS[2], field, seq .. ':quantity', seq .. ':user')
   local status = r[1]
   local quantity = tonumber(r[2] or '1')
+  if r[3] and r[3] ~= ARGV[i + 1] then
+    status = nil
+  else
+    redis.call('ZREM', KEYS[1], seq)
+  end
   if status == 'PAID' then
     redis.call('HSET', KEYS[2], field, 'ORDERED')
     moved = moved + 1

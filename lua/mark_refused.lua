@@ -1,15 +1,16 @@
 -- mark_refused.lua: PAID -> REFUSED once the database's refusal of the order is on
 -- record; the order leaves the unrecorded set, so the sweep never re-sends it. The
 -- user's entry in the showtime's index stays: a person refunds the payment. Its seats
--- (all of a group's) stop counting as sold, and, by ARGV[2]:
+-- (all of a group's) stop counting as sold and, by ARGV[2]:
 --   back_on_sale  go back on sale (available): the database has room, only not for this
 --                 order (one order per user, max_per_user, ...)
 --   out_of_stock  leave the stock (capacity): the database is sold out, so the seat
---                 store sold a seat the database does not have (it lost writes, or the
---                 row's capacity was lowered past it). On sale again, the next buyer
---                 would pay for it and be refused in turn, again and again. An
---                 operator's add_seats (resize.lua) brings seats back; `reconcile`
---                 reports the capacity that differs from the row's.
+--                 store sold seats the database does not have (it lost writes, or the
+--                 row's capacity was lowered past them). On sale again, the next buyer
+--                 would pay for them and be refused in turn, again and again. Capacity
+--                 changes (resize.lua) are by a difference, so they stay out; a replay
+--                 the database takes later (mark_ordered.lua) counts its seats sold
+--                 again out of available, as for any refusal.
 --
 -- KEYS[1] seats       HASH  capacity, available, held, sold
 -- KEYS[2] unrecorded  ZSET  reservation sequence -> paid at (ms)

@@ -2,7 +2,8 @@
 -- reservation, atomically.
 --
 -- Every key carries the showtime's hash tag ({42}) and is declared in KEYS, so the
--- script runs on Redis Cluster (and ElastiCache, which enforces declared keys).
+-- script runs on Redis Cluster (and ElastiCache, which enforces declared keys); the one
+-- exception, KEYS[8], is passed only on a single Redis.
 -- KEYS[1] seats        HASH  capacity, available, held, sold, max_per_user (absent: 1)
 -- KEYS[2] users        HASH  user id -> reservation sequence (held or bought)
 -- KEYS[3] seq          STRING per-showtime reservation sequence, floored by the clock (µs)

@@ -2,9 +2,11 @@
 -- ones), atomically with the seats on sale.
 --
 -- KEYS[1] seats HASH capacity, available, held, sold
--- ARGV[1] the new capacity
+-- ARGV[1] seats to add (negative: to remove)
 --
--- The difference moves in or out of `available`; held and sold seats are never touched.
+-- The seats move in or out of `available`; held and sold seats are never touched. By a
+-- difference, not to a number: seats mark_refused.lua took out of the stock (orders the
+-- database refused as sold out) stay out, so the capacity here may be below the row's.
 -- Returns, by the first element, then the counts after (or, refused, as they are):
 --   {1, capacity, available, held, sold}  resized
 --   {2, capacity, available, held, sold}  refused: fewer seats are available than removed
@@ -18,10 +20,11 @@ local capacity = tonumber(c[1])
 local available = tonumber(c[2])
 local held = tonumber(c[3] or '0')
 local sold = tonumber(c[4] or '0')
-local wanted = tonumber(ARGV[1])
-local after = available + wanted - capacity
+local by = tonumber(ARGV[1])
+local after = available + by
 if after < 0 then
   return {2, capacity, available, held, sold}
 end
+local wanted = capacity + by
 redis.call('HSET', KEYS[1], 'capacity', wanted, 'available', after)
 return {1, wanted, after, held, sold}

@@ -611,12 +611,15 @@ impl RoomColumns {
 }
 
 impl OrderBook for Postgres {
-    async fn has_order(&self, reservation: ReservationId) -> PortResult<bool> {
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM orders WHERE reservation_id = $1)")
-            .bind(reservation.to_string())
-            .fetch_one(&self.pool)
-            .await
-            .map_err(port_error)
+    async fn order_user(&self, reservation: ReservationId) -> PortResult<Option<UserId>> {
+        let user: Option<i64> =
+            sqlx::query_scalar("SELECT user_id FROM orders WHERE reservation_id = $1")
+                .bind(reservation.to_string())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(port_error)?;
+        user.map(|u| UserId::new(u).map_err(|e| PortError::permanent(COMPONENT, e.0)))
+            .transpose()
     }
 
     async fn orders_of(

@@ -17,7 +17,9 @@
 //! | `fs:layout`      | STRING | the key layout the data was written in ([`KEY_LAYOUT`]) |
 //!
 //! Every key a script touches is declared in its `KEYS`, and every pipeline stays in one
-//! showtime, so the store runs on Redis Cluster (see [`crate::redis_connection`]). One
+//! showtime, so the store runs on Redis Cluster (see [`crate::redis_connection`]). On a
+//! single Redis, and only there, `reserve.lua` also writes the user's list, another hash
+//! tag, in the same call (`lists_on_take`). One
 //! multiplexed connection (or the cluster client's, one per node) carries every
 //! concurrent script, pipelined, and reconnects on its own.
 //!
@@ -384,7 +386,11 @@ impl RedisSeats {
     }
 
     /// [`SeatStore::mark_ordered`] for reservations of one showtime: one script call.
-    async fn mark_ordered_in(&self, showtime: ShowtimeId, seqs: &[u64]) -> PortResult<()> {
+    async fn mark_ordered_in(
+        &self,
+        showtime: ShowtimeId,
+        orders: &[(u64, i64)],
+    ) -> PortResult<usize> {
         let mut conn = self.conn.clone();
         let mut call = self
             .scripts
@@ -393,12 +399,14 @@ impl RedisSeats {
         call.key(self.reservations_key(showtime))
             .key(self.key(showtime, "seats"))
             .key(self.key(showtime, "deadlines"))
-            .key(self.key(showtime, "users"))
-            .arg(seqs);
+            .key(self.key(showtime, "users"));
+        for (seq, user) in orders {
+            call.arg(seq).arg(user);
+        }
         // One call for the showtime's orders of the batch, not one per order: a script
         // call costs Redis more than the few commands that mark one order.
-        let _moved: i64 = call.invoke_async(&mut conn).await.map_err(port_error)?;
-        Ok(())
+        let moved: i64 = call.invoke_async(&mut conn).await.map_err(port_error)?;
+        Ok(moved.max(0) as usize)
     }
 
     /// due.lua: the members of a showtime's `zset` (deadlines, unrecorded payments) due
@@ -626,14 +634,15 @@ impl SeatStore for RedisSeats {
         self.run_expire(id, true).await
     }
 
-    async fn mark_ordered(&self, ids: &[ReservationId]) -> PortResult<()> {
+    async fn mark_ordered(&self, orders: &[(ReservationId, UserId)]) -> PortResult<usize> {
         // One script call per showtime: a call stays inside one slot (Redis Cluster
         // refuses one across slots with CROSSSLOT); the showtimes' calls run at once.
-        let mut by_showtime: Vec<(ShowtimeId, Vec<u64>)> = vec![];
-        for id in ids {
+        let mut by_showtime: Vec<(ShowtimeId, Vec<(u64, i64)>)> = vec![];
+        for (id, user) in orders {
+            let order = (id.seq(), user.get());
             match by_showtime.iter_mut().find(|(s, _)| *s == id.showtime()) {
-                Some((_, seqs)) => seqs.push(id.seq()),
-                None => by_showtime.push((id.showtime(), vec![id.seq()])),
+                Some((_, of)) => of.push(order),
+                None => by_showtime.push((id.showtime(), vec![order])),
             }
         }
         let span = tracing::info_span!(
@@ -643,17 +652,17 @@ impl SeatStore for RedisSeats {
             otel.kind = "client",
             db.system.name = "redis",
             db.operation.name = "EVALSHA",
-            flash_sale.reservations = ids.len(),
+            flash_sale.reservations = orders.len(),
             flash_sale.showtimes = by_showtime.len(),
         );
-        futures::future::try_join_all(
+        let moved = futures::future::try_join_all(
             by_showtime
                 .iter()
-                .map(|(showtime, seqs)| self.mark_ordered_in(*showtime, seqs)),
+                .map(|(showtime, of)| self.mark_ordered_in(*showtime, of)),
         )
         .instrument(span)
         .await?;
-        Ok(())
+        Ok(moved.into_iter().sum())
     }
 
     async fn mark_refused(
@@ -826,13 +835,13 @@ impl SeatStore for RedisSeats {
         })
     }
 
-    async fn resize(&self, showtime: ShowtimeId, capacity: u32) -> PortResult<ResizeOutcome> {
+    async fn resize(&self, showtime: ShowtimeId, by: i64) -> PortResult<ResizeOutcome> {
         let mut conn = self.conn.clone();
         let answer: Vec<u32> = self
             .scripts
             .resize
             .key(self.key(showtime, "seats"))
-            .arg(capacity)
+            .arg(by)
             .invoke_async(&mut conn)
             .await
             .map_err(port_error)?;

@@ -228,15 +228,23 @@ impl SeatStore for FakeSeats {
         ready(Ok(outcome))
     }
 
-    fn mark_ordered(&self, ids: &[ReservationId]) -> impl Future<Output = PortResult<()>> + Send {
+    fn mark_ordered(
+        &self,
+        orders: &[(ReservationId, UserId)],
+    ) -> impl Future<Output = PortResult<usize>> + Send {
         let mut st = self.state.lock().unwrap();
-        for id in ids {
+        let mut moved = 0;
+        for (id, of) in orders {
             let Some(r) = st.reservations.get_mut(id) else {
                 continue;
             };
             // As mark_ordered.lua: the database's order is a sale, whatever the store
-            // says (a hold whose payment the store lost included).
+            // says (a hold whose payment the store lost included), if it is its user's.
             let (was, user, quantity) = (r.status, r.user, r.quantity);
+            if user != *of || was == Status::Ordered {
+                continue;
+            }
+            moved += 1;
             match was {
                 Status::Paid | Status::Ordered => r.status = Status::Ordered,
                 Status::Reserved => {
@@ -256,7 +264,7 @@ impl SeatStore for FakeSeats {
                 }
             }
         }
-        ready(Ok(()))
+        ready(Ok(moved))
     }
 
     fn mark_refused(
@@ -350,18 +358,17 @@ impl SeatStore for FakeSeats {
     fn resize(
         &self,
         showtime: ShowtimeId,
-        capacity: u32,
+        by: i64,
     ) -> impl Future<Output = PortResult<ResizeOutcome>> + Send {
         let mut st = self.state.lock().unwrap();
         let outcome = match st.counts.get_mut(&showtime) {
             None => ResizeOutcome::UnknownShowtime,
             Some(c) => {
-                let available =
-                    i64::from(c.available) + i64::from(capacity) - i64::from(c.capacity);
+                let available = i64::from(c.available) + by;
                 if available < 0 {
                     ResizeOutcome::InUse(*c)
                 } else {
-                    c.capacity = capacity;
+                    c.capacity = (i64::from(c.capacity) + by) as u32;
                     c.available = available as u32;
                     ResizeOutcome::Resized(*c)
                 }
@@ -609,17 +616,22 @@ impl Catalog for FakeDb {
 }
 
 impl OrderBook for FakeDb {
-    fn has_order(
+    fn order_user(
         &self,
         reservation: ReservationId,
-    ) -> impl Future<Output = PortResult<bool>> + Send {
+    ) -> impl Future<Output = PortResult<Option<UserId>>> + Send {
         if self.orders_down.load(Ordering::SeqCst) {
             return ready(Err(PortError::transient(
                 "database",
                 "the order book is down",
             )));
         }
-        ready(Ok(self.orders.lock().unwrap().contains_key(&reservation)))
+        ready(Ok(self
+            .orders
+            .lock()
+            .unwrap()
+            .get(&reservation)
+            .map(|o| o.user)))
     }
 
     fn orders_of(

@@ -151,9 +151,9 @@ pub enum OrderOutcome {
 /// Why the database refused an order for good.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
-    /// Its showtime has no seat left in the database: every seat of its capacity is in
-    /// an order already. The seat store sold a seat the database does not have (it lost
-    /// writes, or the row's capacity was lowered past it), so that seat must not go on
+    /// Its showtime has too few seats left in the database (none, or fewer than a
+    /// group asks). The seat store sold seats the database does not have (it lost
+    /// writes, or the row's capacity was lowered past them), so they must not go on
     /// sale again.
     SoldOutInDatabase,
     /// Any other rule (one order per user and showtime, `max_per_user`, an id recorded
@@ -176,8 +176,10 @@ impl std::fmt::Display for Refusal {
 pub enum RefusedSeats {
     /// Back on sale: `sold -> available`.
     BackOnSale,
-    /// Out of the stock: `sold` and `capacity` both lower, nothing more to sell (the
-    /// database has no seat for them). An operator's `add_seats` brings seats back.
+    /// Out of the stock: `sold` and `capacity` both lower, never on sale again (the
+    /// database has no seat for them; a group refused for lack of fewer seats than it
+    /// asks under-sells the difference until `reconcile --repair`). Capacity changes
+    /// are by a difference ([`SeatStore::resize`]), so they stay out.
     OutOfStock,
 }
 
@@ -266,13 +268,17 @@ pub trait SeatStore: Send + Sync + 'static {
     }
 
     /// `PAID -> ORDERED` once the order is in the database.
+    ///
+    /// Each reservation comes with the user its order is for: a hold of anyone else
+    /// under the same id (one a store that lost writes handed out again) is left alone.
+    /// Returns how many it moved.
     fn mark_ordered(
         &self,
-        reservations: &[ReservationId],
-    ) -> impl Future<Output = PortResult<()>> + Send;
+        orders: &[(ReservationId, UserId)],
+    ) -> impl Future<Output = PortResult<usize>> + Send;
 
     /// `PAID -> REFUSED` once the database's refusal is on record: the seats stop counting
-    /// as sold (back on sale, or out of the stock: `seats`) and the sweep stops re-sending
+    /// as sold, back on sale or out of the stock (`seats`), and the sweep stops re-sending
     /// the order. Returns the reservations it moved (not those already refused).
     fn mark_refused(
         &self,
@@ -311,13 +317,15 @@ pub trait SeatStore: Send + Sync + 'static {
         showtime: ShowtimeId,
     ) -> impl Future<Output = PortResult<Option<SeatCounts>>> + Send;
 
-    /// Sets a showtime's capacity, moving the difference in or out of `available`
-    /// atomically; refused (nothing changed) when that would leave `available` below
-    /// zero, that is the capacity below the seats held and sold.
+    /// Changes a showtime's capacity by `by` seats (fewer when negative), moving them in
+    /// or out of `available` atomically; refused (nothing changed) when that would leave
+    /// `available` below zero, that is fewer seats unsold than removed. By a difference,
+    /// not to a number: seats the store took out of its stock (an order the database
+    /// refused as sold out, [`RefusedSeats::OutOfStock`]) stay out.
     fn resize(
         &self,
         showtime: ShowtimeId,
-        capacity: u32,
+        by: i64,
     ) -> impl Future<Output = PortResult<ResizeOutcome>> + Send;
 
     /// The showtimes the sweep walks: every showtime whose stock the store has loaded.
@@ -437,11 +445,12 @@ pub trait OrderBook: Send + Sync + 'static {
         refusals: &[(OrderRequest, String)],
     ) -> impl Future<Output = PortResult<Vec<ReservationId>>> + Send;
 
-    /// Whether the reservation has an order on record (one lookup by its id).
-    fn has_order(
+    /// The user of the reservation's order, if it has one on record (one lookup by its
+    /// id).
+    fn order_user(
         &self,
         reservation: ReservationId,
-    ) -> impl Future<Output = PortResult<bool>> + Send;
+    ) -> impl Future<Output = PortResult<Option<UserId>>> + Send;
 
     /// A showtime's orders in the order they were recorded, those after `after` (a
     /// [`RecordedOrder::number`]) when given, at most `limit`.

@@ -584,7 +584,8 @@ where
         let capacity = change.capacity(before.capacity)?;
         if capacity != before.capacity {
             self.load_from_catalog(&before).await?;
-            match self.seats.resize(id, capacity.get()).await? {
+            let by = i64::from(capacity.get()) - i64::from(before.capacity.get());
+            match self.seats.resize(id, by).await? {
                 ResizeOutcome::Resized(_) => {}
                 ResizeOutcome::InUse(counts) => return Err(ChangeError::SeatsInUse { counts }),
                 ResizeOutcome::UnknownShowtime => {
@@ -604,7 +605,8 @@ where
                 // The row keeps its capacity: so does the stock (should this fail too,
                 // `reconcile` reports the difference and `--repair` rebuilds from the row).
                 if capacity != before.capacity {
-                    let _ = self.seats.resize(id, before.capacity.get()).await;
+                    let by = i64::from(before.capacity.get()) - i64::from(capacity.get());
+                    let _ = self.seats.resize(id, by).await;
                 }
                 return Err(e.into());
             }
@@ -1015,16 +1017,19 @@ where
         if outcome != ExpireOutcome::SeatReturned {
             return Ok((outcome, Ok(())));
         }
-        match self.db.has_order(id).await {
-            Ok(true) => {
-                self.seats.mark_ordered(&[id]).await?;
-                Ok((ExpireOutcome::AlreadySettled(Status::Ordered), Ok(())))
+        let checked = match self.db.order_user(id).await {
+            Ok(Some(user)) => {
+                if self.seats.mark_ordered(&[(id, user)]).await? == 1 {
+                    return Ok((ExpireOutcome::AlreadySettled(Status::Ordered), Ok(())));
+                }
+                // The order is another user's (an id handed out twice): the hold is not it.
+                Ok(())
             }
-            checked => {
-                self.sold_out.seat_returned(id.showtime());
-                Ok((outcome, checked.map(drop)))
-            }
-        }
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        self.sold_out.seat_returned(id.showtime());
+        Ok((outcome, checked))
     }
 
     /// Records orders in the database, each at most once, then marks them `ORDERED`. An
@@ -1084,13 +1089,13 @@ where
                 }
             }
         }
-        let recorded: Vec<ReservationId> = orders
+        let recorded: Vec<(ReservationId, UserId)> = orders
             .iter()
             .zip(&outcomes)
             .filter(|(_, outcome)| {
                 matches!(outcome, OrderOutcome::Inserted | OrderOutcome::Duplicate)
             })
-            .map(|(order, _)| order.reservation)
+            .map(|(order, _)| (order.reservation, order.user))
             .collect();
         if !recorded.is_empty() {
             self.seats.mark_ordered(&recorded).await?;
@@ -2029,7 +2034,7 @@ mod tests {
         assert_eq!(
             (c.capacity, c.available, c.held, c.sold),
             (1, 0, 0, 1),
-            "its seat no longer counts, nor is it on sale: the database has no room for it"
+            "its seat is out of the stock: the database has no room for it"
         );
         assert!(matches!(
             block_on(sale.reserve(user(3), st)),
@@ -2068,9 +2073,14 @@ mod tests {
             paid_at: UnixMillis(1),
             quantity: 1,
         };
+        // The third hold's id is on record for someone else (an id handed out twice).
+        let someone_else = OrderRequest {
+            user: user(9),
+            ..on_record(&held[2])
+        };
         block_on(
             sale.db
-                .record_orders(&[on_record(&held[0]), on_record(&held[1])]),
+                .record_orders(&[on_record(&held[0]), on_record(&held[1]), someone_else]),
         )
         .unwrap();
         sale.seats.advance(HOLD);
@@ -2082,7 +2092,10 @@ mod tests {
             ExpireOutcome::AlreadySettled(Status::Ordered)
         );
         let report = block_on(sale.sweep(Duration::ZERO)).unwrap();
-        assert_eq!(report.holds_expired, 1, "only the hold without an order");
+        assert_eq!(
+            report.holds_expired, 1,
+            "only the hold whose order is not its own"
+        );
         let c = counts(&sale, st);
         assert_eq!((c.available, c.held, c.sold), (1, 0, 2));
         for r in &held[..2] {
@@ -2107,6 +2120,57 @@ mod tests {
         assert_eq!(report.holds_expired, 3);
         assert_eq!(report.failed.len(), 3, "{report:?}");
         assert_eq!(counts(&sale, st).available, 3);
+    }
+
+    /// A seat an order refused as sold out took out of the stock stays out through the
+    /// operator's seat changes: they move the stock by their difference, not to the
+    /// row's capacity, which would put it back on sale (a refusal, then another).
+    #[test]
+    fn seats_added_after_a_sold_out_refusal_are_exactly_those_added() {
+        let sale = sale(PaymentMode::Manual);
+        let st = showtime(&sale, 2);
+        // An order the seat store does not know of (it lost the hold's writes).
+        let unknown = OrderRequest {
+            reservation: ReservationId::new(st, 999_999).unwrap(),
+            user: user(9),
+            paid_at: UnixMillis(1),
+            quantity: 1,
+        };
+        block_on(sale.write_orders(&[unknown])).unwrap();
+        let paid = |u| {
+            let r = block_on(sale.reserve(user(u), st)).unwrap();
+            block_on(sale.pay(r.id, user(u))).unwrap().order
+        };
+        let (first, second) = (paid(1), paid(2));
+        assert_eq!(
+            block_on(sale.write_orders(&[first, second])).unwrap(),
+            vec![
+                OrderOutcome::Inserted,
+                OrderOutcome::Refused(Refusal::SoldOutInDatabase)
+            ]
+        );
+        let c = counts(&sale, st);
+        assert_eq!(
+            (c.capacity, c.available, c.sold),
+            (1, 0, 1),
+            "out of the stock"
+        );
+        let add = ShowtimeChange {
+            seats: Some(crate::SeatChange::Add(1)),
+            ..ShowtimeChange::default()
+        };
+        let (row, c, _) = block_on(sale.change_showtime(st, add)).unwrap();
+        let c = c.unwrap();
+        assert_eq!((row.capacity.get(), c.capacity, c.available), (3, 2, 1));
+        assert_eq!(
+            block_on(sale.write_orders(&[paid(3)])).unwrap(),
+            vec![OrderOutcome::Inserted],
+            "the one seat added is one the database has"
+        );
+        assert!(matches!(
+            block_on(sale.reserve(user(4), st)),
+            Err(ReserveError::SoldOut { .. })
+        ));
     }
 
     #[test]

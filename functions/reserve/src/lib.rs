@@ -248,8 +248,9 @@ struct ReservationList {
 }
 
 /// The caller's reservations (holds, paid, ordered, expired, cancelled) across
-/// showtimes, newest first. The list is written just after each hold is made: a hold
-/// whose process stopped in between is missing from it.
+/// showtimes, newest first. On a single Redis the list is written with each hold, in
+/// the reserve call; on Redis Cluster just after it, so a hold whose process stopped in
+/// between is missing from it.
 async fn my_reservations(
     State(state): State<AppState>,
     caller: Caller,

@@ -363,7 +363,7 @@ async fn a_refused_order_replayed_after_its_seat_sold_again_leaves_counts_that_s
     held_and_paid(&s, st, 2).await;
     // A person fixed the refusal's cause and replayed the first order, which the
     // database took: Redis counts two seats sold of one.
-    s.mark_ordered(&[first.id]).await.unwrap();
+    s.mark_ordered(&[(first.id, user(1))]).await.unwrap();
     let counts = s.counts(st).await.unwrap().expect("the counts still read");
     assert_eq!((counts.available, counts.held, counts.sold), (0, 0, 2));
     assert!(!counts.balanced(), "{counts:?}");
@@ -442,7 +442,16 @@ async fn an_order_on_record_is_a_sale_even_where_redis_lost_its_payment() {
     let c = s.counts(st).await.unwrap().unwrap();
     assert_eq!((c.available, c.held, c.sold), (2, 1, 0));
 
-    s.mark_ordered(&[lost.id, expired.id]).await.unwrap();
+    // Another user's order under the first hold's id (one handed out twice) is not it.
+    assert_eq!(s.mark_ordered(&[(lost.id, user(9))]).await.unwrap(), 0);
+    let c = s.counts(st).await.unwrap().unwrap();
+    assert_eq!((c.available, c.held, c.sold), (2, 1, 0), "nothing marked");
+    assert_eq!(
+        s.mark_ordered(&[(lost.id, user(1)), (expired.id, user(2))])
+            .await
+            .unwrap(),
+        2
+    );
     let c = s.counts(st).await.unwrap().unwrap();
     assert_eq!((c.available, c.held, c.sold), (1, 0, 2), "both sold");
     for r in [&lost, &expired] {
@@ -545,8 +554,8 @@ async fn paid_reservations_wait_in_the_unrecorded_set_until_marked_ordered() {
             quantity: 1,
         }]
     );
-    s.mark_ordered(&[r.id]).await.unwrap();
-    s.mark_ordered(&[r.id]).await.unwrap();
+    assert_eq!(s.mark_ordered(&[(r.id, user(1))]).await.unwrap(), 1);
+    assert_eq!(s.mark_ordered(&[(r.id, user(1))]).await.unwrap(), 0);
     assert!(
         s.unrecorded_payments(st, Duration::ZERO)
             .await
@@ -604,7 +613,7 @@ async fn scripts_are_reloaded_after_redis_forgets_them() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    s.mark_ordered(&[id]).await.unwrap();
+    s.mark_ordered(&[(id, user(1))]).await.unwrap();
     assert_eq!(
         s.reservation(id).await.unwrap().unwrap().status,
         Status::Ordered
@@ -1345,7 +1354,7 @@ async fn redis_moves_a_groups_seats_together_in_every_script() {
         vec![a.id]
     );
     assert_eq!(s.counts(st).await.unwrap(), Some(six_seats(6, 0, 0)));
-    s.mark_ordered(&[a.id]).await.unwrap();
+    s.mark_ordered(&[(a.id, user(1))]).await.unwrap();
     assert_eq!(s.counts(st).await.unwrap(), Some(six_seats(2, 0, 4)));
 
     // Expired, twice: both seats back once.

@@ -152,7 +152,7 @@ async fn calls_across_showtimes_on_different_masters_work() {
             seats.pay(r.id, buyer).await.unwrap(),
             PayOutcome::Paid { .. }
         ));
-        paid.push(r.id);
+        paid.push((r.id, buyer));
         // A group's hold (2 seats) whose deadline is already past, for the sweep to find.
         let late = UserId::new(100 + i as i64).unwrap();
         let TakeOutcome::Reserved(r) = seats
@@ -165,8 +165,11 @@ async fn calls_across_showtimes_on_different_masters_work() {
         held.push(r.id);
     }
 
-    seats.mark_ordered(&paid).await.expect("one call marks all");
-    for id in &paid {
+    assert_eq!(
+        seats.mark_ordered(&paid).await.expect("one call marks all"),
+        paid.len()
+    );
+    for (id, _) in &paid {
         let r = seats.reservation(*id).await.unwrap().unwrap();
         assert_eq!(r.status, Status::Ordered, "{id}");
     }

@@ -284,7 +284,10 @@ async fn a_repair_counts_an_order_written_while_it_waited_for_the_lock() {
     .unwrap();
     app.adapters
         .seats
-        .mark_ordered(&[second.parse().unwrap()])
+        .mark_ordered(&[(
+            second.parse().unwrap(),
+            flash_sale_core::UserId::new(2).unwrap(),
+        )])
         .await
         .unwrap();
     tx.commit().await.unwrap();
