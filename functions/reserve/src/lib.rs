@@ -308,7 +308,14 @@ async fn cancel(
         let cancelled = sale.cancel(id, user).await;
         metrics::cancellation(&cancelled.as_ref().map(|_| ()));
         cancelled?;
-        match sale.reservation(id).await? {
+        // Cancelled by now: a failed read says so, not that nothing was changed.
+        let read = sale.reservation(id).await.map_err(|_| {
+            ApiError::Unavailable(format!(
+                "reservation {id} is cancelled, but could not be read back; \
+                 GET /reservations/{id} shows it (a second cancel answers it too)"
+            ))
+        })?;
+        match read {
             Some(r) => Ok(Json(ReservationView::from(&r))),
             None => Err(ApiError::NotFound(format!("reservation {id} not found"))),
         }
