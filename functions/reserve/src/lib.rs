@@ -109,10 +109,11 @@ async fn reserve(
         .parse(&caller)
         .inspect_err(metrics::reservation_rejected)?;
     let quantity = req.quantity().inspect_err(metrics::reservation_rejected)?;
-    state.guard().limits().check_user(user)?;
     // What this process already knows refuses at once (the crowd after the last seat):
     // no task, no store, the body built once. Not a keyed request (its key answers
-    // first) nor one showing an admission (checked first).
+    // first) nor one showing an admission (checked first). Before the user's rate
+    // limit: such a refusal costs less than the 429 would, and takes nothing from the
+    // user's bucket (the per-address limit, at the front, still counts it).
     if key.is_none()
         && pass.is_none()
         && let Some(refusal) = state
@@ -123,6 +124,7 @@ async fn reserve(
         metrics::reservation(&Err(&refusal));
         return Err(refusal.into());
     }
+    state.guard().limits().check_user(user)?;
     let keyed = key.map(|key| key.scoped(KeyedRoute::Reserve, showtime, user, ""));
     let held = state.clone();
     // Boxed: the hold's future is large, and a refusal above need not carry (and copy)

@@ -52,6 +52,38 @@ async fn a_burst_over_the_user_limit_gets_429_with_retry_after_and_holds_one_sea
     app.finish().await;
 }
 
+/// A refusal the process answers from memory (a showtime it knows is sold out) comes
+/// before the per-user limit and takes nothing from the user's bucket: it costs less than
+/// the 429 would. The user's next real attempt is still served, and a burst of real
+/// attempts is still limited (the test above).
+#[tokio::test]
+async fn sold_out_answers_from_memory_take_nothing_from_the_users_bucket() {
+    let app = TestApp::spawn(Options {
+        rate_user: Some((1, 3)),
+        sold_out_cache_ms: Some(60_000),
+        ..jwt()
+    })
+    .await;
+    let gone = showtime(&app, json!({"capacity": 1})).await;
+    let open = showtime(&app, json!({"capacity": 1})).await;
+    let (status, _) = app
+        .post_as(&app.token(1), "/reserve", json!({"showtime_id": gone}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let me = app.token(7);
+    for _ in 0..10 {
+        let (status, body) = app
+            .post_as(&me, "/reserve", json!({"showtime_id": gone}))
+            .await;
+        assert_error(&(status, body), StatusCode::CONFLICT, "sold_out");
+    }
+    let (status, body) = app
+        .post_as(&me, "/reserve", json!({"showtime_id": open}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    app.finish().await;
+}
+
 /// A server that limits each client address to a burst of 3 and 1 a second, taking the
 /// address from `X-Forwarded-For`, and a showtime of 100 seats on it.
 async fn behind_an_address_limit() -> (TestApp, i64) {
