@@ -2240,6 +2240,16 @@ async fn the_timer_removes_a_room_its_row_no_longer_has() {
     app.finish().await;
 }
 
+/// Whether Redis has showtime `st`'s waiting room.
+async fn room_in_redis(app: &TestApp, st: i64) -> bool {
+    let mut conn = app.adapters.seats.connection();
+    redis::cmd("EXISTS")
+        .arg(format!("{}:{{{st}}}:room", app.iso.prefix))
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
 /// A keyed creation's replay sets the showtime's room from the row as it is when it
 /// does so, under the row's lock. Before, it set the room from the row it had read
 /// first: an operator who removed the room meanwhile saw it come back, refusing every
@@ -2292,14 +2302,10 @@ async fn a_keyed_creation_replayed_while_its_room_is_removed_does_not_bring_it_b
     assert_eq!(status, StatusCode::CREATED, "{again}");
     assert_eq!(headers["idempotent-replayed"], "true");
     // The room stays removed: the sale sells to anyone.
-    let room = format!("{}:{{{st}}}:room", app.iso.prefix);
-    let mut conn = app.adapters.seats.connection();
-    let left: bool = redis::cmd("EXISTS")
-        .arg(&room)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert!(!left, "the removed room is back in Redis");
+    assert!(
+        !room_in_redis(&app, st).await,
+        "the removed room is back in Redis"
+    );
     let held = Client::of(&app, 1).reserve(st, 1, None, None, None).await;
     assert_eq!(held.status, StatusCode::OK, "{}", held.body);
     replayer.stop().await;
@@ -2379,14 +2385,10 @@ async fn a_room_removed_while_the_timer_sets_it_does_not_come_back() {
     // The room stays removed: the sale sells to anyone.
     let held = client.reserve(st, 1, None, None, None).await;
     assert_eq!(held.status, StatusCode::OK, "{}", held.body);
-    let room = format!("{}:{{{st}}}:room", app.iso.prefix);
-    let mut conn = app.adapters.seats.connection();
-    let left: bool = redis::cmd("EXISTS")
-        .arg(&room)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert!(!left, "the removed room is back in Redis");
+    assert!(
+        !room_in_redis(&app, st).await,
+        "the removed room is back in Redis"
+    );
     drop(timer);
     app.finish().await;
 }
