@@ -119,9 +119,14 @@ async fn a_server_trusting_the_right_ca_starts_and_serves_over_tls() {
     let server = ServerProcess::start(SERVER, &iso, free_port(), &opts).await;
     let http = reqwest::Client::new();
     let showtime = server.create_showtime(&http, 3).await;
-    let ready = http.get(server.url("/readyz")).send().await.unwrap();
-    assert_eq!(ready.status(), reqwest::StatusCode::OK);
     assert!(showtime > 0);
+    // Listening is not ready: its consumers connect and declare their queues over TLS
+    // after the listener opens (a CI run once read 503 here straight after the create).
+    flash_sale_tests::eventually(Duration::from_secs(30), "/readyz over TLS", || async {
+        let ready = http.get(server.url("/readyz")).send().await.unwrap();
+        (ready.status() == reqwest::StatusCode::OK).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
