@@ -582,9 +582,10 @@ where
         }
         let window = change.window(before.sale_window, now)?;
         let capacity = change.capacity(before.capacity)?;
-        if capacity != before.capacity {
+        // Seats added (removed when negative): the stock moves by the row's difference.
+        let by = i64::from(capacity.get()) - i64::from(before.capacity.get());
+        if by != 0 {
             self.load_from_catalog(&before).await?;
-            let by = i64::from(capacity.get()) - i64::from(before.capacity.get());
             match self.seats.resize(id, by).await? {
                 ResizeOutcome::Resized(_) => {}
                 ResizeOutcome::InUse(counts) => return Err(ChangeError::SeatsInUse { counts }),
@@ -604,9 +605,8 @@ where
             Err(e) => {
                 // The row keeps its capacity: so does the stock (should this fail too,
                 // `reconcile` reports the difference and `--repair` rebuilds from the row).
-                if capacity != before.capacity {
-                    let by = i64::from(before.capacity.get()) - i64::from(capacity.get());
-                    let _ = self.seats.resize(id, by).await;
+                if by != 0 {
+                    let _ = self.seats.resize(id, -by).await;
                 }
                 return Err(e.into());
             }
@@ -1059,19 +1059,12 @@ where
             self.db.record_refusals(&on_record).await?;
             // A seat the database has no room for leaves the stock instead of going on
             // sale again, where the next buyer would pay for it and be refused in turn.
-            for seats in [RefusedSeats::BackOnSale, RefusedSeats::OutOfStock] {
-                let ids: Vec<ReservationId> = refused
-                    .iter()
-                    .filter(|(_, why)| why.seats() == seats)
-                    .map(|(o, _)| o.reservation)
-                    .collect();
-                if ids.is_empty() {
-                    continue;
-                }
-                for id in self.seats.mark_refused(&ids, seats).await? {
-                    if seats == RefusedSeats::BackOnSale {
-                        self.sold_out.seat_returned(id.showtime());
-                    }
+            // Refusals are rare: one store call each.
+            for (order, why) in &refused {
+                let id = order.reservation;
+                let moved = self.seats.mark_refused(&[id], why.seats()).await?;
+                if !moved.is_empty() && why.seats() == RefusedSeats::BackOnSale {
+                    self.sold_out.seat_returned(id.showtime());
                 }
             }
             // Each refusal is reported once per delivery: where a batch names the same

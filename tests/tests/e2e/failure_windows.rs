@@ -133,11 +133,10 @@ async fn an_order_the_database_refuses_ends_refused_is_dead_lettered_once_and_ne
         (0, 0, 1),
         "the refused seat no longer counts as sold, nor is it on sale"
     );
-    let (status, next) = app
+    let next = app
         .post("/reserve", json!({"user_id": 3, "showtime_id": showtime}))
         .await;
-    assert_eq!(status, StatusCode::CONFLICT, "{next}");
-    assert_eq!(next["error"], "sold_out", "{next}");
+    assert_error(&next, StatusCode::CONFLICT, "sold_out");
     let on_record: i64 =
         sqlx::query_scalar("SELECT count(*) FROM refused_orders WHERE reservation_id = $1")
             .bind(&refused)
@@ -698,11 +697,10 @@ async fn an_expiring_hold_whose_order_is_on_record_stays_sold() {
     );
     assert_eq!(app.status_of(&held).await, "ORDERED");
     assert_eq!(app.seats(showtime).await, (0, 0, 1));
-    let (status, next) = app
+    let next = app
         .post("/reserve", json!({"user_id": 2, "showtime_id": showtime}))
         .await;
-    assert_eq!(status, StatusCode::CONFLICT, "{next}");
-    assert_eq!(next["error"], "sold_out", "{next}");
+    assert_error(&next, StatusCode::CONFLICT, "sold_out");
     app.finish().await;
 }
 
