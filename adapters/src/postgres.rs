@@ -262,6 +262,33 @@ impl Postgres {
         Ok(())
     }
 
+    /// Records `orders` in one transaction, each judged: all in, or the error of the
+    /// whole (a refusal of one fails them all).
+    async fn record_together(
+        &self,
+        orders: &[OrderRequest],
+    ) -> Result<Vec<OrderOutcome>, sqlx::Error> {
+        // A redelivery can bring the same reservation twice in one batch: each id is
+        // inserted once, and every copy is then judged against the row its id has.
+        let mut unique: Vec<OrderRequest> = Vec::with_capacity(orders.len());
+        for o in orders {
+            if !unique.iter().any(|u| u.reservation == o.reservation) {
+                unique.push(*o);
+            }
+        }
+        let repeated = unique.len() < orders.len();
+        let inserted = self.insert_settled(&unique, repeated).await?;
+        let mut seen = Vec::with_capacity(orders.len());
+        Ok(orders
+            .iter()
+            .map(|o| {
+                let first = !seen.contains(&o.reservation);
+                seen.push(o.reservation);
+                inserted.outcome(o, first)
+            })
+            .collect())
+    }
+
     /// [`Postgres::insert_batch`], once more when it [`lost_a_race`].
     async fn insert_settled(
         &self,
@@ -659,42 +686,40 @@ impl OrderBook for Postgres {
     }
 
     async fn record_orders(&self, orders: &[OrderRequest]) -> PortResult<Vec<OrderOutcome>> {
-        // A redelivery can bring the same reservation twice in one batch: each id is
-        // inserted once, and every copy is then judged against the row its id has.
-        let mut unique: Vec<OrderRequest> = Vec::with_capacity(orders.len());
-        for o in orders {
-            if !unique.iter().any(|u| u.reservation == o.reservation) {
-                unique.push(*o);
-            }
-        }
-        let repeated = unique.len() < orders.len();
-        match self.insert_settled(&unique, repeated).await {
-            Ok(inserted) => {
-                let mut seen = Vec::with_capacity(orders.len());
-                Ok(orders
-                    .iter()
-                    .map(|o| {
-                        let first = !seen.contains(&o.reservation);
-                        seen.push(o.reservation);
-                        inserted.outcome(o, first)
-                    })
-                    .collect())
-            }
+        match self.record_together(orders).await {
+            Ok(outcomes) => Ok(outcomes),
             Err(e) if refusal(&e).is_some() && orders.len() > 1 => {
-                // One bad order must not hold the others back: find it one by one.
-                let mut outcomes = Vec::with_capacity(orders.len());
-                for o in orders {
-                    outcomes.push(
-                        match self.insert_settled(std::slice::from_ref(o), false).await {
-                            Ok(inserted) => inserted.outcome(o, true),
-                            Err(e) => match refusal(&e) {
-                                Some(why) => OrderOutcome::Refused(why),
-                                None => return Err(port_error(e)),
-                            },
+                // One bad order must not hold the others back. The batch is halved until
+                // each refused order stands alone, the first half before the second (the
+                // earlier orders get the last seats, as one by one): the good halves go in
+                // whole, so one bad order among thousands costs a few dozen statements,
+                // not a transaction per order (which could outlast a Lambda's timeout).
+                let mut outcomes: Vec<Option<OrderOutcome>> = vec![None; orders.len()];
+                let halves = |start: usize, end: usize| {
+                    let mid = start + (end - start) / 2;
+                    [(mid, end), (start, mid)]
+                };
+                let mut todo = Vec::from(halves(0, orders.len()));
+                while let Some((start, end)) = todo.pop() {
+                    match self.record_together(&orders[start..end]).await {
+                        Ok(these) => {
+                            for (slot, outcome) in outcomes[start..end].iter_mut().zip(these) {
+                                *slot = Some(outcome);
+                            }
+                        }
+                        Err(e) => match refusal(&e) {
+                            Some(why) if end - start == 1 => {
+                                outcomes[start] = Some(OrderOutcome::Refused(why));
+                            }
+                            Some(_) => todo.extend(halves(start, end)),
+                            None => return Err(port_error(e)),
                         },
-                    );
+                    }
                 }
-                Ok(outcomes)
+                Ok(outcomes
+                    .into_iter()
+                    .map(|o| o.expect("every order is judged once its part is"))
+                    .collect())
             }
             Err(e) => match refusal(&e) {
                 Some(why) => Ok(vec![OrderOutcome::Refused(why)]),

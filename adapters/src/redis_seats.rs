@@ -93,10 +93,13 @@ impl std::fmt::Debug for RedisSeats {
 /// primary demoted during a failover), a cluster resharding or failing over, a server
 /// busy with a long script, too few replicas to accept writes, a script cache emptied
 /// again between the client's reload of a script and its retry (a restart or failover;
-/// the script did not run). Trying again later can succeed, so a message that met one
-/// is redelivered, not dead-lettered.
-const RETRYABLE_CODES: [&str; 8] = [
+/// the script did not run), a slot that moved (MOVED, ASK) more often than the cluster
+/// client follows in one call while the cluster's shape changes. Trying again later can
+/// succeed, so a message that met one is redelivered, not dead-lettered.
+const RETRYABLE_CODES: [&str; 10] = [
     "NOSCRIPT",
+    "MOVED",
+    "ASK",
     "LOADING",
     "READONLY",
     "TRYAGAIN",
@@ -835,13 +838,14 @@ impl SeatStore for RedisSeats {
         })
     }
 
-    async fn resize(&self, showtime: ShowtimeId, by: i64) -> PortResult<ResizeOutcome> {
+    async fn resize(&self, showtime: ShowtimeId, from: u32, to: u32) -> PortResult<ResizeOutcome> {
         let mut conn = self.conn.clone();
         let answer: Vec<u32> = self
             .scripts
             .resize
             .key(self.key(showtime, "seats"))
-            .arg(by)
+            .arg(from)
+            .arg(to)
             .invoke_async(&mut conn)
             .await
             .map_err(port_error)?;
@@ -1015,5 +1019,20 @@ mod tests {
             "ERR user_script:1: bad argument",
         ));
         assert!(!port_error(wrong).transient);
+    }
+
+    /// A slot that moved again while the cluster's shape changed (more redirects than
+    /// the client follows) is worth a retry: before, it was permanent, and a batch of
+    /// orders meeting it after their commit was dead-lettered whole.
+    #[test]
+    fn a_slot_that_moved_is_worth_a_retry() {
+        for kind in [redis::ServerErrorKind::Moved, redis::ServerErrorKind::Ask] {
+            let moved = redis::RedisError::from((
+                redis::ErrorKind::Server(kind),
+                "key moved",
+                "3999 127.0.0.1:7001".to_string(),
+            ));
+            assert!(port_error(moved).transient, "{kind:?}");
+        }
     }
 }

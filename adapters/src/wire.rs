@@ -167,11 +167,23 @@ pub fn encode_order(m: &OrderRequest) -> Vec<u8> {
     .expect("plain struct serializes")
 }
 
+/// The latest payment time an order may carry: the last millisecond of the year 9999.
+/// Payment times come from Redis's clock; one past this is no time PostgreSQL can
+/// store, and would fail the whole batch it arrived with at the insert.
+const LATEST_PAID_AT_MS: u64 = 253_402_300_799_999;
+
 /// The orders in an order message.
 pub fn decode_orders(body: &[u8]) -> Result<Vec<Traced<OrderRequest>>, MalformedMessage> {
     decode_all(body, |w: OrderWire| {
         if w.quantity == 0 {
             return Err(InvalidInput("an order's quantity must be at least 1".into()).into());
+        }
+        if w.paid_at_ms > LATEST_PAID_AT_MS {
+            return Err(InvalidInput(format!(
+                "an order's paid_at_ms must be a time before the year 10000, not {}",
+                w.paid_at_ms
+            ))
+            .into());
         }
         Ok(Traced {
             message: OrderRequest {
@@ -271,5 +283,14 @@ mod tests {
         assert!(decode_orders(br#"{"reservation_id":"1-1","user_id":1}"#).is_err());
         let missing = decode_orders(br#"{"reservation_id":"1-1","user_id":1}"#).unwrap_err();
         assert!(missing.to_string().contains("paid_at_ms"), "{missing}");
+        // A payment time PostgreSQL cannot store is refused with its message, alone.
+        for far in [u64::MAX, LATEST_PAID_AT_MS + 1] {
+            let body = format!(r#"{{"reservation_id":"1-1","user_id":1,"paid_at_ms":{far}}}"#);
+            let refused = decode_orders(body.as_bytes()).unwrap_err();
+            assert!(refused.to_string().contains("paid_at_ms"), "{refused}");
+        }
+        let last =
+            format!(r#"{{"reservation_id":"1-1","user_id":1,"paid_at_ms":{LATEST_PAID_AT_MS}}}"#);
+        assert!(decode_orders(last.as_bytes()).is_ok());
     }
 }

@@ -25,6 +25,8 @@ struct SeatsState {
     generations: HashMap<ShowtimeId, u64>,
     /// Seats one reservation may take, per showtime (as load.lua stores it).
     max_per_user: HashMap<ShowtimeId, u32>,
+    /// The row capacity each showtime's stock reflects (as resize.lua keeps it).
+    row_capacity: HashMap<ShowtimeId, u32>,
 }
 
 #[derive(Debug, Default)]
@@ -145,6 +147,7 @@ impl SeatStore for FakeSeats {
         }
         if loaded {
             st.max_per_user.insert(showtime, max_per_user);
+            st.row_capacity.insert(showtime, capacity);
             st.counts.insert(
                 showtime,
                 SeatCounts {
@@ -358,9 +361,12 @@ impl SeatStore for FakeSeats {
     fn resize(
         &self,
         showtime: ShowtimeId,
-        by: i64,
+        from: u32,
+        to: u32,
     ) -> impl Future<Output = PortResult<ResizeOutcome>> + Send {
         let mut st = self.state.lock().unwrap();
+        let reflected = st.row_capacity.get(&showtime).copied().unwrap_or(from);
+        let by = i64::from(to) - i64::from(reflected);
         let outcome = match st.counts.get_mut(&showtime) {
             None => ResizeOutcome::UnknownShowtime,
             Some(c) => {
@@ -370,7 +376,9 @@ impl SeatStore for FakeSeats {
                 } else {
                     c.capacity = (i64::from(c.capacity) + by) as u32;
                     c.available = available as u32;
-                    ResizeOutcome::Resized(*c)
+                    let c = *c;
+                    st.row_capacity.insert(showtime, to);
+                    ResizeOutcome::Resized(c)
                 }
             }
         };
@@ -783,6 +791,7 @@ impl SeatAuditor for FakeSeats {
             sold,
         };
         st.counts.insert(showtime, counts);
+        st.row_capacity.insert(showtime, capacity);
         ready(Ok(counts))
     }
 }

@@ -317,15 +317,20 @@ pub trait SeatStore: Send + Sync + 'static {
         showtime: ShowtimeId,
     ) -> impl Future<Output = PortResult<Option<SeatCounts>>> + Send;
 
-    /// Changes a showtime's capacity by `by` seats (fewer when negative), moving them in
-    /// or out of `available` atomically; refused (nothing changed) when that would leave
-    /// `available` below zero, that is fewer seats unsold than removed. By a difference,
-    /// not to a number: seats the store took out of its stock (an order the database
-    /// refused as sold out, [`RefusedSeats::OutOfStock`]) stay out.
+    /// Changes a showtime's stock for its row's capacity going from `from` to `to`,
+    /// moving seats in or out of `available` atomically; refused (nothing changed) when
+    /// that would leave `available` below zero, that is fewer seats unsold than removed.
+    /// The store remembers the row capacity its stock reflects and moves by the
+    /// difference to `to`: seats it took out of its stock (an order the database refused
+    /// as sold out, [`RefusedSeats::OutOfStock`]) stay out, and a resize that already
+    /// reached it (run twice, or again after an answer that was lost) moves nothing.
+    /// So the undo of a change whose row was not written is `resize(to, from)`, right
+    /// whether or not the change had reached the store.
     fn resize(
         &self,
         showtime: ShowtimeId,
-        by: i64,
+        from: u32,
+        to: u32,
     ) -> impl Future<Output = PortResult<ResizeOutcome>> + Send;
 
     /// The showtimes the sweep walks: every showtime whose stock the store has loaded.

@@ -366,6 +366,9 @@ pub struct SweepReport {
     pub orders_resent: usize,
     /// Showtimes the sweep could not finish, with why: the others were swept.
     pub failed: Vec<(ShowtimeId, String)>,
+    /// Why the orders of unrecorded payments could not be re-sent (the next sweep tries
+    /// again); the holds the sweep expired before are counted all the same.
+    pub orders_not_resent: Option<String>,
 }
 
 /// The flash sale: its rules over its ports.
@@ -582,11 +585,12 @@ where
         }
         let window = change.window(before.sale_window, now)?;
         let capacity = change.capacity(before.capacity)?;
-        // Seats added (removed when negative): the stock moves by the row's difference.
-        let by = i64::from(capacity.get()) - i64::from(before.capacity.get());
-        if by != 0 {
+        // Seats added or removed: the stock follows the row's capacity (by a difference
+        // it computes itself, so a resize that already reached it moves nothing again).
+        let (from, to) = (before.capacity.get(), capacity.get());
+        if from != to {
             self.load_from_catalog(&before).await?;
-            match self.seats.resize(id, by).await? {
+            match self.seats.resize(id, from, to).await? {
                 ResizeOutcome::Resized(_) => {}
                 ResizeOutcome::InUse(counts) => return Err(ChangeError::SeatsInUse { counts }),
                 ResizeOutcome::UnknownShowtime => {
@@ -604,15 +608,16 @@ where
             Ok(after) => after,
             Err(e) => {
                 // The row keeps its capacity: so does the stock (should this fail too,
-                // `reconcile` reports the difference and `--repair` rebuilds from the row).
-                if by != 0 {
-                    let _ = self.seats.resize(id, -by).await;
+                // `reconcile` reports the difference and `--repair` rebuilds from the row;
+                // an operator's retry of the change then finds the stock already moved).
+                if from != to {
+                    let _ = self.seats.resize(id, to, from).await;
                 }
                 return Err(e.into());
             }
         };
         self.windows.keep(id, after.sale_window);
-        if capacity.get() > before.capacity.get() {
+        if to > from {
             self.sold_out.seat_returned(id);
         }
         let counts = self.counts_after_change(&after).await;
@@ -1119,8 +1124,13 @@ where
             }
         }
         if !unrecorded.is_empty() {
-            self.bus.publish_orders(&unrecorded).await?;
-            report.orders_resent = unrecorded.len();
+            match self.bus.publish_orders(&unrecorded).await {
+                Ok(()) => report.orders_resent = unrecorded.len(),
+                Err(e) => {
+                    report.orders_not_resent =
+                        Some(format!("{} orders not re-sent: {e}", unrecorded.len()));
+                }
+            }
         }
         Ok(report)
     }
@@ -2115,6 +2125,56 @@ mod tests {
         assert_eq!(counts(&sale, st).available, 3);
     }
 
+    /// A seat change that reached the store but not the row (its answer lost, or the
+    /// process gone between the two steps) is made right by the next change, which
+    /// moves the stock to the row it writes: before, each change moved the stock by its
+    /// own difference, so a lost +3 followed by a +1 left the store selling 6 seats for a
+    /// row of 3; and the lost change's retry finds its seats already there.
+    #[test]
+    fn a_change_that_reached_only_the_store_is_made_right_by_the_next() {
+        let sale = sale(PaymentMode::Manual);
+        let st = showtime(&sale, 2);
+        block_on(sale.seats.resize(st, 2, 5)).unwrap();
+        let add = |n| ShowtimeChange {
+            seats: Some(crate::SeatChange::Add(n)),
+            ..ShowtimeChange::default()
+        };
+        let (row, c, _) = block_on(sale.change_showtime(st, add(1))).unwrap();
+        let c = c.unwrap();
+        assert_eq!((row.capacity.get(), c.capacity, c.available), (3, 3, 3));
+
+        block_on(sale.seats.resize(st, 3, 6)).unwrap();
+        let (row, c, _) = block_on(sale.change_showtime(st, add(3))).unwrap();
+        let c = c.unwrap();
+        assert_eq!((row.capacity.get(), c.capacity, c.available), (6, 6, 6));
+    }
+
+    /// A sweep that expired holds and then could not re-send the orders of unrecorded
+    /// payments (the broker away) still reports the holds it expired: before, the whole
+    /// report was an error, and the seats it returned were never counted (the holds were
+    /// no longer RESERVED for the next sweep to count), exactly while the broker was away.
+    #[test]
+    fn a_sweep_whose_order_resend_fails_still_reports_the_holds_it_expired() {
+        let sale = sale(PaymentMode::Manual);
+        let st = showtime(&sale, 2);
+        let paid = block_on(sale.reserve(user(1), st)).unwrap();
+        block_on(sale.pay(paid.id, user(1))).unwrap();
+        block_on(sale.reserve(user(2), st)).unwrap();
+        sale.seats.advance(HOLD);
+        sale.bus.down.store(true, Ordering::SeqCst);
+        let report = block_on(sale.sweep(Duration::ZERO)).unwrap();
+        assert_eq!(report.holds_expired, 1, "{report:?}");
+        assert_eq!(report.orders_resent, 0, "{report:?}");
+        assert!(
+            report
+                .orders_not_resent
+                .as_deref()
+                .is_some_and(|why| why.starts_with("1 orders not re-sent")),
+            "{report:?}"
+        );
+        assert_eq!(counts(&sale, st).available, 1);
+    }
+
     /// A seat an order refused as sold out took out of the stock stays out through the
     /// operator's seat changes: they move the stock by their difference, not to the
     /// row's capacity, which would put it back on sale (a refusal, then another).
@@ -2208,6 +2268,7 @@ mod tests {
                 holds_expired: 1,
                 orders_resent: 1,
                 failed: vec![],
+                orders_not_resent: None,
             }
         );
         assert_eq!(sale.bus.orders.lock().unwrap().as_slice(), &[receipt.order]);

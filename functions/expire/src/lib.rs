@@ -19,10 +19,11 @@ use tracing::Instrument as _;
 
 /// Expires the holds named in one message body (one hold, or the holds of a batch),
 /// concurrently; their outcomes in the body's order. A retryable failure of any fails
-/// the message: redoing the others is harmless.
+/// the message: redoing the others is harmless (they are settled by then, and counted
+/// now: a redelivery finds them expired and counts nothing).
 pub async fn expire(app: &App, body: &[u8]) -> Result<Vec<ExpireOutcome>, QueueError> {
     let holds = wire::decode_expiries(body)?;
-    let outcomes = futures::future::try_join_all(holds.iter().map(|hold| {
+    let results = futures::future::join_all(holds.iter().map(|hold| {
         // The expiry continues the trace of the request that held the seat.
         let span = hold.continue_in(tracing::info_span!(
             target: trace::TARGET,
@@ -32,9 +33,15 @@ pub async fn expire(app: &App, body: &[u8]) -> Result<Vec<ExpireOutcome>, QueueE
         ));
         app.sale.expire(hold.message).instrument(span)
     }))
-    .await?;
-    for (hold, outcome) in holds.iter().zip(&outcomes) {
-        if *outcome == ExpireOutcome::NotFound {
+    .await;
+    let outcomes: Vec<ExpireOutcome> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok().copied())
+        .collect();
+    flash_sale_runtime::metrics::expiries(&outcomes);
+    let failed = results.iter().find_map(|r| r.as_ref().err());
+    for (hold, outcome) in holds.iter().zip(&results) {
+        if matches!(outcome, Ok(ExpireOutcome::NotFound)) {
             // Every hold has a reservation until it is settled, so only a Redis that
             // lost writes after answering them (a failover to a lagging replica, a
             // restart from an older snapshot) leaves an expiry with none: the hold was
@@ -45,8 +52,10 @@ pub async fn expire(app: &App, body: &[u8]) -> Result<Vec<ExpireOutcome>, QueueE
             );
         }
     }
+    if let Some(e) = failed {
+        return Err(e.clone().into());
+    }
     tracing::debug!(holds = holds.len(), ?outcomes, "expiries handled");
-    flash_sale_runtime::metrics::expiries(&outcomes);
     Ok(outcomes)
 }
 

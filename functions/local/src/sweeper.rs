@@ -23,6 +23,9 @@ pub async fn run(app: App) {
                         "the sweep could not sweep this showtime (it swept the others): {error}"
                     );
                 }
+                if let Some(error) = &report.orders_not_resent {
+                    tracing::warn!("the sweep will try again: {error}");
+                }
                 if report.holds_expired + report.orders_resent > 0 {
                     tracing::warn!(?report, "the sweep found work the queues had not done");
                 }
@@ -58,6 +61,10 @@ pub async fn reconcile_for_metrics(app: App) {
     }
     let mut every = tokio::time::interval(app.config.reconcile_interval);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The showtimes shown last round: one that stops needing a person's eye is shown once
+    // more, so its gauges end on its last seats (none held, every seat sold) and no
+    // discrepancy, instead of keeping the last values it had on sale until they idle out.
+    let mut shown = std::collections::HashSet::new();
     loop {
         every.tick().await;
         match app.sale.reconcile_all(false).await {
@@ -68,9 +75,12 @@ pub async fn reconcile_for_metrics(app: App) {
                         "reconciling this showtime for the metrics failed: {error}"
                     );
                 }
+                let mut showing = std::collections::HashSet::new();
                 for r in all.showtimes {
                     let on_sale = r.seats.is_some_and(|c| c.available + c.held > 0);
-                    if on_sale || !r.discrepancies.is_empty() {
+                    // A refund awaiting comes most often once a showtime is sold out.
+                    let watched = on_sale || !r.discrepancies.is_empty() || r.refused > 0;
+                    if watched || shown.contains(&r.showtime) {
                         metrics::showtime(
                             r.showtime.get(),
                             r.seats.map(|c| (c.available, c.held, c.sold)),
@@ -78,7 +88,11 @@ pub async fn reconcile_for_metrics(app: App) {
                             r.refused,
                         );
                     }
+                    if watched {
+                        showing.insert(r.showtime);
+                    }
                 }
+                shown = showing;
             }
             Err(e) => tracing::warn!("reconciling for the metrics failed: {e}"),
         }

@@ -124,21 +124,25 @@ pub async fn run(
     sweep_grace: Duration,
 ) -> Result<Report, flash_sale_core::PortError> {
     let mut failures = vec![];
-    let mut step = |name: &str, e: flash_sale_core::PortError| {
+    let mut step = |name: &str, e: &dyn std::fmt::Display| {
         failures.push(format!("{name}: {e}"));
     };
     let SweepReport {
         holds_expired,
         orders_resent,
         failed,
+        orders_not_resent,
     } = app.sale.sweep(sweep_grace).await.unwrap_or_else(|e| {
-        step("the sweep", e);
+        step("the sweep", &e);
         SweepReport::default()
     });
+    if let Some(why) = orders_not_resent {
+        step("the sweep", &why);
+    }
     // The waiting rooms' timer on Lambda (this function's schedule): joins, polls and
     // reserves advance them too, lazily.
     let rooms = app.advance_rooms().await.unwrap_or_else(|e| {
-        step("advancing the waiting rooms", e);
+        step("advancing the waiting rooms", &e);
         RoomsAdvanced::default()
     });
     let reconciled = match only {
@@ -153,7 +157,7 @@ pub async fn run(
         None => app.sale.reconcile_all(repair).await,
     }
     .unwrap_or_else(|e| {
-        step("the reconciliation", e);
+        step("the reconciliation", &e);
         ReconciledAll::default()
     });
     let queues = match app.queues.depths().await {
@@ -162,7 +166,7 @@ pub async fn run(
             .map(|(queue, ready)| QueueDepth { queue, ready })
             .collect(),
         Err(e) => {
-            step("reading the queues' depths", e);
+            step("reading the queues' depths", &e);
             vec![]
         }
     };

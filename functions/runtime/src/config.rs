@@ -372,6 +372,25 @@ impl Config {
             "expected a range of milliseconds such as `100..1000` (or one number)",
             parse_range,
         )?;
+        // On Lambda the mock payer waits out each delay inside its invocation (15 s at
+        // most in template.yaml): a longer one times the batch out again and again until
+        // the broker dead-letters it, and the holds it should have paid expire.
+        if env.get("AWS_LAMBDA_RUNTIME_API").is_some()
+            && *mock_pay_delay_ms.end() > LAMBDA_MOCK_PAY_DELAY_MS
+        {
+            return Err(ConfigError {
+                name: "MOCK_PAY_DELAY_MS",
+                value: format!(
+                    "{}..={}",
+                    mock_pay_delay_ms.start(),
+                    mock_pay_delay_ms.end()
+                ),
+                problem: format!(
+                    "on Lambda the mock payer waits inside an invocation of at most 15 s: \
+                     at most {LAMBDA_MOCK_PAY_DELAY_MS} ms"
+                ),
+            });
+        }
         let addr = env.parse(
             "ADDR",
             "127.0.0.1:4000",
@@ -623,6 +642,10 @@ fn limits_config(env: &Env<impl Fn(&str) -> Option<String>>) -> Result<LimitsCon
     })
 }
 
+/// The longest mock payment delay on Lambda, where the payer waits inside a 15 s
+/// invocation with the rest of its batch.
+const LAMBDA_MOCK_PAY_DELAY_MS: u64 = 10_000;
+
 /// `100..1000`, `100..=1000` or `250`.
 fn parse_range(raw: &str) -> Option<RangeInclusive<u64>> {
     let raw = raw.trim();
@@ -660,6 +683,16 @@ mod tests {
         assert_eq!(c.addr.to_string(), "127.0.0.1:4000");
         assert_eq!(c.mock_pay_delay_ms, 100..=1000);
         assert!(c.redis_url.starts_with("redis://127.0.0.1"));
+    }
+
+    #[test]
+    fn a_mock_payment_delay_longer_than_a_lambda_invocation_is_refused_on_lambda() {
+        let lambda = ("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9001");
+        let err = with(&[lambda, ("MOCK_PAY_DELAY_MS", "1000..30000")]).unwrap_err();
+        assert_eq!(err.name, "MOCK_PAY_DELAY_MS", "{err}");
+        assert!(with(&[lambda, ("MOCK_PAY_DELAY_MS", "100..10000")]).is_ok());
+        // A local process waits as long as it is told.
+        assert!(with(&[("MOCK_PAY_DELAY_MS", "1000..30000")]).is_ok());
     }
 
     #[test]

@@ -409,8 +409,9 @@ impl Hot {
     }
 
     /// Brings the recorder's series up to date with the striped counts: counters to
-    /// their totals, and each histogram bucket's new samples recorded at their mean (in
-    /// the bucket, so bucket counts, the sum and the count are all exact).
+    /// their totals, and each histogram bucket's new samples recorded at their mean, kept
+    /// in the bucket ([`StripedHistograms::new_samples`]), so bucket counts and the count
+    /// are exact, and the sum once every sample's time has landed.
     fn fold(&self) {
         let totals = self.counts.totals();
         let counters = self
@@ -422,21 +423,10 @@ impl Hot {
             counter.absolute(total);
         }
         let mut folded = self.folded.lock().unwrap_or_else(|e| e.into_inner());
-        for ((histogram, now), before) in self
-            .durations
-            .iter()
-            .zip(self.timings.totals())
-            .zip(folded.iter_mut())
-        {
-            for ((count, nanos), (count_before, nanos_before)) in now.into_iter().zip(before) {
-                let new = count - *count_before;
-                if new > 0 {
-                    let mean = (nanos - *nanos_before) as f64 / new as f64 / 1e9;
-                    histogram.record_many(mean, new as usize);
-                }
-                (*count_before, *nanos_before) = (count, nanos);
-            }
-        }
+        self.timings
+            .new_samples(&mut folded, |series, secs, samples| {
+                self.durations[series].record_many(secs, samples as usize);
+            });
     }
 }
 

@@ -121,7 +121,10 @@ where
         for (i, reason) in dead_letters {
             let message = &messages[i];
             tracing::error!(queue = %message.queue, %reason, "dead-lettering a message that can never succeed");
-            let body = message.body.as_ref().map(Clone::clone).unwrap_or_default();
+            let body = match &message.body {
+                Ok(body) => body.clone(),
+                Err(_) => message.undecoded.clone(),
+            };
             if let Err(e) = queues.dead_letter(queue, body, reason).await {
                 let e = QueueError::from(e);
                 return Err(redeliver_after_pause(queue, &messages, &e, time_left(deadline)).await);
@@ -199,6 +202,9 @@ pub struct EventMessage {
     /// `"<queue>::<vhost>"`, as Amazon MQ names it.
     pub queue: String,
     pub body: Result<Vec<u8>, QueueError>,
+    /// The message's data as the event carried it, when it could not be decoded (what
+    /// its dead letter keeps, for a person to read); empty otherwise.
+    pub undecoded: Vec<u8>,
     /// Earlier deliveries of the message: the quorum queue's [`DELIVERY_COUNT`] header
     /// when the event carries it, else 1 for a message marked redelivered, else 0.
     pub deliveries: u64,
@@ -222,9 +228,14 @@ pub fn event_messages(event: RabbitMqEvent) -> Vec<EventMessage> {
                 .headers
                 .get(DELIVERY_COUNT)
                 .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()));
+            let undecoded = match &body {
+                Err(_) => m.data.map(String::into_bytes).unwrap_or_default(),
+                Ok(_) => vec![],
+            };
             out.push(EventMessage {
                 queue: queue.clone(),
                 body,
+                undecoded,
                 deliveries: counted.unwrap_or(u64::from(m.redelivered)),
             });
         }

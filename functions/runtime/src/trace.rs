@@ -141,7 +141,10 @@ pub fn http_span(request: &Request) -> Span {
         return span;
     }
     let route = crate::metrics::route_of(request.uri().path());
-    span.record("otel.name", format!("{} {route}", request.method()));
+    // The method as the metrics fold it: a made-up method is `other`, never a span name
+    // of its own in the trace backend.
+    let method = crate::metrics::method_of(request.method());
+    span.record("otel.name", format!("{method} {route}"));
     span.record("http.route", route);
     let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
     let _ = span.set_parent(parent);

@@ -90,6 +90,17 @@ async fn malformed_messages_are_not_retried_are_dead_lettered_and_change_nothing
         .unwrap();
 
     assert_eq!(h.dead_letters(Queue::Orders).await, 4);
+    // Each as it came, the one whose data was not base64 too (it was dead-lettered
+    // empty, with nothing left to read or replay).
+    let dead = h.take_dead_letters(Queue::Orders).await;
+    assert!(
+        dead.contains(&b"%%% not base64 %%%".to_vec()),
+        "{:?}",
+        dead.iter()
+            .map(|b| String::from_utf8_lossy(b))
+            .collect::<Vec<_>>()
+    );
+    assert!(dead.iter().all(|b| !b.is_empty()));
     assert_eq!(h.orders().await, 0);
     assert_eq!(h.status(&id).await, "PAID");
     assert_eq!(h.counts(showtime).await, before);

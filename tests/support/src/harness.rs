@@ -111,6 +111,22 @@ impl FunctionHarness {
         self.adapters.bus.ready_count(&dlq).await.unwrap()
     }
 
+    /// The bodies waiting in `q`'s dead-letter queue, oldest first, taken out of it.
+    pub async fn take_dead_letters(&self, q: Queue) -> Vec<Vec<u8>> {
+        let dlq = self.adapters.bus.topology().dead_letter_queue(q);
+        let ch = self.adapters.bus.channel().await.unwrap();
+        let mut bodies = vec![];
+        while let Some(message) = ch
+            .basic_get(dlq.as_str().into(), Default::default())
+            .await
+            .unwrap()
+        {
+            message.delivery.ack(Default::default()).await.unwrap();
+            bodies.push(message.delivery.data.clone());
+        }
+        bodies
+    }
+
     /// Removes the test's queues, keys and database (see [`cleanup`]).
     pub async fn cleanup(self) {
         cleanup(&self.adapters, &self.iso).await.expect("cleanup");

@@ -37,11 +37,16 @@ pub fn free_port() -> u16 {
 /// A TCP proxy to `target` that can be cut: once cut, it closes every connection it
 /// carries and accepts no new one, so the service looks down to whoever connected
 /// through it. It can also hold what clients send ([`Cuttable::hold`]): their requests
-/// wait at the proxy, as behind a slow network, until [`Cuttable::release`].
+/// wait at the proxy, as behind a slow network, until [`Cuttable::release`]; or hold what
+/// the service answers ([`Cuttable::hold_answers_from`]): requests reach it and are
+/// carried out, their answers wait.
 pub struct Cuttable {
     pub addr: SocketAddr,
     cut: watch::Sender<bool>,
     held: watch::Sender<bool>,
+    answers_held: Arc<watch::Sender<bool>>,
+    /// Bytes that, once a request carries them, hold the answers.
+    marker: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
     /// Connections carried right now.
     live: Arc<AtomicUsize>,
     /// Reads from clients waiting at the proxy while it holds.
@@ -55,6 +60,9 @@ impl Cuttable {
         let addr = listener.local_addr().unwrap();
         let (cut, cut_rx) = watch::channel(false);
         let (held, held_rx) = watch::channel(false);
+        let answers_held = Arc::new(watch::channel(false).0);
+        let marker: Arc<std::sync::Mutex<Option<Vec<u8>>>> = Arc::default();
+        let (answers_hold, marked) = (answers_held.clone(), marker.clone());
         let live = Arc::new(AtomicUsize::new(0));
         let waiting = Arc::new(AtomicUsize::new(0));
         let counter = live.clone();
@@ -72,6 +80,8 @@ impl Cuttable {
                 let target = target.clone();
                 let mut stop = cut_rx.clone();
                 let held = held_rx.clone();
+                let answers_held = answers_hold.subscribe();
+                let (answers_hold, marked) = (answers_hold.clone(), marked.clone());
                 let counter = counter.clone();
                 let waits = waits.clone();
                 counter.fetch_add(1, Ordering::SeqCst);
@@ -79,9 +89,31 @@ impl Cuttable {
                     if let Ok(mut upstream) = TcpStream::connect(&target).await {
                         let (mut from_client, mut to_client) = downstream.split();
                         let (mut from_server, mut to_server) = upstream.split();
-                        let requests =
-                            forward_unless_held(&mut from_client, &mut to_server, held, &waits);
-                        let answers = tokio::io::copy(&mut from_server, &mut to_client);
+                        // A request carrying the marker holds the answers before it goes on.
+                        let mark = |request: &[u8]| {
+                            let mut marker = marked.lock().unwrap();
+                            let found = marker
+                                .as_deref()
+                                .is_some_and(|m| request.windows(m.len()).any(|w| w == m));
+                            if found {
+                                *marker = None;
+                                answers_hold.send_replace(true);
+                            }
+                        };
+                        let requests = forward_unless_held(
+                            &mut from_client,
+                            &mut to_server,
+                            held,
+                            &waits,
+                            mark,
+                        );
+                        let answers = forward_unless_held(
+                            &mut from_server,
+                            &mut to_client,
+                            answers_held,
+                            &waits,
+                            |_| {},
+                        );
                         tokio::select! {
                             _ = async { tokio::join!(requests, answers) } => {}
                             _ = stop.wait_for(|c| *c) => {}
@@ -96,6 +128,8 @@ impl Cuttable {
             addr,
             cut,
             held,
+            answers_held,
+            marker,
             live,
             waiting,
         }
@@ -107,12 +141,22 @@ impl Cuttable {
         let _ = self.held.send(true);
     }
 
-    /// Sends on what was held, and everything after.
-    pub fn release(&self) {
-        let _ = self.held.send(false);
+    /// Holds what the service answers from the first request carrying `marker` on (that
+    /// request's answer included): requests still reach the service and are carried
+    /// out, each answer waits at the proxy until [`Cuttable::release`] (a reply that
+    /// arrives after its client gave up on it).
+    pub fn hold_answers_from(&self, marker: &[u8]) {
+        *self.marker.lock().unwrap() = Some(marker.to_vec());
     }
 
-    /// Reads from clients waiting at the proxy now.
+    /// Sends on what was held, both ways, and everything after.
+    pub fn release(&self) {
+        *self.marker.lock().unwrap() = None;
+        let _ = self.held.send(false);
+        self.answers_held.send_replace(false);
+    }
+
+    /// Reads waiting at the proxy now (requests or answers held).
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::SeqCst)
     }
@@ -136,12 +180,14 @@ impl Cuttable {
     }
 }
 
-/// Copies `from` to `to`, each read waiting while `held` says so (counted in `waits`).
+/// Copies `from` to `to`, each read shown to `seen` and then waiting while `held` says
+/// so (counted in `waits`).
 async fn forward_unless_held(
     from: &mut (impl tokio::io::AsyncRead + Unpin),
     to: &mut (impl tokio::io::AsyncWrite + Unpin),
     mut held: watch::Receiver<bool>,
     waits: &AtomicUsize,
+    seen: impl Fn(&[u8]),
 ) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut buf = vec![0u8; 16 * 1024];
@@ -150,6 +196,7 @@ async fn forward_unless_held(
         if n == 0 {
             return to.shutdown().await;
         }
+        seen(&buf[..n]);
         if *held.borrow() {
             waits.fetch_add(1, Ordering::SeqCst);
             let _ = held.wait_for(|h| !*h).await;

@@ -201,7 +201,7 @@ async fn admission_follows_the_stock_and_the_room_closes_when_nothing_is_left() 
     );
 
     // An operator adds a seat: reopened, the line moves again.
-    seats.resize(st, 1).await.unwrap();
+    seats.resize(st, 2, 3).await.unwrap();
     rooms
         .configure(st, settings(OPEN, None, 50), SaleWindow::ALWAYS)
         .await

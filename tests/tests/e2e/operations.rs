@@ -428,6 +428,67 @@ async fn the_counters_agree_with_what_the_crowd_was_answered() {
     flash_sale_tests::cleanup(&adapters, &iso).await.unwrap();
 }
 
+/// A showtime's seat gauges end on its last seats once it leaves sale: before, the
+/// periodic reconciliation showed only showtimes with seats available or held, so a
+/// showtime sold out and paid kept the gauges of its last round on sale (here 2 held, 0
+/// sold) until they idled out ten minutes later, and the dashboard never showed it sold.
+#[tokio::test]
+async fn a_showtime_sold_out_and_paid_ends_its_seat_gauges_sold() {
+    let iso = Isolation::new();
+    let opts = Options {
+        reconcile_interval_secs: 1,
+        ..Options::default()
+    };
+    let server = ServerProcess::start(SERVER, &iso, free_port(), &opts).await;
+    let http = reqwest::Client::new();
+    let showtime = server.create_showtime(&http, 2).await;
+    let mut held = vec![];
+    for user in 1..=2 {
+        let answer: Value = http
+            .post(server.url("/reserve"))
+            .json(&json!({"user_id": user, "showtime_id": showtime}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        held.push((user, answer["reservation_id"].as_str().unwrap().to_string()));
+    }
+    let label = showtime.to_string();
+    let gauges = |metrics: &str| {
+        ["available", "held", "sold"].map(|state| {
+            series(
+                metrics,
+                "flashsale_seats",
+                &[("showtime", label.as_str()), ("state", state)],
+            )
+        })
+    };
+    eventually(Duration::from_secs(30), "the seats shown held", || async {
+        let metrics = scrape(&http, server.url("/metrics")).await?;
+        (gauges(&metrics) == [0.0, 2.0, 0.0]).then_some(())
+    })
+    .await;
+    for (user, id) in &held {
+        let paid = http
+            .post(server.url(&format!("/reservations/{id}/pay")))
+            .json(&json!({"user_id": user}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(paid.status(), StatusCode::OK);
+    }
+    eventually(Duration::from_secs(30), "the seats shown sold", || async {
+        let metrics = scrape(&http, server.url("/metrics")).await?;
+        (gauges(&metrics) == [0.0, 0.0, 2.0]).then_some(())
+    })
+    .await;
+    drop(server);
+    let (_app, adapters) = flash_sale_tests::wire(flash_sale_tests::config(&iso, &opts)).await;
+    flash_sale_tests::cleanup(&adapters, &iso).await.unwrap();
+}
+
 /// The listen queue of the socket listening on `port`, as the kernel reports it (`ss`'s
 /// Send-Q column for a listener).
 fn listen_queue(port: u16) -> u64 {

@@ -476,3 +476,58 @@ async fn a_change_whose_client_goes_away_midway_still_ends_with_redis_and_the_da
     assert_eq!(app.seats(showtime).await, (5, 0, 0));
     app.finish().await;
 }
+
+/// An operator's seat change that reached Redis but whose answer came too late: the
+/// change was answered 503 (the row not written) and the operator retried it. Before,
+/// the stock moved by the change's difference each time, so Redis had the seats twice
+/// (8 on sale for a row of 5) and sold seats the database refuses as orders; a Redis
+/// Cluster client that resends a command after a lost reply did the same on its own.
+/// Now the stock remembers the row capacity it reflects and moves to the new one: the
+/// retry finds the seats already there.
+#[tokio::test]
+async fn a_seat_change_retried_after_redis_answered_too_late_adds_the_seats_once() {
+    let proxy = flash_sale_tests::Cuttable::start("127.0.0.1:6379").await;
+    let app = TestApp::spawn(Options {
+        redis_url: Some(format!("redis://{}", proxy.addr)),
+        ..Options::default()
+    })
+    .await;
+    let showtime = app.create_showtime(2).await;
+    assert_eq!(app.seats(showtime).await, (2, 0, 0));
+
+    // From the seat change's own script on, Redis's answers wait at the proxy (the
+    // script loaded first, so that the call that waits is the one that runs it).
+    let source = include_str!("../../../lua/resize.lua");
+    let mut redis = redis::Client::open("redis://127.0.0.1:6379")
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let sha: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(source)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    proxy.hold_answers_from(sha.as_bytes());
+    let late = app
+        .change_showtime(showtime, json!({"add_seats": 3}), None)
+        .await;
+    assert_error(&late, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    proxy.release();
+    assert_eq!(
+        capacity_in_db(&app, showtime).await,
+        2,
+        "the row was not written"
+    );
+
+    let retried = changed(&app, showtime, json!({"add_seats": 3})).await;
+    assert_eq!(
+        (&retried["capacity"], &retried["available"]),
+        (&json!(5), &json!(5)),
+        "{retried}"
+    );
+    assert_eq!(capacity_in_db(&app, showtime).await, 5);
+    assert_eq!(app.seats(showtime).await, (5, 0, 0));
+    app.finish().await;
+}

@@ -102,6 +102,42 @@ impl StripedHistograms {
             .map(|series| series.chunks(2).map(|c| (c[0], c[1])).collect())
             .collect()
     }
+
+    /// The samples recorded since `seen` (per series and bucket, the samples and time
+    /// already handed on; brought up to date), handed to `record` as (series, seconds,
+    /// samples): each bucket's new samples at their mean, kept inside the bucket. A
+    /// sample [`record`](Self::record) has counted but whose time it has not added yet
+    /// (another thread between its two adds) still goes to its own bucket, and the time
+    /// that comes later is carried into the bucket's next samples: bucket counts are
+    /// exact, and so is the sum once every add has landed.
+    pub(crate) fn new_samples(
+        &self,
+        seen: &mut [Vec<(u64, u64)>],
+        mut record: impl FnMut(usize, f64, u64),
+    ) {
+        for (series, (now, seen)) in self.totals().into_iter().zip(seen).enumerate() {
+            for (bucket, ((count, nanos), (count_seen, nanos_seen))) in
+                now.into_iter().zip(seen.iter_mut()).enumerate()
+            {
+                let new = count - *count_seen;
+                if new == 0 {
+                    continue;
+                }
+                let mean = nanos.saturating_sub(*nanos_seen) as f64 / new as f64 / 1e9;
+                record(series, self.within(bucket, mean), new);
+                (*count_seen, *nanos_seen) = (count, nanos);
+            }
+        }
+    }
+
+    /// `secs` moved into `bucket`'s bounds (above the previous bound, at most its own).
+    fn within(&self, bucket: usize, secs: f64) -> f64 {
+        let upto = self.bounds.get(bucket).copied().unwrap_or(f64::INFINITY);
+        match bucket.checked_sub(1).map(|b| self.bounds[b]) {
+            Some(above) if secs <= above => above.next_up(),
+            _ => secs.min(upto),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -127,6 +163,39 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(striped.totals(), vec![14_000, 13_000, 13_000 + 200]);
+    }
+
+    /// A scrape between the two adds of a sample (its count, then its time) folded it
+    /// at the mean of the time it saw, none: a 5 ms answer went to the 0.5 ms bucket, and
+    /// its time was lost from the sum. Now it goes to its own bucket, its time later.
+    #[test]
+    fn a_sample_whose_time_is_not_added_yet_is_folded_into_its_own_bucket() {
+        const BOUNDS: &[f64] = &[0.001, 0.01];
+        let h = StripedHistograms::new(1, BOUNDS);
+        let mut seen = vec![vec![(0, 0); 3]];
+        let mut fold = |h: &StripedHistograms| {
+            let mut got = vec![];
+            h.new_samples(&mut seen, |series, secs, n| got.push((series, secs, n)));
+            got
+        };
+        let in_middle_bucket = |got: &[(usize, f64, u64)]| matches!(got, [(0, secs, 1)] if *secs > 0.001 && *secs <= 0.01);
+        // A 5 ms sample (series 0, bucket 1), counted, its time not added yet.
+        h.counts.add(2, 1);
+        let got = fold(&h);
+        assert!(in_middle_bucket(&got), "{got:?}");
+        // Its time lands: no new sample...
+        h.counts.add(3, 5_000_000);
+        assert_eq!(fold(&h), vec![]);
+        // ...the next one of the bucket carries it, and stays in the bucket.
+        h.record(0, 0.008);
+        let got = fold(&h);
+        assert!(in_middle_bucket(&got), "{got:?}");
+        // The last bucket has no upper bound; the first no lower one.
+        h.record(0, 30.0);
+        h.record(0, 0.0002);
+        let mut got = fold(&h);
+        got.sort_by(|a, b| a.1.total_cmp(&b.1));
+        assert_eq!(got, vec![(0, 0.0002, 1), (0, 30.0, 1)]);
     }
 
     #[test]
