@@ -4,7 +4,8 @@
 -- database restored, recreated, or pointed at an old Redis) is replaced, not adopted.
 --
 -- KEYS[1] seats       HASH   capacity, available, held, sold, generation, max_per_user,
---                            row_capacity (the row's capacity, see resize.lua)
+--                            row_capacity, row_capacity_stock (the row's capacity and
+--                            the stock's it came with, see resize.lua)
 -- KEYS[2] seq         STRING the showtime's reservation sequence
 -- KEYS[3] users       HASH   user id -> reservation sequence
 -- KEYS[4] deadlines   ZSET   live holds by deadline
@@ -46,7 +47,7 @@ local capacity = tonumber(ARGV[1])
 local sold = tonumber(ARGV[2])
 redis.call('HSET', KEYS[1], 'capacity', capacity, 'available', capacity - sold, 'held', 0,
   'sold', sold, 'generation', ARGV[4], 'max_per_user', tonumber(ARGV[5] or '1') or 1,
-  'row_capacity', capacity)
+  'row_capacity', capacity, 'row_capacity_stock', capacity)
 if ARGV[3] == '1' then
   local t = redis.call('TIME')
   local floor = tonumber(t[1]) * 1000000 + tonumber(t[2])

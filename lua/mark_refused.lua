@@ -8,11 +8,13 @@
 --                 store sold seats the database does not have (it lost writes, or the
 --                 row's capacity was lowered past them). On sale again, the next buyer
 --                 would pay for them and be refused in turn, again and again. Capacity
---                 changes (resize.lua) are by a difference, so they stay out; a replay
+--                 changes (resize.lua) move the stock by a difference, so they stay out
+--                 (`row_capacity_stock`, the capacity resize.lua trusts its
+--                 `row_capacity` with, is lowered with the capacity); a replay
 --                 the database takes later (mark_ordered.lua) counts its seats sold
 --                 again out of available, as for any refusal.
 --
--- KEYS[1] seats       HASH  capacity, available, held, sold
+-- KEYS[1] seats       HASH  capacity, available, held, sold, row_capacity_stock
 -- KEYS[2] unrecorded  ZSET  reservation sequence -> paid at (ms)
 -- KEYS[3] reservations HASH "<seq>:user", "<seq>:status", ... (see reserve.lua)
 -- ARGV[1] reservation sequence
@@ -30,6 +32,9 @@ if r[1] == 'PAID' then
   redis.call('HINCRBY', KEYS[1], 'sold', -quantity)
   if ARGV[2] == 'out_of_stock' then
     redis.call('HINCRBY', KEYS[1], 'capacity', -quantity)
+    if redis.call('HEXISTS', KEYS[1], 'row_capacity_stock') == 1 then
+      redis.call('HINCRBY', KEYS[1], 'row_capacity_stock', -quantity)
+    end
   else
     redis.call('HINCRBY', KEYS[1], 'available', quantity)
   end

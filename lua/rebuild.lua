@@ -1,7 +1,7 @@
 -- rebuild.lua: rewrite a showtime's seat counts from the facts (reconcile --repair).
 --
 -- KEYS[1] seats       HASH  capacity, available, held, sold, max_per_user, generation,
---                           row_capacity (the row's capacity the stock reflects)
+--                           row_capacity, row_capacity_stock (see resize.lua)
 -- KEYS[2] deadlines   ZSET  live RESERVED holds
 -- KEYS[3] unrecorded  ZSET  PAID reservations whose order is not marked recorded
 -- KEYS[4] seq         STRING the reservation sequence: when the seats were missing
@@ -62,5 +62,5 @@ if available < 0 then
   available = 0
 end
 redis.call('HSET', KEYS[1], 'capacity', capacity, 'available', available, 'held', held, 'sold', sold,
-  'max_per_user', ARGV[3], 'row_capacity', capacity)
+  'max_per_user', ARGV[3], 'row_capacity', capacity, 'row_capacity_stock', capacity)
 return {available, held, sold, missing}

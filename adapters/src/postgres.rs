@@ -637,6 +637,9 @@ impl RoomColumns {
     }
 }
 
+/// A part of a refused batch this small is recorded one order at a time.
+const ONE_BY_ONE: usize = 8;
+
 impl OrderBook for Postgres {
     async fn order_user(&self, reservation: ReservationId) -> PortResult<Option<UserId>> {
         let user: Option<i64> =
@@ -692,14 +695,20 @@ impl OrderBook for Postgres {
                 // One bad order must not hold the others back. The batch is halved until
                 // each refused order stands alone, the first half before the second (the
                 // earlier orders get the last seats, as one by one): the good halves go in
-                // whole, so one bad order among thousands costs a few dozen statements,
-                // not a transaction per order (which could outlast a Lambda's timeout).
+                // whole, so one bad order among thousands costs a few dozen transactions,
+                // not one per order (which could outlast a Lambda's timeout). A small part
+                // that fails goes one by one: when most orders are refused (a sale sold
+                // out after Redis lost writes), halving to the end would cost twice that.
                 let mut outcomes: Vec<Option<OrderOutcome>> = vec![None; orders.len()];
-                let halves = |start: usize, end: usize| {
-                    let mid = start + (end - start) / 2;
-                    [(mid, end), (start, mid)]
+                let halves = |start: usize, end: usize| -> Vec<(usize, usize)> {
+                    if end - start <= ONE_BY_ONE {
+                        (start..end).rev().map(|i| (i, i + 1)).collect()
+                    } else {
+                        let mid = start + (end - start) / 2;
+                        vec![(mid, end), (start, mid)]
+                    }
                 };
-                let mut todo = Vec::from(halves(0, orders.len()));
+                let mut todo = halves(0, orders.len());
                 while let Some((start, end)) = todo.pop() {
                     match self.record_together(&orders[start..end]).await {
                         Ok(these) => {

@@ -433,6 +433,45 @@ impl RedisSeats {
     }
 }
 
+impl RedisSeats {
+    /// resize.lua: the stock to `to` from the row capacity it reflects (`from` if it
+    /// cannot tell); an `undo` only while it reflects `from`.
+    async fn resize_stock(
+        &self,
+        showtime: ShowtimeId,
+        from: u32,
+        to: u32,
+        undo: bool,
+    ) -> PortResult<ResizeOutcome> {
+        let mut conn = self.conn.clone();
+        let answer: Vec<u32> = self
+            .scripts
+            .resize
+            .key(self.key(showtime, "seats"))
+            .arg(from)
+            .arg(to)
+            .arg(u8::from(undo))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(port_error)?;
+        let counts = |a: &[u32]| SeatCounts {
+            capacity: a[1],
+            available: a[2],
+            held: a[3],
+            sold: a[4],
+        };
+        match answer.as_slice() {
+            [0] => Ok(ResizeOutcome::UnknownShowtime),
+            [1, ..] if answer.len() == 5 => Ok(ResizeOutcome::Resized(counts(&answer))),
+            [2, ..] if answer.len() == 5 => Ok(ResizeOutcome::InUse(counts(&answer))),
+            other => Err(PortError::permanent(
+                COMPONENT,
+                format!("resize.lua answered {other:?}"),
+            )),
+        }
+    }
+}
+
 impl SeatStore for RedisSeats {
     async fn take_seats(
         &self,
@@ -839,31 +878,16 @@ impl SeatStore for RedisSeats {
     }
 
     async fn resize(&self, showtime: ShowtimeId, from: u32, to: u32) -> PortResult<ResizeOutcome> {
-        let mut conn = self.conn.clone();
-        let answer: Vec<u32> = self
-            .scripts
-            .resize
-            .key(self.key(showtime, "seats"))
-            .arg(from)
-            .arg(to)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(port_error)?;
-        let counts = |a: &[u32]| SeatCounts {
-            capacity: a[1],
-            available: a[2],
-            held: a[3],
-            sold: a[4],
-        };
-        match answer.as_slice() {
-            [0] => Ok(ResizeOutcome::UnknownShowtime),
-            [1, ..] if answer.len() == 5 => Ok(ResizeOutcome::Resized(counts(&answer))),
-            [2, ..] if answer.len() == 5 => Ok(ResizeOutcome::InUse(counts(&answer))),
-            other => Err(PortError::permanent(
-                COMPONENT,
-                format!("resize.lua answered {other:?}"),
-            )),
-        }
+        self.resize_stock(showtime, from, to, false).await
+    }
+
+    async fn undo_resize(
+        &self,
+        showtime: ShowtimeId,
+        from: u32,
+        to: u32,
+    ) -> PortResult<ResizeOutcome> {
+        self.resize_stock(showtime, to, from, true).await
     }
 
     async fn swept_showtimes(&self) -> PortResult<Vec<ShowtimeId>> {

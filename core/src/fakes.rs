@@ -25,8 +25,9 @@ struct SeatsState {
     generations: HashMap<ShowtimeId, u64>,
     /// Seats one reservation may take, per showtime (as load.lua stores it).
     max_per_user: HashMap<ShowtimeId, u32>,
-    /// The row capacity each showtime's stock reflects (as resize.lua keeps it).
-    row_capacity: HashMap<ShowtimeId, u32>,
+    /// The row capacity each showtime's stock reflects and the capacity it was written
+    /// with (`row_capacity`, `row_capacity_stock` of resize.lua).
+    row_capacity: HashMap<ShowtimeId, (u32, u32)>,
 }
 
 #[derive(Debug, Default)]
@@ -36,6 +37,42 @@ pub struct FakeSeats {
 }
 
 impl FakeSeats {
+    /// resize.lua: the stock moves from the row capacity it reflects (when the capacity
+    /// it was written with is still the capacity; else `from`) to `to`; an undo only
+    /// while it reflects `from`.
+    fn resize_as_the_script_does(
+        &self,
+        showtime: ShowtimeId,
+        from: u32,
+        to: u32,
+        undo: bool,
+    ) -> ResizeOutcome {
+        let mut st = self.state.lock().unwrap();
+        let Some(c) = st.counts.get(&showtime).copied() else {
+            return ResizeOutcome::UnknownShowtime;
+        };
+        let reflected = match st.row_capacity.get(&showtime) {
+            Some((row, stock)) if *stock == c.capacity => *row,
+            _ => from,
+        };
+        if undo && reflected != from {
+            return ResizeOutcome::Resized(c);
+        }
+        let by = i64::from(to) - i64::from(reflected);
+        let available = i64::from(c.available) + by;
+        if available < 0 {
+            return ResizeOutcome::InUse(c);
+        }
+        let after = SeatCounts {
+            capacity: (i64::from(c.capacity) + by) as u32,
+            available: available as u32,
+            ..c
+        };
+        st.counts.insert(showtime, after);
+        st.row_capacity.insert(showtime, (to, after.capacity));
+        ResizeOutcome::Resized(after)
+    }
+
     pub fn advance(&self, by: Duration) {
         self.now.fetch_add(by.as_millis() as u64, Ordering::SeqCst);
     }
@@ -147,7 +184,7 @@ impl SeatStore for FakeSeats {
         }
         if loaded {
             st.max_per_user.insert(showtime, max_per_user);
-            st.row_capacity.insert(showtime, capacity);
+            st.row_capacity.insert(showtime, (capacity, capacity));
             st.counts.insert(
                 showtime,
                 SeatCounts {
@@ -289,6 +326,11 @@ impl SeatStore for FakeSeats {
                     RefusedSeats::BackOnSale => c.available += quantity,
                     RefusedSeats::OutOfStock => c.capacity -= quantity,
                 }
+                if matches!(seats, RefusedSeats::OutOfStock)
+                    && let Some((_, stock)) = st.row_capacity.get_mut(&id.showtime())
+                {
+                    *stock -= quantity;
+                }
                 moved.push(*id);
             }
         }
@@ -364,25 +406,16 @@ impl SeatStore for FakeSeats {
         from: u32,
         to: u32,
     ) -> impl Future<Output = PortResult<ResizeOutcome>> + Send {
-        let mut st = self.state.lock().unwrap();
-        let reflected = st.row_capacity.get(&showtime).copied().unwrap_or(from);
-        let by = i64::from(to) - i64::from(reflected);
-        let outcome = match st.counts.get_mut(&showtime) {
-            None => ResizeOutcome::UnknownShowtime,
-            Some(c) => {
-                let available = i64::from(c.available) + by;
-                if available < 0 {
-                    ResizeOutcome::InUse(*c)
-                } else {
-                    c.capacity = (i64::from(c.capacity) + by) as u32;
-                    c.available = available as u32;
-                    let c = *c;
-                    st.row_capacity.insert(showtime, to);
-                    ResizeOutcome::Resized(c)
-                }
-            }
-        };
-        ready(Ok(outcome))
+        ready(Ok(self.resize_as_the_script_does(showtime, from, to, false)))
+    }
+
+    fn undo_resize(
+        &self,
+        showtime: ShowtimeId,
+        from: u32,
+        to: u32,
+    ) -> impl Future<Output = PortResult<ResizeOutcome>> + Send {
+        ready(Ok(self.resize_as_the_script_does(showtime, to, from, true)))
     }
 
     fn swept_showtimes(&self) -> impl Future<Output = PortResult<Vec<ShowtimeId>>> + Send {
@@ -791,7 +824,7 @@ impl SeatAuditor for FakeSeats {
             sold,
         };
         st.counts.insert(showtime, counts);
-        st.row_capacity.insert(showtime, capacity);
+        st.row_capacity.insert(showtime, (capacity, capacity));
         ready(Ok(counts))
     }
 }

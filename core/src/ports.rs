@@ -324,9 +324,18 @@ pub trait SeatStore: Send + Sync + 'static {
     /// difference to `to`: seats it took out of its stock (an order the database refused
     /// as sold out, [`RefusedSeats::OutOfStock`]) stay out, and a resize that already
     /// reached it (run twice, or again after an answer that was lost) moves nothing.
-    /// So the undo of a change whose row was not written is `resize(to, from)`, right
-    /// whether or not the change had reached the store.
     fn resize(
+        &self,
+        showtime: ShowtimeId,
+        from: u32,
+        to: u32,
+    ) -> impl Future<Output = PortResult<ResizeOutcome>> + Send;
+
+    /// Undoes [`SeatStore::resize`]`(showtime, from, to)` whose row was not written: the
+    /// stock goes back to `from` only while it still reflects `to` (nothing to undo when
+    /// the change never reached the store, or when another change, made once the row
+    /// was unlocked, has moved the stock to its own row since).
+    fn undo_resize(
         &self,
         showtime: ShowtimeId,
         from: u32,

@@ -611,7 +611,7 @@ where
                 // `reconcile` reports the difference and `--repair` rebuilds from the row;
                 // an operator's retry of the change then finds the stock already moved).
                 if from != to {
-                    let _ = self.seats.resize(id, to, from).await;
+                    let _ = self.seats.undo_resize(id, from, to).await;
                 }
                 return Err(e.into());
             }
@@ -2147,6 +2147,30 @@ mod tests {
         let (row, c, _) = block_on(sale.change_showtime(st, add(3))).unwrap();
         let c = c.unwrap();
         assert_eq!((row.capacity.get(), c.capacity, c.available), (6, 6, 6));
+    }
+
+    /// The undo of a change whose row's commit failed runs once the row is unlocked, so
+    /// another change can come first: it moved the stock to its own row already, and the
+    /// undo leaves it there (an unconditional move back left 6 seats for a row of 7).
+    #[test]
+    fn an_undo_after_another_change_leaves_that_change_alone() {
+        let sale = sale(PaymentMode::Manual);
+        let st = showtime(&sale, 6);
+        // A change 6 -> 9 reached the store; its commit failed.
+        block_on(sale.seats.resize(st, 6, 9)).unwrap();
+        // Another change, 6 -> 7, before the first one's undo.
+        let change = ShowtimeChange {
+            seats: Some(crate::SeatChange::Add(1)),
+            ..ShowtimeChange::default()
+        };
+        let (row, _, _) = block_on(sale.change_showtime(st, change)).unwrap();
+        assert_eq!(row.capacity.get(), 7);
+        block_on(sale.seats.undo_resize(st, 6, 9)).unwrap();
+        assert_eq!(counts(&sale, st).capacity, 7);
+        // An undo whose change is the last one the stock reflects does move it back.
+        block_on(sale.seats.resize(st, 7, 8)).unwrap();
+        block_on(sale.seats.undo_resize(st, 7, 8)).unwrap();
+        assert_eq!(counts(&sale, st).capacity, 7);
     }
 
     /// A sweep that expired holds and then could not re-send the orders of unrecorded

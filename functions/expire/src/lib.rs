@@ -38,8 +38,20 @@ pub async fn expire(app: &App, body: &[u8]) -> Result<Vec<ExpireOutcome>, QueueE
         .iter()
         .filter_map(|r| r.as_ref().ok().copied())
         .collect();
-    flash_sale_runtime::metrics::expiries(&outcomes);
     let failed = results.iter().find_map(|r| r.as_ref().err());
+    // The seats returned are counted now (a redelivery finds their holds expired); a
+    // lost hold is counted once its message succeeds, since every redelivery finds it
+    // lost again.
+    if failed.is_some() {
+        let returned: Vec<ExpireOutcome> = outcomes
+            .iter()
+            .copied()
+            .filter(|o| *o == ExpireOutcome::SeatReturned)
+            .collect();
+        flash_sale_runtime::metrics::expiries(&returned);
+    } else {
+        flash_sale_runtime::metrics::expiries(&outcomes);
+    }
     for (hold, outcome) in holds.iter().zip(&results) {
         if matches!(outcome, Ok(ExpireOutcome::NotFound)) {
             // Every hold has a reservation until it is settled, so only a Redis that

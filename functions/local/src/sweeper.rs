@@ -75,7 +75,13 @@ pub async fn reconcile_for_metrics(app: App) {
                         "reconciling this showtime for the metrics failed: {error}"
                     );
                 }
-                let mut showing = std::collections::HashSet::new();
+                // A showtime whose reconciliation failed this round keeps its place.
+                let mut showing: std::collections::HashSet<_> = all
+                    .failed
+                    .iter()
+                    .map(|(showtime, _)| *showtime)
+                    .filter(|showtime| shown.contains(showtime))
+                    .collect();
                 for r in all.showtimes {
                     let on_sale = r.seats.is_some_and(|c| c.available + c.held > 0);
                     // A refund awaiting comes most often once a showtime is sold out.

@@ -375,7 +375,8 @@ impl Config {
         // On Lambda the mock payer waits out each delay inside its invocation (15 s at
         // most in template.yaml): a longer one times the batch out again and again until
         // the broker dead-letters it, and the holds it should have paid expire.
-        if env.get("AWS_LAMBDA_RUNTIME_API").is_some()
+        if payment_mode == PaymentMode::Mock
+            && env.get("AWS_LAMBDA_RUNTIME_API").is_some()
             && *mock_pay_delay_ms.end() > LAMBDA_MOCK_PAY_DELAY_MS
         {
             return Err(ConfigError {
@@ -688,11 +689,13 @@ mod tests {
     #[test]
     fn a_mock_payment_delay_longer_than_a_lambda_invocation_is_refused_on_lambda() {
         let lambda = ("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9001");
-        let err = with(&[lambda, ("MOCK_PAY_DELAY_MS", "1000..30000")]).unwrap_err();
+        let mock = ("PAYMENT_MODE", "mock");
+        let err = with(&[lambda, mock, ("MOCK_PAY_DELAY_MS", "1000..30000")]).unwrap_err();
         assert_eq!(err.name, "MOCK_PAY_DELAY_MS", "{err}");
-        assert!(with(&[lambda, ("MOCK_PAY_DELAY_MS", "100..10000")]).is_ok());
-        // A local process waits as long as it is told.
-        assert!(with(&[("MOCK_PAY_DELAY_MS", "1000..30000")]).is_ok());
+        assert!(with(&[lambda, mock, ("MOCK_PAY_DELAY_MS", "100..10000")]).is_ok());
+        // Unused without the mock payer; a local process waits as long as it is told.
+        assert!(with(&[lambda, ("MOCK_PAY_DELAY_MS", "1000..30000")]).is_ok());
+        assert!(with(&[mock, ("MOCK_PAY_DELAY_MS", "1000..30000")]).is_ok());
     }
 
     #[test]

@@ -143,8 +143,9 @@ pub fn embedded() -> Option<&'static metrics_cloudwatch_embedded::Collector> {
 }
 
 /// One showtime's reconciliation: its seats by state, its discrepancies and its
-/// refused orders awaiting a refund. Set only for showtimes on sale (seats available
-/// or held); the others' series go idle and are dropped.
+/// refused orders awaiting a refund. Set for showtimes on sale (seats available or
+/// held), with a discrepancy or a refund awaiting, and once more after a showtime leaves
+/// them (its last values); the others' series go idle and are dropped.
 pub fn showtime(id: i64, counts: Option<(u32, u32, u32)>, discrepancies: usize, refused: u32) {
     let showtime = id.to_string();
     if let Some((available, held, sold)) = counts {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use flash_sale_adapters::{Broker, Postgres, Queue, RedisSeats, Topology};
 use flash_sale_core::ports::{
     CancelOutcome, Catalog, ExpireOutcome, MessageBus, OrderAudit, OrderBook, OrderOutcome,
-    PayOutcome, Refusal, RefusedSeats, SeatAuditor, SeatRow, SeatStore, TakeOutcome,
+    PayOutcome, Refusal, RefusedSeats, ResizeOutcome, SeatAuditor, SeatRow, SeatStore, TakeOutcome,
 };
 use flash_sale_core::{
     Capacity, Expiry, MaxPerUser, NewShowtime, OrderRequest, PaymentRequest, Reservation,
@@ -732,6 +732,48 @@ async fn the_database_records_each_order_once_and_never_past_capacity() {
         .unwrap();
     assert_eq!(rows, 3);
     drop_database(db, &iso).await;
+}
+
+/// The stock trusts the row capacity it remembers only while its capacity is the one
+/// that was written with it: a process of an older version (during a rolling deploy)
+/// moves the capacity with its own script, which knows nothing of it, and a change made
+/// after must then move the stock by the row's difference, as before. Trusting the
+/// stale memory, 2 + 3 seats and one more became 9 for a row of 6.
+#[tokio::test]
+async fn a_seat_change_trusts_the_row_capacity_it_remembers_only_while_the_stock_is_its_own() {
+    let iso = Isolation::new();
+    let seats = seats(&iso).await;
+    let st = ShowtimeId::new(1).unwrap();
+    assert!(seats.load(st, 2, 0, 1, false, 1).await.unwrap());
+    // An older process adds 3 seats (the old resize.lua: by a difference, nothing else).
+    let key = format!("{}:{{{st}}}:seats", seats.prefix());
+    let mut conn = seats.connection();
+    let _: () = redis::pipe()
+        .cmd("HINCRBY")
+        .arg(&key)
+        .arg("capacity")
+        .arg(3)
+        .ignore()
+        .cmd("HINCRBY")
+        .arg(&key)
+        .arg("available")
+        .arg(3)
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let ResizeOutcome::Resized(c) = seats.resize(st, 5, 6).await.unwrap() else {
+        panic!("resized")
+    };
+    assert_eq!((c.capacity, c.available), (6, 6));
+    // Its own again: a retry moves nothing, an undo of the last change moves it back.
+    let ResizeOutcome::Resized(c) = seats.resize(st, 5, 6).await.unwrap() else {
+        panic!("resized")
+    };
+    assert_eq!(c.capacity, 6);
+    seats.undo_resize(st, 5, 6).await.unwrap();
+    assert_eq!(seats.counts(st).await.unwrap().unwrap().capacity, 5);
+    drop_keys(&seats).await;
 }
 
 #[tokio::test]

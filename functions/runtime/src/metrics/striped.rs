@@ -107,9 +107,10 @@ impl StripedHistograms {
     /// already handed on; brought up to date), handed to `record` as (series, seconds,
     /// samples): each bucket's new samples at their mean, kept inside the bucket. A
     /// sample [`record`](Self::record) has counted but whose time it has not added yet
-    /// (another thread between its two adds) still goes to its own bucket, and the time
-    /// that comes later is carried into the bucket's next samples: bucket counts are
-    /// exact, and so is the sum once every add has landed.
+    /// (another thread between its two adds) still goes to its own bucket: bucket counts
+    /// are exact. A mean moved into its bucket hands on the time it recorded, and the
+    /// difference (a time still to land, or one that landed before its count) is carried
+    /// into the bucket's next samples, so the sum catches up with them.
     pub(crate) fn new_samples(
         &self,
         seen: &mut [Vec<(u64, u64)>],
@@ -124,8 +125,14 @@ impl StripedHistograms {
                     continue;
                 }
                 let mean = nanos.saturating_sub(*nanos_seen) as f64 / new as f64 / 1e9;
-                record(series, self.within(bucket, mean), new);
-                (*count_seen, *nanos_seen) = (count, nanos);
+                let secs = self.within(bucket, mean);
+                record(series, secs, new);
+                *count_seen = count;
+                *nanos_seen = if secs == mean {
+                    nanos
+                } else {
+                    nanos_seen.saturating_add((secs * 1e9) as u64 * new)
+                };
             }
         }
     }
@@ -186,10 +193,19 @@ mod tests {
         // Its time lands: no new sample...
         h.counts.add(3, 5_000_000);
         assert_eq!(fold(&h), vec![]);
-        // ...the next one of the bucket carries it, and stays in the bucket.
+        // ...the next one of the bucket carries it, and stays in the bucket; the time
+        // that did not fit is carried on, and the sum catches up with the next sample.
         h.record(0, 0.008);
-        let got = fold(&h);
-        assert!(in_middle_bucket(&got), "{got:?}");
+        let first = fold(&h);
+        assert!(in_middle_bucket(&first), "{first:?}");
+        h.record(0, 0.002);
+        let second = fold(&h);
+        assert!(in_middle_bucket(&second), "{second:?}");
+        let recorded: f64 = [got, first, second].iter().map(|g| g[0].1).sum();
+        assert!(
+            (recorded - 0.015).abs() < 1e-9,
+            "5 + 8 + 2 ms, got {recorded}"
+        );
         // The last bucket has no upper bound; the first no lower one.
         h.record(0, 30.0);
         h.record(0, 0.0002);
