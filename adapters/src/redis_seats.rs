@@ -431,9 +431,7 @@ impl RedisSeats {
             .await
             .map_err(port_error)
     }
-}
 
-impl RedisSeats {
     /// resize.lua: the stock to `to` from the row capacity it reflects (`from` if it
     /// cannot tell); an `undo` only while it reflects `from`.
     async fn resize_stock(

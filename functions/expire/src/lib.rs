@@ -34,24 +34,16 @@ pub async fn expire(app: &App, body: &[u8]) -> Result<Vec<ExpireOutcome>, QueueE
         app.sale.expire(hold.message).instrument(span)
     }))
     .await;
+    let failed = results.iter().find_map(|r| r.as_ref().err());
+    // The seats returned are counted now (a redelivery finds their holds expired); a
+    // lost hold only once its message succeeds, since every redelivery finds it lost
+    // again.
     let outcomes: Vec<ExpireOutcome> = results
         .iter()
         .filter_map(|r| r.as_ref().ok().copied())
+        .filter(|o| failed.is_none() || *o == ExpireOutcome::SeatReturned)
         .collect();
-    let failed = results.iter().find_map(|r| r.as_ref().err());
-    // The seats returned are counted now (a redelivery finds their holds expired); a
-    // lost hold is counted once its message succeeds, since every redelivery finds it
-    // lost again.
-    if failed.is_some() {
-        let returned: Vec<ExpireOutcome> = outcomes
-            .iter()
-            .copied()
-            .filter(|o| *o == ExpireOutcome::SeatReturned)
-            .collect();
-        flash_sale_runtime::metrics::expiries(&returned);
-    } else {
-        flash_sale_runtime::metrics::expiries(&outcomes);
-    }
+    flash_sale_runtime::metrics::expiries(&outcomes);
     for (hold, outcome) in holds.iter().zip(&results) {
         if matches!(outcome, Ok(ExpireOutcome::NotFound)) {
             // Every hold has a reservation until it is settled, so only a Redis that

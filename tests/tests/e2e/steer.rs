@@ -497,16 +497,10 @@ async fn a_seat_change_retried_after_redis_answered_too_late_adds_the_seats_once
 
     // From the seat change's own script on, Redis's answers wait at the proxy (the
     // script loaded first, so that the call that waits is the one that runs it).
-    let source = include_str!("../../../lua/resize.lua");
-    let mut redis = redis::Client::open("redis://127.0.0.1:6379")
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
     let sha: String = redis::cmd("SCRIPT")
         .arg("LOAD")
-        .arg(source)
-        .query_async(&mut redis)
+        .arg(include_str!("../../../lua/resize.lua"))
+        .query_async(&mut app.adapters.seats.connection())
         .await
         .unwrap();
     proxy.hold_answers_from(sha.as_bytes());
